@@ -1,0 +1,43 @@
+"""open_backend(name): one entry point for every device the controller can drive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from devices.base import BaseBackend
+from polystep_neuro.errors import DeviceUnavailable
+
+
+def _torch_sim(precision: str) -> Callable[..., BaseBackend]:
+    def make(**options: Any) -> BaseBackend:
+        from devices.torch_sim import TorchSimBackend
+
+        options.setdefault("precision", precision)
+        return TorchSimBackend(**options)
+
+    return make
+
+
+BACKENDS: dict[str, tuple[Callable[..., BaseBackend], str]] = {
+    "torch-sim": (_torch_sim("float32"), "PyTorch LIF simulator, float32 (CPU/CUDA)"),
+    "torch-sim-fixed": (
+        _torch_sim("loihi-fixed"),
+        "PyTorch LIF simulator, Loihi 2 fixed point, bit-exact with Lava (CPU/CUDA)",
+    ),
+}
+
+
+def backend_names() -> list[str]:
+    return list(BACKENDS)
+
+
+def open_backend(name: str | Sequence[str], **options: Any) -> BaseBackend:
+    """Open a backend by name (see ``backend_names()``), or a ``tcp://host:port`` endpoint."""
+    if isinstance(name, str) and name in BACKENDS:
+        factory, _ = BACKENDS[name]
+        return factory(**options)
+    raise DeviceUnavailable(
+        f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)} "
+        "(or a device server address tcp://HOST:PORT)"
+    )

@@ -1,0 +1,38 @@
+"""Typed errors shared by the host library, the device layer and the Lava env.
+
+They live in a dependency-free module because the Lava env (Python 3.10, no torch)
+raises and re-creates them on its side of the wire.
+"""
+
+from __future__ import annotations
+
+
+class PolystepError(Exception):
+    """Base class: every error the tool raises on purpose derives from it."""
+
+
+class SpecError(PolystepError, ValueError):
+    """A NetworkSpec or a parameter set is malformed (shape, range, name, NaN)."""
+
+
+class DeviceError(PolystepError, RuntimeError):
+    """A device backend failed to do what was asked."""
+
+
+class CapacityError(DeviceError):
+    """The network (or one replica of it) does not fit on the device."""
+
+
+class DeviceUnavailable(DeviceError):
+    """The backend cannot be used here (missing env, unreachable server, no chip)."""
+
+
+ERROR_TYPES: dict[str, type[PolystepError]] = {
+    cls.__name__: cls
+    for cls in (PolystepError, SpecError, DeviceError, CapacityError, DeviceUnavailable)
+}
+
+
+def error_from_name(name: str, message: str) -> PolystepError:
+    """Rebuild a typed error received over the wire; unknown names become DeviceError."""
+    return ERROR_TYPES.get(name, DeviceError)(message)
