@@ -1,0 +1,259 @@
+"""Per-tensor random low-rank subspaces: search a few hundred coordinates, move many parameters.
+
+``theta = theta0 + sum_l A_l z_l`` with one Gaussian matrix ``A_l`` (``n_l x r_l``, entries
+``N(0, 1/r_l)`` so a unit step in z has unit variance per parameter) per parameter tensor.
+Separate subspaces per tensor keep a bias vector from being mixed with a weight matrix of a
+very different scale.  Tensors with ``n_l <= r_l`` gain nothing from a projection and are
+kept in full: their coordinates *are* the parameters (``theta_l = z_l``), so lift and project
+are exact copies there.
+
+Every ``absorb_interval`` steps the current point is absorbed into ``theta0``, the low-rank
+coordinates are reset to zero and fresh matrices are drawn, so over time the search covers
+new directions.  The matrices are regenerated from ``(seed, epoch, tensor)`` with a CPU
+generator, which makes them identical on any device and lets a checkpoint store only the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Subspace:
+    """Specification of the per-tensor subspaces (what the user passes to ``PolyStep``).
+
+    Args:
+        sizes: number of parameters in each tensor, in the order they appear in ``x0``.
+        rank: subspace rank, one int for every tensor or one per tensor.
+        absorb_interval: absorb and redraw every this many steps (``None``: never).
+        seed: seed of the random matrices; ``None`` derives it from the optimiser's seed.
+    """
+
+    sizes: Sequence[int]
+    rank: int | Sequence[int]
+    absorb_interval: int | None = 50
+    seed: int | None = None
+    ranks: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        sizes = tuple(self.sizes)
+        if not sizes or any(_bad_int(s) or s < 1 for s in sizes):
+            raise ValueError(f"subspace sizes must be positive integers, got {self.sizes!r}")
+        if isinstance(self.rank, Sequence):
+            ranks = tuple(self.rank)
+            if len(ranks) != len(sizes):
+                raise ValueError(
+                    f"subspace rank has {len(ranks)} entries but sizes has {len(sizes)}"
+                )
+        else:
+            ranks = (self.rank,) * len(sizes)
+        if any(_bad_int(r) or r < 1 for r in ranks):
+            raise ValueError(f"subspace rank must be positive integers, got {self.rank!r}")
+        interval = self.absorb_interval
+        if interval is not None and (_bad_int(interval) or interval < 1):
+            raise ValueError(
+                f"absorb_interval must be a positive integer or None, got {interval!r}"
+            )
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "ranks", ranks)
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def full(self) -> tuple[bool, ...]:
+        """Which tensors are kept in full (``n_l <= r_l``)."""
+        return tuple(n <= r for n, r in zip(self.sizes, self.ranks, strict=True))
+
+    @property
+    def dim(self) -> int:
+        """Dimension D of the search space."""
+        return sum(n if f else r for n, r, f in zip(self.sizes, self.ranks, self.full, strict=True))
+
+
+def _bad_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, (int, np.integer))
+
+
+class SubspaceMap:
+    """The linear map z -> theta for one optimiser, plus its absorb/redraw state.
+
+    Also applies batches of *block* perturbations (only ``block_dim`` coordinates of z change
+    per candidate) straight in parameter space, so a batch of N candidates costs
+    ``O(N * block_dim * n)`` instead of a dense ``O(N * D * n)`` lift.
+    """
+
+    def __init__(self, spec: Subspace, theta0: torch.Tensor, block_dim: int, seed: int) -> None:
+        if theta0.ndim != 1 or theta0.numel() != spec.num_params:
+            raise ValueError(
+                f"subspace sizes sum to {spec.num_params} but x0 has shape {tuple(theta0.shape)}"
+            )
+        self.spec = spec
+        self.block_dim = block_dim
+        self.seed = int(spec.seed if spec.seed is not None else seed)
+        self.dtype = theta0.dtype
+        self.device = theta0.device
+        self.theta0 = theta0.detach().clone()
+        self.epoch = 0
+        p_offsets = np.concatenate([[0], np.cumsum(spec.sizes)]).tolist()
+        zdims = [n if f else r for n, r, f in zip(spec.sizes, spec.ranks, spec.full, strict=True)]
+        z_offsets = np.concatenate([[0], np.cumsum(zdims)]).tolist()
+        self.param_ranges = [(p_offsets[i], p_offsets[i + 1]) for i in range(len(spec.sizes))]
+        self.z_ranges = [(z_offsets[i], z_offsets[i + 1]) for i in range(len(spec.sizes))]
+        self.dim = spec.dim
+        self.num_blocks = math.ceil(self.dim / block_dim)
+        mask = torch.zeros(self.dim, dtype=torch.bool)
+        for (a, b), f in zip(self.z_ranges, spec.full, strict=True):
+            mask[a:b] = not f
+        self.low_rank_mask = mask.to(self.device)
+        self._build_full_index()
+        self._bases: list[torch.Tensor | None] = []
+        self._draw_bases()
+
+    # ----------------------------------------------------------------- random matrices
+    def _draw_bases(self) -> None:
+        """Regenerate every ``A_l`` from ``(seed, epoch, l)``, stored block-padded.
+
+        For tensor l with z-range [a, b) the stored tensor has shape ``(nb, p, n_l)``: rows of
+        ``A_l^T`` placed at their position inside the blocks that cover [a, b), zero rows for
+        coordinates of those blocks that belong to other tensors or to the padding.
+        """
+        p = self.block_dim
+        self._bases = []
+        for idx, ((a, b), (s, e), full) in enumerate(
+            zip(self.z_ranges, self.param_ranges, self.spec.full, strict=True)
+        ):
+            if full:
+                self._bases.append(None)
+                continue
+            rank = b - a
+            gen = torch.Generator(device="cpu")
+            seq = np.random.SeedSequence([self.seed, self.epoch, idx])
+            gen.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+            a_t = torch.randn(rank, e - s, generator=gen, dtype=self.dtype) / math.sqrt(rank)
+            i0, i1 = a // p, -(-b // p)
+            padded = torch.zeros((i1 - i0) * p, e - s, dtype=self.dtype)
+            padded[a - i0 * p : b - i0 * p] = a_t
+            self._bases.append(padded.view(i1 - i0, p, e - s).to(self.device))
+
+    def basis(self, tensor: int) -> torch.Tensor | None:
+        """``A_l`` (``n_l x r_l``) of tensor ``l``; ``None`` for tensors kept in full."""
+        padded = self._bases[tensor]
+        if padded is None:
+            return None
+        a, b = self.z_ranges[tensor]
+        start = a - (a // self.block_dim) * self.block_dim
+        rows = padded.reshape(-1, padded.shape[-1])[start : start + b - a]
+        return rows.T
+
+    def _build_full_index(self) -> None:
+        """Static index of the (block, coordinate-in-block) pairs that are full parameters."""
+        p = self.block_dim
+        coord_to_param = torch.full((self.num_blocks * p,), -1, dtype=torch.long)
+        ranges = zip(self.z_ranges, self.param_ranges, self.spec.full, strict=True)
+        for (a, b), (s, _), full in ranges:
+            if full:
+                coord_to_param[a:b] = torch.arange(s, s + b - a)
+        c2p = coord_to_param.view(self.num_blocks, p)
+        blk, j = torch.nonzero(c2p >= 0, as_tuple=True)
+        self._full_block = blk.to(self.device)
+        self._full_j = j.to(self.device)
+        self._full_param = c2p[blk, j].to(self.device)
+        self._full_z = torch.nonzero(coord_to_param[: self.dim] >= 0).squeeze(1).to(self.device)
+        self._full_theta = coord_to_param[: self.dim][self._full_z.cpu()].to(self.device)
+
+    # ------------------------------------------------------------------ maps
+    def initial_z(self) -> torch.Tensor:
+        """z that lifts exactly to ``theta0``: parameters in full tensors, zeros elsewhere."""
+        z = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        z[self._full_z] = self.theta0[self._full_theta]
+        return z
+
+    def lift(self, z: torch.Tensor) -> torch.Tensor:
+        """``theta`` for ``z`` of shape ``(D,)`` or ``(N, D)``."""
+        squeeze = z.ndim == 1
+        zb = z.unsqueeze(0) if squeeze else z
+        theta = self.theta0.expand(zb.shape[0], -1).clone()
+        for idx, ((a, b), (s, e)) in enumerate(zip(self.z_ranges, self.param_ranges, strict=True)):
+            a_l = self.basis(idx)
+            if a_l is None:
+                theta[:, s:e] = zb[:, a:b]
+            else:
+                theta[:, s:e] += zb[:, a:b] @ a_l.T
+        return theta.squeeze(0) if squeeze else theta
+
+    def project(self, theta: torch.Tensor) -> torch.Tensor:
+        """Least-squares z for ``theta`` (exact copy on full tensors)."""
+        z = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        for idx, ((a, b), (s, e)) in enumerate(zip(self.z_ranges, self.param_ranges, strict=True)):
+            a_l = self.basis(idx)
+            if a_l is None:
+                z[a:b] = theta[s:e]
+            else:
+                rhs = (theta[s:e] - self.theta0[s:e]).unsqueeze(1)
+                z[a:b] = torch.linalg.lstsq(a_l, rhs).solution.squeeze(1)
+        return z
+
+    def lift_block_deltas(self, x: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+        """Candidates ``(P * M, n)`` from the current point and per-block z perturbations.
+
+        ``deltas`` has shape ``(P, M, p)``: candidate ``i * M + m`` is ``x`` moved by
+        ``deltas[i, m]`` in the coordinates of block ``i`` only (block-major order).
+        Padding coordinates of the last block have zero basis rows and no parameter, so they
+        never move anything.
+        """
+        n_blocks, per_block, p = deltas.shape
+        if n_blocks != self.num_blocks or p != self.block_dim:
+            raise ValueError(
+                f"deltas must have shape ({self.num_blocks}, M, {self.block_dim}), "
+                f"got {tuple(deltas.shape)}"
+            )
+        out = x.expand(n_blocks * per_block, -1).clone()
+        out3 = out.view(n_blocks, per_block, -1)
+        if self._full_block.numel():
+            blk = self._full_block.unsqueeze(1)
+            rows = torch.arange(per_block, device=self.device).unsqueeze(0)
+            col = self._full_param.unsqueeze(1)
+            out3[blk, rows, col] += deltas[self._full_block, :, self._full_j]
+        for idx, (a, b) in enumerate(self.z_ranges):
+            padded = self._bases[idx]
+            if padded is None:
+                continue
+            s, e = self.param_ranges[idx]
+            i0, i1 = a // p, -(-b // p)
+            target = out3[i0:i1, :, s:e]
+            # p rank-1 updates: memory-bound, and faster on CPU than bmm for tiny p.
+            for j in range(p):
+                target.addcmul_(deltas[i0:i1, :, j : j + 1], padded[:, j : j + 1, :])
+        return out
+
+    # --------------------------------------------------------------- absorb / state
+    def absorb(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Make ``theta`` the new origin, redraw the matrices, return the matching z."""
+        self.theta0 = theta.detach().clone()
+        self.epoch += 1
+        self._draw_bases()
+        z = z.clone()
+        z[self.low_rank_mask] = 0
+        return z
+
+    def state_dict(self) -> dict:
+        return {"theta0": self.theta0.clone(), "epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        theta0 = state["theta0"].to(dtype=self.dtype, device=self.device)
+        if theta0.shape != self.theta0.shape:
+            raise ValueError(
+                f"subspace theta0 has shape {tuple(theta0.shape)}, expected "
+                f"{tuple(self.theta0.shape)}"
+            )
+        self.theta0 = theta0.clone()
+        self.epoch = int(state["epoch"])
+        self.seed = int(state["seed"])
+        self._draw_bases()
