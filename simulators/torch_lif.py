@@ -140,32 +140,40 @@ class TorchLIF:
         num_sets = self.spec.check_param_sets(params)
         self.spec.check_inputs(inputs)
         resolved = self._resolve(params)
+        varied = {split_param_name(name) for name in params}
         x = self._prepare_inputs(inputs)
-        spikes_rec: list[torch.Tensor] = []
-        volt_rec: list[torch.Tensor] = []
-        curr_rec: list[torch.Tensor] = []
+        # group[v]: which distinct network prefix (layers so far) parameter set v uses.
+        # Sets that agree on every varied parameter of a prefix share its computation —
+        # PolyStep's candidates differ in one block each, so most prefixes are shared.
+        group = torch.zeros(num_sets, dtype=torch.long, device=self.device)
+        recorded: list[tuple[torch.Tensor, ...]] = []
         last = len(self.spec.layers) - 1
         for i, layer in enumerate(self.spec.layers):
             lp = {attr: v for (index, attr), v in resolved.items() if index == i}
+            layer_varied = sorted(attr for index, attr in varied if index == i)
+            if layer_varied:
+                rep, inverse = _distinct_sets(group, [lp[attr] for attr in layer_varied])
+                for attr in layer_varied:
+                    lp[attr] = lp[attr][rep]
+                if x.shape[1] > 1:
+                    x = x[:, group[rep]]
+                group = inverse
             if self.precision == "float32":
                 spikes, volts, currs = self._layer_float(layer, lp, x, record)
             else:
                 spikes, volts, currs = self._layer_fixed(layer, lp, x, record)
             if record:
-                spikes_rec.append(_batch_major(spikes))
-                volt_rec.append(_batch_major(volts))
-                curr_rec.append(_batch_major(currs))
+                recorded.append((group, spikes, volts, currs))  # type: ignore[arg-type]
             if i < last:
                 x = spikes.to(torch.float32)
-        counts = spikes.sum(dim=0, dtype=torch.int32)
-        counts = counts.expand(num_sets, *counts.shape[1:])
+        counts = _per_set(spikes.sum(dim=0, dtype=torch.int32), group)
         if not record:
             return SimResult(counts=counts)
         return SimResult(
             counts=counts,
-            spikes=[_expand_sets(s, num_sets) for s in spikes_rec],
-            voltages=[_expand_sets(v, num_sets) for v in volt_rec],
-            currents=[_expand_sets(c, num_sets) for c in curr_rec],
+            spikes=[_per_set(_batch_major(r[1]), r[0]) for r in recorded],
+            voltages=[_per_set(_batch_major(r[2]), r[0]) for r in recorded],
+            currents=[_per_set(_batch_major(r[3]), r[0]) for r in recorded],
         )
 
     def counts(self, params: Mapping[str, Any] | None, inputs: Any) -> torch.Tensor:
@@ -346,5 +354,29 @@ def _batch_major(x: torch.Tensor | None) -> torch.Tensor:
     return x.permute(1, 2, 0, 3)  # (T, V, B, N) -> (V, B, T, N)
 
 
-def _expand_sets(x: torch.Tensor, num_sets: int) -> torch.Tensor:
-    return x.expand(num_sets, *x.shape[1:])
+def _per_set(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Per-group results (G, ...) -> per parameter set (V, ...)."""
+    if x.shape[0] == 1:
+        return x.expand(group.shape[0], *x.shape[1:])
+    return x[group]
+
+
+def _distinct_sets(
+    group: torch.Tensor, values: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct (prefix group, varied values) combinations, compared bit for bit.
+
+    Returns a representative set index per distinct combination and, per set, the index
+    of its combination.
+    """
+    num_sets = group.shape[0]
+    columns = [group.view(-1, 1)]
+    for value in values:
+        bits = value.reshape(value.shape[0], -1).contiguous().view(torch.int32)
+        columns.append(bits.expand(num_sets, -1).to(torch.int64))
+    keys = torch.cat(columns, dim=1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    distinct = int(inverse.max()) + 1
+    rep = torch.full((distinct,), num_sets, dtype=torch.long, device=group.device)
+    rep.scatter_reduce_(0, inverse, torch.arange(num_sets, device=group.device), "amin")
+    return rep, inverse

@@ -133,3 +133,29 @@ def test_bad_inputs_raise_typed_errors() -> None:
         TorchLIF(spec, "loihi-fixed").run(None, np.full((2, 6, 4), 0.5))
     with pytest.raises(SpecError, match="precision must be one of"):
         TorchLIF(spec, "float16")
+
+
+@pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
+def test_shared_prefixes_are_computed_once_and_give_the_same_counts(precision: str) -> None:
+    # PolyStep-style batch: each set changes one tensor; the others repeat the current value.
+    spec = NetworkSpec.random(
+        [10, 14, 4], 16, seed=6, writable=("fc0.weight", "lif0.vth", "fc1.weight")
+    )
+    rng = np.random.default_rng(3)
+    base = spec.parameters()
+    sets = {name: np.repeat(base[name][None], 6, axis=0).copy() for name in spec.writable}
+    sets["fc0.weight"][1] += rng.normal(0, 0.3, size=(14, 10)).astype(np.float32)
+    sets["lif0.vth"][2] = 0.7
+    sets["fc1.weight"][3] += rng.normal(0, 0.3, size=(4, 14)).astype(np.float32)
+    sets["fc1.weight"][4] = sets["fc1.weight"][3]
+    sim = TorchLIF(spec, precision)
+    x = (np.random.default_rng(1).random((5, 16, 10)) < 0.5).astype(np.float32)
+    res = sim.run(sets, x, record=True)
+    assert res.spikes is not None
+    for j in range(6):
+        one = sim.run({k: v[j : j + 1] for k, v in sets.items()}, x, record=True)
+        assert one.spikes is not None
+        assert torch.equal(res.counts[j], one.counts[0])
+        assert torch.equal(res.spikes[0][j], one.spikes[0][0])
+    assert torch.equal(res.counts[3], res.counts[4])
+    assert not torch.equal(res.spikes[0][0], res.spikes[0][1])
