@@ -37,7 +37,31 @@ def open_backend(name: str | Sequence[str], **options: Any) -> BaseBackend:
     if isinstance(name, str) and name in BACKENDS:
         factory, _ = BACKENDS[name]
         return factory(**options)
+    check_backend_name(str(name))
+    raise DeviceUnavailable(f"backend {name!r} is not available in this version")
+
+
+def check_backend_name(name: str) -> None:
+    """Fail fast (before any training) on a backend name that cannot be opened."""
+    if name in BACKENDS or name.startswith("tcp://"):
+        return
     raise DeviceUnavailable(
         f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)} "
         "(or a device server address tcp://HOST:PORT)"
     )
+
+
+def describe_backends() -> list[tuple[str, bool, str]]:
+    """(name, usable here, what it is or why not) for `polystep-neuro devices list`."""
+    rows = []
+    for name, (_, what) in BACKENDS.items():
+        rows.append((name, True, what + _cuda_note()))
+    return rows
+
+
+def _cuda_note() -> str:
+    try:
+        import torch
+    except ImportError:  # the Lava env has no torch
+        return "; torch not installed"
+    return "; CUDA available" if torch.cuda.is_available() else "; CPU only here (no CUDA)"

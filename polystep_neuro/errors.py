@@ -36,3 +36,7 @@ ERROR_TYPES: dict[str, type[PolystepError]] = {
 def error_from_name(name: str, message: str) -> PolystepError:
     """Rebuild a typed error received over the wire; unknown names become DeviceError."""
     return ERROR_TYPES.get(name, DeviceError)(message)
+
+
+class Interrupted(PolystepError):
+    """The user stopped a run; a checkpoint was saved and ``--resume`` continues it."""

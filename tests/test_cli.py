@@ -1,0 +1,130 @@
+"""The `polystep-neuro` command: clear errors, Ctrl-C checkpoints, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polystep_neuro.network import NetworkSpec
+
+CLI = [sys.executable, "-m", "polystep_neuro.cli"]
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def _small_spec(tmp_path: Path) -> Path:
+    path = tmp_path / "net.npz"
+    NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc1.weight",)).save(path)
+    return path
+
+
+def _one_clean_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def test_bad_spec_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a network")
+    _one_clean_line(_run("adapt", "--spec", str(bad)), "is not a polystep-neuro spec")
+    _one_clean_line(_run("adapt", "--spec", str(tmp_path / "nope.npz")), "spec file not found")
+
+
+def test_missing_backend(tmp_path: Path) -> None:
+    spec = _small_spec(tmp_path)
+    _one_clean_line(
+        _run("adapt", "--spec", str(spec), "--backend", "loihi3"), "unknown backend 'loihi3'"
+    )
+    _one_clean_line(
+        _run("demo", "--backend", "nope", "--out", str(tmp_path / "d")), "unknown backend 'nope'"
+    )
+
+
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    spec = _small_spec(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_clean_line(
+        _run(
+            "adapt",
+            "--spec",
+            str(spec),
+            "--out",
+            str(blocker / "out"),
+            "--steps",
+            "1",
+            "--no-progress",
+        ),
+        "is not writable",
+    )
+
+
+def test_nothing_writable_and_wrong_sized_network(tmp_path: Path) -> None:
+    path = tmp_path / "frozen.npz"
+    NetworkSpec.random([64, 16, 10], 8, seed=0).save(path)
+    _one_clean_line(_run("adapt", "--spec", str(path)), "nothing to adapt")
+    path = tmp_path / "other.npz"
+    NetworkSpec.random([20, 5], 8, seed=0, writable="all").save(path)
+    _one_clean_line(_run("adapt", "--spec", str(path)), "pass your own data with --data")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
+def test_ctrl_c_saves_and_resume_matches_an_undisturbed_run(tmp_path: Path) -> None:
+    spec = _small_spec(tmp_path)
+    common = [
+        "adapt",
+        "--spec",
+        str(spec),
+        "--steps",
+        "60",
+        "--rank",
+        "8",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--shift-gain",
+        "0.7",
+        "--device",
+        "cpu",
+    ]
+    ref = _run(*common, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        CLI + common + ["--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
+    stopped_at = len(metrics.read_text().splitlines())
+    assert 5 <= stopped_at < 60
+
+    resumed = _run(*common, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = NetworkSpec.load(out / "adapted.npz")
+    b = NetworkSpec.load(tmp_path / "ref" / "adapted.npz")
+    assert np.array_equal(a.layers[1].weight, b.layers[1].weight)
+    assert len(metrics.read_text().splitlines()) == 60
