@@ -52,7 +52,8 @@ class AdaptResult:
 class Adapter:
     """Adapt the writable parameters of ``spec`` on ``backend`` with ``optimizer``.
 
-    ``optimizer`` must have been created from ``ParamVector(spec).flatten(spec)``.
+    ``optimizer`` must have been created from ``layout.flatten(spec)`` (``layout`` defaults
+    to ``ParamVector(spec)``: the writable parameters, unscaled).
     ``train`` yields the minibatches; ``monitor`` (optional) is evaluated with the current
     parameters every ``eval_every`` steps for the log and the progress bar.
     """
@@ -72,6 +73,7 @@ class Adapter:
         progress: bool = True,
         description: str = "adapt",
         on_step: Callable[[Adapter, dict[str, Any]], None] | None = None,
+        layout: ParamVector | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -79,7 +81,7 @@ class Adapter:
         self.loss = loss
         self.train = train
         self.monitor = monitor
-        self.layout = ParamVector(spec)
+        self.layout = layout if layout is not None else ParamVector(spec)
         if optimizer.x.numel() != self.layout.dim:
             raise PolystepError(
                 f"optimizer has {optimizer.x.numel()} parameters but the writable set "
@@ -199,6 +201,7 @@ class Adapter:
             "step": self.step,
             "evaluations": self.evaluations,
             "names": list(self.layout.names),
+            "scales": list(self.layout.scales),
             "optimizer": self.optimizer.state_dict(),
         }
         path = self.out_dir / CHECKPOINT_NAME
@@ -231,6 +234,11 @@ class Adapter:
             raise PolystepError(
                 f"checkpoint {path} adapts {state.get('names')}, but this run adapts "
                 f"{list(self.layout.names)}"
+            )
+        if state.get("scales") != list(self.layout.scales):
+            raise PolystepError(
+                f"checkpoint {path} was written with parameter scales {state.get('scales')}, "
+                f"this run uses {list(self.layout.scales)} (different scaling or spec)"
             )
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
