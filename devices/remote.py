@@ -1,0 +1,313 @@
+"""RemoteBackend: the device contract over the wire protocol, to a ``devices.server``.
+
+Requests use ZeroMQ's "lazy pirate" pattern: a REQ socket, a timeout per try, and on
+timeout the socket is closed (linger 0), reopened and the request resent — safe because
+``evaluate`` is pure and ``load``/``close`` are idempotent.  If a restarted server answers
+that it holds no network, the client re-sends the spec it loaded and retries the evaluate,
+so a server restart mid-run costs one re-load, not the run.
+
+Batches larger than the server's message limits (learned from ``hello``) or its
+``max_vertices`` are split along V and the counts concatenated in order.
+
+Host-side module, but torch-free at import: tensors are converted with
+``.detach().cpu().numpy()`` where they arrive.  Not thread-safe (one REQ socket).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import zmq
+
+from devices.base import BaseBackend, Capabilities
+from devices.protocol import (
+    DEFAULT_LIMITS,
+    Limits,
+    NotLoadedError,
+    ProtocolError,
+    decode,
+    encode,
+    error_from_wire,
+)
+from polystep_neuro.errors import CapacityError, DeviceError, DeviceUnavailable
+from polystep_neuro.network import NetworkSpec
+
+log = logging.getLogger(__name__)
+
+_HEADER_ALLOWANCE = 64 * 1024  # bytes kept free for the JSON header when splitting batches
+
+
+class RemoteBackend(BaseBackend):
+    """A backend served by ``python -m devices.server`` at ``endpoint`` (tcp://host:port)."""
+
+    is_remote = True
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        close_timeout_s: float = 1.0,
+        retries: int = 3,
+        connect: bool = True,
+    ) -> None:
+        """``timeout_s`` bounds one try of load/evaluate (make it exceed the slowest
+        evaluate); ``connect_timeout_s`` one try of hello/ping; ``retries`` is the number
+        of tries.  With ``connect`` the server is asked for its capabilities now, so an
+        unreachable endpoint fails here rather than at the first evaluate."""
+        super().__init__()
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise DeviceUnavailable(
+                f"bad device server address {endpoint!r}; expected tcp://HOST:PORT"
+            )
+        if retries < 1 or timeout_s <= 0 or connect_timeout_s <= 0:
+            raise DeviceError("retries must be >= 1 and timeouts > 0")
+        self.endpoint = endpoint
+        self.name = f"remote {endpoint}"
+        self.timeout_s = float(timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
+        self.close_timeout_s = float(close_timeout_s)
+        self.retries = int(retries)
+        self.server_info: dict[str, Any] = {}
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._next_id = 0
+        self._caps: Capabilities | None = None
+        self._limits = DEFAULT_LIMITS
+        self._user_spec: NetworkSpec | None = None  # re-sent if the server restarts
+        if connect:
+            try:
+                self.hello()
+            except BaseException:
+                self._drop_socket()
+                self._ctx.term()
+                raise
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            self.hello()
+        assert self._caps is not None
+        return self._caps
+
+    def hello(self) -> Capabilities:
+        """Ask the server what it hosts (cached as ``capabilities``) and its limits."""
+        header, _ = self._request("hello", {}, None, self.connect_timeout_s)
+        self._set_capabilities(header.get("capabilities"))
+        self._limits = Limits.from_json(header.get("limits", DEFAULT_LIMITS.to_json()))
+        info = header.get("server")
+        self.server_info = dict(info) if isinstance(info, dict) else {}
+        assert self._caps is not None
+        return self._caps
+
+    def load(self, spec: NetworkSpec) -> None:
+        self._check_open()
+        spec.validate()
+        self._send_load(spec)
+        self._user_spec = spec
+
+    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
+        """Counts (V, B, N_out) int32 as a numpy array; params/inputs numpy or torch."""
+        wire_params = {name: _numpy(value, np.float32) for name, value in params.items()}
+        wire_inputs = compact_inputs(_numpy(inputs))
+        num_sets = self._check_call(wire_params, wire_inputs)
+        if not wire_params:
+            return self._evaluate_once(wire_params, wire_inputs, 1)
+        parts = []
+        for start, stop in self._vertex_chunks(num_sets, wire_params, wire_inputs):
+            part = {name: value[start:stop] for name, value in wire_params.items()}
+            parts.append(self._evaluate_once(part, wire_inputs, stop - start))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def ping(self) -> float:
+        """Round-trip time of a ``ping`` in seconds (raises DeviceUnavailable if none)."""
+        start = time.perf_counter()
+        self._request("ping", {}, None, self.connect_timeout_s)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Tell the server to close its backend (best effort, short timeout), then let go."""
+        if self._closed:
+            return
+        try:
+            self._request("close", {}, None, self.close_timeout_s, tries=1)
+        except DeviceError as exc:
+            log.debug("close of %s not acknowledged: %s", self.endpoint, exc)
+        finally:
+            self._drop_socket()
+            self._ctx.term()
+            super().close()
+
+    def describe(self) -> str:
+        return self._caps.device if self._caps is not None else f"device server {self.endpoint}"
+
+    # ------------------------------------------------------------------ load/evaluate
+    def _send_load(self, spec: NetworkSpec) -> None:
+        meta, arrays = spec.to_arrays()
+        header, out = self._request("load", {"spec": meta}, arrays, self.timeout_s)
+        effective = header.get("spec")
+        if not isinstance(effective, dict):
+            raise ProtocolError(f"{self.endpoint} answered load without the loaded 'spec'")
+        # the backend's own spec (e.g. fixed-point calibrated), as a local backend exposes it
+        self._spec = NetworkSpec.from_arrays(effective, {k: np.array(v) for k, v in out.items()})
+        self._set_capabilities(header.get("capabilities"))
+
+    def _evaluate_once(
+        self, params: dict[str, np.ndarray], inputs: np.ndarray, num_sets: int
+    ) -> np.ndarray:
+        arrays = {**params, "inputs": inputs}
+        try:
+            _, out = self._request("evaluate", {}, arrays, self.timeout_s)
+        except NotLoadedError:
+            if self._user_spec is None:
+                raise
+            log.warning("%s holds no network (restarted?); re-loading, retrying", self.endpoint)
+            self._send_load(self._user_spec)
+            _, out = self._request("evaluate", {}, arrays, self.timeout_s)
+        return self._counts(out, (num_sets, inputs.shape[0], self.spec.n_out))
+
+    def _counts(self, out: Mapping[str, np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
+        counts = out.get("counts")
+        if counts is None or counts.dtype != np.int32 or counts.shape != shape:
+            got = "nothing" if counts is None else f"{counts.dtype} {counts.shape}"
+            raise ProtocolError(
+                f"{self.endpoint} answered evaluate with {got}; expected int32 counts {shape}"
+            )
+        return np.array(counts)  # own, writable memory (the frame is released)
+
+    def _vertex_chunks(
+        self, num_sets: int, params: Mapping[str, np.ndarray], inputs: np.ndarray
+    ) -> list[tuple[int, int]]:
+        """Split V so each request fits the server's limits and max_vertices."""
+        limits = self._limits
+        if inputs.nbytes > min(limits.max_array_bytes, limits.max_total_bytes - _HEADER_ALLOWANCE):
+            raise CapacityError(
+                f"inputs take {inputs.nbytes} bytes, over what {self.endpoint} accepts in one "
+                f"message ({limits.max_array_bytes} per array); use smaller batches"
+            )
+        per_set_total = sum(value[:1].nbytes for value in params.values())
+        per_set_max = max(value[:1].nbytes for value in params.values())
+        room = limits.max_total_bytes - inputs.nbytes - _HEADER_ALLOWANCE
+        step = min(
+            num_sets,
+            room // max(per_set_total, 1),
+            limits.max_array_bytes // max(per_set_max, 1),
+            self.capabilities.max_vertices or num_sets,
+        )
+        if step < 1:
+            raise CapacityError(
+                f"one parameter set ({per_set_total} bytes) plus the inputs does not fit in "
+                f"one message to {self.endpoint} (limits: {limits.to_json()}); start the server "
+                "with larger --max-array-mb/--max-total-mb or use smaller batches"
+            )
+        if step < num_sets:
+            log.debug("splitting %d parameter sets into requests of %d", num_sets, step)
+        return [(start, min(start + step, num_sets)) for start in range(0, num_sets, step)]
+
+    # ------------------------------------------------------------------ transport
+    def _request(
+        self,
+        op: str,
+        fields: Mapping[str, Any],
+        arrays: Mapping[str, Any] | None,
+        timeout_s: float,
+        tries: int | None = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Send one request, lazy-pirate style; returns the reply or raises its typed error."""
+        if self._ctx.closed:
+            raise DeviceError(f"{self.name}: backend is closed")
+        tries = self.retries if tries is None else tries
+        self._next_id += 1
+        request_id = self._next_id
+        frames = encode({"op": op, "id": request_id, **fields}, arrays, self._limits)
+        start = time.monotonic()
+        for attempt in range(1, tries + 1):
+            sock = self._socket(timeout_s)
+            try:
+                sock.send_multipart(frames, copy=False)
+                if sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+                    return self._reply(sock.recv_multipart(copy=False), request_id)
+            except zmq.Again:
+                pass
+            except BaseException:  # e.g. Ctrl-C mid-wait: a REQ socket left waiting is unusable
+                self._drop_socket()
+                raise
+            log.warning(
+                "no reply from %s to %s within %.1f s (try %d of %d)%s",
+                self.endpoint,
+                op,
+                timeout_s,
+                attempt,
+                tries,
+                "; reconnecting" if attempt < tries else "",
+            )
+            self._drop_socket()
+        raise DeviceUnavailable(
+            f"device server {self.endpoint} did not answer {op!r}: {tries} tries of "
+            f"{timeout_s:g} s each, {time.monotonic() - start:.1f} s in all. Check that the "
+            f"server is running (python -m devices.server --backend NAME --bind "
+            f"{self.endpoint}), that the host, port and any ssh tunnel are right, and for a "
+            f"slow device raise timeout_s."
+        )
+
+    def _reply(self, frames: list[Any], request_id: int) -> tuple[dict[str, Any], dict]:
+        header, arrays = decode(frames, DEFAULT_LIMITS, reply=True)
+        if header.get("id") != request_id:
+            raise ProtocolError(
+                f"{self.endpoint} answered request {header.get('id')!r}, expected {request_id}"
+            )
+        error = header.get("error")
+        if error is not None:
+            raise error_from_wire(error["type"], error["message"])
+        return header, arrays
+
+    def _socket(self, timeout_s: float) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+            sock.setsockopt(zmq.IPV6, int("[" in self.endpoint))
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _set_capabilities(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{self.endpoint} sent no capabilities")
+        caps = Capabilities.from_json(data)
+        device = f"{caps.device} at {self.endpoint}" if caps.device else self.endpoint
+        self._caps = replace(caps, is_remote=True, device=device)
+        self.precision = caps.precision
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DeviceError(f"{self.name}: backend is closed")
+
+
+def compact_inputs(inputs: np.ndarray) -> np.ndarray:
+    """Binary spikes travel as uint8 (4x smaller than float32); anything else as float32."""
+    if inputs.dtype in (np.bool_, np.uint8):
+        return inputs
+    if inputs.size and bool(((inputs == 0) | (inputs == 1)).all()):
+        return inputs.astype(np.uint8)
+    return inputs.astype(np.float32, copy=False)
+
+
+def _numpy(value: Any, dtype: Any = None) -> np.ndarray:
+    """numpy view of a numpy array or torch tensor (torch is never imported here)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    return arr if dtype is None else arr.astype(dtype, copy=False)
