@@ -1,0 +1,172 @@
+"""LavaLocalBackend: the device contract on real Lava processes (runs in the Lava env).
+
+Hosted by ``python -m devices.server --backend lava|lava-fixed|loihi2`` inside the Lava venv
+(Python 3.10, lava-nc 0.10); the host reaches it through ``devices.lava.LavaBackend``.
+Never imports torch.
+
+Modes:
+- ``floating_pt`` ("lava"): Lava's float models.  They compute in float64; the contract's
+  precision class is still "float32" (the float model family, not bit-exact with torch).
+- ``fixed_pt`` ("lava-fixed"): Lava's bit-accurate Loihi 2 models; precision "loihi-fixed",
+  bit-identical with torch-sim-fixed.
+- ``loihi2``: the same graph with ``Loihi2HwCfg`` on a Loihi 2 system (needs lava-loihi).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from devices.base import BaseBackend
+from polystep_neuro.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.network import NetworkSpec
+from simulators.lava_net import LavaNet, RunCfgFactory, sim_run_cfg
+from simulators.lava_plan import DEFAULT_MAX_VERTICES
+
+log = logging.getLogger(__name__)
+
+MODES = {
+    "floating_pt": ("lava", "float32"),
+    "fixed_pt": ("lava-fixed", "loihi-fixed"),
+    "loihi2": ("loihi2", "loihi-fixed"),
+}
+# Set by devices.lava when it spawns a server: the pid that must stay our parent.
+PARENT_ENV = "POLYSTEP_EXIT_WITH_PARENT"
+LOIHI2_HELP = (
+    "Loihi 2 needs lava-loihi, which Intel provides to INRC members on its cloud systems "
+    "(not on PyPI). On such a host, in a Python 3.10 env with lava-nc, lava-loihi and this "
+    "project, start `python -m devices.server --backend loihi2 --bind tcp://127.0.0.1:5555`, "
+    "forward the port (ssh -L 5555:127.0.0.1:5555 HOST) and use the backend "
+    "tcp://127.0.0.1:5555 here."
+)
+
+
+def loihi2_available() -> bool:
+    try:
+        from lava.utils.system import Loihi2
+    except ImportError:
+        return False
+    return bool(Loihi2.is_loihi2_available)
+
+
+def hw_run_cfg(select_tag: str, exceptions: dict) -> Any:
+    """Loihi2HwCfg prefers the chip's Nc models; no tag (a "fixed_pt" tag could pick the
+    CPU models).  The bridge keeps its CPU model through the exception map.  Untested on
+    hardware here (no lava-loihi): the bridge's RefPorts into Nc processes may need
+    lava-loihi's own I/O adapters."""
+    from lava.magma.core.run_configs import Loihi2HwCfg
+
+    return Loihi2HwCfg(exception_proc_model_map=exceptions)
+
+
+class LavaLocalBackend(BaseBackend):
+    """Lava processes in this Python (the Lava env); see module docstring for the modes."""
+
+    def __init__(
+        self,
+        mode: str = "fixed_pt",
+        *,
+        run_cfg: RunCfgFactory | None = None,
+        max_vertices: int | None = None,
+        parallel: int | None = None,
+    ) -> None:
+        """``run_cfg`` replaces the run configuration (tests run mode "loihi2" on
+        Loihi2SimCfg); ``max_vertices`` caps the replicas of one graph (larger V runs in
+        several passes; env POLYSTEP_LAVA_MAX_VERTICES); ``parallel`` pins the samples run
+        side by side (default: chosen by the cost model)."""
+        super().__init__()
+        if mode not in MODES:
+            raise DeviceError(f"Lava mode must be one of {list(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.name, self.precision = MODES[mode]
+        if mode == "loihi2" and run_cfg is None:
+            if not loihi2_available():
+                raise DeviceUnavailable(LOIHI2_HELP)
+            run_cfg = hw_run_cfg
+        self._run_cfg = run_cfg or sim_run_cfg
+        env_cap = os.environ.get("POLYSTEP_LAVA_MAX_VERTICES")
+        self.graph_vertices = int(max_vertices or env_cap or DEFAULT_MAX_VERTICES)
+        self.parallel = parallel
+        self._net: LavaNet | None = None
+        _watch_parent()
+
+    @property
+    def lava_mode(self) -> str:
+        return "fixed_pt" if self.mode == "loihi2" else self.mode
+
+    def describe(self) -> str:
+        what = {
+            "floating_pt": "Lava 0.10 floating_pt models (float64) on CPU",
+            "fixed_pt": "Lava 0.10 fixed_pt models (Loihi 2 bit-accurate) on CPU",
+            "loihi2": "Loihi 2 via lava-loihi (Loihi2HwCfg)",
+        }[self.mode]
+        return f"{what}, up to {self.graph_vertices} replicas per graph"
+
+    def load(self, spec: NetworkSpec) -> None:
+        if self._closed:
+            raise DeviceError(f"{self.name}: backend is closed")
+        t0 = time.perf_counter()
+        if self._net is None:
+            self._net = LavaNet(
+                spec,
+                self.lava_mode,
+                max_vertices=self.graph_vertices,
+                parallel=self.parallel,
+                run_cfg=self._run_cfg,
+                dense_dot=self.mode != "loihi2",
+            )
+        else:
+            kept = self._net.load(spec)
+            log.info("load: compiled graphs %s", "kept" if kept else "dropped (new structure)")
+        self._spec = self._net.spec
+        log.info("load took %.2f s", time.perf_counter() - t0)
+
+    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
+        wire = {name: np.asarray(value, dtype=np.float32) for name, value in params.items()}
+        x = np.asarray(inputs)
+        self._check_call(wire, x)
+        assert self._net is not None
+        return self._net.evaluate(wire, x)
+
+    @property
+    def builds(self) -> int:
+        """Graphs compiled so far (each leaks ~15 MB in Lava 0.10)."""
+        return 0 if self._net is None else self._net.builds
+
+    def close(self) -> None:
+        if self._net is not None:
+            self._net.close()
+            self._net = None
+        super().close()
+
+
+_watching = False
+
+
+def _watch_parent() -> None:
+    """In a server spawned by devices.lava: if the host dies, take the whole process group
+    (this server and Lava's worker processes) down, so nothing is left behind."""
+    global _watching
+    expected = os.environ.get(PARENT_ENV)
+    if _watching or not expected or not expected.isdigit():
+        return
+    _watching = True
+    parent = int(expected)
+
+    def watch(poll: Callable[[], int] = os.getppid) -> None:
+        while True:
+            if poll() != parent:
+                log.warning("host process %d is gone; stopping", parent)
+                if os.getpgrp() == os.getpid():  # our own group: us and Lava's workers
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

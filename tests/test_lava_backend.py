@@ -1,0 +1,266 @@
+"""The Lava backends against the torch simulator, through the real device server.
+
+Needs the Lava env (`polystep-neuro devices setup-lava`); without it these tests skip, unless
+POLYSTEP_REQUIRE_LAVA=1 (CI), where a missing env is a failure.
+
+- lava-fixed (Lava fixed_pt) and torch-sim-fixed: bit-identical spike counts for batched
+  parameter sets (readout-only and all-weights writable sets, biases, several seeds, input
+  densities, negative weight exponents, 24-bit current wrap-around).
+- lava (Lava floating_pt, float64) and torch-sim (float32): at least FLOAT_AGREEMENT of the
+  count entries identical (spikes differ only where v lands within rounding of vth).
+- per-step voltages, currents and spikes of a Lava graph: bit-identical with the numpy
+  transcription of Lava's models (run inside the Lava venv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices.lava_env import find_lava_env, venv_python
+from devices.torch_sim import TorchSimBackend
+from polystep_neuro.errors import SpecError
+from polystep_neuro.network import LayerSpec, NetworkSpec
+from simulators import fixed_point as fp
+from simulators.torch_lif import TorchLIF
+
+FLOAT_AGREEMENT = 0.99  # measured: 0.999+ (see test_float_agreement)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lava_env() -> Path:
+    venv = find_lava_env()
+    if venv is None:
+        message = "no Lava env: run `polystep-neuro devices setup-lava` (needs Python 3.10)"
+        if os.environ.get("POLYSTEP_REQUIRE_LAVA") == "1":
+            pytest.fail(f"POLYSTEP_REQUIRE_LAVA=1 but {message}")
+        pytest.skip(message)
+    return venv
+
+
+@pytest.fixture(scope="module")
+def lava_fixed():
+    _lava_env()
+    from devices.lava import LavaBackend
+
+    backend = LavaBackend("fixed_pt")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def lava_float():
+    _lava_env()
+    from devices.lava import LavaBackend
+
+    backend = LavaBackend("floating_pt")
+    yield backend
+    backend.close()
+
+
+# ----------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    name: str
+    spec: NetworkSpec
+    num_sets: int
+    batch: int
+    density: float
+    seed: int
+
+
+def _perturbed(spec: NetworkSpec, num_sets: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name in spec.writable:
+        base = spec.parameters()[name]
+        noise = rng.standard_normal((num_sets, *base.shape)).astype(np.float32)
+        if name.endswith("bias"):
+            params[name] = base[None] + 0.3 * noise
+        else:
+            params[name] = base[None] * (1 + 0.3 * noise)
+    return params
+
+
+def _cases() -> list[Case]:
+    readout = NetworkSpec.random(
+        [32, 48, 6], 20, seed=0, du=0.3, dv=0.1, weight_gain=3.0, writable=("fc1.weight",)
+    )
+    all_weights = NetworkSpec.random(
+        [16, 24, 20, 5],
+        18,
+        seed=1,
+        du=0.2,
+        dv=0.05,
+        weight_gain=3.5,
+        writable=("fc0.weight", "fc1.weight", "fc2.weight"),
+    )
+    biases = NetworkSpec.random(
+        [20, 30, 6],
+        16,
+        seed=2,
+        du=1.0,
+        dv=0.2,
+        weight_gain=2.5,
+        bias=True,
+        writable=("fc0.bias", "fc1.weight", "lif0.v_bias", "lif1.v_bias"),
+    )
+    # thresholds far above any one weight (vth > 16 max|w|): weight_exp < 0, activations
+    # shifted right; mostly positive weights and long current memory still make spikes
+    rng = np.random.default_rng(3)
+    w0, w1 = rng.normal(0.3, 0.5, (30, 60)), rng.normal(0.3, 0.5, (5, 30))
+    quiet_layers = [
+        LayerSpec(weight=w0, du=0.05, dv=0.02, vth=20 * float(np.abs(w0).max())),
+        LayerSpec(weight=w1, du=0.05, dv=0.02, vth=20 * float(np.abs(w1).max())),
+    ]
+    quiet = NetworkSpec(quiet_layers, 20, ("fc0.weight", "fc1.weight")).validate()
+    # all-positive strong input, no current decay: u passes 2**23 and wraps
+    rng = np.random.default_rng(4)
+    loud_layers = [
+        LayerSpec(weight=np.abs(rng.normal(0, 1, (12, 48))) + 0.5, du=0.0, dv=0.3),
+        LayerSpec(weight=rng.normal(0, 1, (4, 12)), du=0.5, dv=0.1),
+    ]
+    loud = NetworkSpec(loud_layers, 24, ("fc1.weight", "lif0.v_bias")).validate()
+    return [
+        Case("readout", readout, 8, 10, 0.25, 0),
+        Case("readout-dense", readout, 8, 10, 0.6, 1),
+        Case("all-weights", all_weights, 6, 8, 0.4, 2),
+        Case("biases", biases, 5, 7, 0.3, 3),
+        Case("negative-weight-exp", quiet, 6, 8, 0.5, 4),
+        Case("u-wrap", loud, 4, 6, 0.9, 5),
+    ]
+
+
+CASES = _cases()
+
+
+def _inputs(case: Case) -> np.ndarray:
+    rng = np.random.default_rng(100 + case.seed)
+    shape = (case.batch, case.spec.num_steps, case.spec.n_in)
+    return (rng.random(shape) < case.density).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fixed_counts_bit_identical(lava_fixed, case: Case) -> None:
+    spec = fp.calibrate(case.spec)
+    params = _perturbed(spec, case.num_sets, case.seed)
+    x = _inputs(case)
+    lava_fixed.load(spec)
+    torch_sim = TorchSimBackend("loihi-fixed", device="cpu")
+    torch_sim.load(spec)
+    got = lava_fixed.evaluate(params, x)
+    want = torch_sim.evaluate(params, x).numpy()
+    assert got.shape == (case.num_sets, case.batch, spec.n_out)
+    assert np.array_equal(got, want), f"{int((got != want).sum())} of {got.size} differ"
+    assert want.sum() > 0 and (want != want[:1]).any()  # spikes, and the sets differ
+    # loaded values (no params) after candidate sets were written
+    assert np.array_equal(lava_fixed.evaluate({}, x), torch_sim.evaluate({}, x).numpy())
+    if case.name == "negative-weight-exp":
+        assert spec.layers[0].fixed_weight_exp < 0 and spec.layers[1].fixed_weight_exp < 0
+    if case.name == "u-wrap":
+        currents = TorchLIF(spec, "loihi-fixed").run({}, x, record=True).currents
+        assert currents is not None and float(currents[0].min()) < 0  # wrapped past 2**23
+
+
+def test_float_agreement(lava_float) -> None:
+    """Lava float64 vs torch float32: nearly all count entries identical."""
+    same = total = 0
+    for case in CASES:
+        spec = case.spec
+        params = _perturbed(spec, case.num_sets, case.seed)
+        x = _inputs(case)
+        lava_float.load(spec)
+        torch_sim = TorchSimBackend("float32", device="cpu")
+        torch_sim.load(spec)
+        got = lava_float.evaluate(params, x)
+        want = torch_sim.evaluate(params, x).numpy()
+        same += int((got == want).sum())
+        total += got.size
+    print(f"floating_pt vs torch float32: {same}/{total} count entries identical")
+    assert same / total >= FLOAT_AGREEMENT
+
+
+def test_float_thresholds_are_writable(lava_float) -> None:
+    spec = NetworkSpec.random(
+        [24, 32, 5],
+        20,
+        seed=6,
+        du=0.3,
+        dv=0.1,
+        weight_gain=3.0,
+        writable=("fc1.weight", "lif0.vth", "lif1.vth"),
+    )
+    params = _perturbed(spec, 6, 6)
+    x = _inputs(Case("vth", spec, 6, 8, 0.3, 6))
+    lava_float.load(spec)
+    torch_sim = TorchSimBackend("float32", device="cpu")
+    torch_sim.load(spec)
+    got, want = lava_float.evaluate(params, x), torch_sim.evaluate(params, x).numpy()
+    assert (got == want).mean() >= FLOAT_AGREEMENT
+
+
+def test_voltages_bit_identical_in_lava_env() -> None:
+    venv = _lava_env()
+    out = subprocess.run(
+        [str(venv_python(venv)), "-m", "tests.lava_env_checks"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for check in result["voltages"]:
+        assert check["entries"] > 10000 and check["reference_spikes"] > 100
+        assert check["mismatches"] == 0, check
+    assert result["chunked"]["exact"]
+    assert result["loihi2_path"]["equal"]
+    assert "lava-loihi" in result["loihi2_path"]["unavailable_message"]
+
+
+# ----------------------------------------------------------------------------- behaviour
+def test_rejections_name_the_parameters(lava_fixed) -> None:
+    spec = NetworkSpec.random([8, 6, 3], 10, writable=("fc1.weight", "lif1.vth"))
+    with pytest.raises(SpecError, match=r"cannot change lif1\.vth .*fc<i>\.weight"):
+        lava_fixed.load(spec)
+    snn_torch_style = replace(spec.layers[0], delay=0)
+    other = NetworkSpec([snn_torch_style, spec.layers[1]], 10, ("fc1.weight",))
+    with pytest.raises(SpecError, match="delay 1"):
+        lava_fixed.load(other)
+    with pytest.raises(SpecError, match="binary"):
+        lava_fixed.load(fp.calibrate(NetworkSpec.random([8, 6, 3], 10)))
+        lava_fixed.evaluate({}, np.full((2, 10, 8), 0.5, np.float32))
+
+
+def test_capabilities_and_no_orphans(monkeypatch: pytest.MonkeyPatch) -> None:
+    _lava_env()
+    from devices.lava import LavaBackend
+
+    monkeypatch.setenv("POLYSTEP_LAVA_MAX_VERTICES", "4")  # V=10 runs as 3 graph passes
+    backend = LavaBackend("fixed_pt")
+    pid = backend.server_pid
+    assert pid is not None
+    try:
+        caps = backend.capabilities
+        assert (caps.name, caps.precision, caps.is_remote) == ("lava-fixed", "loihi-fixed", False)
+        assert "fixed_pt" in caps.device and "up to 4 replicas" in caps.device
+        spec = fp.calibrate(NetworkSpec.random([10, 12, 3], 12, seed=7, writable=("fc1.weight",)))
+        backend.load(spec)
+        params = _perturbed(spec, 10, 7)
+        x = (np.random.default_rng(7).random((5, 12, 10)) < 0.4).astype(np.float32)
+        torch_sim = TorchSimBackend("loihi-fixed", device="cpu")
+        torch_sim.load(spec)
+        assert np.array_equal(backend.evaluate(params, x), torch_sim.evaluate(params, x).numpy())
+    finally:
+        backend.close()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the server and all of Lava's worker processes are gone
