@@ -4,7 +4,15 @@ Requests use ZeroMQ's "lazy pirate" pattern: a REQ socket, a timeout per try, an
 timeout the socket is closed (linger 0), reopened and the request resent — safe because
 ``evaluate`` is pure and ``load``/``close`` are idempotent.  If a restarted server answers
 that it holds no network, the client re-sends the spec it loaded and retries the evaluate,
-so a server restart mid-run costs one re-load, not the run.
+so a server restart mid-run costs one re-load, not the run.  With ``heartbeat_s`` an
+evaluate after a quiet spell is preceded by a cheap ``ping`` (short timeout), so a dead
+server or tunnel is found in ``connect_timeout_s`` rather than a full evaluate timeout,
+and a restarted one is re-loaded before the (large) evaluate request goes out.
+
+With ``curve_keys`` (a folder from ``polystep-neuro devices keygen`` or a mapping) the
+socket encrypts, presents the client key and pins the server key.  A socket monitor
+watches the handshakes, so "no reply" can say *why* (key rejected, keys missing,
+wrong server key) instead of only "is the server running?".
 
 Batches larger than the server's message limits (learned from ``hello``) or its
 ``max_vertices`` are split along V and the counts concatenated in order.
@@ -16,6 +24,8 @@ Host-side module, but torch-free at import: tensors are converted with
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -23,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from devices.base import BaseBackend, Capabilities
 from devices.protocol import (
@@ -33,6 +44,14 @@ from devices.protocol import (
     decode,
     encode,
     error_from_wire,
+)
+from devices.security import (
+    FATAL_HANDSHAKE_EVENTS,
+    HANDSHAKE_EVENTS,
+    ClientKeys,
+    client_keys,
+    handshake_hint,
+    secure_client_socket,
 )
 from polystep_neuro.errors import CapacityError, DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
@@ -56,11 +75,18 @@ class RemoteBackend(BaseBackend):
         close_timeout_s: float = 1.0,
         retries: int = 3,
         connect: bool = True,
+        curve_keys: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
         """``timeout_s`` bounds one try of load/evaluate (make it exceed the slowest
         evaluate); ``connect_timeout_s`` one try of hello/ping; ``retries`` is the number
         of tries.  With ``connect`` the server is asked for its capabilities now, so an
-        unreachable endpoint fails here rather than at the first evaluate."""
+        unreachable endpoint fails here rather than at the first evaluate.
+        ``curve_keys``: client key folder or mapping (``open_backend`` fills it in from
+        $POLYSTEP_CURVE_KEYS; this class does not, so a private loopback server such as
+        the one devices.lava spawns is never asked for keys).  ``heartbeat_s``: ping first
+        when nothing was heard for that long (off by default: a ping queues behind another
+        client's evaluate on a shared server)."""
         super().__init__()
         if not endpoint.startswith(("tcp://", "ipc://")):
             raise DeviceUnavailable(
@@ -68,6 +94,10 @@ class RemoteBackend(BaseBackend):
             )
         if retries < 1 or timeout_s <= 0 or connect_timeout_s <= 0:
             raise DeviceError("retries must be >= 1 and timeouts > 0")
+        if heartbeat_s is not None and heartbeat_s < 0:
+            raise DeviceError("heartbeat_s must be >= 0 (or None for no heartbeat)")
+        self.keys: ClientKeys | None = None if curve_keys is None else client_keys(curve_keys)
+        self.heartbeat_s = heartbeat_s
         self.endpoint = endpoint
         self.name = f"remote {endpoint}"
         self.timeout_s = float(timeout_s)
@@ -77,6 +107,9 @@ class RemoteBackend(BaseBackend):
         self.server_info: dict[str, Any] = {}
         self._ctx = zmq.Context()
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._events: list[tuple[int, int]] = []  # handshake events of the current socket
+        self._last_heard = -float("inf")  # time.monotonic() of the last reply
         self._next_id = 0
         self._caps: Capabilities | None = None
         self._limits = DEFAULT_LIMITS
@@ -118,6 +151,8 @@ class RemoteBackend(BaseBackend):
         wire_params = {name: _numpy(value, np.float32) for name, value in params.items()}
         wire_inputs = compact_inputs(_numpy(inputs))
         num_sets = self._check_call(wire_params, wire_inputs)
+        if self.heartbeat_s is not None and time.monotonic() - self._last_heard > self.heartbeat_s:
+            self._liveness_check()
         if not wire_params:
             return self._evaluate_once(wire_params, wire_inputs, 1)
         parts = []
@@ -126,11 +161,21 @@ class RemoteBackend(BaseBackend):
             parts.append(self._evaluate_once(part, wire_inputs, stop - start))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def ping(self) -> float:
+    def ping(self, tries: int | None = None) -> float:
         """Round-trip time of a ``ping`` in seconds (raises DeviceUnavailable if none)."""
+        return self._ping(tries)[0]
+
+    def _ping(self, tries: int | None = None) -> tuple[float, bool]:
         start = time.perf_counter()
-        self._request("ping", {}, None, self.connect_timeout_s)
-        return time.perf_counter() - start
+        header, _ = self._request("ping", {}, None, self.connect_timeout_s, tries=tries)
+        return time.perf_counter() - start, bool(header.get("loaded", True))
+
+    def _liveness_check(self) -> None:
+        """Heartbeat: is the server there, and does it still hold our network?"""
+        _, loaded = self._ping()
+        if not loaded and self._user_spec is not None:
+            log.warning("%s holds no network (restarted?); re-loading", self.endpoint)
+            self._send_load(self._user_spec)
 
     def close(self) -> None:
         """Tell the server to close its backend (best effort, short timeout), then let go."""
@@ -163,14 +208,16 @@ class RemoteBackend(BaseBackend):
         self, params: dict[str, np.ndarray], inputs: np.ndarray, num_sets: int
     ) -> np.ndarray:
         arrays = {**params, "inputs": inputs}
-        try:
-            _, out = self._request("evaluate", {}, arrays, self.timeout_s)
-        except NotLoadedError:
-            if self._user_spec is None:
-                raise
-            log.warning("%s holds no network (restarted?); re-loading, retrying", self.endpoint)
-            self._send_load(self._user_spec)
-            _, out = self._request("evaluate", {}, arrays, self.timeout_s)
+        for reloads in range(self.retries + 1):
+            try:
+                _, out = self._request("evaluate", {}, arrays, self.timeout_s)
+                break
+            except NotLoadedError:
+                # restarted (maybe more than once, e.g. a crash loop settling): re-load, retry
+                if self._user_spec is None or reloads == self.retries:
+                    raise
+                log.warning("%s holds no network (restarted?); re-loading, retrying", self.endpoint)
+                self._send_load(self._user_spec)
         return self._counts(out, (num_sets, inputs.shape[0], self.spec.n_out))
 
     def _counts(self, out: Mapping[str, np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
@@ -224,6 +271,7 @@ class RemoteBackend(BaseBackend):
         if self._ctx.closed:
             raise DeviceError(f"{self.name}: backend is closed")
         tries = self.retries if tries is None else tries
+        hint = ""
         self._next_id += 1
         request_id = self._next_id
         frames = encode({"op": op, "id": request_id, **fields}, arrays, self._limits)
@@ -232,30 +280,73 @@ class RemoteBackend(BaseBackend):
             sock = self._socket(timeout_s)
             try:
                 sock.send_multipart(frames, copy=False)
-                if sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-                    return self._reply(sock.recv_multipart(copy=False), request_id)
+                received = self._await_reply(sock, timeout_s)
+                if received is not None:
+                    reply = self._reply(received, request_id)
+                    self._last_heard = time.monotonic()
+                    return reply
             except zmq.Again:
                 pass
             except BaseException:  # e.g. Ctrl-C mid-wait: a REQ socket left waiting is unusable
                 self._drop_socket()
                 raise
+            hint = handshake_hint(self._events, self.keys) or hint
+            if any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self._events):
+                self._drop_socket()  # a key problem: more tries would be refused the same way
+                raise DeviceUnavailable(
+                    f"device server {self.endpoint} refused the connection ({op!r} not sent): "
+                    f"{hint}."
+                )
             log.warning(
-                "no reply from %s to %s within %.1f s (try %d of %d)%s",
+                "no reply from %s to %s within %.1f s (try %d of %d)%s%s",
                 self.endpoint,
                 op,
                 timeout_s,
                 attempt,
                 tries,
+                f": {hint}" if hint else "",
                 "; reconnecting" if attempt < tries else "",
             )
             self._drop_socket()
+        why = (
+            f"{hint}."
+            if hint
+            else (
+                f"Check that the server is running (python -m devices.server --backend NAME "
+                f"--bind {self.endpoint}), that the host, port and any ssh tunnel are right, "
+                f"that both sides agree on CurveZMQ keys ({self._keys_note()}), and for a slow "
+                f"device raise timeout_s."
+            )
+        )
         raise DeviceUnavailable(
             f"device server {self.endpoint} did not answer {op!r}: {tries} tries of "
-            f"{timeout_s:g} s each, {time.monotonic() - start:.1f} s in all. Check that the "
-            f"server is running (python -m devices.server --backend NAME --bind "
-            f"{self.endpoint}), that the host, port and any ssh tunnel are right, and for a "
-            f"slow device raise timeout_s."
+            f"{timeout_s:g} s each, {time.monotonic() - start:.1f} s in all. {why}"
         )
+
+    def _keys_note(self) -> str:
+        if self.keys is None:
+            return "this client uses none; a server started with --curve-keys needs them"
+        return f"this client uses the keys from {self.keys.source}"
+
+    def _await_reply(self, sock: zmq.Socket, timeout_s: float) -> list[Any] | None:
+        """The reply frames within ``timeout_s``, or None.  Watches the socket monitor too,
+        so a refused handshake ends the wait at once instead of after the timeout."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready = dict(poller.poll(max(1, math.ceil(left * 1000))))
+            if sock in ready:
+                return sock.recv_multipart(copy=False)
+            if self._monitor is not None and self._monitor in ready:
+                while self._monitor.poll(0):
+                    event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                    self._events.append((int(event["event"]), int(event["value"])))
+                if any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self._events):
+                    return None
+        return None
 
     def _reply(self, frames: list[Any], request_id: int) -> tuple[dict[str, Any], dict]:
         header, arrays = decode(frames, DEFAULT_LIMITS, reply=True)
@@ -274,12 +365,20 @@ class RemoteBackend(BaseBackend):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
             sock.setsockopt(zmq.IPV6, int("[" in self.endpoint))
+            if self.keys is not None:
+                secure_client_socket(sock, self.keys)
+            self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+            self._events = []
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
 
     def _drop_socket(self) -> None:
         if self._sock is not None:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._sock.close(linger=0)
             self._sock = None
 

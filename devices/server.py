@@ -1,7 +1,7 @@
 """Device server: host one local backend behind the wire protocol (``devices.protocol``).
 
     python -m devices.server --backend torch-sim|torch-sim-fixed|lava|lava-fixed|loihi2 \\
-        --bind tcp://127.0.0.1:PORT [--exit-on-close] [--insecure]
+        --bind tcp://127.0.0.1:PORT [--exit-on-close] [--curve-keys DIR | --insecure]
 
 Once ready it prints exactly one line to stdout and flushes it::
 
@@ -60,6 +60,7 @@ from devices.protocol import (
     wire_error_message,
     wire_error_type,
 )
+from devices.security import CurveServer, ServerKeys, server_keys
 from polystep_neuro.errors import DeviceError, DeviceUnavailable, PolystepError, SpecError
 from polystep_neuro.network import NetworkSpec
 
@@ -73,7 +74,8 @@ STARTUP_RE = re.compile(r"^polystep-neuro device server: backend=(\S+) listening
 INPUT_DTYPES = ("bool", "uint8", "float32")
 POLL_MS = 200  # how often the idle loop looks at the stop flag
 PUBLIC_BIND_MESSAGE = (
-    "binding a public address needs CurveZMQ keys (--curve-keys DIR, coming) or --insecure"
+    "binding a non-loopback address needs CurveZMQ keys (--curve-keys DIR; make them with "
+    "`polystep-neuro devices keygen DIR`) or, on a trusted network only, --insecure"
 )
 
 
@@ -276,15 +278,27 @@ def is_local_endpoint(endpoint: str) -> bool:
         return False
 
 
-def check_bind(endpoint: str, insecure: bool) -> None:
-    if not is_local_endpoint(endpoint) and not insecure:
+def check_bind(endpoint: str, insecure: bool, curve_keys: Any = None) -> None:
+    if not is_local_endpoint(endpoint) and not insecure and curve_keys is None:
         raise DeviceError(f"refusing to bind {endpoint}: {PUBLIC_BIND_MESSAGE}")
 
 
-def _secure(socket: zmq.Socket, endpoint: str, insecure: bool) -> None:
-    """Hook for CurveZMQ server keys (a later issue); today: warn about public binds."""
-    if not is_local_endpoint(endpoint) and insecure:
-        log.warning("serving %s without encryption or authentication (--insecure)", endpoint)
+def _secure(
+    ctx: zmq.Context, sock: zmq.Socket, endpoint: str, insecure: bool, keys: ServerKeys | None
+) -> CurveServer | None:
+    """CURVE + key check when keys are given (loopback clients too); else warn on public binds.
+
+    Returns the running authenticator, to be stopped when the server stops."""
+    if keys is None:
+        if not is_local_endpoint(endpoint) and insecure:
+            log.warning("serving %s without encryption or authentication (--insecure)", endpoint)
+        return None
+    if insecure:
+        log.warning("--insecure is ignored: --curve-keys is given, every client needs a key")
+    curve = CurveServer(ctx, keys)
+    curve.secure(sock)
+    log.info("CurveZMQ on: %d authorized client key(s) from %s", len(keys.authorized), keys.source)
+    return curve
 
 
 # --------------------------------------------------------------------------- main loop
@@ -292,15 +306,26 @@ class _Shutdown(BaseException):
     """Raised from the signal handler to abandon a long backend call on SIGTERM/SIGINT."""
 
 
-def serve(server: DeviceServer, endpoint: str, *, insecure: bool = False, out: Any = None) -> int:
-    """Bind, announce, answer requests until close (--exit-on-close) or a signal."""
-    check_bind(endpoint, insecure)
+def serve(
+    server: DeviceServer,
+    endpoint: str,
+    *,
+    insecure: bool = False,
+    curve_keys: ServerKeys | str | os.PathLike[str] | None = None,
+    out: Any = None,
+) -> int:
+    """Bind, announce, answer requests until close (--exit-on-close) or a signal.
+
+    ``curve_keys``: a key folder (``devices keygen``) or loaded ServerKeys; with them only
+    clients holding an authorized key get through, whatever address they come from."""
+    check_bind(endpoint, insecure, curve_keys)
+    keys = server_keys(curve_keys) if isinstance(curve_keys, (str, os.PathLike)) else curve_keys
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max(server.limits.max_array_bytes, 1 << 20))
     sock.setsockopt(zmq.IPV6, int("[" in endpoint))  # tcp://[::1]:PORT
-    _secure(sock, endpoint, insecure)
+    curve = _secure(ctx, sock, endpoint, insecure, keys)
     stop = threading.Event()
     previous = _install_signal_handlers(stop, server)
     try:
@@ -318,6 +343,8 @@ def serve(server: DeviceServer, endpoint: str, *, insecure: bool = False, out: A
         _restore_signal_handlers(previous)
         server.close_backend()
         sock.close(linger=0)
+        if curve is not None:
+            curve.stop()
         ctx.term()
     return 0
 
@@ -370,14 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_total_bytes=int(args.max_total_mb * 2**20),
     )
     try:
-        check_bind(args.bind, args.insecure)  # before the (slow) backend import
+        check_bind(args.bind, args.insecure, args.curve_keys)  # before the slow backend import
+        keys = server_keys(args.curve_keys) if args.curve_keys is not None else None
         server = DeviceServer(
             args.backend,
             lambda: create_backend(args.backend, args.device),
             limits=limits,
             exit_on_close=args.exit_on_close,
         )
-        return serve(server, args.bind, insecure=args.insecure)
+        return serve(server, args.bind, insecure=args.insecure, curve_keys=keys)
     except (PolystepError, zmq.ZMQError) as exc:
         print(
             f"{STARTUP_PREFIX} error: {wire_error_type(exc)}: {wire_error_message(exc)}",
@@ -400,6 +428,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--exit-on-close", action="store_true", help="exit after a client sends close"
+    )
+    parser.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        help="CurveZMQ: encrypt, and accept only clients whose public key is in "
+        "DIR/authorized_clients (keys from `polystep-neuro devices keygen DIR`)",
     )
     parser.add_argument(
         "--insecure",

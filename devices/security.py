@@ -1,0 +1,279 @@
+"""CurveZMQ keys for device servers reached over a network (pyzmq + stdlib only).
+
+Layout written by ``polystep-neuro devices keygen DIR`` (zmq.auth certificate files)::
+
+    DIR/server.key            server public key   -> every client (pins the server)
+    DIR/server.key_secret     server secret key   -> the server host only
+    DIR/client.key            client public key
+    DIR/client.key_secret     client secret key   -> the client host only
+    DIR/authorized_clients/   public keys the server accepts (client.key; add more)
+
+The server (``--curve-keys DIR``) reads ``server.key_secret`` and ``authorized_clients/``;
+a client (``curve_keys=DIR``) reads ``client.key_secret`` and ``server.key``.  CURVE
+encrypts and authenticates every connection, loopback ones included: once a server has
+keys, a client without an authorized key gets no answer at all.
+
+Why CURVE and not ssh alone: a tunnel protects one hop, but a server bound to a shared
+network address is reachable by every host on it; CURVE makes the key, not the address,
+the thing that grants access.  Imported by the server, so it runs in the Lava env too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from polystep_neuro.errors import DeviceError, DeviceUnavailable
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "server"
+CLIENT_NAME = "client"
+AUTHORIZED_DIR = "authorized_clients"
+KEYS_ENV = "POLYSTEP_CURVE_KEYS"  # default key folder for clients (the CLI has no flag)
+KEYGEN_HINT = "make keys with `polystep-neuro devices keygen DIR`"
+_Z85_KEY_CHARS = 40
+
+# monitor events that tell a client why its connection never carried a message
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+# refusals no retry can fix: the server turned the key down, or one side has no keys.
+# (FAILED_NO_DETAIL is not here: it is also what a server dying mid-handshake looks like.)
+FATAL_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """What a client presents (its keypair) and the server key it pins."""
+
+    public: bytes
+    secret: bytes
+    server: bytes
+    source: str  # where they came from, for error messages
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    """The server keypair and the client public keys it accepts."""
+
+    public: bytes
+    secret: bytes
+    authorized: frozenset[bytes]
+    source: str
+
+
+def require_curve() -> None:
+    if not zmq.has("curve"):
+        raise DeviceUnavailable(
+            "this pyzmq's libzmq was built without CURVE security; install a pyzmq wheel "
+            "(pip install --force-reinstall pyzmq), which bundles libzmq with CURVE"
+        )
+
+
+# --------------------------------------------------------------------------- keygen
+def generate_keys(folder: str | os.PathLike[str], *, force: bool = False) -> dict[str, Path]:
+    """Write a server and a client keypair and ``authorized_clients/client.key``.
+
+    Secret files are never readable by others: the pairs are made in a private (0700)
+    staging folder inside ``folder``, made 0600 there, then moved into place.  Refuses to
+    overwrite keys unless ``force`` (a new server key locks out every client that pinned
+    the old one)."""
+    require_curve()
+    import zmq.auth
+
+    out = Path(folder)
+    names = {
+        "server_public": out / f"{SERVER_NAME}.key",
+        "server_secret": out / f"{SERVER_NAME}.key_secret",
+        "client_public": out / f"{CLIENT_NAME}.key",
+        "client_secret": out / f"{CLIENT_NAME}.key_secret",
+        "authorized": out / AUTHORIZED_DIR / f"{CLIENT_NAME}.key",
+    }
+    existing = [str(p) for p in names.values() if p.exists()]
+    if existing and not force:
+        raise DeviceError(
+            f"keys already exist ({', '.join(existing)}); pass --force to replace them "
+            "(clients holding the old server key will no longer connect)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (out / AUTHORIZED_DIR).mkdir(exist_ok=True, mode=0o700)
+        staging = Path(tempfile.mkdtemp(prefix=".keygen-", dir=out))  # mode 0700
+        try:
+            for name in (SERVER_NAME, CLIENT_NAME):
+                zmq.auth.create_certificates(staging, name)
+            for path in staging.iterdir():
+                path.chmod(0o600 if path.name.endswith("_secret") else 0o644)
+            shutil.copy2(staging / f"{CLIENT_NAME}.key", staging / "authorized.key")
+            os.replace(staging / "authorized.key", names["authorized"])
+            for name in (SERVER_NAME, CLIENT_NAME):
+                for suffix in (".key", ".key_secret"):
+                    os.replace(staging / f"{name}{suffix}", out / f"{name}{suffix}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise DeviceError(f"cannot write keys to {out}: {exc.strerror or exc}") from None
+    return names
+
+
+# --------------------------------------------------------------------------- loading
+def server_keys(folder: str | os.PathLike[str]) -> ServerKeys:
+    """Load a server's keys; fails (before any bind) with what is missing and how to fix it."""
+    require_curve()
+    import zmq.auth
+
+    root = Path(folder)
+    public, secret = _keypair(root / f"{SERVER_NAME}.key_secret", "server secret key")
+    authorized_dir = root / AUTHORIZED_DIR
+    if not authorized_dir.is_dir():
+        raise DeviceError(f"no {authorized_dir} folder of client public keys; {KEYGEN_HINT}")
+    try:
+        authorized = frozenset(zmq.auth.load_certificates(authorized_dir))
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"cannot read client keys in {authorized_dir}: {exc}") from None
+    if not authorized:
+        raise DeviceError(
+            f"{authorized_dir} holds no client public keys (*.key), so no client could "
+            f"connect; copy a client's .key file there or {KEYGEN_HINT}"
+        )
+    return ServerKeys(public, secret, authorized, str(root))
+
+
+def client_keys(keys: str | os.PathLike[str] | Mapping[str, Any]) -> ClientKeys:
+    """Client keys from a key folder (``client.key_secret`` + ``server.key``) or a mapping
+    ``{"public_key", "secret_key", "server_key"}`` of Z85 strings."""
+    require_curve()
+    if isinstance(keys, Mapping):
+        missing = [k for k in ("public_key", "secret_key", "server_key") if k not in keys]
+        if missing:
+            raise DeviceError(f"curve_keys mapping lacks {', '.join(missing)}")
+        values = [_z85(keys[k], k) for k in ("public_key", "secret_key", "server_key")]
+        return ClientKeys(*values, source="the curve_keys mapping")
+    root = Path(keys)
+    public, secret = _keypair(root / f"{CLIENT_NAME}.key_secret", "client secret key")
+    server, _ = _keypair(root / f"{SERVER_NAME}.key", "server public key", secret=False)
+    return ClientKeys(public, secret, server, str(root))
+
+
+def keys_from_env() -> str | None:
+    """The key folder named by $POLYSTEP_CURVE_KEYS, if set (how the CLI gets keys)."""
+    return os.environ.get(KEYS_ENV, "").strip() or None
+
+
+def _keypair(path: Path, what: str, *, secret: bool = True) -> tuple[bytes, bytes]:
+    import zmq.auth
+
+    if not path.is_file():
+        raise DeviceError(f"no {what} at {path}; {KEYGEN_HINT}")
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise DeviceError(f"cannot read {what} {path}: {exc}") from None
+    if secret and not secret_key:
+        raise DeviceError(f"{path} holds no secret key (is it the public .key file?)")
+    return _z85(public, f"{what} in {path}"), _z85(secret_key or b"", f"{what} in {path}")
+
+
+def _z85(value: Any, what: str) -> bytes:
+    raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+    if len(raw) == 0:
+        return raw
+    if len(raw) != _Z85_KEY_CHARS:
+        raise DeviceError(f"{what} must be a {_Z85_KEY_CHARS}-character Z85 key")
+    return raw
+
+
+# --------------------------------------------------------------------------- sockets
+def secure_client_socket(sock: zmq.Socket, keys: ClientKeys) -> None:
+    """Present the client keypair and pin the server key (before connect)."""
+    sock.curve_publickey = keys.public
+    sock.curve_secretkey = keys.secret
+    sock.curve_serverkey = keys.server
+
+
+class CurveServer:
+    """CURVE on a server socket plus a ZAP handler that admits only authorized keys.
+
+    pyzmq's ThreadAuthenticator answers the ZAP requests libzmq sends for every CURVE
+    handshake; our callback checks the key and logs refusals, so an operator sees who
+    was turned away (ZAP itself only tells the client)."""
+
+    def __init__(self, ctx: zmq.Context, keys: ServerKeys) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self.keys = keys
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmq.auth"))
+        self._auth.start()
+        self._auth.configure_curve_callback("*", _KeyCheck(keys.authorized))
+
+    def secure(self, sock: zmq.Socket) -> None:
+        sock.curve_server = True
+        sock.curve_publickey = self.keys.public
+        sock.curve_secretkey = self.keys.secret
+
+    def stop(self) -> None:
+        self._auth.stop()
+
+
+class _KeyCheck:
+    def __init__(self, authorized: Iterable[bytes]) -> None:
+        self.authorized = frozenset(authorized)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.authorized:
+            return True
+        log.warning(
+            "rejected a CurveZMQ client whose public key %s is not in authorized_clients",
+            key.decode("ascii", "replace"),
+        )
+        return False
+
+
+def handshake_hint(events: Iterable[tuple[int, int]], keys: ClientKeys | None) -> str:
+    """What a client's socket monitor events say about a missing reply ("" if nothing)."""
+    seen = {event: value for event, value in events}
+    if zmq.EVENT_HANDSHAKE_FAILED_AUTH in seen:
+        return (
+            "the server rejected this client's CurveZMQ key: copy "
+            f"{_where(keys, 'client.key')} into the server's {AUTHORIZED_DIR}/ folder and "
+            "restart the server"
+        )
+    # a NULL/CURVE mismatch shows up as FAILED_PROTOCOL, or as FAILED_NO_DETAIL when the
+    # peer hangs up first (it races); a wrong pinned server key as FAILED_NO_DETAIL
+    mismatch = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL in seen
+    if not mismatch and zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL not in seen:
+        return ""
+    if keys is None:
+        return (
+            f"{'' if mismatch else 'the handshake failed, most likely because '}the server "
+            "requires CurveZMQ keys and this client has none: pass curve_keys=DIR (or set "
+            f"{KEYS_ENV}=DIR) with the client keys from `polystep-neuro devices keygen`"
+        )
+    if mismatch:
+        return (
+            "the handshake failed: this client uses CurveZMQ keys but the server does not "
+            "(start it with --curve-keys DIR) or speaks another protocol"
+        )
+    return (
+        f"the CurveZMQ handshake failed: the server key pinned in {_where(keys, 'server.key')} "
+        "does not match the server's secret key (copy the server.key of that server), or "
+        "the server runs without --curve-keys"
+    )
+
+
+def _where(keys: ClientKeys | None, name: str) -> str:
+    if keys is None or keys.source.startswith("the "):
+        return name
+    return str(Path(keys.source) / name)
