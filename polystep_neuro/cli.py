@@ -88,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     devices = sub.add_parser("devices", help="list and set up device backends")
     dsub = devices.add_subparsers(dest="devices_command", required=True)
     dsub.add_parser("list", help="which backends are usable here, and why not")
+    setup = dsub.add_parser(
+        "setup-lava",
+        help="create the Lava venv (Python 3.10, lava-nc 0.10.0) the lava backends run in",
+    )
+    setup.add_argument("--python", help="a Python 3.10 interpreter (default: search PATH, pyenv)")
+    setup.add_argument(
+        "--venv",
+        type=Path,
+        help="where to create it (default: .venv-lava in the checkout, or $POLYSTEP_LAVA_VENV)",
+    )
+    setup.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    keygen = dsub.add_parser(
+        "keygen", help="CurveZMQ keys for a device server reached over a network"
+    )
+    keygen.add_argument("dir", type=Path, help="folder for the server and client keys")
+    keygen.add_argument("--force", action="store_true", help="replace existing keys")
     return parser
 
 
@@ -147,7 +163,29 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     if args.devices_command == "list":
         for name, usable, why in describe_backends():
             print(f"{name:18s} {'usable' if usable else 'unavailable':12s} {why}")
+    elif args.devices_command == "setup-lava":
+        from devices.lava_env import setup_lava_env
+
+        venv = setup_lava_env(args.python, args.venv, print, force=args.force)
+        print(f"Lava env ready: {venv}")
+    elif args.devices_command == "keygen":
+        _cmd_keygen(args.dir, args.force)
     return 0
+
+
+def _cmd_keygen(folder: Path, force: bool) -> None:
+    from devices.security import KEYS_ENV, generate_keys
+
+    paths = generate_keys(folder, force=force)
+    print(
+        f"wrote CurveZMQ keys to {folder}:\n"
+        f"  server host: {paths['server_secret']} and {paths['authorized'].parent}/\n"
+        f"    python -m devices.server --backend NAME --bind tcp://ADDR:PORT "
+        f"--curve-keys {folder}\n"
+        f"  client host: {paths['client_secret']} and {paths['server_public']}\n"
+        f"    {KEYS_ENV}={folder} polystep-neuro adapt --backend tcp://ADDR:PORT ...\n"
+        "keep the *.key_secret files private; copy only what each host needs"
+    )
 
 
 def _check_backend_name(name: str) -> None:

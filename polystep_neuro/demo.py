@@ -37,7 +37,9 @@ from polystep_neuro.optim import PolyStep, Subspace
 from polystep_neuro.params import ParamVector
 from simulators import fixed_point
 
-DEFAULT_WRITABLE = ("fc1.weight", "lif0.vth", "lif1.vth")
+# What Lava and Loihi 2 can change at runtime: weights and neuron biases (Lava's fixed-point
+# LIF caches its threshold after the first step, so thresholds are not in the default set).
+DEFAULT_WRITABLE = ("fc1.weight", "lif1.v_bias")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class StageSettings:
     probe_radius: float
     epsilon: float
     absorb_interval: int = 20
+    scaling: str = "none"  # see polystep_neuro.params: "auto" scales each tensor by its kind
 
 
 @dataclass
@@ -63,7 +66,9 @@ class DemoConfig:
     batch_size: int = 128
     writable: tuple[str, ...] = DEFAULT_WRITABLE
     pretrain: StageSettings = field(default_factory=lambda: StageSettings(1200, 128, 0.5, 1.0, 0.3))
-    adapt: StageSettings = field(default_factory=lambda: StageSettings(300, 64, 0.2, 0.4, 0.3))
+    adapt: StageSettings = field(
+        default_factory=lambda: StageSettings(300, 64, 0.1, 0.2, 0.3, scaling="auto")
+    )
     shift: InputShift = field(
         default_factory=lambda: InputShift(noise=0.1, gain=0.6, dead_fraction=0.1, seed=1)
     )
@@ -79,7 +84,7 @@ class DemoConfig:
             hidden=128,
             num_steps=16,
             pretrain=StageSettings(250, 128, 0.5, 1.0, 0.3),
-            adapt=StageSettings(80, 32, 0.2, 0.4, 0.3),
+            adapt=StageSettings(150, 64, 0.1, 0.2, 0.3, scaling="auto"),
         )
         return replace(cfg, **overrides)
 
@@ -116,7 +121,7 @@ def _stage(
     cfg: DemoConfig,
     device: torch.device,
 ) -> AdaptResult:
-    layout = ParamVector(spec)
+    layout = ParamVector(spec, scaling=settings.scaling)
     sub = Subspace(sizes=layout.sizes, rank=settings.rank, absorb_interval=settings.absorb_interval)
     optimizer = PolyStep(
         layout.flatten(spec, device),
@@ -138,6 +143,7 @@ def _stage(
         eval_every=cfg.eval_every,
         progress=cfg.progress,
         description=name,
+        layout=layout,
     )
     if cfg.resume and (cfg.out_dir / name / CHECKPOINT_NAME).exists():
         adapter.resume()
