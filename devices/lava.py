@@ -41,6 +41,7 @@ from devices.server import STARTUP_PREFIX, STARTUP_RE
 from polystep_neuro.errors import DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from simulators.lava_plan import DeviceNet
+from simulators.loihi2_capacity import ChipLimits, check_device_layers, check_one_replica
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,11 @@ class LavaBackend(BaseBackend):
         if self._closed:
             raise DeviceError(f"{self.name}: backend is closed")
         lava_mode = "fixed_pt" if self.mode == "loihi2" else self.mode
-        signature = DeviceNet(spec, lava_mode).signature()  # SpecError here, before the wire
+        net = DeviceNet(spec, lava_mode)  # SpecError here, before the wire
+        if self.mode == "loihi2":  # and the chip's limits (the server checks them again)
+            check_device_layers(net.layers)
+            check_one_replica(net.spec, ChipLimits.from_env())
+        signature = net.signature()
         if self._signature is not None and signature != self._signature:
             log.info("new network structure: restarting the Lava server")
             self.restart()

@@ -10,6 +10,8 @@ Modes:
 - ``fixed_pt`` ("lava-fixed"): Lava's bit-accurate Loihi 2 models; precision "loihi-fixed",
   bit-identical with torch-sim-fixed.
 - ``loihi2``: the same graph with ``Loihi2HwCfg`` on a Loihi 2 system (needs lava-loihi).
+  Loads check the network against the chip's limits (``simulators.loihi2_capacity``) and
+  V is split across runs so that each run's replicas fit on the chip(s).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from polystep_neuro.errors import DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from simulators.lava_net import LavaNet, RunCfgFactory, sim_run_cfg
 from simulators.lava_plan import DEFAULT_MAX_VERTICES
+from simulators.loihi2_capacity import ChipLimits
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +79,14 @@ class LavaLocalBackend(BaseBackend):
         run_cfg: RunCfgFactory | None = None,
         max_vertices: int | None = None,
         parallel: int | None = None,
+        chip: ChipLimits | None = None,
     ) -> None:
         """``run_cfg`` replaces the run configuration (tests run mode "loihi2" on
         Loihi2SimCfg); ``max_vertices`` caps the replicas of one graph (larger V runs in
         several passes; env POLYSTEP_LAVA_MAX_VERTICES); ``parallel`` pins the samples run
-        side by side (default: chosen by the cost model)."""
+        side by side (default: chosen by the cost model); ``chip``: the Loihi 2 limits the
+        loihi2 mode checks against (default ``ChipLimits.from_env()``; the CPU modes have
+        none)."""
         super().__init__()
         if mode not in MODES:
             raise DeviceError(f"Lava mode must be one of {list(MODES)}, got {mode!r}")
@@ -94,6 +100,7 @@ class LavaLocalBackend(BaseBackend):
         env_cap = os.environ.get("POLYSTEP_LAVA_MAX_VERTICES")
         self.graph_vertices = int(max_vertices or env_cap or DEFAULT_MAX_VERTICES)
         self.parallel = parallel
+        self.chip = (chip or ChipLimits.from_env()) if mode == "loihi2" else None
         self._net: LavaNet | None = None
         _watch_parent()
 
@@ -107,6 +114,8 @@ class LavaLocalBackend(BaseBackend):
             "fixed_pt": "Lava 0.10 fixed_pt models (Loihi 2 bit-accurate) on CPU",
             "loihi2": "Loihi 2 via lava-loihi (Loihi2HwCfg)",
         }[self.mode]
+        if self.chip is not None:
+            what += f" on {self.chip.describe()}"
         return f"{what}, up to {self.graph_vertices} replicas per graph"
 
     def load(self, spec: NetworkSpec) -> None:
@@ -121,6 +130,7 @@ class LavaLocalBackend(BaseBackend):
                 parallel=self.parallel,
                 run_cfg=self._run_cfg,
                 dense_dot=self.mode != "loihi2",
+                chip=self.chip,
             )
         else:
             kept = self._net.load(spec)

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,14 @@ from simulators.lava_plan import (
     windows_per_run,
 )
 from simulators.lava_procs.bridge import HostBridge, bridge_model
+from simulators.loihi2_capacity import (
+    ChipLimits,
+    check_device_layers,
+    check_one_replica,
+    check_values,
+    plan_runs,
+)
+from simulators.loihi2_capacity import fits as chip_fits
 
 # run_cfg(select_tag, exception_proc_model_map) -> a Lava RunConfig
 RunCfgFactory = Callable[[str, dict], Any]
@@ -93,8 +102,12 @@ class LavaNet:
         channel_size: int = 2,
         dense_dot: bool = True,
         on_build: Callable[[list[Any]], None] | None = None,
+        chip: ChipLimits | None = None,
     ) -> None:
         self.mode = mode
+        # Loihi 2 capacity (loihi2 mode only): every load checks the device value ranges and
+        # that one replica fits, and a V that does not fit in one graph runs in several.
+        self.chip = chip
         # Lava's Dense takes the matrix-vector product path (W.dot(s)) when it expects graded
         # spikes (num_message_bits > 0): for 0/1 spikes the same integers as its default
         # column gather (no int32 overflow below 2**23 inputs), 2-4x faster on large
@@ -111,7 +124,8 @@ class LavaNet:
         self._graphs: OrderedDict[Layout, _Graph] = OrderedDict()
         self.builds = 0  # graphs compiled so far (each leaks a little memory in Lava 0.10)
         self.timings: dict[str, float] = {}
-        self.net = DeviceNet(spec, mode)
+        self.last_split: tuple[int, ...] = ()  # parameter sets per run of the last evaluate
+        self.net = self._device_net(spec)
         self._loaded = self.net.loaded_arrays()
 
     @property
@@ -123,7 +137,7 @@ class LavaNet:
     def load(self, spec: NetworkSpec) -> bool:
         """Switch to ``spec``; keeps the compiled graphs when only writable values changed.
         Returns True when they were kept."""
-        net = DeviceNet(spec, self.mode)
+        net = self._device_net(spec)
         same = net.signature() == self.net.signature()
         if not same:
             self._drop_graphs()
@@ -141,12 +155,20 @@ class LavaNet:
         x = np.asarray(inputs)
         check_binary_inputs(x)
         arrays = self.net.replica_arrays(params, num_sets) if params else {}
+        if self.chip is not None and self.net.fixed:
+            for slot, values in arrays.items():
+                check_values(slot.layer, slot.what, values)
         graph = self._graph_for(num_sets, x)
         r = graph.layout.replicas
         batch = x.shape[0]
         n_out = spec.n_out
         out = np.empty((num_sets, batch, n_out), dtype=np.int32)
         starts = range(0, num_sets, r) if self.net.first_varied is not None else [0]
+        self.last_split = (
+            tuple(min(r, num_sets - start) for start in starts)
+            if self.net.first_varied is not None
+            else (num_sets,)
+        )
         reuse = False
         for start in starts:
             stop = min(start + r, num_sets)
@@ -163,23 +185,39 @@ class LavaNet:
         self._drop_graphs()
 
     # ------------------------------------------------------------------ graphs
+    def _device_net(self, spec: NetworkSpec) -> DeviceNet:
+        net = DeviceNet(spec, self.mode)
+        if self.chip is not None:  # before deploying: ranges, and one replica must fit
+            if net.fixed:
+                check_device_layers(net.layers)
+            check_one_replica(net.spec, self.chip)
+        return net
+
     def _graph_for(self, num_sets: int, x: np.ndarray) -> _Graph:
         """A live graph whose layout is within 1.5x of the best one's estimated time (no
-        rebuild, no leak), else a new graph with the best layout."""
+        rebuild, no leak), else a new graph with the best layout.  With chip limits, only
+        layouts that fit: V beyond the replicas that fit runs in several runs."""
         spec, batch = self.spec, x.shape[0]
+        max_vertices = self.max_vertices
+        fits: Callable[[Layout], bool] | None = None
+        if self.chip is not None:
+            plan = plan_runs(spec, num_sets, self.chip, max_per_run=self.max_vertices)
+            max_vertices = plan.replicas_per_run
+            fits = partial(chip_fits, spec, limits=self.chip)
         best = choose_layout(
             self.net,
             num_sets,
             batch,
-            max_vertices=self.max_vertices,
+            max_vertices=max_vertices,
             replicas=self.replicas,
             parallel=self.parallel,
             max_matrix_elements=self.max_matrix_elements,
             cost=self.cost,
+            fits=fits,
         )
         target = self.cost.evaluate_seconds(spec, best, num_sets, batch)
         for key, graph in self._graphs.items():
-            if graph.broken:
+            if graph.broken or (fits is not None and not fits(graph.layout)):
                 continue
             if self.cost.evaluate_seconds(spec, graph.layout, num_sets, batch) <= 1.5 * target:
                 self._graphs.move_to_end(key)

@@ -26,7 +26,7 @@ R=V, b=4..8 when only the readout varies and b=1..2 when every layer does.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,9 +367,12 @@ def candidate_layouts(
     num_samples: int,
     max_vertices: int,
     max_matrix_elements: int,
+    fits: Callable[[Layout], bool] | None = None,
 ) -> list[Layout]:
-    """Every layout worth considering: R a power of two up to min(V, max_vertices) (or V
-    itself), b a power of two up to B, within the matrix cap."""
+    """Every layout worth considering: R a power of two up to min(V, max_vertices) (or that
+    bound itself), b a power of two up to B, within the matrix cap and, if given, ``fits``
+    (the chip capacity check of loihi2 mode: a layout that does not fit is taken to stay
+    unfit for larger b)."""
     if net.first_varied is None:
         replicas = [1]
     else:
@@ -381,6 +384,8 @@ def candidate_layouts(
         while True:
             layout = Layout(r, b, net.first_varied)
             if matrix_elements(net.spec, layout) > max_matrix_elements:
+                break
+            if fits is not None and not fits(layout):
                 break
             out.append(layout)
             if b >= num_samples:
@@ -405,9 +410,10 @@ def choose_layout(
     parallel: int | None = None,
     max_matrix_elements: int = DEFAULT_MAX_MATRIX_ELEMENTS,
     cost: CostModel | None = None,
+    fits: Callable[[Layout], bool] | None = None,
 ) -> Layout:
     """The layout the cost model finds fastest for V sets x B samples (``replicas`` /
-    ``parallel`` pin R / b)."""
+    ``parallel`` pin R / b; ``fits`` drops layouts the device cannot hold)."""
     cost = cost or CostModel.for_mode(net.mode)
     layouts = candidate_layouts(
         net,
@@ -415,6 +421,7 @@ def choose_layout(
         num_samples,
         max_vertices if replicas is None else replicas,
         max_matrix_elements,
+        fits,
     )
     if replicas is not None and net.first_varied is not None:
         layouts = [lay for lay in layouts if lay.replicas == min(replicas, max(1, num_sets))]

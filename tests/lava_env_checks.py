@@ -6,7 +6,9 @@ from the project root (tests/test_lava_backend.py does).  Prints one JSON line.
    state resets) read by Lava Monitors, against tests/lava_reference.py (a numpy
    transcription of Lava's bit-accurate models; torch-sim-fixed is proven equal to it).
 2. The ``loihi2`` backend code path with Loihi2SimCfg injected in place of Loihi2HwCfg (also
-   Lava Dense's default column-gather path) gives the counts of ``lava-fixed``.
+   Lava Dense's default column-gather path) gives the counts of ``lava-fixed``, also when
+   small chip limits split V across runs (V = 3 as 2 + 1 replicas, against one unsplit
+   lava-fixed run), and refuses a network one replica of which does not fit.
 3. Without lava-loihi, ``loihi2`` says how to get Loihi 2.
 """
 
@@ -19,11 +21,12 @@ import numpy as np
 from lava.proc.monitor.process import Monitor
 
 from devices.lava_local import LavaLocalBackend
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.errors import CapacityError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from simulators import fixed_point as fp
 from simulators import lava_plan
 from simulators.lava_net import LavaNet, sim_run_cfg
+from simulators.loihi2_capacity import ChipLimits
 from tests.lava_reference import run_sample
 
 T = 16
@@ -125,14 +128,32 @@ def check_chunked_runs(seed: int) -> dict[str, Any]:
 
 def check_loihi2_path(seed: int) -> dict[str, Any]:
     spec, params, x = _spec_and_params(seed)
-    out = {}
-    for mode, run_cfg in (("loihi2", sim_run_cfg), ("fixed_pt", None)):
-        backend = LavaLocalBackend(mode, run_cfg=run_cfg)
+    # 5 cores of 16 neurons: the shared first layer (20 neurons) takes 2, each replica of
+    # the 16- and 4-neuron layers 1 + 1/4: 2 replicas fit, so V = 3 runs as 2 + 1
+    small = ChipLimits(cores_per_chip=5, max_neurons_per_core=16, synaptic_memory_bytes=1024)
+    out, splits = {}, {}
+    for key, mode, run_cfg, chip in (
+        ("loihi2", "loihi2", sim_run_cfg, None),
+        ("loihi2_split", "loihi2", sim_run_cfg, small),
+        ("fixed_pt", "fixed_pt", None, None),
+    ):
+        backend = LavaLocalBackend(mode, run_cfg=run_cfg, chip=chip)
         try:
             backend.load(spec)
-            out[mode] = backend.evaluate(params, x)
+            out[key] = backend.evaluate(params, x)
+            assert backend._net is not None
+            splits[key] = list(backend._net.last_split)
         finally:
             backend.close()
+    tiny = ChipLimits(cores_per_chip=3, max_neurons_per_core=16, synaptic_memory_bytes=1024)
+    backend = LavaLocalBackend("loihi2", run_cfg=sim_run_cfg, chip=tiny)
+    try:
+        backend.load(spec)
+        refused = ""
+    except CapacityError as exc:
+        refused = str(exc)
+    finally:
+        backend.close()
     try:
         LavaLocalBackend("loihi2")
         message = ""
@@ -140,7 +161,11 @@ def check_loihi2_path(seed: int) -> dict[str, Any]:
         message = str(exc)
     return {
         "equal": bool(np.array_equal(out["loihi2"], out["fixed_pt"])),
+        "split_equal": bool(np.array_equal(out["loihi2_split"], out["fixed_pt"])),
+        "splits": splits,
         "entries": int(out["fixed_pt"].size),
+        "spikes": int(out["fixed_pt"].sum()),
+        "capacity_message": refused,
         "unavailable_message": message,
     }
 

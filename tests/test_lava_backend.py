@@ -223,8 +223,14 @@ def test_voltages_bit_identical_in_lava_env() -> None:
         assert check["entries"] > 10000 and check["reference_spikes"] > 100
         assert check["mismatches"] == 0, check
     assert result["chunked"]["exact"]
-    assert result["loihi2_path"]["equal"]
-    assert "lava-loihi" in result["loihi2_path"]["unavailable_message"]
+    loihi2 = result["loihi2_path"]
+    assert loihi2["equal"]
+    # small chip limits: V = 3 split into runs of 2 + 1, counts equal one lava-fixed run
+    assert loihi2["splits"] == {"loihi2": [3], "loihi2_split": [2, 1], "fixed_pt": [3]}
+    assert loihi2["split_equal"] and loihi2["spikes"] > 0
+    assert loihi2["capacity_message"].startswith("one replica does not fit on Loihi 2")
+    assert "it needs 4 neuro-cores" in loihi2["capacity_message"]
+    assert "lava-loihi" in loihi2["unavailable_message"]
 
 
 # ----------------------------------------------------------------------------- behaviour
