@@ -20,11 +20,8 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import queue
-import re
 import signal
 import subprocess
-import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -37,7 +34,7 @@ import numpy as np
 from devices.base import BaseBackend, Capabilities
 from devices.lava_env import find_lava_env, venv_python
 from devices.remote import RemoteBackend
-from devices.server import STARTUP_PREFIX, STARTUP_RE
+from devices.server import start_server_process
 from polystep_neuro.errors import DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from simulators.lava_plan import DeviceNet
@@ -90,77 +87,21 @@ class LavaServer:
 
 
 def spawn_server(python: Path, backend: str, *, startup_timeout_s: float = 180.0) -> LavaServer:
-    """Start a device server with the Lava env's python; DeviceUnavailable with the server's
-    own error output if it exits or stays silent."""
-    cmd = [
-        str(python),
-        *("-m", "devices.server", "--backend", backend),
-        *("--bind", "tcp://127.0.0.1:0", "--exit-on-close"),
-    ]
+    """Start a device server with the Lava env's python, in its own session; DeviceUnavailable
+    with the server's own error output if it exits or stays silent."""
     env = dict(os.environ)
     env[PARENT_ENV] = str(os.getpid())
     # Run this checkout's code, and nothing from the host's Python (3.11 packages break 3.10).
-    source = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = source
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     env.pop("PYTHONHOME", None)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise DeviceUnavailable(f"{NEEDS_ENV} (cannot run {python}: {exc})") from None
-    server = LavaServer(proc, "")
-    lines: queue.Queue[str | None] = queue.Queue()
-    _drain(proc.stdout, lines.put, eof=True)
-    _drain(proc.stderr, server.stderr_tail.append)
-    deadline = time.monotonic() + startup_timeout_s
-    while True:
-        try:
-            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-        except queue.Empty:
-            line = None
-        match = STARTUP_RE.match(line) if line else None
-        if match:
-            server.endpoint = match.group(2)
-            return server
-        if line is None:
-            break
-    alive = proc.poll() is None
-    server.stop(grace_s=0.0)
-    time.sleep(0.1)  # let the stderr reader take the last lines
-    error = _server_error(server.stderr_tail)
-    refused = re.match(r"error: DeviceUnavailable: (.*)", error)
-    if refused:  # the backend said why it cannot run here (e.g. no lava-loihi)
-        raise DeviceUnavailable(refused.group(1))
-    why = f"did not start within {startup_timeout_s:.0f} s" if alive else "exited"
-    raise DeviceUnavailable(f"the Lava device server ({' '.join(cmd)}) {why}: {error}")
-
-
-def _drain(stream: Any, sink: Any, *, eof: bool = False) -> None:
-    """Read a child's pipe to the end in a daemon thread so the child never blocks on it."""
-
-    def run() -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            log.debug("lava server: %s", line)
-            sink(line)
-        if eof:
-            sink(None)
-
-    threading.Thread(target=run, name="lava-server-pipe", daemon=True).start()
-
-
-def _server_error(tail: collections.deque[str]) -> str:
-    for line in reversed(tail):
-        if line.startswith(STARTUP_PREFIX):
-            return line[len(STARTUP_PREFIX) :].strip()
-    return " | ".join(list(tail)[-5:]) or "no error output"
+    started = start_server_process(
+        backend,
+        python=str(python),
+        env=env,
+        startup_timeout_s=startup_timeout_s,
+        new_session=True,
+    )
+    return LavaServer(started.process, started.endpoint, started._stderr_tail)
 
 
 def _shutdown(server: LavaServer, remote: RemoteBackend | None) -> None:

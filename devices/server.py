@@ -488,23 +488,31 @@ def start_server_process(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     startup_timeout_s: float = 120.0,
+    new_session: bool = False,
 ) -> ServerProcess:
     """Spawn ``python -m devices.server`` and wait for its startup line (the real endpoint).
 
-    Raises DeviceUnavailable with the server's own error line if it exits or stays silent.
+    Raises DeviceUnavailable with the server's own error line if it exits or stays silent;
+    a server whose backend refused to start (DeviceUnavailable, e.g. no lava-loihi) gives
+    just that reason.  ``new_session`` makes the server a process-group leader, so its own
+    workers can be stopped with it.
     """
     cmd = [python or sys.executable, "-m", "devices.server", "--backend", backend, "--bind", bind]
     cmd += ["--exit-on-close"] if exit_on_close else []
     cmd += list(extra_args)
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=None if env is None else dict(env),
-        cwd=cwd,
-    )
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            start_new_session=new_session,
+        )
+    except OSError as exc:
+        raise DeviceUnavailable(f"cannot run `{' '.join(cmd)}`: {exc}") from None
     tail: collections.deque[str] = collections.deque([], 50)
     lines: queue.Queue[str | None] = queue.Queue()
     _drain(proc.stdout, lines.put, "stdout", eof=True)
@@ -564,9 +572,11 @@ def _await_startup(
     else:
         why = f"exited with code {proc.returncode}"
     stderr_reader.join(2)
-    raise DeviceUnavailable(
-        f"device server `{' '.join(cmd)}` {why}: {_last_error(tail) or 'no error output'}"
-    )
+    error = _last_error(tail)
+    refused = re.match(r"error: DeviceUnavailable: (.*)", error)
+    if refused:  # the backend said why it cannot run there
+        raise DeviceUnavailable(refused.group(1))
+    raise DeviceUnavailable(f"device server `{' '.join(cmd)}` {why}: {error or 'no error output'}")
 
 
 def _last_error(tail: Sequence[str]) -> str:
