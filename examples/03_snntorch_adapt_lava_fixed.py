@@ -1,0 +1,211 @@
+"""Example 02 on Lava: deploy an snnTorch model to Lava's bit-accurate Loihi 2 models
+(``lava-fixed``), shift its input, and adapt it there with forward passes only.
+
+What it shows, beyond example 02:
+
+1. an snnTorch model computes with snnTorch's timing (a layer acts in the same step);
+   Loihi 2 and Lava deliver each layer's output one step later.  ``device_compatibility``
+   lists what differs and ``to_device_semantics`` makes the device's version, saying what
+   it changed;
+2. ``fixed_point.calibrate`` picks the Loihi 2 integer formats (the quantisation);
+3. the ``lava-fixed`` backend runs the network as real Lava processes (``fixed_pt``
+   models) in a device server inside the Lava venv, and PolyStep adapts the output
+   neurons' biases there (Lava folds ``fc1.bias`` into the neuron bias, which it rewrites
+   between runs; thresholds and decays are fixed once the network is built);
+4. ``torch-sim-fixed`` gives bit-identical spike counts for the adapted network, which is
+   why you can adapt on a GPU and deploy the result to Lava or the chip.
+
+Needs the Lava venv (Python 3.10 with lava-nc 0.10.0)::
+
+    polystep-neuro devices setup-lava      # once, a few minutes; see docs/lava-env.md
+
+Run (a few minutes on a laptop CPU: Lava simulates far slower than torch-sim)::
+
+    python examples/03_snntorch_adapt_lava_fixed.py
+    python examples/03_snntorch_adapt_lava_fixed.py --writable fc1.weight fc1.bias
+    python examples/03_snntorch_adapt_lava_fixed.py --small      # for tests
+
+Writable on lava-fixed: ``fc<i>.weight``, ``fc<i>.bias``, ``lif<i>.v_bias``.  Lava computes
+the layers before the first adapted one once for all parameter sets, so adapting the
+readout is much cheaper there than adapting the first layer.
+
+Without the Lava venv it prints how to create it and exits with code 2.  The last line of
+output is a JSON summary (``summary: {...}``) for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from devices.base import BaseBackend
+from devices.registry import open_backend
+from polystep_neuro.errors import DeviceUnavailable
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--small", action="store_true", help="tiny sizes: runs in seconds (tests)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden LIF neurons")
+    p.add_argument("--num-steps", type=int, default=16, help="time steps per sample")
+    p.add_argument("--epochs", type=int, default=4, help="snnTorch BPTT epochs")
+    p.add_argument(
+        "--writable",
+        nargs="+",
+        default=["fc1.bias"],
+        help="parameters to adapt (default: fc1.bias; lava-fixed can write fc<i>.weight, "
+        "fc<i>.bias and lif<i>.v_bias)",
+    )
+    p.add_argument("--steps", type=int, default=80, help="PolyStep adaptation steps")
+    p.add_argument("--rank", type=int, default=16, help="PolyStep subspace rank per tensor")
+    p.add_argument("--batch-size", type=int, default=128, help="samples per adaptation step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args()
+    if args.small:
+        args.hidden, args.epochs, args.steps, args.batch_size = 32, 2, 20, 64
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    # Open the device first, so that a missing Lava venv is reported before any training.
+    try:
+        lava = open_backend("lava-fixed")  # spawns the device server in the Lava venv
+    except DeviceUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(
+            "This example needs the Lava venv (Python 3.10 + lava-nc 0.10.0). Create it with\n"
+            "    polystep-neuro devices setup-lava\n"
+            "(see docs/lava-env.md), then run the example again.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        summary = run(args, lava)
+    finally:
+        lava.close()  # stops the server and its Lava processes
+    print("summary: " + json.dumps(summary))
+
+
+def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
+    # torch and snnTorch are imported here, after the Lava check
+    import numpy as np
+    import torch
+    from snntorch_digits import digits_spikes, make_model, snntorch_accuracy, train_bptt
+
+    from polystep_neuro.controller import Adapter
+    from polystep_neuro.data import InputShift, SpikeDataset, concat
+    from polystep_neuro.interop import device_compatibility, from_snntorch, to_device_semantics
+    from polystep_neuro.losses import make_loss
+    from polystep_neuro.optim import PolyStep, Subspace
+    from polystep_neuro.params import ParamVector
+    from simulators import fixed_point
+
+    shift = InputShift(gain=0.5, dead_fraction=0.2, seed=1)  # the sensor's drift
+    print(f"device: {lava.capabilities.device}")
+    data = digits_spikes(args.num_steps, shift, args.seed)
+    y_train, y_test = data.split.y_train, data.split.y_test
+    print(
+        f"digits: {len(y_train)} train / {len(y_test)} test samples, rate-coded over "
+        f"{args.num_steps} steps; input shift: {shift.describe()}"
+    )
+
+    # 1. offline training in snnTorch
+    model = make_model(args.hidden, seed=args.seed)
+    seconds = train_bptt(model, data.train, y_train, epochs=args.epochs, seed=args.seed)
+    acc_snntorch = snntorch_accuracy(model, data.test, y_test)
+    print(
+        f"snnTorch 64-{args.hidden}-10, {args.epochs} BPTT epochs ({seconds:.0f} s): "
+        f"test accuracy {acc_snntorch:.1%}"
+    )
+
+    # 2. to the device's semantics, then to Loihi 2 fixed point
+    spec = from_snntorch(model, args.num_steps, writable=args.writable)
+    for problem in device_compatibility(spec):
+        print(f"  differs on the device: {problem}")
+    on_device, changes = to_device_semantics(spec)
+    for change in changes:
+        print(f"  changed for the device: {change}")
+    deployed = fixed_point.calibrate(on_device)
+    lava.load(deployed)
+
+    # 3. adapt on lava-fixed, exactly as on torch-sim in example 02
+    test = SpikeDataset(data.test, y_test, len(y_test))
+    shifted_test = SpikeDataset(data.shifted_test, y_test, len(y_test))
+    layout = ParamVector(deployed, scaling="auto")
+    optimizer = PolyStep(
+        layout.flatten(deployed),
+        step_radius=0.3,
+        probe_radius=0.6,
+        epsilon=0.3,
+        subspace=Subspace(sizes=layout.sizes, rank=args.rank, absorb_interval=20),
+        seed=args.seed,
+    )
+    mixed = concat(
+        SpikeDataset(data.train, y_train, args.batch_size),
+        SpikeDataset(data.shifted_train, y_train, args.batch_size),
+        args.batch_size,
+        args.seed,
+    )
+    adapter = Adapter(
+        deployed,
+        lava,
+        optimizer,
+        make_loss("ce", args.num_steps, scale=0.5),
+        mixed,
+        monitor=shifted_test,
+        eval_every=20,
+        progress=not args.no_progress,
+        layout=layout,
+    )
+    before_clean = adapter.evaluate_current(test)["monitor_accuracy"]
+    before_shifted = adapter.evaluate_current(shifted_test)["monitor_accuracy"]
+    print(
+        f"lava-fixed (device timing, Loihi 2 fixed point): clean {before_clean:.1%}, "
+        f"shifted {before_shifted:.1%}"
+    )
+    print(
+        f"adapting {', '.join(layout.names)} ({layout.dim} values) on lava-fixed: "
+        f"{optimizer.num_candidates} candidates x {args.batch_size} samples per step"
+    )
+    result = adapter.run(args.steps)
+    after_clean = adapter.evaluate_current(test)["monitor_accuracy"]
+    after_shifted = adapter.evaluate_current(shifted_test)["monitor_accuracy"]
+    print(
+        f"{result.steps} steps, {result.evaluations:,} forward passes on Lava, "
+        f"{result.wall_seconds:.0f} s"
+    )
+
+    # 4. the adapted network on torch-sim-fixed: the same spike counts, bit for bit
+    adapted = result.spec
+    lava.load(adapted)
+    lava_counts = np.asarray(lava.evaluate({}, shifted_test.spikes))
+    sim = open_backend("torch-sim-fixed", device="cpu")
+    sim.load(adapted)
+    sim_counts = torch.as_tensor(sim.evaluate({}, shifted_test.spikes)).cpu().numpy()
+    sim.close()
+    identical = bool(np.array_equal(lava_counts, sim_counts))
+    print(f"adapted network on torch-sim-fixed: spike counts identical to lava-fixed: {identical}")
+
+    print("| network | clean test | shifted test |")
+    print("|---|---|---|")
+    print(f"| snnTorch model (float, snnTorch timing) | {acc_snntorch:.1%} | |")
+    print(f"| on lava-fixed, before adaptation | {before_clean:.1%} | {before_shifted:.1%} |")
+    print(f"| adapted on lava-fixed | {after_clean:.1%} | {after_shifted:.1%} |")
+    return {
+        "snntorch_clean": acc_snntorch,
+        "before_clean": before_clean,
+        "before_shifted": before_shifted,
+        "after_clean": after_clean,
+        "after_shifted": after_shifted,
+        "steps": result.steps,
+        "evaluations": result.evaluations,
+        "torch_sim_fixed_identical": identical,
+    }
+
+
+if __name__ == "__main__":
+    main()
