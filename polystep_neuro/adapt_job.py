@@ -124,14 +124,17 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
             f"{before:.1%}",
             flush=True,
         )
-        optimizer = PolyStep(
-            layout.flatten(spec, device),
-            step_radius=job.step_radius,
-            probe_radius=job.probe_radius,
-            epsilon=job.epsilon,
-            subspace=Subspace(sizes=layout.sizes, rank=job.rank, absorb_interval=20),
-            seed=job.seed,
-        )
+        try:
+            optimizer = PolyStep(
+                layout.flatten(spec, device),
+                step_radius=job.step_radius,
+                probe_radius=job.probe_radius,
+                epsilon=job.epsilon,
+                subspace=Subspace(sizes=layout.sizes, rank=job.rank, absorb_interval=20),
+                seed=job.seed,
+            )
+        except ValueError as exc:  # the optimiser names the bad argument
+            raise PolystepError(f"bad optimiser setting: {exc}") from None
         adapter = Adapter(
             spec,
             backend,

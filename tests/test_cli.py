@@ -80,6 +80,13 @@ def test_nothing_writable_and_wrong_sized_network(tmp_path: Path) -> None:
     _one_clean_line(_run("adapt", "--spec", str(path)), "pass your own data with --data")
 
 
+def test_bad_optimiser_settings(tmp_path: Path) -> None:
+    spec = _small_spec(tmp_path)
+    for flag, name in (("--step-radius", "step_radius"), ("--epsilon", "epsilon")):
+        proc = _run("adapt", "--spec", str(spec), flag, "0", "--out", str(tmp_path / "o"))
+        _one_clean_line(proc, f"bad optimiser setting: {name} must be positive")
+
+
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 def test_ctrl_c_saves_and_resume_matches_an_undisturbed_run(tmp_path: Path) -> None:
     spec = _small_spec(tmp_path)
