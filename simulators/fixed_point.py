@@ -119,15 +119,35 @@ def check_fixed_compatible(spec: NetworkSpec) -> None:
             )
 
 
+def peak_drive(layer: LayerSpec) -> float:
+    """The largest synaptic current (float units) one neuron can reach: every input spiking
+    on every step, through the row's positive or its negative weights, accumulated by the
+    current decay ``du``."""
+    w = np.asarray(layer.weight, dtype=np.float64)
+    per_step = max(
+        float(np.max(np.sum(np.clip(w, 0, None), axis=1))),
+        float(np.max(np.sum(np.clip(-w, 0, None), axis=1))),
+    )
+    return per_step / max(float(layer.du), 1.0 / DECAY_UNITY)
+
+
 def calibrate_layer(layer: LayerSpec) -> tuple[float, int]:
-    """Choose (scale, weight_exp): weights use the full 8 bits, vth lands near 2**12."""
+    """Choose (scale, weight_exp): weights use the full 8 bits, vth lands near 2**12 — unless
+    the layer's peak current would then pass the 24-bit wrap, in which case the scale drops
+    (coarser threshold) until it cannot.  A wrapped current flips a strong excitation into
+    inhibition; networks whose weights are large against the threshold (a readout trained
+    to fire hard) lose many points of accuracy to it otherwise."""
     wmax = float(np.max(np.abs(layer.weight)))
     base = WEIGHT_MAX / wmax if wmax > 0 else 1.0
     if layer.vth > 0:
         exp = math.floor(math.log2(_VTH_TARGET / (layer.vth * base)))
-        exp = min(max(exp, WEIGHT_EXP_MIN), WEIGHT_EXP_MAX)
     else:
         exp = 0
+    drive = peak_drive(layer)
+    if drive > 0:
+        headroom = (UV_MAX - 1) / ((1 << ACT_SHIFT) * drive * base)
+        exp = min(exp, math.floor(math.log2(headroom)))
+    exp = min(max(exp, WEIGHT_EXP_MIN), WEIGHT_EXP_MAX)
     return base * 2.0**exp, exp
 
 

@@ -75,3 +75,31 @@ def test_fixed_incompatibilities_are_reported() -> None:
     with pytest.raises(SpecError, match="Dense bias can only be folded"):
         fp.check_fixed_compatible(spec)
     fp.check_fixed_compatible(NetworkSpec.random([3, 2], 5, seed=0, bias=True, du=1.0))
+
+
+def test_calibration_leaves_headroom_below_the_24_bit_current_wrap() -> None:
+    # A readout trained to fire hard: weights ~8x the threshold from 256 inputs.  The
+    # threshold target alone (vth near 2**12) would put the peak current far past 2**23.
+    rng = np.random.default_rng(3)
+    spec = NetworkSpec.random([256, 10], 6, seed=3, du=1.0, dv=0.1, vth=1.0)
+    layer = spec.layers[0]
+    layer.weight = rng.normal(0, 8.0, size=layer.weight.shape).astype(np.float32)
+    spec = NetworkSpec([layer], 6)
+    calibrated = fp.calibrate(spec).layers[0]
+    fixed = fp.quantize_layer(calibrated)
+    peak = np.clip(fixed.weight, 0, None).sum(axis=1).max() * 2.0 ** (fixed.weight_exp + 6)
+    assert peak < 2**23
+    assert fixed.vth >= 16  # the threshold still resolves to better than ~6 %
+    # Every input spiking on every step: the recorded currents never wrap, so the fixed
+    # network's counts are those of its dequantised float twin.
+    from simulators.torch_lif import TorchLIF
+
+    x = np.ones((1, 6, 256), dtype=np.float32)
+    res = TorchLIF(fp.calibrate(spec), "loihi-fixed").run(None, x, record=True)
+    assert res.currents is not None
+    u = res.currents[0][0, 0].numpy()
+    assert np.abs(u).max() < 2**23
+    # The old rule (threshold near 2**12 only) would have wrapped.
+    old_exp = min(int(np.floor(np.log2(4096 / (254 / np.abs(layer.weight).max())))), 7)
+    old_peak = np.clip(layer.weight, 0, None).sum(1).max() * 254 / np.abs(layer.weight).max()
+    assert old_peak * 2.0 ** (old_exp + 6) > 2**23

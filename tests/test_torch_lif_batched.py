@@ -104,6 +104,8 @@ def test_fixed_wrap_paths_match_transcription() -> None:
     spec, x = _fixed_case(11, 7, du=0.0, dv=0.0, bias=0.0)
     layers = spec.layers
     layers[0].weight = np.full_like(layers[0].weight, 3.0)
+    # A full-range scale by hand (calibrate() would now leave headroom and avoid the wrap).
+    layers[0].fixed_scale = fp.WEIGHT_MAX / 3.0 * 2**7
     spec = NetworkSpec(layers, spec.num_steps)
     x = np.ones_like(x)
     res = TorchLIF(spec, "loihi-fixed").run(None, x, record=True)
