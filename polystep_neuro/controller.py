@@ -95,6 +95,10 @@ class Adapter:
         self.on_step = on_step
         self.step = 0
         self.evaluations = 0
+        # Wall time of earlier runs (restored by resume) and the start of the current one, so
+        # a resumed stage reports its whole time, not just the part after the restart.
+        self._wall_before = 0.0
+        self._run_started: float | None = None
         self.history: list[dict[str, Any]] = []
         self._stop = threading.Event()
         if self.out_dir is not None:
@@ -105,7 +109,7 @@ class Adapter:
         """Run until ``total_steps`` steps are complete (counting resumed ones)."""
         if total_steps < 0:
             raise PolystepError(f"steps must be >= 0, got {total_steps}")
-        start = time.perf_counter()
+        self._run_started = time.perf_counter()
         interrupted = False
         last_accuracy: float | None = None
         bar = tqdm(
@@ -132,12 +136,13 @@ class Adapter:
                     self.save_checkpoint()
         if self.out_dir is not None:
             self.save_checkpoint()
+        self._wall_before, self._run_started = self._wall_seconds(), None
         return AdaptResult(
             spec=self.current_spec(),
             steps=self.step,
             evaluations=self.evaluations,
             interrupted=interrupted,
-            wall_seconds=time.perf_counter() - start,
+            wall_seconds=self._wall_before,
             history=list(self.history),
         )
 
@@ -192,6 +197,10 @@ class Adapter:
         with open(self.out_dir / METRICS_NAME, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def _wall_seconds(self) -> float:
+        running = 0.0 if self._run_started is None else time.perf_counter() - self._run_started
+        return self._wall_before + running
+
     def save_checkpoint(self) -> Path | None:
         """Write the optimiser state, step and adapted spec atomically into ``out_dir``."""
         if self.out_dir is None:
@@ -200,6 +209,7 @@ class Adapter:
             "version": _CHECKPOINT_VERSION,
             "step": self.step,
             "evaluations": self.evaluations,
+            "wall_seconds": self._wall_seconds(),
             "names": list(self.layout.names),
             "scales": list(self.layout.scales),
             "optimizer": self.optimizer.state_dict(),
@@ -243,6 +253,7 @@ class Adapter:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.evaluations = int(state["evaluations"])
+        self._wall_before = float(state.get("wall_seconds", 0.0))
         self._truncate_log(self.step)
         return self.step
 

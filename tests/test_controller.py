@@ -77,6 +77,8 @@ def test_interrupt_and_resume_is_bit_identical(data, tmp_path, precision) -> Non
     second = _adapter(data, tmp_path / "split", precision)  # a fresh optimiser and backend
     assert second.resume() == 4
     final = second.run(10)
+    # The resumed run reports the stage's whole wall time, the interrupted part included.
+    assert final.wall_seconds >= part.wall_seconds > 0
     assert np.array_equal(final.spec.layers[1].weight, ref.spec.layers[1].weight)
     assert torch.equal(second.optimizer.x, whole.optimizer.x)
     steps = [

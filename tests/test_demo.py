@@ -5,8 +5,10 @@ two CPU cores.  The floors are set from measured values with a margin (all seede
 the same torch build reproduces them; the margin covers float32 differences between CPUs):
 
 - measured pretrain 61.8% (chance is 10%)                       -> floor PRETRAIN_FLOOR
-- measured recovery 23% of the accuracy the shift took           -> floor RECOVERY_FLOOR
-- measured clean accuracy after adaptation -1.4 points           -> margin CLEAN_MARGIN
+- measured recovery 15.8% of the accuracy the shift took (22.3 points lost; 450 test
+  samples make one sample 0.22 points, so recovery is only known to about +-10%)
+                                                                  -> floor RECOVERY_FLOOR
+- measured clean accuracy after adaptation +0.4 points           -> margin CLEAN_MARGIN
 
 These small networks learn far less than the full demo (see README); the floors state what the
 *test* size reaches, not the product's goal.
@@ -27,7 +29,7 @@ from polystep_neuro.network import NetworkSpec
 from simulators import fixed_point
 
 PRETRAIN_FLOOR = 0.50
-RECOVERY_FLOOR = 0.10
+RECOVERY_FLOOR = 0.05
 CLEAN_MARGIN = 0.05
 
 
@@ -37,7 +39,7 @@ def _small(out_dir: Path, **overrides) -> DemoConfig:
         num_steps=10,
         batch_size=128,
         pretrain=StageSettings(300, 32, 2.0, 4.0, 0.3, scaling="auto"),
-        adapt=StageSettings(150, 32, 0.1, 0.2, 0.3, scaling="auto"),
+        adapt=StageSettings(300, 32, 0.1, 0.2, 0.3, scaling="auto"),
         out_dir=out_dir,
         progress=False,
         eval_every=0,
@@ -68,7 +70,7 @@ def test_demo_pretrains_shifts_and_adapts(tmp_path: Path) -> None:
     adapted = NetworkSpec.load(out / "adapted_network.npz")
     assert adapted.writable == ("fc1.weight", "lif1.v_bias")
     logged = [json.loads(line) for line in (out / "adapt" / "metrics.jsonl").open()]
-    assert [r["step"] for r in logged] == list(range(1, 151))
+    assert [r["step"] for r in logged] == list(range(1, 301))
     # Only the writable tensors moved during adaptation: everything else is the deployed net.
     deployed = fixed_point.calibrate(result.pretrain.spec.with_writable(adapted.writable))
     moved = {
