@@ -120,10 +120,14 @@ def _cases() -> list[Case]:
         LayerSpec(weight=w1, du=0.05, dv=0.02, vth=20 * float(np.abs(w1).max())),
     ]
     quiet = NetworkSpec(quiet_layers, 20, ("fc0.weight", "fc1.weight")).validate()
-    # all-positive strong input, no current decay: u passes 2**23 and wraps
+    # all-positive strong input, no current decay: u passes 2**23 and wraps (the scale set
+    # by hand to the threshold-only rule: calibrate() itself leaves headroom below the wrap)
     rng = np.random.default_rng(4)
+    w_loud = np.abs(rng.normal(0, 1, (12, 48))) + 0.5
+    base = fp.WEIGHT_MAX / float(w_loud.max())
+    exp = int(np.floor(np.log2(4096 / base)))
     loud_layers = [
-        LayerSpec(weight=np.abs(rng.normal(0, 1, (12, 48))) + 0.5, du=0.0, dv=0.3),
+        LayerSpec(weight=w_loud, du=0.0, dv=0.3, fixed_scale=base * 2.0**exp, fixed_weight_exp=exp),
         LayerSpec(weight=rng.normal(0, 1, (4, 12)), du=0.5, dv=0.1),
     ]
     loud = NetworkSpec(loud_layers, 24, ("fc1.weight", "lif0.v_bias")).validate()
