@@ -3,6 +3,7 @@
     python bench/lava_bench.py                       # 64-128-10, T=25, V=16, B=32, fixed_pt
     python bench/lava_bench.py --writable all --vertices 64 --batch 128
     python bench/lava_bench.py --sweep               # layouts: V=16/64 x B=32/128, both sets
+    python bench/lava_bench.py --json out.json       # also write the figures (python -m bench)
 
 Runs in the Lava venv (re-executes itself with it when started from the host env).  Three
 ways to evaluate the same V weight sets on the same network and inputs:
@@ -20,6 +21,7 @@ the same counts (checked).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -142,7 +144,8 @@ def time_var_set(spec, params, x, mode, num_sets) -> tuple[float, np.ndarray]:
         sink.stop()
 
 
-def compare(args: argparse.Namespace) -> None:
+def compare(args: argparse.Namespace) -> dict:
+    """Time the three ways side by side; prints as it goes and returns the figures."""
     spec, params, x = make_problem(args, args.writable, args.vertices, args.batch)
     v_seq = min(args.sequential_vertices, args.vertices)
     head = {k: a[:v_seq] for k, a in params.items()}
@@ -173,8 +176,20 @@ def compare(args: argparse.Namespace) -> None:
     )
     same = np.array_equal(counts[:v_seq], c_bridge) and np.array_equal(counts[:v_seq], c_set)
     print(f"  counts identical across the three: {same}", flush=True)
-    if not same and args.mode == "fixed_pt":
-        sys.exit("counts differ")
+    return {
+        "sizes": args.sizes.replace(",", "-"),
+        "steps": spec.num_steps,
+        "batch": args.batch,
+        "mode": args.mode,
+        "writable": list(spec.writable),
+        "vertices": args.vertices,
+        "sequential_vertices": v_seq,
+        "layout": layout,
+        "replicas_s_per_vertex": per_rep,
+        "bridge_s_per_vertex": per_bridge,
+        "var_set_s_per_vertex": per_set,
+        "same_counts": bool(same),
+    }
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -209,8 +224,16 @@ def main() -> None:
     parser.add_argument(
         "--sweep", action="store_true", help="time the replica layouts for V=16/64, B=32/128"
     )
+    parser.add_argument("--json", help="also write the comparison's figures to this JSON file")
     args = parser.parse_args()
-    sweep(args) if args.sweep else compare(args)
+    if args.sweep:
+        sweep(args)
+        return
+    result = compare(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if not result["same_counts"] and args.mode == "fixed_pt":
+        sys.exit("counts differ")
 
 
 if __name__ == "__main__":

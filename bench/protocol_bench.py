@@ -84,20 +84,16 @@ def _raw_trip(sock: zmq.Socket, blob: np.ndarray) -> Callable[[], None]:
     return trip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mb", type=float, default=25.0, help="payload size in MB")
-    parser.add_argument("--reps", type=int, default=20)
-    args = parser.parse_args()
-
-    arrays = _payload(args.mb)
+def measure(megabytes: float = 25.0, reps: int = 20) -> dict:
+    """Round-trip times of both paths, alternating, after 3 uncounted warm-up trips each."""
+    arrays = _payload(megabytes)
     blob = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays.values()])
     ctx = zmq.Context()
     proto_sock, proto_thread = _server(ctx, "protocol")
     raw_sock, raw_thread = _server(ctx, "raw")
     trips = {"protocol": _protocol_trip(proto_sock, arrays), "raw pyzmq": _raw_trip(raw_sock, blob)}
     times: dict[str, list[float]] = {name: [] for name in trips}
-    for rep in range(args.reps + 3):
+    for rep in range(reps + 3):
         for name, trip in trips.items():
             start = time.perf_counter()
             trip()
@@ -110,17 +106,43 @@ def main() -> None:
     proto_thread.join(5)
     raw_thread.join(5)
     ctx.term()
-
-    size_mb = blob.nbytes / 1e6
-    print(f"payload: {size_mb:.1f} MB per direction ({', '.join(_shapes(arrays))}), ")
-    print(f"{args.reps} round trips per path, loopback TCP, echo thread in-process\n")
-    print("| path | median ms | min ms | round-trip MB/s (median) |")
-    print("|---|---:|---:|---:|")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"| {name} | {med * 1e3:.1f} | {min(values) * 1e3:.1f} | {2 * size_mb / med:.0f} |")
     ratio = statistics.median(times["protocol"]) / statistics.median(times["raw pyzmq"])
-    print(f"\nprotocol / raw (median): {ratio:.2f}x (goal <= 2x)")
+    return {
+        "size_mb": blob.nbytes / 1e6,
+        "shapes": _shapes(arrays),
+        "reps": reps,
+        "times": times,
+        "ratio": ratio,
+    }
+
+
+def table(result: dict) -> list[str]:
+    size_mb = result["size_mb"]
+    lines = [
+        "| path | median ms | min ms | round-trip MB/s (median) | vs raw (median) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    raw = statistics.median(result["times"]["raw pyzmq"])
+    for name, values in result["times"].items():
+        med = statistics.median(values)
+        lines.append(
+            f"| {name} | {med * 1e3:.1f} | {min(values) * 1e3:.1f} | {2 * size_mb / med:.0f} "
+            f"| {med / raw:.2f}x |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mb", type=float, default=25.0, help="payload size in MB")
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+
+    result = measure(args.mb, args.reps)
+    print(f"payload: {result['size_mb']:.1f} MB per direction ({', '.join(result['shapes'])}), ")
+    print(f"{args.reps} round trips per path, loopback TCP, echo thread in-process\n")
+    print("\n".join(table(result)))
+    print(f"\nprotocol / raw (median): {result['ratio']:.2f}x (goal <= 2x)")
 
 
 def _shapes(arrays: dict[str, np.ndarray]) -> list[str]:

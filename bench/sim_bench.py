@@ -1,6 +1,7 @@
 """torch-sim vs a per-vertex snnTorch loop: evaluated (vertex, sample) pairs per second.
 
     python bench/sim_bench.py [--V 64] [--B 128] [--T 25] [--sizes 64 128 10] [--repeats 3]
+                              [--ref-vertices N]
 
 Both sides evaluate the same V weight sets (every weight varies) on the same B input
 samples over T steps and must produce identical spike counts; the ratio is measured side by
@@ -12,13 +13,18 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from polystep_neuro.network import NetworkSpec
-from simulators.torch_lif import TorchLIF
+if __package__ in (None, ""):  # `python bench/sim_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from polystep_neuro.network import NetworkSpec  # noqa: E402
+from simulators.torch_lif import TorchLIF  # noqa: E402
 
 
 def _snntorch_loop(spec: NetworkSpec, weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -70,32 +76,109 @@ def _matmul_peak(device: torch.device, sync) -> float:
     return 2 * n**3 / secs
 
 
-def _bench_device(device, spec, names, weights, x, args) -> None:
+def bench_device(device: torch.device, spec, names, weights, x, repeats: int, ref_vertices: int):
+    """Time torch-sim on all V sets and the snnTorch loop on the first ``ref_vertices``.
+
+    Returns a dict of seconds and (vertex, sample) pairs per second for both sides (the
+    loop's rate from its subset: its cost is linear in the number of vertices), the speed-up,
+    whether the counts agree, and on CUDA the fraction of the measured matmul peak.
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sim = TorchLIF(spec, "float32", device)
     params = {n: w.to(device) for n, w in zip(names, weights, strict=True)}
     xd = x.to(device)
-    dev_weights = [w.to(device) for w in weights]
-    t_sim, counts_sim = _best_of(args.repeats, lambda: sim.run(params, xd).counts, sync)
+    num_sets, batch = weights[0].shape[0], x.shape[0]
+    ref = min(ref_vertices, num_sets)
+    dev_weights = [w[:ref].to(device) for w in weights]
+    sim_run = lambda: sim.run(params, xd).counts  # noqa: E731
+    sim_run()  # warm-up (workspace allocation, CUDA context)
+    t_sim, counts_sim = _best_of(repeats, sim_run, sync)
     t_ref, counts_ref = _best_of(1, lambda: _snntorch_loop(spec, dev_weights, xd), sync)
-    pairs = args.V * args.B
-    print(
-        f"| {device.type} | per-vertex snnTorch loop | {t_ref:.3f} | {pairs / t_ref:,.0f} | 1.0x |"
-    )
-    print(
-        f"| {device.type} | torch-sim (batched) | {t_sim:.3f} | {pairs / t_sim:,.0f} | "
-        f"{t_ref / t_sim:.1f}x |"
-    )
-    if not torch.equal(counts_sim.cpu(), counts_ref.cpu()):
-        raise SystemExit("counts differ between torch-sim and snnTorch: benchmark invalid")
+    out = {
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+        "sim_seconds": t_sim,
+        "sim_pairs_per_s": num_sets * batch / t_sim,
+        "ref_seconds": t_ref,
+        "ref_vertices": ref,
+        "ref_pairs_per_s": ref * batch / t_ref,
+        "same_counts": torch.equal(counts_sim[:ref].cpu(), counts_ref.cpu()),
+    }
+    out["speedup"] = out["sim_pairs_per_s"] / out["ref_pairs_per_s"]
     if device.type == "cuda":
-        flops = 2 * pairs * args.T * sum(layer.n_in * layer.n_out for layer in spec.layers)
-        peak = _matmul_peak(device, sync)
-        print(
-            f"\nCUDA ({torch.cuda.get_device_name(device)}): simulator GEMM work "
-            f"{flops / t_sim / 1e12:.2f} TFLOP/s = {flops / t_sim / peak:.1%} of the "
-            f"measured float32 matmul peak ({peak / 1e12:.1f} TFLOP/s)"
+        steps = x.shape[1]
+        flops = 2 * num_sets * batch * steps * sum(ly.n_in * ly.n_out for ly in spec.layers)
+        out["sim_tflops"] = flops / t_sim / 1e12
+        out["peak_tflops"] = _matmul_peak(device, sync) / 1e12
+    return out
+
+
+def run(
+    V: int = 64,
+    B: int = 128,
+    T: int = 25,
+    sizes: tuple[int, ...] | list[int] = (64, 128, 10),
+    repeats: int = 3,
+    ref_vertices: int | None = None,
+    devices: list[torch.device] | None = None,
+) -> dict:
+    """The benchmark on CPU (and CUDA when present); one result dict per device."""
+    torch.manual_seed(0)
+    sizes = list(sizes)
+    # snnTorch semantics: delay 0, leaky neurons; all weights vary across the V sets.
+    spec = NetworkSpec.random(sizes, T, seed=0, dv=0.1, delay=0, writable="all")
+    for layer in spec.layers:
+        layer.neuron = "leaky"
+    spec = spec.validate()
+    names = [f"fc{i}.weight" for i in range(len(spec.layers))]
+    weights = [
+        torch.as_tensor(layer.weight)[None] + 0.2 * torch.randn(V, *layer.weight.shape)
+        for layer in spec.layers
+    ]
+    x = (torch.rand(B, T, sizes[0]) < 0.3).float()
+    if devices is None:
+        devices = [torch.device("cpu")]
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+    ref = V if ref_vertices is None else ref_vertices
+    rows = [bench_device(d, spec, names, weights, x, repeats, ref) for d in devices]
+    return {
+        "V": V,
+        "B": B,
+        "T": T,
+        "sizes": sizes,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def table(result: dict) -> list[str]:
+    lines = [
+        "| device | implementation | vertices timed | seconds | (vertex, sample) pairs / s "
+        "| speed-up |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        dev = r["device"] + (f" ({r['device_name']})" if r["device_name"] else "")
+        lines.append(
+            f"| {dev} | per-vertex snnTorch loop | {r['ref_vertices']} | {r['ref_seconds']:.3f} "
+            f"| {r['ref_pairs_per_s']:,.0f} | 1.0x |"
         )
+        lines.append(
+            f"| {dev} | torch-sim (batched) | {result['V']} | {r['sim_seconds']:.3f} "
+            f"| {r['sim_pairs_per_s']:,.0f} | {r['speedup']:.1f}x |"
+        )
+    same = all(r["same_counts"] for r in result["rows"])
+    lines.append("")
+    lines.append(f"identical spike counts on every device: {'yes' if same else 'NO'}")
+    for r in result["rows"]:
+        if "sim_tflops" in r:
+            lines.append(
+                f"CUDA ({r['device_name']}): simulator GEMM work {r['sim_tflops']:.2f} TFLOP/s "
+                f"= {r['sim_tflops'] / r['peak_tflops']:.1%} of the measured float32 matmul "
+                f"peak ({r['peak_tflops']:.1f} TFLOP/s)"
+            )
+    return lines
 
 
 def main() -> None:
@@ -105,32 +188,22 @@ def main() -> None:
     parser.add_argument("--T", type=int, default=25)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 10])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--ref-vertices",
+        type=int,
+        help="time the snnTorch loop on only this many vertices (default: all V)",
+    )
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    # snnTorch semantics: delay 0, leaky neurons; all weights vary across the V sets.
-    spec = NetworkSpec.random(args.sizes, args.T, seed=0, dv=0.1, delay=0, writable="all")
-    for layer in spec.layers:
-        layer.neuron = "leaky"
-    spec = spec.validate()
-    names = [f"fc{i}.weight" for i in range(len(spec.layers))]
-    weights = [
-        torch.as_tensor(layer.weight)[None] + 0.2 * torch.randn(args.V, *layer.weight.shape)
-        for layer in spec.layers
-    ]
-    x = (torch.rand(args.B, args.T, args.sizes[0]) < 0.3).float()
+    result = run(args.V, args.B, args.T, args.sizes, args.repeats, args.ref_vertices)
     print(
         f"network {'-'.join(map(str, args.sizes))}, V={args.V}, B={args.B}, T={args.T}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"{platform.processor() or platform.machine()}"
     )
     print()
-    print("| device | implementation | seconds | (vertex, sample) pairs / s | speed-up |")
-    print("|---|---|---|---|---|")
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        _bench_device(device, spec, names, weights, x, args)
-    print("\nidentical spike counts on every device: yes")
+    print("\n".join(table(result)))
+    if not all(r["same_counts"] for r in result["rows"]):
+        raise SystemExit("counts differ between torch-sim and snnTorch: benchmark invalid")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ through their own generator so benchmark runs are reproducible.
 - :class:`OpenAIES`: antithetic evolution strategies (Salimans et al., 2017) with centred-rank
   fitness shaping and Adam (or plain SGD) on the ES gradient estimate.
 - :class:`CMAES`: thin adapter over pycma's ask/tell (needs ``cma`` installed).
+- :class:`SPSA`: simultaneous perturbation stochastic approximation (Spall, 1992): two
+  evaluations per step, whatever the dimension.
 """
 
 from __future__ import annotations
@@ -161,15 +163,26 @@ class OpenAIES:
 
 
 class CMAES:
-    """pycma's CMA-ES behind the same ask/tell shape (torch in, torch out)."""
+    """pycma's CMA-ES behind the same ask/tell shape (torch in, torch out).
+
+    ``diagonal=True`` runs sep-CMA-ES (pycma's ``CMA_diagonal``): a diagonal covariance,
+    linear cost per sample, for dimensions where the full covariance update is too slow.
+    """
 
     def __init__(
-        self, x0: torch.Tensor | np.ndarray, sigma: float, popsize: int, seed: int = 0
+        self,
+        x0: torch.Tensor | np.ndarray,
+        sigma: float,
+        popsize: int,
+        seed: int = 0,
+        diagonal: bool = False,
     ) -> None:
         import cma  # optional dependency, only needed for this baseline
 
         self._like = _to_vector(x0)
         opts = {"popsize": int(popsize), "seed": int(seed) + 1, "verbose": -9}
+        if diagonal:  # sep-CMA-ES: diagonal covariance, O(n) per sample (for large n)
+            opts["CMA_diagonal"] = True
         self._es = cma.CMAEvolutionStrategy(self._like.cpu().double().numpy(), sigma, opts)
         self.num_candidates = int(popsize)
         self._pending: list[np.ndarray] | None = None
@@ -190,3 +203,78 @@ class CMAES:
         values = np.where(np.isfinite(values), values, np.finfo(np.float64).max / 4)
         self._es.tell(self._pending, values.tolist())
         self._pending = None
+
+
+class SPSA:
+    """Simultaneous perturbation stochastic approximation with Spall's gain sequences.
+
+    Step ``k`` (from 0) asks for the two points ``x + c_k * delta`` and ``x - c_k * delta``
+    with a Rademacher ``delta`` (every entry +-1), estimates the gradient as
+    ``(y_plus - y_minus) / (2 * c_k) * delta`` (``1 / delta_i = delta_i``) and moves
+    ``x <- x - a_k * g`` with
+
+        a_k = a / (k + 1 + A) ** alpha,     c_k = c / (k + 1) ** gamma,
+
+    ``alpha = 0.602`` and ``gamma = 0.101`` by default (Spall's practical exponents; the
+    asymptotically optimal ones are 1 and 1/6).  ``A`` (the stability constant) is
+    typically about 10 % of the number of steps.  ``max_step`` optionally clips each
+    entry of the move ``a_k * g`` to ``[-max_step, max_step]`` (a common safeguard against a
+    large first gradient estimate; ``None``: no clipping).
+    """
+
+    def __init__(
+        self,
+        x0: torch.Tensor | np.ndarray,
+        a: float,
+        c: float,
+        A: float = 0.0,
+        alpha: float = 0.602,
+        gamma: float = 0.101,
+        seed: int = 0,
+        max_step: float | None = None,
+    ) -> None:
+        if not a > 0 or not c > 0:
+            raise ValueError(f"gains a and c must be positive, got a={a}, c={c}")
+        if A < 0:
+            raise ValueError(f"stability constant A must be >= 0, got {A}")
+        if max_step is not None and not max_step > 0:
+            raise ValueError(f"max_step must be positive or None, got {max_step}")
+        self._x = _to_vector(x0)
+        self.a, self.c, self.A = float(a), float(c), float(A)
+        self.alpha, self.gamma = float(alpha), float(gamma)
+        self.max_step = None if max_step is None else float(max_step)
+        self.num_candidates = 2
+        self.steps = 0
+        self._gen = torch.Generator(device=self._x.device)
+        self._gen.manual_seed(seed)
+        self._delta: torch.Tensor | None = None
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self._x.clone()
+
+    def gains(self, step: int | None = None) -> tuple[float, float]:
+        """``(a_k, c_k)`` at ``step`` (default: the current step)."""
+        k = self.steps if step is None else int(step)
+        return self.a / (k + 1 + self.A) ** self.alpha, self.c / (k + 1) ** self.gamma
+
+    def ask(self) -> torch.Tensor:
+        x = self._x
+        bits = torch.randint(0, 2, (x.numel(),), generator=self._gen, device=x.device)
+        self._delta = bits.to(x.dtype) * 2 - 1
+        _, c_k = self.gains()
+        return torch.stack([x + c_k * self._delta, x - c_k * self._delta])
+
+    def tell(self, costs) -> None:
+        if self._delta is None:
+            raise RuntimeError("tell() called without a pending ask()")
+        costs = _to_costs(costs, 2, self._x)
+        a_k, c_k = self.gains()
+        diff = costs[0] - costs[1]
+        if torch.isfinite(diff):  # a non-finite pair carries no direction: skip the move
+            move = a_k * (diff / (2 * c_k)) * self._delta
+            if self.max_step is not None:
+                move = move.clamp(-self.max_step, self.max_step)
+            self._x = self._x - move
+        self._delta = None
+        self.steps += 1

@@ -1,0 +1,343 @@
+"""Run every benchmark and write one markdown report.
+
+    python -m bench [--out docs/benchmarks.md] [--quick] [--only NAME ...]
+
+Sections (``--only`` picks some): sim, digits, memory, lava, protocol.  Every comparison
+is a ratio of two measurements taken side by side in this run; the report records the
+command, the date and the machine.  GPU rows are added where ``torch.cuda.is_available()``.
+``--quick`` uses tiny sizes (a smoke test of the harness: its numbers mean little).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("sim", "digits", "memory", "lava", "protocol")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Section:
+    title: str
+    intro: list[str] = field(default_factory=list)
+    body: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- the sections
+def section_sim(quick: bool, progress: Progress) -> Section:
+    from bench import sim_bench
+
+    configs = (
+        [dict(V=8, B=16, T=10, sizes=[64, 32, 10], repeats=1, ref_vertices=2)]
+        if quick
+        else [
+            dict(V=64, B=128, T=25, sizes=[64, 128, 10], repeats=3, ref_vertices=16),
+            dict(V=256, B=128, T=25, sizes=[64, 512, 10], repeats=3, ref_vertices=8),
+        ]
+    )
+    body: list[str] = []
+    threads = 0
+    for cfg in configs:
+        progress(f"sim: torch-sim vs per-vertex snnTorch loop {cfg}")
+        result = sim_bench.run(**cfg)
+        threads = result["threads"]
+        body += [
+            f"**{'-'.join(map(str, cfg['sizes']))}, V={cfg['V']}, B={cfg['B']}, T={cfg['T']}** "
+            f"(snnTorch loop timed on the first {cfg['ref_vertices']} sets, torch-sim best of "
+            f"{cfg['repeats']})",
+            "",
+            *sim_bench.table(result),
+            "",
+        ]
+    return Section(
+        "torch-sim vs a per-vertex snnTorch loop",
+        [
+            "snnTorch semantics (leaky LIF, delay 0); V weight sets in which every weight "
+            f"varies, B input samples, T steps, {threads} torch thread(s).  torch-sim "
+            "evaluates all V sets in one call; the snnTorch loop (`nn.Linear` + `snn.Leaky`, "
+            "one forward per weight set, under `no_grad`) is timed on the first few sets "
+            "(its cost is linear in the number of sets) and its counts are compared with "
+            "torch-sim's on those.  Speed-up = ratio of (vertex, sample) pairs per second.",
+        ],
+        body[:-1],
+    )
+
+
+def section_digits(quick: bool, progress: Progress) -> Section:
+    import torch
+
+    from bench import digits_bench
+
+    budgets = [512, 1024] if quick else digits_bench.DEFAULT_BUDGETS
+    seeds = [0] if quick else digits_bench.DEFAULT_SEEDS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = digits_bench.run(budgets, seeds, progress=lambda s: progress(f"digits: {s}"))
+    finally:
+        torch.set_num_threads(threads)
+    return Section(
+        "PolyStep vs sep-CMA-ES / OpenAI-ES / SPSA on the digits SNN, equal forward passes",
+        [
+            "Train the 1,280 readout weights of a 64-128-10 LIF network (T=16, fixed random "
+            "hidden layer, built like the demo's pretrain stage) on scikit-learn's digits "
+            "from the same random start.  One forward pass = one candidate evaluated on one "
+            "minibatch of B=128 training samples; every method gets the same number.  Test "
+            "accuracy and loss (count cross-entropy) are of each method's current point on "
+            "the 450 test samples, taken at each budget in the same run.  CMA-ES is pycma's "
+            "sep-CMA-ES (diagonal covariance): pycma's full covariance at n = 1,280 cost "
+            "~0.7 s per step during development here, too slow for this benchmark.  "
+            "Hyperparameters: "
+            f"{digits_bench.describe_settings()}; hand-tuned on seed 1 with the training loss "
+            "(small grid per method; see `bench/digits_bench.py`).  All methods run with 1 "
+            "torch thread.",
+        ],
+        digits_bench.table(result),
+    )
+
+
+def section_memory(quick: bool, progress: Progress) -> Section:
+    import torch
+
+    from bench import memory_bench
+
+    sizes, batch, steps = ([64, 64, 10], 16, [5, 20]) if quick else ([64, 512, 10], 128, [25, 400])
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    body: list[str] = []
+    for device in devices:
+        progress(f"memory: {'-'.join(map(str, sizes))}, B={batch}, T={steps} on {device.type}")
+        result = memory_bench.run(sizes, batch, steps, device, progress=progress)
+        body += memory_bench.table(result) + [""]
+    return Section(
+        "Memory: forward-only evaluation vs BPTT with a surrogate gradient",
+        [
+            "Same network, batch and input spikes.  Forward-only: the snnTorch model stepped "
+            "under `torch.no_grad()` (only the current state is kept, as on a device) and "
+            "torch-sim with one parameter set (keeps whole (T, B, N) spike trains, one GEMM "
+            "per layer).  BPTT: the same snnTorch model with its default arctan surrogate "
+            "gradient, cross-entropy on the output spike counts, `loss.backward()`.  Peaks "
+            "are above the memory held before each call (weights and inputs excluded); on "
+            "CPU they come from torch.profiler's allocator events (every allocation and "
+            "free, in time order; the maximum of the running sum), on CUDA from "
+            "`torch.cuda.max_memory_allocated`.  'Saved tensors' = bytes of the distinct "
+            "storages autograd still holds for the backward pass when the forward pass ends "
+            "(`torch.autograd.graph.saved_tensors_hooks` with weak references; inputs and "
+            "weights excluded), an independent check of the BPTT peak.",
+        ],
+        body[:-1],
+    )
+
+
+def section_lava(quick: bool, progress: Progress) -> Section:
+    from devices.lava_env import find_lava_env, venv_python
+
+    title = "Lava: V replicas in one graph vs one vertex at a time"
+    venv = find_lava_env()
+    if venv is None:
+        return Section(
+            title,
+            ["Skipped: no Lava venv here (`polystep-neuro devices setup-lava` creates one)."],
+        )
+    args = (
+        ["--vertices", "4", "--batch", "8", "--steps", "10", "--sequential-vertices", "1"]
+        if quick
+        else ["--vertices", "16", "--batch", "32", "--steps", "25", "--sequential-vertices", "2"]
+    )
+    progress(f"lava: bench/lava_bench.py {' '.join(args)} in {venv}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lava.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(
+            [str(venv_python(venv)), str(ROOT / "bench" / "lava_bench.py"), *args, "--json", out],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if not out.exists():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            return Section(title, ["Failed: lava_bench.py wrote no result.", "", *tail])
+        r = json.loads(out.read_text(encoding="utf-8"))
+    per_rep = r["replicas_s_per_vertex"]
+    rows = [
+        ("replicas in one graph (LavaNet, " + r["layout"] + ")", r["vertices"], per_rep),
+        ("sequential: LavaNet pinned to 1 replica", r["sequential_vertices"], None),
+        ("sequential: plain Lava, Var.set + run per vertex", r["sequential_vertices"], None),
+    ]
+    seconds = [per_rep, r["bridge_s_per_vertex"], r["var_set_s_per_vertex"]]
+    body = [
+        "| way | vertices timed | ms per vertex | replicas' speed-up |",
+        "|---|---:|---:|---:|",
+    ]
+    for (name, count, _), secs in zip(rows, seconds, strict=True):
+        body.append(f"| {name} | {count} | {secs * 1e3:.1f} | {secs / per_rep:.1f}x |")
+    body += ["", f"counts identical across the three: {'yes' if r['same_counts'] else 'NO'}"]
+    return Section(
+        title,
+        [
+            f"Network {r['sizes']}, T={r['steps']}, B={r['batch']}, Lava CPU simulation "
+            f"({r['mode']}), writable {', '.join(r['writable'])}, V={r['vertices']} weight "
+            "sets (`bench/lava_bench.py`, run in the Lava venv).  The replica graph is timed "
+            "on all V (best of 2 after a build pass); the sequential ways on the first "
+            f"{r['sequential_vertices']} vertices, per vertex.",
+        ],
+        body,
+    )
+
+
+def section_protocol(quick: bool, progress: Progress) -> Section:
+    from bench import protocol_bench
+
+    mb, reps = (2.0, 3) if quick else (25.0, 20)
+    progress(f"protocol: {mb} MB payload, {reps} round trips per path")
+    result = protocol_bench.measure(mb, reps)
+    return Section(
+        "Protocol overhead: evaluate-sized round trip vs raw pyzmq",
+        [
+            f"{result['size_mb']:.1f} MB per direction ({', '.join(result['shapes'])}) over "
+            f"loopback TCP to an in-process echo thread, {reps} round trips per path, the two "
+            "paths alternating.  Protocol = encode (JSON header + zero-copy frames), send, "
+            "server-side decode with every validation, encode back, client decode; raw = the "
+            "same bytes as one frame, echoed (`copy=False` both ways).  Goal: protocol <= 2x "
+            "raw.",
+        ],
+        protocol_bench.table(result)
+        + ["", f"protocol / raw (median round trip): {result['ratio']:.2f}x"],
+    )
+
+
+RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
+    "sim": section_sim,
+    "digits": section_digits,
+    "memory": section_memory,
+    "lava": section_lava,
+    "protocol": section_protocol,
+}
+
+
+# --------------------------------------------------------------------------- the report
+def machine() -> list[str]:
+    """What the numbers were measured on."""
+    import numpy as np
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        ram_text = f"{ram:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        ram_text = "RAM unknown"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = (
+            f"{torch.cuda.get_device_name(0)} ({props.total_memory / 2**30:.0f} GiB, "
+            f"CUDA {torch.version.cuda})"
+        )
+    else:
+        gpu = "none (no CUDA device: GPU rows skipped)"
+    versions = [f"torch {torch.__version__}", f"numpy {np.__version__}"]
+    for name in ("snntorch", "cma", "zmq"):
+        try:
+            module = __import__(name)
+            versions.append(f"{'pyzmq' if name == 'zmq' else name} {module.__version__}")
+        except ImportError:
+            pass
+    return [
+        f"- CPU: {cpu}, {usable} usable cores ({os.cpu_count()} logical), {ram_text}",
+        f"- GPU: {gpu}",
+        f"- OS: {platform.platform()}; Python {platform.python_version()}",
+        f"- {', '.join(versions)}; torch CPU threads used: {torch.get_num_threads()}",
+    ]
+
+
+def render(command: str, sections: list[tuple[str, Section]], total: float) -> str:
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    out = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {now}; total wall time {total:.0f} s.",
+        "",
+        "Machine:",
+        "",
+        *machine(),
+        "",
+        "Every comparison below is a ratio of two measurements taken side by side in this run "
+        "(same process, same inputs, alternating or back to back); absolute times depend on "
+        "the machine and its load.",
+    ]
+    for i, (name, sec) in enumerate(sections, 1):
+        out += ["", f"## {i}. {sec.title}", ""]
+        out += [*sec.intro, ""] if sec.intro else []
+        out += sec.body
+        out += ["", f"_Section `{name}`: {sec.seconds:.0f} s._"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (harness smoke test)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for every section (default 1: on a shared or loaded machine "
+        "more threads mostly add OpenMP barrier waits; the digits section always uses 1)",
+    )
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    names = [s for s in SECTIONS if not args.only or s in args.only]
+    start = time.perf_counter()
+
+    def progress(line: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {line}", file=sys.stderr, flush=True)
+
+    done: list[tuple[str, Section]] = []
+    for name in names:
+        t0 = time.perf_counter()
+        section = RUNNERS[name](args.quick, progress)
+        section.seconds = time.perf_counter() - t0
+        progress(f"{name}: done in {section.seconds:.0f} s")
+        done.append((name, section))
+    text = render(command, done, time.perf_counter() - start)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    progress(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""`python -m bench` end to end on tiny sizes: the report has its tables and numeric ratios."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIO = re.compile(r"\|\s*\d[\d,]*(\.\d+)?x\s*\|")
+
+
+def _sections(text: str) -> dict[str, str]:
+    parts = re.split(r"^## \d+\. ", text, flags=re.M)
+    return {part.splitlines()[0]: part for part in parts[1:]}
+
+
+def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    args = ["--quick", "--only", "sim", "memory", "protocol", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text(encoding="utf-8")
+    assert f"`python -m bench {' '.join(args)}`" in text  # the command that produced it
+    assert "- CPU: " in text and "- GPU: " in text and "torch " in text  # the machine
+    sections = _sections(text)
+    assert len(sections) == 3, list(sections)
+    for title, body in sections.items():
+        assert re.search(r"^\|---", body, flags=re.M), f"no table in {title!r}"
+        assert RATIO.search(body), f"no numeric ratio in {title!r}"
+    sim = next(b for t, b in sections.items() if t.startswith("torch-sim"))
+    assert "identical spike counts on every device: yes" in sim
+    memory = next(b for t, b in sections.items() if t.startswith("Memory"))
+    assert "forward counts identical: yes" in memory
+    # BPTT needs more memory than forward-only evaluation at the longer T
+    last_row = [r for r in memory.splitlines() if re.match(r"^\| \d+ \|", r)][-1]
+    assert float(last_row.split("|")[6].strip().rstrip("x").replace(",", "")) > 1
+    protocol = next(b for t, b in sections.items() if t.startswith("Protocol"))
+    assert re.search(r"protocol / raw \(median round trip\): \d+\.\d+x", protocol)
