@@ -94,14 +94,16 @@ def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
     # torch and snnTorch are imported here, after the Lava check
     import numpy as np
     import torch
-    from snntorch_digits import digits_spikes, make_model, snntorch_accuracy, train_bptt
+    from snntorch_digits import (
+        adapt_and_score,
+        digits_adaptation,
+        digits_spikes,
+        print_table,
+        train_offline,
+    )
 
-    from polystep_neuro.controller import Adapter
-    from polystep_neuro.data import InputShift, SpikeDataset, concat
+    from polystep_neuro.data import InputShift
     from polystep_neuro.interop import device_compatibility, from_snntorch, to_device_semantics
-    from polystep_neuro.losses import make_loss
-    from polystep_neuro.optim import PolyStep, Subspace
-    from polystep_neuro.params import ParamVector
     from simulators import fixed_point
 
     shift = InputShift(gain=0.5, dead_fraction=0.2, seed=1)  # the sensor's drift
@@ -114,13 +116,7 @@ def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
     )
 
     # 1. offline training in snnTorch
-    model = make_model(args.hidden, seed=args.seed)
-    seconds = train_bptt(model, data.train, y_train, epochs=args.epochs, seed=args.seed)
-    acc_snntorch = snntorch_accuracy(model, data.test, y_test)
-    print(
-        f"snnTorch 64-{args.hidden}-10, {args.epochs} BPTT epochs ({seconds:.0f} s): "
-        f"test accuracy {acc_snntorch:.1%}"
-    )
+    model, acc_snntorch = train_offline(args, data)
 
     # 2. to the device's semantics, then to Loihi 2 fixed point
     spec = from_snntorch(model, args.num_steps, writable=args.writable)
@@ -133,54 +129,12 @@ def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
     lava.load(deployed)
 
     # 3. adapt on lava-fixed, exactly as on torch-sim in example 02
-    test = SpikeDataset(data.test, y_test, len(y_test))
-    shifted_test = SpikeDataset(data.shifted_test, y_test, len(y_test))
-    layout = ParamVector(deployed, scaling="auto")
-    optimizer = PolyStep(
-        layout.flatten(deployed),
-        step_radius=0.3,
-        probe_radius=0.6,
-        epsilon=0.3,
-        subspace=Subspace(sizes=layout.sizes, rank=args.rank, absorb_interval=20),
-        seed=args.seed,
-    )
-    mixed = concat(
-        SpikeDataset(data.train, y_train, args.batch_size),
-        SpikeDataset(data.shifted_train, y_train, args.batch_size),
-        args.batch_size,
-        args.seed,
-    )
-    adapter = Adapter(
-        deployed,
-        lava,
-        optimizer,
-        make_loss("ce", args.num_steps, scale=0.5),
-        mixed,
-        monitor=shifted_test,
-        eval_every=20,
-        progress=not args.no_progress,
-        layout=layout,
-    )
-    before_clean = adapter.evaluate_current(test)["monitor_accuracy"]
-    before_shifted = adapter.evaluate_current(shifted_test)["monitor_accuracy"]
-    print(
-        f"lava-fixed (device timing, Loihi 2 fixed point): clean {before_clean:.1%}, "
-        f"shifted {before_shifted:.1%}"
-    )
-    print(
-        f"adapting {', '.join(layout.names)} ({layout.dim} values) on lava-fixed: "
-        f"{optimizer.num_candidates} candidates x {args.batch_size} samples per step"
-    )
-    result = adapter.run(args.steps)
-    after_clean = adapter.evaluate_current(test)["monitor_accuracy"]
-    after_shifted = adapter.evaluate_current(shifted_test)["monitor_accuracy"]
-    print(
-        f"{result.steps} steps, {result.evaluations:,} forward passes on Lava, "
-        f"{result.wall_seconds:.0f} s"
-    )
+    adaptation = digits_adaptation(deployed, lava, data, args)
+    scores = adapt_and_score(adaptation, args.steps, "lava-fixed")
+    shifted_test = adaptation.shifted_test
 
     # 4. the adapted network on torch-sim-fixed: the same spike counts, bit for bit
-    adapted = result.spec
+    adapted = scores.pop("adapted_spec")
     lava.load(adapted)
     lava_counts = np.asarray(lava.evaluate({}, shifted_test.spikes))
     sim = open_backend("torch-sim-fixed", device="cpu")
@@ -190,21 +144,8 @@ def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
     identical = bool(np.array_equal(lava_counts, sim_counts))
     print(f"adapted network on torch-sim-fixed: spike counts identical to lava-fixed: {identical}")
 
-    print("| network | clean test | shifted test |")
-    print("|---|---|---|")
-    print(f"| snnTorch model (float, snnTorch timing) | {acc_snntorch:.1%} | |")
-    print(f"| on lava-fixed, before adaptation | {before_clean:.1%} | {before_shifted:.1%} |")
-    print(f"| adapted on lava-fixed | {after_clean:.1%} | {after_shifted:.1%} |")
-    return {
-        "snntorch_clean": acc_snntorch,
-        "before_clean": before_clean,
-        "before_shifted": before_shifted,
-        "after_clean": after_clean,
-        "after_shifted": after_shifted,
-        "steps": result.steps,
-        "evaluations": result.evaluations,
-        "torch_sim_fixed_identical": identical,
-    }
+    print_table(acc_snntorch, scores, "lava-fixed")
+    return {"snntorch_clean": acc_snntorch, **scores, "torch_sim_fixed_identical": identical}
 
 
 if __name__ == "__main__":
