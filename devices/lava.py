@@ -17,7 +17,6 @@ and a fresh process frees it.  Loads that only change writable values reuse the 
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ import subprocess
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +49,11 @@ NEEDS_ENV = "lava backend needs the Lava env: run `polystep-neuro devices setup-
 
 @dataclass
 class LavaServer:
-    """A spawned device server: its process (a session leader) and what it printed."""
+    """A spawned device server: its process (a session leader) and the endpoint it announced.
+    (Its error output is read by ``start_server_process``, which reports it on failure.)"""
 
     process: subprocess.Popen[str]
     endpoint: str
-    stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque([], 40))
 
     def stop(self, grace_s: float = 15.0) -> None:
         """Wait up to ``grace_s`` for a server that was told to close, then SIGTERM and
@@ -101,7 +100,7 @@ def spawn_server(python: Path, backend: str, *, startup_timeout_s: float = 180.0
         startup_timeout_s=startup_timeout_s,
         new_session=True,
     )
-    return LavaServer(started.process, started.endpoint, started._stderr_tail)
+    return LavaServer(started.process, started.endpoint)
 
 
 def _shutdown(server: LavaServer, remote: RemoteBackend | None) -> None:

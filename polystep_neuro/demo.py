@@ -104,9 +104,8 @@ def _report_default(line: str) -> None:
     print(line, flush=True)
 
 
-def _accuracy(backend: BaseBackend, spec: NetworkSpec, data: SpikeDataset) -> float:
-    """Accuracy of the backend's loaded network (the spec's own values) on all of ``data``."""
-    del spec
+def _accuracy(backend: BaseBackend, data: SpikeDataset) -> float:
+    """Accuracy of the backend's loaded network (its own values) on all of ``data``."""
     counts = torch.as_tensor(backend.evaluate({}, data.spikes))
     return float(accuracy(counts, data.labels.to(counts.device))[0])
 
@@ -194,7 +193,7 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
     _stop_if_interrupted(pre, cfg.out_dir / "pretrain")
     trained = pre.spec.with_writable(cfg.writable)
     float_backend.load(trained)
-    acc_float = _accuracy(float_backend, trained, clean_test)
+    acc_float = _accuracy(float_backend, clean_test)
     walls["pretrain"] = pre.wall_seconds
     report(f"    float32 test accuracy {acc_float:.1%}  ({pre.wall_seconds:.0f} s)")
 
@@ -202,14 +201,14 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
     deployed = fixed_point.calibrate(trained)
     fixed_sim = open_backend("torch-sim-fixed", device=device)
     fixed_sim.load(deployed)
-    acc_fixed = _accuracy(fixed_sim, deployed, clean_test)
+    acc_fixed = _accuracy(fixed_sim, clean_test)
     report(
         f"(b) Loihi 2 fixed point: test accuracy {acc_fixed:.1%} "
         f"({100 * (acc_fixed - acc_float):+.1f} points)"
     )
 
     # (c) input drift on the deployed device
-    acc_shift = _accuracy(fixed_sim, deployed, shifted_test)
+    acc_shift = _accuracy(fixed_sim, shifted_test)
     report(
         f"(c) input shift ({cfg.shift.describe()}): accuracy {acc_shift:.1%} "
         f"({100 * (acc_shift - acc_fixed):+.1f} points)"
@@ -232,8 +231,8 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
     _stop_if_interrupted(adapted, cfg.out_dir / "adapt")
     walls["adapt"] = adapted.wall_seconds
     fixed_sim.load(adapted.spec)
-    acc_adapted = _accuracy(fixed_sim, adapted.spec, shifted_test)
-    acc_clean_after = _accuracy(fixed_sim, adapted.spec, clean_test)
+    acc_adapted = _accuracy(fixed_sim, shifted_test)
+    acc_clean_after = _accuracy(fixed_sim, clean_test)
     lost = acc_fixed - acc_shift
     recovered = (acc_adapted - acc_shift) / lost if lost > 0 else float("nan")
 
