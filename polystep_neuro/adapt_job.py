@@ -1,16 +1,34 @@
-"""`polystep-neuro adapt`: adapt a user's own network (a NetworkSpec .npz) on a backend."""
+"""`polystep-neuro adapt`: adapt a user's own network (a NetworkSpec .npz) on a backend.
+
+What the run is given, and what each part is for:
+- training data (``--data``): what the device sees now (drifted), the adaptation stream;
+- validation (``--val``, else ``--val-fraction`` of the training data held out): decides
+  which network is handed back (never one less accurate on it than the start);
+- replay (``--replay``): clean data mixed into the stream so clean accuracy holds; when it
+  is given, a share of it joins the validation set too;
+- test sets (``--test NAME=FILE``): scored at the start, along the way and at the end, never
+  used to decide anything.
+Without replay data the starting network's own outputs are soft targets (``--anchor``), so
+adapting to drifted data alone does not forget what the network did before.
+
+Writes ``config.json`` (at the start), ``metrics.jsonl``, ``checkpoint.pt``, ``adapted.npz``,
+``summary.json`` and ``adapt.png`` into ``--out``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from devices.registry import open_backend
 from polystep_neuro import plots
-from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult
+from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult, ensure_writable_dir
 from polystep_neuro.data import (
     DIGITS_CLASSES,
     DIGITS_FEATURES,
@@ -21,12 +39,13 @@ from polystep_neuro.data import (
     rate_encode,
 )
 from polystep_neuro.errors import Interrupted, PolystepError, SpecError
-from polystep_neuro.losses import accuracy, make_loss
 from polystep_neuro.network import NetworkSpec
-from polystep_neuro.optim import PolyStep, Subspace
-from polystep_neuro.params import ParamVector
+from polystep_neuro.optimizers import Settings
 from simulators import fixed_point
 from simulators.torch_lif import resolve_device
+
+# Weight of the distillation term towards the starting network when no replay data is given.
+DEFAULT_ANCHOR = 1.0
 
 
 @dataclass
@@ -36,71 +55,175 @@ class AdaptJob:
     device: str = "auto"
     writable: tuple[str, ...] | None = None
     data_path: Path | None = None
+    val_path: Path | None = None
+    replay_path: Path | None = None
+    test_paths: dict[str, Path] = field(default_factory=dict)
+    val_fraction: float = 0.2
+    time_first: bool = False
+    anchor: float | None = None  # None: DEFAULT_ANCHOR without replay data, else 0
     shift_noise: float = 0.0
     shift_gain: float = 1.0
     shift_dead: float = 0.0
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 128
-    rank: int = 64
-    step_radius: float = 0.2
-    probe_radius: float = 0.4
-    epsilon: float = 0.3
-    seed: int = 0
+    settings: Settings = field(default_factory=Settings)
+    timeout_s: float | None = None
     out_dir: Path = Path("runs/adapt")
     resume: bool = False
     progress: bool = True
 
 
-def load_spike_data(path: Path, spec: NetworkSpec) -> tuple[np.ndarray, np.ndarray]:
-    """A user's data file: 'spikes' (n, T, N_in) and integer 'labels' (n,), no pickle."""
+def load_spike_data(
+    path: Path, spec: NetworkSpec, time_first: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """A user's data file: 'spikes' (n, T, N_in) — or (T, n, N_in) with ``time_first`` — and
+    integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError."""
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise PolystepError(
+                    f"{path} is a single .npy array; save an .npz with np.savez(path, "
+                    "spikes=..., labels=...)"
+                )
             spikes, labels = data["spikes"], data["labels"]
     except FileNotFoundError:
         raise PolystepError(f"data file not found: {path}") from None
-    except (OSError, ValueError, KeyError) as exc:
+    except PolystepError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise PolystepError(
-            f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): {exc}"
+            f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
-    spec.check_inputs(spikes)
+    if time_first:
+        if spikes.ndim != 3:
+            raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")
+        spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
+    _check_shape(path, spikes, spec, time_first)
     if labels.shape != (spikes.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise PolystepError(f"'labels' must be {spikes.shape[0]} integers, got {labels.shape}")
+        raise PolystepError(
+            f"'labels' in {path} must be {spikes.shape[0]} integers, got {labels.dtype} "
+            f"{labels.shape}"
+        )
     if labels.min() < 0 or labels.max() >= spec.n_out:
-        raise PolystepError(f"labels must lie in [0, {spec.n_out}) for this network's outputs")
+        raise PolystepError(f"labels in {path} must lie in [0, {spec.n_out}) for this network")
     return spikes, labels
 
 
-def _datasets(job: AdaptJob, spec: NetworkSpec, device: torch.device):
-    """(training stream, monitor set, description)."""
-    if job.data_path is not None:
-        spikes, labels = load_spike_data(job.data_path, spec)
-        order = np.random.default_rng(job.seed).permutation(len(labels))
-        cut = max(1, int(0.8 * len(labels)))
-        train = SpikeDataset(spikes[order[:cut]], labels[order[:cut]], job.batch_size, job.seed)
-        held = order[cut:] if cut < len(labels) else order[:cut]
-        monitor = SpikeDataset(spikes[held], labels[held], len(held))
-        return train.to(device), monitor.to(device), f"{job.data_path} ({len(labels)} samples)"
+def _check_shape(path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool) -> None:
+    try:
+        spec.check_inputs(spikes)
+    except SpecError as exc:
+        shape, t = spikes.shape, spec.num_steps
+        hint = ""
+        if not time_first and spikes.ndim == 3 and shape[0] == t and shape[1] != t:
+            hint = (
+                " — it looks time-first (T, n, N_in), as snnTorch's spikegen makes it; "
+                "pass --time-first"
+            )
+        raise PolystepError(f"'spikes' in {path}: {exc}{hint}") from None
+
+
+@dataclass
+class JobData:
+    """Everything the run reads, as datasets."""
+
+    stream: SpikeDataset
+    validation: dict[str, SpikeDataset]
+    test: dict[str, SpikeDataset]
+    what: str
+
+
+def _split(
+    spikes: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(kept, held out): a seeded ``fraction`` of the samples held out (at least one)."""
+    if not 0.0 < fraction < 1.0:
+        raise PolystepError(f"--val-fraction must be in (0, 1), got {fraction}")
+    if len(labels) < 2:
+        raise PolystepError("the training data needs at least 2 samples to hold some out")
+    order = np.random.default_rng([seed, 7]).permutation(len(labels))
+    cut = min(max(1, int(round(fraction * len(labels)))), len(labels) - 1)
+    held, kept = order[:cut], order[cut:]
+    return (spikes[kept], labels[kept]), (spikes[held], labels[held])
+
+
+def _file_data(job: AdaptJob, spec: NetworkSpec) -> JobData:
+    def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        return load_spike_data(path, spec, job.time_first)
+
+    assert job.data_path is not None
+    train = load(job.data_path)
+    validation: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if job.val_path is not None:
+        validation["drifted"] = load(job.val_path)
+    else:
+        train, validation["drifted"] = _split(*train, job.val_fraction, job.settings.seed)
+    parts = [train]
+    if job.replay_path is not None:
+        replay, validation["replay"] = _split(
+            *load(job.replay_path), job.val_fraction, job.settings.seed
+        )
+        parts.append(replay)
+    stream = _dataset(
+        np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), job
+    )
+    what = f"{job.data_path} ({len(train[1])} training samples"
+    what += f" + {len(parts[1][1])} replay)" if len(parts) > 1 else ")"
+    return JobData(
+        stream,
+        {name: _dataset(*value, job) for name, value in validation.items()},
+        {name: _dataset(*load(path), job) for name, path in job.test_paths.items()},
+        what,
+    )
+
+
+def _digits_data(job: AdaptJob, spec: NetworkSpec) -> JobData:
+    """The built-in digits, clean and shifted by the ``--shift-*`` flags: the stream mixes
+    both (clean replay), validation and test hold both."""
     if spec.n_in != DIGITS_FEATURES or spec.n_out != DIGITS_CLASSES:
         raise SpecError(
             f"this network has {spec.n_in} inputs and {spec.n_out} outputs; the built-in digits "
             f"data needs 64 and 10 — pass your own data with --data FILE.npz"
         )
-    split = load_digits_split(job.seed)
-    shift = InputShift(job.shift_noise, job.shift_gain, job.shift_dead, seed=job.seed + 1)
+    seed = job.settings.seed
+    split = load_digits_split(seed)
+    shift = InputShift(job.shift_noise, job.shift_gain, job.shift_dead, seed=seed + 1)
+    (x_train, y_train), (x_val, y_val) = _split(
+        split.x_train, split.y_train, job.val_fraction, seed
+    )
 
     def encode(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
-        return SpikeDataset(rate_encode(x, spec.num_steps), y, job.batch_size, job.seed)
+        return _dataset(rate_encode(x, spec.num_steps), y, job)
 
-    shifted_test = encode(shift(split.x_test), split.y_test).to(device)
     if shift.describe() == "none":
-        return encode(split.x_train, split.y_train).to(device), shifted_test, "digits"
-    mixed = concat(
-        encode(split.x_train, split.y_train),
-        encode(shift(split.x_train), split.y_train),
-        job.batch_size,
-        job.seed,
+        return JobData(
+            encode(x_train, y_train),
+            {"clean": encode(x_val, y_val)},
+            {"clean": encode(split.x_test, split.y_test)},
+            "digits",
+        )
+    stream = concat(encode(x_train, y_train), encode(shift(x_train), y_train), job.batch_size, seed)
+    both = {"clean": lambda x: x, "shifted": shift}
+    return JobData(
+        stream,
+        {name: encode(f(x_val), y_val) for name, f in both.items()},
+        {name: encode(f(split.x_test), split.y_test) for name, f in both.items()},
+        f"digits, clean + input shift ({shift.describe()})",
     )
-    return mixed.to(device), shifted_test, f"digits with input shift ({shift.describe()})"
+
+
+def _dataset(spikes: np.ndarray, labels: np.ndarray, job: AdaptJob) -> SpikeDataset:
+    return SpikeDataset(spikes, labels, job.batch_size, job.settings.seed)
+
+
+def _open(job: AdaptJob, device: torch.device) -> Any:
+    options: dict[str, Any] = {}
+    if job.backend.startswith("torch-sim"):
+        options["device"] = device
+    if job.timeout_s is not None:
+        options["timeout_s"] = job.timeout_s
+    return open_backend(job.backend, **options)
 
 
 def run_adapt_job(job: AdaptJob) -> AdaptResult:
@@ -108,61 +231,89 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
     spec = NetworkSpec.load(job.spec_path)
     if job.writable:
         spec = spec.with_writable(job.writable)
-    layout = ParamVector(spec)  # fails early when nothing is writable
-    train, monitor, what = _datasets(job, spec, device)
-    options = {"device": device} if job.backend.startswith("torch-sim") else {}
-    backend = open_backend(job.backend, **options)
+    if not spec.writable:
+        raise SpecError(
+            f"nothing to adapt: {job.spec_path} marks no parameter writable; pass --writable "
+            "(e.g. fc1.weight lif1.v_bias) or convert with `polystep-neuro convert`"
+        )
+    data = _file_data(job, spec) if job.data_path is not None else _digits_data(job, spec)
+    has_clean = job.replay_path is not None or "clean" in data.validation
+    anchor = job.anchor if job.anchor is not None else (0.0 if has_clean else DEFAULT_ANCHOR)
+    _write_config(job, anchor)
+    backend = _open(job, device)
     try:
         if backend.capabilities.precision == "loihi-fixed":
             spec = fixed_point.calibrate(spec)
         backend.load(spec)
-        counts = torch.as_tensor(backend.evaluate({}, monitor.spikes))
-        before = float(accuracy(counts, monitor.labels.to(counts.device))[0])
-        print(
-            f"adapting {', '.join(layout.names)} ({layout.dim} values) of {job.spec_path} on "
-            f"{job.backend} ({backend.capabilities.device}) with {what}; accuracy before "
-            f"{before:.1%}",
-            flush=True,
+        adapter = Adapter.build(
+            backend, data.stream.to(device), steps=job.steps, settings=job.settings,
+            device=device, validation={k: v.to(device) for k, v in data.validation.items()},
+            test={k: v.to(device) for k, v in data.test.items()}, anchor_weight=anchor,
+            out_dir=job.out_dir, progress=job.progress, report=_say,
+        )  # fmt: skip
+        _say(
+            f"adapting {', '.join(adapter.layout.names)} ({adapter.layout.dim} values) of "
+            f"{job.spec_path} on {job.backend} ({backend.capabilities.device}) with "
+            f"{job.settings.optimizer} on {data.what}"
+            + (f"; anchored to the starting network (weight {anchor:g})" if anchor else "")
         )
-        try:
-            optimizer = PolyStep(
-                layout.flatten(spec, device),
-                step_radius=job.step_radius,
-                probe_radius=job.probe_radius,
-                epsilon=job.epsilon,
-                subspace=Subspace(sizes=layout.sizes, rank=job.rank, absorb_interval=20),
-                seed=job.seed,
-            )
-        except ValueError as exc:  # the optimiser names the bad argument
-            raise PolystepError(f"bad optimiser setting: {exc}") from None
-        adapter = Adapter(
-            spec,
-            backend,
-            optimizer,
-            make_loss("ce", spec.num_steps, scale=0.5),
-            train,
-            out_dir=job.out_dir,
-            monitor=monitor,
-            progress=job.progress,
-        )
-        if job.resume and (job.out_dir / CHECKPOINT_NAME).exists():
+        if job.resume:
+            if not (job.out_dir / CHECKPOINT_NAME).exists():
+                raise PolystepError(
+                    f"--resume: no checkpoint in {job.out_dir}; run without --resume to start"
+                )
             adapter.resume()
         result = adapter.run(job.steps)
-        if result.interrupted:
-            raise Interrupted(
-                f"interrupted after step {result.steps}; checkpoint saved in {job.out_dir}; "
-                "run the same command with --resume to continue"
-            )
-        backend.load(result.spec)
-        counts = torch.as_tensor(backend.evaluate({}, monitor.spikes))
-        after = float(accuracy(counts, monitor.labels.to(counts.device))[0])
     finally:
         backend.close()
+    if result.interrupted:
+        raise Interrupted(
+            f"interrupted after step {result.steps}; checkpoint saved in {job.out_dir}; "
+            "run the same command with --resume to continue"
+        )
+    _write_summary(job, result, anchor)
     plots.adapt_figure(job.out_dir / "adapt.png", result.history)
-    print(
-        f"accuracy {before:.1%} -> {after:.1%} in {result.steps} steps "
-        f"({result.evaluations:,} forward passes, {result.wall_seconds:.0f} s); adapted network "
-        f"in {job.out_dir / 'adapted.npz'}",
-        flush=True,
+    _say(
+        f"{result.steps} steps, {result.evaluations:,} forward passes, "
+        f"{result.wall_seconds:.0f} s; network in {job.out_dir / 'adapted.npz'}, report in "
+        f"{job.out_dir / 'summary.json'}"
     )
     return result
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _write_config(job: AdaptJob, anchor: float) -> None:
+    ensure_writable_dir(job.out_dir)
+    config = _jsonable(asdict(replace(job, anchor=anchor)))
+    (job.out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _write_summary(job: AdaptJob, result: AdaptResult, anchor: float) -> None:
+    summary = {
+        "summary": result.summary(),
+        "start": result.start,
+        "end": result.end,
+        "best_step": result.best_step,
+        "kept_start": result.kept_start,
+        "steps": result.steps,
+        "evaluations": result.evaluations,
+        "wall_seconds": result.wall_seconds,
+        "anchor": anchor,
+        "optimizer": job.settings.optimizer,
+        "backend": job.backend,
+    }
+    path = job.out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

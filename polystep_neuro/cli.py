@@ -18,21 +18,42 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def _device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N (checked here, so a typo is an argparse error)."""
+    index = value.removeprefix("cuda:")
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="where the torch simulator and the PolyStep update run (default: auto = CUDA "
-        "when present)",
+        type=_device,
+        help="where the torch simulator and the optimiser run: auto (CUDA when present), "
+        "cpu, cuda or cuda:N",
     )
 
 
+def _named_path(value: str) -> tuple[str, Path]:
+    """NAME=FILE, or FILE (named after the file)."""
+    name, sep, path = value.partition("=")
+    if not sep:
+        return Path(value).stem, Path(value)
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
+    return name, Path(path)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from polystep_neuro import __version__
+
     parser = argparse.ArgumentParser(
         prog="polystep-neuro",
         description="Adapt spiking networks on neuromorphic hardware with forward passes only.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -54,7 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    adapt = sub.add_parser("adapt", help="adapt your own network (a NetworkSpec .npz)")
+    adapt = sub.add_parser(
+        "adapt",
+        help="adapt your own network (a NetworkSpec .npz) on a device",
+        description="Adapt the writable parameters of a network on a device, forward passes "
+        "only.  Data files are .npz with 'spikes' (n, T, N_in) and integer 'labels' (n,).  A "
+        "validation set decides which network is handed back (never one less accurate on it "
+        "than the start); test sets are only reported.",
+    )
     adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
     adapt.add_argument("--backend", default="torch-sim-fixed")
     _add_device(adapt)
@@ -64,8 +92,40 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--data",
         type=Path,
-        help=".npz with 'spikes' (n, T, N_in) and 'labels' (n,); default: "
-        "digits, for 64-input 10-output networks",
+        help="training data: what the device sees now (default: digits, for 64-input "
+        "10-output networks, with the --shift-* drift)",
+    )
+    adapt.add_argument("--val", type=Path, help="validation data (default: held out of --data)")
+    adapt.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of --data (and --replay) held out for validation when --val is not given",
+    )
+    adapt.add_argument(
+        "--replay",
+        type=Path,
+        help="clean data mixed into the stream so clean accuracy holds (a share of it also "
+        "joins the validation set)",
+    )
+    adapt.add_argument(
+        "--test",
+        type=_named_path,
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a held-out test set, scored at the start and the end (repeat for several)",
+    )
+    adapt.add_argument(
+        "--time-first",
+        action="store_true",
+        help="'spikes' arrays are (T, n, N_in), as snnTorch's spikegen makes them",
+    )
+    adapt.add_argument(
+        "--anchor",
+        type=float,
+        help="weight of the pull towards the starting network's own outputs (default: 1 "
+        "without --replay, 0 with it)",
     )
     adapt.add_argument(
         "--shift-noise", type=float, default=0.0, help="digits only: additive input noise"
@@ -74,15 +134,35 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--shift-dead", type=float, default=0.0, help="digits only: fraction of dead input channels"
     )
-    adapt.add_argument("--steps", type=int, default=200)
+    from polystep_neuro.optimizers import OPTIMIZERS, Settings
+
+    defaults = Settings()
+    adapt.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    adapt.add_argument("--steps", type=int, default=300)
     adapt.add_argument("--batch-size", type=int, default=128)
-    adapt.add_argument("--rank", type=int, default=64, help="subspace rank per tensor")
-    adapt.add_argument("--step-radius", type=float, default=0.2)
-    adapt.add_argument("--probe-radius", type=float, default=0.4)
-    adapt.add_argument("--epsilon", type=float, default=0.3)
+    adapt.add_argument(
+        "--probe",
+        type=float,
+        default=defaults.probe,
+        help="probe size per parameter, as a fraction of its typical magnitude (at least "
+        f"{defaults.min_probe_steps:g} device resolution steps on fixed point)",
+    )
+    adapt.add_argument(
+        "--rank", type=int, default=defaults.rank, help="PolyStep: subspace rank per tensor"
+    )
+    adapt.add_argument(
+        "--step",
+        type=float,
+        default=defaults.step,
+        help="PolyStep: initial step, as a fraction of a probe (it then follows the evidence)",
+    )
+    adapt.add_argument("--epsilon", type=float, default=defaults.epsilon)
     adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument(
+        "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
+    )
     adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
-    adapt.add_argument("--resume", action="store_true")
+    adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     adapt.add_argument("--no-progress", action="store_true")
 
     devices = sub.add_parser("devices", help="list and set up device backends")
@@ -123,7 +203,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.pretrain_steps is not None:
         cfg.pretrain = replace(cfg.pretrain, steps=args.pretrain_steps)
     if args.adapt_steps is not None:
-        cfg.adapt = replace(cfg.adapt, steps=args.adapt_steps)
+        cfg.adapt_steps = args.adapt_steps
     _check_backend_name(cfg.backend)
     run_demo(cfg)
     return 0
@@ -131,24 +211,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from polystep_neuro.adapt_job import AdaptJob, run_adapt_job
+    from polystep_neuro.optimizers import Settings
 
     _check_backend_name(args.backend)
+    settings = Settings(
+        optimizer=args.optimizer,
+        probe=args.probe,
+        rank=args.rank,
+        step=args.step,
+        epsilon=args.epsilon,
+        seed=args.seed,
+    )
     job = AdaptJob(
         spec_path=args.spec,
         backend=args.backend,
         device=args.device,
         writable=tuple(args.writable) if args.writable else None,
         data_path=args.data,
+        val_path=args.val,
+        replay_path=args.replay,
+        test_paths=dict(args.test),
+        val_fraction=args.val_fraction,
+        time_first=args.time_first,
+        anchor=args.anchor,
         shift_noise=args.shift_noise,
         shift_gain=args.shift_gain,
         shift_dead=args.shift_dead,
         steps=args.steps,
         batch_size=args.batch_size,
-        rank=args.rank,
-        step_radius=args.step_radius,
-        probe_radius=args.probe_radius,
-        epsilon=args.epsilon,
-        seed=args.seed,
+        settings=settings,
+        timeout_s=args.timeout,
         out_dir=args.out,
         resume=args.resume,
         progress=not args.no_progress,

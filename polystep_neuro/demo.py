@@ -6,8 +6,10 @@ Stages (each reported as it finishes):
       the readout is learned;
   (b) quantise it to Loihi 2 fixed point and measure the accuracy change;
   (c) apply an input shift (noise, gain loss, dead inputs) and measure the drop;
-  (d) adapt only the device-writable parameters on the chosen backend with a mixed clean +
-      shifted stream, so clean accuracy holds;
+  (d) adapt the device-writable readout on the chosen backend with the adaptation recipe
+      (polystep_neuro.optimizers) on a mixed clean + shifted stream; a held-out validation
+      split (clean and shifted) decides which network is handed back, so it is never worse
+      on validation than the deployed one;
   (e) print a before/after table, write a PNG figure, metrics logs and summary.json.
 
 Every stage checkpoints into the output folder; ``resume=True`` continues where a previous
@@ -23,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from devices.base import BaseBackend
@@ -31,20 +34,26 @@ from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult
 from polystep_neuro.data import InputShift, SpikeDataset, concat, load_digits_split, rate_encode
 from polystep_neuro.errors import Interrupted
-from polystep_neuro.losses import accuracy, make_loss
+from polystep_neuro.evaluation import score
+from polystep_neuro.losses import COUNT_LOGIT_SCALE, make_loss
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
+from polystep_neuro.optimizers import Settings
 from polystep_neuro.params import ParamVector
 from simulators import fixed_point
 
-# What Lava and Loihi 2 can change at runtime: weights and neuron biases (Lava's fixed-point
-# LIF caches its threshold after the first step, so thresholds are not in the default set).
-DEFAULT_WRITABLE = ("fc1.weight", "lif1.v_bias")
+# What the demo adapts on the device: the readout weights.  Lava and Loihi 2 can also
+# rewrite the output biases (lif1.v_bias) at run time, but in this network they are useless
+# to the search: the readout's synaptic input is about 8x its threshold, so a bias probe of
+# any size that keeps the neurons sane moves the loss ~40x less than a weight probe
+# (measured), and their blocks would only take candidates from the weights.
+DEFAULT_WRITABLE = ("fc1.weight",)
+VALIDATION_FRACTION = 0.2  # of the training samples, held out from the adaptation stream
 
 
 @dataclass
 class StageSettings:
-    """PolyStep settings for one stage (radii are distances in the subspace coordinates)."""
+    """Explicit PolyStep settings for the pretraining stage (radii in subspace units)."""
 
     steps: int
     rank: int
@@ -66,15 +75,14 @@ class DemoConfig:
     batch_size: int = 128
     writable: tuple[str, ...] = DEFAULT_WRITABLE
     pretrain: StageSettings = field(default_factory=lambda: StageSettings(1200, 128, 0.5, 1.0, 0.3))
-    adapt: StageSettings = field(
-        default_factory=lambda: StageSettings(300, 64, 0.1, 0.2, 0.3, scaling="auto")
-    )
+    adapt_steps: int = 300
+    adapt: Settings = field(default_factory=Settings)  # the recipe's defaults
     shift: InputShift = field(
         default_factory=lambda: InputShift(noise=0.1, gain=0.6, dead_fraction=0.1, seed=1)
     )
     resume: bool = False
     progress: bool = True
-    eval_every: int = 25
+    eval_every: int = 10
     checkpoint_every: int = 50
 
     @classmethod
@@ -84,9 +92,19 @@ class DemoConfig:
             hidden=128,
             num_steps=16,
             pretrain=StageSettings(250, 128, 0.5, 1.0, 0.3),
-            adapt=StageSettings(150, 64, 0.1, 0.2, 0.3, scaling="auto"),
+            adapt_steps=150,
         )
         return replace(cfg, **overrides)
+
+
+@dataclass
+class DemoData:
+    """The digits split, rate-coded: clean and shifted train / validation / test sets."""
+
+    train: SpikeDataset  # everything pretraining learns from (clean)
+    adapt_train: dict[str, SpikeDataset]  # the adaptation stream's part of it
+    validation: dict[str, SpikeDataset]
+    test: dict[str, SpikeDataset]
 
 
 @dataclass
@@ -104,49 +122,101 @@ def _report_default(line: str) -> None:
     print(line, flush=True)
 
 
+def load_data(cfg: DemoConfig, device: torch.device) -> DemoData:
+    """Digits, clean and shifted; a fixed share of the training samples is held out as the
+    adaptation's validation set (pretraining saw their clean versions, adaptation never)."""
+    split = load_digits_split(cfg.seed)
+    order = np.random.default_rng([cfg.seed, 7]).permutation(len(split.y_train))
+    held = order[: int(VALIDATION_FRACTION * len(order))]
+    kept = order[len(held) :]
+
+    def encode(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
+        spikes = rate_encode(x, cfg.num_steps)
+        return SpikeDataset(spikes, y, cfg.batch_size, seed=cfg.seed).to(device)
+
+    def both(x: np.ndarray, y: np.ndarray) -> dict[str, SpikeDataset]:
+        return {"clean": encode(x, y), "shifted": encode(cfg.shift(x), y)}
+
+    return DemoData(
+        train=encode(split.x_train, split.y_train),
+        adapt_train=both(split.x_train[kept], split.y_train[kept]),
+        validation=both(split.x_train[held], split.y_train[held]),
+        test=both(split.x_test, split.y_test),
+    )
+
+
 def _accuracy(backend: BaseBackend, data: SpikeDataset) -> float:
     """Accuracy of the backend's loaded network (its own values) on all of ``data``."""
-    counts = torch.as_tensor(backend.evaluate({}, data.spikes))
-    return float(accuracy(counts, data.labels.to(counts.device))[0])
+    return score(backend, data, make_loss("ce", backend.spec.num_steps)).accuracy
 
 
-def _stage(
-    name: str,
-    spec: NetworkSpec,
-    backend: BaseBackend,
-    train: SpikeDataset,
-    monitor: SpikeDataset,
-    settings: StageSettings,
-    cfg: DemoConfig,
-    device: torch.device,
-) -> AdaptResult:
-    layout = ParamVector(spec, scaling=settings.scaling)
-    sub = Subspace(sizes=layout.sizes, rank=settings.rank, absorb_interval=settings.absorb_interval)
+def pretrain(cfg: DemoConfig, data: DemoData, device: torch.device) -> AdaptResult:
+    """(a) The readout learned from a random start on the float simulator, no gradients."""
+    spec = NetworkSpec.random(
+        [64, cfg.hidden, 10], cfg.num_steps, seed=cfg.seed, du=1.0, dv=0.1, vth=1.0,
+        weight_gain=1.0, writable=("fc1.weight",),
+    )  # fmt: skip
+    backend = open_backend("torch-sim", device=device)
+    backend.load(spec)
+    st = cfg.pretrain
+    layout = ParamVector(spec, scaling=st.scaling)
     optimizer = PolyStep(
         layout.flatten(spec, device),
-        step_radius=settings.step_radius,
-        probe_radius=settings.probe_radius,
-        epsilon=settings.epsilon,
-        subspace=sub,
+        step_radius=st.step_radius,
+        probe_radius=st.probe_radius,
+        epsilon=st.epsilon,
+        subspace=Subspace(sizes=layout.sizes, rank=st.rank, absorb_interval=st.absorb_interval),
         seed=cfg.seed,
     )
     adapter = Adapter(
-        spec,
-        backend,
-        optimizer,
-        make_loss("ce", spec.num_steps, scale=0.5),
-        train,
-        out_dir=cfg.out_dir / name,
-        monitor=monitor,
-        checkpoint_every=cfg.checkpoint_every,
-        eval_every=cfg.eval_every,
-        progress=cfg.progress,
-        description=name,
-        layout=layout,
-    )
+        spec, backend, optimizer, make_loss("ce", spec.num_steps, scale=COUNT_LOGIT_SCALE),
+        data.train, test={"clean": data.test["clean"]}, layout=layout,
+        **_loop_options(cfg, "pretrain"),
+    )  # fmt: skip
+    return _run(adapter, st.steps, cfg, "pretrain")
+
+
+def adapt(
+    cfg: DemoConfig, deployed: NetworkSpec, data: DemoData, device: torch.device
+) -> AdaptResult:
+    """(d) The writable readout adapted on the device by the recipe, forward passes only."""
+    options = {"device": device} if cfg.backend.startswith("torch-sim") else {}
+    backend = open_backend(cfg.backend, **options)
+    try:
+        backend.load(deployed)
+        stream = concat(
+            data.adapt_train["clean"], data.adapt_train["shifted"], cfg.batch_size, cfg.seed + 1
+        ).to(device)
+        adapter = Adapter.build(
+            backend, stream, steps=cfg.adapt_steps, settings=replace(cfg.adapt, seed=cfg.seed),
+            device=device, validation=data.validation, test=data.test,
+            **_loop_options(cfg, "adapt"),
+        )  # fmt: skip
+        return _run(adapter, cfg.adapt_steps, cfg, "adapt")
+    finally:
+        backend.close()
+
+
+def _loop_options(cfg: DemoConfig, name: str) -> dict[str, Any]:
+    return {
+        "out_dir": cfg.out_dir / name,
+        "checkpoint_every": cfg.checkpoint_every,
+        "eval_every": cfg.eval_every,
+        "progress": cfg.progress,
+        "description": name,
+    }
+
+
+def _run(adapter: Adapter, steps: int, cfg: DemoConfig, name: str) -> AdaptResult:
     if cfg.resume and (cfg.out_dir / name / CHECKPOINT_NAME).exists():
         adapter.resume()
-    return adapter.run(settings.steps)
+    result = adapter.run(steps)
+    if result.interrupted:
+        raise Interrupted(
+            f"interrupted after step {result.steps}; checkpoint saved in {cfg.out_dir / name}; "
+            "run the same command with --resume to continue"
+        )
+    return result
 
 
 def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -> DemoResult:
@@ -155,111 +225,93 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
 
     device = resolve_device(cfg.device)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    walls: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    split = load_digits_split(cfg.seed)
-    t = cfg.num_steps
-
-    def encode(x: Any, y: Any, shuffle_seed: int) -> SpikeDataset:
-        return SpikeDataset(rate_encode(x, t), y, cfg.batch_size, seed=shuffle_seed).to(device)
-
-    clean_train = encode(split.x_train, split.y_train, cfg.seed)
-    clean_test = encode(split.x_test, split.y_test, cfg.seed)
-    shifted_train = encode(cfg.shift(split.x_train), split.y_train, cfg.seed)
-    shifted_test = encode(cfg.shift(split.x_test), split.y_test, cfg.seed)
+    data = load_data(cfg, device)
+    n_val, n_test = len(data.validation["clean"]), len(data.test["clean"])
     report(
-        f"digits: {len(clean_train)} train / {len(clean_test)} test samples, rate-coded over "
-        f"{t} steps; network 64 -> {cfg.hidden} -> 10 LIF; device {device}"
+        f"digits: {len(data.train)} train ({n_val} of them held out for validation during "
+        f"adaptation) / {n_test} test samples, rate-coded over {cfg.num_steps} steps; network "
+        f"64 -> {cfg.hidden} -> 10 LIF; device {device}"
     )
-
-    # (a) pretraining, float simulator, readout learned from scratch
-    spec = NetworkSpec.random(
-        [64, cfg.hidden, 10],
-        t,
-        seed=cfg.seed,
-        du=1.0,
-        dv=0.1,
-        vth=1.0,
-        weight_gain=1.0,
-        writable=("fc1.weight",),
-    )
-    float_backend = open_backend("torch-sim", device=device)
-    float_backend.load(spec)
     report(f"(a) pretraining the readout with PolyStep ({cfg.pretrain.steps} steps, no gradients)")
-    pre = _stage(
-        "pretrain", spec, float_backend, clean_train, clean_test, cfg.pretrain, cfg, device
-    )
-    _stop_if_interrupted(pre, cfg.out_dir / "pretrain")
+    pre = pretrain(cfg, data, device)
     trained = pre.spec.with_writable(cfg.writable)
-    float_backend.load(trained)
-    acc_float = _accuracy(float_backend, clean_test)
-    walls["pretrain"] = pre.wall_seconds
+    float_sim = open_backend("torch-sim", device=device)
+    float_sim.load(trained)
+    acc_float = _accuracy(float_sim, data.test["clean"])
     report(f"    float32 test accuracy {acc_float:.1%}  ({pre.wall_seconds:.0f} s)")
 
-    # (b) quantisation to Loihi 2 fixed point
     deployed = fixed_point.calibrate(trained)
     fixed_sim = open_backend("torch-sim-fixed", device=device)
     fixed_sim.load(deployed)
-    acc_fixed = _accuracy(fixed_sim, clean_test)
+    acc_fixed = _accuracy(fixed_sim, data.test["clean"])
     report(
         f"(b) Loihi 2 fixed point: test accuracy {acc_fixed:.1%} "
         f"({100 * (acc_fixed - acc_float):+.1f} points)"
     )
-
-    # (c) input drift on the deployed device
-    acc_shift = _accuracy(fixed_sim, shifted_test)
+    acc_shift = _accuracy(fixed_sim, data.test["shifted"])
     report(
         f"(c) input shift ({cfg.shift.describe()}): accuracy {acc_shift:.1%} "
         f"({100 * (acc_shift - acc_fixed):+.1f} points)"
     )
-
-    # (d) adaptation of the writable subset on the chosen backend
-    backend = open_backend(
-        cfg.backend, **({"device": device} if "torch-sim" in cfg.backend else {})
+    report(
+        f"(d) adapting {', '.join(cfg.writable)} on {cfg.backend} with "
+        f"{cfg.adapt.optimizer}, forward passes only"
     )
-    try:
-        backend.load(deployed)
-        report(
-            f"(d) adapting {', '.join(cfg.writable)} on {cfg.backend} "
-            f"({backend.capabilities.device}), forward passes only"
-        )
-        mixed = concat(clean_train, shifted_train, cfg.batch_size, cfg.seed + 1).to(device)
-        adapted = _stage("adapt", deployed, backend, mixed, shifted_test, cfg.adapt, cfg, device)
-    finally:
-        backend.close()
-    _stop_if_interrupted(adapted, cfg.out_dir / "adapt")
-    walls["adapt"] = adapted.wall_seconds
-    fixed_sim.load(adapted.spec)
-    acc_adapted = _accuracy(fixed_sim, shifted_test)
-    acc_clean_after = _accuracy(fixed_sim, clean_test)
-    lost = acc_fixed - acc_shift
-    recovered = (acc_adapted - acc_shift) / lost if lost > 0 else float("nan")
-
-    # (e) report
+    adapted = adapt(cfg, deployed, data, device)
+    report(f"    {adapted.summary()}  ({adapted.wall_seconds:.0f} s)")
     accuracies = {
         "float32 pretrained": acc_float,
         "Loihi 2 fixed point": acc_fixed,
         "after input shift": acc_shift,
-        "adapted (shifted)": acc_adapted,
-        "adapted (clean)": acc_clean_after,
+        "adapted (shifted)": adapted.end["shifted_accuracy"],
+        "adapted (clean)": adapted.end["clean_accuracy"],
     }
+    walls = {"pretrain": pre.wall_seconds, "adapt": adapted.wall_seconds}
     walls["total"] = time.perf_counter() - t0
+    return _finish(cfg, report, device, pre, adapted, accuracies, walls)
+
+
+def recovered(accuracies: dict[str, float]) -> float:
+    """The share of the accuracy the shift took that adaptation gave back."""
+    lost = accuracies["Loihi 2 fixed point"] - accuracies["after input shift"]
+    gained = accuracies["adapted (shifted)"] - accuracies["after input shift"]
+    return gained / lost if lost > 0 else float("nan")
+
+
+def _finish(
+    cfg: DemoConfig,
+    report: Callable[[str], None],
+    device: torch.device,
+    pre: AdaptResult,
+    adapted: AdaptResult,
+    accuracies: dict[str, float],
+    walls: dict[str, float],
+) -> DemoResult:
+    """(e) The table, the figure, summary.json and the adapted network."""
+    share = recovered(accuracies)
     report("")
     report("| stage | test accuracy |")
     report("|---|---|")
     for name, value in accuracies.items():
         report(f"| {name} | {value:.1%} |")
+    clean_change = accuracies["adapted (clean)"] - accuracies["Loihi 2 fixed point"]
     report(
-        f"adaptation recovered {recovered:.0%} of the accuracy the shift took; "
-        f"clean accuracy {100 * (acc_clean_after - acc_fixed):+.1f} points; "
-        f"total {walls['total']:.0f} s"
+        f"adaptation recovered {share:.0%} of the accuracy the shift took; clean accuracy "
+        f"{100 * clean_change:+.1f} points; total {walls['total']:.0f} s"
     )
     figure = cfg.out_dir / "demo.png"
     plots.demo_figure(figure, pre.history, adapted.history, accuracies)
     summary = {
         "accuracies": accuracies,
-        "recovered_fraction": recovered,
+        "recovered_fraction": share,
+        "adaptation": {
+            "start": adapted.start,
+            "end": adapted.end,
+            "best_step": adapted.best_step,
+            "kept_start": adapted.kept_start,
+            "summary": adapted.summary(),
+        },
         "wall_seconds": walls,
         "evaluations": {"pretrain": pre.evaluations, "adapt": adapted.evaluations},
         "backend": cfg.backend,
@@ -272,15 +324,7 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
         f"wrote {figure}, {cfg.out_dir / 'summary.json'}, metrics logs in "
         f"{cfg.out_dir / 'pretrain'} and {cfg.out_dir / 'adapt'}"
     )
-    return DemoResult(accuracies, recovered, walls, cfg.out_dir, pre, adapted, adapted.spec)
-
-
-def _stop_if_interrupted(result: AdaptResult, where: Path) -> None:
-    if result.interrupted:
-        raise Interrupted(
-            f"interrupted after step {result.steps}; checkpoint saved in {where}; "
-            "run the same command with --resume to continue"
-        )
+    return DemoResult(accuracies, share, walls, cfg.out_dir, pre, adapted, adapted.spec)
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,6 +15,10 @@ from polystep_neuro.errors import PolystepError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# Spike counts times this are the logits of the count cross-entropy everywhere in the tool
+# (a count difference of 2 spikes is a factor e in the odds).
+COUNT_LOGIT_SCALE = 0.5
+
 
 def _check(counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if counts.ndim != 3:
@@ -35,6 +39,17 @@ def count_cross_entropy(
     logp = torch.log_softmax(logits, dim=-1)
     idx = targets.to(logits.device).view(1, -1, 1).expand(logits.shape[0], -1, 1)
     return -logp.gather(-1, idx).squeeze(-1).mean(dim=1)
+
+
+def distillation(
+    counts: torch.Tensor, teacher: torch.Tensor, scale: float = COUNT_LOGIT_SCALE
+) -> torch.Tensor:
+    """Cross-entropy from the teacher's output distribution (its counts (B, C) as logits)
+    to each parameter set's, mean over the batch: (V,).  Zero gradient where the candidate
+    already reproduces the teacher's distribution; forward passes only."""
+    logits = _check(counts, torch.zeros(counts.shape[1], device=counts.device)) * scale
+    target = torch.softmax(teacher.to(logits.device, torch.float32) * scale, dim=-1)
+    return -(target.unsqueeze(0) * torch.log_softmax(logits, dim=-1)).sum(-1).mean(dim=1)
 
 
 def accuracy(counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -50,8 +50,15 @@ class ParamVector:
     """The layout of the writable parameters inside the optimiser's vector."""
 
     def __init__(
-        self, spec: NetworkSpec, names: Sequence[str] | None = None, scaling: str = "none"
+        self,
+        spec: NetworkSpec,
+        names: Sequence[str] | None = None,
+        scaling: str = "none",
+        scales: Sequence[float] | None = None,
     ) -> None:
+        """``scales`` (one positive number per name) overrides ``scaling``: the caller has
+        chosen the unit of each tensor (e.g. :mod:`polystep_neuro.optimizers` sets them from
+        the probe size each tensor needs)."""
         if scaling not in SCALINGS:
             raise SpecError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
         self.names = tuple(spec.writable if names is None else names)
@@ -69,10 +76,20 @@ class ParamVector:
         self.shapes = {name: shapes[name] for name in self.names}
         self.sizes = [int(np.prod(self.shapes[name], dtype=np.int64)) for name in self.names]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
-        self.scaling = scaling
-        self.scales = [
-            typical_scale(spec, name) if scaling == "auto" else 1.0 for name in self.names
-        ]
+        self.scaling = scaling if scales is None else "given"
+        if scales is not None:
+            self.scales = [float(v) for v in scales]
+            if len(self.scales) != len(self.names) or not all(
+                np.isfinite(v) and v > 0 for v in self.scales
+            ):
+                raise SpecError(
+                    f"scales must be {len(self.names)} positive numbers (one per writable "
+                    f"tensor {list(self.names)}), got {list(scales)}"
+                )
+        else:
+            self.scales = [
+                typical_scale(spec, name) if scaling == "auto" else 1.0 for name in self.names
+            ]
 
     @property
     def dim(self) -> int:

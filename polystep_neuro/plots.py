@@ -13,20 +13,45 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _curve(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
-    steps = [r["step"] for r in history]
-    ax.plot(steps, [r["loss_min"] for r in history], lw=1, label="best candidate loss")
-    monitored = [r for r in history if "monitor_loss" in r]
-    if monitored:
-        ax.plot(
-            [r["step"] for r in monitored],
-            [r["monitor_loss"] for r in monitored],
-            lw=1.5,
-            label="loss of current parameters",
-        )
-    ax.set_xlabel("PolyStep step")
+    """Loss of the best candidate per step and, where scored, validation / test losses."""
+    stepped = [r for r in history if "loss_min" in r]  # (the start has scores only)
+    ax.plot(
+        [r["step"] for r in stepped],
+        [r["loss_min"] for r in stepped],
+        lw=0.8,
+        alpha=0.6,
+        label="best candidate",
+    )
+    for key, label in _scored(history, "_loss"):
+        scored = [r for r in history if key in r]
+        ax.plot([r["step"] for r in scored], [r[key] for r in scored], lw=1.5, label=label)
+    ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+
+
+def _accuracy_curves(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
+    """Accuracy of the current parameters on every scored set (clean and shifted test...)."""
+    for key, label in _scored(history, "_accuracy"):
+        scored = [r for r in history if key in r]
+        ax.plot([r["step"] for r in scored], [100 * r[key] for r in scored], lw=1.5, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
+def _scored(history: Sequence[Mapping[str, Any]], suffix: str) -> list[tuple[str, str]]:
+    """(key, label) of the per-set scores in ``history`` ending in ``suffix``, in order."""
+    keys: dict[str, None] = {}
+    for record in history:
+        for key in record:
+            if key.endswith(suffix) and key != "val" + suffix:
+                keys.setdefault(key)
+    return [
+        (k, k.removesuffix(suffix).replace("val_", "validation ").replace("_", " ")) for k in keys
+    ]
 
 
 def demo_figure(
@@ -36,22 +61,24 @@ def demo_figure(
     accuracies: Mapping[str, float],
 ) -> None:
     """Loss curves of both stages and the before/after accuracy bars, as one PNG."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     _curve(axes[0], pretrain_history, "pretraining (no gradients)")
-    _curve(axes[1], adapt_history, "on-device adaptation (writable subset)")
+    _curve(axes[1], adapt_history, "on-device adaptation: loss")
+    _accuracy_curves(axes[2], adapt_history, "on-device adaptation: accuracy")
     names = list(accuracies)
     values = [100 * accuracies[n] for n in names]
-    bars = axes[2].bar(
+    bar_ax = axes[3]
+    bars = bar_ax.bar(
         range(len(names)),
         values,
         color=["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#64b5cd"][: len(names)],
     )
-    axes[2].set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-    axes[2].set_ylabel("test accuracy (%)")
-    axes[2].set_ylim(0, 100)
-    axes[2].set_title("accuracy")
+    bar_ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    bar_ax.set_ylabel("test accuracy (%)")
+    bar_ax.set_ylim(0, 100)
+    bar_ax.set_title("accuracy")
     for bar, value in zip(bars, values, strict=True):
-        axes[2].text(
+        bar_ax.text(
             bar.get_x() + bar.get_width() / 2, value + 1, f"{value:.1f}", ha="center", fontsize=8
         )
     fig.tight_layout()
@@ -60,8 +87,10 @@ def demo_figure(
 
 
 def adapt_figure(path: str | os.PathLike[str], history: Sequence[Mapping[str, Any]]) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _curve(ax, history, "adaptation")
+    """Loss curves and accuracy curves of one adaptation run."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    _curve(axes[0], history, "adaptation: loss")
+    _accuracy_curves(axes[1], history, "adaptation: accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

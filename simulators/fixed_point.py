@@ -102,6 +102,27 @@ def quantize_bias(bias: Any, layer: LayerSpec) -> tuple[Any, Any]:
     return mant, exp
 
 
+def resolution(spec: NetworkSpec, name: str) -> float:
+    """The smallest change of parameter ``name`` (float units) the device integers resolve.
+
+    A probe or a step below it rounds back to the same integers and changes nothing on the
+    device, so the adaptation sets its probe radii from it.  0 when the spec is not calibrated
+    for fixed point (a float device resolves everything)."""
+    from polystep_neuro.network import split_param_name
+
+    index, attr = split_param_name(name)
+    layer = spec.layers[index]
+    if layer.fixed_scale is None or layer.fixed_weight_exp is None:
+        return 0.0
+    if attr == "weight":
+        return 2.0 / weight_factor(layer)  # even integers: a step of 2 device units
+    if attr in ("bias", "v_bias"):
+        return 1.0 / (layer.fixed_scale * (1 << ACT_SHIFT))  # one mantissa unit at exponent 0
+    if attr == "vth":
+        return 1.0 / layer.fixed_scale
+    return 1.0 / DECAY_UNITY  # du, dv
+
+
 def check_fixed_compatible(spec: NetworkSpec) -> None:
     """Loihi's LIF resets to zero in the same step and has no Dense bias of its own."""
     for i, layer in enumerate(spec.layers):

@@ -82,9 +82,11 @@ def test_nothing_writable_and_wrong_sized_network(tmp_path: Path) -> None:
 
 def test_bad_optimiser_settings(tmp_path: Path) -> None:
     spec = _small_spec(tmp_path)
-    for flag, name in (("--step-radius", "step_radius"), ("--epsilon", "epsilon")):
+    for flag, name in (("--step", "step"), ("--epsilon", "epsilon"), ("--probe", "probe")):
         proc = _run("adapt", "--spec", str(spec), flag, "0", "--out", str(tmp_path / "o"))
-        _one_clean_line(proc, f"bad optimiser setting: {name} must be positive")
+        _one_clean_line(proc, f"{name} must be a positive number, got 0.0")
+    proc = _run("adapt", "--spec", str(spec), "--resume", "--out", str(tmp_path / "none"))
+    _one_clean_line(proc, "--resume: no checkpoint in")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
@@ -127,11 +129,11 @@ def test_ctrl_c_saves_and_resume_matches_an_undisturbed_run(tmp_path: Path) -> N
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and "--resume" in err and "Traceback" not in err
     stopped_at = len(metrics.read_text().splitlines())
-    assert 5 <= stopped_at < 60
+    assert 5 <= stopped_at < 61  # the start (step 0) and the steps done
 
     resumed = _run(*common, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = NetworkSpec.load(out / "adapted.npz")
     b = NetworkSpec.load(tmp_path / "ref" / "adapted.npz")
     assert np.array_equal(a.layers[1].weight, b.layers[1].weight)
-    assert len(metrics.read_text().splitlines()) == 60
+    assert len(metrics.read_text().splitlines()) == 61

@@ -15,6 +15,7 @@ from polystep_neuro.errors import PolystepError
 from polystep_neuro.losses import make_loss
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
+from polystep_neuro.optimizers import OPTIMIZERS, Settings
 from polystep_neuro.params import ParamVector
 
 T = 12
@@ -85,7 +86,7 @@ def test_interrupt_and_resume_is_bit_identical(data, tmp_path, precision) -> Non
         json.loads(line)["step"]
         for line in (tmp_path / "split" / METRICS_NAME).read_text().splitlines()
     ]
-    assert steps == list(range(1, 11))  # no duplicates, no gaps
+    assert steps == list(range(0, 11))  # the start (step 0), no duplicates, no gaps
     saved = NetworkSpec.load(tmp_path / "split" / SPEC_NAME)
     assert np.array_equal(saved.layers[1].weight, ref.spec.layers[1].weight)
     assert saved.layers[0].vth == ref.spec.layers[0].vth
@@ -95,22 +96,26 @@ def test_resume_from_an_older_checkpoint_drops_later_log_lines(data, tmp_path) -
     adapter = _adapter(data, tmp_path)
     adapter.run(6)  # checkpoints at 3 and 6
     log = tmp_path / METRICS_NAME
-    assert len(log.read_text().splitlines()) == 6
+    assert len(log.read_text().splitlines()) == 7  # the start and six steps
     adapter.checkpoint_every = 0
     fresh = _adapter(data, tmp_path)
     assert fresh.resume() == 6
     fresh.run(8)
-    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(1, 9))
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == list(range(0, 9))
 
 
 def test_metrics_and_learning(data, tmp_path) -> None:
     adapter = _adapter(data, tmp_path)
     result = adapter.run(60)
-    first, last = result.history[1], result.history[-1]
+    first, last = result.history[0], result.history[-1]
     # measured: monitor loss 2.2 -> 1.6, accuracy 10% -> 45% (10 classes: chance is 10%)
+    assert first["step"] == 0 and last["step"] == 60
     assert last["monitor_loss"] < first["monitor_loss"] - 0.3
     assert last["monitor_accuracy"] > 0.3
-    assert result.evaluations == sum(r["candidates"] for r in result.history) * 64
+    assert result.start["monitor_accuracy"] == first["monitor_accuracy"]
+    assert result.end["monitor_accuracy"] == last["monitor_accuracy"]
+    stepped = result.history[1:]
+    assert result.evaluations == sum(r["candidates"] for r in stepped) * 64
     assert {"loss_min", "loss_mean", "step_seconds", "evaluations"} <= set(last)
 
 
@@ -125,3 +130,97 @@ def test_bad_setups_fail_with_messages(data, tmp_path) -> None:
     (tmp_path / "a" / CHECKPOINT_NAME).write_bytes(b"garbage")
     with pytest.raises(PolystepError, match="cannot read checkpoint"):
         adapter.resume()
+
+
+# --------------------------------------------------------------------- safe adaptation
+def _build(data, out_dir=None, optimizer="polystep", steps=12, **kw) -> Adapter:
+    """The recipe (Adapter.build) on a fixed-point backend, validated on ``data[1]``."""
+    spec = NetworkSpec.random([64, 32, 10], T, seed=0, writable=("fc1.weight", "lif1.v_bias"))
+    backend = open_backend("torch-sim-fixed", device="cpu")
+    backend.load(spec)
+    options = dict(
+        validation={"val": data[1]}, test={"clean": data[1]}, eval_every=3, progress=False
+    )
+    options.update(kw)
+    return Adapter.build(
+        backend,
+        data[0],
+        steps=steps,
+        settings=Settings(optimizer=optimizer, seed=1, rank=16),
+        out_dir=out_dir,
+        **options,
+    )
+
+
+def test_a_run_where_every_step_hurts_hands_back_the_start_and_says_so(data) -> None:
+    lines: list[str] = []
+    adapter = _build(data, report=lines.append)
+    start = adapter.layout.to_spec(adapter.spec, adapter.optimizer.x)
+    tell = adapter.optimizer.tell
+    adapter.optimizer.tell = lambda costs: tell(-costs)  # an optimiser that climbs the loss
+    result = adapter.run(12)
+    # The optimiser climbed the loss (it moved), but nothing it found beat the start.
+    assert not torch.equal(adapter.optimizer.x, adapter.x0)
+    assert result.history[-1]["val_loss"] > result.start["val_loss"]
+    assert result.kept_start and result.best_step == 0
+    for name, value in result.spec.parameters().items():
+        assert np.array_equal(value, start.parameters()[name]), name
+    assert result.end == result.start
+    assert lines == [result.summary()]
+    assert lines[0].startswith("no step beat the starting network on validation in 12 steps")
+    assert "clean test" in lines[0]  # held-out accuracy is reported even then
+
+
+def test_what_is_handed_back_is_never_less_accurate_on_validation(data, tmp_path) -> None:
+    adapter = _build(data, out_dir=tmp_path, steps=30)
+    result = adapter.run(30)
+    scored = [r for r in result.history if "val_accuracy" in r]
+    assert scored[0]["step"] == 0 and len(scored) == 11  # start, every 3 steps, the last
+    assert result.end["val_accuracy"] >= result.start["val_accuracy"]
+    # The pick: the lowest validation loss among points at least as accurate as the start.
+    eligible = [r for r in scored if r["val_accuracy"] >= result.start["val_accuracy"]]
+    best = min(eligible, key=lambda r: r["val_loss"])
+    assert result.best_step == best["step"]
+    assert result.end["val_loss"] == pytest.approx(best["val_loss"])
+    assert "clean_accuracy" in result.start and "clean_accuracy" in result.end
+    # The saved network is the one handed back, and the summary says which step it is.
+    saved = NetworkSpec.load(tmp_path / SPEC_NAME)
+    assert np.array_equal(saved.layers[1].weight, result.spec.layers[1].weight)
+    assert f"network of step {best['step']} of 30" in result.summary()
+
+
+def test_anchor_rides_along_as_one_more_parameter_set(data) -> None:
+    free = _build(data, validation=None, test=None).run(5)
+    anchored = _build(data, validation=None, test=None, anchor_weight=1.0).run(5)
+    per_step = free.history[1]["candidates"]
+    assert anchored.history[1]["candidates"] == per_step + 1
+    assert anchored.evaluations == 5 * (per_step + 1) * 64
+    # The distillation term is >= 0 and adds to every candidate's cost.
+    assert anchored.history[1]["loss_min"] > free.history[1]["loss_min"]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_runs_through_the_adapter_and_resumes_exactly(
+    data, tmp_path, optimizer
+) -> None:
+    whole = _build(data, tmp_path / "whole", optimizer, steps=8)
+    ref = whole.run(8)
+    assert ref.steps == 8 and not torch.equal(whole.optimizer.x, whole.x0)
+
+    def stop_at_3(adapter: Adapter, record: dict) -> None:
+        if record["step"] == 3:
+            adapter.request_stop()
+
+    first = _build(data, tmp_path / "split", optimizer, steps=8, on_step=stop_at_3)
+    assert first.run(8).steps == 3
+    second = _build(data, tmp_path / "split", optimizer, steps=8)
+    assert second.resume() == 3
+    second.run(8)
+    assert torch.equal(second.optimizer.x, whole.optimizer.x), optimizer
+
+
+def test_resume_with_another_optimizer_is_refused(data, tmp_path) -> None:
+    _build(data, tmp_path, "openai-es", steps=3).run(3)
+    other = _build(data, tmp_path, "spsa", steps=3)
+    with pytest.raises(PolystepError, match="different optimiser"):
+        other.resume()

@@ -17,6 +17,7 @@ the reference's ``step_radius=a`` and ``epsilon=e`` use ``step_radius=a * e`` he
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 CostsLike = torch.Tensor | np.ndarray | Sequence[float]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 class NonFiniteCostError(ValueError):
@@ -53,7 +54,17 @@ class PolyStep:
         solver: ``"softmax"`` (per block) or ``"sinkhorn"`` (entropic OT over blocks).
         subspace: optional :class:`Subspace`; ``None`` searches the full parameter space.
         seed: seed of the optimiser's own ``torch.Generator`` (global RNG is never used).
-        momentum: heavy-ball coefficient on the block updates, in ``[0, 1)``.
+        momentum: heavy-ball coefficient in ``[0, 1)`` on the moves of the parameters
+            themselves (so it survives the subspace redraws: with a fresh subspace every step,
+            momentum is what averages the directions found in successive subspaces and the
+            minibatch noise away; the steady-state move is ``step_radius / (1 - momentum)``
+            along a consistent direction).
+        step_adapt: rate at which the step length follows the evidence of successive moves
+            (0: off).  After each step the new move is compared with the previous one (the
+            momentum when there is momentum): pointing the same way says the steps are too
+            short, pointing back says they overshoot.  Their cosine, in units of its spread
+            for unrelated directions (``1/sqrt(n)``), times ``step_adapt`` is added to the log
+            of a multiplier on ``step_radius`` (kept within ``[1e-3, 1e3]``).
         keep_best: track the best evaluated candidate in ``best_x`` / ``best_cost``.
         sinkhorn_tol, sinkhorn_max_iter: stopping rule of the Sinkhorn solver.
 
@@ -74,6 +85,7 @@ class PolyStep:
         subspace: Subspace | None = None,
         seed: int = 0,
         momentum: float = 0.0,
+        step_adapt: float = 0.0,
         keep_best: bool = False,
         sinkhorn_tol: float = 1e-6,
         sinkhorn_max_iter: int = 100,
@@ -85,6 +97,8 @@ class PolyStep:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         _check_positive_int(block_dim, "block_dim")
         _check_positive_int(num_probe, "num_probe")
+        if not (isinstance(step_adapt, (int, float)) and 0.0 <= step_adapt <= 1.0):
+            raise ValueError(f"step_adapt must be in [0, 1], got {step_adapt!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not sinkhorn_tol > 0:
@@ -100,6 +114,7 @@ class PolyStep:
         self.num_probe = int(num_probe)
         self.solver = solver
         self.momentum = float(momentum)
+        self.step_adapt = float(step_adapt)
         self.keep_best = bool(keep_best)
         self.sinkhorn_tol = float(sinkhorn_tol)
         self.sinkhorn_max_iter = int(sinkhorn_max_iter)
@@ -127,9 +142,9 @@ class PolyStep:
         self._generator.manual_seed(self.seed)
         self._z = self._map.initial_z()
         self._x = self._map.lift(self._z)
-        self._velocity = torch.zeros(
-            self.num_blocks * self.block_dim, dtype=self.dtype, device=self.device
-        )
+        self._velocity = torch.zeros_like(self._x)  # in parameter space
+        self._last_move = torch.zeros_like(self._x)  # for step_adapt without momentum
+        self.step_scale = 1.0  # step_adapt's multiplier on step_radius
         self._step = 0
         self._pending: torch.Tensor | None = None  # directions (P, V, p) of the open ask
         self._pending_x: torch.Tensor | None = None  # candidates, kept only for keep_best
@@ -210,19 +225,38 @@ class PolyStep:
             tol=self.sinkhorn_tol,
             max_iter=self.sinkhorn_max_iter,
         )
-        radius = evaluate(self.step_radius, self._step, "step_radius")
+        radius = evaluate(self.step_radius, self._step, "step_radius") * self.step_scale
         update = radius * torch.einsum("iv,ivp->ip", weights, directions).reshape(-1)
+        z = self._z + update[: self.dim]
+        if self.momentum > 0 or self.step_adapt > 0:
+            move = self._map.lift_delta(update[: self.dim])
+            if self.step_adapt > 0:
+                self._follow_evidence(move)
         if self.momentum > 0:
-            self._velocity = self.momentum * self._velocity + update
-            update = self._velocity
-        self._z = self._z + update[: self.dim]
-        self._x = self._map.lift(self._z)
+            self._velocity = self.momentum * self._velocity + move
+            self._x = self._x + self._velocity
+            self._z = self._map.rebase(self._x, z)
+        else:
+            self._z = z
+            self._x = self._map.lift(self._z)
         self.last_weights = weights
         self._pending = None
         self._pending_x = None
         self._step += 1
         if self._absorb_interval is not None and self._step % self._absorb_interval == 0:
             self._absorb()
+
+    def _follow_evidence(self, move: torch.Tensor) -> None:
+        """Lengthen the step when this move continues the last ones, shorten it when it
+        turns back (see ``step_adapt``)."""
+        previous = self._velocity if self.momentum > 0 else self._last_move
+        norms = float(move.norm()) * float(previous.norm())
+        if norms > 0:
+            agreement = float(move @ previous) / norms * math.sqrt(move.numel())
+            self.step_scale = min(max(self.step_scale * math.exp(self.step_adapt * agreement),
+                                      1e-3), 1e3)  # fmt: skip
+        if self.momentum == 0:
+            self._last_move = move
 
     def step(self, closure: Callable[[torch.Tensor], CostsLike]) -> torch.Tensor:
         """ask, evaluate ``closure(X)``, tell; returns the batch's costs as a tensor ``(N,)``."""
@@ -234,12 +268,10 @@ class PolyStep:
         return torch.as_tensor(np.asarray(costs, dtype=np.float64))
 
     def _absorb(self) -> None:
-        """Fold z into theta0 and redraw the subspace; old-basis momentum is dropped."""
+        """Fold z into theta0 and redraw the subspace (the parameter-space momentum stays)."""
         self._z = self._map.absorb(self._x, self._z)
-        low_rank = torch.zeros_like(self._velocity, dtype=torch.bool)
-        low_rank[: self.dim] = self._map.low_rank_mask
-        self._velocity[low_rank] = 0
-        self._x = self._map.lift(self._z)
+        if self.momentum == 0:  # otherwise x is exact already (see rebase)
+            self._x = self._map.lift(self._z)
 
     def _check_costs(self, costs: CostsLike) -> torch.Tensor:
         if not torch.is_tensor(costs):
@@ -289,12 +321,15 @@ class PolyStep:
             "config": self._config(),
             "step": self._step,
             "z": self._z.clone(),
+            "x": self._x.clone(),
             "velocity": self._velocity.clone(),
             "subspace": self._map.state_dict(),
             "generator": self._generator.get_state(),
             "pending": None if self._pending is None else self._pending.clone(),
             "best_x": None if self.best_x is None else self.best_x.clone(),
             "best_cost": self.best_cost,
+            "step_scale": self.step_scale,
+            "last_move": self._last_move.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -309,7 +344,7 @@ class PolyStep:
         self._map.load_state_dict(state["subspace"])
         self._step = int(state["step"])
         self._z = state["z"].to(**as_here).clone()
-        self._x = self._map.lift(self._z)
+        self._x = state["x"].to(**as_here).clone()
         self._velocity = state["velocity"].to(**as_here).clone()
         self._generator.set_state(state["generator"].clone())
         pending = state["pending"]
@@ -318,6 +353,8 @@ class PolyStep:
         best_x = state["best_x"]
         self.best_x = None if best_x is None else best_x.to(**as_here).clone()
         self.best_cost = float(state["best_cost"])
+        self.step_scale = float(state["step_scale"])
+        self._last_move = state["last_move"].to(**as_here).clone()
 
     def _config(self) -> dict[str, Any]:
         spec = self._map.spec

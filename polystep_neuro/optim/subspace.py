@@ -188,6 +188,15 @@ class SubspaceMap:
                 theta[:, s:e] += zb[:, a:b] @ a_l.T
         return theta.squeeze(0) if squeeze else theta
 
+    def lift_delta(self, dz: torch.Tensor) -> torch.Tensor:
+        """The parameter move ``(n,)`` of a coordinate move ``dz`` ``(D,)`` (linear part of
+        :meth:`lift`: no origin, so a full tensor's move is ``dz`` exactly)."""
+        delta = torch.zeros_like(self.theta0)
+        for idx, ((a, b), (s, e)) in enumerate(zip(self.z_ranges, self.param_ranges, strict=True)):
+            a_l = self.basis(idx)
+            delta[s:e] = dz[a:b] if a_l is None else a_l @ dz[a:b]
+        return delta
+
     def project(self, theta: torch.Tensor) -> torch.Tensor:
         """Least-squares z for ``theta`` (exact copy on full tensors)."""
         z = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
@@ -232,6 +241,18 @@ class SubspaceMap:
             for j in range(p):
                 target.addcmul_(deltas[i0:i1, :, j : j + 1], padded[:, j : j + 1, :])
         return out
+
+    def rebase(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Move the origin so that ``z`` lifts to ``theta`` (a point off the current subspace,
+        e.g. after a parameter-space momentum step); returns the z to keep.
+
+        Low-rank coordinates stay; ``theta0`` takes up the difference.  Full tensors have no
+        origin: their coordinates become the parameters.
+        """
+        z = z.clone()
+        z[self._full_z] = theta[self._full_theta]
+        self.theta0 = self.theta0 + (theta - self.lift(z))
+        return z
 
     # --------------------------------------------------------------- absorb / state
     def absorb(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
