@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where to create it (default: .venv-lava in the checkout, or $POLYSTEP_LAVA_VENV)",
     )
     setup.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    setup.add_argument(
+        "--with-lava-dl",
+        action="store_true",
+        help="also install lava-dl 0.6.0 (netx, to run exported networks in Lava); it needs "
+        "torch 2.3, which PyPI ships with CUDA libraries: about 3 GB more",
+    )
     keygen = dsub.add_parser(
         "keygen", help="CurveZMQ keys for a device server reached over a network"
     )
@@ -166,7 +172,9 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     elif args.devices_command == "setup-lava":
         from devices.lava_env import setup_lava_env
 
-        venv = setup_lava_env(args.python, args.venv, print, force=args.force)
+        venv = setup_lava_env(
+            args.python, args.venv, print, force=args.force, with_lava_dl=args.with_lava_dl
+        )
         print(f"Lava env ready: {venv}")
     elif args.devices_command == "keygen":
         _cmd_keygen(args.dir, args.force)
