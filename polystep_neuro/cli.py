@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from polystep_neuro import convert
 from polystep_neuro.errors import Interrupted, PolystepError
 
 EXIT_ERROR = 2
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("dir", type=Path, help="folder for the server and client keys")
     keygen.add_argument("--force", action="store_true", help="replace existing keys")
+    convert.add_parsers(sub)  # convert, export
     return parser
 
 
@@ -204,7 +206,13 @@ def _check_backend_name(name: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"demo": _cmd_demo, "adapt": _cmd_adapt, "devices": _cmd_devices}
+    handlers = {
+        "demo": _cmd_demo,
+        "adapt": _cmd_adapt,
+        "devices": _cmd_devices,
+        "convert": convert.convert,
+        "export": convert.export,
+    }
     try:
         return handlers[args.command](args)
     except Interrupted as exc:
