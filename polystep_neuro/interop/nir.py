@@ -396,8 +396,8 @@ def _layer(segment: Mapping[str, Any], dt: float) -> LayerSpec:
     v_reset = _per_neuron(n_name, neuron, "v_reset", n_out)
     if np.any(v_reset != 0):
         raise SpecError(
-            f"node {n_name!r} ({_kind(neuron)}): v_reset={v_reset.max():g}; a NetworkSpec resets "
-            f"the voltage to 0"
+            f"node {n_name!r} ({_kind(neuron)}): v_reset={v_reset[v_reset != 0][0]:g}; a "
+            f"NetworkSpec resets the voltage to 0"
         )
     vth = _uniform(n_name, neuron, "v_threshold", n_out)
     v_bias = dv * _per_neuron(n_name, neuron, "v_leak", n_out)
