@@ -124,7 +124,8 @@ def from_nir(
     if num_steps is None:
         if _META_STEPS not in meta:
             raise SpecError(
-                "num_steps is needed: a NIR graph has no number of time steps (pass num_steps)"
+                "num_steps is needed: a NIR graph has no number of time steps (--num-steps / "
+                "num_steps=)"
             )
         num_steps = int(meta[_META_STEPS])
     if writable is None:
