@@ -8,6 +8,12 @@ calls ``setup_lava_env``; ``devices list`` calls ``lava_env_status``.
 Where the venv lives: ``$POLYSTEP_LAVA_VENV`` if set, else ``<checkout>/.venv-lava`` when this
 package runs from a source checkout, else ``<user cache>/polystep-neuro/venv-lava``.
 A marker file in the venv records what was installed, so a second setup is a quick no-op.
+
+``--with-lava-dl`` (``with_lava_dl=True``) also installs lava-dl 0.6.0, whose netx loader
+runs the HDF5 networks ``polystep_neuro.interop.netx`` writes.  It is opt-in because lava-dl
+requires torch 2.3 (its import chain loads slayer, which imports torch), and PyPI's torch
+2.3 for Linux brings its CUDA libraries: about 3 GB more in the venv.  The marker records
+whether it is there; a later plain setup keeps it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ MARKER = "polystep-lava-env.json"
 MARKER_FORMAT = 1
 LOCK_NAME = ".polystep-setup.lock"
 REQUIREMENTS = ("lava-nc==0.10.0", "pyzmq", "numpy<2")
-CHECKED = ("lava-nc", "numpy", "pyzmq")  # distributions whose versions the marker records
+LAVA_DL_REQUIREMENTS = ("lava-dl==0.6.0",)
+# distributions whose versions the marker records (lava-dl only where installed)
+CHECKED = ("lava-nc", "numpy", "pyzmq")
+OPTIONAL_CHECKED = ("lava-dl",)
 PACKAGES = ("polystep_neuro", "devices", "simulators")
 
 Progress = Callable[[str], None]
@@ -137,10 +146,17 @@ def read_marker(venv: Path) -> dict | None:
 
 
 def installed_versions(venv: Path) -> dict[str, str] | None:
-    """Versions of the checked distributions as the venv's python sees them (~50 ms)."""
+    """Versions of the checked distributions as the venv's python sees them (~50 ms); the
+    optional ones only where installed."""
     code = (
-        "import json, importlib.metadata as m; "
-        f"print(json.dumps({{d: m.version(d) for d in {list(CHECKED)!r}}}))"
+        "import json, importlib.metadata as m\n"
+        "def v(d):\n"
+        "    try:\n"
+        "        return m.version(d)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return None\n"
+        f"found = {{d: v(d) for d in {list(CHECKED + OPTIONAL_CHECKED)!r}}}\n"
+        f"print(json.dumps({{d: x for d, x in found.items() if x or d in {list(CHECKED)!r}}}))"
     )
     try:
         out = subprocess.run(
@@ -155,14 +171,21 @@ def installed_versions(venv: Path) -> dict[str, str] | None:
         return None
 
 
-def _up_to_date(venv: Path, marker: dict | None) -> str | None:
+def requirements(with_lava_dl: bool) -> tuple[str, ...]:
+    return REQUIREMENTS + (LAVA_DL_REQUIREMENTS if with_lava_dl else ())
+
+
+def _up_to_date(venv: Path, marker: dict | None, with_lava_dl: bool = False) -> str | None:
     """None if the venv matches what this version of the project installs, else why not."""
     if marker is None:
         return "not set up"
     if not venv_python(venv).exists():
         return f"its python {venv_python(venv)} is missing"
-    if list(marker.get("requirements", [])) != list(REQUIREMENTS):
+    made_for = list(marker.get("requirements", []))
+    if made_for not in (list(requirements(False)), list(requirements(True))):
         return "it was made for other requirements"
+    if with_lava_dl and made_for != list(requirements(True)):
+        return "lava-dl is not installed"
     root = project_root()
     if root is not None and marker.get("project") != str(root):
         return f"it runs the project from {marker.get('project')}, not {root}"
@@ -180,14 +203,22 @@ def find_lava_env() -> Path | None:
     return None
 
 
+def lava_dl_installed(venv: Path) -> bool:
+    """Whether setup installed lava-dl (netx) into this venv (per its marker)."""
+    marker = read_marker(venv) or {}
+    return "lava-dl" in marker.get("versions", {})
+
+
 def lava_env_status() -> tuple[bool, str]:
     """(usable, why) for `devices list`."""
     venv = default_venv()
     why = _up_to_date(venv, read_marker(venv))
     if why is None:
         marker = read_marker(venv) or {}
-        lava = marker.get("versions", {}).get("lava-nc", "?")
-        return True, f"Lava env {venv} (Python {marker.get('python', '?')}, lava-nc {lava})"
+        versions = marker.get("versions", {})
+        dl = f", lava-dl {versions['lava-dl']}" if "lava-dl" in versions else ""
+        lava = versions.get("lava-nc", "?")
+        return True, f"Lava env {venv} (Python {marker.get('python', '?')}, lava-nc {lava}{dl})"
     return False, (
         f"Lava env {venv}: {why}; run `polystep-neuro devices setup-lava` "
         "(needs Python 3.10; --python PATH to choose one)"
@@ -201,16 +232,26 @@ def setup_lava_env(
     progress: Progress | None = None,
     *,
     force: bool = False,
+    with_lava_dl: bool = False,
 ) -> Path:
     """Create or update the Lava venv; returns its path.  Idempotent: when the marker says
-    everything is installed (and the venv's python agrees) it returns at once."""
+    everything is installed (and the venv's python agrees) it returns at once.
+    ``with_lava_dl``: also install lava-dl (see the module docstring); a venv that already
+    has it keeps it."""
     say = progress or (lambda message: None)
     venv = Path(venv).expanduser() if venv is not None else default_venv()
     fresh = not venv.exists()
     venv.mkdir(parents=True, exist_ok=True)
     with _lock(venv):
+        old = read_marker(venv)
+        with_lava_dl = with_lava_dl or (
+            not force
+            and old is not None
+            and list(old.get("requirements", [])) == list(requirements(True))
+        )
+        wanted = requirements(with_lava_dl)
         if not force:
-            why = _up_to_date(venv, read_marker(venv))
+            why = _up_to_date(venv, old, with_lava_dl)
             if why is None:
                 say(f"Lava env {venv} is up to date")
                 return venv
@@ -226,8 +267,8 @@ def setup_lava_env(
             say(f"creating venv {venv} with {base}")
             args = [base, "-m", "venv", *(["--clear"] if force else []), str(venv)]
             _run(args, "create the venv")
-        say(f"installing {' '.join(REQUIREMENTS)} (a few minutes the first time)")
-        _run([str(py), "-m", "pip", "install", "--quiet", *REQUIREMENTS], "install lava-nc")
+        say(f"installing {' '.join(wanted)} (a few minutes the first time)")
+        _run([str(py), "-m", "pip", "install", "--quiet", *wanted], "install lava-nc")
         root = project_root()
         if root is not None:
             say(f"installing this project from {root} (editable, --no-deps)")
@@ -239,10 +280,10 @@ def setup_lava_env(
             say("linking this project's packages into the venv")
             _link_packages(venv, py)
         say("checking that Lava imports")
-        _run(
-            [str(py), "-c", "import lava.magma.core.run_configs, zmq, devices.lava_local"],
-            "import Lava in the new env",
-        )
+        imports = "import lava.magma.core.run_configs, zmq, devices.lava_local"
+        if with_lava_dl:
+            imports += ", lava.lib.dl.netx"
+        _run([str(py), "-c", imports], "import Lava in the new env")
         versions = installed_versions(venv)
         if versions is None:
             raise LavaEnvError(f"{py} cannot report its package versions")
@@ -250,7 +291,7 @@ def setup_lava_env(
             "format": MARKER_FORMAT,
             "python": _python_version(py),
             "base_python": base,
-            "requirements": list(REQUIREMENTS),
+            "requirements": list(wanted),
             "versions": versions,
             "project": str(root) if root is not None else "linked",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

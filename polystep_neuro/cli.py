@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from polystep_neuro import convert
 from polystep_neuro.errors import Interrupted, PolystepError
 
 EXIT_ERROR = 2
@@ -179,11 +180,18 @@ def _parser() -> argparse.ArgumentParser:
         help="where to create it (default: .venv-lava in the checkout, or $POLYSTEP_LAVA_VENV)",
     )
     setup.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    setup.add_argument(
+        "--with-lava-dl",
+        action="store_true",
+        help="also install lava-dl 0.6.0 (netx, to run exported networks in Lava); it needs "
+        "torch 2.3, which PyPI ships with CUDA libraries: about 3 GB more",
+    )
     keygen = dsub.add_parser(
         "keygen", help="CurveZMQ keys for a device server reached over a network"
     )
     keygen.add_argument("dir", type=Path, help="folder for the server and client keys")
     keygen.add_argument("--force", action="store_true", help="replace existing keys")
+    convert.add_parsers(sub)  # convert, export
     return parser
 
 
@@ -258,7 +266,9 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     elif args.devices_command == "setup-lava":
         from devices.lava_env import setup_lava_env
 
-        venv = setup_lava_env(args.python, args.venv, print, force=args.force)
+        venv = setup_lava_env(
+            args.python, args.venv, print, force=args.force, with_lava_dl=args.with_lava_dl
+        )
         print(f"Lava env ready: {venv}")
     elif args.devices_command == "keygen":
         _cmd_keygen(args.dir, args.force)
@@ -288,7 +298,13 @@ def _check_backend_name(name: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"demo": _cmd_demo, "adapt": _cmd_adapt, "devices": _cmd_devices}
+    handlers = {
+        "demo": _cmd_demo,
+        "adapt": _cmd_adapt,
+        "devices": _cmd_devices,
+        "convert": convert.convert,
+        "export": convert.export,
+    }
     try:
         return handlers[args.command](args)
     except Interrupted as exc:

@@ -2,6 +2,10 @@
 
 - :mod:`polystep_neuro.interop.snntorch`: ``from_snntorch`` / ``to_snntorch`` (needs torch and
   snntorch; imported lazily, so ``import polystep_neuro.interop`` stays numpy-only).
+- :mod:`polystep_neuro.interop.nir`: ``from_nir`` / ``to_nir`` / ``read_nir`` / ``write_nir``
+  for NIR graphs (needs the ``nir`` package; import the submodule).
+- :mod:`polystep_neuro.interop.netx`: ``write_netx``, the calibrated integer network as a
+  lava-dl netx HDF5 file (needs h5py; import the submodule).
 - :func:`device_compatibility` / :func:`to_device_semantics` (here, numpy-only, usable in the
   Lava env): what keeps a spec from running exactly on Lava / Loihi 2, and an explicit
   Lava-semantics copy together with the list of what that copy changed.
