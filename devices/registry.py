@@ -81,8 +81,8 @@ def _ray_status(what: str) -> tuple[bool, str]:
 
 BACKENDS["ray"] = (
     _ray,
-    "Ray actors sharing the V parameter sets, each running a backend above or a tcp:// "
-    "client: ray:NAME, or open_backend('ray', backend=NAME, workers=N)",
+    "Ray actors sharing the V parameter sets, each running one backend: ray:torch-sim-fixed, "
+    "ray:tcp://A:P,tcp://B:P, or open_backend('ray', backend=NAME, workers=N)",
 )
 
 
@@ -152,12 +152,14 @@ def check_backend_name(name: str) -> None:
     """Fail fast (before any training) on a backend name that cannot be opened."""
     ray_inner = _ray_inner(name)
     if ray_inner is not None:
-        for inner in [ray_inner] if isinstance(ray_inner, str) else ray_inner:
+        inners = [ray_inner] if isinstance(ray_inner, str) else ray_inner
+        for inner in inners:
             if inner == "ray" or _ray_inner(inner) is not None:
                 raise DeviceUnavailable(f"{name!r}: a ray actor cannot run another ray backend")
             check_backend_name(inner)
-        return
-    if name == "ray":
+        if inners:
+            return
+    if name in ("ray", RAY_PREFIX):
         raise DeviceUnavailable(
             "backend 'ray' needs to know what its actors run: name it ray:NAME, e.g. "
             "ray:torch-sim-fixed (or from Python: open_backend('ray', backend=NAME))"
