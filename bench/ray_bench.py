@@ -25,8 +25,11 @@ import numpy as np
 # Keep the benchmark's local Ray on loopback (Ray otherwise listens on every interface);
 # Ray reads this when it is imported, which happens below, through the ray backend.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray starts its workers at nice 15: on a shared machine the actors would then lose the
+# CPU to every other process, the in-process backend included.  Same priority for all.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
-FULL = dict(sizes=[64, 256, 10], steps=25, batch=64, vertices=64, repeats=5, calls=200)
+FULL = dict(sizes=[64, 256, 10], steps=25, batch=64, vertices=128, repeats=5, calls=200)
 QUICK = dict(sizes=[16, 32, 4], steps=10, batch=8, vertices=8, repeats=2, calls=20)
 TINY = dict(sizes=[8, 12, 3], steps=10, batch=1, vertices=2)
 WAYS = ("in-process torch-sim-fixed", "ray, 1 worker", "ray, 2 workers")
@@ -152,8 +155,9 @@ def describe(result: dict[str, Any]) -> str:
         f"torch-sim-fixed, network {'-'.join(map(str, result['sizes']))}, T={result['steps']}, "
         f"B={result['batch']}, V={result['vertices']} sets with every weight varied "
         f"(`bench/ray_bench.py`).  Local Ray with 3 logical CPUs on {result['cores']} usable "
-        "cores, one CPU and one torch thread per actor; the in-process backend also uses one "
-        f"thread.  Throughput: median of {result['repeats']} rounds, the three ways taking "
+        "cores, one CPU and one torch thread per actor, actors at the host's priority "
+        "(`RAY_worker_niceness=0`; Ray's default is nice 15); the in-process backend also uses "
+        f"one thread.  Throughput: median of {result['repeats']} rounds, the three ways taking "
         "turns after one uncounted call each.  Per-call overhead: the same three on a tiny "
         "evaluate, taking turns.  1-minute load average when the section started: "
         f"{result['load_before']:.2f}."
