@@ -2,7 +2,7 @@
 
     python -m bench [--out docs/benchmarks.md] [--quick] [--only NAME ...]
 
-Sections (``--only`` picks some): sim, digits, memory, lava, protocol.  Every comparison
+Sections (``--only`` picks some): sim, digits, memory, lava, protocol, ray.  Every comparison
 is a ratio of two measurements taken side by side in this run; the report records the
 command, the date and the machine.  GPU rows are added where ``torch.cuda.is_available()``.
 ``--quick`` uses tiny sizes (a smoke test of the harness: its numbers mean little).
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sim", "digits", "memory", "lava", "protocol")
+SECTIONS = ("sim", "digits", "memory", "lava", "protocol", "ray")
 
 Progress = Callable[[str], None]
 
@@ -224,12 +224,25 @@ def section_protocol(quick: bool, progress: Progress) -> Section:
     )
 
 
+def section_ray(quick: bool, progress: Progress) -> Section:
+    import importlib.util
+
+    title = "Ray: 2 local workers vs 1, and the per-call overhead vs in-process"
+    if importlib.util.find_spec("ray") is None:
+        return Section(title, ['Skipped: Ray is not installed (`pip install -e ".[ray]"`).'])
+    from bench import ray_bench
+
+    result = ray_bench.measure(quick, progress)
+    return Section(title, [ray_bench.describe(result)], ray_bench.tables(result))
+
+
 RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "sim": section_sim,
     "digits": section_digits,
     "memory": section_memory,
     "lava": section_lava,
     "protocol": section_protocol,
+    "ray": section_ray,
 }
 
 

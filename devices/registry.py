@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from devices.base import BaseBackend
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.errors import DeviceError, DeviceUnavailable
 
 
 def _torch_sim(precision: str) -> Callable[..., BaseBackend]:
@@ -47,6 +47,44 @@ BACKENDS: dict[str, tuple[Callable[..., BaseBackend], str]] = {
 }
 _LAVA_NAMES = ("lava", "lava-fixed", "loihi2")
 
+# ---- ray: V split across Ray actors, each running one of the backends above -------------
+RAY_PREFIX = "ray:"  # "ray:torch-sim-fixed" = open_backend("ray", backend="torch-sim-fixed")
+_RAY_INSTALL = 'pip install -e ".[ray]"'
+
+
+def _ray(**options: Any) -> BaseBackend:
+    try:
+        from devices.ray_backend import open_ray_backend
+    except ImportError as exc:
+        raise DeviceUnavailable(
+            f"the ray backend needs Ray, which this Python does not have ({exc}): {_RAY_INSTALL}"
+        ) from None
+    return open_ray_backend(**options)
+
+
+def _ray_inner(name: str | Sequence[str]) -> str | list[str] | None:
+    """What the actors of "ray:NAME" (or "ray:tcp://A:P,tcp://B:P", one each) run; or None."""
+    if not isinstance(name, str) or not name.startswith(RAY_PREFIX):
+        return None
+    parts = [p.strip() for p in name[len(RAY_PREFIX) :].split(",") if p.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _ray_status(what: str) -> tuple[bool, str]:
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return False, f"{what}; Ray not installed: {_RAY_INSTALL}"
+    return True, f"{what}; Ray {importlib.metadata.version('ray')}"
+
+
+BACKENDS["ray"] = (
+    _ray,
+    "Ray actors sharing the V parameter sets, each running one backend: ray:torch-sim-fixed, "
+    "ray:tcp://A:P,tcp://B:P, or open_backend('ray', backend=NAME, workers=N)",
+)
+
 
 def backend_names() -> list[str]:
     return list(BACKENDS)
@@ -73,6 +111,11 @@ def open_backend(name: str | Sequence[str], **options: Any) -> BaseBackend:
     chosen where it runs) are ignored for remote endpoints.  Endpoints get ``curve_keys``
     from $POLYSTEP_CURVE_KEYS unless it is given.
     """
+    ray_inner = _ray_inner(name)
+    if ray_inner is not None:
+        if "backend" in options:
+            raise DeviceError(f"{name!r} names the backend already; leave out backend=")
+        return _ray(backend=ray_inner, **options)
     endpoints = _endpoint_list(name)
     if endpoints is not None and options.get("curve_keys") is None:
         from devices.security import keys_from_env
@@ -107,6 +150,20 @@ def _endpoint_list(name: str | Sequence[str]) -> list[str] | None:
 
 def check_backend_name(name: str) -> None:
     """Fail fast (before any training) on a backend name that cannot be opened."""
+    ray_inner = _ray_inner(name)
+    if ray_inner is not None:
+        inners = [ray_inner] if isinstance(ray_inner, str) else ray_inner
+        for inner in inners:
+            if inner == "ray" or _ray_inner(inner) is not None:
+                raise DeviceUnavailable(f"{name!r}: a ray actor cannot run another ray backend")
+            check_backend_name(inner)
+        if inners:
+            return
+    if name in ("ray", RAY_PREFIX):
+        raise DeviceUnavailable(
+            "backend 'ray' needs to know what its actors run: name it ray:NAME, e.g. "
+            "ray:torch-sim-fixed (or from Python: open_backend('ray', backend=NAME))"
+        )
     if name in BACKENDS or _endpoint_list(name) is not None:
         return
     raise DeviceUnavailable(
@@ -126,6 +183,8 @@ def describe_backends() -> list[tuple[str, bool, str]]:
             rows.append((name, False, what))
         elif name in _LAVA_NAMES:
             rows.append((name, lava_usable, f"{what}; {lava_why}"))
+        elif name == "ray":
+            rows.append((name, *_ray_status(what)))
         else:
             rows.append((name, True, what + _cuda_note()))
     rows.append(

@@ -1,0 +1,470 @@
+"""RayBackend: the V parameter sets of each evaluate split across Ray actors.
+
+``open_backend("ray", backend="torch-sim-fixed", workers=2)`` (or ``"ray:torch-sim-fixed"``)
+starts ``workers`` Ray actors; each opens its own backend with ``open_backend(backend,
+**backend_options)`` inside the actor: a simulator on the actor's CPU or GPU, or a client
+of a device server (``backend=["tcp://a:5555", "tcp://b:5555"]`` gives one actor per
+endpoint).  Each evaluate splits V into contiguous shares (``devices.sharded.split_range``,
+in proportion to ``max_vertices`` when every actor reports one), sends them concurrently
+and returns the counts in V order: exactly what one backend of that kind returns, since
+``evaluate`` is pure per parameter set.
+
+Only numpy and plain data cross the actor boundary (the spec as ``to_arrays()``); errors
+come back as (type, message) and are re-raised with their type (``devices.ray_worker``).
+
+Failures.  An actor that dies (``ray.kill``, a crashed process or node), or whose backend
+reports DeviceUnavailable, or that exceeds ``worker_timeout_s``, is dropped with a warning
+and its share is redone on the actors still up, in the same call.  Dropped actors do not
+come back (open a new backend to get them back); with none left, DeviceUnavailable.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from devices import ray_session
+from devices.base import BaseBackend, Capabilities
+from devices.ray_worker import InnerWorker, Reply
+from devices.remote import _numpy, compact_inputs
+from devices.sharded import split_range
+from polystep_neuro.errors import DeviceError, DeviceUnavailable, error_from_name
+from polystep_neuro.network import NetworkSpec
+
+log = logging.getLogger(__name__)
+
+Range = tuple[int, int]
+CLOSE_TIMEOUT_S = 10.0  # how long close() lets the actors close their backends
+
+
+class ActorLost(Exception):
+    """Internal: this actor is gone (dead, or not answering in time)."""
+
+
+@dataclass
+class _Actor:
+    """One Ray actor, the backend it runs, and whether it is still used."""
+
+    index: int
+    backend: str  # the name its open_backend got
+    handle: Any  # ray.actor.ActorHandle
+    caps: Capabilities | None = None
+    pid: int = 0
+    lost: str = ""  # why it was dropped; "" while it is used
+
+    @property
+    def up(self) -> bool:
+        return not self.lost
+
+
+class RayBackend(BaseBackend):
+    """The device contract over N Ray actors, each running one backend, V split among them."""
+
+    name = "ray"
+    is_remote = True
+
+    def __init__(
+        self,
+        backend: str | Sequence[str] | None = None,
+        *,
+        workers: int | None = None,
+        backend_options: Mapping[str, Any] | None = None,
+        device: Any = None,
+        num_gpus: float | None = None,
+        cpus_per_worker: float = 1.0,
+        num_cpus: int | None = None,
+        address: str | None = None,
+        start_timeout_s: float = 300.0,
+        worker_timeout_s: float | None = None,
+    ) -> None:
+        """``backend``: what each actor opens (one name for all, or a list: one actor per
+        entry); ``workers``: how many actors for one name (default 2); ``backend_options``:
+        keywords for each actor's ``open_backend``; ``device``: the torch-sim device inside
+        each actor (default: CUDA when the actor reserves a GPU, else CPU; ``"cuda"``
+        reserves ``num_gpus=1`` per actor unless given);
+        ``cpus_per_worker``, ``num_gpus``: what Ray reserves per actor; ``num_cpus``: size
+        of a local Ray this backend starts; ``address``: an existing cluster instead;
+        ``start_timeout_s``: bound on starting the actors and opening their backends;
+        ``worker_timeout_s``: bound on one actor's share of an evaluate (None: no bound)."""
+        super().__init__()
+        names = _backend_names(backend, workers)
+        options = dict(backend_options or {})
+        if device is not None and "device" in options:
+            raise DeviceError("give device once: as device= or in backend_options")
+        options["device"], num_gpus = _placement(options.get("device", device), num_gpus)
+        if cpus_per_worker < 0:
+            raise DeviceError("cpus_per_worker must be >= 0")
+        if start_timeout_s <= 0 or (worker_timeout_s is not None and worker_timeout_s <= 0):
+            raise DeviceError("start_timeout_s and worker_timeout_s must be > 0")
+        self.worker_timeout_s = worker_timeout_s
+        self._owns_ray = ray_session.acquire(address, num_cpus)
+        self._actors: list[_Actor] = []
+        try:
+            if ray_session.started_local():
+                _check_fits(len(names), cpus_per_worker, num_gpus)
+            actor_class = ray.remote(InnerWorker).options(  # type: ignore[attr-defined]
+                num_cpus=cpus_per_worker, num_gpus=num_gpus, max_restarts=0
+            )
+            self._actors = [
+                _Actor(i, name, actor_class.remote(name, options)) for i, name in enumerate(names)
+            ]
+            self._open_all(start_timeout_s, cpus_per_worker, num_gpus)
+        except BaseException:
+            self._shutdown()
+            raise
+        self.precision = self._actors[0].caps.precision  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def capabilities(self) -> Capabilities:
+        caps = [a.caps for a in self._actors if a.caps is not None]
+        live = [a.caps for a in self._live() if a.caps is not None]
+        limits = [c.max_vertices for c in live]
+        max_vertices = sum(m for m in limits if m is not None) if live else None
+        if self._spec is not None:
+            writable = tuple(self._spec.writable)
+        else:
+            writable = tuple(w for w in caps[0].writable if all(w in c.writable for c in caps))
+        return Capabilities(
+            name=self.name,
+            precision=self.precision,
+            max_vertices=None if None in limits else max_vertices,
+            writable=writable,
+            is_remote=True,
+            device=self.describe(),
+        )
+
+    def describe(self) -> str:
+        """e.g. "2 Ray actors running torch-sim-fixed (PyTorch LIF simulator on CPU)"."""
+        kinds: dict[str, list[str]] = {}
+        for actor in self._actors:
+            device = actor.caps.device if actor.caps is not None else ""
+            devices = kinds.setdefault(actor.backend, [])
+            if device and device not in devices:
+                devices.append(device)
+        inner = "; ".join(
+            f"{name} ({'; '.join(devices)})" if devices else name for name, devices in kinds.items()
+        )
+        lost = len(self._actors) - len(self._live())
+        return f"{len(self._actors)} Ray actors running {inner}" + (
+            f", {lost} of them dropped" if lost else ""
+        )
+
+    def load(self, spec: NetworkSpec) -> None:
+        """Load on every actor still up; they must agree on the effective network."""
+        self._check_open()
+        spec.validate()
+        meta, arrays = spec.to_arrays()
+        arrays_ref = ray.put(arrays)  # one copy in the object store, read by every actor
+        live = self._live()
+        outcomes = self._gather([a.handle.load.remote(meta, arrays_ref) for a in live], live)
+        loaded: list[tuple[_Actor, dict[str, Any]]] = []
+        for actor, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, (ActorLost, DeviceUnavailable)):
+                self._drop(actor, outcome)
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                actor.caps = Capabilities.from_json(outcome["capabilities"])
+                loaded.append((actor, outcome))
+        if not loaded:
+            raise self._all_lost("load")
+        first, reference = loaded[0]
+        for actor, other in loaded[1:]:
+            if not _same_arrays(other, reference):
+                raise DeviceError(
+                    f"ray actor {actor.index} ({actor.backend}) loaded a different network than "
+                    f"actor {first.index} ({first.backend}), e.g. another fixed-point "
+                    "calibration: run one polystep-neuro version and backend kind everywhere"
+                )
+        self._spec = NetworkSpec.from_arrays(reference["meta"], reference["arrays"])
+
+    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
+        """Counts (V, B, N_out) int32, exactly as one backend of the actors' kind returns."""
+        wire_params = {name: _numpy(value, np.float32) for name, value in params.items()}
+        wire_inputs = compact_inputs(_numpy(inputs))
+        num_sets = self._check_call(wire_params, wire_inputs)
+        inputs_ref = ray.put(wire_inputs)  # every actor reads the same object
+        done: dict[int, np.ndarray] = {}
+        pending: list[Range] = [(0, num_sets)]
+        while pending:
+            live = self._live()
+            if not live:
+                raise self._all_lost("evaluate")
+            jobs = _plan(pending, live)
+            refs = [self._submit(actor, share, wire_params, inputs_ref) for actor, share in jobs]
+            outcomes = self._gather(refs, [actor for actor, _ in jobs])
+            pending, errors = [], []
+            for (actor, share), outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, (ActorLost, DeviceUnavailable)):
+                    self._drop(actor, outcome)
+                    pending.append(share)
+                elif isinstance(outcome, Exception):
+                    errors.append(outcome)
+                else:
+                    done[share[0]] = outcome
+            if errors:
+                raise errors[0]
+        if len(done) == 1:
+            return np.array(done[0])  # own, writable memory, not an object-store view
+        return np.concatenate([done[start] for start in sorted(done)])
+
+    def close(self) -> None:
+        """Close every actor's backend (best effort, bounded), end the actors, and Ray too
+        when this backend started it and no other ray backend still uses it."""
+        if self._closed:
+            return
+        try:
+            if ray.is_initialized():  # else Ray was shut down under us: the actors are gone
+                refs = [a.handle.close.remote() for a in self._actors]
+                ray.wait(refs, num_returns=len(refs), timeout=CLOSE_TIMEOUT_S)
+        except Exception as exc:  # best effort: the actors are killed below regardless
+            log.debug("closing the ray actors: %s", exc)
+        finally:
+            self._shutdown()
+            super().close()
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def actors(self) -> list[Any]:
+        """The Ray actor handles, in order (dropped ones too), e.g. to ``ray.kill`` one."""
+        return [a.handle for a in self._actors]
+
+    @property
+    def live_workers(self) -> list[int]:
+        """Indices of the actors still used."""
+        return [a.index for a in self._live()]
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [a.pid for a in self._actors]
+
+    # ------------------------------------------------------------------ internals
+    def _open_all(self, timeout_s: float, cpus: float, gpus: float) -> None:
+        """Start the actors and open their backends; any failure fails the open."""
+        refs = [a.handle.open.remote() for a in self._actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            raise DeviceUnavailable(
+                f"{len(refs) - len(ready)} of {len(refs)} Ray actors did not start within "
+                f"{timeout_s:g} s: each asks for {cpus:g} CPU and {gpus:g} GPU, the cluster "
+                f"has {_resources()} in all (fewer workers or smaller cpus_per_worker/num_gpus,"
+                " or a larger start_timeout_s for a slow start)"
+            )
+        for actor, outcome in zip(self._actors, self._gather(refs, self._actors), strict=True):
+            if isinstance(outcome, Exception):
+                kind = DeviceUnavailable if isinstance(outcome, ActorLost) else type(outcome)
+                raise kind(f"ray actor {actor.index} could not open {actor.backend!r}: {outcome}")
+            actor.caps = Capabilities.from_json(outcome["capabilities"])
+            actor.pid = int(outcome["pid"])
+        precisions = {a.caps.precision for a in self._actors if a.caps is not None}
+        if len(precisions) > 1:
+            listing = ", ".join(
+                f"{a.backend} = {a.caps.precision}" for a in self._actors if a.caps is not None
+            )
+            raise DeviceError(
+                f"cannot split V across backends of different precision ({listing}): counts "
+                "would depend on which actor a parameter set landed on"
+            )
+
+    def _submit(
+        self,
+        actor: _Actor,
+        share: Range,
+        params: Mapping[str, np.ndarray],
+        inputs_ref: Any,
+    ) -> Any:
+        start, stop = share
+        return actor.handle.evaluate.remote(
+            {name: value[start:stop] for name, value in params.items()}, inputs_ref
+        )
+
+    def _gather(self, refs: Sequence[Any], actors: Sequence[_Actor]) -> list[Any]:
+        """Each call's value, or the exception it stands for (ActorLost for a gone actor).
+
+        Waits for all calls at once, so a slow actor costs its own time, not the sum; an
+        actor past ``worker_timeout_s`` is killed (its process may hold a hung device)."""
+        late: set[int] = set()
+        if self.worker_timeout_s is not None and refs:
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.worker_timeout_s)
+            done_ids = {id(r) for r in ready}
+            late = {i for i, r in enumerate(refs) if id(r) not in done_ids}
+        outcomes: list[Any] = []
+        for i, (ref, actor) in enumerate(zip(refs, actors, strict=True)):
+            if i in late:
+                ray.kill(actor.handle, no_restart=True)
+                outcomes.append(ActorLost(f"no answer within {self.worker_timeout_s:g} s"))
+                continue
+            try:
+                outcomes.append(_unwrap(ray.get(ref)))
+            except RayActorError as exc:
+                outcomes.append(ActorLost(_summary(exc)))
+            except RayError as exc:
+                outcomes.append(DeviceError(f"ray actor {actor.index}: {_summary(exc)}"))
+            except Exception as exc:  # an error the backend reported, re-raised typed
+                outcomes.append(exc)
+        return outcomes
+
+    def _drop(self, actor: _Actor, exc: BaseException) -> None:
+        if not actor.up:
+            return
+        actor.lost = str(exc) or type(exc).__name__
+        left = len(self._live())
+        log.warning(
+            "dropping ray actor %d of %d (%s, pid %d), %d left to take its share: %s",
+            actor.index,
+            len(self._actors),
+            actor.backend,
+            actor.pid,
+            left,
+            actor.lost,
+        )
+
+    def _all_lost(self, op: str) -> DeviceUnavailable:
+        detail = "; ".join(f"actor {a.index} ({a.backend}): {a.lost}" for a in self._actors)
+        return DeviceUnavailable(
+            f"all {len(self._actors)} Ray actors are dropped, none can {op}: {detail}. Open a "
+            "new ray backend to start fresh actors"
+        )
+
+    def _live(self) -> list[_Actor]:
+        return [a for a in self._actors if a.up]
+
+    def _shutdown(self) -> None:
+        """End the actors, then Ray if this backend holds a share of a Ray it started."""
+        for actor in self._actors if ray.is_initialized() else ():
+            try:
+                ray.kill(actor.handle, no_restart=True)
+            except Exception as exc:  # already gone, or Ray is shutting down
+                log.debug("ray.kill of actor %d: %s", actor.index, exc)
+        if self._owns_ray:
+            self._owns_ray = False
+            ray_session.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DeviceError(f"{self.name}: backend is closed")
+
+
+def open_ray_backend(**options: Any) -> RayBackend:
+    """``RayBackend(**options)``, with an unknown option a DeviceError naming the known."""
+    unknown = sorted(set(options) - set(RAY_OPTIONS))
+    if unknown:
+        raise DeviceError(
+            f"the ray backend takes no option {', '.join(map(repr, unknown))}; it accepts: "
+            f"{', '.join(RAY_OPTIONS)} (options for the backend inside each actor go in "
+            "backend_options={...})"
+        )
+    return RayBackend(**options)
+
+
+RAY_OPTIONS: tuple[str, ...] = tuple(inspect.signature(RayBackend.__init__).parameters)[1:]
+
+
+def _backend_names(backend: str | Sequence[str] | None, workers: int | None) -> list[str]:
+    """One inner backend name per actor."""
+    if not backend:
+        raise DeviceError(
+            "the ray backend needs to know what each actor runs: backend='torch-sim-fixed' "
+            "(or the name 'ray:torch-sim-fixed'), or a list with one name or endpoint per actor"
+        )
+    if isinstance(backend, str):
+        count = 2 if workers is None else workers
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise DeviceError(f"workers must be a positive integer, got {workers!r}")
+        names = [backend] * count
+    else:
+        names = [str(b) for b in backend]
+        if workers is not None and workers != len(names):
+            raise DeviceError(
+                f"backend lists {len(names)} backends (one actor each) but workers={workers}"
+            )
+    if any(name == "ray" or name.startswith("ray:") for name in names):
+        raise DeviceError("a ray actor cannot run another ray backend")
+    return names
+
+
+def _placement(device: Any, num_gpus: float | None) -> tuple[str, float]:
+    """The torch-sim device inside each actor and the GPUs Ray reserves for it.
+
+    Ray no longer hides the GPUs from an actor that reserves none, so "auto" there would
+    put every actor on GPU 0 behind the scheduler's back: with no GPU reserved it is CPU."""
+    wanted = "auto" if device is None else str(device)
+    if num_gpus is None:
+        num_gpus = 1.0 if wanted.startswith("cuda") else 0.0
+    if num_gpus < 0:
+        raise DeviceError(f"num_gpus must be >= 0, got {num_gpus!r}")
+    if wanted.startswith("cuda") and num_gpus == 0:
+        raise DeviceError(
+            f"device={wanted!r} with num_gpus=0: the actors would use a GPU Ray did not give "
+            "them; set num_gpus (e.g. 1, or 0.5 to share a GPU between two actors)"
+        )
+    if wanted == "auto":
+        wanted = "cuda" if num_gpus > 0 else "cpu"
+    return wanted, float(num_gpus)
+
+
+def _unwrap(reply: Reply) -> Any:
+    if "error" in reply:
+        kind, message = reply["error"]
+        raise error_from_name(str(kind), str(message))
+    return reply["ok"]
+
+
+def _plan(pending: Sequence[Range], live: Sequence[_Actor]) -> list[tuple[_Actor, Range]]:
+    """Each pending range split over the live actors: (actor, non-empty share) jobs."""
+    weights = _weights(live)
+    jobs = []
+    for start, stop in pending:
+        for actor, share in zip(live, split_range(start, stop, weights), strict=True):
+            if share[1] > share[0]:
+                jobs.append((actor, share))
+    return jobs
+
+
+def _weights(live: Sequence[_Actor]) -> list[int]:
+    limits = [a.caps.max_vertices if a.caps is not None else None for a in live]
+    if all(m is not None and m > 0 for m in limits):
+        return [int(m) for m in limits]  # type: ignore[arg-type]
+    return [1] * len(live)
+
+
+def _same_arrays(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two effective specs (to_arrays form) are the same network."""
+    return (
+        a["meta"] == b["meta"]
+        and a["arrays"].keys() == b["arrays"].keys()
+        and all(np.array_equal(a["arrays"][k], b["arrays"][k]) for k in a["arrays"])
+    )
+
+
+def _check_fits(count: int, cpus: float, gpus: float) -> None:
+    """A local Ray cannot grow: refuse at once what it could never schedule."""
+    have = ray.cluster_resources()
+    for what, each in (("CPU", cpus), ("GPU", gpus)):
+        if count * each > have.get(what, 0.0):
+            raise DeviceError(
+                f"{count} Ray actors asking for {each:g} {what} each do not fit the local Ray "
+                f"({have.get(what, 0.0):g} {what}): use fewer workers, a smaller "
+                f"{'cpus_per_worker' if what == 'CPU' else 'num_gpus'}, or a larger num_cpus"
+            )
+
+
+def _resources() -> str:
+    have = ray.cluster_resources()
+    return ", ".join(f"{have.get(k, 0.0):g} {k}" for k in ("CPU", "GPU"))
+
+
+def _summary(exc: BaseException) -> str:
+    """Ray's multi-line errors in one line: what happened, and the closing "because"."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
