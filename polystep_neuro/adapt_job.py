@@ -61,6 +61,7 @@ class AdaptJob:
     val_fraction: float = 0.2
     time_first: bool = False
     anchor: float | None = None  # None: DEFAULT_ANCHOR without replay data, else 0
+    trust_radius: float | None = None
     shift_noise: float = 0.0
     shift_gain: float = 1.0
     shift_dead: float = 0.0
@@ -249,6 +250,7 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
             backend, data.stream.to(device), steps=job.steps, settings=job.settings,
             device=device, validation={k: v.to(device) for k, v in data.validation.items()},
             test={k: v.to(device) for k, v in data.test.items()}, anchor_weight=anchor,
+            trust_radius=job.trust_radius,
             out_dir=job.out_dir, progress=job.progress, report=_say,
         )  # fmt: skip
         _say(

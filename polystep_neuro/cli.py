@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
         "without --replay, 0 with it)",
     )
     adapt.add_argument(
+        "--trust-radius",
+        type=float,
+        help="how far (RMS per parameter, in probe units) the parameters may move from the start",
+    )
+    adapt.add_argument(
         "--shift-noise", type=float, default=0.0, help="digits only: additive input noise"
     )
     adapt.add_argument("--shift-gain", type=float, default=1.0, help="digits only: input gain")
@@ -242,6 +247,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         time_first=args.time_first,
         anchor=args.anchor,
+        trust_radius=args.trust_radius,
         shift_noise=args.shift_noise,
         shift_gain=args.shift_gain,
         shift_dead=args.shift_dead,

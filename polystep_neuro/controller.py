@@ -117,6 +117,7 @@ class Adapter:
         test: Datasets | None = None,
         keep_best: bool = True,
         anchor_weight: float = 0.0,
+        trust_radius: float | None = None,
         checkpoint_every: int = 25,
         eval_every: int = 10,
         progress: bool = True,
@@ -143,6 +144,9 @@ class Adapter:
         if not anchor_weight >= 0:
             raise PolystepError(f"anchor_weight must be >= 0, got {anchor_weight}")
         self.anchor_weight = float(anchor_weight)
+        if trust_radius is not None and not trust_radius > 0:
+            raise PolystepError(f"trust_radius must be > 0, got {trust_radius}")
+        self.trust_radius = trust_radius
         self.keep_best = bool(keep_best)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every = int(checkpoint_every)
@@ -272,6 +276,8 @@ class Adapter:
         losses = self.loss(counts, targets)
         if self.anchor_weight > 0:
             losses = losses + self.anchor_weight * distillation(counts, teacher)
+        if self.trust_radius is not None:
+            losses = losses + self._outside_trust_region(candidates)
         self.optimizer.tell(losses)
         self.step += 1
         self.evaluations += int(asked.shape[0]) * int(inputs.shape[0])
@@ -294,6 +300,13 @@ class Adapter:
         if self.on_step is not None:
             self.on_step(self, record)
         return record
+
+    def _outside_trust_region(self, candidates: torch.Tensor) -> torch.Tensor:
+        """A cost on each candidate's distance from the start beyond ``trust_radius`` (RMS per
+        parameter, in the layout's units): steep enough that no loss gain pays for leaving."""
+        assert self.trust_radius is not None
+        distance = (candidates - self.x0.to(candidates)).pow(2).mean(dim=1).sqrt()
+        return 100.0 * torch.relu(distance / self.trust_radius - 1.0)
 
     def _scores(self, x: torch.Tensor) -> dict[str, float]:
         """Flat metrics of ``x``: ``val_accuracy`` / ``val_loss`` (means over the validation

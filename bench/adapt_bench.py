@@ -1,0 +1,338 @@
+"""PolyStep vs sep-CMA-ES / OpenAI-ES / SPSA through the same adaptation loop, and PolyStep's
+ablations, at equal forward passes.
+
+    python -m bench.adapt_bench [--tasks demo all-weights] [--seeds 0 1 2] [--quick]
+
+Every method runs through :class:`polystep_neuro.controller.Adapter` with the recipe's
+defaults (:mod:`polystep_neuro.optimizers`; nothing tuned per task), so this is what
+``polystep-neuro adapt --optimizer NAME`` gives a user.  One forward pass = one parameter set
+evaluated on one minibatch of B=128 samples.
+
+Tasks:
+- ``demo``: the demo's adaptation stage.  The demo's own pretraining (cached under
+  ``runs/bench-cache``), Loihi 2 fixed point, the input shift, then the readout
+  (``fc1.weight``) adapted on a clean + shifted stream.  The hidden layer does not change, so
+  its spikes are computed once and each candidate runs the readout alone (torch-sim-fixed;
+  counts identical to the full network's, checked).  Scored: shifted and clean test accuracy,
+  shifted test loss.
+- ``all-weights``: every weight of a 64-128-10 float LIF network (10,240 values, each tensor
+  through a rank-64 subspace for PolyStep) trained from its random start on clean digits.
+  Scored: test loss and accuracy.
+Test scores are of each method's current point at each budget (measured in the same run,
+not charged).  The ablation runs (``demo`` task, full budget) also report what keep-best on
+validation hands back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # `python bench/adapt_bench.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from devices.torch_sim import TorchSimBackend  # noqa: E402
+from polystep_neuro.controller import Adapter  # noqa: E402
+from polystep_neuro.data import SpikeDataset, concat, load_digits_split, rate_encode  # noqa: E402
+from polystep_neuro.evaluation import Score  # noqa: E402
+from polystep_neuro.network import NetworkSpec  # noqa: E402
+from polystep_neuro.optimizers import (  # noqa: E402
+    OPTIMIZERS,
+    Settings,
+    make_layout,
+    polystep_candidates,
+)
+from simulators import fixed_point  # noqa: E402
+from simulators.torch_lif import TorchLIF  # noqa: E402
+
+BATCH = 128
+TASKS = ("demo", "all-weights")
+DEFAULT_SEEDS = [0, 1, 2]
+CACHE = Path("runs/bench-cache")
+# One row per addition to PolyStep: the default with that one thing switched off.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no momentum": {"momentum": 0.0},
+    "subspace redrawn every 20 steps (not every step)": {"absorb_interval": 20},
+    "step does not follow the evidence (step_adapt 0)": {"step_adapt": 0.0},
+    "no final decay of the step (final_step 1)": {"final_step": 1.0},
+    "small probes (0.1 of each tensor's magnitude)": {"probe": 0.1},
+}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Task:
+    name: str
+    backend: TorchSimBackend
+    train: SpikeDataset
+    validation: dict[str, SpikeDataset]
+    test: dict[str, SpikeDataset]
+    budgets: list[int]  # forward passes of BATCH samples
+
+
+@dataclass
+class Run:
+    task: str
+    method: str
+    seed: int
+    candidates: int
+    points: list[dict[str, float]] = field(default_factory=list)  # per budget
+    handed_back: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- tasks
+def demo_task(seed: int, quick: bool, progress: Progress) -> Task:
+    """The demo's adaptation problem on a readout-only backend (see module doc)."""
+    from polystep_neuro.demo import DemoConfig, load_data, pretrain
+
+    base = DemoConfig.quick() if quick else DemoConfig()
+    cfg = replace(
+        base, seed=seed, out_dir=CACHE / f"demo-{'quick' if quick else 'full'}-{seed}",
+        resume=True, progress=False, eval_every=0,
+    )  # fmt: skip
+    device = torch.device("cpu")
+    data = load_data(cfg, device)
+    progress(f"demo task, seed {seed}: pretraining (cached in {cfg.out_dir})")
+    trained = pretrain(cfg, data, device).spec.with_writable(("fc1.weight",))
+    deployed = fixed_point.calibrate(trained)
+    full = TorchLIF(deployed, "loihi-fixed", device)
+    readout = NetworkSpec([deployed.layers[1]], deployed.num_steps, ("fc0.weight",)).validate()
+
+    def hidden(ds: SpikeDataset, check: bool = False) -> SpikeDataset:
+        rec = full.run({}, ds.spikes, record=True)
+        spikes = rec.spikes[0][0].contiguous()
+        if check:
+            ro = TorchLIF(readout, "loihi-fixed", device).run({}, spikes).counts
+            if not torch.equal(ro, rec.counts):
+                raise SystemExit("readout-only counts differ from the full network's")
+        return SpikeDataset(spikes.numpy(), ds.labels.numpy(), BATCH, seed)
+
+    backend = TorchSimBackend("loihi-fixed", device)
+    backend.load(readout)
+    stream = concat(
+        hidden(data.adapt_train["clean"]), hidden(data.adapt_train["shifted"]), BATCH, seed + 1
+    )
+    return Task(
+        "demo",
+        backend,
+        stream,
+        {k: hidden(v) for k, v in data.validation.items()},
+        {k: hidden(v, check=True) for k, v in data.test.items()},
+        [2775, 11100] if quick else [11100, 22200, 44400],
+    )
+
+
+def all_weights_task(seed: int, quick: bool, progress: Progress) -> Task:
+    """Every weight of a 64-128-10 float network from its random start, on clean digits."""
+    sizes, steps = ([64, 32, 10], 8) if quick else ([64, 128, 10], 16)
+    spec = NetworkSpec.random(
+        sizes, steps, seed=seed, du=1.0, dv=0.1, vth=1.0, weight_gain=1.0,
+        writable=("fc0.weight", "fc1.weight"),
+    )  # fmt: skip
+    split = load_digits_split(seed)
+    cut = int(0.8 * len(split.y_train))
+
+    def encode(x: Any, y: Any) -> SpikeDataset:
+        return SpikeDataset(rate_encode(x, steps), y, BATCH, seed)
+
+    backend = TorchSimBackend("float32", "cpu")
+    backend.load(spec)
+    progress(f"all-weights task, seed {seed}: network {sizes}")
+    return Task(
+        "all-weights",
+        backend,
+        encode(split.x_train[:cut], split.y_train[:cut]),
+        {"clean": encode(split.x_train[cut:], split.y_train[cut:])},
+        {"clean": encode(split.x_test, split.y_test)},
+        [2560, 10240] if quick else [10240, 40960, 81920],
+    )
+
+
+MAKERS = {"demo": demo_task, "all-weights": all_weights_task}
+
+
+# --------------------------------------------------------------------------- runs
+def run_method(task: Task, settings: Settings, validated: bool = False) -> Run:
+    """One method on one task up to its largest budget; test scores at each budget."""
+    layout = make_layout(task.backend.spec, settings)
+    per_step = settings.popsize or polystep_candidates(layout, settings)
+    budgets = sorted(task.budgets)
+    steps = budgets[-1] // per_step
+    run = Run(task.name, settings.optimizer, settings.seed, per_step)
+
+    def at_budget(adapter: Adapter, record: dict[str, Any]) -> None:
+        passes = record["evaluations"] // BATCH
+        nxt = passes + per_step
+        for budget in budgets[len(run.points) :]:
+            if passes <= budget < nxt or record["step"] == steps:
+                run.points.append(_flat(adapter, task, passes))
+
+    adapter = Adapter.build(
+        task.backend, task.train, steps=steps, settings=settings,
+        validation=task.validation if validated else None, test=task.test,
+        eval_every=10 if validated else 0, progress=False, on_step=at_budget,
+    )  # fmt: skip
+    result = adapter.run(steps)
+    run.handed_back = dict(result.end)
+    return run
+
+
+def _flat(adapter: Adapter, task: Task, passes: int) -> dict[str, float]:
+    scores: dict[str, Score] = {n: adapter.evaluate_current(d) for n, d in task.test.items()}
+    out = {"passes": float(passes)}
+    for name, sc in scores.items():
+        out[f"{name}_accuracy"] = sc.accuracy
+        out[f"{name}_loss"] = sc.loss
+    return out
+
+
+def run(
+    tasks: list[str],
+    seeds: list[int],
+    methods: list[str],
+    ablations: bool,
+    quick: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    runs: list[Run] = []
+    ablation_runs: dict[str, list[Run]] = {}
+    starts: dict[str, list[dict[str, float]]] = {}
+    torch.set_num_threads(1)
+    for name in tasks:
+        for seed in seeds:
+            task = MAKERS[name](seed, quick, progress)
+            starts.setdefault(name, []).append(_start(task))
+            for method in methods:
+                progress(f"{name}, seed {seed}: {method}")
+                runs.append(run_method(task, Settings(optimizer=method, seed=seed)))
+            if ablations and name == "demo":
+                for label, change in ABLATIONS.items():
+                    progress(f"{name}, seed {seed}: ablation {label}")
+                    settings = Settings(seed=seed, **change)
+                    ablation_runs.setdefault(label, []).append(
+                        run_method(task, settings, validated=True)
+                    )
+    return {"runs": runs, "ablations": ablation_runs, "starts": starts, "seeds": seeds}
+
+
+def _start(task: Task) -> dict[str, float]:
+    from polystep_neuro.evaluation import score
+    from polystep_neuro.losses import make_loss
+
+    loss = make_loss("ce", task.backend.spec.num_steps, scale=0.5)
+    out = {}
+    for name, data in task.test.items():
+        sc = score(task.backend, data, loss)
+        out[f"{name}_accuracy"], out[f"{name}_loss"] = sc.accuracy, sc.loss
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def _median(values: list[float], fmt: str) -> str:
+    med = statistics.median(values)
+    return f"{med:{fmt}} ({', '.join(format(v, fmt) for v in values)})"
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    seeds = ", ".join(map(str, result["seeds"]))
+    for task in TASKS:
+        task_runs = [r for r in result["runs"] if r.task == task]
+        if not task_runs:
+            continue
+        key = "shifted" if task == "demo" else "clean"
+        start = result["starts"][task]
+        lines += [
+            f"**Task `{task}`** — start: {key} test accuracy "
+            f"{_median([100 * s[key + '_accuracy'] for s in start], '.1f')} %, test loss "
+            f"{_median([s[key + '_loss'] for s in start], '.3f')}",
+            "",
+            f"| forward passes (x B={BATCH}) | method | candidates / step | {key} test accuracy "
+            f"| {key} test loss | loss / best baseline's |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        budgets = len(task_runs[0].points)
+        for i in range(budgets):
+            by_method: dict[str, list[Run]] = {}
+            for r in task_runs:
+                by_method.setdefault(r.method, []).append(r)
+            loss = {
+                m: statistics.median(r.points[i][f"{key}_loss"] for r in rs)
+                for m, rs in by_method.items()
+            }
+            baselines = [v for m, v in loss.items() if m != "polystep"]
+            best = min(baselines) if baselines else float("nan")
+            for method, rs in by_method.items():
+                passes = int(statistics.median(r.points[i]["passes"] for r in rs))
+                accs = [100 * r.points[i][f"{key}_accuracy"] for r in rs]
+                losses = [r.points[i][f"{key}_loss"] for r in rs]
+                lines.append(
+                    f"| {passes:,} | {method} | {rs[0].candidates} | {_median(accs, '.1f')} % "
+                    f"| {_median(losses, '.3f')} | {loss[method] / best:.2f}x |"
+                )
+        lines += [
+            "",
+            f"medians over seeds {seeds} (each seed's value in brackets); loss / best "
+            "baseline's = the method's median test loss over the lowest median test loss of "
+            "sep-CMA-ES, OpenAI-ES and SPSA at that budget (below 1x: better than every "
+            "baseline)",
+            "",
+        ]
+    if result["ablations"]:
+        lines += _ablation_table(result)
+    return lines
+
+
+def _ablation_table(result: dict[str, Any]) -> list[str]:
+    starts = result["starts"]["demo"]
+    lines = [
+        "**PolyStep ablations** (task `demo`, 44,400 forward passes, keep-best on validation; "
+        "recovered = share of the accuracy the shift took that the handed-back network gives "
+        "back on the shifted test set)",
+        "",
+        "| PolyStep | recovered (handed back) | clean change (handed back) | shifted test loss "
+        "(last point) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, runs in result["ablations"].items():
+        rec, clean, loss = [], [], []
+        for r, s in zip(runs, starts, strict=True):
+            lost = s["clean_accuracy"] - s["shifted_accuracy"]
+            rec.append(100 * (r.handed_back["shifted_accuracy"] - s["shifted_accuracy"]) / lost)
+            clean.append(100 * (r.handed_back["clean_accuracy"] - s["clean_accuracy"]))
+            loss.append(r.points[-1]["shifted_loss"])
+        lines.append(
+            f"| {label} | {_median(rec, '.0f')} % | {_median(clean, '+.1f')} | "
+            f"{_median(loss, '.3f')} |"
+        )
+    lines += ["", "medians over the seeds (each seed's value in brackets)", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
+    parser.add_argument("--methods", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
+    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    args = parser.parse_args(argv)
+    result = run(
+        args.tasks, args.seeds, args.methods, not args.no_ablations, args.quick,
+        lambda s: print(s, flush=True),
+    )  # fmt: skip
+    print("\n".join(tables(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
