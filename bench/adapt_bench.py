@@ -63,7 +63,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "subspace redrawn every 20 steps (not every step)": {"absorb_interval": 20},
     "step does not follow the evidence (step_adapt 0)": {"step_adapt": 0.0},
     "no final decay of the step (final_step 1)": {"final_step": 1.0},
-    "small probes (0.1 of each tensor's magnitude)": {"probe": 0.1},
+    "small probes (0.05 of each tensor's magnitude, not 0.5)": {"probe": 0.05},
 }
 
 Progress = Callable[[str], None]

@@ -40,10 +40,8 @@ from pathlib import Path
 from devices.registry import open_backend
 from polystep_neuro.controller import Adapter
 from polystep_neuro.data import SpikeDataset, load_digits_split, rate_encode
-from polystep_neuro.losses import make_loss
 from polystep_neuro.network import NetworkSpec
-from polystep_neuro.optim import PolyStep, Subspace
-from polystep_neuro.params import ParamVector
+from polystep_neuro.optimizers import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITABLE = ("fc1.weight", "lif1.v_bias")  # writable on every fixed-point device (Loihi 2 too)
@@ -129,41 +127,31 @@ def adapt(args: argparse.Namespace, endpoint: str) -> dict[str, float | int]:
 
         split = load_digits_split(args.seed)
         t = deployed.num_steps
-        train = SpikeDataset(
-            rate_encode(split.x_train, t), split.y_train, args.batch_size, seed=args.seed
-        )
-        test = SpikeDataset(rate_encode(split.x_test, t), split.y_test, len(split.y_test))
+        cut = int(0.8 * len(split.y_train))  # the rest validates: it decides what is kept
+        x, y = rate_encode(split.x_train, t), split.y_train
+        train = SpikeDataset(x[:cut], y[:cut], args.batch_size, seed=args.seed)
+        validation = SpikeDataset(x[cut:], y[cut:], args.batch_size)
+        test = SpikeDataset(rate_encode(split.x_test, t), split.y_test, args.batch_size)
 
-        # Radii are in units of each tensor's typical size (scaling="auto"): learning a
-        # readout from a random start takes big steps; fine-tuning a trained network (examples
-        # 02 and 03) takes small ones (0.1).
-        layout = ParamVector(deployed, scaling="auto")
-        optimizer = PolyStep(
-            layout.flatten(deployed),
-            step_radius=1.0 if args.spec is None else 0.1,
-            probe_radius=2.0 if args.spec is None else 0.2,
-            epsilon=0.3,
-            subspace=Subspace(sizes=layout.sizes, rank=args.rank, absorb_interval=20),
-            seed=args.seed,
-        )
-        adapter = Adapter(
-            deployed,
+        # The recipe: probe sizes from each tensor's magnitude and the device's resolution;
+        # PolyStep's step grows while successive moves agree (learning a readout from a
+        # random start) and stays small when they do not (fine-tuning a trained network).
+        adapter = Adapter.build(
             backend,
-            optimizer,
-            make_loss("ce", t, scale=0.5),
             train,
-            monitor=test,
+            steps=args.steps,
+            settings=Settings(rank=args.rank, seed=args.seed),
+            validation={"validation": validation},
+            test={"test": test},
             eval_every=25,
             progress=not args.no_progress,
-            layout=layout,
         )
-        before = adapter.evaluate_current(test)["monitor_accuracy"]
         print(
-            f"test accuracy before: {before:.1%}; {optimizer.num_candidates} candidates x "
-            f"{args.batch_size} samples per step go over the wire"
+            f"{adapter.optimizer.num_candidates} candidates x {args.batch_size} samples per "
+            "step go over the wire"
         )
         result = adapter.run(args.steps)
-        after = adapter.evaluate_current(test)["monitor_accuracy"]
+        before, after = result.start["test_accuracy"], result.end["test_accuracy"]
         print(
             f"test accuracy {before:.1%} -> {after:.1%} in {result.steps} steps "
             f"({result.evaluations:,} forward passes on the server, "

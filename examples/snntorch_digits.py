@@ -28,10 +28,9 @@ from polystep_neuro.data import (
     load_digits_split,
     rate_encode,
 )
-from polystep_neuro.losses import accuracy, make_loss
+from polystep_neuro.losses import accuracy
 from polystep_neuro.network import NetworkSpec
-from polystep_neuro.optim import PolyStep, Subspace
-from polystep_neuro.params import ParamVector
+from polystep_neuro.optimizers import Settings
 
 
 @dataclass
@@ -163,69 +162,60 @@ class DigitsAdaptation:
 def digits_adaptation(
     spec: NetworkSpec, backend: BaseBackend, data: DigitsSpikes, args: Any
 ) -> DigitsAdaptation:
-    """PolyStep over ``spec``'s writable parameters, on a stream of clean and shifted samples
-    (so that clean accuracy holds), monitoring the shifted test set.
-
-    ``scaling="auto"`` measures every tensor in units of its typical size (biases: 5 % of the
-    threshold), so one step radius fits all; a tensor larger than ``args.rank`` is searched
-    in a random subspace of that rank."""
+    """The adaptation recipe (``Adapter.build``: probe sizes from each tensor's magnitude and
+    the device's resolution, PolyStep's defaults) over ``spec``'s writable parameters, on a
+    stream of clean and shifted samples (so that clean accuracy holds).  A fifth of the
+    training samples is held out, clean and shifted, as the validation set that decides
+    which network is handed back; the test sets are only reported."""
     y_train, y_test = data.split.y_train, data.split.y_test
-    layout = ParamVector(spec, scaling="auto")
-    optimizer = PolyStep(
-        layout.flatten(spec),
-        step_radius=0.3,
-        probe_radius=0.6,
-        epsilon=0.3,
-        subspace=Subspace(sizes=layout.sizes, rank=args.rank, absorb_interval=20),
-        seed=args.seed,
-    )
-    mixed = concat(
-        SpikeDataset(data.train, y_train, args.batch_size),
-        SpikeDataset(data.shifted_train, y_train, args.batch_size),
+    cut = int(0.8 * len(y_train))
+
+    def ds(spikes: np.ndarray, labels: np.ndarray) -> SpikeDataset:
+        return SpikeDataset(spikes, labels, args.batch_size, args.seed)
+
+    stream = concat(
+        ds(data.train[:cut], y_train[:cut]),
+        ds(data.shifted_train[:cut], y_train[:cut]),
         args.batch_size,
         args.seed,
     )
-    shifted_test = SpikeDataset(data.shifted_test, y_test, len(y_test))
-    adapter = Adapter(
-        spec,
+    validation = {
+        "clean": ds(data.train[cut:], y_train[cut:]),
+        "shifted": ds(data.shifted_train[cut:], y_train[cut:]),
+    }
+    test, shifted_test = ds(data.test, y_test), ds(data.shifted_test, y_test)
+    adapter = Adapter.build(
         backend,
-        optimizer,
-        make_loss("ce", args.num_steps, scale=0.5),
-        mixed,
-        monitor=shifted_test,
-        eval_every=20,
+        stream,
+        steps=args.steps,
+        settings=Settings(rank=args.rank, seed=args.seed),
+        validation=validation,
+        test={"clean": test, "shifted": shifted_test},
+        eval_every=10,
         progress=not args.no_progress,
-        layout=layout,
     )
-    return DigitsAdaptation(adapter, SpikeDataset(data.test, y_test, len(y_test)), shifted_test)
+    return DigitsAdaptation(adapter, test, shifted_test)
 
 
 def adapt_and_score(run: DigitsAdaptation, steps: int, where: str) -> dict[str, Any]:
-    """Accuracies before, the hardware-in-the-loop loop (ask -> forward passes on the device
-    -> loss -> tell) for ``steps`` steps, accuracies after; prints as it goes."""
+    """The hardware-in-the-loop loop (ask -> forward passes on the device -> loss -> tell) for
+    ``steps`` steps; accuracies of the start and of the network handed back; prints."""
     adapter = run.adapter
-
-    def scores() -> tuple[float, float]:
-        clean = adapter.evaluate_current(run.test)["monitor_accuracy"]
-        return clean, adapter.evaluate_current(run.shifted_test)["monitor_accuracy"]
-
-    before_clean, before_shifted = scores()
-    print(f"{where}, before adaptation: clean {before_clean:.1%}, shifted {before_shifted:.1%}")
     print(
         f"adapting {', '.join(adapter.layout.names)} ({adapter.layout.dim} values) on {where}: "
-        f"{adapter.optimizer.num_candidates} candidates x {run.adapter.train.batch_size} "
+        f"{adapter.optimizer.num_candidates} candidates x {adapter.train.batch_size} "
         "samples per step"
     )
     result = adapter.run(steps)
-    after_clean, after_shifted = scores()
+    print(result.summary())
     print(
         f"{result.steps} steps, {result.evaluations:,} forward passes, {result.wall_seconds:.0f} s"
     )
     return {
-        "before_clean": before_clean,
-        "before_shifted": before_shifted,
-        "after_clean": after_clean,
-        "after_shifted": after_shifted,
+        "before_clean": result.start["clean_accuracy"],
+        "before_shifted": result.start["shifted_accuracy"],
+        "after_clean": result.end["clean_accuracy"],
+        "after_shifted": result.end["shifted_accuracy"],
         "steps": result.steps,
         "evaluations": result.evaluations,
         "adapted_spec": result.spec,

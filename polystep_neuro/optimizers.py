@@ -13,15 +13,17 @@ probe rounds back to the same device integers and measures nothing).  A step is 
 fraction of a probe for every tensor alike.  For PolyStep the unit also folds in its
 subspace: a probe moves one block of z, which moves each parameter of a tensor searched at
 rank r by ``1/sqrt(r)`` per unit of z, and each of the ``block_dim`` coordinates of a tensor
-kept in full by ``1/sqrt(block_dim)``; the scales undo that, so a probe of radius 1 moves
-every parameter by one probe unit whatever the tensor's size.
+kept in full by ``1/sqrt(block_dim)``; the scales undo that, so a probe (one unit of z from
+the current point) moves every parameter by one probe unit whatever the tensor's size.
 
 PolyStep's defaults (measured on the demo's adaptation and the digits benchmark, see
 docs/benchmarks.md): a fresh random subspace every step, heavy-ball momentum 0.9 on the
 parameters (which averages the directions of successive subspaces and the minibatch noise),
-softmax temperature 1 on the normalised costs, and a step that starts at 7.5 % of a probe
-per step along a consistent direction and decays (half cosine) to a tenth of that by the
-last step, so the run settles instead of random-walking on minibatch noise.
+softmax temperature 1 on the normalised costs, probes of half each tensor's typical magnitude,
+and a step that starts at 15 % of a probe per step along a consistent direction, lengthens
+while successive moves agree and shortens when they turn back (``step_adapt``), and decays
+(half cosine) to a tenth by the last step, so the run settles instead of random-walking on
+minibatch noise.
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ class Settings:
     """
 
     optimizer: str = "polystep"
-    probe: float = 1.0  # probe size per parameter, as a fraction of its typical magnitude
+    probe: float = 0.5  # probe size per parameter, as a fraction of its typical magnitude
     min_probe_steps: float = 4.0  # and at least this many device resolution steps
     rank: int = 64  # PolyStep: subspace rank per tensor (tensors this small are kept in full)
-    step: float = 0.075  # PolyStep: initial step per probe unit, along a steady direction
+    step: float = 0.15  # PolyStep: initial step per probe unit, along a steady direction
     final_step: float = 0.1  # PolyStep: the step decays to this fraction of ``step``
     momentum: float = 0.9  # PolyStep: heavy-ball coefficient on the parameters
     step_adapt: float = 0.05  # PolyStep: how fast the step follows the evidence (0: off)
@@ -149,7 +151,7 @@ def make_optimizer(
                 settings.step * settings.final_step * (1 - settings.momentum),
                 total,
             ),
-            probe_radius=1.0,
+            probe_radius=2.0,  # one probe point per vertex sits at half the radius: 1 unit
             epsilon=settings.epsilon,
             momentum=settings.momentum,
             step_adapt=settings.step_adapt,

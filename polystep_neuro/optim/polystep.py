@@ -48,7 +48,8 @@ class PolyStep:
         polytope: ``"orthoplex"`` (2p vertices), ``"simplex"`` (p+1) or ``"cube"`` (2**p).
         block_dim: dimension p of each block of z; the last block is padded.
         step_radius: distance each block moves towards its weighted vertex mean (rho_s).
-        probe_radius: distance of the outermost probe point (rho_p).
+        probe_radius: rho_p; probe k of K sits at ``rho_p * k / (K + 1)`` (so with the default
+            single probe, at half the radius).
         epsilon: softmax / Sinkhorn temperature on the normalised costs.
         num_probe: probes per vertex K, at ``probe_radius * k / (K + 1)``.
         solver: ``"softmax"`` (per block) or ``"sinkhorn"`` (entropic OT over blocks).

@@ -1,0 +1,207 @@
+"""The adaptation recipe: probe sizes from magnitudes and device resolution, PolyStep's
+self-tuning step, parameter-space momentum across subspace redraws, the baselines' exact
+state, and the settings' errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from polystep_neuro.errors import PolystepError, SpecError
+from polystep_neuro.network import NetworkSpec
+from polystep_neuro.optim import PolyStep, Subspace
+from polystep_neuro.optim.baselines import SPSA, OpenAIES, RandomSearch, SepCMAES
+from polystep_neuro.optimizers import (
+    OPTIMIZERS,
+    AskTell,
+    Settings,
+    make_layout,
+    make_optimizer,
+    polystep_candidates,
+    probe_sizes,
+)
+from polystep_neuro.params import ParamVector, typical_scale
+from simulators import fixed_point
+
+WRITABLE = ("fc0.weight", "fc1.weight", "lif1.v_bias")
+
+
+def _fixed_spec() -> NetworkSpec:
+    spec = NetworkSpec.random([64, 96, 10], 8, seed=3, weight_gain=1.0, writable=WRITABLE)
+    return fixed_point.calibrate(spec)
+
+
+def _probe_moves(spec: NetworkSpec, settings: Settings) -> dict[str, torch.Tensor]:
+    """Per tensor, the RMS change (float units) of the parameters each probe moves."""
+    layout = make_layout(spec, settings)
+    opt = make_optimizer(settings, layout, layout.flatten(spec), total_steps=10)
+    start = layout.unflatten(opt.x.reshape(1, -1))
+    moved = layout.unflatten(opt.ask())
+    out = {}
+    for name in layout.names:
+        delta = (moved[name] - start[name]).reshape(moved[name].shape[0], -1).double()
+        touched = delta != 0
+        rms = (delta.pow(2).sum(1) / touched.sum(1).clamp_min(1)).sqrt()
+        out[name] = rms[touched.any(1)]  # the candidates that probe this tensor
+    return out
+
+
+def test_a_probe_is_never_smaller_than_the_fixed_point_step() -> None:
+    spec = _fixed_spec()
+    tiny = Settings(probe=1e-6, seed=0)  # a magnitude rule alone would probe below resolution
+    for name, rms in _probe_moves(spec, tiny).items():
+        step = fixed_point.resolution(spec, name)
+        assert step > 0
+        assert rms.numel() > 0
+        # At least min_probe_steps resolution steps per moved parameter (RMS, measured).
+        assert float(rms.min()) >= 0.9 * tiny.min_probe_steps * step, name
+    # And the device integers really change: most quantised weights of a probed candidate.
+    layout = make_layout(spec, tiny)
+    opt = make_optimizer(tiny, layout, layout.flatten(spec), total_steps=10)
+    cands = layout.unflatten(opt.ask())["fc1.weight"]
+    layer = spec.layers[1]
+    base = fixed_point.quantize_weight(torch.as_tensor(layer.weight), layer)
+    changed = (fixed_point.quantize_weight(cands, layer) != base).double().mean(dim=(1, 2))
+    probed = changed[changed > 0]
+    assert float(probed.median()) > 0.5  # measured: most integers move by >= one step
+
+
+def test_probe_sizes_follow_each_tensors_magnitude_on_a_float_device() -> None:
+    spec = NetworkSpec.random([64, 96, 10], 8, seed=3, weight_gain=1.0, writable=WRITABLE)
+    settings = Settings(probe=0.5, seed=0)
+    sizes = probe_sizes(spec, WRITABLE, settings)
+    assert sizes == [0.5 * typical_scale(spec, n) for n in WRITABLE]
+    for name, rms in _probe_moves(spec, settings).items():
+        want = sizes[WRITABLE.index(name)]
+        # Low-rank tensors: the RMS over a random direction, so within sampling spread.
+        assert float(rms.mean()) == pytest.approx(want, rel=0.25), name
+
+
+def test_the_baselines_evaluate_as_many_sets_per_step_as_polystep() -> None:
+    spec = _fixed_spec()
+    counts = {}
+    for name in OPTIMIZERS:
+        settings = Settings(optimizer=name, seed=0)
+        layout = make_layout(spec, settings)
+        opt = make_optimizer(settings, layout, layout.flatten(spec), total_steps=10)
+        assert isinstance(opt, AskTell)
+        counts[name] = opt.ask().shape[0]
+    layout = make_layout(spec, Settings())
+    n = polystep_candidates(layout, Settings())
+    # fc0.weight and fc1.weight at rank 64 (64 + 64) and lif1.v_bias in full (10): 69 blocks.
+    assert n == 4 * math.ceil((64 + 64 + 10) / 2) == counts["polystep"]
+    assert counts["sep-cma"] == counts["openai-es"] == n
+    assert counts["spsa"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": "adam"}, "unknown optimizer 'adam'; choose one of polystep, sep-cma"),
+        ({"probe": 0}, "probe must be a positive number, got 0"),
+        ({"step": -1.0}, "step must be a positive number, got -1.0"),
+        ({"final_step": 2.0}, r"final_step must be in \(0, 1\]"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"rank": 0}, "rank must be a positive integer"),
+        ({"popsize": 1}, "popsize must be at least 2"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(change, message) -> None:
+    with pytest.raises(PolystepError, match=message):
+        Settings(**change)
+
+
+def test_explicit_scales_are_checked() -> None:
+    spec = _fixed_spec()
+    with pytest.raises(SpecError, match="scales must be 3 positive numbers"):
+        ParamVector(spec, WRITABLE, scales=[1.0, 0.0, 1.0])
+    layout = ParamVector(spec, WRITABLE, scales=[2.0, 3.0, 4.0])
+    x = layout.flatten(spec)
+    back = layout.unflatten(x.reshape(1, -1))
+    np.testing.assert_allclose(back["fc1.weight"][0].numpy(), spec.layers[1].weight, rtol=1e-6)
+
+
+# --------------------------------------------------------------------- PolyStep's new parts
+def test_momentum_lives_in_parameter_space_and_survives_subspace_redraws() -> None:
+    x0 = torch.randn(300, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    opt = PolyStep(
+        x0, step_radius=0.05, probe_radius=0.1, momentum=0.9,
+        subspace=Subspace(sizes=[200, 100], rank=[16, 200], absorb_interval=1), seed=1,
+    )  # fmt: skip
+    previous = opt.x
+    for _ in range(3):
+        opt.step(lambda X: (X * X).sum(-1))
+    moved = opt.x - previous
+    velocity = opt.state_dict()["velocity"]
+    assert velocity.shape == x0.shape and float(velocity.norm()) > 0
+    # The point is exactly representable after each redraw: lift(z) is x.
+    torch.testing.assert_close(opt._map.lift(opt.z), opt.x, rtol=0, atol=1e-12)
+    # The move is not confined to the current rank-16 subspace (momentum carries old ones).
+    basis = opt._map.basis(0)
+    residual = moved[:200] - basis @ torch.linalg.lstsq(basis, moved[:200]).solution
+    assert float(residual.norm()) > 0.1 * float(moved[:200].norm())
+
+
+def test_step_grows_while_moves_agree_and_shrinks_when_they_turn_back() -> None:
+    # A constant slope: every step points the same way -> the step lengthens.
+    slope = PolyStep(torch.zeros(50), step_radius=0.01, probe_radius=0.1, step_adapt=0.05)
+    for _ in range(30):
+        slope.step(lambda X: X.sum(-1))
+    assert slope.step_scale > 3.0
+    # At the bottom of a bowl with far too long steps: moves reverse -> the step shortens.
+    bowl = PolyStep(torch.zeros(50), step_radius=1.0, probe_radius=0.1, step_adapt=0.05)
+    for _ in range(30):
+        bowl.step(lambda X: (X * X).sum(-1))
+    assert bowl.step_scale < 0.5
+    # Off: the multiplier stays 1.
+    fixed = PolyStep(torch.zeros(50), step_radius=0.01, probe_radius=0.1)
+    for _ in range(5):
+        fixed.step(lambda X: X.sum(-1))
+    assert fixed.step_scale == 1.0
+    with pytest.raises(ValueError, match=r"step_adapt must be in \[0, 1\]"):
+        PolyStep(torch.zeros(3), step_adapt=2.0)
+
+
+# --------------------------------------------------------------------- baselines
+def _ellipsoid(x: torch.Tensor) -> torch.Tensor:
+    w = 10 ** (2 * torch.arange(x.shape[-1], dtype=x.dtype) / (x.shape[-1] - 1))
+    return (w * x * x).sum(-1)
+
+
+def test_sep_cma_es_solves_an_ill_conditioned_ellipsoid() -> None:
+    opt = SepCMAES(torch.ones(20, dtype=torch.float64), sigma=0.5, popsize=12, seed=0)
+    start = float(_ellipsoid(opt.x))
+    for _ in range(600):
+        opt.tell(_ellipsoid(opt.ask()))
+    # measured: 1e-20 after 600 steps (pycma's sep-CMA-ES reaches the same order)
+    assert float(_ellipsoid(opt.x)) < 1e-12 * start
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: SepCMAES(x, sigma=0.3, popsize=8, seed=2),
+        lambda x: OpenAIES(x, sigma=0.3, lr=0.05, popsize=8, seed=2),
+        lambda x: SPSA(x, a=0.1, c=0.1, seed=2),
+        lambda x: RandomSearch(x, sigma=0.3, popsize=8, seed=2),
+    ],
+)
+def test_baselines_resume_bit_identically(make) -> None:
+    x0 = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    whole = make(x0)
+    for _ in range(6):
+        whole.tell(_ellipsoid(whole.ask()))
+    first = make(x0)
+    for _ in range(3):
+        first.tell(_ellipsoid(first.ask()))
+    state = first.state_dict()
+    second = make(x0)
+    second.load_state_dict(state)
+    for _ in range(3):
+        second.tell(_ellipsoid(second.ask()))
+    assert torch.equal(second.x, whole.x)
+    with pytest.raises(ValueError, match="state_dict is of a"):
+        (SPSA if not isinstance(first, SPSA) else SepCMAES)(x0, 0.1, 4).load_state_dict(state)
