@@ -1,8 +1,9 @@
 """Run every benchmark and write one markdown report.
 
-    python -m bench [--out docs/benchmarks.md] [--quick] [--only NAME ...]
+    polystep-neuro bench [--out runs/benchmarks.md] [--quick] [--only NAME ...]
+    python -m bench ...  (the same, from a checkout)
 
-Sections (``--only`` picks some): sim, digits, memory, lava, protocol, ray.  Every comparison
+Sections (``--only`` picks some): sim, adapt, memory, lava, protocol, ray.  Every comparison
 is a ratio of two measurements taken side by side in this run; the report records the
 command, the date and the machine.  GPU rows are added where ``torch.cuda.is_available()``.
 ``--quick`` uses tiny sizes (a smoke test of the harness: its numbers mean little).
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sim", "digits", "memory", "lava", "protocol", "ray")
+SECTIONS = ("sim", "adapt", "memory", "lava", "protocol", "ray")
 
 Progress = Callable[[str], None]
 
@@ -78,36 +79,28 @@ def section_sim(quick: bool, progress: Progress) -> Section:
     )
 
 
-def section_digits(quick: bool, progress: Progress) -> Section:
+def section_adapt(quick: bool, progress: Progress) -> Section:
     import torch
 
-    from bench import digits_bench
+    from bench import adapt_bench
 
-    budgets = [512, 1024] if quick else digits_bench.DEFAULT_BUDGETS
-    seeds = [0] if quick else digits_bench.DEFAULT_SEEDS
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        result = digits_bench.run(budgets, seeds, progress=lambda s: progress(f"digits: {s}"))
+        result = adapt_bench.run(
+            list(adapt_bench.TASKS),
+            [0] if quick else adapt_bench.DEFAULT_SEEDS,
+            list(adapt_bench.OPTIMIZERS),
+            ablations=not quick,
+            quick=quick,
+            progress=lambda s: progress(f"adapt: {s}"),
+        )
     finally:
         torch.set_num_threads(threads)
     return Section(
-        "PolyStep vs sep-CMA-ES / OpenAI-ES / SPSA on the digits SNN, equal forward passes",
-        [
-            "Train the 1,280 readout weights of a 64-128-10 LIF network (T=16, fixed random "
-            "hidden layer, built like the demo's pretrain stage) on scikit-learn's digits "
-            "from the same random start.  One forward pass = one candidate evaluated on one "
-            "minibatch of B=128 training samples; every method gets the same number.  Test "
-            "accuracy and loss (count cross-entropy) are of each method's current point on "
-            "the 450 test samples, taken at each budget in the same run.  CMA-ES is pycma's "
-            "sep-CMA-ES (diagonal covariance): pycma's full covariance at n = 1,280 cost "
-            "~0.7 s per step during development here, too slow for this benchmark.  "
-            "Hyperparameters: "
-            f"{digits_bench.describe_settings()}; hand-tuned on seed 1 with the training loss "
-            "(small grid per method; see `bench/digits_bench.py`).  All methods run with 1 "
-            "torch thread.",
-        ],
-        digits_bench.table(result),
+        "PolyStep vs sep-CMA-ES / OpenAI-ES / SPSA through the same adaptation loop, equal "
+        "forward passes",
+        [line.strip() for line in (adapt_bench.__doc__ or "").split("\n\n")[1:] if line.strip()],
+        adapt_bench.tables(result),
     )
 
 
@@ -238,7 +231,7 @@ def section_ray(quick: bool, progress: Progress) -> Section:
 
 RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "sim": section_sim,
-    "digits": section_digits,
+    "adapt": section_adapt,
     "memory": section_memory,
     "lava": section_lava,
     "protocol": section_protocol,
@@ -317,7 +310,12 @@ def render(command: str, sections: list[tuple[str, Section]], total: float) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/benchmarks.md"),
+        help="the report (default runs/benchmarks.md; docs/benchmarks.md is the published one)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness smoke test)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument(
@@ -325,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="torch CPU threads for every section (default 1: on a shared or loaded machine "
-        "more threads mostly add OpenMP barrier waits; the digits section always uses 1)",
+        "more threads mostly add OpenMP barrier waits; the adapt section always uses 1)",
     )
     args = parser.parse_args(argv)
     import torch

@@ -2,6 +2,7 @@
 ablations, at equal forward passes.
 
     python -m bench.adapt_bench [--tasks demo all-weights] [--seeds 0 1 2] [--quick]
+                                [--dataset digits|mnist5k]
 
 Every method runs through :class:`polystep_neuro.controller.Adapter` with the recipe's
 defaults (:mod:`polystep_neuro.optimizers`; nothing tuned per task), so this is what
@@ -40,7 +41,13 @@ if __package__ in (None, ""):  # `python bench/adapt_bench.py`
 
 from devices.torch_sim import TorchSimBackend  # noqa: E402
 from polystep_neuro.controller import Adapter  # noqa: E402
-from polystep_neuro.data import SpikeDataset, concat, load_digits_split, rate_encode  # noqa: E402
+from polystep_neuro.data import (  # noqa: E402
+    DATASETS,
+    SpikeDataset,
+    concat,
+    load_split,
+    rate_encode,
+)
 from polystep_neuro.evaluation import Score  # noqa: E402
 from polystep_neuro.network import NetworkSpec  # noqa: E402
 from polystep_neuro.optimizers import (  # noqa: E402
@@ -90,14 +97,14 @@ class Run:
 
 
 # --------------------------------------------------------------------------- tasks
-def demo_task(seed: int, quick: bool, progress: Progress) -> Task:
+def demo_task(seed: int, quick: bool, progress: Progress, dataset: str = "digits") -> Task:
     """The demo's adaptation problem on a readout-only backend (see module doc)."""
     from polystep_neuro.demo import DemoConfig, load_data, pretrain
 
     base = DemoConfig.quick() if quick else DemoConfig()
     cfg = replace(
-        base, seed=seed, out_dir=CACHE / f"demo-{'quick' if quick else 'full'}-{seed}",
-        resume=True, progress=False, eval_every=0,
+        base, seed=seed, dataset=dataset, resume=True, progress=False, eval_every=0,
+        out_dir=CACHE / f"demo-{dataset}-{'quick' if quick else 'full'}-{seed}",
     )  # fmt: skip
     device = torch.device("cpu")
     data = load_data(cfg, device)
@@ -131,14 +138,15 @@ def demo_task(seed: int, quick: bool, progress: Progress) -> Task:
     )
 
 
-def all_weights_task(seed: int, quick: bool, progress: Progress) -> Task:
-    """Every weight of a 64-128-10 float network from its random start, on clean digits."""
-    sizes, steps = ([64, 32, 10], 8) if quick else ([64, 128, 10], 16)
+def all_weights_task(seed: int, quick: bool, progress: Progress, dataset: str = "digits") -> Task:
+    """Every weight of an N_in-128-10 float network from its random start, on clean data."""
+    split = load_split(dataset, seed)
+    n_in = split.x_train.shape[1]
+    sizes, steps = ([n_in, 32, 10], 8) if quick else ([n_in, 128, 10], 16)
     spec = NetworkSpec.random(
         sizes, steps, seed=seed, du=1.0, dv=0.1, vth=1.0, weight_gain=1.0,
         writable=("fc0.weight", "fc1.weight"),
     )  # fmt: skip
-    split = load_digits_split(seed)
     cut = int(0.8 * len(split.y_train))
 
     def encode(x: Any, y: Any) -> SpikeDataset:
@@ -202,6 +210,7 @@ def run(
     ablations: bool,
     quick: bool,
     progress: Progress,
+    dataset: str = "digits",
 ) -> dict[str, Any]:
     runs: list[Run] = []
     ablation_runs: dict[str, list[Run]] = {}
@@ -209,7 +218,7 @@ def run(
     torch.set_num_threads(1)
     for name in tasks:
         for seed in seeds:
-            task = MAKERS[name](seed, quick, progress)
+            task = MAKERS[name](seed, quick, progress, dataset)
             starts.setdefault(name, []).append(_start(task))
             for method in methods:
                 progress(f"{name}, seed {seed}: {method}")
@@ -325,10 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--dataset", choices=DATASETS, default="digits")
     args = parser.parse_args(argv)
     result = run(
         args.tasks, args.seeds, args.methods, not args.no_ablations, args.quick,
-        lambda s: print(s, flush=True),
+        lambda s: print(s, flush=True), args.dataset,
     )  # fmt: skip
     print("\n".join(tables(result)))
     return 0

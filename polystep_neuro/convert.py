@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from polystep_neuro.errors import SpecError
+from polystep_neuro.interop import device_writable
 from polystep_neuro.network import NetworkSpec
 
 SNNTORCH_HELP = (
@@ -85,15 +86,6 @@ def add_parsers(sub: Any) -> None:
 
 
 # --------------------------------------------------------------------------- convert
-def device_writable(spec: NetworkSpec) -> tuple[str, ...]:
-    """What Lava/Loihi rewrite at run time: weights and voltage biases (not thresholds: Lava's
-    fixed_pt LIF caches vth after its first step)."""
-    names: list[str] = []
-    for i in range(len(spec.layers)):
-        names += [f"fc{i}.weight", f"lif{i}.v_bias"]
-    return tuple(names)
-
-
 def load_snntorch_module(path: Path) -> Any:
     """``torch.load`` of a whole module (pickle: see the module docstring)."""
     if not path.is_file():

@@ -32,7 +32,7 @@ from devices.base import BaseBackend
 from devices.registry import open_backend
 from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult
-from polystep_neuro.data import InputShift, SpikeDataset, concat, load_digits_split, rate_encode
+from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, load_split
 from polystep_neuro.errors import Interrupted
 from polystep_neuro.evaluation import score
 from polystep_neuro.losses import COUNT_LOGIT_SCALE, make_loss
@@ -68,6 +68,8 @@ class StageSettings:
 class DemoConfig:
     backend: str = "torch-sim-fixed"
     device: str = "auto"
+    dataset: str = "digits"  # or "mnist5k" (see polystep_neuro.data)
+    encoding: str = "rate"  # or "latency"
     out_dir: Path = Path("runs/demo")
     seed: int = 0
     hidden: int = 512
@@ -123,22 +125,22 @@ def _report_default(line: str) -> None:
 
 
 def load_data(cfg: DemoConfig, device: torch.device) -> DemoData:
-    """Digits, clean and shifted; a fixed share of the training samples is held out as the
-    adaptation's validation set (pretraining saw their clean versions, adaptation never)."""
-    split = load_digits_split(cfg.seed)
+    """The dataset, clean and shifted; a fixed share of the training samples is held out as
+    the adaptation's validation set (pretraining saw their clean versions, adaptation never)."""
+    split = load_split(cfg.dataset, cfg.seed)
     order = np.random.default_rng([cfg.seed, 7]).permutation(len(split.y_train))
     held = order[: int(VALIDATION_FRACTION * len(order))]
     kept = order[len(held) :]
 
-    def encode(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
-        spikes = rate_encode(x, cfg.num_steps)
-        return SpikeDataset(spikes, y, cfg.batch_size, seed=cfg.seed).to(device)
+    def spikes(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
+        trains = encode(x, cfg.num_steps, cfg.encoding)
+        return SpikeDataset(trains, y, cfg.batch_size, seed=cfg.seed).to(device)
 
     def both(x: np.ndarray, y: np.ndarray) -> dict[str, SpikeDataset]:
-        return {"clean": encode(x, y), "shifted": encode(cfg.shift(x), y)}
+        return {"clean": spikes(x, y), "shifted": spikes(cfg.shift(x), y)}
 
     return DemoData(
-        train=encode(split.x_train, split.y_train),
+        train=spikes(split.x_train, split.y_train),
         adapt_train=both(split.x_train[kept], split.y_train[kept]),
         validation=both(split.x_train[held], split.y_train[held]),
         test=both(split.x_test, split.y_test),
@@ -152,8 +154,9 @@ def _accuracy(backend: BaseBackend, data: SpikeDataset) -> float:
 
 def pretrain(cfg: DemoConfig, data: DemoData, device: torch.device) -> AdaptResult:
     """(a) The readout learned from a random start on the float simulator, no gradients."""
+    n_in = int(data.train.spikes.shape[2])
     spec = NetworkSpec.random(
-        [64, cfg.hidden, 10], cfg.num_steps, seed=cfg.seed, du=1.0, dv=0.1, vth=1.0,
+        [n_in, cfg.hidden, 10], cfg.num_steps, seed=cfg.seed, du=1.0, dv=0.1, vth=1.0,
         weight_gain=1.0, writable=("fc1.weight",),
     )  # fmt: skip
     backend = open_backend("torch-sim", device=device)
@@ -228,10 +231,11 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
     t0 = time.perf_counter()
     data = load_data(cfg, device)
     n_val, n_test = len(data.validation["clean"]), len(data.test["clean"])
+    n_in = int(data.train.spikes.shape[2])
     report(
-        f"digits: {len(data.train)} train ({n_val} of them held out for validation during "
-        f"adaptation) / {n_test} test samples, rate-coded over {cfg.num_steps} steps; network "
-        f"64 -> {cfg.hidden} -> 10 LIF; device {device}"
+        f"{cfg.dataset}: {len(data.train)} train ({n_val} of them held out for validation "
+        f"during adaptation) / {n_test} test samples, {cfg.encoding}-coded over "
+        f"{cfg.num_steps} steps; network {n_in} -> {cfg.hidden} -> 10 LIF; device {device}"
     )
     report(f"(a) pretraining the readout with PolyStep ({cfg.pretrain.steps} steps, no gradients)")
     pre = pretrain(cfg, data, device)

@@ -86,6 +86,18 @@ class NetworkSpec:
         self.layers = list(self.layers)
         self.writable = tuple(self.writable)
 
+    def __repr__(self) -> str:
+        """One line: sizes, timesteps, writable set, neuron kind and calibration (no arrays)."""
+        kinds = sorted({layer.neuron for layer in self.layers})
+        fixed = all(layer.fixed_scale is not None for layer in self.layers)
+        delays = sorted({layer.delay for layer in self.layers})
+        return (
+            f"NetworkSpec({' -> '.join(map(str, self.sizes))}, T={self.num_steps}, "
+            f"{'/'.join(kinds)} LIF, delay {'/'.join(map(str, delays))}, "
+            f"writable=[{', '.join(self.writable)}]"
+            f"{', calibrated for Loihi 2 fixed point' if fixed else ''})"
+        )
+
     # ----------------------------------------------------------------- shape facts
     @property
     def n_in(self) -> int:

@@ -25,6 +25,7 @@ from polystep_neuro.network import NetworkSpec
 
 __all__ = [
     "device_compatibility",
+    "device_writable",
     "to_device_semantics",
     "from_snntorch",
     "to_snntorch",
@@ -87,6 +88,15 @@ def device_compatibility(spec: NetworkSpec) -> list[str]:
         if bias is not None:
             problems.append(bias)
     return problems
+
+
+def device_writable(spec: NetworkSpec) -> tuple[str, ...]:
+    """What Lava/Loihi rewrite at run time: weights and voltage biases (not thresholds: Lava's
+    fixed_pt LIF caches vth after its first step)."""
+    names: list[str] = []
+    for i in range(len(spec.layers)):
+        names += [f"fc{i}.weight", f"lif{i}.v_bias"]
+    return tuple(names)
 
 
 def to_device_semantics(spec: NetworkSpec) -> tuple[NetworkSpec, list[str]]:
