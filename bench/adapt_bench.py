@@ -16,7 +16,7 @@ Tasks:
   its spikes are computed once and each candidate runs the readout alone (torch-sim-fixed;
   counts identical to the full network's, checked).  Scored: shifted and clean test accuracy,
   shifted test loss.
-- ``all-weights``: every weight of a 64-128-10 float LIF network (10,240 values, each tensor
+- ``all-weights``: every weight of a 64-64-10 float LIF network (4,736 values, each tensor
   through a rank-64 subspace for PolyStep) trained from its random start on clean digits.
   Scored: test loss and accuracy.
 Test scores are of each method's current point at each budget (measured in the same run,
@@ -139,10 +139,10 @@ def demo_task(seed: int, quick: bool, progress: Progress, dataset: str = "digits
 
 
 def all_weights_task(seed: int, quick: bool, progress: Progress, dataset: str = "digits") -> Task:
-    """Every weight of an N_in-128-10 float network from its random start, on clean data."""
+    """Every weight of an N_in-64-10 float network from its random start, on clean data."""
     split = load_split(dataset, seed)
     n_in = split.x_train.shape[1]
-    sizes, steps = ([n_in, 32, 10], 8) if quick else ([n_in, 128, 10], 16)
+    sizes, steps = ([n_in, 32, 10], 8) if quick else ([n_in, 64, 10], 16)
     spec = NetworkSpec.random(
         sizes, steps, seed=seed, du=1.0, dv=0.1, vth=1.0, weight_gain=1.0,
         writable=("fc0.weight", "fc1.weight"),
@@ -161,7 +161,7 @@ def all_weights_task(seed: int, quick: bool, progress: Progress, dataset: str = 
         encode(split.x_train[:cut], split.y_train[:cut]),
         {"clean": encode(split.x_train[cut:], split.y_train[cut:])},
         {"clean": encode(split.x_test, split.y_test)},
-        [2560, 10240] if quick else [10240, 40960, 81920],
+        [2560, 10240] if quick else [10240, 20480, 40960],
     )
 
 

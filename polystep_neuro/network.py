@@ -3,7 +3,7 @@
 Every backend (torch simulator, Lava, Loihi 2, remote) builds its network from this one
 description, so it must stay importable in the Lava env (Python 3.10, numpy<2, no torch).
 
-Neuron model per layer (CUBA LIF, see ../shared/docs/LOIHI_FIXED_POINT.md):
+Neuron model per layer (CUBA LIF; docs/fixed-point.md has its integer form):
 
     a[t] = W · s[t - delay] + bias           synaptic input (delay 0 = snnTorch, 1 = Lava)
     u[t] = (1 - du) · u[t-1] + a[t]          current

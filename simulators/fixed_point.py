@@ -4,7 +4,7 @@ numpy-only at import time (the Lava env imports it).  The quantisers are written
 array methods shared by numpy arrays and torch tensors (``*``, ``/``, ``round``, ``clip``),
 always on float64 copies, so the torch simulator and the Lava server turn the same float
 parameters into the same integers bit for bit — the parity of the two backends depends
-on it.  See ../shared/docs/LOIHI_FIXED_POINT.md for the formats.
+on it.  docs/fixed-point.md describes the formats.
 """
 
 from __future__ import annotations

@@ -241,7 +241,7 @@ def plan_runs(
 
 # ----------------------------------------------------------------------------- value ranges
 # (low, high, must be even) of each device value, as Lava's fixed_pt models and Loihi 2 take
-# them (see ../shared/docs/LOIHI_FIXED_POINT.md).  Weights written after the first step are
+# them (see docs/fixed-point.md).  Weights written after the first step are
 # not clipped by Lava, so values outside these ranges would reach the chip unchanged.
 RANGES: dict[str, tuple[int, int, bool]] = {
     "weight": (fp.WEIGHT_MIN, fp.WEIGHT_MAX, True),  # 8-bit mixed-sign mantissa

@@ -3,7 +3,7 @@
 One step probes every block of the search vector along the rotated vertices of a small
 polytope, evaluates all probes in one batch, turns the block x vertex cost matrix into
 weights (softmax-OT or Sinkhorn), and moves every block to the weighted mean of its vertex
-directions.  See ``docs/ALGORITHM.md`` in the shared docs for the derivation.
+directions (docs/concepts.md explains the loop it serves).
 
 Candidate order (what ``ask`` returns and ``tell`` expects) is block-major:
 ``index = (i * V + v) * K + (k - 1)`` for block ``i`` in ``[0, P)``, vertex ``v`` in ``[0, V)``
