@@ -4,11 +4,12 @@ Small sizes (64 -> 64 -> 10 LIF, 10 timesteps) so the whole demo runs in about a
 two CPU cores.  The floors are set from measured values with a margin (all seeded, so a run on
 the same torch build reproduces them; the margin covers float32 differences between CPUs):
 
-- measured pretrain 61.8% (chance is 10%)                       -> floor PRETRAIN_FLOOR
-- measured recovery 15.8% of the accuracy the shift took (22.3 points lost; 450 test
-  samples make one sample 0.22 points, so recovery is only known to about +-10%)
-                                                                  -> floor RECOVERY_FLOOR
-- measured clean accuracy after adaptation +0.4 points           -> margin CLEAN_MARGIN
+- measured pretrain 59.8% (chance is 10%)                       -> floor PRETRAIN_FLOOR
+- measured recovery 71% of the accuracy the shift took (22.0 points lost; 450 test
+  samples make one sample 0.22 points, so recovery is only known to about +-10%; before
+  the adaptation recipe this test measured 15.8%)                 -> floor RECOVERY_FLOOR
+- measured clean accuracy after adaptation +11.1 points (the small pretraining leaves a
+  weak readout, which the clean half of the stream improves)     -> margin CLEAN_MARGIN
 
 These small networks learn far less than the full demo (see README); the floors state what the
 *test* size reaches, not the product's goal.
@@ -30,7 +31,7 @@ from polystep_neuro.optimizers import Settings
 from simulators import fixed_point
 
 PRETRAIN_FLOOR = 0.50
-RECOVERY_FLOOR = 0.05
+RECOVERY_FLOOR = 0.40
 CLEAN_MARGIN = 0.05
 
 
