@@ -18,7 +18,6 @@ Writes ``config.json`` (at the start), ``metrics.jsonl``, ``checkpoint.pt``, ``a
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -74,22 +73,25 @@ def load_spike_data(
     """A user's data file: 'spikes' (n, T, N_in) — or (T, n, N_in) with ``time_first`` — and
     integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise PolystepError(
-                    f"{path} is a single .npy array; save an .npz with np.savez(path, "
-                    "spikes=..., labels=...)"
-                )
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise PolystepError(
+                f"{path} is a single .npy array; save an .npz with np.savez(path, "
+                "spikes=..., labels=...)"
+            )
+        with data:
             spikes, labels = data["spikes"], data["labels"]
     except FileNotFoundError:
         raise PolystepError(f"data file not found: {path}") from None
     except PolystepError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # zip, zlib, npy header errors of a damaged file
         raise PolystepError(
             f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
+    if not np.issubdtype(spikes.dtype, np.number) or not np.issubdtype(labels.dtype, np.number):
+        raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
     if time_first:
         if spikes.ndim != 3:
             raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")

@@ -292,7 +292,7 @@ class NetworkSpec:
             spec = cls(layers, int(meta["num_steps"]), tuple(meta["writable"]))
         except SpecError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise SpecError(f"malformed network spec: missing or bad field {exc}") from None
         return spec.validate()
 
@@ -304,16 +304,25 @@ class NetworkSpec:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NetworkSpec:
+        """Read a spec saved by :meth:`save`; any other file (truncated, corrupt, a bare .npy,
+        foreign metadata) is one SpecError saying so."""
+        what = f"{path} is not a polystep-neuro spec (.npz saved by NetworkSpec.save)"
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise SpecError(f"{what}: it holds a single array (.npy)")
+            with data:
                 meta = json.loads(str(data[_META_KEY]))
                 arrays = {k: data[k] for k in data.files if k != _META_KEY}
         except FileNotFoundError:
             raise SpecError(f"spec file not found: {path}") from None
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-            raise SpecError(
-                f"{path} is not a polystep-neuro spec (.npz saved by NetworkSpec.save): {exc}"
-            ) from None
+        except SpecError:
+            raise
+        except Exception as exc:  # zip, zlib, npy header and JSON errors of a damaged file
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpecError(f"{what}: {detail}") from None
+        if not isinstance(meta, dict):
+            raise SpecError(f"{what}: its metadata is a JSON {type(meta).__name__}, not an object")
         return cls.from_arrays(meta, arrays)
 
     # ----------------------------------------------------------------- construction

@@ -1,0 +1,124 @@
+"""Damaged input files are one clear error, never a traceback from deep inside: the spec and
+data loaders are fuzzed (truncations, bit flips, random bytes), and the CLI turns each kind of
+bad file into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from polystep_neuro.adapt_job import load_spike_data
+from polystep_neuro.cli import main
+from polystep_neuro.errors import PolystepError, SpecError
+from polystep_neuro.network import NetworkSpec
+
+SPEC = NetworkSpec.random([6, 5, 3], 4, seed=0, writable=("fc1.weight",))
+
+
+def _spec_bytes() -> bytes:
+    buf = io.BytesIO()
+    meta, arrays = SPEC.to_arrays()
+    np.savez(buf, __meta__=np.array(json.dumps(meta)), **arrays)
+    return buf.getvalue()
+
+
+def _data_bytes() -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    spikes = (rng.random((7, 4, 6)) < 0.5).astype(np.uint8)
+    np.savez(buf, spikes=spikes, labels=rng.integers(0, 3, 7))
+    return buf.getvalue()
+
+
+GOOD_SPEC, GOOD_DATA = _spec_bytes(), _data_bytes()
+
+
+def _damaged(good: bytes) -> st.SearchStrategy[bytes]:
+    truncated = st.integers(0, len(good) - 1).map(lambda n: good[:n])
+    flips = st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), max_size=8)
+    flipped = flips.map(lambda changes: _flip(good, changes))
+    return st.one_of(truncated, flipped, st.binary(max_size=2048))
+
+
+def _flip(good: bytes, changes: list[tuple[int, int]]) -> bytes:
+    data = bytearray(good)
+    for where, value in changes:
+        data[where] = value
+    return bytes(data)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(blob=_damaged(GOOD_SPEC))
+def test_a_damaged_spec_file_is_a_spec_error_or_a_valid_spec(tmp_path_factory, blob) -> None:
+    path = tmp_path_factory.mktemp("spec") / "net.npz"
+    path.write_bytes(blob)
+    try:
+        spec = NetworkSpec.load(path)
+    except SpecError as exc:
+        assert "\n" not in str(exc)
+    else:
+        spec.validate()  # a flip inside an array's bytes can leave a valid file
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(blob=_damaged(GOOD_DATA))
+def test_a_damaged_data_file_is_a_polystep_error_or_valid_data(tmp_path_factory, blob) -> None:
+    path = tmp_path_factory.mktemp("data") / "data.npz"
+    path.write_bytes(blob)
+    try:
+        spikes, labels = load_spike_data(path, SPEC)
+    except PolystepError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert spikes.shape[1:] == (4, 6) and labels.shape == (spikes.shape[0],)
+
+
+def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, what the one error line must say)."""
+    files = {}
+    (tmp_path / "empty.npz").write_bytes(b"")
+    files["empty"] = (tmp_path / "empty.npz", "is not a polystep-neuro spec")
+    (tmp_path / "truncated.npz").write_bytes(GOOD_SPEC[: len(GOOD_SPEC) // 2])
+    files["truncated"] = (tmp_path / "truncated.npz", "is not a polystep-neuro spec")
+    flipped = bytearray(GOOD_SPEC)
+    flipped[30:60] = bytes(30)  # inside the first member's header
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    files["bit-flipped"] = (tmp_path / "flipped.npz", "is not a polystep-neuro spec")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    files["npy"] = (tmp_path / "array.npy", "it holds a single array (.npy)")
+    meta, arrays = SPEC.to_arrays()
+    np.savez(tmp_path / "list.npz", __meta__=np.array(json.dumps([meta])), **arrays)
+    files["meta list"] = (tmp_path / "list.npz", "its metadata is a JSON list")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "bit-flipped", "npy", "meta list"])
+def test_the_cli_says_one_line_and_exits_2_for_a_bad_spec(tmp_path, capsys, kind) -> None:
+    path, message = _bad_files(tmp_path)[kind]
+    code = main(["adapt", "--spec", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "npy"])
+def test_the_cli_says_one_line_and_exits_2_for_bad_data(tmp_path, capsys, kind) -> None:
+    SPEC.save(tmp_path / "net.npz")
+    path, _ = _bad_files(tmp_path)[kind]
+    code = main(["adapt", "--spec", str(tmp_path / "net.npz"), "--data", str(path),
+                 "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(path) in lines[0]
