@@ -14,7 +14,8 @@ import torch
 from devices.base import BaseBackend
 from polystep_neuro.errors import DeviceError
 from polystep_neuro.network import NetworkSpec
-from simulators.torch_lif import PRECISIONS, TorchLIF, resolve_device
+from polystep_neuro.device_select import resolve_device
+from simulators.torch_lif import PRECISIONS, TorchLIF
 
 # Largest state tensor (T * V * B * widest layer elements) evaluated in one piece; bigger
 # batches of parameter sets are split along V so memory stays bounded.

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from polystep_neuro.device_select import resolve_device  # (also imported from here)
 from polystep_neuro.errors import SpecError
 from polystep_neuro.network import LayerSpec, NetworkSpec, split_param_name
 from simulators import fixed_point as fp
@@ -48,16 +49,6 @@ class SimResult:
     spikes: list[torch.Tensor] | None = None
     voltages: list[torch.Tensor] | None = None
     currents: list[torch.Tensor] | None = None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA when present, else CPU; asking for absent CUDA is an error."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device 'cuda' was asked for but CUDA is not available here; use 'cpu'")
-    return dev
 
 
 @contextlib.contextmanager

@@ -69,5 +69,5 @@ def test_errors(spec: NetworkSpec) -> None:
     with pytest.raises(DeviceUnavailable, match="unknown backend 'tpu'; choose one of: torch-sim"):
         open_backend("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(SpecError, match="CUDA is not available"):
+        with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             open_backend("torch-sim", device="cuda")
