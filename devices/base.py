@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from devices.catalog import parameter_kind
+from polystep_neuro.batch import CheckedBatch
 from polystep_neuro.errors import (
     CapacityError,
     DeviceError,
@@ -25,6 +27,7 @@ __all__ = [
     "BaseBackend",
     "Capabilities",
     "CapacityError",
+    "CheckedBatch",
     "DeviceError",
     "DeviceUnavailable",
     "PolystepError",
@@ -34,14 +37,28 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend is and what it can do, as the controller (and `devices list`) sees it."""
+    """What a backend is and what it can do, as the controller (and `devices list`) sees it.
+
+    ``writable`` lists the parameter kinds (``fc<i>.weight``, ``lif<i>.vth``, ...) the device
+    can rewrite per evaluate, whatever network is loaded: a spec that marks another one
+    writable is refused at ``load``.  ``address`` is where a remote device is reached
+    ("" in process); ``device`` describes the device itself."""
 
     name: str
     precision: str  # "float32" | "loihi-fixed"
-    max_vertices: int | None = None  # most parameter sets per evaluate call; None = no limit
+    max_sets: int | None = None  # most parameter sets per evaluate call; None = no limit
     writable: tuple[str, ...] = field(default_factory=tuple)
     is_remote: bool = False
     device: str = ""
+    address: str = ""
+
+    def can_write(self, name: str) -> bool:
+        """Whether the device can rewrite parameter ``name`` (e.g. "fc1.weight") per call."""
+        return parameter_kind(name) in self.writable
+
+    def describe(self) -> str:
+        """The device and, for a remote one, where it is: for people, not for parsing."""
+        return f"{self.device} at {self.address}" if self.address else self.device
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -50,16 +67,17 @@ class Capabilities:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Capabilities:
+        """Also reads an older server's ``max_vertices`` (now ``max_sets``)."""
         try:
+            max_sets = data.get("max_sets", data.get("max_vertices"))
             return cls(
                 name=str(data["name"]),
                 precision=str(data["precision"]),
-                max_vertices=None
-                if data.get("max_vertices") is None
-                else int(data["max_vertices"]),
+                max_sets=None if max_sets is None else int(max_sets),
                 writable=tuple(data.get("writable", ())),
                 is_remote=bool(data.get("is_remote", False)),
                 device=str(data.get("device", "")),
+                address=str(data.get("address", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DeviceError(f"device sent malformed capabilities: {exc}") from None
@@ -83,11 +101,16 @@ class Backend(Protocol):
 
 
 class BaseBackend:
-    """Shared bookkeeping: the loaded spec, argument checks, context-manager use."""
+    """Shared bookkeeping: the loaded spec, the one check of an evaluate call, closing.
+
+    Subclasses implement ``run_batch``; ``evaluate`` checks the call once (``check_batch``)
+    and hands the checked batch to it.  A backend that wraps another passes the checked
+    batch on to the other's ``run_batch`` rather than checking it again."""
 
     name = "base"
     precision = "float32"
     is_remote = False
+    writable: tuple[str, ...] = ()  # parameter kinds it can rewrite per call (catalog)
 
     def __init__(self) -> None:
         self._spec: NetworkSpec | None = None
@@ -101,30 +124,37 @@ class BaseBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        writable = self._spec.writable if self._spec is not None else ()
         return Capabilities(
             name=self.name,
             precision=self.precision,
-            max_vertices=self.max_vertices(),
-            writable=tuple(writable),
+            max_sets=self.max_sets(),
+            writable=self.writable,
             is_remote=self.is_remote,
             device=self.describe(),
         )
 
-    def max_vertices(self) -> int | None:
+    def max_sets(self) -> int | None:
         return None
 
     def describe(self) -> str:
         return self.name
 
-    def _check_call(self, params: Mapping[str, Any], inputs: Any) -> int:
-        """Validate an evaluate call before any device work; returns V."""
+    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> Any:
+        """The contract's evaluate: one check, then ``run_batch``."""
+        return self.run_batch(self.check_batch(params, inputs))
+
+    def check_batch(self, params: Mapping[str, Any], inputs: Any) -> CheckedBatch:
+        """Validate an evaluate call before any device work (DeviceError once closed)."""
+        self._check_open()
+        return CheckedBatch.check(self.spec, params, inputs)
+
+    def run_batch(self, batch: CheckedBatch) -> Any:
+        """Counts (V, B, N_out) for a batch checked against this backend's spec."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement run_batch")
+
+    def _check_open(self) -> None:
         if self._closed:
             raise DeviceError(f"{self.name}: backend is closed")
-        spec = self.spec
-        num_sets = spec.check_param_sets(params)
-        spec.check_inputs(inputs)
-        return num_sets
 
     def close(self) -> None:
         self._closed = True

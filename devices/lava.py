@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import time
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from devices.base import BaseBackend, Capabilities
+from devices.catalog import lava_record
 from devices.lava_env import find_lava_env, venv_python
 from devices.remote import RemoteBackend
-from devices.server import start_server_process
+from devices.spawn import PARENT_ENV, ServerProcess, start_server_process
+from polystep_neuro.batch import CheckedBatch
 from polystep_neuro.errors import DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from simulators.lava_plan import DeviceNet
@@ -41,76 +39,35 @@ from simulators.loihi2_capacity import ChipLimits, check_device_layers, check_on
 
 log = logging.getLogger(__name__)
 
-SERVER_NAMES = {"floating_pt": "lava", "fixed_pt": "lava-fixed", "loihi2": "loihi2"}
-PRECISIONS = {"floating_pt": "float32", "fixed_pt": "loihi-fixed", "loihi2": "loihi-fixed"}
-PARENT_ENV = "POLYSTEP_EXIT_WITH_PARENT"  # read by devices.lava_local in the server
 NEEDS_ENV = "lava backend needs the Lava env: run `polystep-neuro devices setup-lava`"
 
 
-@dataclass
-class LavaServer:
-    """A spawned device server: its process (a session leader) and the endpoint it announced.
-    (Its error output is read by ``start_server_process``, which reports it on failure.)"""
-
-    process: subprocess.Popen[str]
-    endpoint: str
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        """Wait up to ``grace_s`` for a server that was told to close, then SIGTERM and
-        SIGKILL its whole process group (the server and Lava's workers) until it is gone."""
-        proc = self.process
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self._group_gone(0.0 if sig == signal.SIGTERM else 5.0):
-                break
-            try:
-                os.killpg(proc.pid, sig)  # the group outlives its leader: signal the group
-            except (ProcessLookupError, PermissionError):
-                break
-        self._group_gone(5.0)
-
-    def _group_gone(self, wait_s: float) -> bool:
-        deadline = time.monotonic() + wait_s
-        while True:
-            self.process.poll()  # reap our child, or the group never looks empty
-            try:
-                os.killpg(self.process.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-
-
-def spawn_server(python: Path, backend: str, *, startup_timeout_s: float = 180.0) -> LavaServer:
-    """Start a device server with the Lava env's python, in its own session; DeviceUnavailable
-    with the server's own error output if it exits or stays silent."""
+def spawn_server(python: Path, backend: str, *, startup_timeout_s: float = 180.0) -> ServerProcess:
+    """Start a device server with the Lava env's python, in its own session, exiting with
+    this process; DeviceUnavailable with the server's own error output if it exits or
+    stays silent."""
     env = dict(os.environ)
     env[PARENT_ENV] = str(os.getpid())
     # Run this checkout's code, and nothing from the host's Python (3.11 packages break 3.10).
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     env.pop("PYTHONHOME", None)
-    started = start_server_process(
+    return start_server_process(
         backend,
         python=str(python),
         env=env,
         startup_timeout_s=startup_timeout_s,
         new_session=True,
     )
-    return LavaServer(started.process, started.endpoint)
 
 
-def _shutdown(server: LavaServer, remote: RemoteBackend | None) -> None:
+def _shutdown(server: ServerProcess, remote: RemoteBackend | None) -> None:
     """Close the remote (the server exits on close) and make sure the group is gone."""
     if remote is not None:
         try:
             remote.close()
         except Exception as exc:  # the server may already be gone
             log.debug("closing the Lava server connection: %s", exc)
-    server.stop(grace_s=15.0 if remote is not None else 0.0)
+    server.stop_group(grace_s=15.0 if remote is not None else 0.0)
 
 
 class LavaBackend(BaseBackend):
@@ -127,11 +84,9 @@ class LavaBackend(BaseBackend):
         """``venv``: the Lava venv (default: the one ``setup-lava`` made); ``timeout_s``
         bounds one load/evaluate (Lava simulation is slow: minutes for big batches)."""
         super().__init__()
-        if mode not in SERVER_NAMES:
-            raise DeviceError(f"Lava mode must be one of {list(SERVER_NAMES)}, got {mode!r}")
+        record = lava_record(mode)
         self.mode = mode
-        self.name = SERVER_NAMES[mode]
-        self.precision = PRECISIONS[mode]
+        self.name, self.precision, self.writable = record.name, record.precision, record.writable
         found = Path(venv).expanduser() if venv is not None else find_lava_env()
         if found is None or not venv_python(found).exists():
             raise DeviceUnavailable(NEEDS_ENV)
@@ -139,7 +94,7 @@ class LavaBackend(BaseBackend):
         self.timeout_s = float(timeout_s)
         self.startup_timeout_s = float(startup_timeout_s)
         self._remote: RemoteBackend | None = None
-        self._server: LavaServer | None = None
+        self._server: ServerProcess | None = None
         self._finalizer: weakref.finalize | None = None
         self._signature: tuple[Any, ...] | None = None
         self.restarts = 0
@@ -181,16 +136,15 @@ class LavaBackend(BaseBackend):
     def capabilities(self) -> Capabilities:
         if self._remote is None:
             return super().capabilities
-        caps = self._remote.capabilities
-        device = caps.device.split(" at tcp://")[0]
-        return replace(caps, name=self.name, is_remote=False, device=f"{device} (Lava server)")
+        caps = self._remote.capabilities  # the private server's address is no one's business
+        device = f"{caps.device} (Lava server)"
+        return replace(caps, name=self.name, is_remote=False, device=device, address="")
 
     def describe(self) -> str:
         return self.capabilities.device
 
     def load(self, spec: NetworkSpec) -> None:
-        if self._closed:
-            raise DeviceError(f"{self.name}: backend is closed")
+        self._check_open()
         lava_mode = "fixed_pt" if self.mode == "loihi2" else self.mode
         net = DeviceNet(spec, lava_mode)  # SpecError here, before the wire
         if self.mode == "loihi2":  # and the chip's limits (the server checks them again)
@@ -205,12 +159,11 @@ class LavaBackend(BaseBackend):
         self._spec = self._remote.spec
         self._signature = signature
 
-    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
-        if self._closed:
-            raise DeviceError(f"{self.name}: backend is closed")
+    def run_batch(self, batch: CheckedBatch) -> np.ndarray:
+        """The batch checked here goes to the server as it is (no second check on this side)."""
         if self._remote is None:
             raise DeviceError(f"{self.name}: the Lava server is not running")
-        return self._remote.evaluate(params, inputs)
+        return self._remote.run_batch(batch)
 
     def close(self) -> None:
         if not self._closed:

@@ -21,13 +21,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from devices.base import BaseBackend
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
+from devices.catalog import lava_record
+from devices.spawn import PARENT_ENV
+from polystep_neuro.batch import CheckedBatch
+from polystep_neuro.errors import DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from simulators.lava_net import LavaNet, RunCfgFactory, sim_run_cfg
 from simulators.lava_plan import DEFAULT_MAX_VERTICES
@@ -35,13 +38,6 @@ from simulators.loihi2_capacity import ChipLimits
 
 log = logging.getLogger(__name__)
 
-MODES = {
-    "floating_pt": ("lava", "float32"),
-    "fixed_pt": ("lava-fixed", "loihi-fixed"),
-    "loihi2": ("loihi2", "loihi-fixed"),
-}
-# Set by devices.lava when it spawns a server: the pid that must stay our parent.
-PARENT_ENV = "POLYSTEP_EXIT_WITH_PARENT"
 LOIHI2_HELP = (
     "Loihi 2 needs lava-loihi, which Intel provides to INRC members on its cloud systems "
     "(not on PyPI). On such a host, in a Python 3.10 env with lava-nc, lava-loihi and this "
@@ -77,28 +73,27 @@ class LavaLocalBackend(BaseBackend):
         mode: str = "fixed_pt",
         *,
         run_cfg: RunCfgFactory | None = None,
-        max_vertices: int | None = None,
+        max_sets: int | None = None,
         parallel: int | None = None,
         chip: ChipLimits | None = None,
     ) -> None:
         """``run_cfg`` replaces the run configuration (tests run mode "loihi2" on
-        Loihi2SimCfg); ``max_vertices`` caps the replicas of one graph (larger V runs in
-        several passes; env POLYSTEP_LAVA_MAX_VERTICES); ``parallel`` pins the samples run
+        Loihi2SimCfg); ``max_sets`` caps the parameter sets (replicas) of one graph (larger
+        V runs in several passes; env POLYSTEP_LAVA_MAX_VERTICES); ``parallel`` pins the samples run
         side by side (default: chosen by the cost model); ``chip``: the Loihi 2 limits the
         loihi2 mode checks against (default ``ChipLimits.from_env()``; the CPU modes have
         none)."""
         super().__init__()
-        if mode not in MODES:
-            raise DeviceError(f"Lava mode must be one of {list(MODES)}, got {mode!r}")
+        record = lava_record(mode)
         self.mode = mode
-        self.name, self.precision = MODES[mode]
+        self.name, self.precision, self.writable = record.name, record.precision, record.writable
         if mode == "loihi2" and run_cfg is None:
             if not loihi2_available():
                 raise DeviceUnavailable(LOIHI2_HELP)
             run_cfg = hw_run_cfg
         self._run_cfg = run_cfg or sim_run_cfg
         env_cap = os.environ.get("POLYSTEP_LAVA_MAX_VERTICES")
-        self.graph_vertices = int(max_vertices or env_cap or DEFAULT_MAX_VERTICES)
+        self.graph_sets = int(max_sets or env_cap or DEFAULT_MAX_VERTICES)
         self.parallel = parallel
         self.chip = (chip or ChipLimits.from_env()) if mode == "loihi2" else None
         self._net: LavaNet | None = None
@@ -116,17 +111,16 @@ class LavaLocalBackend(BaseBackend):
         }[self.mode]
         if self.chip is not None:
             what += f" on {self.chip.describe()}"
-        return f"{what}, up to {self.graph_vertices} replicas per graph"
+        return f"{what}, up to {self.graph_sets} replicas per graph"
 
     def load(self, spec: NetworkSpec) -> None:
-        if self._closed:
-            raise DeviceError(f"{self.name}: backend is closed")
+        self._check_open()
         t0 = time.perf_counter()
         if self._net is None:
             self._net = LavaNet(
                 spec,
                 self.lava_mode,
-                max_vertices=self.graph_vertices,
+                max_vertices=self.graph_sets,
                 parallel=self.parallel,
                 run_cfg=self._run_cfg,
                 dense_dot=self.mode != "loihi2",
@@ -138,12 +132,11 @@ class LavaLocalBackend(BaseBackend):
         self._spec = self._net.spec
         log.info("load took %.2f s", time.perf_counter() - t0)
 
-    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
-        wire = {name: np.asarray(value, dtype=np.float32) for name, value in params.items()}
-        x = np.asarray(inputs)
-        self._check_call(wire, x)
+    def run_batch(self, batch: CheckedBatch) -> np.ndarray:
+        """The checked batch straight to the Lava graph: no second check, and spikes in the
+        dtype they arrived in (uint8 from the wire) until the graph's own int8 buffer."""
         assert self._net is not None
-        return self._net.evaluate(wire, x)
+        return self._net.run(batch)
 
     @property
     def builds(self) -> int:

@@ -5,7 +5,7 @@ starts ``workers`` Ray actors; each opens its own backend with ``open_backend(ba
 **backend_options)`` inside the actor: a simulator on the actor's CPU or GPU, or a client
 of a device server (``backend=["tcp://a:5555", "tcp://b:5555"]`` gives one actor per
 endpoint).  Each evaluate splits V into contiguous shares (``devices.sharded.split_range``,
-in proportion to ``max_vertices`` when every actor reports one), sends them concurrently
+in proportion to ``max_sets`` when every actor reports one), sends them concurrently
 and returns the counts in V order: exactly what one backend of that kind returns, since
 ``evaluate`` is pure per parameter set.
 
@@ -20,7 +20,6 @@ come back (open a new backend to get them back); with none left, DeviceUnavailab
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from ray.exceptions import RayActorError, RayError
 from devices import ray_session
 from devices.base import BaseBackend, Capabilities
 from devices.ray_worker import InnerWorker, Reply
-from devices.remote import _numpy, compact_inputs
-from devices.sharded import split_range
+from devices.registry import resolve
+from devices.sharded import common_writable, share_weights, split_range
+from polystep_neuro.batch import CheckedBatch
 from polystep_neuro.errors import DeviceError, DeviceUnavailable, error_from_name
 from polystep_neuro.network import NetworkSpec
 
@@ -98,7 +98,9 @@ class RayBackend(BaseBackend):
         options = dict(backend_options or {})
         if device is not None and "device" in options:
             raise DeviceError("give device once: as device= or in backend_options")
-        options["device"], num_gpus = _placement(options.get("device", device), num_gpus)
+        asked = options.pop("device", device)
+        wanted, num_gpus = _placement(asked, num_gpus)
+        per_actor = [_inner_options(name, options, asked, wanted) for name in names]
         if cpus_per_worker < 0:
             raise DeviceError("cpus_per_worker must be >= 0")
         if start_timeout_s <= 0 or (worker_timeout_s is not None and worker_timeout_s <= 0):
@@ -113,7 +115,8 @@ class RayBackend(BaseBackend):
                 num_cpus=cpus_per_worker, num_gpus=num_gpus, max_restarts=0
             )
             self._actors = [
-                _Actor(i, name, actor_class.remote(name, options)) for i, name in enumerate(names)
+                _Actor(i, name, actor_class.remote(name, inner))
+                for i, (name, inner) in enumerate(zip(names, per_actor, strict=True))
             ]
             self._open_all(start_timeout_s, cpus_per_worker, num_gpus)
         except BaseException:
@@ -126,17 +129,13 @@ class RayBackend(BaseBackend):
     def capabilities(self) -> Capabilities:
         caps = [a.caps for a in self._actors if a.caps is not None]
         live = [a.caps for a in self._live() if a.caps is not None]
-        limits = [c.max_vertices for c in live]
-        max_vertices = sum(m for m in limits if m is not None) if live else None
-        if self._spec is not None:
-            writable = tuple(self._spec.writable)
-        else:
-            writable = tuple(w for w in caps[0].writable if all(w in c.writable for c in caps))
+        limits = [c.max_sets for c in live]
+        max_sets = sum(m for m in limits if m is not None) if live else None
         return Capabilities(
             name=self.name,
             precision=self.precision,
-            max_vertices=None if None in limits else max_vertices,
-            writable=writable,
+            max_sets=None if None in limits else max_sets,
+            writable=common_writable(caps),
             is_remote=True,
             device=self.describe(),
         )
@@ -186,12 +185,12 @@ class RayBackend(BaseBackend):
                 )
         self._spec = NetworkSpec.from_arrays(reference["meta"], reference["arrays"])
 
-    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
-        """Counts (V, B, N_out) int32, exactly as one backend of the actors' kind returns."""
-        wire_params = {name: _numpy(value, np.float32) for name, value in params.items()}
-        wire_inputs = compact_inputs(_numpy(inputs))
-        num_sets = self._check_call(wire_params, wire_inputs)
-        inputs_ref = ray.put(wire_inputs)  # every actor reads the same object
+    def run_batch(self, batch: CheckedBatch) -> np.ndarray:
+        """Counts (V, B, N_out) int32, exactly as one backend of the actors' kind returns.
+        Each actor gets numpy shares of the batch checked here (binary spikes as uint8)."""
+        wire = batch.for_wire()
+        num_sets = wire.num_sets
+        inputs_ref = ray.put(wire.inputs)  # every actor reads the same object
         done: dict[int, np.ndarray] = {}
         pending: list[Range] = [(0, num_sets)]
         while pending:
@@ -199,7 +198,7 @@ class RayBackend(BaseBackend):
             if not live:
                 raise self._all_lost("evaluate")
             jobs = _plan(pending, live)
-            refs = [self._submit(actor, share, wire_params, inputs_ref) for actor, share in jobs]
+            refs = [self._submit(actor, share, wire, inputs_ref) for actor, share in jobs]
             outcomes = self._gather(refs, [actor for actor, _ in jobs])
             pending, errors = [], []
             for (actor, share), outcome in zip(jobs, outcomes, strict=True):
@@ -274,17 +273,8 @@ class RayBackend(BaseBackend):
                 "would depend on which actor a parameter set landed on"
             )
 
-    def _submit(
-        self,
-        actor: _Actor,
-        share: Range,
-        params: Mapping[str, np.ndarray],
-        inputs_ref: Any,
-    ) -> Any:
-        start, stop = share
-        return actor.handle.evaluate.remote(
-            {name: value[start:stop] for name, value in params.items()}, inputs_ref
-        )
+    def _submit(self, actor: _Actor, share: Range, batch: CheckedBatch, inputs_ref: Any) -> Any:
+        return actor.handle.evaluate.remote(batch.sets(*share).params, inputs_ref)
 
     def _gather(self, refs: Sequence[Any], actors: Sequence[_Actor]) -> list[Any]:
         """Each call's value, or the exception it stands for (ActorLost for a gone actor).
@@ -348,24 +338,19 @@ class RayBackend(BaseBackend):
             self._owns_ray = False
             ray_session.release()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DeviceError(f"{self.name}: backend is closed")
 
-
-def open_ray_backend(**options: Any) -> RayBackend:
-    """``RayBackend(**options)``, with an unknown option a DeviceError naming the known."""
-    unknown = sorted(set(options) - set(RAY_OPTIONS))
-    if unknown:
-        raise DeviceError(
-            f"the ray backend takes no option {', '.join(map(repr, unknown))}; it accepts: "
-            f"{', '.join(RAY_OPTIONS)} (options for the backend inside each actor go in "
-            "backend_options={...})"
-        )
-    return RayBackend(**options)
-
-
-RAY_OPTIONS: tuple[str, ...] = tuple(inspect.signature(RayBackend.__init__).parameters)[1:]
+def _inner_options(
+    name: str, options: Mapping[str, Any], asked: Any, device: str
+) -> dict[str, Any]:
+    """What actor ``name`` opens its backend with, checked here (before any actor starts):
+    ``device`` only for a backend that takes one (a device server chose its own), unless it
+    was asked for, which such a backend refuses."""
+    record, _ = resolve(name)
+    inner = dict(options)
+    if record.takes_device or asked is not None:
+        inner["device"] = device
+    record.check_options(inner)
+    return inner
 
 
 def _backend_names(backend: str | Sequence[str] | None, workers: int | None) -> list[str]:
@@ -420,20 +405,13 @@ def _unwrap(reply: Reply) -> Any:
 
 def _plan(pending: Sequence[Range], live: Sequence[_Actor]) -> list[tuple[_Actor, Range]]:
     """Each pending range split over the live actors: (actor, non-empty share) jobs."""
-    weights = _weights(live)
+    weights = share_weights([a.caps for a in live if a.caps is not None])  # all, once open
     jobs = []
     for start, stop in pending:
         for actor, share in zip(live, split_range(start, stop, weights), strict=True):
             if share[1] > share[0]:
                 jobs.append((actor, share))
     return jobs
-
-
-def _weights(live: Sequence[_Actor]) -> list[int]:
-    limits = [a.caps.max_vertices if a.caps is not None else None for a in live]
-    if all(m is not None and m > 0 for m in limits):
-        return [int(m) for m in limits]  # type: ignore[arg-type]
-    return [1] * len(live)
 
 
 def _same_arrays(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from devices.base import BaseBackend
+from polystep_neuro.batch import as_numpy
 from polystep_neuro.errors import DeviceError, PolystepError
 from polystep_neuro.network import NetworkSpec
 
@@ -66,12 +67,10 @@ class InnerWorker:
 
     def _evaluate(self, params: Mapping[str, np.ndarray], inputs: np.ndarray) -> np.ndarray:
         backend = self._opened()
-        # backends get what the host API gives them: float32 spikes, writable arrays
-        owned = {name: np.array(value, dtype=np.float32) for name, value in params.items()}
-        counts = backend.evaluate(owned, np.array(inputs, dtype=np.float32))
-        if hasattr(counts, "detach"):  # torch-sim: a tensor, maybe on CUDA
-            counts = counts.detach().cpu().numpy()
-        return np.ascontiguousarray(counts, dtype=np.int32)
+        # own, writable copies of the object-store views; spikes keep their dtype (uint8)
+        owned = {name: np.array(value) for name, value in params.items()}
+        counts = backend.evaluate(owned, np.array(inputs))  # checked once, in this process
+        return np.ascontiguousarray(as_numpy(counts), dtype=np.int32)  # torch-sim: maybe CUDA
 
     def _close(self) -> bool:
         backend, self._backend = self._backend, None

@@ -15,7 +15,8 @@ watches the handshakes, so "no reply" can say *why* (key rejected, keys missing,
 wrong server key) instead of only "is the server running?".
 
 Batches larger than the server's message limits (learned from ``hello``) or its
-``max_vertices`` are split along V and the counts concatenated in order.
+``max_sets`` are split along V and the counts concatenated in order.  A batch is checked
+once, against the loaded spec, before anything is sent; binary spikes travel as uint8.
 
 Host-side module, but torch-free at import: tensors are converted with
 ``.detach().cpu().numpy()`` where they arrive.  Not thread-safe (one REQ socket).
@@ -53,6 +54,7 @@ from devices.security import (
     handshake_hint,
     secure_client_socket,
 )
+from polystep_neuro.batch import CheckedBatch
 from polystep_neuro.errors import CapacityError, DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 
@@ -146,19 +148,13 @@ class RemoteBackend(BaseBackend):
         self._send_load(spec)
         self._user_spec = spec
 
-    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
+    def run_batch(self, batch: CheckedBatch) -> np.ndarray:
         """Counts (V, B, N_out) int32 as a numpy array; params/inputs numpy or torch."""
-        wire_params = {name: _numpy(value, np.float32) for name, value in params.items()}
-        wire_inputs = compact_inputs(_numpy(inputs))
-        num_sets = self._check_call(wire_params, wire_inputs)
+        wire = batch.for_wire()
+        chunks = self._set_chunks(wire)  # CapacityError before anything is sent
         if self.heartbeat_s is not None and time.monotonic() - self._last_heard > self.heartbeat_s:
             self._liveness_check()
-        if not wire_params:
-            return self._evaluate_once(wire_params, wire_inputs, 1)
-        parts = []
-        for start, stop in self._vertex_chunks(num_sets, wire_params, wire_inputs):
-            part = {name: value[start:stop] for name, value in wire_params.items()}
-            parts.append(self._evaluate_once(part, wire_inputs, stop - start))
+        parts = [self._evaluate_once(wire.sets(start, stop)) for start, stop in chunks]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def ping(self, tries: int | None = None) -> float:
@@ -191,7 +187,9 @@ class RemoteBackend(BaseBackend):
             super().close()
 
     def describe(self) -> str:
-        return self._caps.device if self._caps is not None else f"device server {self.endpoint}"
+        if self._caps is None:
+            return f"device server {self.endpoint}"
+        return self._caps.describe()
 
     # ------------------------------------------------------------------ load/evaluate
     def _send_load(self, spec: NetworkSpec) -> None:
@@ -204,10 +202,8 @@ class RemoteBackend(BaseBackend):
         self._spec = NetworkSpec.from_arrays(effective, {k: np.array(v) for k, v in out.items()})
         self._set_capabilities(header.get("capabilities"))
 
-    def _evaluate_once(
-        self, params: dict[str, np.ndarray], inputs: np.ndarray, num_sets: int
-    ) -> np.ndarray:
-        arrays = {**params, "inputs": inputs}
+    def _evaluate_once(self, batch: CheckedBatch) -> np.ndarray:
+        arrays = {**batch.params, "inputs": batch.inputs}
         for reloads in range(self.retries + 1):
             try:
                 _, out = self._request("evaluate", {}, arrays, self.timeout_s)
@@ -218,7 +214,7 @@ class RemoteBackend(BaseBackend):
                     raise
                 log.warning("%s holds no network (restarted?); re-loading, retrying", self.endpoint)
                 self._send_load(self._user_spec)
-        return self._counts(out, (num_sets, inputs.shape[0], self.spec.n_out))
+        return self._counts(out, (batch.num_sets, batch.batch_size, self.spec.n_out))
 
     def _counts(self, out: Mapping[str, np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
         counts = out.get("counts")
@@ -229,24 +225,25 @@ class RemoteBackend(BaseBackend):
             )
         return np.array(counts)  # own, writable memory (the frame is released)
 
-    def _vertex_chunks(
-        self, num_sets: int, params: Mapping[str, np.ndarray], inputs: np.ndarray
-    ) -> list[tuple[int, int]]:
-        """Split V so each request fits the server's limits and max_vertices."""
-        limits = self._limits
+    def _set_chunks(self, batch: CheckedBatch) -> list[tuple[int, int]]:
+        """Split V so each request fits the server's limits and max_sets; CapacityError
+        when the inputs alone, or one parameter set with them, cannot fit one message."""
+        limits, inputs, num_sets = self._limits, batch.inputs, batch.num_sets
         if inputs.nbytes > min(limits.max_array_bytes, limits.max_total_bytes - _HEADER_ALLOWANCE):
             raise CapacityError(
                 f"inputs take {inputs.nbytes} bytes, over what {self.endpoint} accepts in one "
                 f"message ({limits.max_array_bytes} per array); use smaller batches"
             )
-        per_set_total = sum(value[:1].nbytes for value in params.values())
-        per_set_max = max(value[:1].nbytes for value in params.values())
+        if not batch.params:
+            return [(0, num_sets)]
+        per_set_total = sum(value[:1].nbytes for value in batch.params.values())
+        per_set_max = max(value[:1].nbytes for value in batch.params.values())
         room = limits.max_total_bytes - inputs.nbytes - _HEADER_ALLOWANCE
         step = min(
             num_sets,
             room // max(per_set_total, 1),
             limits.max_array_bytes // max(per_set_max, 1),
-            self.capabilities.max_vertices or num_sets,
+            self.capabilities.max_sets or num_sets,
         )
         if step < 1:
             raise CapacityError(
@@ -386,27 +383,5 @@ class RemoteBackend(BaseBackend):
         if not isinstance(data, dict):
             raise ProtocolError(f"{self.endpoint} sent no capabilities")
         caps = Capabilities.from_json(data)
-        device = f"{caps.device} at {self.endpoint}" if caps.device else self.endpoint
-        self._caps = replace(caps, is_remote=True, device=device)
+        self._caps = replace(caps, is_remote=True, address=self.endpoint)
         self.precision = caps.precision
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DeviceError(f"{self.name}: backend is closed")
-
-
-def compact_inputs(inputs: np.ndarray) -> np.ndarray:
-    """Binary spikes travel as uint8 (4x smaller than float32); anything else as float32."""
-    if inputs.dtype in (np.bool_, np.uint8):
-        return inputs
-    if inputs.size and bool(((inputs == 0) | (inputs == 1)).all()):
-        return inputs.astype(np.uint8)
-    return inputs.astype(np.float32, copy=False)
-
-
-def _numpy(value: Any, dtype: Any = None) -> np.ndarray:
-    """numpy view of a numpy array or torch tensor (torch is never imported here)."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
-    return arr if dtype is None else arr.astype(dtype, copy=False)

@@ -1,4 +1,9 @@
-"""CurveZMQ keys for device servers reached over a network (pyzmq + stdlib only).
+"""Who may talk to a device server: the bind policy and CurveZMQ keys (pyzmq + stdlib only).
+
+Bind policy: a server binds loopback unless told otherwise, and a non-loopback address
+needs CurveZMQ keys or an explicit ``--insecure`` (``check_bind``, before the slow backend
+import).  With keys, every client needs an authorized key, loopback ones too
+(``secure_server_socket``).
 
 Layout written by ``polystep-neuro devices keygen DIR`` (zmq.auth certificate files)::
 
@@ -20,6 +25,7 @@ the thing that grants access.  Imported by the server, so it runs in the Lava en
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -80,6 +86,55 @@ def require_curve() -> None:
             "this pyzmq's libzmq was built without CURVE security; install a pyzmq wheel "
             "(pip install --force-reinstall pyzmq), which bundles libzmq with CURVE"
         )
+
+
+PUBLIC_BIND_MESSAGE = (
+    "binding a non-loopback address needs CurveZMQ keys (--curve-keys DIR; make them with "
+    "`polystep-neuro devices keygen DIR`) or, on a trusted network only, --insecure"
+)
+
+
+# --------------------------------------------------------------------------- binding
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for tcp loopback addresses (and ipc/inproc); public or wildcard binds are not."""
+    transport, sep, address = endpoint.partition("://")
+    if not sep:
+        raise DeviceError(f"bad endpoint {endpoint!r}; expected tcp://HOST:PORT")
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp" or ":" not in address:
+        return False
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name, a hostname: assume reachable from outside
+        return False
+
+
+def check_bind(endpoint: str, insecure: bool, curve_keys: Any = None) -> None:
+    """DeviceError for a non-loopback bind with neither keys nor ``insecure``."""
+    if not is_local_endpoint(endpoint) and not insecure and curve_keys is None:
+        raise DeviceError(f"refusing to bind {endpoint}: {PUBLIC_BIND_MESSAGE}")
+
+
+def secure_server_socket(
+    ctx: zmq.Context, sock: zmq.Socket, endpoint: str, insecure: bool, keys: ServerKeys | None
+) -> CurveServer | None:
+    """CURVE + key check when keys are given (loopback clients too); else warn on public binds.
+
+    Returns the running authenticator, to be stopped when the server stops."""
+    if keys is None:
+        if not is_local_endpoint(endpoint) and insecure:
+            log.warning("serving %s without encryption or authentication (--insecure)", endpoint)
+        return None
+    if insecure:
+        log.warning("--insecure is ignored: --curve-keys is given, every client needs a key")
+    curve = CurveServer(ctx, keys)
+    curve.secure(sock)
+    log.info("CurveZMQ on: %d authorized client key(s) from %s", len(keys.authorized), keys.source)
+    return curve
 
 
 # --------------------------------------------------------------------------- keygen

@@ -2,7 +2,7 @@
 
 ``open_backend(["tcp://a:5555", "tcp://b:5555"])`` (or ``"tcp://a:5555,tcp://b:5555"``)
 splits the V parameter sets of each evaluate into contiguous shards, one per endpoint,
-sized in proportion to each endpoint's ``max_vertices`` when every endpoint reports one
+sized in proportion to each endpoint's ``max_sets`` when every endpoint reports one
 (e.g. how many replicas fit on a chip) and equal otherwise.  Every endpoint gets all B
 inputs; the shards run concurrently (one worker thread per endpoint, each RemoteBackend
 with its own socket, so no socket is ever shared) and the counts are gathered in V order.
@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from devices.base import BaseBackend, Capabilities
-from devices.remote import RemoteBackend, _numpy, compact_inputs
+from devices.remote import RemoteBackend
+from polystep_neuro.batch import CheckedBatch
 from polystep_neuro.errors import DeviceError, DeviceUnavailable, PolystepError
 from polystep_neuro.network import NetworkSpec
 
@@ -126,16 +127,12 @@ class ShardedBackend(BaseBackend):
     def capabilities(self) -> Capabilities:
         caps = [ep.backend.capabilities for ep in self._endpoints]
         names = sorted({c.name for c in caps})
-        limits = [c.max_vertices for c in caps]
-        if self._spec is not None:
-            writable = tuple(self._spec.writable)
-        else:
-            writable = tuple(w for w in caps[0].writable if all(w in c.writable for c in caps))
+        limits = [c.max_sets for c in caps]
         return Capabilities(
             name=names[0] if len(names) == 1 else "+".join(names),
             precision=self.precision,
-            max_vertices=None if None in limits else sum(int(m or 0) for m in limits),
-            writable=writable,
+            max_sets=None if None in limits else sum(int(m or 0) for m in limits),
+            writable=common_writable(caps),
             is_remote=True,
             device=self.describe(),
         )
@@ -174,11 +171,11 @@ class ShardedBackend(BaseBackend):
             if not ep.up and ep.probe is None:
                 ep.down_since = -math.inf
 
-    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
-        """Counts (V, B, N_out) int32, exactly as one server would return them."""
-        wire_params = {name: _numpy(value, np.float32) for name, value in params.items()}
-        wire_inputs = compact_inputs(_numpy(inputs))
-        num_sets = self._check_call(wire_params, wire_inputs)
+    def run_batch(self, batch: CheckedBatch) -> np.ndarray:
+        """Counts (V, B, N_out) int32, exactly as one server would return them.  The batch
+        is checked once, here; each endpoint gets its shares of it unchecked."""
+        wire = batch.for_wire()
+        num_sets = wire.num_sets
         self._settle()
         done: dict[int, np.ndarray] = {}
         pending: list[Range] = [(0, num_sets)]
@@ -193,11 +190,7 @@ class ShardedBackend(BaseBackend):
                     if share[1] > share[0]:
                         plan.setdefault(index, []).append(share)
             jobs = [
-                (
-                    lambda ep=live[i], ranges=ranges: _evaluate_ranges(
-                        ep.backend, ranges, wire_params, wire_inputs
-                    )
-                )
+                (lambda ep=live[i], ranges=ranges: _evaluate_ranges(ep.backend, ranges, wire))
                 for i, ranges in plan.items()
             ]
             results = self._run_all(jobs)
@@ -304,10 +297,7 @@ class ShardedBackend(BaseBackend):
 
     @staticmethod
     def _weights(live: Sequence[_Endpoint]) -> list[int]:
-        limits = [ep.backend.capabilities.max_vertices for ep in live]
-        if all(m is not None and m > 0 for m in limits):
-            return [int(m) for m in limits]  # type: ignore[arg-type]
-        return [1] * len(live)
+        return share_weights([ep.backend.capabilities for ep in live])
 
     def _run_all(self, jobs: Sequence[Callable[[], T]]) -> list[T | Exception]:
         """Run jobs concurrently (inline when there is one); results or exceptions, in order.
@@ -342,10 +332,6 @@ class ShardedBackend(BaseBackend):
         self._revive_pool.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DeviceError(f"{self.name}: backend is closed")
-
 
 def split_range(start: int, stop: int, weights: Sequence[int]) -> list[Range]:
     """Contiguous pieces of [start, stop) proportional to ``weights`` (largest remainder).
@@ -365,19 +351,30 @@ def split_range(start: int, stop: int, weights: Sequence[int]) -> list[Range]:
     return out
 
 
+def share_weights(caps: Sequence[Capabilities]) -> list[int]:
+    """How V is shared: in proportion to ``max_sets`` when every device reports one, else
+    equally."""
+    limits = [c.max_sets for c in caps]
+    if all(m is not None and m > 0 for m in limits):
+        return [int(m) for m in limits]  # type: ignore[arg-type]
+    return [1] * len(caps)
+
+
+def common_writable(caps: Sequence[Capabilities]) -> tuple[str, ...]:
+    """The parameter kinds every one of several devices can rewrite (in the first's order)."""
+    if not caps:
+        return ()
+    return tuple(w for w in caps[0].writable if all(w in c.writable for c in caps))
+
+
 def _evaluate_ranges(
-    backend: RemoteBackend,
-    ranges: Sequence[Range],
-    params: Mapping[str, np.ndarray],
-    inputs: np.ndarray,
+    backend: RemoteBackend, ranges: Sequence[Range], batch: CheckedBatch
 ) -> tuple[dict[int, np.ndarray], list[Range], BaseException | None]:
     """One endpoint's work in one worker thread: (counts by start, unfinished ranges, error)."""
     parts: dict[int, np.ndarray] = {}
     for k, (start, stop) in enumerate(ranges):
         try:
-            parts[start] = backend.evaluate(
-                {name: value[start:stop] for name, value in params.items()}, inputs
-            )
+            parts[start] = backend.run_batch(batch.sets(start, stop))
         except Exception as exc:
             return parts, list(ranges[k:]), exc
     return parts, [], None

@@ -6,15 +6,14 @@ and PolyStep update never copy them to the host.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from devices.base import BaseBackend
+from devices.catalog import torch_record
+from polystep_neuro.batch import CheckedBatch
+from polystep_neuro.device_select import resolve_device
 from polystep_neuro.errors import DeviceError
 from polystep_neuro.network import NetworkSpec
-from polystep_neuro.device_select import resolve_device
 from simulators.torch_lif import PRECISIONS, TorchLIF
 
 # Largest state tensor (T * V * B * widest layer elements) evaluated in one piece; bigger
@@ -34,8 +33,10 @@ class TorchSimBackend(BaseBackend):
         super().__init__()
         if precision not in PRECISIONS:
             raise DeviceError(f"torch-sim precision must be one of {PRECISIONS}, got {precision!r}")
+        record = torch_record(precision)
         self.precision = precision
-        self.name = "torch-sim" if precision == "float32" else "torch-sim-fixed"
+        self.name = record.name
+        self.writable = record.writable
         self.device = resolve_device(device)
         self.chunk_elements = int(chunk_elements)
         self._sim: TorchLIF | None = None
@@ -46,22 +47,24 @@ class TorchSimBackend(BaseBackend):
         return "PyTorch LIF simulator on CPU"
 
     def load(self, spec: NetworkSpec) -> None:
+        self._check_open()
         self._sim = TorchLIF(spec, self.precision, self.device)
         self._spec = self._sim.spec  # calibrated for fixed point where needed
 
-    def evaluate(self, params: Mapping[str, Any], inputs: Any) -> torch.Tensor:
-        num_sets = self._check_call(params, inputs)
+    def run_batch(self, batch: CheckedBatch) -> torch.Tensor:
+        """Counts on the simulator's device; V split so one piece stays under
+        ``chunk_elements``.  Binary inputs reach the simulator in the dtype given (uint8,
+        bool or float), which converts them once on its device."""
         assert self._sim is not None
-        spec = self.spec
-        batch = int(inputs.shape[0])
-        per_set = spec.num_steps * batch * max(spec.sizes)
+        spec, num_sets = self.spec, batch.num_sets
+        per_set = spec.num_steps * batch.batch_size * max(spec.sizes)
         chunk = max(1, self.chunk_elements // max(per_set, 1))
         if num_sets <= chunk:
-            return self._sim.run(params, inputs).counts
+            return self._sim.run(batch.params, batch.inputs).counts
         parts = []
         for start in range(0, num_sets, chunk):
-            part = {name: value[start : start + chunk] for name, value in params.items()}
-            parts.append(self._sim.run(part, inputs).counts)
+            part = batch.sets(start, min(start + chunk, num_sets))
+            parts.append(self._sim.run(part.params, part.inputs).counts)
         return torch.cat(parts)
 
     def close(self) -> None:

@@ -36,16 +36,17 @@ from lava.proc.dense.process import Dense
 from lava.proc.lif.process import LIF
 from lava.utils.weightutils import SignMode
 
-from polystep_neuro.errors import DeviceError
+from polystep_neuro.batch import CheckedBatch
+from polystep_neuro.errors import DeviceError, SpecError
 from polystep_neuro.network import NetworkSpec
 from simulators.lava_plan import (
+    BINARY_INPUTS,
     DEFAULT_MAX_MATRIX_ELEMENTS,
     DEFAULT_MAX_VERTICES,
     CostModel,
     DeviceNet,
     Layout,
     Slot,
-    check_binary_inputs,
     choose_layout,
     lava_vector,
     lava_weights,
@@ -149,20 +150,23 @@ class LavaNet:
 
     def evaluate(self, params: Mapping[str, Any], inputs: Any) -> np.ndarray:
         """params {name: (V, *shape)}, inputs (B, T, N_in) 0/1 -> counts (V, B, N_out)."""
-        spec = self.spec
-        num_sets = spec.check_param_sets(params)
-        spec.check_inputs(inputs)
-        x = np.asarray(inputs)
-        check_binary_inputs(x)
+        return self.run(CheckedBatch.check(self.spec, params, inputs))
+
+    def run(self, batch: CheckedBatch) -> np.ndarray:
+        """``evaluate`` of a batch already checked against this network (no second check).
+        Spikes go into the bridge's int8 buffer from whatever dtype they came in (uint8 from
+        a device server)."""
+        if not batch.binary:
+            raise SpecError(BINARY_INPUTS)
+        spec, params, num_sets = self.spec, batch.params, batch.num_sets
+        x = np.asarray(batch.inputs)
         arrays = self.net.replica_arrays(params, num_sets) if params else {}
         if self.chip is not None and self.net.fixed:
             for slot, values in arrays.items():
                 check_values(slot.layer, slot.what, values)
         graph = self._graph_for(num_sets, x)
         r = graph.layout.replicas
-        batch = x.shape[0]
-        n_out = spec.n_out
-        out = np.empty((num_sets, batch, n_out), dtype=np.int32)
+        out = np.empty((num_sets, batch.batch_size, spec.n_out), dtype=np.int32)
         starts = range(0, num_sets, r) if self.net.first_varied is not None else [0]
         self.last_split = (
             tuple(min(r, num_sets - start) for start in starts)

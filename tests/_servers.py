@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devices.handler import DeviceServer
 from devices.remote import RemoteBackend
-from devices.server import DeviceServer, ServerProcess, create_backend, serve, start_server_process
+from devices.server import create_backend, serve
+from devices.spawn import ServerProcess, start_server_process
 from polystep_neuro.errors import DeviceUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from devices.base import Backend, Capabilities
+from devices.catalog import ALL_PARAMETERS
 from devices.registry import open_backend
 from polystep_neuro.errors import DeviceError, DeviceUnavailable, SpecError
 from polystep_neuro.network import NetworkSpec
@@ -28,7 +29,8 @@ def test_contract_and_capabilities(spec: NetworkSpec) -> None:
         backend.load(spec)
         caps = backend.capabilities
         assert caps.name == "torch-sim" and caps.precision == "float32"
-        assert caps.writable == ("fc1.weight", "lif1.vth") and not caps.is_remote
+        assert caps.writable == ALL_PARAMETERS and not caps.is_remote
+        assert caps.can_write("lif1.vth") and caps.can_write("fc0.bias")
         assert Capabilities.from_json(caps.to_json()) == caps
         w = np.stack([spec.layers[1].weight * s for s in (0.5, 1.0, 2.0)])
         counts = backend.evaluate({"fc1.weight": w}, _inputs())

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from devices.remote import RemoteBackend
-from devices.server import ServerProcess
+from devices.spawn import ServerProcess
 from polystep_neuro.controller import Adapter, AdaptResult
 from polystep_neuro.data import SpikeDataset, poisson_encode
 from polystep_neuro.losses import make_loss

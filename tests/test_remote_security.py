@@ -19,8 +19,8 @@ import zmq
 
 from devices.registry import open_backend
 from devices.remote import RemoteBackend
-from devices.security import KEYS_ENV, client_keys, generate_keys
-from devices.server import ServerProcess, is_local_endpoint
+from devices.security import KEYS_ENV, client_keys, generate_keys, is_local_endpoint
+from devices.spawn import ServerProcess
 from devices.torch_sim import TorchSimBackend
 from polystep_neuro.cli import main as cli_main
 from polystep_neuro.errors import DeviceError, DeviceUnavailable
@@ -181,7 +181,7 @@ def test_server_refuses_to_start_with_bad_keys(tmp_path: Path, case: str) -> Non
 
 
 def test_public_bind_message_names_keygen() -> None:
-    from devices.server import PUBLIC_BIND_MESSAGE, check_bind
+    from devices.security import PUBLIC_BIND_MESSAGE, check_bind
 
     with pytest.raises(DeviceError, match="refusing to bind tcp://0.0.0.0:1"):
         check_bind("tcp://0.0.0.0:1", insecure=False)

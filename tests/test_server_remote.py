@@ -20,10 +20,14 @@ import torch
 import zmq
 
 from devices.base import BaseBackend
+from devices.catalog import ALL_PARAMETERS
+from devices.handler import DeviceServer
 from devices.protocol import Limits, NotLoadedError, ProtocolError, decode, encode
-from devices.remote import RemoteBackend, compact_inputs
-from devices.server import DeviceServer, ServerProcess, is_local_endpoint, start_server_process
+from devices.remote import RemoteBackend
+from devices.security import is_local_endpoint
+from devices.spawn import ServerProcess, start_server_process
 from devices.torch_sim import TorchSimBackend
+from polystep_neuro.batch import CheckedBatch
 from polystep_neuro.errors import CapacityError, DeviceError, DeviceUnavailable, SpecError
 from polystep_neuro.network import NetworkSpec
 
@@ -155,7 +159,7 @@ def test_evaluate_before_load_and_bad_evaluates(server: ServerProcess) -> None:
     header, _ = _request(ep, "load", arrays, spec={**meta, "layers": "nope"})
     assert header["error"]["type"] == "SpecError"
     header, out = _request(ep, "load", arrays, spec=meta)
-    assert "error" not in header and header["capabilities"]["writable"] == list(WRITABLE)
+    assert "error" not in header and header["capabilities"]["writable"] == list(ALL_PARAMETERS)
     np.testing.assert_array_equal(out["fc0.weight"], arrays["fc0.weight"])
     cases = [
         ({}, "ProtocolError", "evaluate needs an 'inputs' array"),
@@ -236,10 +240,12 @@ def test_remote_counts_equal_local_float32(server: ServerProcess) -> None:
     with RemoteBackend(server.endpoint, timeout_s=20) as remote:
         caps = remote.capabilities
         assert caps.name == "torch-sim" and caps.precision == "float32" and caps.is_remote
-        assert server.endpoint in caps.device and remote.server_info["backend"] == "torch-sim"
+        assert caps.address == server.endpoint and caps.device == "PyTorch LIF simulator on CPU"
+        assert caps.describe() == f"PyTorch LIF simulator on CPU at {server.endpoint}"
+        assert remote.server_info["backend"] == "torch-sim"
         assert remote.ping() < 5.0
         remote.load(spec)
-        assert remote.capabilities.writable == WRITABLE
+        assert remote.capabilities.writable == ALL_PARAMETERS
         expected = _local_counts("float32", params, inputs)
         got = remote.evaluate(params, inputs)
         assert got.dtype == np.int32 and got.shape == (4, 5, 3) and got.flags.writeable
@@ -259,13 +265,20 @@ def test_remote_counts_equal_local_float32(server: ServerProcess) -> None:
             remote.evaluate({"lif0.vth": np.ones((2,), np.float32)}, inputs)
 
 
-def test_compact_inputs() -> None:
+def test_inputs_for_the_wire() -> None:
+    """Binary spikes travel as uint8 (4x smaller than float32), anything else as float32."""
+    spec = _spec()
+
+    def wire(x: np.ndarray) -> np.ndarray:
+        return CheckedBatch.check(spec, {}, x).for_wire().inputs
+
     spikes = _inputs()
-    assert compact_inputs(spikes).dtype == np.uint8
-    np.testing.assert_array_equal(compact_inputs(spikes), spikes)
-    assert compact_inputs(spikes * 0.5).dtype == np.float32
-    assert compact_inputs(spikes > 0).dtype == np.bool_
-    assert compact_inputs(spikes.astype(np.float64) * 0.5).dtype == np.float32
+    assert wire(spikes).dtype == np.uint8
+    np.testing.assert_array_equal(wire(spikes), spikes)
+    assert wire(spikes * 0.5).dtype == np.float32
+    assert wire(spikes > 0).dtype == np.bool_
+    assert wire(spikes.astype(np.float64) * 0.5).dtype == np.float32
+    assert wire(torch.as_tensor(spikes)).dtype == np.uint8
 
 
 def test_fixed_point_parity_kill_restart_and_exit_on_close(

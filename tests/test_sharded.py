@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from devices.registry import check_backend_name, open_backend
 from devices.remote import RemoteBackend
-from devices.server import ServerProcess
 from devices.sharded import ShardedBackend, split_range
+from devices.spawn import ServerProcess
 from polystep_neuro.errors import DeviceError, DeviceUnavailable
 from polystep_neuro.network import NetworkSpec
 from tests._servers import ThreadServer, spawn
@@ -77,12 +77,11 @@ def _spy(sharded: ShardedBackend) -> list[tuple[str, int, str]]:
     calls: list[tuple[str, int, str]] = []
     for ep in sharded._endpoints:
 
-        def wrapped(params: Any, inputs: Any, ep: Any = ep, real: Any = ep.backend.evaluate):
-            num_sets = next(iter(params.values())).shape[0] if params else 1
-            calls.append((ep.address, num_sets, threading.current_thread().name))
-            return real(params, inputs)
+        def wrapped(batch: Any, ep: Any = ep, real: Any = ep.backend.run_batch):
+            calls.append((ep.address, batch.num_sets, threading.current_thread().name))
+            return real(batch)
 
-        ep.backend.evaluate = wrapped
+        ep.backend.run_batch = wrapped
     return calls
 
 
