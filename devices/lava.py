@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 NEEDS_ENV = "lava backend needs the Lava env: run `polystep-neuro devices setup-lava`"
 
 
-def spawn_server(python: Path, backend: str, *, startup_timeout_s: float = 180.0) -> ServerProcess:
+def spawn_server(
+    python: Path, backend: str, *, startup_timeout_s: float = 180.0, module: str = "devices.server"
+) -> ServerProcess:
     """Start a device server with the Lava env's python, in its own session, exiting with
     this process; DeviceUnavailable with the server's own error output if it exits or
-    stays silent."""
+    stays silent.  (``module``: see ``devices.spawn.start_server_process``.)"""
     env = dict(os.environ)
     env[PARENT_ENV] = str(os.getpid())
     # Run this checkout's code, and nothing from the host's Python (3.11 packages break 3.10).
@@ -57,6 +59,7 @@ def spawn_server(python: Path, backend: str, *, startup_timeout_s: float = 180.0
         env=env,
         startup_timeout_s=startup_timeout_s,
         new_session=True,
+        module=module,
     )
 
 

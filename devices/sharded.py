@@ -135,6 +135,7 @@ class ShardedBackend(BaseBackend):
             writable=common_writable(caps),
             is_remote=True,
             device=self.describe(),
+            address=",".join(self.endpoints),
         )
 
     def describe(self) -> str:

@@ -108,15 +108,18 @@ def start_server_process(
     cwd: str | None = None,
     startup_timeout_s: float = 120.0,
     new_session: bool = False,
+    module: str = "devices.server",
 ) -> ServerProcess:
     """Spawn ``python -m devices.server`` and wait for its startup line (the real endpoint).
 
     Raises DeviceUnavailable with the server's own error line if it exits or stays silent;
     a server whose backend refused to start (DeviceUnavailable, e.g. no lava-loihi) gives
     just that reason.  ``new_session`` makes the server a process-group leader, so its own
-    workers can be stopped with it (``ServerProcess.stop_group``).
+    workers can be stopped with it (``ServerProcess.stop_group``).  ``module``: another
+    module with the same command line and startup line (tests host loihi2 on Lava's CPU
+    models that way).
     """
-    cmd = [python or sys.executable, "-m", "devices.server", "--backend", backend, "--bind", bind]
+    cmd = [python or sys.executable, "-m", module, "--backend", backend, "--bind", bind]
     cmd += ["--exit-on-close"] if exit_on_close else []
     cmd += list(extra_args)
     try:
