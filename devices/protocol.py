@@ -48,6 +48,10 @@ __all__ = [
     "message_nbytes",
 ]
 
+# Bump when a peer of the other version would misread a message; both sides then refuse
+# each other with "unsupported protocol version" (see _check_header).  Fields added to a
+# JSON object that old peers ignore do not need a bump: capabilities gained ``max_sets``
+# (read as ``max_vertices`` from an older server) and ``address`` within v1.
 PROTOCOL_VERSION = 1
 OPS = ("hello", "load", "evaluate", "ping", "close")
 

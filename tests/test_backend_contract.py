@@ -387,3 +387,13 @@ def test_spikes_reach_a_served_backend_as_uint8() -> None:
             )
     assert seen == [np.dtype(np.uint8)]
     assert ALL_PARAMETERS == RECORDS["torch-sim-fixed"].writable
+
+
+def test_capabilities_from_an_older_server() -> None:
+    """A v1 server that still sends ``max_vertices`` (and no ``address``) is read fine."""
+    old = {"name": "lava-fixed", "precision": "loihi-fixed", "max_vertices": 8, "writable": []}
+    caps = Capabilities.from_json(old)
+    assert caps.max_sets == 8 and caps.address == "" and caps.describe() == ""
+    new = Capabilities("remote", "float32", 4, ALL_PARAMETERS, True, "sim", "tcp://h:1")
+    assert Capabilities.from_json(new.to_json()) == new
+    assert new.describe() == "sim at tcp://h:1" and "max_vertices" not in new.to_json()
