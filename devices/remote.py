@@ -305,6 +305,13 @@ class RemoteBackend(BaseBackend):
                 "; reconnecting" if attempt < tries else "",
             )
             self._drop_socket()
+        raise self._unanswered(op, tries, timeout_s, time.monotonic() - start, hint)
+
+    def _unanswered(
+        self, op: str, tries: int, timeout_s: float, took_s: float, hint: str
+    ) -> DeviceUnavailable:
+        """The error for a request no try got an answer to: what the handshakes said, or
+        the list of things to check."""
         why = (
             f"{hint}."
             if hint
@@ -315,9 +322,9 @@ class RemoteBackend(BaseBackend):
                 f"device raise timeout_s."
             )
         )
-        raise DeviceUnavailable(
+        return DeviceUnavailable(
             f"device server {self.endpoint} did not answer {op!r}: {tries} tries of "
-            f"{timeout_s:g} s each, {time.monotonic() - start:.1f} s in all. {why}"
+            f"{timeout_s:g} s each, {took_s:.1f} s in all. {why}"
         )
 
     def _keys_note(self) -> str:
