@@ -261,6 +261,12 @@ def test_remote_counts_equal_local_float32(server: ServerProcess) -> None:
         # a batch over the server's message limits is split along V, in order
         remote._limits = Limits(max_array_bytes=2 * 12 * 8 * 4, max_total_bytes=1 << 20)
         np.testing.assert_array_equal(remote.evaluate(params, inputs), expected)
+        # inputs alone over the limit: CapacityError before sending, with or without params
+        remote._limits = Limits(max_array_bytes=399, max_total_bytes=1 << 20)
+        for sets in (params, {}):
+            with pytest.raises(CapacityError, match=r"inputs take 400 bytes, over what"):
+                remote.evaluate(sets, inputs)  # (5, 10, 8) spikes as uint8: 400 bytes
+        remote._limits = Limits()
         with pytest.raises(SpecError, match="not writable"):
             remote.evaluate({"lif0.vth": np.ones((2,), np.float32)}, inputs)
 
