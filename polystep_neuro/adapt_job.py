@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from devices.registry import open_backend
+from devices.registry import backend_options, open_backend
 from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult, ensure_writable_dir
 from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, load_split
+from polystep_neuro.device_select import resolve_device
 from polystep_neuro.errors import Interrupted, PolystepError, SpecError
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optimizers import Settings
-from simulators import fixed_point
-from simulators.torch_lif import resolve_device
 
 # Weight of the distillation term towards the starting network when no replay data is given.
 DEFAULT_ANCHOR = 1.0
@@ -217,11 +216,7 @@ def _dataset(spikes: np.ndarray, labels: np.ndarray, job: AdaptJob) -> SpikeData
 
 
 def _open(job: AdaptJob, device: torch.device) -> Any:
-    options: dict[str, Any] = {}
-    if job.backend.startswith("torch-sim"):
-        options["device"] = device
-    if job.timeout_s is not None:
-        options["timeout_s"] = job.timeout_s
+    options = backend_options(job.backend, device=device, timeout_s=job.timeout_s)
     return open_backend(job.backend, **options)
 
 
@@ -241,9 +236,7 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
     _write_config(job, anchor)
     backend = _open(job, device)
     try:
-        if backend.capabilities.precision == "loihi-fixed":
-            spec = fixed_point.calibrate(spec)
-        backend.load(spec)
+        backend.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)
         adapter = Adapter.build(
             backend, data.stream.to(device), steps=job.steps, settings=job.settings,
             device=device, validation={k: v.to(device) for k, v in data.validation.items()},

@@ -135,9 +135,8 @@ def adapt(
     the device can rewrite).  ``settings`` are :class:`~polystep_neuro.optimizers.Settings`
     fields (probe, rank, step, ...).
     """
-    from devices.registry import open_backend
-    from simulators import fixed_point
-    from simulators.torch_lif import resolve_device
+    from devices.registry import backend_options, open_backend
+    from polystep_neuro.device_select import resolve_device
 
     spec, changes = _as_spec(model, num_steps, backend)
     names = writable or spec.writable or device_writable(spec)
@@ -158,12 +157,9 @@ def adapt(
     if replay is not None:
         kept, held = _hold_out(ds(replay), val_fraction, seed)
         stream, val["replay"] = _concat(stream, kept, batch_size, seed), held
-    options = {"device": where} if backend.startswith("torch-sim") else {}
-    dev = open_backend(backend, **options)
+    dev = open_backend(backend, **backend_options(backend, device=where))
     try:
-        if dev.capabilities.precision == "loihi-fixed":
-            spec = fixed_point.calibrate(spec)
-        dev.load(spec)
+        dev.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)
         adapter = Adapter.build(
             dev, stream, steps=steps, device=where,
             settings=Settings(optimizer=optimizer, seed=seed, **settings),

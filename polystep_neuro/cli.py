@@ -305,27 +305,22 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from devices.registry import open_backend
+    from devices.registry import backend_options, open_backend
     from polystep_neuro.adapt_job import load_spike_data
     from polystep_neuro.data import SpikeDataset
+    from polystep_neuro.device_select import resolve_device
     from polystep_neuro.evaluation import score
     from polystep_neuro.losses import COUNT_LOGIT_SCALE, make_loss
     from polystep_neuro.network import NetworkSpec
-    from simulators import fixed_point
-    from simulators.torch_lif import resolve_device
 
     _check_backend_name(args.backend)
     spec = NetworkSpec.load(args.spec)
     spikes, labels = load_spike_data(args.data, spec, args.time_first)
-    options: dict = {}
-    if args.backend.startswith("torch-sim"):
-        options["device"] = resolve_device(args.device)
-    if args.timeout is not None:
-        options["timeout_s"] = args.timeout
+    options = backend_options(
+        args.backend, device=resolve_device(args.device), timeout_s=args.timeout
+    )
     backend = open_backend(args.backend, **options)
     try:
-        if backend.capabilities.precision == "loihi-fixed":
-            spec = fixed_point.calibrate(spec)
         backend.load(spec)
         data = SpikeDataset(spikes, labels, len(labels))
         result = score(backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))

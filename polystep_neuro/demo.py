@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from devices.base import BaseBackend
-from devices.registry import open_backend
+from devices.registry import backend_options, open_backend
 from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult
 from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, load_split
@@ -183,8 +183,7 @@ def adapt(
     cfg: DemoConfig, deployed: NetworkSpec, data: DemoData, device: torch.device
 ) -> AdaptResult:
     """(d) The writable readout adapted on the device by the recipe, forward passes only."""
-    options = {"device": device} if cfg.backend.startswith("torch-sim") else {}
-    backend = open_backend(cfg.backend, **options)
+    backend = open_backend(cfg.backend, **backend_options(cfg.backend, device=device))
     try:
         backend.load(deployed)
         stream = concat(
@@ -224,7 +223,7 @@ def _run(adapter: Adapter, steps: int, cfg: DemoConfig, name: str) -> AdaptResul
 
 def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -> DemoResult:
     """Run all five stages; raises PolystepError (with a message) on bad settings."""
-    from simulators.torch_lif import resolve_device
+    from polystep_neuro.device_select import resolve_device
 
     device = resolve_device(cfg.device)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
