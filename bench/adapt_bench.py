@@ -54,7 +54,7 @@ from polystep_neuro.optimizers import (  # noqa: E402
     OPTIMIZERS,
     Settings,
     make_layout,
-    polystep_candidates,
+    make_optimizer,
 )
 from simulators import fixed_point  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
@@ -172,7 +172,8 @@ MAKERS = {"demo": demo_task, "all-weights": all_weights_task}
 def run_method(task: Task, settings: Settings, validated: bool = False) -> Run:
     """One method on one task up to its largest budget; test scores at each budget."""
     layout = make_layout(task.backend.spec, settings)
-    per_step = settings.popsize or polystep_candidates(layout, settings)
+    x0 = layout.flatten(task.backend.spec)
+    per_step = make_optimizer(settings, layout, x0, 1).num_candidates  # SPSA: 2
     budgets = sorted(task.budgets)
     steps = budgets[-1] // per_step
     run = Run(task.name, settings.optimizer, settings.seed, per_step)
