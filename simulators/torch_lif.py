@@ -20,6 +20,7 @@ holds every set (fewer, larger kernels).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,11 +33,11 @@ from polystep_neuro.errors import SpecError
 from polystep_neuro.network import LayerSpec, NetworkSpec, split_param_name
 from simulators import fixed_point as fp
 from simulators.lif_dynamics import (
+    FixedLIF,
     FixedNeurons,
+    FloatLIF,
     FloatNeurons,
-    fixed_layer,
     fixed_neurons,
-    float_layer,
     float_neurons,
     inverse,
     like,
@@ -47,9 +48,11 @@ from simulators.param_groups import distinct_sets
 PRECISIONS = ("float32", "loihi-fixed")
 # Integer-valued float32 GEMMs are exact while every partial sum stays below 2**24.
 _F32_EXACT = 1 << 24
-# Neuron-state elements (sets x B x N of the widest layer) per block on CPU: 64 Ki float32
-# (256 KiB) per step keeps state, input and spikes of a step in a core's L2 cache.
+# On CPU, neuron-state elements (sets x B x N of the widest layer) per block: 64 Ki float32
+# (256 KiB) per step; and steps per chunk: a block's GEMM output and spikes for a chunk
+# (about 1.3 MiB each) stay in cache until the neuron update and the next layer read them.
 CPU_BLOCK_ELEMENTS = 1 << 16
+CPU_TIME_BLOCK = 5
 
 
 @dataclass
@@ -133,8 +136,10 @@ class TorchLIF:
 
     ``run(params, inputs)`` takes ``params`` as ``{name: (V, *shape)}`` (only writable
     names; others keep the spec's values) and ``inputs`` as ``(B, T, N_in)``.
-    ``block_elements`` bounds the neuron state a block of sets updates per step (default:
-    ``CPU_BLOCK_ELEMENTS`` on CPU, every set at once on CUDA); results never depend on it.
+    ``block_elements`` bounds the neuron state a block of sets updates per step and
+    ``time_block`` the steps per chunk (defaults: ``CPU_BLOCK_ELEMENTS`` and
+    ``CPU_TIME_BLOCK`` on CPU, every set and step at once on CUDA); loihi-fixed results
+    never depend on them, float32 ones only through GEMM rounding.
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class TorchLIF:
         precision: str = "float32",
         device: str | torch.device | None = "cpu",
         block_elements: int | None = None,
+        time_block: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise SpecError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -153,9 +159,11 @@ class TorchLIF:
         self.spec = spec
         self.precision = precision
         self.device = resolve_device(device)
-        if block_elements is None and self.device.type == "cpu":
-            block_elements = CPU_BLOCK_ELEMENTS
+        if self.device.type == "cpu":
+            block_elements = block_elements or CPU_BLOCK_ELEMENTS
+            time_block = time_block or CPU_TIME_BLOCK
         self.block_elements = block_elements
+        self.time_block = time_block
         self._work = _Workspace(self.device)
         self._base = {
             name: torch.as_tensor(np.asarray(value), device=self.device).unsqueeze(0)
@@ -268,21 +276,29 @@ class TorchLIF:
         record: bool,
         traces: list[tuple[torch.Tensor, ...]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run layers that share one grouping, block of groups by block of groups.
+        """Run layers that share one grouping: block of groups by block of groups, and in
+        each block a few steps at a time through all of its layers.
 
         ``x``: the input spikes, logical (T, in_groups, B, n_in).  Returns the last layer's
         spike trains (T, groups, B, n) when another layer reads them (else ``x``) and its
         spike counts (groups, B, n) when it is the network's output layer (else empty).
+
+        Layer j runs steps [k * tau + lag_j, (k + 1) * tau + lag_j) in chunk k, lag_j being
+        the summed delays up to it (chunk 0 also runs the steps before): those read exactly
+        the rows the layer before wrote in the same chunk, so nothing is carried over.
         """
         steps, batch = x.shape[0], x.shape[2]
         groups = layers[0].groups
         last = layers[-1]
         is_output = last.index == len(self.spec.layers) - 1
         widest = max(layer.spec.n_out for layer in layers)
-        block = groups
+        block, tau = groups, steps
         if self.block_elements is not None:
             block = max(1, min(groups, self.block_elements // (batch * widest)))
-        # Full traces where something reads them after this segment; blocks elsewhere.
+        if self.time_block is not None:
+            tau = max(1, min(steps, self.time_block))
+        lag = list(itertools.accumulate(layer.spec.delay for layer in layers))
+        # Full traces where something reads them after this segment; chunks elsewhere.
         full: dict[int, list[torch.Tensor]] = {}
         for layer in layers:
             if record or (layer is last and not is_output):
@@ -292,36 +308,84 @@ class TorchLIF:
                 ]
         counts = torch.empty(0, dtype=torch.int32, device=self.device)
         if is_output:
-            counts = torch.empty(
+            counts = torch.zeros(
                 (groups, batch, last.spec.n_out), dtype=torch.int32, device=self.device
             )
-        shared_a: dict[int, torch.Tensor] = {}
-        for start in range(0, groups, block):
-            stop = min(groups, start + block)
-            inp = self._block_input(layers[0], x, start, stop)
-            for layer in layers:
-                a = self._synaptic_input(layer, inp, start, stop, shared_a)
-                out = full.get(layer.index)
-                if out is not None:
-                    spikes = out[0][:, start:stop]
-                else:
-                    spikes = self._scratch_spikes(layer, a, stop - start)
-                volts = out[1][:, start:stop] if record and out is not None else None
-                currs = out[2][:, start:stop] if record and out is not None else None
+        first = layers[0]
+        shared = None  # the first layer's W.s for every group at once, where that pays
+        w = first.weight
+        if first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
+            shared = _project(x, w, self._work, f"l{first.index}")
+        for g0 in range(0, groups, block):
+            g1 = min(groups, g0 + block)
+            x_block = self._block_input(first, x, g0, g1)
+            runners, chunks = [], []
+            for j, layer in enumerate(layers):
+                rows = min(steps, tau + lag[j])  # chunk 0 is the longest
+                chunk = self._chunk(layer, shared if j == 0 else None, rows, g0, g1, batch)
+                chunks.append(chunk)
                 buffer = self._buffers(f"l{layer.index}")
-                q = layer.neurons.take(start, stop)
+                q = layer.neurons.take(g0, g1)
+                template = chunk[0] if layer.index not in full else full[layer.index][0][0, g0:g1]
                 if isinstance(q, FloatNeurons):
-                    float_layer(layer.spec, q, a, spikes, buffer, volts, currs)
+                    runners.append(FloatLIF(layer.spec, q, template, buffer))
                 else:
-                    fixed_layer(layer.spec, q, a, spikes, buffer, volts, currs)
-                inp = spikes
-            if is_output:
-                torch.sum(inp, dim=0, dtype=torch.int32, out=counts[start:stop])
+                    runners.append(FixedLIF(layer.spec, q, template, buffer, layer.weight.dtype))
+            k, done = 0, False
+            while not done:
+                prev, prev_lo = x_block, 0
+                for j, layer in enumerate(layers):
+                    lo = 0 if k == 0 else k * tau + lag[j]
+                    hi = min(steps, (k + 1) * tau + lag[j])
+                    if j == 0:
+                        done = hi == steps
+                    if lo >= hi:
+                        break
+                    delay = layer.spec.delay
+                    r0, r1 = max(lo - delay, 0), hi - delay  # input rows these steps read
+                    acc, row0 = None, 0
+                    if j == 0 and shared is not None:
+                        acc = shared if shared.shape[1] == 1 else shared[:, g0:g1]
+                    elif r1 > r0:
+                        w = layer.weight if layer.weight.shape[0] == 1 else layer.weight[g0:g1]
+                        rows_in = prev[r0 - prev_lo : r1 - prev_lo]
+                        acc, row0 = _project(rows_in, w, self._work, f"l{layer.index}"), r0
+                    out = full.get(layer.index)
+                    if out is not None:
+                        spikes = out[0][lo:hi, g0:g1]
+                        volts = out[1][lo:hi, g0:g1] if record else None
+                        currs = out[2][lo:hi, g0:g1] if record else None
+                    else:
+                        spikes, volts, currs = chunks[j][: hi - lo], None, None
+                    runners[j].steps(lo, hi, acc, row0, spikes, volts, currs)
+                    if is_output and layer is last:
+                        counts[g0:g1] += spikes.sum(dim=0, dtype=torch.int32)
+                    prev, prev_lo = spikes, lo
+                k += 1
         for layer in layers:
             if record:
                 traces.append(tuple(full[layer.index]))
         out_last = full.get(last.index)
         return (out_last[0] if out_last is not None else x), counts
+
+    def _chunk(
+        self,
+        layer: _Layer,
+        shared: torch.Tensor | None,
+        rows: int,
+        g0: int,
+        g1: int,
+        batch: int,
+    ) -> torch.Tensor:
+        """A chunk's spike buffer, logical (rows, sets, B, n): laid out like the layer's
+        shared synaptic input where it has one per set (the state follows it), else
+        set-major like the GEMM's output, which the next layer's GEMM reads without a copy."""
+        tag = f"l{layer.index}.chunk"
+        n = layer.spec.n_out
+        if shared is not None and shared.shape[1] > 1:
+            return like(self._work.get, tag, shared[:rows, g0:g1], torch.float32)
+        flat = self._work.get(tag, (g1 - g0, rows, batch, n), torch.float32)
+        return flat.permute(1, 0, 2, 3)
 
     def _buffers(self, prefix: str):
         def buffer(tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -341,14 +405,6 @@ class TorchLIF:
             flat = self._work.get(f"l{layer.index}.trace", shape, dtype)
         return flat.permute(1, 0, 2, 3)
 
-    def _scratch_spikes(self, layer: _Layer, a: torch.Tensor, sets: int) -> torch.Tensor:
-        """A block's spike buffer, laid out like its synaptic input when that is per set."""
-        tag = f"l{layer.index}.spikes"
-        if a.shape[1] == sets:
-            return like(self._work.get, tag, a, torch.float32)
-        shape = (sets, a.shape[0], a.shape[2], a.shape[3])
-        return self._work.get(tag, shape, torch.float32).permute(1, 0, 2, 3)
-
     def _block_input(self, layer: _Layer, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Input spikes of groups [start, stop) of the first layer of a segment."""
         if x.shape[1] == 1:
@@ -360,31 +416,6 @@ class TorchLIF:
         out = self._work.get(f"l{layer.index}.gather", (stop - start, t, b, n), x.dtype)
         torch.index_select(x.permute(1, 0, 2, 3), 0, index, out=out)
         return out.permute(1, 0, 2, 3)
-
-    def _synaptic_input(
-        self,
-        layer: _Layer,
-        inp: torch.Tensor,
-        start: int,
-        stop: int,
-        shared: dict[int, torch.Tensor],
-    ) -> torch.Tensor:
-        """W.s of every step for groups [start, stop): logical (T, sets or 1, B, n_out).
-
-        A shared input is projected for all groups at once when the weights are shared too
-        or the layer narrows (one stacked GEMM, as cheap as one block's); the blocks then
-        read their slice.  Everything else is one GEMM per block.
-        """
-        w = layer.weight
-        n_out, n_in = w.shape[1], w.shape[2]
-        if layer.in_groups == 1 and (w.shape[0] == 1 or n_in > n_out):
-            if layer.index not in shared:
-                shared[layer.index] = _project(inp, w, self._work, f"l{layer.index}")
-            a = shared[layer.index]
-            return a if a.shape[1] == 1 else a[:, start:stop]
-        if w.shape[0] > 1:
-            w = w[start:stop]
-        return _project(inp, w, self._work, f"l{layer.index}")
 
 
 def quantized_weight(

@@ -53,26 +53,27 @@ def _random_case(seed: int, precision: str):
 
 @pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
 @pytest.mark.parametrize("seed", range(12))
-def test_results_do_not_depend_on_the_block_size(precision: str, seed: int) -> None:
+def test_results_do_not_depend_on_blocks_and_chunks(precision: str, seed: int) -> None:
     spec, params, x = _random_case(seed, precision)
-    whole = TorchLIF(spec, precision, block_elements=1 << 30).run(params, x, record=True)
-    assert whole.spikes is not None and whole.voltages is not None and whole.currents is not None
-    for block in (1, 37):
-        part = TorchLIF(spec, precision, block_elements=block).run(params, x, record=True)
+    whole = TorchLIF(spec, precision, block_elements=1 << 30, time_block=100)
+    ref = whole.run(params, x, record=True)
+    assert ref.spikes is not None and ref.voltages is not None and ref.currents is not None
+    assert torch.equal(whole.counts(params, x), ref.counts)
+    for block, steps in ((1, 1), (37, 2), (1 << 30, 3), (1, 100)):
+        sim = TorchLIF(spec, precision, block_elements=block, time_block=steps)
+        part = sim.run(params, x, record=True)
         assert part.spikes is not None and part.voltages is not None and part.currents is not None
-        assert torch.equal(part.counts, whole.counts)
-        assert torch.equal(
-            TorchLIF(spec, precision, block_elements=block).counts(params, x), part.counts
-        )
-        for ours, ref in zip(
+        assert torch.equal(part.counts, ref.counts)
+        assert torch.equal(sim.counts(params, x), ref.counts)
+        for ours, theirs in zip(
             part.spikes + part.voltages + part.currents,
-            whole.spikes + whole.voltages + whole.currents,
+            ref.spikes + ref.voltages + ref.currents,
             strict=True,
         ):
             if precision == "loihi-fixed":
-                assert torch.equal(ours, ref)  # integers: exact whatever the GEMM's blocking
+                assert torch.equal(ours, theirs)  # integers: exact whatever the GEMM's shape
             else:  # a GEMM's rounding may depend on its row count; spikes did not move
-                assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5)
+                assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
 def _one_neuron(n_in: int, sign: float, dv: float, steps: int) -> NetworkSpec:
@@ -106,15 +107,16 @@ def test_fixed_state_precision_follows_the_bounds_and_stays_exact(
     spec = _one_neuron(n_in, sign, dv, steps)
     x = np.ones((1, steps, n_in), dtype=np.float32)
     used: list[torch.dtype] = []
-    original = lif_dynamics._fixed_steps
+    original = lif_dynamics.FixedLIF._use
 
-    def spy(*args, **kwargs):
-        used.append(args[-1])
-        return original(*args, **kwargs)
+    def spy(self, dtype: torch.dtype) -> None:
+        used.append(dtype)
+        original(self, dtype)
 
-    monkeypatch.setattr(lif_dynamics, "_fixed_steps", spy)
-    res = TorchLIF(spec, "loihi-fixed").run(None, x, record=True)
-    assert used == [state]
+    monkeypatch.setattr(lif_dynamics.FixedLIF, "_use", spy)
+    res = TorchLIF(spec, "loihi-fixed", time_block=2).run(None, x, record=True)
+    # float32 from the start; float64 from the chunk whose bound passes 2**23 on
+    assert used == ([torch.float32] if state == torch.float32 else [torch.float32, state])
     assert res.spikes is not None and res.voltages is not None and res.currents is not None
     ref_s, ref_v, ref_u = run_sample(fp.quantize_spec(spec), x[0])
     assert np.array_equal(res.voltages[0][0, 0].numpy(), ref_v[0])
