@@ -48,11 +48,13 @@ from simulators.param_groups import distinct_sets
 PRECISIONS = ("float32", "loihi-fixed")
 # Integer-valued float32 GEMMs are exact while every partial sum stays below 2**24.
 _F32_EXACT = 1 << 24
-# On CPU, neuron-state elements (sets x B x N of the widest layer) per block: 64 Ki float32
-# (256 KiB) per step; and steps per chunk: a block's GEMM output and spikes for a chunk
-# (about 1.3 MiB each) stay in cache until the neuron update and the next layer read them.
+# On one CPU thread, neuron-state elements (sets x B x N of the widest layer) per block:
+# 64 Ki float32 (256 KiB) per step; and steps per chunk: a block's GEMM output and spikes
+# for a chunk (about 1.3 MiB each) stay in cache until the neuron update and the next
+# layer read them.  See TorchLIF.blocking.
 CPU_BLOCK_ELEMENTS = 1 << 16
 CPU_TIME_BLOCK = 5
+_NARROW = 32  # layers narrower than this GEMM as W.x^T where the sums are exact
 
 
 @dataclass
@@ -118,7 +120,8 @@ class _Layer:
 
     index: int
     spec: LayerSpec
-    weight: torch.Tensor  # (groups or 1, n_out, n_in) in the GEMM's dtype
+    weight: torch.Tensor  # float32 (groups or 1, n_out, n_in); quantised per block if fixed
+    gemm_dtype: torch.dtype  # the GEMM's (loihi-fixed: float32 where its sums are exact)
     neurons: FloatNeurons | FixedNeurons
     groups: int
     in_groups: int
@@ -137,8 +140,7 @@ class TorchLIF:
     ``run(params, inputs)`` takes ``params`` as ``{name: (V, *shape)}`` (only writable
     names; others keep the spec's values) and ``inputs`` as ``(B, T, N_in)``.
     ``block_elements`` bounds the neuron state a block of sets updates per step and
-    ``time_block`` the steps per chunk (defaults: ``CPU_BLOCK_ELEMENTS`` and
-    ``CPU_TIME_BLOCK`` on CPU, every set and step at once on CUDA); loihi-fixed results
+    ``time_block`` the steps per chunk (defaults: see ``blocking``); loihi-fixed results
     never depend on them, float32 ones only through GEMM rounding.
     """
 
@@ -159,9 +161,6 @@ class TorchLIF:
         self.spec = spec
         self.precision = precision
         self.device = resolve_device(device)
-        if self.device.type == "cpu":
-            block_elements = block_elements or CPU_BLOCK_ELEMENTS
-            time_block = time_block or CPU_TIME_BLOCK
         self.block_elements = block_elements
         self.time_block = time_block
         self._work = _Workspace(self.device)
@@ -213,6 +212,22 @@ class TorchLIF:
     def counts(self, params: Mapping[str, Any] | None, inputs: Any) -> torch.Tensor:
         return self.run(params, inputs).counts
 
+    def blocking(self) -> tuple[int | None, int | None]:
+        """(block_elements, time_block) for the next run; None: everything at once.
+
+        Cache-sized blocks and chunks on CPU with one intra-op thread.  With several
+        threads, or on CUDA, one block of every set and step: many small ops each pay a
+        barrier across threads, which on a loaded machine costs a scheduler slice (the
+        quick demo test took 80 to 437 s instead of 28 to 65 s at 2 threads with 64 Ki
+        blocks on a 2-core machine under load 3-5).  Sizes passed in are always used.
+        """
+        block, steps = self.block_elements, self.time_block
+        if self.device.type != "cpu" or (
+            block is None and steps is None and torch.get_num_threads() > 1
+        ):
+            return block, steps
+        return block or CPU_BLOCK_ELEMENTS, steps or CPU_TIME_BLOCK
+
     # ------------------------------------------------------------------ planning
     def _plan(self, params: Mapping[str, Any], num_sets: int) -> list[_Layer]:
         """Group the sets per layer: sets that agree on every varied parameter of a prefix
@@ -235,14 +250,18 @@ class TorchLIF:
                 if in_groups > 1 and not _is_identity(group[rep], in_groups):
                     source = group[rep]  # the input group each distinct set reads
                 group = inv
+            gemm_dtype = torch.float32
             if self.precision == "loihi-fixed":
-                exact_f32 = layer.n_in * max(abs(fp.WEIGHT_MIN), fp.WEIGHT_MAX) < _F32_EXACT
-                gemm_dtype = torch.float32 if exact_f32 else torch.float64
-                weight = quantized_weight(lp["weight"], layer, gemm_dtype, self._work, f"l{i}")
+                if layer.n_in * max(abs(fp.WEIGHT_MIN), fp.WEIGHT_MAX) >= _F32_EXACT:
+                    gemm_dtype = torch.float64
                 neurons: FloatNeurons | FixedNeurons = fixed_neurons(lp, layer)
             else:
-                weight, neurons = lp["weight"], float_neurons(lp)
-            layers.append(_Layer(i, layer, weight, neurons, groups, in_groups, source, group))
+                neurons = float_neurons(lp)
+            layers.append(
+                _Layer(
+                    i, layer, lp["weight"], gemm_dtype, neurons, groups, in_groups, source, group
+                )
+            )
             in_groups = groups
         return layers
 
@@ -293,10 +312,11 @@ class TorchLIF:
         is_output = last.index == len(self.spec.layers) - 1
         widest = max(layer.spec.n_out for layer in layers)
         block, tau = groups, steps
-        if self.block_elements is not None:
-            block = max(1, min(groups, self.block_elements // (batch * widest)))
-        if self.time_block is not None:
-            tau = max(1, min(steps, self.time_block))
+        block_elements, time_block = self.blocking()
+        if block_elements is not None:
+            block = max(1, min(groups, block_elements // (batch * widest)))
+        if time_block is not None:
+            tau = max(1, min(steps, time_block))
         lag = list(itertools.accumulate(layer.spec.delay for layer in layers))
         # Full traces where something reads them after this segment; chunks elsewhere.
         full: dict[int, list[torch.Tensor]] = {}
@@ -312,15 +332,20 @@ class TorchLIF:
                 (groups, batch, last.spec.n_out), dtype=torch.int32, device=self.device
             )
         first = layers[0]
+        exact = self.precision == "loihi-fixed"
         shared = None  # the first layer's W.s for every group at once, where that pays
         w = first.weight
         if first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
-            shared = _project(x, w, self._work, f"l{first.index}")
+            w = self._weights(first, 0, w.shape[0], "all")
+            shared = _project(x, w, self._work, f"l{first.index}", exact)
         for g0 in range(0, groups, block):
             g1 = min(groups, g0 + block)
             x_block = self._block_input(first, x, g0, g1)
             runners, chunks = [], []
+            weights: list[torch.Tensor | None] = []
             for j, layer in enumerate(layers):
+                use_shared = j == 0 and shared is not None
+                weights.append(None if use_shared else self._weights(layer, g0, g1, "block"))
                 rows = min(steps, tau + lag[j])  # chunk 0 is the longest
                 chunk = self._chunk(layer, shared if j == 0 else None, rows, g0, g1, batch)
                 chunks.append(chunk)
@@ -330,7 +355,7 @@ class TorchLIF:
                 if isinstance(q, FloatNeurons):
                     runners.append(FloatLIF(layer.spec, q, template, buffer))
                 else:
-                    runners.append(FixedLIF(layer.spec, q, template, buffer, layer.weight.dtype))
+                    runners.append(FixedLIF(layer.spec, q, template, buffer, layer.gemm_dtype))
             k, done = 0, False
             while not done:
                 prev, prev_lo = x_block, 0
@@ -347,9 +372,11 @@ class TorchLIF:
                     if j == 0 and shared is not None:
                         acc = shared if shared.shape[1] == 1 else shared[:, g0:g1]
                     elif r1 > r0:
-                        w = layer.weight if layer.weight.shape[0] == 1 else layer.weight[g0:g1]
                         rows_in = prev[r0 - prev_lo : r1 - prev_lo]
-                        acc, row0 = _project(rows_in, w, self._work, f"l{layer.index}"), r0
+                        w = weights[j]
+                        assert w is not None
+                        acc = _project(rows_in, w, self._work, f"l{layer.index}", exact)
+                        row0 = r0
                     out = full.get(layer.index)
                     if out is not None:
                         spikes = out[0][lo:hi, g0:g1]
@@ -367,6 +394,15 @@ class TorchLIF:
                 traces.append(tuple(full[layer.index]))
         out_last = full.get(last.index)
         return (out_last[0] if out_last is not None else x), counts
+
+    def _weights(self, layer: _Layer, g0: int, g1: int, purpose: str) -> torch.Tensor:
+        """Groups [g0, g1)'s weights for the GEMM (all of them when shared): loihi-fixed ones
+        quantised here, a block at a time, so the float64 arithmetic stays in cache."""
+        w = layer.weight if layer.weight.shape[0] == 1 else layer.weight[g0:g1]
+        if self.precision == "float32":
+            return w
+        tag = f"l{layer.index}.{purpose}"
+        return quantized_weight(w, layer.spec, layer.gemm_dtype, self._work, tag)
 
     def _chunk(
         self,
@@ -432,7 +468,9 @@ def quantized_weight(
     return torch.mul(half, 2.0, out=work.get(f"{tag}.q", tuple(w.shape), dtype))
 
 
-def _project(x: torch.Tensor, w: torch.Tensor, work: _Workspace, tag: str) -> torch.Tensor:
+def _project(
+    x: torch.Tensor, w: torch.Tensor, work: _Workspace, tag: str, exact: bool = False
+) -> torch.Tensor:
     """Synaptic input of every set at every step with one GEMM (or one batched GEMM).
 
     ``x``: logical (T, Sx, B, n_in) spikes (any memory layout); ``w``: (Sw, n_out, n_in) in
@@ -442,37 +480,49 @@ def _project(x: torch.Tensor, w: torch.Tensor, work: _Workspace, tag: str) -> to
     re-reads the wide input per set; otherwise the result is set-major (S, T, B, n), so
     each step's slice is made of long contiguous runs and the next layer's per-set GEMM
     needs no copy.
+
+    ``exact``: the products are integers whose sums are exact in any order (loihi-fixed),
+    so a narrow layer may compute W.x^T instead of x.W^T: on CPU, MKL runs n_out = 10 at
+    a third of its rate the other way round (measured 56 vs 30 GFLOP/s).  float32 keeps
+    x.W^T, the order nn.Linear sums in.
     """
     t, sx, b, n_in = x.shape
     sw, n_out, _ = w.shape
     dtype = w.dtype
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    flip = exact and n_out < _NARROW and x.device.type == "cpu"
 
     def buffer(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         return work.get(f"{tag}.{name}", shape, dtype)
 
     if sw == 1:
         order = physical_order(x[..., 0])  # the dims of (T, S, B) from outermost to innermost
-        rows = x.permute(*order, 3).to(dtype).reshape(-1, n_in)
-        out = buffer("out", (rows.shape[0], n_out))
-        torch.mm(rows, w[0].T, out=out)
-        return out.view(*(x.shape[d] for d in order), n_out).permute(*inverse(order), 3)
+        sizes = tuple(x.shape[d] for d in order)
+        rows = x.permute(*order, 3).reshape(-1, n_in)
+        if flip:
+            out = torch.mm(w[0], rows.T, out=buffer("out", (n_out, rows.shape[0])))
+            out = out.view(n_out, *sizes).permute(1, 2, 3, 0)
+        else:
+            out = torch.mm(rows, w[0].T, out=buffer("out", (rows.shape[0], n_out)))
+            out = out.view(*sizes, n_out)
+        return out.permute(*inverse(order), 3)
     if sx == 1 and n_in > n_out:  # shared input, narrow output: one stacked GEMM
-        rows = x[:, 0].to(dtype).reshape(t * b, n_in)
+        rows = x[:, 0].reshape(t * b, n_in)
         stacked = w.permute(2, 0, 1).reshape(n_in, sw * n_out)
         out = buffer("out", (t * b, sw * n_out))
         torch.mm(rows, stacked, out=out)
         return out.view(t, b, sw, n_out).permute(0, 2, 1, 3)
     if sx == 1:  # shared input, wide output: set-major batched GEMM on a broadcast input
-        per_set = x[:, 0].to(dtype).reshape(1, t * b, n_in).expand(sw, -1, -1)
+        per_set = x[:, 0].reshape(1, t * b, n_in).expand(sw, -1, -1)
     elif sx == sw:
-        per_set = x.permute(1, 0, 2, 3)
-        if per_set.dtype != dtype or not per_set.is_contiguous():
-            per_set = buffer("in", (sx, t, b, n_in)).copy_(per_set)
-        per_set = per_set.reshape(sx, t * b, n_in)
+        per_set = x.permute(1, 0, 2, 3).reshape(sx, t * b, n_in)  # a view for set-major x
     else:
         raise SpecError(f"internal: {sx} input sets vs {sw} weight sets")
-    out = buffer("out", (sw, t * b, n_out))
-    torch.bmm(per_set, w.transpose(1, 2), out=out)
+    if flip:
+        out = torch.bmm(w, per_set.transpose(1, 2), out=buffer("out", (sw, n_out, t * b)))
+        return out.view(sw, n_out, t, b).permute(2, 0, 3, 1)
+    out = torch.bmm(per_set, w.transpose(1, 2), out=buffer("out", (sw, t * b, n_out)))
     return out.view(sw, t, b, n_out).permute(1, 0, 2, 3)
 
 

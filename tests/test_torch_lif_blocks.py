@@ -10,14 +10,39 @@ import torch
 from polystep_neuro.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
 from simulators import lif_dynamics, param_groups
-from simulators.torch_lif import TorchLIF, _Workspace, quantized_weight
+from simulators.torch_lif import (
+    CPU_BLOCK_ELEMENTS,
+    CPU_TIME_BLOCK,
+    TorchLIF,
+    _Workspace,
+    quantized_weight,
+)
 from tests.lava_reference import run_sample
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny blocks make many tiny GEMMs: with several threads each one may wait for a
+    descheduled thread on a loaded machine (seconds per test), without changing a bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_blocking_defaults_follow_device_and_threads() -> None:
+    spec = NetworkSpec.random([4, 3], 5, seed=0)
+    assert TorchLIF(spec).blocking() == (CPU_BLOCK_ELEMENTS, CPU_TIME_BLOCK)
+    assert TorchLIF(spec, block_elements=7).blocking() == (7, CPU_TIME_BLOCK)
+    torch.set_num_threads(2)
+    assert TorchLIF(spec).blocking() == (None, None)  # big ops: they parallelise
+    assert TorchLIF(spec, time_block=3).blocking() == (CPU_BLOCK_ELEMENTS, 3)
 
 
 def _random_case(seed: int, precision: str):
     """A random 1-3 layer network, V sets that share some prefixes, and input spikes."""
     rng = np.random.default_rng(seed)
-    sizes = [int(rng.integers(2, 30)) for _ in range(int(rng.integers(2, 5)))]
+    sizes = [int(rng.integers(2, 48)) for _ in range(int(rng.integers(2, 5)))]
     delay = int(rng.integers(0, 2))
     steps = int(rng.integers(3, 12)) + delay * len(sizes)
     options: dict = {"du": float(rng.choice([1.0, 0.5, 0.1])), "dv": float(rng.choice([0.0, 0.2]))}
