@@ -1,11 +1,14 @@
 """Run every benchmark and write one markdown report.
 
     python -m bench [--out docs/benchmarks.md] [--quick] [--only NAME ...]
+    python -m bench --device cuda [--quick] [--out FILE.md]    # the GPU check instead
 
-Sections (``--only`` picks some): sim, digits, memory, lava, protocol.  Every comparison
-is a ratio of two measurements taken side by side in this run; the report records the
-command, the date and the machine.  GPU rows are added where ``torch.cuda.is_available()``.
-``--quick`` uses tiny sizes (a smoke test of the harness: its numbers mean little).
+Sections (``--only`` picks some): sim, roofline, digits, memory, lava, protocol.  Every
+comparison is a ratio of two measurements taken side by side in this run; the report
+records the command, the date and the machine.  GPU rows are added where
+``torch.cuda.is_available()``.  ``--quick`` uses tiny sizes (a smoke test of the harness:
+its numbers mean little).  ``--device cuda`` runs ``bench.gpu_check`` (see there): it fails
+at once, exit status 2, where there is no CUDA.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sim", "digits", "memory", "lava", "protocol")
+SECTIONS = ("sim", "roofline", "digits", "memory", "lava", "protocol")
 
 Progress = Callable[[str], None]
 
@@ -75,6 +78,32 @@ def section_sim(quick: bool, progress: Progress) -> Section:
             "torch-sim's on those.  Speed-up = ratio of (vertex, sample) pairs per second.",
         ],
         body[:-1],
+    )
+
+
+def section_roofline(quick: bool, progress: Progress) -> Section:
+    import torch
+
+    from bench import roofline_bench
+
+    cases = roofline_bench.QUICK_CASES if quick else roofline_bench.CASES
+    results = []
+    for case in cases:
+        progress(f"roofline: {case.shape} {case.label}, V={case.sets}")
+        results.append(roofline_bench.measure(case, torch.device("cpu"), 3 if quick else 5))
+    return Section(
+        "torch-sim against a plain float32 matmul of the same FLOPs (CPU roofline)",
+        [
+            "Lava semantics (delay 1, du = 1, dv = 0.1), rate-coded random input (p = 0.3), "
+            f"{torch.get_num_threads()} torch thread(s).  The simulator's work is one GEMM per "
+            "layer over all T steps for each distinct parameter set, 2 * T * B * sum(n_in * "
+            "n_out * sets) FLOPs (a prefix all sets share counts once).  Yardstick: one "
+            "square float32 `torch.mm` of the same FLOPs, timed in the same run; rounds "
+            "alternate mm, float32 simulator, fixed-point simulator, and each ratio is the "
+            "median of the per-round ratios.  Roofline fraction = mm time / simulator time.  "
+            "`bench/roofline_bench.py`.",
+        ],
+        roofline_bench.table(results),
     )
 
 
@@ -226,6 +255,7 @@ def section_protocol(quick: bool, progress: Progress) -> Section:
 
 RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "sim": section_sim,
+    "roofline": section_roofline,
     "digits": section_digits,
     "memory": section_memory,
     "lava": section_lava,
@@ -304,7 +334,13 @@ def render(command: str, sections: list[tuple[str, Section]], total: float) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--out", type=Path, help="report (default docs/benchmarks.md)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: run the GPU check (python -m bench.gpu_check) instead of the CPU report",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness smoke test)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument(
@@ -315,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         "more threads mostly add OpenMP barrier waits; the digits section always uses 1)",
     )
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        from bench import gpu_check
+
+        forwarded = ["--device", "cuda", *(["--quick"] if args.quick else [])]
+        return gpu_check.main(forwarded + (["--out", str(args.out)] if args.out else []))
+    args.out = args.out or Path("docs/benchmarks.md")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +60,13 @@ CASES = (
     Case("readout (fc1.weight, lif1.v_bias)", DEMO, 25, 128, 128, ("fc1.weight", "lif1.v_bias")),
     Case("all weights", (64, 128, 10), 25, 128, 64, all_weights((64, 128, 10))),
     Case("all weights", (64, 256, 256, 10), 25, 128, 64, all_weights((64, 256, 256, 10))),
+)
+# A GPU needs many more sets to fill it: the same shapes at V=1024, and a wider network.
+GPU_CASES = (
+    CASES[0],
+    replace(CASES[0], sets=1024),
+    replace(CASES[1], sets=1024),
+    Case("all weights", (256, 1024, 256, 10), 25, 128, 256, all_weights((256, 1024, 256, 10))),
 )
 QUICK_CASES = (
     Case("all weights", (32, 64, 10), 10, 16, 8, all_weights((32, 64, 10))),
