@@ -7,14 +7,15 @@ Two precisions:
 - ``loihi-fixed``: Loihi 2 integer arithmetic exactly as Lava's bit-accurate models compute
   it (../shared/docs/LOIHI_FIXED_POINT.md), so a GPU can stand in for the chip.
 
-Speed: every Dense projection is one GEMM over all timesteps (the network is feed-forward, so
-a layer's whole spike train is known before the next layer runs); only the neuron update
-loops over time (simulators.lif_dynamics).  Layers before the first varied parameter are
-computed once and shared by all V sets (simulators.param_groups).  On CPU the distinct sets
-go through the network in blocks, layer after layer, sized so a block's synaptic input,
-state and spikes stay in cache: a layer's whole (V, T, B, N) input and spike trains are
-never written to memory when the next layer reads them block by block.  On CUDA one block
-holds every set (fewer, larger kernels).
+Speed: every Dense projection is one GEMM over the timesteps it covers (the network is
+feed-forward, so a layer's spikes are known before the next layer reads them); only the
+neuron update loops over time (simulators.lif_dynamics).  Layers before the first varied
+parameter are computed once and shared by all V sets (simulators.param_groups).  On one
+CPU thread the distinct sets go through the network in blocks, a few steps at a time
+through every layer, sized so a block's synaptic input, state and spikes stay in cache: a
+layer's whole (V, T, B, N) input and spike trains are never written to memory when the
+next layer reads them.  On CUDA, and with several CPU threads, one block holds every set
+and step (fewer, larger kernels; see TorchLIF.blocking).
 """
 
 from __future__ import annotations
@@ -295,20 +296,14 @@ class TorchLIF:
         record: bool,
         traces: list[tuple[torch.Tensor, ...]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run layers that share one grouping: block of groups by block of groups, and in
-        each block a few steps at a time through all of its layers.
+        """Run layers that share one grouping, block of groups by block of groups.
 
         ``x``: the input spikes, logical (T, in_groups, B, n_in).  Returns the last layer's
         spike trains (T, groups, B, n) when another layer reads them (else ``x``) and its
         spike counts (groups, B, n) when it is the network's output layer (else empty).
-
-        Layer j runs steps [k * tau + lag_j, (k + 1) * tau + lag_j) in chunk k, lag_j being
-        the summed delays up to it (chunk 0 also runs the steps before): those read exactly
-        the rows the layer before wrote in the same chunk, so nothing is carried over.
         """
         steps, batch = x.shape[0], x.shape[2]
-        groups = layers[0].groups
-        last = layers[-1]
+        groups, last = layers[0].groups, layers[-1]
         is_output = last.index == len(self.spec.layers) - 1
         widest = max(layer.spec.n_out for layer in layers)
         block, tau = groups, steps
@@ -317,7 +312,6 @@ class TorchLIF:
             block = max(1, min(groups, block_elements // (batch * widest)))
         if time_block is not None:
             tau = max(1, min(steps, time_block))
-        lag = list(itertools.accumulate(layer.spec.delay for layer in layers))
         # Full traces where something reads them after this segment; chunks elsewhere.
         full: dict[int, list[torch.Tensor]] = {}
         for layer in layers:
@@ -332,68 +326,97 @@ class TorchLIF:
                 (groups, batch, last.spec.n_out), dtype=torch.int32, device=self.device
             )
         first = layers[0]
-        exact = self.precision == "loihi-fixed"
         shared = None  # the first layer's W.s for every group at once, where that pays
         w = first.weight
         if first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
             w = self._weights(first, 0, w.shape[0], "all")
-            shared = _project(x, w, self._work, f"l{first.index}", exact)
+            shared = _project(x, w, self._work, f"l{first.index}", self.precision != "float32")
         for g0 in range(0, groups, block):
             g1 = min(groups, g0 + block)
-            x_block = self._block_input(first, x, g0, g1)
-            runners, chunks = [], []
-            weights: list[torch.Tensor | None] = []
-            for j, layer in enumerate(layers):
-                use_shared = j == 0 and shared is not None
-                weights.append(None if use_shared else self._weights(layer, g0, g1, "block"))
-                rows = min(steps, tau + lag[j])  # chunk 0 is the longest
-                chunk = self._chunk(layer, shared if j == 0 else None, rows, g0, g1, batch)
-                chunks.append(chunk)
-                buffer = self._buffers(f"l{layer.index}")
-                q = layer.neurons.take(g0, g1)
-                template = chunk[0] if layer.index not in full else full[layer.index][0][0, g0:g1]
-                if isinstance(q, FloatNeurons):
-                    runners.append(FloatLIF(layer.spec, q, template, buffer))
-                else:
-                    runners.append(FixedLIF(layer.spec, q, template, buffer, layer.gemm_dtype))
-            k, done = 0, False
-            while not done:
-                prev, prev_lo = x_block, 0
-                for j, layer in enumerate(layers):
-                    lo = 0 if k == 0 else k * tau + lag[j]
-                    hi = min(steps, (k + 1) * tau + lag[j])
-                    if j == 0:
-                        done = hi == steps
-                    if lo >= hi:
-                        break
-                    delay = layer.spec.delay
-                    r0, r1 = max(lo - delay, 0), hi - delay  # input rows these steps read
-                    acc, row0 = None, 0
-                    if j == 0 and shared is not None:
-                        acc = shared if shared.shape[1] == 1 else shared[:, g0:g1]
-                    elif r1 > r0:
-                        rows_in = prev[r0 - prev_lo : r1 - prev_lo]
-                        w = weights[j]
-                        assert w is not None
-                        acc = _project(rows_in, w, self._work, f"l{layer.index}", exact)
-                        row0 = r0
-                    out = full.get(layer.index)
-                    if out is not None:
-                        spikes = out[0][lo:hi, g0:g1]
-                        volts = out[1][lo:hi, g0:g1] if record else None
-                        currs = out[2][lo:hi, g0:g1] if record else None
-                    else:
-                        spikes, volts, currs = chunks[j][: hi - lo], None, None
-                    runners[j].steps(lo, hi, acc, row0, spikes, volts, currs)
-                    if is_output and layer is last:
-                        counts[g0:g1] += spikes.sum(dim=0, dtype=torch.int32)
-                    prev, prev_lo = spikes, lo
-                k += 1
-        for layer in layers:
-            if record:
-                traces.append(tuple(full[layer.index]))
+            out = counts[g0:g1] if is_output else None
+            self._block(layers, self._block_input(first, x, g0, g1), g0, g1, tau, shared, full, out)
+        if record:
+            traces += [tuple(full[layer.index]) for layer in layers]
         out_last = full.get(last.index)
         return (out_last[0] if out_last is not None else x), counts
+
+    def _block(
+        self,
+        layers: list[_Layer],
+        x: torch.Tensor,
+        g0: int,
+        g1: int,
+        tau: int,
+        shared: torch.Tensor | None,
+        full: dict[int, list[torch.Tensor]],
+        counts: torch.Tensor | None,
+    ) -> None:
+        """Groups [g0, g1) through ``layers``, ``tau`` steps at a time.
+
+        Layer j runs steps [k * tau + lag_j, (k + 1) * tau + lag_j) in chunk k, lag_j being
+        the summed delays up to it (chunk 0 also runs the steps before): those read exactly
+        the rows the layer before wrote in the same chunk, so nothing is carried over.
+        Spikes go to ``full`` traces where given (else a chunk buffer), and the output
+        layer's spike counts are added to ``counts``.
+        """
+        steps, batch = x.shape[0], x.shape[2]
+        exact = self.precision != "float32"
+        lag = list(itertools.accumulate(layer.spec.delay for layer in layers))
+        runners: list[FloatLIF | FixedLIF] = []
+        chunks: list[torch.Tensor | None] = []
+        weights: list[torch.Tensor | None] = []
+        for j, layer in enumerate(layers):
+            use_shared = j == 0 and shared is not None
+            weights.append(None if use_shared else self._weights(layer, g0, g1, "block"))
+            chunk = None
+            if layer.index in full:
+                template = full[layer.index][0][0, g0:g1]
+            else:
+                rows = min(steps, tau + lag[j])  # chunk 0 is the longest
+                chunk = self._chunk(layer, shared if j == 0 else None, rows, g0, g1, batch)
+                template = chunk[0]
+            chunks.append(chunk)
+            buffer = self._buffers(f"l{layer.index}")
+            q = layer.neurons.take(g0, g1)
+            if isinstance(q, FloatNeurons):
+                runners.append(FloatLIF(layer.spec, q, template, buffer))
+            else:
+                runners.append(FixedLIF(layer.spec, q, template, buffer, layer.gemm_dtype))
+        k, done = 0, False
+        while not done:
+            prev, prev_lo = x, 0
+            for j, layer in enumerate(layers):
+                lo = 0 if k == 0 else k * tau + lag[j]
+                hi = min(steps, (k + 1) * tau + lag[j])
+                if j == 0:
+                    done = hi == steps
+                if lo >= hi:
+                    break
+                delay = layer.spec.delay
+                r0, r1 = max(lo - delay, 0), hi - delay  # input rows these steps read
+                acc, row0 = None, 0
+                if j == 0 and shared is not None:
+                    acc = shared if shared.shape[1] == 1 else shared[:, g0:g1]
+                elif r1 > r0:
+                    w = weights[j]
+                    assert w is not None
+                    rows_in = prev[r0 - prev_lo : r1 - prev_lo]
+                    acc = _project(rows_in, w, self._work, f"l{layer.index}", exact)
+                    row0 = r0
+                out, chunk = full.get(layer.index), chunks[j]
+                volts = currs = None
+                if out is not None:
+                    spikes = out[0][lo:hi, g0:g1]
+                    if len(out) == 3:
+                        volts, currs = out[1][lo:hi, g0:g1], out[2][lo:hi, g0:g1]
+                else:
+                    assert chunk is not None
+                    spikes = chunk[: hi - lo]
+                runners[j].steps(lo, hi, acc, row0, spikes, volts, currs)
+                if counts is not None and j == len(layers) - 1:
+                    counts += spikes.sum(dim=0, dtype=torch.int32)
+                prev, prev_lo = spikes, lo
+            k += 1
 
     def _weights(self, layer: _Layer, g0: int, g1: int, purpose: str) -> torch.Tensor:
         """Groups [g0, g1)'s weights for the GEMM (all of them when shared): loihi-fixed ones
