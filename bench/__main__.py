@@ -159,8 +159,9 @@ def section_memory(quick: bool, progress: Progress) -> Section:
         [
             "Same network, batch and input spikes.  Forward-only: the snnTorch model stepped "
             "under `torch.no_grad()` (only the current state is kept, as on a device) and "
-            "torch-sim with one parameter set (keeps whole (T, B, N) spike trains, one GEMM "
-            "per layer).  BPTT: the same snnTorch model with its default arctan surrogate "
+            "torch-sim with one parameter set (one GEMM per layer over 5-step chunks of "
+            "(T, B, N) spike trains on one CPU thread, over all T steps on several threads or "
+            "CUDA).  BPTT: the same snnTorch model with its default arctan surrogate "
             "gradient, cross-entropy on the output spike counts, `loss.backward()`.  Peaks "
             "are above the memory held before each call (weights and inputs excluded); on "
             "CPU they come from torch.profiler's allocator events (every allocation and "

@@ -1,14 +1,16 @@
-"""The neuron update of one layer over T steps, for a block of parameter sets.
+"""The neuron update of one layer, for a block of parameter sets, a chunk of steps at a time.
 
-The synaptic input ``a`` of every step is already computed (one GEMM per layer); what is
-left is sequential in time but independent per neuron, so the caller hands these loops
-blocks small enough to keep the state in cache.  Tensors are time-major logical views
-``(T, S, B, N)`` of any memory layout; ``a`` may have one set that all S sets share.
+The synaptic input of every step is already computed (one GEMM per layer and chunk); what
+is left is sequential in time but independent per neuron, so the caller hands these loops
+blocks small enough to keep the state in cache, and calls ``steps`` chunk after chunk.
+Tensors are time-major logical views ``(T, S, B, N)`` of any memory layout; the input may
+have one set that all S sets share.
 
 ``float32`` follows snnTorch's operation order exactly; ``loihi-fixed`` is Lava's
-bit-accurate integer arithmetic held in float64 (exact at these magnitudes and faster than
-int64 on CPU and GPU), with the int32 and 24-bit wraps applied only where bounds say they
-can occur.  See ../shared/docs/LOIHI_FIXED_POINT.md.
+bit-accurate integer arithmetic held in floating point: float32 while bounds show every
+value stays below 2**23 (exact), float64 otherwise (exact at these magnitudes and faster
+than int64 on CPU and GPU), with the int32 and 24-bit wraps applied only where the bounds
+say they can occur.  See ../shared/docs/LOIHI_FIXED_POINT.md.
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ class FixedLIF:
         self.exp = int(layer.fixed_weight_exp or 0)
         self.amax = 0.0  # largest |W.s| seen so far
         self.bounds = _Bounds(False, False, False)
+        self.u: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
         self._use(torch.float32 if acc_dtype == torch.float32 else torch.float64)
 
     def _use(self, dtype: torch.dtype) -> None:
@@ -233,12 +237,12 @@ class FixedLIF:
         tag = "32" if dtype == torch.float32 else "64"
         u = like(self.buffer, "u" + tag, self.template, dtype)
         v = like(self.buffer, "v" + tag, self.template, dtype)
-        if hasattr(self, "u"):
-            u.copy_(self.u)
-            v.copy_(self.v)
-        else:
+        if self.u is None or self.v is None:
             u.zero_()
             v.zero_()
+        else:
+            u.copy_(self.u)
+            v.copy_(self.v)
         self.u, self.v, self.dtype = u, v, dtype
         self.scratch = None
         if dtype != torch.float64:
@@ -298,6 +302,7 @@ class FixedLIF:
         # u is only needed as a tensor when it has memory, may wrap or is recorded.
         keep_u = q.has_memory or bounds.may_wrap or currs is not None
         u, v, scratch = self.u, self.v, self.scratch
+        assert u is not None and v is not None
         for t in range(start, stop):
             act, act_gain = None, gain
             if t >= delay:
