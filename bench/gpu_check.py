@@ -161,9 +161,13 @@ def part_demo(args: argparse.Namespace, limit: float) -> Outcome:
         "|---|---:|",
         *(f"| {name} | {secs:.1f} |" for name, secs in result.wall_seconds.items()),
         "",
-        f"recovered {result.recovered_fraction:.0%} of the accuracy the input shift took; "
-        f"{result.pretrain.evaluations + result.adaptation.evaluations:,} (candidate, sample) "
-        "evaluations",
+        (
+            f"recovered {result.recovered_fraction:.0%} of the accuracy the input shift took"
+            if result.recovered_fraction == result.recovered_fraction  # not NaN
+            else "the input shift took no accuracy, so there was nothing to recover"
+        )
+        + f"; {result.pretrain.evaluations + result.adaptation.evaluations:,} (candidate, "
+        "sample) evaluations",
     ]
     return Outcome(body)
 
