@@ -1,12 +1,15 @@
 """Run every benchmark and write one markdown report.
 
     polystep-neuro bench [--out runs/benchmarks.md] [--quick] [--only NAME ...]
-    python -m bench ...  (the same, from a checkout)
+    python -m bench ...                                        (the same, from a checkout)
+    polystep-neuro bench --device cuda [--quick] [--out FILE.md]   # the GPU check instead
 
-Sections (``--only`` picks some): sim, adapt, memory, lava, protocol, ray.  Every comparison
-is a ratio of two measurements taken side by side in this run; the report records the
-command, the date and the machine.  GPU rows are added where ``torch.cuda.is_available()``.
-``--quick`` uses tiny sizes (a smoke test of the harness: its numbers mean little).
+Sections (``--only`` picks some): sim, roofline, adapt, memory, lava, protocol, ray.  Every
+comparison is a ratio of two measurements taken side by side in this run; the report
+records the command, the date and the machine.  GPU rows are added where
+``torch.cuda.is_available()``.  ``--quick`` uses tiny sizes (a smoke test of the harness:
+its numbers mean little).  ``--device cuda`` runs ``bench.gpu_check`` (see there): it fails
+at once, exit status 2, where there is no CUDA.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sim", "adapt", "memory", "lava", "protocol", "ray")
+SECTIONS = ("sim", "roofline", "adapt", "memory", "lava", "protocol", "ray")
 
 Progress = Callable[[str], None]
 
@@ -79,6 +82,32 @@ def section_sim(quick: bool, progress: Progress) -> Section:
     )
 
 
+def section_roofline(quick: bool, progress: Progress) -> Section:
+    import torch
+
+    from bench import roofline_bench
+
+    cases = roofline_bench.QUICK_CASES if quick else roofline_bench.CASES
+    results = []
+    for case in cases:
+        progress(f"roofline: {case.shape} {case.label}, V={case.sets}")
+        results.append(roofline_bench.measure(case, torch.device("cpu"), 3 if quick else 5))
+    return Section(
+        "torch-sim against a plain float32 matmul of the same FLOPs (CPU roofline)",
+        [
+            "Lava semantics (delay 1, du = 1, dv = 0.1), rate-coded random input (p = 0.3), "
+            f"{torch.get_num_threads()} torch thread(s).  The simulator's work is one GEMM per "
+            "layer over all T steps for each distinct parameter set, 2 * T * B * sum(n_in * "
+            "n_out * sets) FLOPs (a prefix all sets share counts once).  Yardstick: one "
+            "square float32 `torch.mm` of the same FLOPs, timed in the same run; rounds "
+            "alternate mm, float32 simulator, fixed-point simulator, and each ratio is the "
+            "median of the per-round ratios.  Roofline fraction = mm time / simulator time.  "
+            "`bench/roofline_bench.py`.",
+        ],
+        roofline_bench.table(results),
+    )
+
+
 def section_adapt(quick: bool, progress: Progress) -> Section:
     import torch
 
@@ -123,8 +152,9 @@ def section_memory(quick: bool, progress: Progress) -> Section:
         [
             "Same network, batch and input spikes.  Forward-only: the snnTorch model stepped "
             "under `torch.no_grad()` (only the current state is kept, as on a device) and "
-            "torch-sim with one parameter set (keeps whole (T, B, N) spike trains, one GEMM "
-            "per layer).  BPTT: the same snnTorch model with its default arctan surrogate "
+            "torch-sim with one parameter set (one GEMM per layer over 5-step chunks of "
+            "(T, B, N) spike trains on one CPU thread, over all T steps on several threads or "
+            "CUDA).  BPTT: the same snnTorch model with its default arctan surrogate "
             "gradient, cross-entropy on the output spike counts, `loss.backward()`.  Peaks "
             "are above the memory held before each call (weights and inputs excluded); on "
             "CPU they come from torch.profiler's allocator events (every allocation and "
@@ -231,6 +261,7 @@ def section_ray(quick: bool, progress: Progress) -> Section:
 
 RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "sim": section_sim,
+    "roofline": section_roofline,
     "adapt": section_adapt,
     "memory": section_memory,
     "lava": section_lava,
@@ -313,8 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("runs/benchmarks.md"),
         help="the report (default runs/benchmarks.md; docs/benchmarks.md is the published one)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: run the GPU check (python -m bench.gpu_check) instead of the CPU report",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness smoke test)")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
@@ -326,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         "more threads mostly add OpenMP barrier waits; the adapt section always uses 1)",
     )
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        from bench import gpu_check
+
+        forwarded = ["--device", "cuda", *(["--quick"] if args.quick else [])]
+        return gpu_check.main(forwarded + (["--out", str(args.out)] if args.out else []))
+    args.out = args.out or Path("runs/benchmarks.md")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -8,7 +8,8 @@ spikes; three ways to run it:
 - snnTorch forward-only: the snnTorch model stepped under ``torch.no_grad()`` (what a
   device does: only the current state is kept);
 - torch-sim forward-only: ``simulators.torch_lif.TorchLIF`` (float32, one parameter set),
-  which keeps whole (T, B, N) spike trains so each layer is one GEMM over all steps;
+  whose layers are one GEMM per 5-step chunk of spike trains on one CPU thread (over all
+  steps on several threads or CUDA);
 - snnTorch BPTT: the same model with snnTorch's default arctan surrogate gradient,
   cross-entropy on the output spike counts, ``loss.backward()``.
 

@@ -18,7 +18,7 @@ def _sections(text: str) -> dict[str, str]:
 
 def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
-    args = ["--quick", "--only", "sim", "memory", "protocol", "--out", str(out)]
+    args = ["--quick", "--only", "sim", "roofline", "memory", "protocol", "--out", str(out)]
     proc = subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
@@ -31,12 +31,15 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     assert f"`python -m bench {' '.join(args)}`" in text  # the command that produced it
     assert "- CPU: " in text and "- GPU: " in text and "torch " in text  # the machine
     sections = _sections(text)
-    assert len(sections) == 3, list(sections)
+    assert len(sections) == 4, list(sections)
     for title, body in sections.items():
         assert re.search(r"^\|---", body, flags=re.M), f"no table in {title!r}"
         assert RATIO.search(body), f"no numeric ratio in {title!r}"
     sim = next(b for t, b in sections.items() if t.startswith("torch-sim"))
     assert "identical spike counts on every device: yes" in sim
+    roofline = next(b for t, b in sections.items() if "roofline" in t)
+    fractions = re.findall(r"\| (\d+)% \|", roofline)
+    assert len(fractions) == 4 and all(0 < int(f) < 1000 for f in fractions)
     memory = next(b for t, b in sections.items() if t.startswith("Memory"))
     assert "forward counts identical: yes" in memory
     # BPTT needs more memory than forward-only evaluation at the longer T
