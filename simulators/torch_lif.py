@@ -5,7 +5,7 @@ Two precisions:
   (delay 0 reproduces ``nn.Linear`` + ``snn.Leaky``/``snn.Synaptic``; delay 1 is Lava's
   ``floating_pt`` model).
 - ``loihi-fixed``: Loihi 2 integer arithmetic exactly as Lava's bit-accurate models compute
-  it (../shared/docs/LOIHI_FIXED_POINT.md), so a GPU can stand in for the chip.
+  it (docs/fixed-point.md), so a GPU can stand in for the chip.
 
 Speed: every Dense projection is one GEMM over the timesteps it covers (the network is
 feed-forward, so a layer's spikes are known before the next layer reads them); only the
