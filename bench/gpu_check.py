@@ -136,15 +136,15 @@ def part_polystep(args: argparse.Namespace, limit: float) -> Outcome:
 def part_demo(args: argparse.Namespace, limit: float) -> Outcome:
     from polystep_neuro.demo import DemoConfig, run_demo
 
-    steps = (20, 10) if args.quick else (200, 100)
+    steps = (20, 10) if args.quick else (250, 150)
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = DemoConfig.quick(device=args.device, out_dir=Path(tmp) / "demo", progress=False)
         cfg = replace(
             cfg,
             pretrain=replace(cfg.pretrain, steps=steps[0]),
-            adapt=replace(cfg.adapt, steps=steps[1]),
-            eval_every=max(steps),
+            adapt_steps=steps[1],
+            eval_every=10,
             checkpoint_every=10 * max(steps),
         )
         result = run_demo(cfg, report=lines.append)

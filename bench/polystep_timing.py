@@ -51,8 +51,13 @@ QUICK_SIZES = (
 
 def time_steps(size: Size, device: torch.device, steps: int = 20, warmup: int = 3) -> dict:
     x0 = torch.randn(size.params, generator=torch.Generator().manual_seed(0)).to(device)
-    sub = Subspace(sizes=size.tensors, rank=size.rank, absorb_interval=20)
-    opt = PolyStep(x0, step_radius=0.1, probe_radius=0.2, epsilon=0.3, subspace=sub, seed=0)
+    # The adaptation recipe's PolyStep: a fresh subspace every step, parameter-space momentum
+    # and the step following the evidence (polystep_neuro.optimizers).
+    sub = Subspace(sizes=size.tensors, rank=size.rank, absorb_interval=1)
+    opt = PolyStep(
+        x0, step_radius=0.015, probe_radius=2.0, epsilon=1.0, momentum=0.9, step_adapt=0.05,
+        subspace=sub, seed=0,
+    )  # fmt: skip
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     seconds = []
     for i in range(warmup + steps):

@@ -9,8 +9,10 @@ are exact copies there.
 
 Every ``absorb_interval`` steps the current point is absorbed into ``theta0``, the low-rank
 coordinates are reset to zero and fresh matrices are drawn, so over time the search covers
-new directions.  The matrices are regenerated from ``(seed, epoch, tensor)`` with a CPU
-generator, which makes them identical on any device and lets a checkpoint store only the seed.
+new directions.  The matrices are regenerated from ``(seed, epoch, tensor)`` with a generator
+on the optimiser's own device (drawing them on the CPU and copying cost seconds per redraw at a
+million parameters on a GPU), so a checkpoint stores only the seed and resumes bit-identically
+on the same kind of device; CPU and CUDA draw different matrices.
 """
 
 from __future__ import annotations
@@ -133,14 +135,15 @@ class SubspaceMap:
                 self._bases.append(None)
                 continue
             rank = b - a
-            gen = torch.Generator(device="cpu")
+            gen = torch.Generator(device=self.device)
             seq = np.random.SeedSequence([self.seed, self.epoch, idx])
             gen.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-            a_t = torch.randn(rank, e - s, generator=gen, dtype=self.dtype) / math.sqrt(rank)
             i0, i1 = a // p, -(-b // p)
-            padded = torch.zeros((i1 - i0) * p, e - s, dtype=self.dtype)
-            padded[a - i0 * p : b - i0 * p] = a_t
-            self._bases.append(padded.view(i1 - i0, p, e - s).to(self.device))
+            padded = torch.zeros((i1 - i0) * p, e - s, dtype=self.dtype, device=self.device)
+            rows = padded[a - i0 * p : b - i0 * p]
+            torch.randn(rank, e - s, generator=gen, dtype=self.dtype, device=self.device, out=rows)
+            rows /= math.sqrt(rank)
+            self._bases.append(padded.view(i1 - i0, p, e - s))
 
     def basis(self, tensor: int) -> torch.Tensor | None:
         """``A_l`` (``n_l x r_l``) of tensor ``l``; ``None`` for tensors kept in full."""
