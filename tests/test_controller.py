@@ -177,9 +177,11 @@ def test_what_is_handed_back_is_never_less_accurate_on_validation(data, tmp_path
     scored = [r for r in result.history if "val_accuracy" in r]
     assert scored[0]["step"] == 0 and len(scored) == 11  # start, every 3 steps, the last
     assert result.end["val_accuracy"] >= result.start["val_accuracy"]
-    # The pick: the lowest validation loss among points at least as accurate as the start.
+    # The pick: the last point when it is at least as accurate as the start (measured: it is
+    # here), else the lowest validation loss among the points that are.
     eligible = [r for r in scored if r["val_accuracy"] >= result.start["val_accuracy"]]
-    best = min(eligible, key=lambda r: r["val_loss"])
+    best = scored[-1] if scored[-1] in eligible else min(eligible, key=lambda r: r["val_loss"])
+    assert best["step"] == 30
     assert result.best_step == best["step"]
     assert result.end["val_loss"] == pytest.approx(best["val_loss"])
     assert "clean_accuracy" in result.start and "clean_accuracy" in result.end
@@ -187,6 +189,26 @@ def test_what_is_handed_back_is_never_less_accurate_on_validation(data, tmp_path
     saved = NetworkSpec.load(tmp_path / SPEC_NAME)
     assert np.array_equal(saved.layers[1].weight, result.spec.layers[1].weight)
     assert f"network of step {best['step']} of 30" in result.summary()
+
+
+def test_a_run_that_ends_worse_than_it_began_hands_back_its_best_point(data) -> None:
+    adapter = _build(data, steps=24)
+    tell, climbing = adapter.optimizer.tell, {"on": False}
+    adapter.optimizer.tell = lambda c: tell(-c if climbing["on"] else c)
+
+    def turn_at_12(_: Adapter, record: dict) -> None:
+        climbing["on"] = record["step"] >= 12  # descend 12 steps, then climb 12
+
+    adapter.on_step = turn_at_12
+    result = adapter.run(24)
+    scored = {r["step"]: r for r in result.history if "val_accuracy" in r}
+    start = result.start["val_accuracy"]
+    assert scored[24]["val_accuracy"] < start  # the last point is worse than the start
+    eligible = [r for r in scored.values() if r["val_accuracy"] >= start]
+    best = min(eligible, key=lambda r: r["val_loss"])
+    assert 0 < result.best_step == best["step"] < 24 and not result.kept_start
+    assert result.end["val_accuracy"] >= start
+    assert f"network of step {best['step']} of 24" in result.summary()
 
 
 def test_anchor_rides_along_as_one_more_parameter_set(data) -> None:
