@@ -94,7 +94,7 @@ def test_adaptation_survives_a_killed_and_restarted_server(
         assert restarted and restarted[0].endpoint == first.endpoint
         assert restarted[0].process.pid != first.process.pid
         assert disturbed.steps == STEPS and not disturbed.interrupted
-        assert [r["step"] for r in disturbed.history] == list(range(0, STEPS + 1))  # the start, then every step
+        assert [r["step"] for r in disturbed.history] == list(range(0, STEPS + 1))
         assert "no reply from" in caplog.text and "re-loading, retrying" in caplog.text
         for got, want in zip(disturbed.spec.layers, reference.spec.layers, strict=True):
             assert np.array_equal(got.weight, want.weight)
