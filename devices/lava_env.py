@@ -237,7 +237,10 @@ def setup_lava_env(
     """Create or update the Lava venv; returns its path.  Idempotent: when the marker says
     everything is installed (and the venv's python agrees) it returns at once.
     ``with_lava_dl``: also install lava-dl (see the module docstring); a venv that already
-    has it keeps it."""
+    has it keeps it.
+
+    Long because it is one ordered procedure (find Python, lock, create, install, verify,
+    mark); its steps are the helpers below."""
     say = progress or (lambda message: None)
     venv = Path(venv).expanduser() if venv is not None else default_venv()
     fresh = not venv.exists()

@@ -134,6 +134,7 @@ def adapt(
     ``writable`` defaults to the model's writable set, else every weight and neuron bias (what
     the device can rewrite).  ``settings`` are :class:`~polystep_neuro.optimizers.Settings`
     fields (probe, rank, step, ...).
+    Long because its signature and docstring are the API's documentation; the body is short.
     """
     from devices.registry import backend_options, open_backend
     from polystep_neuro.device_select import resolve_device

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from polystep_neuro import convert
 from polystep_neuro.errors import Interrupted, PolystepError
@@ -70,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_demo(sub)
+    _add_adapt(sub)
+    _add_evaluate(sub)
+    _add_bench(sub)
+    _add_devices(sub)
+    convert.add_parsers(sub)  # convert, export
+    return parser
+
+
+def _add_demo(sub: Any) -> None:
+    """`polystep-neuro demo`."""
     demo = sub.add_parser(
         "demo",
         help="the main job: pretrain on digits, quantise, shift the input, adapt on a device",
@@ -90,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_dataset(demo)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_adapt(sub: Any) -> None:
+    """`polystep-neuro adapt`."""
     adapt = sub.add_parser(
         "adapt",
         help="adapt your own network (a NetworkSpec .npz) on a device",
@@ -189,6 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     adapt.add_argument("--no-progress", action="store_true")
 
+
+def _add_evaluate(sub: Any) -> None:
+    """`polystep-neuro evaluate`."""
     evaluate = sub.add_parser(
         "evaluate", help="accuracy and loss of a network on labelled spike data, on any backend"
     )
@@ -201,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
     evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device")
 
+
+def _add_bench(sub: Any) -> None:
+    """`polystep-neuro bench` (forwarded to bench.__main__)."""
     bench = sub.add_parser(
         "bench",
         help="the benchmarks (report under runs/ by default); `bench --help` for options",
@@ -208,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
+
+def _add_devices(sub: Any) -> None:
+    """`polystep-neuro devices list | setup-lava | keygen`."""
     devices = sub.add_parser("devices", help="list and set up device backends")
     dsub = devices.add_subparsers(dest="devices_command", required=True)
     dsub.add_parser("list", help="which backends are usable here, and why not")
@@ -233,8 +257,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("dir", type=Path, help="folder for the server and client keys")
     keygen.add_argument("--force", action="store_true", help="replace existing keys")
-    convert.add_parsers(sub)  # convert, export
-    return parser
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -127,6 +127,7 @@ class Adapter:
         layout: ParamVector | None = None,
         report: Callable[[str], None] | None = None,
     ) -> None:
+        """Long only because it checks and stores its many keyword options."""
         self.spec = spec
         self.backend = backend
         self.optimizer = optimizer

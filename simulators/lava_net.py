@@ -234,6 +234,8 @@ class LavaNet:
         return graph
 
     def _build(self, layout: Layout) -> _Graph:
+        """Builds the Lava process graph in one place (long: the processes and their
+        connections must be made in order)."""
         t0 = time.perf_counter()
         net, spec = self.net, self.spec
         fixed = net.fixed

@@ -286,7 +286,9 @@ class FixedLIF:
         currs: torch.Tensor | None = None,
     ) -> None:
         """Steps [start, stop), with ``acc`` and the outputs as in FloatLIF.steps; v and u
-        are written as device integers."""
+        are written as device integers.
+
+        Long because it is the inner loop: splitting it would cost a call per step per block."""
         layer, q = self.layer, self.q
         delay, exp = layer.delay, self.exp
         if acc is not None:

@@ -349,6 +349,8 @@ class TorchLIF:
         the rows the layer before wrote in the same chunk, so nothing is carried over.
         Spikes go to ``full`` traces where given (else a chunk buffer), and the output
         layer's spike counts are added to ``counts``.
+        Long because it is the hot loop over time chunks and layers; splitting it costs
+        calls per chunk.
         """
         steps, batch = x.shape[0], x.shape[2]
         exact = self.precision != "float32"

@@ -362,6 +362,8 @@ def _delay_steps(segment: Mapping[str, Any], n_in: int, n_out: int, dt: float) -
 
 
 def _layer(segment: Mapping[str, Any], dt: float) -> LayerSpec:
+    """One NIR layer pair to a LayerSpec (long: each refusal names its node and reason
+    in place)."""
     w_name, w_node = segment["weight"]
     n_name, neuron = segment["neuron"]
     weight = np.asarray(w_node.weight)

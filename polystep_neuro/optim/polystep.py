@@ -95,6 +95,7 @@ class PolyStep:
         sinkhorn_tol: float = 1e-6,
         sinkhorn_max_iter: int = 100,
     ) -> None:
+        """Long only because it checks every argument before building the search state."""
         x0 = _as_param_vector(x0)
         if polytope not in POLYTOPES:
             raise ValueError(f"polytope must be one of {POLYTOPES}, got {polytope!r}")
