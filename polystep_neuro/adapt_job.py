@@ -28,7 +28,7 @@ import torch
 from devices.registry import backend_options, open_backend
 from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult, ensure_writable_dir
-from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, load_split
+from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, hold_out, load_split
 from polystep_neuro.device_select import resolve_device
 from polystep_neuro.errors import Interrupted, PolystepError, SpecError
 from polystep_neuro.network import NetworkSpec
@@ -133,14 +133,8 @@ class JobData:
 def _split(
     spikes: np.ndarray, labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(kept, held out): a seeded ``fraction`` of the samples held out (at least one)."""
-    if not 0.0 < fraction < 1.0:
-        raise PolystepError(f"--val-fraction must be in (0, 1), got {fraction}")
-    if len(labels) < 2:
-        raise PolystepError("the training data needs at least 2 samples to hold some out")
-    order = np.random.default_rng([seed, 7]).permutation(len(labels))
-    cut = min(max(1, int(round(fraction * len(labels)))), len(labels) - 1)
-    held, kept = order[:cut], order[cut:]
+    """(kept, held out) arrays by ``data.hold_out``."""
+    kept, held = hold_out(len(labels), fraction, seed)
     return (spikes[kept], labels[kept]), (spikes[held], labels[held])
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from polystep_neuro.controller import Adapter, AdaptResult
-from polystep_neuro.data import SpikeDataset
+from polystep_neuro.data import SpikeDataset, hold_out
 from polystep_neuro.errors import PolystepError, SpecError
 from polystep_neuro.interop import device_writable
 from polystep_neuro.network import NetworkSpec
@@ -149,15 +149,17 @@ def adapt(
 
     stream = ds(train)
     if validation is None:
-        stream, held = _hold_out(stream, val_fraction, seed)
-        val = {"validation": held}
+        kept, held = hold_out(len(stream), val_fraction, seed)
+        stream, val = stream.subset(kept), {"validation": stream.subset(held)}
     elif isinstance(validation, Mapping):
         val = {k: ds(v) for k, v in validation.items()}
     else:
         val = {"validation": ds(validation)}
     if replay is not None:
-        kept, held = _hold_out(ds(replay), val_fraction, seed)
-        stream, val["replay"] = _concat(stream, kept, batch_size, seed), held
+        clean = ds(replay)
+        kept, held = hold_out(len(clean), val_fraction, seed)
+        stream = _concat(stream, clean.subset(kept), batch_size, seed)
+        val["replay"] = clean.subset(held)
     dev = open_backend(backend, **backend_options(backend, device=where))
     try:
         dev.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)
@@ -217,23 +219,6 @@ def _dataset(
     spec.check_inputs(spikes)
     labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
     return SpikeDataset(spikes, labels, batch_size, seed)
-
-
-def _hold_out(data: SpikeDataset, fraction: float, seed: int) -> tuple[SpikeDataset, SpikeDataset]:
-    if not 0.0 < fraction < 1.0 or len(data) < 2:
-        raise PolystepError("hold out a fraction in (0, 1) of at least 2 samples for validation")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + 7))
-    cut = min(max(1, int(round(fraction * len(data)))), len(data) - 1)
-    held, kept = order[:cut].to(data.labels.device), order[cut:].to(data.labels.device)
-
-    def part(idx: torch.Tensor) -> SpikeDataset:
-        subset = SpikeDataset(
-            data.spikes[idx].cpu().numpy(), data.labels[idx].cpu().numpy(), data.batch_size,
-            data.seed,
-        )  # fmt: skip
-        return subset.to(data.spikes.device)
-
-    return part(kept), part(held)
 
 
 def _concat(a: SpikeDataset, b: SpikeDataset, batch_size: int, seed: int) -> SpikeDataset:

@@ -70,6 +70,18 @@ def load_mnist5k_split(seed: int = 0, test_fraction: float = 0.25) -> Split:
     return Split(x_tr, y_tr, x_te, y_te)
 
 
+def hold_out(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) sample indices: a seeded ``fraction`` of ``n`` samples held out for
+    validation (at least one, never all).  The one rule the demo, ``adapt`` and the API use."""
+    if not 0.0 < fraction < 1.0:
+        raise PolystepError(f"the validation fraction must be in (0, 1), got {fraction}")
+    if n < 2:
+        raise PolystepError("the training data needs at least 2 samples to hold some out")
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    cut = min(max(1, int(round(fraction * n))), n - 1)
+    return order[cut:], order[:cut]
+
+
 def load_split(name: str, seed: int = 0) -> Split:
     """A bundled dataset by name (see the module docstring)."""
     if name == "digits":
@@ -204,6 +216,17 @@ class SpikeDataset:
         epoch, within = divmod(index, self.batches_per_epoch)
         idx = self._order(epoch)[within * self.batch_size : (within + 1) * self.batch_size]
         return self.spikes[idx], self.labels[idx]
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> SpikeDataset:
+        """The samples at ``indices``, same batch size, seed and device."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        part = SpikeDataset(
+            self.spikes[idx.to(self.spikes.device)].cpu().numpy(),
+            self.labels[idx.to(self.labels.device)].cpu().numpy(),
+            self.batch_size,
+            self.seed,
+        )
+        return part.to(self.spikes.device)
 
     def to(self, device: torch.device | str) -> SpikeDataset:
         self.spikes = self.spikes.to(device)

@@ -32,7 +32,7 @@ from devices.base import BaseBackend
 from devices.registry import backend_options, open_backend
 from polystep_neuro import plots
 from polystep_neuro.controller import CHECKPOINT_NAME, Adapter, AdaptResult
-from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, load_split
+from polystep_neuro.data import InputShift, SpikeDataset, concat, encode, hold_out, load_split
 from polystep_neuro.errors import Interrupted
 from polystep_neuro.evaluation import score
 from polystep_neuro.losses import COUNT_LOGIT_SCALE, make_loss
@@ -128,9 +128,7 @@ def load_data(cfg: DemoConfig, device: torch.device) -> DemoData:
     """The dataset, clean and shifted; a fixed share of the training samples is held out as
     the adaptation's validation set (pretraining saw their clean versions, adaptation never)."""
     split = load_split(cfg.dataset, cfg.seed)
-    order = np.random.default_rng([cfg.seed, 7]).permutation(len(split.y_train))
-    held = order[: int(VALIDATION_FRACTION * len(order))]
-    kept = order[len(held) :]
+    kept, held = hold_out(len(split.y_train), VALIDATION_FRACTION, cfg.seed)
 
     def spikes(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
         trains = encode(x, cfg.num_steps, cfg.encoding)
