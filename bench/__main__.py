@@ -4,7 +4,8 @@
     python -m bench ...                                        (the same, from a checkout)
     polystep-neuro bench --device cuda [--quick] [--out FILE.md]   # the GPU check instead
 
-Sections (``--only`` picks some): sim, roofline, adapt, memory, lava, protocol, ray.  Every
+Sections (``--only`` picks some): sim, roofline, adapt, drifted, memory, lava, protocol,
+ray.  Every
 comparison is a ratio of two measurements taken side by side in this run; the report
 records the command, the date and the machine.  GPU rows are added where
 ``torch.cuda.is_available()``.  ``--quick`` uses tiny sizes (a smoke test of the harness:
@@ -19,17 +20,19 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sim", "roofline", "adapt", "memory", "lava", "protocol", "ray")
+SECTIONS = ("sim", "roofline", "adapt", "drifted", "memory", "lava", "protocol", "ray")
 
 Progress = Callable[[str], None]
 
@@ -40,6 +43,21 @@ class Section:
     intro: list[str] = field(default_factory=list)
     body: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def doc_paragraphs(doc: str | None) -> list[str]:
+    """A bench module's docstring after its title line, as markdown: the usage lines in a
+    code block, reStructuredText roles and literals as backticks."""
+    out = []
+    for para in (doc or "").split("\n\n")[1:]:
+        if not para.strip():
+            continue
+        if para.lstrip().startswith("python -m"):
+            out.append("```bash\n" + textwrap.dedent(para).strip("\n") + "\n```")
+            continue
+        text = re.sub(r":(?:class|mod|func|meth):`~?([^`]+)`", r"`\1`", para.strip())
+        out.append(text.replace("``", "`"))
+    return out
 
 
 # --------------------------------------------------------------------------- the sections
@@ -128,9 +146,31 @@ def section_adapt(quick: bool, progress: Progress) -> Section:
     return Section(
         "PolyStep vs sep-CMA-ES / OpenAI-ES / SPSA through the same adaptation loop, equal "
         "forward passes",
-        [line.strip() for line in (adapt_bench.__doc__ or "").split("\n\n")[1:] if line.strip()],
+        doc_paragraphs(adapt_bench.__doc__),
         adapt_bench.tables(result),
     )
+
+
+def section_drifted(quick: bool, progress: Progress) -> Section:
+    import importlib.util
+
+    import torch
+
+    title = "An snnTorch network adapted with `adapt`'s defaults: drifted data only, or with replay"
+    if not (ROOT / "examples" / "snntorch_digits.py").exists():
+        return Section(title, ["Skipped: needs the repository's examples/ (run from a checkout)."])
+    if importlib.util.find_spec("snntorch") is None:
+        return Section(
+            title, ['Skipped: snnTorch is not installed (`pip install -e ".[snntorch]"`).']
+        )
+    from bench import drifted_bench
+
+    threads = torch.get_num_threads()
+    try:
+        rows = drifted_bench.run([0] if quick else [0, 1, 2], 20 if quick else 300, progress)
+    finally:
+        torch.set_num_threads(threads)
+    return Section(title, doc_paragraphs(drifted_bench.__doc__), drifted_bench.table(rows))
 
 
 def section_memory(quick: bool, progress: Progress) -> Section:
@@ -263,6 +303,7 @@ RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "sim": section_sim,
     "roofline": section_roofline,
     "adapt": section_adapt,
+    "drifted": section_drifted,
     "memory": section_memory,
     "lava": section_lava,
     "protocol": section_protocol,

@@ -209,7 +209,8 @@ def adapt_and_score(run: DigitsAdaptation, steps: int, where: str) -> dict[str, 
     result = adapter.run(steps)
     print(result.summary())
     print(
-        f"{result.steps} steps, {result.evaluations:,} forward passes, {result.wall_seconds:.0f} s"
+        f"{result.steps} steps, {result.evaluations:,} single-sample forward passes, "
+        f"{result.wall_seconds:.0f} s"
     )
     return {
         "before_clean": result.start["clean_accuracy"],

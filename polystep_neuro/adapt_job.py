@@ -261,7 +261,7 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
     _write_summary(job, result, anchor)
     plots.adapt_figure(job.out_dir / "adapt.png", result.history)
     _say(
-        f"{result.steps} steps, {result.evaluations:,} forward passes, "
+        f"{result.steps} steps, {result.evaluations:,} single-sample forward passes, "
         f"{result.wall_seconds:.0f} s; network in {job.out_dir / 'adapted.npz'}, report in "
         f"{job.out_dir / 'summary.json'}"
     )
