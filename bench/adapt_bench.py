@@ -64,13 +64,14 @@ BATCH = 128
 TASKS = ("demo", "all-weights")
 DEFAULT_SEEDS = [0, 1, 2]
 CACHE = Path("runs/bench-cache")
-# One row per addition to PolyStep: the default with that one thing switched off.
+# One row per addition to PolyStep: the default with that one thing switched off (and the
+# final decay, once the default, switched on).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "default": {},
     "no momentum": {"momentum": 0.0},
     "subspace redrawn every 20 steps (not every step)": {"absorb_interval": 20},
     "step does not follow the evidence (step_adapt 0)": {"step_adapt": 0.0},
-    "no final decay of the step (final_step 1)": {"final_step": 1.0},
+    "step decays to a tenth by the last step (final_step 0.1)": {"final_step": 0.1},
     "small probes (0.05 of each tensor's magnitude, not 0.5)": {"probe": 0.05},
 }
 
