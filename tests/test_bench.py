@@ -60,9 +60,9 @@ def test_drifted_bench_adapts_an_snntorch_network(tmp_path: Path) -> None:
     assert [r.mode for r in rows] == list(drifted_bench.MODES)
     drifted, replay = rows
     assert drifted.shifted[0] == replay.shifted[0] and drifted.clean[0] == replay.clean[0]
-    # measured: 78.7 -> 89.1 % after 10 steps; the run must gain, not just run
+    # measured after 10 steps: shifted 78.7 -> 84.4 % (drifted only), -> 86.2 % (with replay);
+    # both runs must gain, not just run (clean after 300 steps is what the bench reports)
     assert drifted.shifted[1] - drifted.shifted[0] >= 0.03
-    # with clean replay, what is handed back keeps clean accuracy (measured: unchanged)
-    assert replay.clean[1] >= replay.clean[0] - 0.02
+    assert replay.shifted[1] - replay.shifted[0] >= 0.03
     lines = drifted_bench.table(rows)
     assert lines[-2].startswith("| drifted only: median |") and "+" in lines[-2]
