@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 if __package__ in (None, ""):  # `python bench/device_parity.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cases import Case, perturbed_sets  # noqa: E402
 from polystep_neuro.network import NetworkSpec  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
 
@@ -30,20 +31,10 @@ PRECISIONS = ("float32", "loihi-fixed")
 
 
 @dataclass(frozen=True)
-class ParityCase:
-    label: str
-    sizes: tuple[int, ...]
-    steps: int
-    batch: int
-    sets: int
-    writable: tuple[str, ...]
+class ParityCase(Case):
     du: float = 1.0
     weight_gain: float = 1.0
     wrapping: bool = False  # fixed point: scale set by hand so the currents pass 2**23
-
-    @property
-    def where(self) -> str:
-        return f"{'-'.join(map(str, self.sizes))}, T={self.steps}, B={self.batch}, V={self.sets}"
 
 
 DEMO = (64, 512, 10)
@@ -74,15 +65,7 @@ QUICK_CASES = (
     ParityCase(
         "demo-like, all weights writable", (16, 32, 10), 8, 8, 4, ("fc0.weight", "fc1.weight")
     ),
-    ParityCase(
-        "fixed point: currents past 2**23 (float64 path)",
-        (40, 20, 6),
-        10,
-        8,
-        3,
-        ("fc0.weight",),
-        wrapping=True,
-    ),
+    replace(CASES[-1], sets=3),
 )
 
 
@@ -103,16 +86,7 @@ def build(
         first.fixed_scale, first.fixed_weight_exp = fp.WEIGHT_MAX / 3.0 * 2**7, 7
     spec = spec.with_writable(writable)
     gen = torch.Generator().manual_seed(seed)
-    base = spec.parameters()
-    params = {}
-    for name in spec.writable:
-        value = torch.as_tensor(base[name])
-        noisy = value[None] + 0.1 * torch.randn(case.sets, *value.shape, generator=gen)
-        if name.endswith((".du", ".dv")):
-            noisy = noisy.clamp(0.0, 1.0)
-        if name.endswith(".vth"):
-            noisy = noisy.abs()
-        params[name] = noisy
+    params = perturbed_sets(spec.parameters(), spec.writable, case.sets, 0.1, gen)
     density = 0.9 if case.wrapping else 0.3
     x = (torch.rand(case.batch, case.steps, case.sizes[0], generator=gen) < density).float()
     return spec, params, x

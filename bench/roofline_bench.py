@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,26 +28,11 @@ import torch
 if __package__ in (None, ""):  # `python bench/roofline_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cases import Case, perturbed_sets  # noqa: E402
 from polystep_neuro.network import NetworkSpec, split_param_name  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
 
 PRECISIONS = ("float32", "loihi-fixed")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One network shape and the parameters its V sets vary."""
-
-    label: str
-    sizes: tuple[int, ...]
-    steps: int
-    batch: int
-    sets: int
-    writable: tuple[str, ...]
-
-    @property
-    def shape(self) -> str:
-        return "-".join(map(str, self.sizes))
 
 
 def all_weights(sizes: tuple[int, ...]) -> tuple[str, ...]:
@@ -99,12 +84,8 @@ def build(case: Case, device: torch.device, seed: int = 0):
         writable=case.writable,
     )
     gen = torch.Generator().manual_seed(seed)
-    base = spec.parameters()
-    params = {}
-    for name in case.writable:
-        value = torch.as_tensor(base[name])
-        noise = 0.05 * torch.randn(case.sets, *value.shape, generator=gen)
-        params[name] = (value[None] + noise).to(device)
+    drawn = perturbed_sets(spec.parameters(), case.writable, case.sets, 0.05, gen)
+    params = {name: value.to(device) for name, value in drawn.items()}
     x = (torch.rand(case.batch, case.steps, case.sizes[0], generator=gen) < 0.3).float()
     return spec, params, x.to(device)
 
@@ -192,12 +173,11 @@ def table(results: list[dict]) -> list[str]:
     ]
     for r in results:
         c: Case = r["case"]
-        where = f"{c.shape}, T={c.steps}, B={c.batch}, V={c.sets}"
         for p in PRECISIONS:
             m = r[p]
             ratio = f"{r['fixed_over_float']:.2f}x" if p == "loihi-fixed" else ""
             lines.append(
-                f"| {where} | {c.label} | {p} | {m['pairs_per_s']:,.0f} | {m['gflops']:.1f} "
+                f"| {c.where} | {c.label} | {p} | {m['pairs_per_s']:,.0f} | {m['gflops']:.1f} "
                 f"| {r['mm_gflops']:.1f} | {m['roofline']:.0%} | {ratio} |"
             )
     return lines
