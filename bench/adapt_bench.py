@@ -223,17 +223,20 @@ def run(
         for seed in seeds:
             task = MAKERS[name](seed, quick, progress, dataset)
             starts.setdefault(name, []).append(_start(task))
+            by_method: dict[str, Run] = {}
             for method in methods:
                 progress(f"{name}, seed {seed}: {method}")
-                runs.append(run_method(task, Settings(optimizer=method, seed=seed)))
+                by_method[method] = run_method(task, Settings(optimizer=method, seed=seed))
+            runs += by_method.values()
             if ablations:
                 validated = name == "demo"
                 for label, change in ABLATIONS.items():
-                    progress(f"{name}, seed {seed}: ablation {label}")
-                    settings = Settings(seed=seed, **change)
-                    ablation_runs.setdefault(name, {}).setdefault(label, []).append(
-                        run_method(task, settings, validated=validated)
-                    )
+                    if not change and not validated and "polystep" in by_method:
+                        done = by_method["polystep"]  # the same run: runs are deterministic
+                    else:
+                        progress(f"{name}, seed {seed}: ablation {label}")
+                        done = run_method(task, Settings(seed=seed, **change), validated=validated)
+                    ablation_runs.setdefault(name, {}).setdefault(label, []).append(done)
     return {"runs": runs, "ablations": ablation_runs, "starts": starts, "seeds": seeds}
 
 
