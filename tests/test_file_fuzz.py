@@ -53,9 +53,13 @@ def _flip(good: bytes, changes: list[tuple[int, int]]) -> bytes:
     return bytes(data)
 
 
-@settings(
+# 150 damaged files per loader and run; tmp_path_factory is safe to share between examples.
+FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+
+
+@FUZZ
 @given(blob=_damaged(GOOD_SPEC))
 def test_a_damaged_spec_file_is_a_spec_error_or_a_valid_spec(tmp_path_factory, blob) -> None:
     path = tmp_path_factory.mktemp("spec") / "net.npz"
@@ -68,9 +72,7 @@ def test_a_damaged_spec_file_is_a_spec_error_or_a_valid_spec(tmp_path_factory, b
         spec.validate()  # a flip inside an array's bytes can leave a valid file
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@FUZZ
 @given(blob=_damaged(GOOD_DATA))
 def test_a_damaged_data_file_is_a_polystep_error_or_valid_data(tmp_path_factory, blob) -> None:
     path = tmp_path_factory.mktemp("data") / "data.npz"
