@@ -8,8 +8,9 @@ What the run is given, and what each part is for:
   is given, a share of it joins the validation set too;
 - test sets (``--test NAME=FILE``): scored at the start, along the way and at the end, never
   used to decide anything.
-Without replay data the starting network's own outputs are soft targets (``--anchor``), so
-adapting to drifted data alone does not forget what the network did before.
+Without clean data the run adapts the hidden neurons' biases and the starting network's own
+outputs are soft targets (``--anchor``), so adapting to drifted data alone does not forget
+what the network did before (``polystep_neuro.run_defaults`` says why and what it measured).
 
 Writes ``config.json`` (at the start), ``metrics.jsonl``, ``checkpoint.pt``, ``adapted.npz``,
 ``summary.json`` and ``adapt.png`` into ``--out``.
@@ -33,9 +34,7 @@ from polystep_neuro.device_select import resolve_device
 from polystep_neuro.errors import Interrupted, PolystepError, SpecError
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optimizers import Settings
-
-# Weight of the distillation term towards the starting network when no replay data is given.
-DEFAULT_ANCHOR = 1.0
+from polystep_neuro.run_defaults import run_defaults
 
 
 @dataclass
@@ -43,14 +42,14 @@ class AdaptJob:
     spec_path: Path
     backend: str = "torch-sim-fixed"
     device: str = "auto"
-    writable: tuple[str, ...] | None = None
+    writable: tuple[str, ...] | None = None  # None: see polystep_neuro.run_defaults
     data_path: Path | None = None
     val_path: Path | None = None
     replay_path: Path | None = None
     test_paths: dict[str, Path] = field(default_factory=dict)
     val_fraction: float = 0.2
     time_first: bool = False
-    anchor: float | None = None  # None: DEFAULT_ANCHOR without replay data, else 0
+    anchor: float | None = None  # None: see polystep_neuro.run_defaults
     trust_radius: float | None = None
     shift_noise: float = 0.0
     shift_gain: float = 1.0
@@ -226,8 +225,11 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         )
     data = _file_data(job, spec) if job.data_path is not None else _builtin_data(job, spec)
     has_clean = job.replay_path is not None or "clean" in data.validation
-    anchor = job.anchor if job.anchor is not None else (0.0 if has_clean else DEFAULT_ANCHOR)
-    _write_config(job, anchor)
+    chosen = run_defaults(spec, has_clean=has_clean, writable=job.writable, anchor=job.anchor)
+    spec, anchor = spec.with_writable(chosen.writable), chosen.anchor
+    if chosen.note:
+        _say(chosen.note)
+    _write_config(replace(job, writable=chosen.writable), anchor)
     backend = _open(job, device)
     try:
         backend.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)

@@ -32,6 +32,7 @@ from polystep_neuro.errors import PolystepError, SpecError
 from polystep_neuro.interop import device_writable
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optimizers import Settings
+from polystep_neuro.run_defaults import run_defaults
 
 DataLike = SpikeDataset | tuple[Any, Any]
 # Backends whose network runs with Lava's timing (a one-step synaptic delay).
@@ -130,18 +131,22 @@ def adapt(
     ``train`` is what the device sees now; ``validation`` (default: ``val_fraction`` of
     ``train`` held out) decides which network is handed back; ``replay`` (clean data) is mixed
     into the stream and a share of it validates too; ``test`` sets are only reported.
-    Without replay the start's own outputs anchor the run (``anchor``, default 1).
     ``writable`` defaults to the model's writable set, else every weight and neuron bias (what
-    the device can rewrite).  ``settings`` are :class:`~polystep_neuro.optimizers.Settings`
-    fields (probe, rank, step, ...).
+    the device can rewrite); without replay the run adapts only the hidden neurons' biases
+    among them and the start's own outputs anchor it (``anchor``, default 2; see
+    :mod:`polystep_neuro.run_defaults`).  ``settings`` are
+    :class:`~polystep_neuro.optimizers.Settings` fields (probe, rank, step, ...).
     Long because its signature and docstring are the API's documentation; the body is short.
     """
     from devices.registry import backend_options, open_backend
     from polystep_neuro.device_select import resolve_device
 
     spec, changes = _as_spec(model, num_steps, backend)
-    names = writable or spec.writable or device_writable(spec)
-    spec = spec.with_writable(names)
+    spec = spec.with_writable(spec.writable or device_writable(spec))
+    chosen = run_defaults(spec, has_clean=replay is not None, writable=writable, anchor=anchor)
+    spec = spec.with_writable(chosen.writable)
+    if chosen.note and progress:
+        print(chosen.note, flush=True)
     where = resolve_device(device)
 
     def ds(data: DataLike) -> SpikeDataset:
@@ -167,7 +172,7 @@ def adapt(
             dev, stream, steps=steps, device=where,
             settings=Settings(optimizer=optimizer, seed=seed, **settings),
             validation=val, test={k: ds(v) for k, v in (test or {}).items()},
-            anchor_weight=(0.0 if replay is not None else 1.0) if anchor is None else anchor,
+            anchor_weight=chosen.anchor,
             out_dir=out_dir, progress=progress,
         )  # fmt: skip
         result = adapter.run(steps)

@@ -117,7 +117,10 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument("--backend", default="torch-sim-fixed")
     _add_device(adapt)
     adapt.add_argument(
-        "--writable", nargs="+", help="parameters to adapt (default: the spec's writable set)"
+        "--writable",
+        nargs="+",
+        help="parameters to adapt (default: the spec's writable set; with drifted data "
+        "only and no --replay, the hidden neurons' biases among them)",
     )
     adapt.add_argument(
         "--data",
@@ -154,8 +157,8 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument(
         "--anchor",
         type=float,
-        help="weight of the pull towards the starting network's own outputs (default: 1 "
-        "without --replay, 0 with it)",
+        help="weight of the pull towards the starting network's own outputs (default: 2 "
+        "without clean data, 0 with --replay)",
     )
     adapt.add_argument(
         "--trust-radius",

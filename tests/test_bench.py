@@ -52,17 +52,24 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
 
 
 def test_drifted_bench_adapts_an_snntorch_network(tmp_path: Path) -> None:
-    """The drifted-only section: a BPTT network, `adapt`'s defaults, real accuracy changes."""
+    """The drifted-only section: a BPTT network, `adapt`'s defaults, real accuracy changes.
+
+    Drifted data only, the full 300 steps: the issue's goal (>= 5 shifted points, clean within
+    1) on seed 0; measured: shifted 78.7 -> 88.4 % (+9.8), clean 94.7 -> 94.2 % (-0.4).
+    With replay, 10 steps (a full run takes 40 s): 78.7 -> 86.2 % shifted.
+    """
     pytest.importorskip("snntorch")
     from bench import drifted_bench
 
-    rows = drifted_bench.run([0], 10, progress=lambda s: None)
-    assert [r.mode for r in rows] == list(drifted_bench.MODES)
-    drifted, replay = rows
+    only, replay_mode, _ = drifted_bench.MODES
+    (drifted,) = drifted_bench.run([0], 300, progress=lambda s: None, modes=(only,))
+    (replay,) = drifted_bench.run([0], 10, progress=lambda s: None, modes=(replay_mode,))
     assert drifted.shifted[0] == replay.shifted[0] and drifted.clean[0] == replay.clean[0]
-    # measured after 10 steps: shifted 78.7 -> 84.4 % (drifted only), -> 86.2 % (with replay);
-    # both runs must gain, not just run (clean after 300 steps is what the bench reports)
-    assert drifted.shifted[1] - drifted.shifted[0] >= 0.03
+    assert drifted.adapted == ("lif0.v_bias",)
+    assert replay.adapted == ("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias")
+    assert drifted.shifted[1] - drifted.shifted[0] >= 0.05
+    assert drifted.clean[1] - drifted.clean[0] >= -0.01
     assert replay.shifted[1] - replay.shifted[0] >= 0.03
+    rows = [drifted, replay]
     lines = drifted_bench.table(rows)
     assert lines[-2].startswith("| drifted only: median |") and "+" in lines[-2]

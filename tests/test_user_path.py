@@ -148,10 +148,13 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
         "--test", f"shifted={tmp_path / 'shifted_test.npz'}", "--steps", 12, "--rank", 16,
         "--out", run, "--no-progress",
     )  # fmt: skip
-    assert "anchored to the starting network (weight 1)" in out  # drifted data only
+    # drifted data only: the hidden biases, anchored to the start (polystep_neuro.run_defaults)
+    assert "drifted data only: adapting the hidden neurons' biases (lif0.v_bias)" in out
+    assert "anchored to the starting network (weight 2)" in out
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    assert config["anchor"] == 1.0 and config["time_first"] is True
+    assert config["anchor"] == 2.0 and config["time_first"] is True
+    assert config["writable"] == ["lif0.v_bias"]
     assert summary["end"]["val_accuracy"] >= summary["start"]["val_accuracy"]
     assert {"clean_accuracy", "shifted_accuracy"} <= set(summary["start"])
     assert (run / "adapt.png").stat().st_size > 10_000
