@@ -2,7 +2,7 @@
 ablations, at equal forward passes.
 
     python -m bench.adapt_bench [--tasks demo all-weights] [--seeds 0 1 2] [--quick]
-                                [--dataset digits|mnist5k]
+                                [--dataset digits|mnist5k] [--faster-start]
 
 Every method runs through :class:`polystep_neuro.controller.Adapter` with the recipe's
 defaults (:mod:`polystep_neuro.optimizers`; nothing tuned per task), so this is what
@@ -23,6 +23,9 @@ Tasks:
 Test scores are of each method's current point at each budget (measured in the same run,
 not charged).  The ablation runs (PolyStep's default with one thing switched off, full budget,
 both tasks) also report, on ``demo``, what keep-best on validation hands back.
+``--faster-start`` adds PolyStep variants that move faster early (a longer initial step, a
+step that follows the evidence faster), scored at every budget: what a faster start buys at
+the small budgets and costs at the full one.
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "step does not follow the evidence (step_adapt 0)": {"step_adapt": 0.0},
     "step decays to a tenth by the last step (final_step 0.1)": {"final_step": 0.1},
     "small probes (0.05 of each tensor's magnitude, not 0.5)": {"probe": 0.05},
+}
+
+# PolyStep moving faster early (--faster-start), against the default at every budget.
+FASTER_START: dict[str, dict[str, Any]] = {
+    "default": {},
+    "initial step 0.3 (default 0.15)": {"step": 0.3},
+    "step follows the evidence twice as fast (step_adapt 0.1)": {"step_adapt": 0.1},
 }
 
 Progress = Callable[[str], None]
@@ -214,9 +224,11 @@ def run(
     quick: bool,
     progress: Progress,
     dataset: str = "digits",
+    faster_start: bool = False,
 ) -> dict[str, Any]:
     runs: list[Run] = []
     ablation_runs: dict[str, dict[str, list[Run]]] = {}
+    start_runs: dict[str, dict[str, list[Run]]] = {}
     starts: dict[str, list[dict[str, float]]] = {}
     torch.set_num_threads(1)
     for name in tasks:
@@ -237,7 +249,17 @@ def run(
                         progress(f"{name}, seed {seed}: ablation {label}")
                         done = run_method(task, Settings(seed=seed, **change), validated=validated)
                     ablation_runs.setdefault(name, {}).setdefault(label, []).append(done)
-    return {"runs": runs, "ablations": ablation_runs, "starts": starts, "seeds": seeds}
+            for label, change in FASTER_START.items() if faster_start else ():
+                if not change and "polystep" in by_method:
+                    done = by_method["polystep"]
+                else:
+                    progress(f"{name}, seed {seed}: {label}")
+                    done = run_method(task, Settings(seed=seed, **change))
+                start_runs.setdefault(name, {}).setdefault(label, []).append(done)
+    return {
+        "runs": runs, "ablations": ablation_runs, "faster_start": start_runs, "starts": starts,
+        "seeds": seeds,
+    }  # fmt: skip
 
 
 def _start(task: Task) -> dict[str, float]:
@@ -307,6 +329,41 @@ def tables(result: dict[str, Any]) -> list[str]:
         lines += _demo_ablation_table(result)
     if "all-weights" in result["ablations"]:
         lines += _training_ablation_table(result)
+    for task, variants in result.get("faster_start", {}).items():
+        lines += _faster_start_table(result, task, variants)
+    return lines
+
+
+def _faster_start_table(
+    result: dict[str, Any], task: str, variants: dict[str, list[Run]]
+) -> list[str]:
+    """Test loss at every budget of PolyStep variants that move faster early, and the best
+    baseline's median at the same budget (from the same invocation's runs)."""
+    key = "shifted" if task == "demo" else "clean"
+    default = next(iter(variants.values()))
+    passes = [f"{int(p['passes']):,}" for p in default[0].points]
+    lines = [
+        f"**PolyStep moving faster early, task `{task}`** ({key} test loss of the current "
+        "point at each budget)",
+        "",
+        "| PolyStep | " + " | ".join(f"{p} passes" for p in passes) + " |",
+        "|---|" + "---:|" * len(passes),
+    ]
+    for label, runs in variants.items():
+        cells = [_median([r.points[i][f"{key}_loss"] for r in runs], ".3f") for i in
+                 range(len(passes))]  # fmt: skip
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    baselines = [r for r in result["runs"] if r.task == task and r.method != "polystep"]
+    if baselines:
+        best = []
+        for i in range(len(passes)):
+            by_method: dict[str, list[float]] = {}
+            for r in baselines:
+                by_method.setdefault(r.method, []).append(r.points[i][f"{key}_loss"])
+            method, losses = min(by_method.items(), key=lambda kv: statistics.median(kv[1]))
+            best.append(f"{statistics.median(losses):.3f} ({method})")
+        lines.append("| best baseline (median) | " + " | ".join(best) + " |")
+    lines += ["", "medians over the seeds (each seed's value in brackets)", ""]
     return lines
 
 
@@ -368,10 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument(
+        "--faster-start", action="store_true", help="also PolyStep variants that move faster early"
+    )
     args = parser.parse_args(argv)
     result = run(
         args.tasks, args.seeds, args.methods, not args.no_ablations, args.quick,
-        lambda s: print(s, flush=True), args.dataset,
+        lambda s: print(s, flush=True), args.dataset, args.faster_start,
     )  # fmt: skip
     print("\n".join(tables(result)))
     return 0

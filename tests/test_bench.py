@@ -73,3 +73,26 @@ def test_drifted_bench_adapts_an_snntorch_network(tmp_path: Path) -> None:
     rows = [drifted, replay]
     lines = drifted_bench.table(rows)
     assert lines[-2].startswith("| drifted only: median |") and "+" in lines[-2]
+
+
+def test_adapt_bench_faster_start_table_scores_every_budget() -> None:
+    """--faster-start: the default row is the main PolyStep run (same settings, deterministic)
+    and each variant really runs with its change (different losses)."""
+    from bench import adapt_bench
+
+    result = adapt_bench.run(
+        ["all-weights"], [0], ["polystep", "openai-es"], False, True, lambda s: None,
+        faster_start=True,
+    )  # fmt: skip
+    lines = adapt_bench.tables(result)
+    head = lines.index("| PolyStep | 2,560 passes | 10,240 passes |")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[head + 2 : head + 6]}
+    assert list(rows) == [*adapt_bench.FASTER_START, "best baseline (median)"]
+    main = next(r for r in result["runs"] if r.method == "polystep")
+    assert (
+        rows["default"][0]
+        == f"{main.points[0]['clean_loss']:.3f} ({main.points[0]['clean_loss']:.3f})"
+    )
+    variants = [v for k, v in rows.items() if k not in ("default", "best baseline (median)")]
+    assert all(v != rows["default"] for v in variants)
+    assert all("(openai-es)" in cell for cell in rows["best baseline (median)"])
