@@ -105,7 +105,7 @@ def run_seed(seed: int, steps: int, workdir: Path, modes: tuple[str, ...] = MODE
                 (result.start["clean_accuracy"], result.end["clean_accuracy"]),
                 (result.start["shifted_accuracy"], result.end["shifted_accuracy"]),
                 time.perf_counter() - start,
-                result.spec.writable,
+                result.adapted,
             )
         )
     return rows

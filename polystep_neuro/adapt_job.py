@@ -34,7 +34,7 @@ from polystep_neuro.device_select import resolve_device
 from polystep_neuro.errors import Interrupted, PolystepError, SpecError
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optimizers import Settings
-from polystep_neuro.run_defaults import run_defaults
+from polystep_neuro.run_defaults import run_defaults, writable_names
 
 
 @dataclass
@@ -216,8 +216,9 @@ def _open(job: AdaptJob, device: torch.device) -> Any:
 def run_adapt_job(job: AdaptJob) -> AdaptResult:
     device = resolve_device(job.device)
     spec = NetworkSpec.load(job.spec_path)
-    if job.writable:
-        spec = spec.with_writable(job.writable)
+    writable = writable_names(spec, job.writable)
+    if writable:
+        spec = spec.with_writable(writable)
     if not spec.writable:
         raise SpecError(
             f"nothing to adapt: {job.spec_path} marks no parameter writable; pass --writable "
@@ -225,8 +226,8 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         )
     data = _file_data(job, spec) if job.data_path is not None else _builtin_data(job, spec)
     has_clean = job.replay_path is not None or "clean" in data.validation
-    chosen = run_defaults(spec, has_clean=has_clean, writable=job.writable, anchor=job.anchor)
-    spec, anchor = spec.with_writable(chosen.writable), chosen.anchor
+    chosen = run_defaults(spec, has_clean=has_clean, writable=writable, anchor=job.anchor)
+    anchor = chosen.anchor  # the spec keeps its writable set; the run adapts chosen.writable
     if chosen.note:
         _say(chosen.note)
     _write_config(replace(job, writable=chosen.writable), anchor)
@@ -235,7 +236,8 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         backend.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)
         adapter = Adapter.build(
             backend, data.stream.to(device), steps=job.steps, settings=job.settings,
-            device=device, validation={k: v.to(device) for k, v in data.validation.items()},
+            device=device, names=chosen.writable,
+            validation={k: v.to(device) for k, v in data.validation.items()},
             test={k: v.to(device) for k, v in data.test.items()}, anchor_weight=anchor,
             trust_radius=job.trust_radius,
             out_dir=job.out_dir, progress=job.progress, report=_say,
@@ -287,6 +289,7 @@ def _write_summary(job: AdaptJob, result: AdaptResult, anchor: float) -> None:
         "end": result.end,
         "best_step": result.best_step,
         "kept_start": result.kept_start,
+        "adapted": list(result.adapted),
         "steps": result.steps,
         "evaluations": result.evaluations,
         "wall_seconds": result.wall_seconds,

@@ -32,7 +32,7 @@ from polystep_neuro.errors import PolystepError, SpecError
 from polystep_neuro.interop import device_writable
 from polystep_neuro.network import NetworkSpec
 from polystep_neuro.optimizers import Settings
-from polystep_neuro.run_defaults import run_defaults
+from polystep_neuro.run_defaults import run_defaults, writable_names
 
 DataLike = SpikeDataset | tuple[Any, Any]
 # Backends whose network runs with Lava's timing (a one-step synaptic delay).
@@ -113,7 +113,7 @@ def adapt(
     validation: Mapping[str, DataLike] | DataLike | None = None,
     test: Mapping[str, DataLike] | None = None,
     replay: DataLike | None = None,
-    writable: tuple[str, ...] | None = None,
+    writable: tuple[str, ...] | str | None = None,
     steps: int = 300,
     batch_size: int = 128,
     optimizer: str = "polystep",
@@ -142,9 +142,9 @@ def adapt(
     from polystep_neuro.device_select import resolve_device
 
     spec, changes = _as_spec(model, num_steps, backend)
-    spec = spec.with_writable(spec.writable or device_writable(spec))
-    chosen = run_defaults(spec, has_clean=replay is not None, writable=writable, anchor=anchor)
-    spec = spec.with_writable(chosen.writable)
+    names = writable_names(spec, writable)
+    spec = spec.with_writable(names or spec.writable or device_writable(spec))
+    chosen = run_defaults(spec, has_clean=replay is not None, writable=names, anchor=anchor)
     if chosen.note and progress:
         print(chosen.note, flush=True)
     where = resolve_device(device)
@@ -169,7 +169,7 @@ def adapt(
     try:
         dev.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)
         adapter = Adapter.build(
-            dev, stream, steps=steps, device=where,
+            dev, stream, steps=steps, device=where, names=chosen.writable,
             settings=Settings(optimizer=optimizer, seed=seed, **settings),
             validation=val, test={k: ds(v) for k, v in (test or {}).items()},
             anchor_weight=chosen.anchor,

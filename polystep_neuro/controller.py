@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class AdaptResult:
     end: dict[str, float] = field(default_factory=dict)  # scores of the network handed back
     best_step: int = 0  # the step whose parameters were handed back (0: the start)
     kept_start: bool = False  # validation never improved: the start is handed back unchanged
+    adapted: tuple[str, ...] = ()  # the parameters this run changed (spec.writable: the device's)
 
     def summary(self) -> str:
         """One line: what was handed back and what it scores on validation and test."""
@@ -185,15 +186,16 @@ class Adapter:
         settings: Settings | None = None,
         loss: LossFn | None = None,
         device: torch.device | str = "cpu",
+        names: Sequence[str] | None = None,
         **options: Any,
     ) -> Adapter:
         """The adaptation recipe: the network the backend actually loaded (calibrated, for a
-        fixed-point device), its writable parameters in probe units, the optimiser named by
-        ``settings`` with its defaults for a ``steps``-step run, the count cross-entropy.
-        ``options`` go to the constructor (validation, test, out_dir, ...)."""
+        fixed-point device), its writable parameters (or ``names`` among them) in probe units,
+        the optimiser named by ``settings`` with its defaults for a ``steps``-step run, the
+        count cross-entropy.  ``options`` go to the constructor (validation, test, ...)."""
         settings = settings or Settings()
         spec = backend.spec
-        layout = make_layout(spec, settings)
+        layout = make_layout(spec, settings, names)
         optimizer = make_optimizer(settings, layout, layout.flatten(spec, device), steps)
         loss = loss or make_loss("ce", spec.num_steps, scale=COUNT_LOGIT_SCALE)
         return cls(spec, backend, optimizer, loss, train, layout=layout, **options)
@@ -248,6 +250,7 @@ class Adapter:
             end=self._scores_at(step, handed_back),
             best_step=step,
             kept_start=self._validated and step == 0,
+            adapted=tuple(self.layout.names),
         )
         if self.report is not None and not interrupted:
             self.report(result.summary())

@@ -32,6 +32,20 @@ class RunDefaults:
     note: str | None = None  # one line for the user when the writable set was narrowed
 
 
+def writable_names(
+    spec: NetworkSpec, writable: str | Sequence[str] | None
+) -> tuple[str, ...] | None:
+    """A user's writable choice as names: "all" (or ["all"]) is every parameter of ``spec``,
+    one string is one name (not its letters); None stays None (the defaults decide)."""
+    if writable is None or len(writable) == 0:
+        return None
+    if isinstance(writable, str):
+        writable = (writable,)
+    if tuple(writable) == ("all",):
+        return tuple(spec.param_shapes())
+    return tuple(writable)
+
+
 def hidden_biases(spec: NetworkSpec, names: Sequence[str]) -> tuple[str, ...]:
     """The neuron biases of every layer but the output layer, among ``names``."""
     hidden = {f"lif{i}.v_bias" for i in range(len(spec.layers) - 1)}

@@ -89,6 +89,6 @@ def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
     # load_into wrote the network that was handed back into the reader's module.
     np.testing.assert_array_equal(model[0].weight.detach().numpy(), result.spec.layers[0].weight)
     # drifted data only: the hidden biases were adapted (polystep_neuro.run_defaults)
-    assert result.spec.writable == ("lif0.v_bias",)
+    assert result.result.adapted == ("lif0.v_bias",)
     assert result.result.steps == 300 and (result.result.kept_start or not
                                              torch.equal(model[0].bias, before))  # fmt: skip

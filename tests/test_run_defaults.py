@@ -6,7 +6,12 @@ import pytest
 
 from polystep_neuro.interop import device_writable
 from polystep_neuro.network import NetworkSpec
-from polystep_neuro.run_defaults import DRIFTED_ONLY_ANCHOR, hidden_biases, run_defaults
+from polystep_neuro.run_defaults import (
+    DRIFTED_ONLY_ANCHOR,
+    hidden_biases,
+    run_defaults,
+    writable_names,
+)
 
 
 def _spec(sizes: list[int], writable: tuple[str, ...] | None = None) -> NetworkSpec:
@@ -42,3 +47,12 @@ def test_nothing_to_narrow_to_keeps_the_writable_set() -> None:
         assert chosen.writable == spec.writable and chosen.note is None
         assert chosen.anchor == DRIFTED_ONLY_ANCHOR
     assert hidden_biases(_spec([6, 5, 3]), ["lif1.v_bias", "lif0.v_bias"]) == ("lif0.v_bias",)
+
+
+def test_writable_names_reads_all_and_a_single_string() -> None:
+    spec = _spec([6, 5, 3])
+    every = tuple(spec.param_shapes())
+    assert writable_names(spec, "all") == writable_names(spec, ["all"]) == every
+    assert writable_names(spec, "lif0.v_bias") == ("lif0.v_bias",)  # not its letters
+    assert writable_names(spec, ["fc0.weight", "fc1.weight"]) == ("fc0.weight", "fc1.weight")
+    assert writable_names(spec, None) is None and writable_names(spec, ()) is None

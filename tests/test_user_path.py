@@ -154,7 +154,10 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert config["anchor"] == 2.0 and config["time_first"] is True
-    assert config["writable"] == ["lif0.v_bias"]
+    assert config["writable"] == ["lif0.v_bias"] and summary["adapted"] == ["lif0.v_bias"]
+    # the file handed back keeps what the device can rewrite: a later run with clean replay
+    # adapts all of it, not only what this drifted-only run chose
+    assert NetworkSpec.load(run / "adapted.npz").writable == converted.writable
     assert summary["end"]["val_accuracy"] >= summary["start"]["val_accuracy"]
     assert {"clean_accuracy", "shifted_accuracy"} <= set(summary["start"])
     assert (run / "adapt.png").stat().st_size > 10_000
