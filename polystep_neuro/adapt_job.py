@@ -116,6 +116,8 @@ def _check_shape(path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: 
                 " — it looks time-first (T, n, N_in), as snnTorch's spikegen makes it; "
                 "pass --time-first"
             )
+        if spikes.ndim == 3 and not hint and shape[1] != t and shape[2] == spec.n_in:
+            hint = f" — the network runs {t} time steps per sample (convert --num-steps sets it)"
         raise PolystepError(f"'spikes' in {path}: {exc}{hint}") from None
 
 

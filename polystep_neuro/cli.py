@@ -114,13 +114,18 @@ def _add_adapt(sub: Any) -> None:
         "than the start); test sets are only reported.",
     )
     adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
-    adapt.add_argument("--backend", default="torch-sim-fixed")
+    adapt.add_argument(
+        "--backend",
+        default="torch-sim-fixed",
+        help="device backend (default: torch-sim-fixed; see `polystep-neuro devices list`)",
+    )
     _add_device(adapt)
     adapt.add_argument(
         "--writable",
         nargs="+",
-        help="parameters to adapt (default: the spec's writable set; with drifted data "
-        "only and no --replay, the hidden neurons' biases among them)",
+        help="parameters to adapt, or 'all' (default: the spec's writable set; with drifted "
+        "data only and no --replay, the hidden neurons' biases among them; naming any set "
+        "overrides that)",
     )
     adapt.add_argument(
         "--data",
@@ -163,7 +168,8 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument(
         "--trust-radius",
         type=float,
-        help="how far (RMS per parameter, in probe units) the parameters may move from the start",
+        help="how far (RMS per parameter, in probe units) the parameters may move from the "
+        "start (default: no limit)",
     )
     _add_dataset(adapt)
     adapt.add_argument(
@@ -179,9 +185,16 @@ def _add_adapt(sub: Any) -> None:
     from polystep_neuro.optimizers import OPTIMIZERS, Settings
 
     defaults = Settings()
-    adapt.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    adapt.add_argument("--steps", type=int, default=300)
-    adapt.add_argument("--batch-size", type=int, default=128)
+    adapt.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=defaults.optimizer,
+        help=f"default: {defaults.optimizer}; the others are baselines through the same loop",
+    )
+    adapt.add_argument("--steps", type=int, default=300, help="adaptation steps (default: 300)")
+    adapt.add_argument(
+        "--batch-size", type=int, default=128, help="samples per minibatch (default: 128)"
+    )
     adapt.add_argument(
         "--probe",
         type=float,
@@ -198,8 +211,16 @@ def _add_adapt(sub: Any) -> None:
         default=defaults.step,
         help="PolyStep: initial step, as a fraction of a probe (it then follows the evidence)",
     )
-    adapt.add_argument("--epsilon", type=float, default=defaults.epsilon)
-    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument(
+        "--epsilon",
+        type=float,
+        default=defaults.epsilon,
+        help=f"PolyStep's softmax temperature on the normalised costs (default: "
+        f"{defaults.epsilon:g})",
+    )
+    adapt.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, minibatches and probes (default: 0)"
+    )
     adapt.add_argument(
         "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
     )

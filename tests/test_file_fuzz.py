@@ -124,3 +124,14 @@ def test_the_cli_says_one_line_and_exits_2_for_bad_data(tmp_path, capsys, kind) 
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert str(path) in lines[0]
+
+
+def test_data_with_other_time_steps_names_where_the_networks_come_from(tmp_path: Path) -> None:
+    path = tmp_path / "t9.npz"
+    np.savez(path, spikes=np.zeros((7, 9, 6), np.uint8), labels=np.zeros(7, np.int64))
+    with pytest.raises(PolystepError) as info:
+        load_spike_data(path, SPEC)
+    assert "got (7, 9, 6)" in str(info.value)
+    assert "the network runs 4 time steps per sample (convert --num-steps sets it)" in str(
+        info.value
+    )
