@@ -110,6 +110,11 @@ def _check_shape(path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: 
         spec.check_inputs(spikes)
     except SpecError as exc:
         shape, t = spikes.shape, spec.num_steps
+        if time_first and spikes.ndim == 3 and shape[0] == t and shape[1] != t:
+            raise PolystepError(
+                f"'spikes' in {path} is {(shape[1], shape[0], shape[2])} in the file: that is "
+                f"already batch-first (n, T, N_in) for this network (T={t}); drop --time-first"
+            ) from None
         hint = ""
         if not time_first and spikes.ndim == 3 and shape[0] == t and shape[1] != t:
             hint = (
