@@ -10,9 +10,9 @@ One decision shared by ``polystep-neuro adapt`` and ``polystep_neuro.adapt``:
   neuron can re-centre how strongly a weaker (or stronger) input drives the layer without
   re-mapping what the layer computes; adapting every weight from drifted data alone re-maps
   it and forgets.  Measured on an snnTorch 64-32-10 network with half the input gain and a
-  fifth of the pixels dead (docs/benchmarks.md, section 4): every weight and bias gained 13.6
-  shifted points and lost 9.1 clean ones; the hidden biases alone gain about 10 and keep
-  clean within 1.
+  fifth of the pixels dead (docs/benchmarks.md, section 4; medians of 3 seeds, anchor 2):
+  every weight and bias gained 10.4 shifted points and lost 4.9 clean ones; the hidden
+  biases alone gained 9.8 and lost 0.4.
 """
 
 from __future__ import annotations
