@@ -110,19 +110,22 @@ def _check_shape(path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: 
         spec.check_inputs(spikes)
     except SpecError as exc:
         shape, t = spikes.shape, spec.num_steps
-        if time_first and spikes.ndim == 3 and shape[0] == t and shape[1] != t:
+        # T where the batch should be: the other layout than the one --time-first says
+        other_layout = spikes.ndim == 3 and shape[0] == t and shape[1] != t
+        if other_layout and time_first:
             raise PolystepError(
                 f"'spikes' in {path} is {(shape[1], shape[0], shape[2])} in the file: that is "
                 f"already batch-first (n, T, N_in) for this network (T={t}); drop --time-first"
             ) from None
-        hint = ""
-        if not time_first and spikes.ndim == 3 and shape[0] == t and shape[1] != t:
+        if other_layout:
             hint = (
                 " — it looks time-first (T, n, N_in), as snnTorch's spikegen makes it; "
                 "pass --time-first"
             )
-        if spikes.ndim == 3 and not hint and shape[1] != t and shape[2] == spec.n_in:
+        elif spikes.ndim == 3 and shape[1] != t and shape[2] == spec.n_in:
             hint = f" — the network runs {t} time steps per sample (convert --num-steps sets it)"
+        else:
+            hint = ""
         raise PolystepError(f"'spikes' in {path}: {exc}{hint}") from None
 
 
