@@ -240,26 +240,36 @@ def run(
                 progress(f"{name}, seed {seed}: {method}")
                 by_method[method] = run_method(task, Settings(optimizer=method, seed=seed))
             runs += by_method.values()
-            if ablations:
-                validated = name == "demo"
-                for label, change in ABLATIONS.items():
-                    if not change and not validated and "polystep" in by_method:
-                        done = by_method["polystep"]  # the same run: runs are deterministic
-                    else:
-                        progress(f"{name}, seed {seed}: ablation {label}")
-                        done = run_method(task, Settings(seed=seed, **change), validated=validated)
-                    ablation_runs.setdefault(name, {}).setdefault(label, []).append(done)
+            default = by_method.get("polystep")
+            for label, change in ABLATIONS.items() if ablations else ():
+                done = _variant(task, seed, change, name == "demo", default, progress,
+                                f"{name}, seed {seed}: ablation {label}")  # fmt: skip
+                ablation_runs.setdefault(name, {}).setdefault(label, []).append(done)
             for label, change in FASTER_START.items() if faster_start else ():
-                if not change and "polystep" in by_method:
-                    done = by_method["polystep"]
-                else:
-                    progress(f"{name}, seed {seed}: {label}")
-                    done = run_method(task, Settings(seed=seed, **change))
+                done = _variant(task, seed, change, False, default, progress,
+                                f"{name}, seed {seed}: {label}")  # fmt: skip
                 start_runs.setdefault(name, {}).setdefault(label, []).append(done)
     return {
         "runs": runs, "ablations": ablation_runs, "faster_start": start_runs, "starts": starts,
         "seeds": seeds,
     }  # fmt: skip
+
+
+def _variant(
+    task: Task,
+    seed: int,
+    change: dict[str, Any],
+    validated: bool,
+    default: Run | None,
+    progress: Progress,
+    message: str,
+) -> Run:
+    """PolyStep with ``change``.  No change and no validation is ``default``, the method
+    table's PolyStep run (same settings, and runs are deterministic), not run again."""
+    if not change and not validated and default is not None:
+        return default
+    progress(message)
+    return run_method(task, Settings(seed=seed, **change), validated=validated)
 
 
 def _start(task: Task) -> dict[str, float]:
@@ -307,8 +317,7 @@ def tables(result: dict[str, Any]) -> list[str]:
                 m: statistics.median(r.points[i][f"{key}_loss"] for r in rs)
                 for m, rs in by_method.items()
             }
-            baselines = [v for m, v in loss.items() if m != "polystep"]
-            best = min(baselines) if baselines else float("nan")
+            best = (_best_baseline(task_runs, i, key) or ("", float("nan")))[1]
             for method, rs in by_method.items():
                 passes = int(statistics.median(r.points[i]["passes"] for r in rs))
                 accs = [100 * r.points[i][f"{key}_accuracy"] for r in rs]
@@ -334,6 +343,17 @@ def tables(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _best_baseline(task_runs: list[Run], i: int, key: str) -> tuple[str, float] | None:
+    """The baseline (not PolyStep) with the lowest median test loss at budget ``i`` among one
+    task's runs, and that median; None when only PolyStep ran."""
+    by_method: dict[str, list[float]] = {}
+    for r in task_runs:
+        if r.method != "polystep":
+            by_method.setdefault(r.method, []).append(r.points[i][f"{key}_loss"])
+    medians = [(m, statistics.median(losses)) for m, losses in by_method.items()]
+    return min(medians, key=lambda ml: ml[1]) if medians else None
+
+
 def _faster_start_table(
     result: dict[str, Any], task: str, variants: dict[str, list[Run]]
 ) -> list[str]:
@@ -353,16 +373,11 @@ def _faster_start_table(
         cells = [_median([r.points[i][f"{key}_loss"] for r in runs], ".3f") for i in
                  range(len(passes))]  # fmt: skip
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    baselines = [r for r in result["runs"] if r.task == task and r.method != "polystep"]
-    if baselines:
-        best = []
-        for i in range(len(passes)):
-            by_method: dict[str, list[float]] = {}
-            for r in baselines:
-                by_method.setdefault(r.method, []).append(r.points[i][f"{key}_loss"])
-            method, losses = min(by_method.items(), key=lambda kv: statistics.median(kv[1]))
-            best.append(f"{statistics.median(losses):.3f} ({method})")
-        lines.append("| best baseline (median) | " + " | ".join(best) + " |")
+    task_runs = [r for r in result["runs"] if r.task == task]
+    best = [_best_baseline(task_runs, i, key) for i in range(len(passes))]
+    if all(best):
+        cells = [f"{loss:.3f} ({method})" for method, loss in best]
+        lines.append("| best baseline (median) | " + " | ".join(cells) + " |")
     lines += ["", "medians over the seeds (each seed's value in brackets)", ""]
     return lines
 
