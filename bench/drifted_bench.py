@@ -82,7 +82,7 @@ def run_seed(seed: int, steps: int, workdir: Path, modes: tuple[str, ...] = MODE
     for name, (spikes, labels) in files.items():
         np.savez(workdir / f"{name}.npz", spikes=spikes, labels=labels)
     rows = []
-    for mode in modes:
+    for i, mode in enumerate(modes):
         job = AdaptJob(
             spec_path=workdir / "spec.npz",
             data_path=workdir / "drifted.npz",
@@ -93,7 +93,7 @@ def run_seed(seed: int, steps: int, workdir: Path, modes: tuple[str, ...] = MODE
                 "shifted": workdir / "shifted_test.npz",
             },
             steps=steps,
-            out_dir=workdir / f"mode{modes.index(mode)}",
+            out_dir=workdir / f"mode{i}",
             progress=False,
         )
         start = time.perf_counter()
