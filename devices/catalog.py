@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
 
 if TYPE_CHECKING:
     from devices.base import BaseBackend
@@ -25,7 +25,6 @@ __all__ = [
     "LAVA_MODES",
     "RECORDS",
     "lava_record",
-    "parameter_kind",
     "record",
     "served_names",
     "torch_record",
@@ -36,12 +35,6 @@ LAVA_MODES = ("floating_pt", "fixed_pt", "loihi2")
 
 
 # --------------------------------------------------------------------------- parameters
-def parameter_kind(name: str) -> str:
-    """``"fc1.weight"`` -> ``"fc<i>.weight"``: the form ``Capabilities.writable`` uses."""
-    prefix, _, attr = name.partition(".")
-    return f"{prefix.rstrip('0123456789')}<i>.{attr}"
-
-
 def _kinds(attrs: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"fc<i>.{a}" if a in ("weight", "bias") else f"lif<i>.{a}" for a in attrs)
 

@@ -28,9 +28,9 @@ from devices.protocol import (
     encode,
     error_reply,
 )
-from polystep_neuro.batch import as_numpy
-from polystep_neuro.errors import DeviceError, PolystepError, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import as_numpy
+from polystep_neuro.core.errors import DeviceError, PolystepError, SpecError
+from polystep_neuro.core.network import NetworkSpec
 
 __all__ = ["INPUT_DTYPES", "DeviceServer"]
 

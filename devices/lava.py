@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from devices.base import BaseBackend, Capabilities
+from devices.base import BaseBackend
 from devices.catalog import lava_record
 from devices.lava_env import find_lava_env, venv_python
 from devices.remote import RemoteBackend
 from devices.spawn import PARENT_ENV, ServerProcess, start_server_process
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.contract import Capabilities
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.network import NetworkSpec
 from simulators.lava_plan import DeviceNet
 from simulators.loihi2_capacity import ChipLimits, check_device_layers, check_one_replica
 

@@ -10,7 +10,7 @@ package runs from a source checkout, else ``<user cache>/polystep-neuro/venv-lav
 A marker file in the venv records what was installed, so a second setup is a quick no-op.
 
 ``--with-lava-dl`` (``with_lava_dl=True``) also installs lava-dl 0.6.0, whose netx loader
-runs the HDF5 networks ``polystep_neuro.interop.netx`` writes.  It is opt-in because lava-dl
+runs the HDF5 networks ``polystep_neuro.run.interop.netx`` writes.  It is opt-in because lava-dl
 requires torch 2.3 (its import chain loads slayer, which imports torch), and PyPI's torch
 2.3 for Linux brings its CUDA libraries: about 3 GB more in the venv.  The marker records
 whether it is there; a later plain setup keeps it.
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable
 
 ENV_VAR = "POLYSTEP_LAVA_VENV"
 MARKER = "polystep-lava-env.json"

@@ -29,9 +29,9 @@ import numpy as np
 from devices.base import BaseBackend
 from devices.catalog import lava_record
 from devices.spawn import PARENT_ENV
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import DeviceUnavailable
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.errors import DeviceUnavailable
+from polystep_neuro.core.network import NetworkSpec
 from simulators.lava_net import LavaNet, RunCfgFactory, sim_run_cfg
 from simulators.lava_plan import DEFAULT_MAX_VERTICES
 from simulators.loihi2_capacity import ChipLimits

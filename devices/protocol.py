@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from polystep_neuro.errors import ERROR_TYPES, DeviceError, PolystepError, error_from_name
+from polystep_neuro.core.errors import ERROR_TYPES, DeviceError, PolystepError, error_from_name
 
 __all__ = [
     "ALLOWED_DTYPES",

@@ -30,13 +30,14 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from devices import ray_session
-from devices.base import BaseBackend, Capabilities
+from devices.base import BaseBackend
 from devices.ray_worker import InnerWorker, Reply
 from devices.registry import resolve
 from devices.sharded import common_writable, share_weights, split_range
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import DeviceError, DeviceUnavailable, error_from_name
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.contract import Capabilities
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, error_from_name
+from polystep_neuro.core.network import NetworkSpec
 
 log = logging.getLogger(__name__)
 

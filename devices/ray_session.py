@@ -13,7 +13,7 @@ import threading
 
 import ray
 
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from devices.base import BaseBackend
-from polystep_neuro.batch import as_numpy
-from polystep_neuro.errors import DeviceError, PolystepError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import as_numpy
+from polystep_neuro.core.errors import DeviceError, PolystepError
+from polystep_neuro.core.network import NetworkSpec
 
 Reply = dict[str, Any]  # {"ok": value} or {"error": [type name, message]}
 

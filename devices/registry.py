@@ -13,7 +13,7 @@ from typing import Any
 
 from devices.base import BaseBackend
 from devices.catalog import NAMED, RECORDS, BackendRecord
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable
 
 __all__ = [
     "RAY_PREFIX",

@@ -36,7 +36,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from devices.base import BaseBackend, Capabilities
+from devices.base import BaseBackend
 from devices.protocol import (
     DEFAULT_LIMITS,
     Limits,
@@ -54,9 +54,10 @@ from devices.security import (
     handshake_hint,
     secure_client_socket,
 )
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import CapacityError, DeviceError, DeviceUnavailable
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.contract import Capabilities
+from polystep_neuro.core.errors import CapacityError, DeviceError, DeviceUnavailable
+from polystep_neuro.core.network import NetworkSpec
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import zmq
 
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
 
 log = logging.getLogger(__name__)
 

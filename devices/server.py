@@ -47,7 +47,7 @@ from devices.handler import DeviceServer
 from devices.protocol import DEFAULT_LIMITS, Limits, wire_error_message, wire_error_type
 from devices.security import ServerKeys, check_bind, secure_server_socket, server_keys
 from devices.spawn import STARTUP_PREFIX
-from polystep_neuro.errors import DeviceUnavailable, PolystepError
+from polystep_neuro.core.errors import DeviceUnavailable, PolystepError
 
 __all__ = ["create_backend", "main", "serve"]
 

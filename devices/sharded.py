@@ -31,11 +31,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from devices.base import BaseBackend, Capabilities
+from devices.base import BaseBackend
 from devices.remote import RemoteBackend
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import DeviceError, DeviceUnavailable, PolystepError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.contract import Capabilities
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, PolystepError
+from polystep_neuro.core.network import NetworkSpec
 
 log = logging.getLogger(__name__)
 

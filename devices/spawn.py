@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable
 
 __all__ = [
     "PARENT_ENV",

@@ -10,10 +10,10 @@ import torch
 
 from devices.base import BaseBackend
 from devices.catalog import torch_record
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.device_select import resolve_device
-from polystep_neuro.errors import DeviceError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.errors import DeviceError
+from polystep_neuro.core.network import NetworkSpec
+from simulators.torch_device import resolve_device
 from simulators.torch_lif import PRECISIONS, TorchLIF
 
 # Largest state tensor (T * V * B * widest layer elements) evaluated in one piece; bigger

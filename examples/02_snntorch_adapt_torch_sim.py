@@ -38,8 +38,8 @@ from snntorch_digits import (
 )
 
 from devices.registry import open_backend
-from polystep_neuro.data import InputShift
-from polystep_neuro.interop import from_snntorch
+from polystep_neuro.run.data import InputShift
+from polystep_neuro.run.interop import from_snntorch
 
 SHIFT = InputShift(gain=0.5, dead_fraction=0.2, seed=1)  # the sensor's drift
 

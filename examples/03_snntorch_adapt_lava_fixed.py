@@ -42,7 +42,7 @@ from typing import Any
 
 from devices.base import BaseBackend
 from devices.registry import open_backend
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,8 +102,8 @@ def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
         train_offline,
     )
 
-    from polystep_neuro.data import InputShift
-    from polystep_neuro.interop import device_compatibility, from_snntorch, to_device_semantics
+    from polystep_neuro.run.data import InputShift
+    from polystep_neuro.run.interop import device_compatibility, from_snntorch, to_device_semantics
     from simulators import fixed_point
 
     shift = InputShift(gain=0.5, dead_fraction=0.2, seed=1)  # the sensor's drift

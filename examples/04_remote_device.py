@@ -38,10 +38,10 @@ import sys
 from pathlib import Path
 
 from devices.registry import open_backend
-from polystep_neuro.controller import Adapter
-from polystep_neuro.data import SpikeDataset, load_digits_split, rate_encode
-from polystep_neuro.network import NetworkSpec
-from polystep_neuro.optimizers import Settings
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.controller import Adapter
+from polystep_neuro.run.data import SpikeDataset, load_digits_split, rate_encode
+from polystep_neuro.run.optimizers import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITABLE = ("fc1.weight", "lif1.v_bias")  # writable on every fixed-point device (Loihi 2 too)

@@ -19,8 +19,9 @@ from snntorch import utils as snn_utils
 from torch import nn
 
 from devices.base import BaseBackend
-from polystep_neuro.controller import Adapter
-from polystep_neuro.data import (
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.controller import Adapter
+from polystep_neuro.run.data import (
     InputShift,
     SpikeDataset,
     Split,
@@ -28,9 +29,8 @@ from polystep_neuro.data import (
     load_digits_split,
     rate_encode,
 )
-from polystep_neuro.losses import accuracy
-from polystep_neuro.network import NetworkSpec
-from polystep_neuro.optimizers import Settings
+from polystep_neuro.run.losses import accuracy
+from polystep_neuro.run.optimizers import Settings
 
 
 @dataclass

@@ -1,10 +1,14 @@
 """polystep-neuro: adapt spiking networks on the device with forward passes only.
 
 ``polystep_neuro.adapt(model, backend, train=..., ...)`` is the one-call API (see
-:mod:`polystep_neuro.api`); the parts it is built from live in the submodules.
+:mod:`polystep_neuro.run.api`); the parts it is built from live in the submodules.
 """
 
 from importlib.metadata import PackageNotFoundError, version
+
+from polystep_neuro import _moved
+
+_moved.install()  # the 0.1 import paths (polystep_neuro.network, ...) for one release
 
 try:
     __version__ = version("polystep-neuro")
@@ -17,15 +21,15 @@ __all__ = ["Adaptation", "NetworkSpec", "Settings", "__version__", "adapt"]
 def __getattr__(name: str):
     # torch is imported only when the API is used (the Lava env imports this package).
     if name in ("adapt", "Adaptation"):
-        from polystep_neuro import api
+        from polystep_neuro.run import api
 
         return getattr(api, name)
     if name == "Settings":
-        from polystep_neuro.optimizers import Settings
+        from polystep_neuro.run.optimizers import Settings
 
         return Settings
     if name == "NetworkSpec":
-        from polystep_neuro.network import NetworkSpec
+        from polystep_neuro.core.network import NetworkSpec
 
         return NetworkSpec
     raise AttributeError(f"module 'polystep_neuro' has no attribute {name!r}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 
 DECAY_SHIFT = 12
 DECAY_UNITY = 1 << DECAY_SHIFT  # 4096
@@ -108,7 +108,7 @@ def resolution(spec: NetworkSpec, name: str) -> float:
     A probe or a step below it rounds back to the same integers and changes nothing on the
     device, so the adaptation sets its probe radii from it.  0 when the spec is not calibrated
     for fixed point (a float device resolves everything)."""
-    from polystep_neuro.network import split_param_name
+    from polystep_neuro.core.network import split_param_name
 
     index, attr = split_param_name(name)
     layer = spec.layers[index]

@@ -9,7 +9,7 @@ with R replicas of every layer from the first varied one on and b samples side b
 ``1 + ceil(B / b) * T`` steps: a load step (parameter upload, state reset) and the samples;
 the bridge zeroes every Dense buffer and LIF state between samples.
 
-Lava 0.10 facts this module is built around (measured, see bench/lava_bench.py):
+Lava 0.10 facts this module is built around (measured, see polystep_neuro/bench/lava_bench.py):
 - ``Var.set`` costs ~60 us per element, so parameters travel as one message per tensor to the
   bridge, which writes them through RefPorts;
 - building a graph leaks 5-15 MB of the building process (7.5 MB per 64-128-10 graph);
@@ -36,9 +36,9 @@ from lava.proc.dense.process import Dense
 from lava.proc.lif.process import LIF
 from lava.utils.weightutils import SignMode
 
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import DeviceError, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.errors import DeviceError, SpecError
+from polystep_neuro.core.network import NetworkSpec
 from simulators.lava_plan import (
     BINARY_INPUTS,
     DEFAULT_MAX_MATRIX_ELEMENTS,

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from polystep_neuro.errors import CapacityError, SpecError
-from polystep_neuro.network import NetworkSpec, split_param_name
+from polystep_neuro.core.errors import CapacityError, SpecError
+from polystep_neuro.core.network import NetworkSpec, split_param_name
 from simulators import fixed_point as fp
 
 LAVA_MODES = ("floating_pt", "fixed_pt")
@@ -308,7 +308,7 @@ class CostModel:
     handshakes) plus a cost per weight-matrix element (Lava's Dense touches the whole
     matrix every step, zeros of block-diagonal layouts included), plus per-run and
     per-sample (state reset) costs.  Fitted on a 2-core x86 box (lava-nc 0.10, Dense on its
-    matrix-vector path); ``bench/lava_bench.py --sweep`` times the chosen layouts."""
+    matrix-vector path); ``polystep_neuro/bench/lava_bench.py --sweep`` times the chosen layouts."""
 
     per_step: float = 2.0e-4
     per_process: float = 3.0e-4

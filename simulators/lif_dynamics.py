@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from polystep_neuro.network import LayerSpec
+from polystep_neuro.core.network import LayerSpec
 from simulators import fixed_point as fp
 
 _INT32_SPAN = 1 << 32

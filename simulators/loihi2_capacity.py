@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from polystep_neuro.errors import CapacityError, DeviceError, SpecError
-from polystep_neuro.network import NetworkSpec, split_param_name
+from polystep_neuro.core.errors import CapacityError, DeviceError, SpecError
+from polystep_neuro.core.network import NetworkSpec, split_param_name
 from simulators import fixed_point as fp
 from simulators.lava_plan import Layout
 

@@ -1,7 +1,7 @@
 """Batched LIF simulator: V parameter sets x B samples x T steps in one pass (CPU or CUDA).
 
 Two precisions:
-- ``float32``: the float CUBA LIF of polystep_neuro.network with snnTorch's reset semantics
+- ``float32``: the float CUBA LIF of polystep_neuro.core.network with snnTorch's reset semantics
   (delay 0 reproduces ``nn.Linear`` + ``snn.Leaky``/``snn.Synaptic``; delay 1 is Lava's
   ``floating_pt`` model).
 - ``loihi-fixed``: Loihi 2 integer arithmetic exactly as Lava's bit-accurate models compute
@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from polystep_neuro.device_select import resolve_device  # (also imported from here)
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec, split_param_name
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec, split_param_name
 from simulators import fixed_point as fp
 from simulators.lif_dynamics import (
     FixedLIF,
@@ -46,6 +45,7 @@ from simulators.lif_dynamics import (
     physical_order,
 )
 from simulators.param_groups import distinct_sets
+from simulators.torch_device import resolve_device  # (also imported from here)
 
 PRECISIONS = ("float32", "loihi-fixed")
 # Integer-valued float32 GEMMs are exact while every partial sum stays below 2**24.

@@ -16,7 +16,7 @@ from devices.handler import DeviceServer
 from devices.remote import RemoteBackend
 from devices.server import create_backend, serve
 from devices.spawn import ServerProcess, start_server_process
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 

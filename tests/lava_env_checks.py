@@ -21,8 +21,8 @@ import numpy as np
 from lava.proc.monitor.process import Monitor
 
 from devices.lava_local import LavaLocalBackend
-from polystep_neuro.errors import CapacityError, DeviceUnavailable
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import CapacityError, DeviceUnavailable
+from polystep_neuro.core.network import NetworkSpec
 from simulators import fixed_point as fp
 from simulators import lava_plan
 from simulators.lava_net import LavaNet, sim_run_cfg

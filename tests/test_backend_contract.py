@@ -26,12 +26,13 @@ import numpy as np
 import pytest
 import torch
 
-from devices.base import BaseBackend, Capabilities
+from devices.base import BaseBackend
 from devices.catalog import ALL_PARAMETERS, RECORDS, lava_record
 from devices.registry import backend_options, open_backend
 from devices.torch_sim import TorchSimBackend
-from polystep_neuro.errors import DeviceError, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.contract import Capabilities
+from polystep_neuro.core.errors import DeviceError, SpecError
+from polystep_neuro.core.network import NetworkSpec
 from simulators.lava_plan import RUNTIME_WRITABLE
 from tests._servers import ThreadServer
 

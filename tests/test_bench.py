@@ -1,4 +1,4 @@
-"""`python -m bench` end to end on tiny sizes: the report has its tables and numeric ratios."""
+"""`polystep-neuro bench` end to end on tiny sizes: the report has its tables and numeric ratios."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     args = ["--quick", "--only", "sim", "roofline", "memory", "protocol", "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
+        [sys.executable, "-m", "polystep_neuro.bench", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,7 +30,7 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text(encoding="utf-8")
-    assert f"`python -m bench {' '.join(args)}`" in text  # the command that produced it
+    assert f"`polystep-neuro bench {' '.join(args)}`" in text  # the command that produced it
     assert "- CPU: " in text and "- GPU: " in text and "torch " in text  # the machine
     sections = _sections(text)
     assert len(sections) == 4, list(sections)
@@ -59,7 +59,7 @@ def test_drifted_bench_adapts_an_snntorch_network(tmp_path: Path) -> None:
     With replay, 10 steps (a full run takes 40 s): 78.7 -> 86.2 % shifted.
     """
     pytest.importorskip("snntorch")
-    from bench import drifted_bench
+    from polystep_neuro.bench import drifted_bench
 
     only, replay_mode, _ = drifted_bench.MODES
     (drifted,) = drifted_bench.run([0], 300, progress=lambda s: None, modes=(only,))
@@ -78,7 +78,7 @@ def test_drifted_bench_adapts_an_snntorch_network(tmp_path: Path) -> None:
 def test_adapt_bench_faster_start_table_scores_every_budget() -> None:
     """--faster-start: the default row is the main PolyStep run (same settings, deterministic)
     and each variant really runs with its change (different losses)."""
-    from bench import adapt_bench
+    from polystep_neuro.bench import adapt_bench
 
     result = adapt_bench.run(
         ["all-weights"], [0], ["polystep", "openai-es"], False, True, lambda s: None,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec
 
 CLI = [sys.executable, "-m", "polystep_neuro.cli"]
 
@@ -137,3 +137,15 @@ def test_ctrl_c_saves_and_resume_matches_an_undisturbed_run(tmp_path: Path) -> N
     b = NetworkSpec.load(tmp_path / "ref" / "adapted.npz")
     assert np.array_equal(a.layers[1].weight, b.layers[1].weight)
     assert len(metrics.read_text().splitlines()) == 61
+
+
+def test_bench_forwards_every_option_to_the_benchmarks() -> None:
+    """`polystep-neuro bench --help` is the benchmarks' own help (it once said 'unrecognized
+    arguments'), and a bad section name is the benchmarks' own argparse error."""
+    proc = _run("bench", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: polystep-neuro bench")
+    assert "--only" in proc.stdout and "--threads" in proc.stdout
+    proc = _run("bench", "--only", "no-such-section")
+    assert proc.returncode == 2
+    assert "invalid choice: 'no-such-section'" in proc.stderr

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from polystep_neuro.cli import main
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec
 from simulators.torch_lif import TorchLIF
 
 snn = pytest.importorskip("snntorch")
 nir = pytest.importorskip("nir")
 h5py = pytest.importorskip("h5py")
 
-from polystep_neuro.interop.netx import calibrate_for_netx, netx_layers  # noqa: E402
-from polystep_neuro.interop.snntorch import run_snntorch  # noqa: E402
+from polystep_neuro.run.interop.netx import calibrate_for_netx, netx_layers  # noqa: E402
+from polystep_neuro.run.interop.snntorch import run_snntorch  # noqa: E402
 
 T = 20
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from devices.registry import open_backend
-from polystep_neuro.controller import CHECKPOINT_NAME, METRICS_NAME, SPEC_NAME, Adapter
-from polystep_neuro.data import SpikeDataset, load_digits_split, rate_encode
-from polystep_neuro.errors import PolystepError
-from polystep_neuro.losses import make_loss
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
-from polystep_neuro.optimizers import OPTIMIZERS, Settings
-from polystep_neuro.params import ParamVector
+from polystep_neuro.run.controller import CHECKPOINT_NAME, METRICS_NAME, SPEC_NAME, Adapter
+from polystep_neuro.run.data import SpikeDataset, load_digits_split, rate_encode
+from polystep_neuro.run.losses import make_loss
+from polystep_neuro.run.optimizers import OPTIMIZERS, Settings
+from polystep_neuro.run.params import ParamVector
 
 T = 12
 

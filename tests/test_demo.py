@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polystep_neuro.demo import DemoConfig, StageSettings, run_demo
-from polystep_neuro.network import NetworkSpec
-from polystep_neuro.optimizers import Settings
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.demo import DemoConfig, StageSettings, run_demo
+from polystep_neuro.run.optimizers import Settings
 from simulators import fixed_point
 
 PRETRAIN_FLOOR = 0.50

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from devices.base import Backend, Capabilities
 from devices.catalog import ALL_PARAMETERS
 from devices.registry import open_backend
-from polystep_neuro.errors import DeviceError, DeviceUnavailable, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.contract import Backend, Capabilities
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, SpecError
+from polystep_neuro.core.network import NetworkSpec
 from simulators.torch_lif import TorchLIF
 
 

@@ -14,12 +14,12 @@ import torch
 
 from devices.remote import RemoteBackend
 from devices.spawn import ServerProcess
-from polystep_neuro.controller import Adapter, AdaptResult
-from polystep_neuro.data import SpikeDataset, poisson_encode
-from polystep_neuro.losses import make_loss
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
-from polystep_neuro.params import ParamVector
+from polystep_neuro.run.controller import Adapter, AdaptResult
+from polystep_neuro.run.data import SpikeDataset, poisson_encode
+from polystep_neuro.run.losses import make_loss
+from polystep_neuro.run.params import ParamVector
 from tests._servers import ThreadServer, spawn
 
 T = 8

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polystep_neuro.adapt_job import load_spike_data
 from polystep_neuro.cli import main
-from polystep_neuro.errors import PolystepError, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import PolystepError, SpecError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.adapt_job import load_spike_data
 
 SPEC = NetworkSpec.random([6, 5, 3], 4, seed=0, writable=("fc1.weight",))
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
 
 

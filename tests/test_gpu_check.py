@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu_check
+from polystep_neuro.bench import gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,11 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "command",
-    [["bench.gpu_check"], ["bench.gpu_check", "--quick"], ["bench", "--device", "cuda", "--quick"]],
+    [
+        ["polystep_neuro.bench.gpu_check"],
+        ["polystep_neuro.bench.gpu_check", "--quick"],
+        ["polystep_neuro", "bench", "--device", "cuda", "--quick"],
+    ],
 )
 def test_asking_for_cuda_without_it_fails_at_once_with_one_line(
     command: list[str], tmp_path: Path
@@ -50,7 +54,8 @@ def test_dry_run_on_cpu_writes_every_part(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     started = time.perf_counter()
     proc = _run(
-        ["bench.gpu_check", "--device", "cpu", "--quick", "--out", str(out)], OMP_NUM_THREADS="1"
+        ["polystep_neuro.bench.gpu_check", "--device", "cpu", "--quick", "--out", str(out)],
+        OMP_NUM_THREADS="1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.perf_counter() - started < 240

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from devices.lava_env import find_lava_env, lava_dl_installed, venv_python
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
 from simulators.torch_lif import TorchLIF
 
 h5py = pytest.importorskip("h5py")
-from polystep_neuro.interop.netx import (  # noqa: E402
+from polystep_neuro.run.interop.netx import (  # noqa: E402
     calibrate_for_netx,
     netx_layers,
     write_netx,

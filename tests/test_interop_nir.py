@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point
 from simulators.torch_lif import TorchLIF
 
 nir = pytest.importorskip("nir")
-from polystep_neuro.interop.nir import (  # noqa: E402
+from polystep_neuro.run.interop.nir import (  # noqa: E402
     DEFAULT_DT,
     from_nir,
     read_nir,
@@ -259,7 +259,7 @@ try:  # snnTorch's NIR converters need nirtorch (both in the dev extra)
     from snntorch.export_nir import export_to_nir
     from snntorch.import_nir import import_from_nir
 
-    from polystep_neuro.interop.snntorch import from_snntorch, run_snntorch
+    from polystep_neuro.run.interop.snntorch import from_snntorch, run_snntorch
 except ImportError:  # pragma: no cover - the dev extra installs them
     snn = None
 needs_snntorch = pytest.mark.skipif(

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import polystep_neuro.interop as interop
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+import polystep_neuro.run.interop as interop
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point
 from simulators.torch_lif import TorchLIF
 

@@ -25,8 +25,8 @@ import pytest
 
 from devices.lava_env import find_lava_env, venv_python
 from devices.torch_sim import TorchSimBackend
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
 from simulators.torch_lif import TorchLIF
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from devices import lava_env
-from polystep_neuro.errors import CapacityError, DeviceUnavailable, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import CapacityError, DeviceUnavailable, SpecError
+from polystep_neuro.core.network import NetworkSpec
 from simulators import fixed_point as fp
 from simulators.lava_plan import (
     DeviceNet,

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from polystep_neuro.errors import CapacityError, DeviceError, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import CapacityError, DeviceError, SpecError
+from polystep_neuro.core.network import NetworkSpec
 from simulators import fixed_point as fp
 from simulators import loihi2_capacity as cap
 from simulators.lava_plan import DeviceNet, Layout, choose_layout

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 
 
 def _spec() -> NetworkSpec:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.errors import PolystepError, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import PolystepError, SpecError
+from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
 from polystep_neuro.optim.baselines import SPSA, OpenAIES, RandomSearch, SepCMAES
-from polystep_neuro.optimizers import (
+from polystep_neuro.run.optimizers import (
     OPTIMIZERS,
     AskTell,
     Settings,
@@ -23,7 +23,7 @@ from polystep_neuro.optimizers import (
     polystep_candidates,
     probe_sizes,
 )
-from polystep_neuro.params import ParamVector, typical_scale
+from polystep_neuro.run.params import ParamVector, typical_scale
 from simulators import fixed_point
 
 WRITABLE = ("fc0.weight", "fc1.weight", "lif1.v_bias")

@@ -22,7 +22,7 @@ from devices.protocol import (
     error_from_wire,
     error_reply,
 )
-from polystep_neuro.errors import CapacityError, DeviceError, SpecError
+from polystep_neuro.core.errors import CapacityError, DeviceError, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ["bool", "uint8", "int8", "int16", "int32", "int64", "float32", "float64"]
@@ -287,7 +287,7 @@ def test_protocol_server_and_network_import_without_torch() -> None:
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
-        "import devices.protocol, devices.server, polystep_neuro.network\n"
+        "import devices.protocol, devices.server, polystep_neuro.core.network\n"
         "import devices.remote\n"
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"

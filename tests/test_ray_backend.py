@@ -37,8 +37,8 @@ from devices.catalog import RECORDS  # noqa: E402
 from devices.ray_backend import RayBackend, _placement  # noqa: E402
 from devices.registry import check_backend_name, describe_backends, open_backend  # noqa: E402
 from devices.torch_sim import TorchSimBackend  # noqa: E402
-from polystep_neuro.errors import DeviceError, DeviceUnavailable, SpecError  # noqa: E402
-from polystep_neuro.network import NetworkSpec  # noqa: E402
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, SpecError  # noqa: E402
+from polystep_neuro.core.network import NetworkSpec  # noqa: E402
 from tests._servers import ThreadServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,10 +354,19 @@ def test_killed_actor_during_a_call(ray_runtime: None, caplog: pytest.LogCapture
 
 
 def test_quick_bench_section_runs(tmp_path: Path) -> None:
-    """`python -m bench --quick --only ray` (its own local Ray): tables and numeric ratios."""
+    """`polystep-neuro bench --quick --only ray` (its own local Ray): tables and numeric ratios."""
     out = tmp_path / "bench.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "ray", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "polystep_neuro.bench",
+            "--quick",
+            "--only",
+            "ray",
+            "--out",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

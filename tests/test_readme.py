@@ -31,7 +31,7 @@ def test_demo_block_has_the_demos_format() -> None:
     block = _demo_block()
     assert re.search(r"^Seed 0 \(.+, \d+ cores, load average [\d.]+ at the start", block, re.M)
     output = block.split("```text", 1)[1].split("```", 1)[0]
-    # The demo's own lines (polystep_neuro.demo.run_demo's report), in order.
+    # The demo's own lines (polystep_neuro.run.demo.run_demo's report), in order.
     assert re.search(r"^digits: \d+ train \(\d+ of them held out", output, re.M)
     assert re.search(r"^\(a\) pretraining the readout with PolyStep \(1200 steps", output, re.M)
     assert re.search(r"^\(b\) Loihi 2 fixed point: test accuracy \d+\.\d%", output, re.M)
@@ -88,7 +88,7 @@ def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
     assert set(result.after) >= {"clean_accuracy", "shifted_accuracy"}
     # load_into wrote the network that was handed back into the reader's module.
     np.testing.assert_array_equal(model[0].weight.detach().numpy(), result.spec.layers[0].weight)
-    # drifted data only: the hidden biases were adapted (polystep_neuro.run_defaults)
+    # drifted data only: the hidden biases were adapted (polystep_neuro.run.run_defaults)
     assert result.result.adapted == ("lif0.v_bias",)
     assert result.result.steps == 300 and (result.result.kept_start or not
                                              torch.equal(model[0].bias, before))  # fmt: skip

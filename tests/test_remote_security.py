@@ -23,8 +23,8 @@ from devices.security import KEYS_ENV, client_keys, generate_keys, is_local_endp
 from devices.spawn import ServerProcess
 from devices.torch_sim import TorchSimBackend
 from polystep_neuro.cli import main as cli_main
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.network import NetworkSpec
 from tests._servers import ROOT, ThreadServer, spawn
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
@@ -193,7 +193,7 @@ def test_public_bind_message_names_keygen() -> None:
 _PROBE = r"""
 import json, socket, sys
 from devices.remote import RemoteBackend
-from polystep_neuro.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable
 out = []
 for endpoint, keys in json.loads(sys.argv[1]):
     host, port = endpoint[len("tcp://"):].rsplit(":", 1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from polystep_neuro.interop import device_writable
-from polystep_neuro.network import NetworkSpec
-from polystep_neuro.run_defaults import (
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.interop import device_writable
+from polystep_neuro.run.run_defaults import (
     DRIFTED_ONLY_ANCHOR,
     hidden_biases,
     run_defaults,

@@ -27,9 +27,9 @@ from devices.remote import RemoteBackend
 from devices.security import is_local_endpoint
 from devices.spawn import ServerProcess, start_server_process
 from devices.torch_sim import TorchSimBackend
-from polystep_neuro.batch import CheckedBatch
-from polystep_neuro.errors import CapacityError, DeviceError, DeviceUnavailable, SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.errors import CapacityError, DeviceError, DeviceUnavailable, SpecError
+from polystep_neuro.core.network import NetworkSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITABLE = ("fc0.weight", "fc1.weight", "lif1.vth")

@@ -18,8 +18,8 @@ from devices.registry import check_backend_name, open_backend
 from devices.remote import RemoteBackend
 from devices.sharded import ShardedBackend, split_range
 from devices.spawn import ServerProcess
-from polystep_neuro.errors import DeviceError, DeviceUnavailable
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.network import NetworkSpec
 from tests._servers import ThreadServer, spawn
 
 WRITABLE = ("fc0.weight", "fc1.weight")

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polystep_neuro.errors import SpecError
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import NetworkSpec
 from simulators import fixed_point as fp
 from simulators.torch_lif import TorchLIF
 from tests.lava_reference import run_sample

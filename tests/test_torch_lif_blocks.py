@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
 from simulators import lif_dynamics, param_groups
 from simulators.torch_lif import (

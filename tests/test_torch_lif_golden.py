@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators.torch_lif import TorchLIF
 
 # Input spikes (T=5, 2 inputs): t0 [1,0], t1 [1,1], t2 [0,1], t3 [1,1], t4 [0,0]

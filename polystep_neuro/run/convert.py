@@ -1,0 +1,194 @@
+"""``polystep-neuro convert`` and ``polystep-neuro export``: bring your own model in, take the
+adapted network out.
+
+convert: a NIR file or a whole ``torch.save(model)`` snnTorch module -> a NetworkSpec .npz
+(optionally moved to the device's semantics, with the parameters the device may rewrite).
+export: a NetworkSpec .npz -> a NIR file, or the calibrated integer network as a lava-dl
+netx HDF5 file.
+
+Loading an ``nn.Module`` file runs pickle, which can execute any code the file's author put
+in it: it happens only for the explicit ``--snntorch`` flag, and only trusted files belong
+there.  Every expected failure is a ``PolystepError`` (one line on stderr, exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.interop import device_writable
+
+SNNTORCH_HELP = (
+    "a whole snnTorch model saved with torch.save(model, FILE) (nn.Sequential of nn.Linear + "
+    "snn.Leaky/snn.Synaptic; torch.save cannot pickle snnTorch's default surrogate: build the "
+    "neurons with spike_grad=functools.partial(snntorch.surrogate.ATan.apply, alpha=2.0), the "
+    "same function). Loading it runs Python's pickle, which executes whatever code the file "
+    "contains: use only files you trust"
+)
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``convert`` and ``export`` subcommands, on cli's subparsers object."""
+    convert = sub.add_parser(
+        "convert",
+        help="your own model (NIR file or saved snnTorch module) -> a NetworkSpec .npz",
+        description="Convert a model into a NetworkSpec .npz for `polystep-neuro adapt`.",
+    )
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--nir", type=Path, metavar="FILE", help="a NIR graph file (.nir)")
+    source.add_argument("--snntorch", type=Path, metavar="FILE", help=SNNTORCH_HELP)
+    convert.add_argument(
+        "--num-steps",
+        type=int,
+        help="time steps per sample (needed, except for NIR files written by `export`)",
+    )
+    convert.add_argument(
+        "--dt",
+        type=float,
+        help="NIR only: the time step its time constants are measured in (default: the "
+        "file's metadata, else 1e-4 s as snnTorch assumes)",
+    )
+    convert.add_argument(
+        "--device-semantics",
+        action="store_true",
+        help="switch every layer to Lava/Loihi's semantics (reset to zero in the spiking step, "
+        "one-step synaptic delay) and list what changed",
+    )
+    convert.add_argument(
+        "--writable",
+        nargs="+",
+        metavar="NAME",
+        help="parameters the device may rewrite during adaptation (default: every fc{i}.weight "
+        "and lif{i}.v_bias, what Lava/Loihi can rewrite at run time; 'all' for every one)",
+    )
+    convert.add_argument("--out", type=Path, required=True, help="the spec .npz to write")
+
+    export = sub.add_parser(
+        "export",
+        help="a NetworkSpec .npz -> a NIR file or a lava-dl netx HDF5 file",
+        description="Export a NetworkSpec .npz to NIR or to lava-dl netx.",
+    )
+    export.add_argument("--spec", type=Path, required=True, help="a spec .npz (NetworkSpec.save)")
+    export.add_argument("--to", choices=["nir", "netx"], required=True, help="the file format")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    export.add_argument(
+        "--dt", type=float, default=1e-4, help="nir only: the time step in seconds (default 1e-4)"
+    )
+    export.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="netx only: replace the spec's fixed-point calibration by one netx can store "
+        "(weight exponent 0); the device integers then differ from the old calibration's",
+    )
+
+
+# --------------------------------------------------------------------------- convert
+def load_snntorch_module(path: Path) -> Any:
+    """``torch.load`` of a whole module (pickle: see the module docstring)."""
+    if not path.is_file():
+        raise SpecError(f"snnTorch model file not found: {path}")
+    import torch
+
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not a saved module"
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise SpecError(
+            f"{path} is not a model saved with torch.save(model): {type(exc).__name__}: {detail}"
+        ) from None
+    if isinstance(model, dict):
+        raise SpecError(
+            f"{path} holds a dict (a state_dict?), not a whole module; save the model itself "
+            f"with torch.save(model, path)"
+        )
+    if not isinstance(model, torch.nn.Module):
+        raise SpecError(f"{path} holds a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def convert(args: argparse.Namespace) -> int:
+    if args.snntorch is not None:
+        if args.num_steps is None:
+            raise SpecError("--num-steps is needed for an snnTorch model (time steps per sample)")
+        if args.dt is not None:
+            raise SpecError("--dt applies to NIR files only")
+        from polystep_neuro.run.interop.snntorch import from_snntorch
+
+        spec = from_snntorch(load_snntorch_module(args.snntorch), args.num_steps)
+        source = f"snnTorch model {args.snntorch}"
+    else:
+        from polystep_neuro.run.interop.nir import read_nir
+
+        spec = read_nir(args.nir, args.num_steps, dt=args.dt)
+        source = f"NIR graph {args.nir}"
+    changes: list[str] = []
+    if args.device_semantics:
+        from polystep_neuro.run.interop import to_device_semantics
+
+        spec, changes = to_device_semantics(spec)
+    if args.writable is None:
+        writable: Any = device_writable(spec)
+    elif args.writable == ["all"]:
+        writable = "all"
+    else:
+        writable = args.writable
+    spec = spec.with_writable(writable)
+    _save(spec, args.out)
+    print(f"wrote {args.out}: {_describe(spec)} from {source}")
+    for change in changes:
+        print(f"  device semantics: {change}")
+    if not args.device_semantics:
+        from polystep_neuro.run.interop import device_compatibility
+
+        problems = device_compatibility(spec)
+        if problems:
+            print(
+                f"  note: {len(problems)} difference(s) from Lava/Loihi semantics (runs exactly "
+                f"on torch-sim; --device-semantics converts): " + "; ".join(problems)
+            )
+    return 0
+
+
+def _describe(spec: NetworkSpec) -> str:
+    sizes = "-".join(str(n) for n in spec.sizes)
+    delays = sorted({layer.delay for layer in spec.layers})
+    return (
+        f"{sizes}, {spec.num_steps} steps, delay {'/'.join(map(str, delays))}, writable: "
+        f"{', '.join(spec.writable) or 'none'}"
+    )
+
+
+def _save(spec: NetworkSpec, path: Path) -> None:
+    try:
+        spec.save(path)
+    except OSError as exc:
+        raise SpecError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------- export
+def export(args: argparse.Namespace) -> int:
+    spec = NetworkSpec.load(args.spec)
+    if args.to == "nir":
+        if args.recalibrate:
+            raise SpecError("--recalibrate applies to --to netx only")
+        from polystep_neuro.run.interop.nir import write_nir
+
+        write_nir(spec, args.out, dt=args.dt)
+        print(f"wrote {args.out}: NIR graph of {_describe(spec)} (dt {args.dt:g} s)")
+        return 0
+    from polystep_neuro.run.interop.netx import calibrate_for_netx, write_netx
+
+    calibrated = all(layer.fixed_scale is not None for layer in spec.layers)
+    if args.recalibrate or not calibrated:
+        spec = calibrate_for_netx(spec, force=args.recalibrate)
+        why = "--recalibrate" if args.recalibrate else f"{args.spec} has no fixed-point calibration"
+        print(
+            f"  note: {why}: calibrated with weight exponent 0 for netx; lava-fixed runs the "
+            f"same integers from interop.netx.calibrate_for_netx(spec)"
+        )
+    write_netx(spec, args.out)
+    print(f"wrote {args.out}: lava-dl netx network of {_describe(spec)}")
+    return 0

@@ -1,0 +1,176 @@
+"""The optimisers the adaptation loop drives, by name, with defaults set from the network.
+
+Every optimiser here speaks one ask/tell protocol (:class:`AskTell`): ``ask()`` returns the
+candidate parameter vectors, ``tell(costs)`` takes one cost per candidate, ``x`` is the
+current point, and ``state_dict`` / ``load_state_dict`` checkpoint it exactly.  So PolyStep
+and the baselines run through the same :class:`~polystep_neuro.run.controller.Adapter`, CLI and
+benchmark, and a user can compare them on their own device.
+
+Units.  The recipe measures every writable tensor in *probe units*: one unit is the change
+per parameter that a probe makes, set from the tensor's typical magnitude (``probe`` times
+it) and, on a fixed-point device, never below ``min_probe_steps`` of its resolution (a smaller
+probe rounds back to the same device integers and measures nothing).  A step is then a
+fraction of a probe for every tensor alike.  For PolyStep the unit also folds in its
+subspace: a probe moves one block of z, which moves each parameter of a tensor searched at
+rank r by ``1/sqrt(r)`` per unit of z, and each of the ``block_dim`` coordinates of a tensor
+kept in full by ``1/sqrt(block_dim)``; the scales undo that, so a probe (one unit of z from
+the current point) moves every parameter by one probe unit whatever the tensor's size.
+
+PolyStep's defaults (measured on the demo's adaptation and the digits benchmark, see
+docs/benchmarks.md): a fresh random subspace every step, heavy-ball momentum 0.9 on the
+parameters (which averages the directions of successive subspaces and the minibatch noise),
+softmax temperature 1 on the normalised costs, probes of half each tensor's typical magnitude,
+and a step that starts at 15 % of a probe per step along a consistent direction, lengthens
+while successive moves agree and shortens when they turn back (``step_adapt``; a turn back
+counts more, so on minibatch noise alone the step shrinks and the run settles).  No fixed
+decay on top (``final_step=1``): a half-cosine decay to a tenth by the last step, the earlier
+default, measured worse on both benchmark tasks once ``step_adapt`` was in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.optim import Cosine, PolyStep, Subspace
+from polystep_neuro.optim.baselines import SPSA, OpenAIES, SepCMAES
+from polystep_neuro.run.params import ParamVector, typical_scale
+from simulators.fixed_point import resolution
+
+OPTIMIZERS = ("polystep", "sep-cma", "openai-es", "spsa")
+
+
+@runtime_checkable
+class AskTell(Protocol):
+    """What the adaptation loop needs from an optimiser."""
+
+    @property
+    def num_candidates(self) -> int: ...
+
+    @property
+    def x(self) -> torch.Tensor: ...
+
+    def ask(self) -> torch.Tensor: ...
+
+    def tell(self, costs: Any) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Optimiser settings; every default is meant to work without tuning.
+
+    Sizes are in probe units (module docstring) except ``probe`` itself, which is a fraction
+    of each tensor's typical magnitude (weights: their RMS; see ``params.typical_scale``).
+    """
+
+    optimizer: str = "polystep"
+    probe: float = 0.5  # probe size per parameter, as a fraction of its typical magnitude
+    min_probe_steps: float = 4.0  # and at least this many device resolution steps
+    rank: int = 64  # PolyStep: subspace rank per tensor (tensors this small are kept in full)
+    step: float = 0.15  # PolyStep: initial step per probe unit, along a steady direction
+    final_step: float = 1.0  # PolyStep: cosine decay of the step to this fraction (1: none)
+    momentum: float = 0.9  # PolyStep: heavy-ball coefficient on the parameters
+    step_adapt: float = 0.05  # PolyStep: how fast the step follows the evidence (0: off)
+    epsilon: float = 1.0  # PolyStep: softmax temperature on the normalised costs
+    absorb_interval: int = 1  # PolyStep: steps between subspace redraws
+    popsize: int | None = None  # baselines: candidates per step (default: PolyStep's count)
+    lr: float = 0.1  # OpenAI-ES: Adam step per parameter, in probe units
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise PolystepError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        for name in ("probe", "step", "epsilon", "lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise PolystepError(f"{name} must be a positive number, got {value!r}")
+        if not 0 < self.final_step <= 1:
+            raise PolystepError(f"final_step must be in (0, 1], got {self.final_step}")
+        if not 0 <= self.momentum < 1:
+            raise PolystepError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.min_probe_steps < 0:
+            raise PolystepError(f"min_probe_steps must be >= 0, got {self.min_probe_steps}")
+        for name in ("rank", "absorb_interval"):
+            if int(getattr(self, name)) < 1:
+                raise PolystepError(f"{name} must be a positive integer")
+        if self.popsize is not None and self.popsize < 2:
+            raise PolystepError(f"popsize must be at least 2, got {self.popsize}")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def probe_sizes(spec: NetworkSpec, names: Sequence[str], settings: Settings) -> list[float]:
+    """Per tensor, the change per parameter of one probe (float units)."""
+    return [
+        max(settings.probe * typical_scale(spec, n), settings.min_probe_steps * resolution(spec, n))
+        for n in names
+    ]
+
+
+def make_layout(
+    spec: NetworkSpec, settings: Settings, names: Sequence[str] | None = None
+) -> ParamVector:
+    """The writable parameters of ``spec`` as one vector in probe units (see module doc)."""
+    names = tuple(spec.writable if names is None else names)
+    if not names:
+        ParamVector(spec, names)  # raises the "nothing to adapt" error
+    probes = probe_sizes(spec, names, settings)
+    if settings.optimizer == "polystep":
+        shapes = spec.param_shapes()
+        sizes = [math.prod(shapes[n]) for n in names]
+        block_dim = 2
+        gains = [math.sqrt(settings.rank if n > settings.rank else block_dim) for n in sizes]
+        probes = [p * g for p, g in zip(probes, gains, strict=True)]
+    return ParamVector(spec, names, scales=probes)
+
+
+def make_optimizer(
+    settings: Settings, layout: ParamVector, x0: torch.Tensor, total_steps: int
+) -> AskTell:
+    """The optimiser named by ``settings`` over ``x0 = layout.flatten(spec)``."""
+    total = max(int(total_steps), 1)
+    seed = settings.seed
+    if settings.optimizer == "polystep":
+        return PolyStep(
+            x0,
+            step_radius=Cosine(
+                settings.step * (1 - settings.momentum),
+                settings.step * settings.final_step * (1 - settings.momentum),
+                total,
+            ),
+            probe_radius=2.0,  # one probe point per vertex sits at half the radius: 1 unit
+            epsilon=settings.epsilon,
+            momentum=settings.momentum,
+            step_adapt=settings.step_adapt,
+            subspace=Subspace(
+                sizes=layout.sizes, rank=settings.rank, absorb_interval=settings.absorb_interval
+            ),
+            seed=seed,
+        )
+    popsize = settings.popsize or polystep_candidates(layout, settings)
+    if settings.optimizer == "openai-es":
+        return OpenAIES(x0, sigma=1.0, lr=settings.lr, popsize=popsize + popsize % 2, seed=seed)
+    if settings.optimizer == "sep-cma":
+        return SepCMAES(x0, sigma=1.0, popsize=popsize, seed=seed)
+    return SPSA(x0, a=1.0, c=1.0, A=0.1 * total, seed=seed)
+
+
+def polystep_candidates(layout: ParamVector, settings: Settings) -> int:
+    """How many candidates PolyStep asks for per step with these settings (the baselines'
+    default population, so every method evaluates as many parameter sets per step)."""
+    dim = Subspace(sizes=layout.sizes, rank=settings.rank).dim
+    return 4 * math.ceil(dim / 2)  # orthoplex blocks of 2: four vertices each
