@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,13 +72,51 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
     )
 
 
-def test_nothing_writable_and_wrong_sized_network(tmp_path: Path) -> None:
-    path = tmp_path / "frozen.npz"
-    NetworkSpec.random([64, 16, 10], 8, seed=0).save(path)
-    _one_clean_line(_run("adapt", "--spec", str(path)), "nothing to adapt")
+def test_the_writable_set_is_decided_with_the_device(tmp_path: Path) -> None:
+    """A network that marks nothing adapts what the device rewrites at run time, 'all' is
+    every parameter the device can rewrite (fixed point keeps du of a layer with a Dense
+    bias), and a parameter it cannot rewrite is one line with the cause and the fix."""
+    frozen = tmp_path / "frozen.npz"
+    NetworkSpec.random([64, 16, 10], 8, seed=0, bias=True).save(frozen)
+    one_step = ["--steps", "1", "--rank", "4", "--no-progress", "--torch-device", "cpu"]
+    proc = _run("adapt", "--spec", str(frozen), *one_step, "--out", str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["writable"] == ["fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias"]
+    every = [*one_step, "--writable", "all", "--out", str(tmp_path / "b")]
+    proc = _run("adapt", "--spec", str(frozen), *every)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["writable"] == [
+        "fc0.weight", "fc0.bias", "lif0.dv", "lif0.vth", "lif0.v_bias",
+        "fc1.weight", "fc1.bias", "lif1.dv", "lif1.vth", "lif1.v_bias",
+    ]  # fmt: skip
+    assert NetworkSpec.load(tmp_path / "b" / "adapted.npz").writable == tuple(config["writable"])
+    _one_clean_line(
+        _run("adapt", "--spec", str(frozen), *one_step, "--writable", "lif0.du"),
+        "the run asks to adapt lif0.du, but torch-sim-fixed cannot rewrite lif0.du of this "
+        "network: layer 0 has a Dense bias (fc0.bias)",
+    )
     path = tmp_path / "other.npz"
     NetworkSpec.random([20, 5], 8, seed=0, writable="all").save(path)
     _one_clean_line(_run("adapt", "--spec", str(path)), "pass your own data with --data")
+
+
+def test_the_old_device_flag_still_works_and_says_its_new_name(tmp_path: Path) -> None:
+    spec = _small_spec(tmp_path)
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        data, spikes=(rng.random((20, 8, 64)) < 0.3).astype(np.uint8), labels=np.arange(20) % 10
+    )
+    proc = _run("evaluate", "--spec", str(spec), "--data", str(data), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "polystep-neuro: --device is now --torch-device; --device goes in the next release"
+    ]
+    assert "accuracy" in proc.stdout and "on 20 samples" in proc.stdout
+    proc = _run("adapt", "--help")
+    assert "--torch-device" in proc.stdout and "--device " not in proc.stdout
 
 
 def test_bad_optimiser_settings(tmp_path: Path) -> None:
@@ -105,7 +144,7 @@ def test_ctrl_c_saves_and_resume_matches_an_undisturbed_run(tmp_path: Path) -> N
         "--no-progress",
         "--shift-gain",
         "0.7",
-        "--device",
+        "--torch-device",
         "cpu",
     ]
     ref = _run(*common, "--out", str(tmp_path / "ref"))

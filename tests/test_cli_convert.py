@@ -79,7 +79,7 @@ def test_convert_snntorch_module_keeps_its_counts(tmp_path: Path, capsys) -> Non
     model = _model()
     torch.save(model, tmp_path / "model.pt")
     code, out, _ = _cli(
-        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--num-steps", T,
+        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
         "--out", tmp_path / "spec.npz",
     )  # fmt: skip
     assert code == 0
@@ -92,6 +92,20 @@ def test_convert_snntorch_module_keeps_its_counts(tmp_path: Path, capsys) -> Non
     expected = run_snntorch(model, torch.from_numpy(x)).numpy()
     assert expected.sum() > 50
     np.testing.assert_array_equal(_counts(spec, x), expected)
+
+
+def test_the_old_num_steps_flag_still_converts_and_names_the_new_one(
+    tmp_path: Path, capsys
+) -> None:
+    torch.save(_model(), tmp_path / "model.pt")
+    code, _, err = _cli(
+        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--num-steps", T,
+        "--out", tmp_path / "spec.npz",
+    )  # fmt: skip
+    assert code == 0 and NetworkSpec.load(tmp_path / "spec.npz").num_steps == T
+    assert err == (
+        "polystep-neuro: --num-steps is now --time-steps; --num-steps goes in the next release\n"
+    )
 
 
 @pytest.mark.xfail(strict=True, raises=AttributeError, reason=SNNTORCH_PICKLE)
@@ -108,7 +122,7 @@ def test_torch_save_of_snntorchs_default_surrogate(tmp_path: Path) -> None:
 def test_convert_to_device_semantics_lists_the_changes(tmp_path: Path, capsys) -> None:
     torch.save(_model(), tmp_path / "model.pt")
     code, out, _ = _cli(
-        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--num-steps", T,
+        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
         "--device-semantics", "--writable", "fc1.weight", "--out", tmp_path / "dev.npz",
     )  # fmt: skip
     assert code == 0
@@ -179,17 +193,17 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     _error(capsys, "NIR file not found: ", "convert", "--nir", tmp_path / "no.nir", "--out", out)
     (tmp_path / "bad.nir").write_bytes(b"\x89HDF garbage")
     _error(capsys, "bad.nir is not a readable NIR graph", "convert", "--nir",
-           tmp_path / "bad.nir", "--num-steps", "5", "--out", out)  # fmt: skip
+           tmp_path / "bad.nir", "--time-steps", "5", "--out", out)  # fmt: skip
     _error(capsys, "snnTorch model file not found", "convert", "--snntorch",
-           tmp_path / "no.pt", "--num-steps", "5", "--out", out)  # fmt: skip
+           tmp_path / "no.pt", "--time-steps", "5", "--out", out)  # fmt: skip
     (tmp_path / "bad.pt").write_bytes(b"not a pickle")
     _error(capsys, "bad.pt is not a model saved with torch.save(model)", "convert",
-           "--snntorch", tmp_path / "bad.pt", "--num-steps", "5", "--out", out)  # fmt: skip
+           "--snntorch", tmp_path / "bad.pt", "--time-steps", "5", "--out", out)  # fmt: skip
     torch.save(_model().state_dict(), tmp_path / "state.pt")
     _error(capsys, "holds a dict (a state_dict?), not a whole module", "convert",
-           "--snntorch", tmp_path / "state.pt", "--num-steps", "5", "--out", out)  # fmt: skip
+           "--snntorch", tmp_path / "state.pt", "--time-steps", "5", "--out", out)  # fmt: skip
     torch.save(_model(), tmp_path / "model.pt")
-    _error(capsys, "--num-steps is needed for an snnTorch model", "convert", "--snntorch",
+    _error(capsys, "--time-steps is needed for an snnTorch model", "convert", "--snntorch",
            tmp_path / "model.pt", "--out", out)  # fmt: skip
     # an unsupported graph: a recurrent edge
     w = nir.Linear(weight=np.eye(4, dtype=np.float32))
@@ -201,7 +215,7 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     edges = [("input", "fc"), ("fc", "lif"), ("lif", "rec"), ("rec", "lif"), ("lif", "output")]
     nir.write(tmp_path / "rec.nir", nir.NIRGraph(nodes=nodes, edges=edges, type_check=False))
     _error(capsys, "recurrent connection lif -> rec -> lif", "convert", "--nir",
-           tmp_path / "rec.nir", "--num-steps", "5", "--out", out)  # fmt: skip
+           tmp_path / "rec.nir", "--time-steps", "5", "--out", out)  # fmt: skip
     _error(capsys, "spec file not found", "export", "--spec", tmp_path / "none.npz", "--to",
            "nir", "--out", tmp_path / "x.nir")  # fmt: skip
     NetworkSpec.random([4, 3], 6, reset="subtract", delay=0).save(tmp_path / "sub.npz")

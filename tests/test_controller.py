@@ -14,6 +14,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
 from polystep_neuro.run.controller import CHECKPOINT_NAME, METRICS_NAME, SPEC_NAME, Adapter
 from polystep_neuro.run.data import SpikeDataset, load_digits_split, rate_encode
+from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.losses import make_loss
 from polystep_neuro.run.optimizers import OPTIMIZERS, Settings
 from polystep_neuro.run.params import ParamVector
@@ -51,11 +52,8 @@ def _adapter(data, out_dir, precision="float32", **kw) -> Adapter:
         opt,
         make_loss("ce", T, scale=0.5),
         data[0],
-        out_dir=out_dir,
-        monitor=data[1],
-        checkpoint_every=3,
-        eval_every=2,
-        progress=False,
+        scoring=Scoring(test={"monitor": data[1]}, every=2),
+        output=Output(out_dir, checkpoint_every=3, progress=False),
         **kw,
     )
 
@@ -246,3 +244,24 @@ def test_resume_with_another_optimizer_is_refused(data, tmp_path) -> None:
     other = _build(data, tmp_path, "spsa", steps=3)
     with pytest.raises(PolystepError, match="different optimiser"):
         other.resume()
+
+
+def test_the_flat_keywords_of_the_constructor_still_work_with_a_warning(data) -> None:
+    spec = NetworkSpec.random([64, 32, 10], T, seed=0, writable=("fc1.weight",))
+    backend = open_backend("torch-sim", device="cpu")
+    backend.load(spec)
+    layout = ParamVector(spec)
+    opt = PolyStep(layout.flatten(spec), step_radius=0.5, probe_radius=1.0, seed=3)
+    loss = make_loss("ce", T, scale=0.5)
+    with pytest.warns(DeprecationWarning, match=r"Adapter\(monitor=, anchor_weight=, progress="):
+        old = Adapter(spec, backend, opt, loss, data[0], monitor=data[1], anchor_weight=1.0,
+                      progress=False)  # fmt: skip
+    assert old.scoring == Scoring(test={"monitor": data[1]})
+    assert old.regularization == Regularization(anchor_weight=1.0)
+    assert old.output == Output(progress=False)
+    with pytest.raises(PolystepError, match="anchor_weight must be >= 0, got -1"):
+        Adapter.build(backend, data[0], steps=1, anchor_weight=-1)
+    with pytest.raises(TypeError, match="unknown option"):
+        Adapter.build(backend, data[0], steps=1, eval_evry=3)
+    with pytest.warns(DeprecationWarning, match="Adapter.build: device= is now torch_device="):
+        Adapter.build(backend, data[0], steps=1, device="cpu")

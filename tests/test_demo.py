@@ -38,7 +38,7 @@ CLEAN_MARGIN = 0.05
 def _small(out_dir: Path, **overrides) -> DemoConfig:
     cfg = DemoConfig.quick(
         hidden=64,
-        num_steps=10,
+        time_steps=10,
         batch_size=128,
         pretrain=StageSettings(300, 32, 2.0, 4.0, 0.3, scaling="auto"),
         adapt_steps=300,
@@ -97,7 +97,7 @@ def test_demo_adaptation_on_lava_fixed_equals_torch_sim_fixed(tmp_path: Path) ->
     _lava_env()
     tiny = dict(
         hidden=24,
-        num_steps=8,
+        time_steps=8,
         batch_size=16,
         pretrain=StageSettings(20, 8, 2.0, 4.0, 0.3, scaling="auto"),
         adapt_steps=4,

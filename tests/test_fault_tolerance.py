@@ -18,6 +18,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, poisson_encode
+from polystep_neuro.run.loop_options import Output
 from polystep_neuro.run.losses import make_loss
 from polystep_neuro.run.params import ParamVector
 from tests._servers import ThreadServer, spawn
@@ -56,7 +57,7 @@ def _adapt(backend: RemoteBackend, train: SpikeDataset, on_step: Any = None) -> 
         optimizer,
         make_loss("ce", T, scale=0.5),
         train,
-        progress=False,
+        output=Output(progress=False),
         on_step=on_step,
     )
     return adapter.run(STEPS)

@@ -85,7 +85,7 @@ def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
                  y_clean=y_clean, x_test=x_test, y_test=y_test)  # fmt: skip
     exec(compile(snippet.group(1), "README.md", "exec"), scope)
     result = scope["result"]
-    assert set(result.after) >= {"clean_accuracy", "shifted_accuracy"}
+    assert set(result.result.end) >= {"clean_accuracy", "shifted_accuracy"}
     # load_into wrote the network that was handed back into the reader's module.
     np.testing.assert_array_equal(model[0].weight.detach().numpy(), result.spec.layers[0].weight)
     # drifted data only: the hidden biases were adapted (polystep_neuro.run.run_defaults)

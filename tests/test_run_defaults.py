@@ -1,58 +1,49 @@
-"""What a run adapts and how strongly it is anchored, given the data it has."""
+"""The defaults of a run, written once, and how strongly a run is anchored to its start."""
 
 from __future__ import annotations
 
-import pytest
-
-from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.run.interop import device_writable
-from polystep_neuro.run.run_defaults import (
-    DRIFTED_ONLY_ANCHOR,
-    hidden_biases,
-    run_defaults,
-    writable_names,
-)
+import polystep_neuro as pn
+from polystep_neuro.run.adapt_job import AdaptJob
+from polystep_neuro.run.demo import DemoConfig
+from polystep_neuro.run.optimizers import Settings
+from polystep_neuro.run.run_defaults import DRIFTED_ONLY_ANCHOR, RunConfig, anchor_weight
 
 
-def _spec(sizes: list[int], writable: tuple[str, ...] | None = None) -> NetworkSpec:
-    spec = NetworkSpec.random(sizes, 4, seed=0)
-    return spec.with_writable(device_writable(spec) if writable is None else writable)
+def test_without_clean_data_the_run_is_anchored_and_an_explicit_anchor_wins() -> None:
+    assert anchor_weight(has_clean=False) == DRIFTED_ONLY_ANCHOR == 2.0
+    assert anchor_weight(has_clean=True) == 0.0
+    assert anchor_weight(has_clean=False, anchor=0.5) == 0.5
+    assert anchor_weight(has_clean=True, anchor=0.0) == 0.0
 
 
-def test_drifted_data_only_narrows_to_the_hidden_biases_and_anchors() -> None:
-    chosen = run_defaults(_spec([6, 5, 4, 3]), has_clean=False)
-    assert chosen.writable == ("lif0.v_bias", "lif1.v_bias")
-    assert chosen.anchor == DRIFTED_ONLY_ANCHOR == 2.0
-    assert chosen.note is not None and "lif0.v_bias, lif1.v_bias" in chosen.note
-
-
-def test_clean_data_keeps_every_writable_parameter_and_no_anchor() -> None:
-    spec = _spec([6, 5, 3])
-    chosen = run_defaults(spec, has_clean=True)
-    assert chosen == type(chosen)(spec.writable, 0.0, None)
-
-
-@pytest.mark.parametrize("has_clean", [False, True])
-def test_the_users_choices_win(has_clean: bool) -> None:
-    chosen = run_defaults(
-        _spec([6, 5, 3]), has_clean=has_clean, writable=["fc1.weight"], anchor=0.5
+def test_every_entry_point_starts_from_the_same_defaults() -> None:
+    """The API's keyword defaults, the adapt job and the demo's adaptation stage read the
+    one RunConfig (a default changed there changes them all)."""
+    run = RunConfig()
+    assert (run.backend, run.torch_device, run.steps, run.batch_size, run.val_fraction) == (
+        "torch-sim-fixed",
+        "auto",
+        300,
+        128,
+        0.2,
     )
-    assert (chosen.writable, chosen.anchor, chosen.note) == (("fc1.weight",), 0.5, None)
-
-
-def test_nothing_to_narrow_to_keeps_the_writable_set() -> None:
-    # one layer has no hidden layer; a readout-only spec has no hidden bias writable
-    for spec in (_spec([6, 3]), _spec([6, 5, 3], ("fc1.weight", "lif1.v_bias"))):
-        chosen = run_defaults(spec, has_clean=False)
-        assert chosen.writable == spec.writable and chosen.note is None
-        assert chosen.anchor == DRIFTED_ONLY_ANCHOR
-    assert hidden_biases(_spec([6, 5, 3]), ["lif1.v_bias", "lif0.v_bias"]) == ("lif0.v_bias",)
-
-
-def test_writable_names_reads_all_and_a_single_string() -> None:
-    spec = _spec([6, 5, 3])
-    every = tuple(spec.param_shapes())
-    assert writable_names(spec, "all") == writable_names(spec, ["all"]) == every
-    assert writable_names(spec, "lif0.v_bias") == ("lif0.v_bias",)  # not its letters
-    assert writable_names(spec, ["fc0.weight", "fc1.weight"]) == ("fc0.weight", "fc1.weight")
-    assert writable_names(spec, None) is None and writable_names(spec, ()) is None
+    defaults = pn.adapt.__kwdefaults__
+    assert defaults["steps"] == run.steps and defaults["batch_size"] == run.batch_size
+    assert defaults["val_fraction"] == run.val_fraction
+    assert defaults["torch_device"] == run.torch_device
+    assert pn.adapt.__defaults__ == (run.backend,)
+    job = AdaptJob(spec_path="net.npz")
+    assert (job.backend, job.steps, job.batch_size, job.val_fraction) == (
+        run.backend,
+        run.steps,
+        run.batch_size,
+        run.val_fraction,
+    )
+    demo = DemoConfig()
+    assert (demo.backend, demo.batch_size, demo.val_fraction) == (
+        run.backend,
+        run.batch_size,
+        run.val_fraction,
+    )
+    stage = demo.adaptation(torch_device="cpu")
+    assert (stage.steps, stage.writable, stage.settings) == (346, ("fc1.weight",), Settings())

@@ -81,7 +81,7 @@ def test_the_api_path_hands_over_with_identical_counts(trained, tmp_path: Path) 
     result = pn.adapt(
         model,
         "torch-sim-fixed",
-        num_steps=T,
+        time_steps=T,
         train=(x["drifted"].transpose(1, 0, 2), y["drifted"]),  # as snnTorch's spikegen
         time_first=True,
         test={  # time_first applies to every array given
@@ -95,8 +95,8 @@ def test_the_api_path_hands_over_with_identical_counts(trained, tmp_path: Path) 
     )
     assert isinstance(result, pn.Adaptation)
     assert result.spec.writable == ("fc0.weight", "fc1.weight")
-    assert set(result.before) >= {"clean_accuracy", "shifted_accuracy", "val_accuracy"}
-    assert result.after["val_accuracy"] >= result.before["val_accuracy"]
+    assert set(result.result.start) >= {"clean_accuracy", "shifted_accuracy", "val_accuracy"}
+    assert result.result.end["val_accuracy"] >= result.result.start["val_accuracy"]
     assert len(result.history) == 21 and "never" not in result.summary()
     assert repr(result.spec).startswith("NetworkSpec(64 -> 32 -> 10")
 
@@ -133,7 +133,7 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
         spikes = x[name].transpose(1, 0, 2)  # time-first files
         np.savez(tmp_path / f"{name}.npz", spikes=spikes, labels=y[name])
 
-    _cli(capsys, "convert", "--snntorch", tmp_path / "model.pt", "--num-steps", T,
+    _cli(capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
          "--out", tmp_path / "spec.npz")  # fmt: skip
     converted = NetworkSpec.load(tmp_path / "spec.npz")
     assert converted.writable == ("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias")
@@ -163,7 +163,8 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
     assert (run / "adapt.png").stat().st_size > 10_000
 
     report = _cli(capsys, "evaluate", "--spec", run / "adapted.npz", "--data",
-                  tmp_path / "shifted_test.npz", "--time-first", "--device", "cpu")  # fmt: skip
+                  tmp_path / "shifted_test.npz", "--time-first",
+                  "--torch-device", "cpu")  # fmt: skip
     assert f"accuracy {summary['end']['shifted_accuracy']:.2%}" in report
 
     _cli(capsys, "export", "--spec", run / "adapted.npz", "--to", "nir",

@@ -142,7 +142,7 @@ def part_demo(args: argparse.Namespace, limit: float) -> Outcome:
     steps = (20, 10) if args.quick else (250, 150)
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = DemoConfig.quick(device=args.device, out_dir=Path(tmp) / "demo", progress=False)
+        cfg = DemoConfig.quick(torch_device=args.device, out_dir=Path(tmp) / "demo", progress=False)
         cfg = replace(
             cfg,
             pretrain=replace(cfg.pretrain, steps=steps[0]),
@@ -152,8 +152,8 @@ def part_demo(args: argparse.Namespace, limit: float) -> Outcome:
         )
         result = run_demo(cfg, report=lines.append)
     body = [
-        f"`DemoConfig.quick(device={args.device!r})` with {steps[0]} pretraining and "
-        f"{steps[1]} adaptation steps (hidden {cfg.hidden}, T={cfg.num_steps}, "
+        f"`DemoConfig.quick(torch_device={args.device!r})` with {steps[0]} pretraining and "
+        f"{steps[1]} adaptation steps (hidden {cfg.hidden}, T={cfg.time_steps}, "
         f"B={cfg.batch_size}, adaptation backend {cfg.backend}).",
         "",
         "| stage | test accuracy |",

@@ -6,10 +6,15 @@ arrays (spikes batch-first ``(n, T, N_in)``, or time-first with ``time_first=Tru
 snnTorch's ``spikegen`` makes them) or :class:`~polystep_neuro.run.data.SpikeDataset`.  The result
 holds the adapted network, the run's history and the scores of the start and of the network
 handed back, and goes back to snnTorch (:meth:`Adaptation.to_snntorch`,
-:meth:`Adaptation.load_into`).
+:meth:`Adaptation.load_into`).  The run is the one recipe (:mod:`polystep_neuro.run.recipe`)
+that ``polystep-neuro adapt`` and the demo use, with the same defaults
+(:class:`~polystep_neuro.run.run_defaults.RunConfig`).
+
+Words: ``time_steps`` is T, the time steps a network runs per sample; ``steps`` are
+adaptation steps; ``backend`` is the device backend; ``torch_device`` is where torch runs.
 
     import polystep_neuro as pn
-    result = pn.adapt(model, "torch-sim-fixed", train=(x_drift, y_drift), num_steps=25,
+    result = pn.adapt(model, "torch-sim-fixed", train=(x_drift, y_drift), time_steps=25,
                       test={"clean": (x_clean, y_clean), "shifted": (x_test, y_test)})
     print(result.summary())
     result.load_into(model)        # the adapted weights, in your own module
@@ -28,11 +33,13 @@ import torch
 
 from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.run.controller import Adapter, AdaptResult
-from polystep_neuro.run.data import SpikeDataset, hold_out
-from polystep_neuro.run.interop import device_writable
+from polystep_neuro.run.controller import AdaptResult
+from polystep_neuro.run.data import SpikeDataset
+from polystep_neuro.run.deprecation import renamed, warn
 from polystep_neuro.run.optimizers import Settings
-from polystep_neuro.run.run_defaults import run_defaults, writable_names
+from polystep_neuro.run.recipe import prepare_data, run_adaptation
+from polystep_neuro.run.run_defaults import RunConfig
+from polystep_neuro.run.writable import WritableChoice
 
 DataLike = SpikeDataset | tuple[Any, Any]
 # Backends whose network runs with Lava's timing (a one-step synaptic delay).
@@ -54,10 +61,14 @@ class Adaptation:
 
     @property
     def before(self) -> dict[str, float]:
+        """Deprecated: ``result.start`` (the scores of the starting network)."""
+        warn("Adaptation.before is now Adaptation.result.start; before goes in the next release")
         return self.result.start
 
     @property
     def after(self) -> dict[str, float]:
+        """Deprecated: ``result.end`` (the scores of the network handed back)."""
+        warn("Adaptation.after is now Adaptation.result.end; after goes in the next release")
         return self.result.end
 
     def summary(self) -> str:
@@ -106,96 +117,86 @@ class Adaptation:
 
 def adapt(
     model: Any,
-    backend: str = "torch-sim-fixed",
+    backend: str = RunConfig.backend,
     *,
     train: DataLike,
-    num_steps: int | None = None,
+    time_steps: int | None = None,
     validation: Mapping[str, DataLike] | DataLike | None = None,
     test: Mapping[str, DataLike] | None = None,
     replay: DataLike | None = None,
-    writable: tuple[str, ...] | str | None = None,
-    steps: int = 300,
-    batch_size: int = 128,
-    optimizer: str = "polystep",
-    device: str = "auto",
+    writable: WritableChoice = None,
+    steps: int = RunConfig.steps,
+    batch_size: int = RunConfig.batch_size,
+    optimizer: str = Settings.optimizer,
+    torch_device: str = RunConfig.torch_device,
     time_first: bool = False,
-    val_fraction: float = 0.2,
+    val_fraction: float = RunConfig.val_fraction,
     anchor: float | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    seed: int = 0,
+    seed: int = Settings.seed,
     **settings: Any,
 ) -> Adaptation:
     """Adapt ``model`` on ``backend`` with forward passes only; see the module docstring.
 
-    ``train`` is what the device sees now; ``validation`` (default: ``val_fraction`` of
-    ``train`` held out) decides which network is handed back; ``replay`` (clean data) is mixed
-    into the stream and a share of it validates too; ``test`` sets are only reported.
-    ``writable`` defaults to the model's writable set, else every weight and neuron bias (what
-    the device can rewrite); without replay the run adapts only the hidden neurons' biases
-    among them and the start's own outputs anchor it (``anchor``, default 2; see
-    :mod:`polystep_neuro.run.run_defaults`).  ``settings`` are
-    :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank, step, ...).
-    Long because its signature and docstring are the API's documentation; the body is short.
+    ``time_steps`` is the T an snnTorch model runs per sample.  ``train`` is what the device
+    sees now; ``validation`` (default: ``val_fraction`` of ``train`` held out) decides which
+    network is handed back; ``replay`` (clean data) is mixed into the stream and a share of
+    it validates too; ``test`` sets are only reported.  ``writable`` defaults to the model's
+    writable set, else every weight and neuron bias the device can rewrite; ``"all"`` is
+    every parameter the device can rewrite (:mod:`polystep_neuro.run.writable`).  Without
+    replay the run adapts only the hidden neurons' biases among them and the start's own
+    outputs anchor it (``anchor``, default 2; :mod:`polystep_neuro.run.run_defaults`).
+    ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
+    step, ...).  ``num_steps=`` and ``device=`` still work for one release (renamed
+    ``time_steps=`` and ``torch_device=``).
     """
-    from devices.registry import backend_options, open_backend
-    from simulators.torch_device import resolve_device
-
-    spec, changes = _as_spec(model, num_steps, backend)
-    names = writable_names(spec, writable)
-    spec = spec.with_writable(names or spec.writable or device_writable(spec))
-    chosen = run_defaults(spec, has_clean=replay is not None, writable=names, anchor=anchor)
-    if chosen.note and progress:
-        print(chosen.note, flush=True)
-    where = resolve_device(device)
+    time_steps = renamed(settings, "num_steps", "time_steps", time_steps, "adapt")
+    torch_device = renamed(settings, "device", "torch_device", torch_device, "adapt")
+    spec, changes = _as_spec(model, time_steps, backend)
+    cfg = RunConfig(
+        backend=backend, torch_device=torch_device, steps=steps, batch_size=batch_size,
+        val_fraction=val_fraction, writable=writable, anchor=anchor,
+        settings=Settings(optimizer=optimizer, seed=seed, **settings),
+        out_dir=None if out_dir is None else Path(out_dir), progress=progress,
+    )  # fmt: skip
 
     def ds(data: DataLike) -> SpikeDataset:
-        return _dataset(data, spec, batch_size, seed, time_first).to(where)
+        return _dataset(data, spec, batch_size, seed, time_first)
 
-    stream = ds(train)
-    if validation is None:
-        kept, held = hold_out(len(stream), val_fraction, seed)
-        stream, val = stream.subset(kept), {"validation": stream.subset(held)}
-    elif isinstance(validation, Mapping):
-        val = {k: ds(v) for k, v in validation.items()}
+    if validation is None or isinstance(validation, Mapping):
+        checks = None if validation is None else {k: ds(v) for k, v in validation.items()}
     else:
-        val = {"validation": ds(validation)}
-    if replay is not None:
-        clean = ds(replay)
-        kept, held = hold_out(len(clean), val_fraction, seed)
-        stream = _concat(stream, clean.subset(kept), batch_size, seed)
-        val["replay"] = clean.subset(held)
-    dev = open_backend(backend, **backend_options(backend, device=where))
-    try:
-        dev.load(spec)  # a fixed-point device calibrates it (Adapter.build reads it back)
-        adapter = Adapter.build(
-            dev, stream, steps=steps, device=where, names=chosen.writable,
-            settings=Settings(optimizer=optimizer, seed=seed, **settings),
-            validation=val, test={k: ds(v) for k, v in (test or {}).items()},
-            anchor_weight=chosen.anchor,
-            out_dir=out_dir, progress=progress,
-        )  # fmt: skip
-        result = adapter.run(steps)
-        start = adapter.spec
-    finally:
-        dev.close()
-    return Adaptation(result.spec, start, result, changes)
+        checks = {"drifted": ds(validation)}
+    data = prepare_data(
+        ds(train),
+        cfg,
+        validation=checks,
+        replay=None if replay is None else ds(replay),
+        test={k: ds(v) for k, v in (test or {}).items()},
+    )
+    run = run_adaptation(spec, data, cfg, report=_say if progress else None)
+    return Adaptation(run.result.spec, run.start, run.result, changes)
 
 
-def _as_spec(model: Any, num_steps: int | None, backend: str) -> tuple[NetworkSpec, list[str]]:
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _as_spec(model: Any, time_steps: int | None, backend: str) -> tuple[NetworkSpec, list[str]]:
     """The model as a NetworkSpec, in the timing the backend runs (changes listed)."""
     if isinstance(model, NetworkSpec):
         spec = model
     elif isinstance(model, (str, Path)) or type(model).__module__.startswith("nir"):
         from polystep_neuro.run.interop.nir import from_nir
 
-        spec = from_nir(model, num_steps)
+        spec = from_nir(model, time_steps)
     elif isinstance(model, torch.nn.Module) or isinstance(model, (list, tuple)):
-        if num_steps is None:
-            raise PolystepError("an snnTorch model needs num_steps (timesteps per sample)")
+        if time_steps is None:
+            raise PolystepError("an snnTorch model needs time_steps (time steps per sample)")
         from polystep_neuro.run.interop.snntorch import from_snntorch
 
-        spec = from_snntorch(model, num_steps)
+        spec = from_snntorch(model, time_steps)
     else:
         raise PolystepError(
             f"model must be an snnTorch module, a NIR graph or file, or a NetworkSpec; got "
@@ -224,9 +225,3 @@ def _dataset(
     spec.check_inputs(spikes)
     labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
     return SpikeDataset(spikes, labels, batch_size, seed)
-
-
-def _concat(a: SpikeDataset, b: SpikeDataset, batch_size: int, seed: int) -> SpikeDataset:
-    from polystep_neuro.run.data import concat
-
-    return concat(a, b, batch_size, seed).to(a.spikes.device)

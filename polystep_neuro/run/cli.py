@@ -15,12 +15,14 @@ from typing import Any
 
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.run import convert
+from polystep_neuro.run.deprecation import add_renamed_flag
+from polystep_neuro.run.run_defaults import RunConfig
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _device(value: str) -> str:
+def _torch_device(value: str) -> str:
     """auto, cpu, cuda or cuda:N (checked here, so a typo is an argparse error)."""
     index = value.removeprefix("cuda:")
     if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()):
@@ -28,13 +30,22 @@ def _device(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
+def _add_torch_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--device",
-        default="auto",
-        type=_device,
-        help="where the torch simulator and the optimiser run: auto (CUDA when present), "
-        "cpu, cuda or cuda:N",
+        "--torch-device",
+        default=RunConfig.torch_device,
+        type=_torch_device,
+        help="where torch runs (the torch simulators and the optimiser): auto (CUDA when "
+        "present), cpu, cuda or cuda:N; the device backend is --backend",
+    )
+    add_renamed_flag(p, "--device", "--torch-device", type=_torch_device)
+
+
+def _add_backend(p: argparse.ArgumentParser, what: str = "device backend") -> None:
+    p.add_argument(
+        "--backend",
+        default=RunConfig.backend,
+        help=f"{what} (default: {RunConfig.backend}; see `polystep-neuro devices list`)",
     )
 
 
@@ -86,13 +97,8 @@ def _add_demo(sub: Any) -> None:
         "demo",
         help="the main job: pretrain on digits, quantise, shift the input, adapt on a device",
     )
-    demo.add_argument(
-        "--backend",
-        default="torch-sim-fixed",
-        help="device backend for the adaptation stage (default: torch-sim-fixed; "
-        "see `polystep-neuro devices list`)",
-    )
-    _add_device(demo)
+    _add_backend(demo, "device backend for the adaptation stage")
+    _add_torch_device(demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
     demo.add_argument("--quick", action="store_true", help="small sizes (about a minute on CPU)")
@@ -114,19 +120,40 @@ def _add_adapt(sub: Any) -> None:
         "than the start); test sets are only reported.",
     )
     adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
-    adapt.add_argument(
-        "--backend",
-        default="torch-sim-fixed",
-        help="device backend (default: torch-sim-fixed; see `polystep-neuro devices list`)",
-    )
-    _add_device(adapt)
+    _add_backend(adapt)
+    _add_torch_device(adapt)
     adapt.add_argument(
         "--writable",
         nargs="+",
-        help="parameters to adapt, or 'all' (default: the spec's writable set; with drifted "
-        "data only and no --replay, the hidden neurons' biases among them; naming any set "
-        "overrides that)",
+        help="parameters to adapt, or 'all' for every one the device can rewrite (default: "
+        "the spec's writable set, else every weight and neuron bias; with drifted data only "
+        "and no --replay, the hidden neurons' biases among them; naming any set overrides "
+        "that)",
     )
+    _add_adapt_data(adapt)
+    _add_adapt_hold(adapt)
+    _add_dataset(adapt)
+    adapt.add_argument(
+        "--shift-noise", type=float, default=0.0, help="built-in data: additive input noise"
+    )
+    adapt.add_argument("--shift-gain", type=float, default=1.0, help="built-in data: input gain")
+    adapt.add_argument(
+        "--shift-dead",
+        type=float,
+        default=0.0,
+        help="built-in data: fraction of dead input channels",
+    )
+    _add_adapt_optimizer(adapt)
+    adapt.add_argument(
+        "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
+    )
+    adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
+    adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    adapt.add_argument("--no-progress", action="store_true")
+
+
+def _add_adapt_data(adapt: argparse.ArgumentParser) -> None:
+    """`adapt`: what the run reads, and how the data files are laid out."""
     adapt.add_argument(
         "--data",
         type=Path,
@@ -137,8 +164,9 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
-        help="share of --data (and --replay) held out for validation when --val is not given",
+        default=RunConfig.val_fraction,
+        help="share of --data (and --replay) held out for validation when --val is not given "
+        f"(default: {RunConfig.val_fraction:g})",
     )
     adapt.add_argument(
         "--replay",
@@ -159,11 +187,17 @@ def _add_adapt(sub: Any) -> None:
         action="store_true",
         help="'spikes' arrays are (T, n, N_in), as snnTorch's spikegen makes them",
     )
+
+
+def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
+    """`adapt`: what holds the run near its start."""
+    from polystep_neuro.run.run_defaults import DRIFTED_ONLY_ANCHOR
+
     adapt.add_argument(
         "--anchor",
         type=float,
-        help="weight of the pull towards the starting network's own outputs (default: 2 "
-        "without clean data, 0 with --replay)",
+        help="weight of the pull towards the starting network's own outputs (default: "
+        f"{DRIFTED_ONLY_ANCHOR:g} without clean data, 0 with --replay)",
     )
     adapt.add_argument(
         "--trust-radius",
@@ -171,17 +205,10 @@ def _add_adapt(sub: Any) -> None:
         help="how far (RMS per parameter, in probe units) the parameters may move from the "
         "start (default: no limit)",
     )
-    _add_dataset(adapt)
-    adapt.add_argument(
-        "--shift-noise", type=float, default=0.0, help="built-in data: additive input noise"
-    )
-    adapt.add_argument("--shift-gain", type=float, default=1.0, help="built-in data: input gain")
-    adapt.add_argument(
-        "--shift-dead",
-        type=float,
-        default=0.0,
-        help="built-in data: fraction of dead input channels",
-    )
+
+
+def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
+    """`adapt`: the optimiser, its settings and the run's length."""
     from polystep_neuro.run.optimizers import OPTIMIZERS, Settings
 
     defaults = Settings()
@@ -191,10 +218,12 @@ def _add_adapt(sub: Any) -> None:
         default=defaults.optimizer,
         help=f"default: {defaults.optimizer}; the others are baselines through the same loop",
     )
-    adapt.add_argument("--steps", type=int, default=300, help="adaptation steps (default: 300)")
-    adapt.add_argument(
-        "--batch-size", type=int, default=128, help="samples per minibatch (default: 128)"
-    )
+    for flag, name, what in (
+        ("--steps", "steps", "adaptation steps"),
+        ("--batch-size", "batch_size", "samples per minibatch"),
+    ):
+        default = getattr(RunConfig, name)
+        adapt.add_argument(flag, type=int, default=default, help=f"{what} (default: {default})")
     adapt.add_argument(
         "--probe",
         type=float,
@@ -219,14 +248,11 @@ def _add_adapt(sub: Any) -> None:
         f"{defaults.epsilon:g})",
     )
     adapt.add_argument(
-        "--seed", type=int, default=0, help="seed of the split, minibatches and probes (default: 0)"
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help=f"seed of the split, minibatches and probes (default: {defaults.seed})",
     )
-    adapt.add_argument(
-        "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
-    )
-    adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
-    adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    adapt.add_argument("--no-progress", action="store_true")
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -238,8 +264,8 @@ def _add_evaluate(sub: Any) -> None:
     evaluate.add_argument(
         "--data", type=Path, required=True, help=".npz with 'spikes' and 'labels'"
     )
-    evaluate.add_argument("--backend", default="torch-sim-fixed")
-    _add_device(evaluate)
+    _add_backend(evaluate)
+    _add_torch_device(evaluate)
     evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
     evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device")
 
@@ -291,7 +317,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = replace(
         cfg,
         backend=args.backend,
-        device=args.device,
+        torch_device=args.torch_device,
         out_dir=args.out,
         resume=args.resume,
         seed=args.seed,
@@ -324,7 +350,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     job = AdaptJob(
         spec_path=args.spec,
         backend=args.backend,
-        device=args.device,
+        torch_device=args.torch_device,
         writable=tuple(args.writable) if args.writable else None,
         data_path=args.data,
         val_path=args.val,
@@ -352,28 +378,22 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from devices.registry import backend_options, open_backend
+    """Open, decide the writable set, load (the run recipe's first half), then score."""
     from polystep_neuro.core.network import NetworkSpec
     from polystep_neuro.run.adapt_job import load_spike_data
     from polystep_neuro.run.data import SpikeDataset
     from polystep_neuro.run.evaluation import score
     from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, make_loss
-    from simulators.torch_device import resolve_device
+    from polystep_neuro.run.recipe import opened
 
     _check_backend_name(args.backend)
     spec = NetworkSpec.load(args.spec)
     spikes, labels = load_spike_data(args.data, spec, args.time_first)
-    options = backend_options(
-        args.backend, device=resolve_device(args.device), timeout_s=args.timeout
-    )
-    backend = open_backend(args.backend, **options)
-    try:
-        backend.load(spec)
+    cfg = RunConfig(backend=args.backend, torch_device=args.torch_device, timeout_s=args.timeout)
+    with opened(spec, cfg) as device:
         data = SpikeDataset(spikes, labels, len(labels))
-        result = score(backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
-        where = backend.capabilities.device
-    finally:
-        backend.close()
+        result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
+        where = device.backend.capabilities.device
     print(
         f"{args.spec} on {args.backend} ({where}): accuracy {result.accuracy:.2%}, loss "
         f"{result.loss:.4f} on {len(labels)} samples of {args.data}"

@@ -19,7 +19,8 @@ from typing import Any
 
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.run.interop import device_writable
+from polystep_neuro.run.deprecation import add_renamed_flag
+from polystep_neuro.run.writable import resolve_writable
 
 SNNTORCH_HELP = (
     "a whole snnTorch model saved with torch.save(model, FILE) (nn.Sequential of nn.Linear + "
@@ -41,10 +42,11 @@ def add_parsers(sub: Any) -> None:
     source.add_argument("--nir", type=Path, metavar="FILE", help="a NIR graph file (.nir)")
     source.add_argument("--snntorch", type=Path, metavar="FILE", help=SNNTORCH_HELP)
     convert.add_argument(
-        "--num-steps",
+        "--time-steps",
         type=int,
-        help="time steps per sample (needed, except for NIR files written by `export`)",
+        help="T, the time steps per sample (needed, except for NIR files written by `export`)",
     )
+    add_renamed_flag(convert, "--num-steps", "--time-steps", type=int)
     convert.add_argument(
         "--dt",
         type=float,
@@ -62,7 +64,8 @@ def add_parsers(sub: Any) -> None:
         nargs="+",
         metavar="NAME",
         help="parameters the device may rewrite during adaptation (default: every fc{i}.weight "
-        "and lif{i}.v_bias, what Lava/Loihi can rewrite at run time; 'all' for every one)",
+        "and lif{i}.v_bias, what Lava/Loihi can rewrite at run time; 'all' for every one; "
+        "`adapt` checks them against the device it runs on)",
     )
     convert.add_argument("--out", type=Path, required=True, help="the spec .npz to write")
 
@@ -111,31 +114,28 @@ def load_snntorch_module(path: Path) -> Any:
 
 def convert(args: argparse.Namespace) -> int:
     if args.snntorch is not None:
-        if args.num_steps is None:
-            raise SpecError("--num-steps is needed for an snnTorch model (time steps per sample)")
+        if args.time_steps is None:
+            raise SpecError("--time-steps is needed for an snnTorch model (time steps per sample)")
         if args.dt is not None:
             raise SpecError("--dt applies to NIR files only")
         from polystep_neuro.run.interop.snntorch import from_snntorch
 
-        spec = from_snntorch(load_snntorch_module(args.snntorch), args.num_steps)
+        spec = from_snntorch(load_snntorch_module(args.snntorch), args.time_steps)
         source = f"snnTorch model {args.snntorch}"
     else:
         from polystep_neuro.run.interop.nir import read_nir
 
-        spec = read_nir(args.nir, args.num_steps, dt=args.dt)
+        spec = read_nir(args.nir, args.time_steps, dt=args.dt)
         source = f"NIR graph {args.nir}"
     changes: list[str] = []
     if args.device_semantics:
         from polystep_neuro.run.interop import to_device_semantics
 
         spec, changes = to_device_semantics(spec)
-    if args.writable is None:
-        writable: Any = device_writable(spec)
-    elif args.writable == ["all"]:
-        writable = "all"
-    else:
-        writable = args.writable
-    spec = spec.with_writable(writable)
+    # A converted network starts from what the device rewrites at run time, whatever the
+    # source file marked; no device is open here, so `adapt` checks the set against its own.
+    chosen = resolve_writable(spec.with_writable(()), args.writable, capabilities=None)
+    spec = spec.with_writable(chosen.loaded)
     _save(spec, args.out)
     print(f"wrote {args.out}: {_describe(spec)} from {source}")
     for change in changes:

@@ -6,10 +6,11 @@ Stages (each reported as it finishes):
       the readout is learned;
   (b) quantise it to Loihi 2 fixed point and measure the accuracy change;
   (c) apply an input shift (noise, gain loss, dead inputs) and measure the drop;
-  (d) adapt the device-writable readout on the chosen backend with the adaptation recipe
-      (polystep_neuro.run.optimizers) on a mixed clean + shifted stream; a held-out validation
-      split (clean and shifted) decides which network is handed back, so it is never worse
-      on validation than the deployed one;
+  (d) adapt the device-writable readout on the chosen backend with the run recipe that
+      ``polystep-neuro adapt`` and ``polystep_neuro.adapt`` use (polystep_neuro.run.recipe)
+      on a mixed clean + shifted stream; a held-out validation split (clean and shifted)
+      decides which network is handed back, so it is never worse on validation than the
+      deployed one;
   (e) print a before/after table, write a PNG figure, metrics logs and summary.json.
 
 Every stage checkpoints into the output folder; ``resume=True`` continues where a previous
@@ -28,27 +29,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from devices.registry import backend_options, open_backend
+from devices.registry import open_backend
 from polystep_neuro.core.contract import Backend
-from polystep_neuro.core.errors import Interrupted
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import PolyStep, Subspace
 from polystep_neuro.run import plots
-from polystep_neuro.run.controller import CHECKPOINT_NAME, Adapter, AdaptResult
+from polystep_neuro.run.checkpoint import CHECKPOINT_NAME
+from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import InputShift, SpikeDataset, concat, encode, hold_out, load_split
+from polystep_neuro.run.deprecation import renamed
 from polystep_neuro.run.evaluation import score
+from polystep_neuro.run.loop_options import Output, Scoring
 from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, make_loss
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.params import ParamVector
+from polystep_neuro.run.recipe import RunData, check_finished, run_adaptation
+from polystep_neuro.run.run_defaults import RunConfig
 from simulators import fixed_point
 
 # What the demo adapts on the device: the readout weights.  Lava and Loihi 2 can also
-# rewrite the output biases (lif1.v_bias) at run time, but in this network they are useless
-# to the search: the readout's synaptic input is about 8x its threshold, so a bias probe of
-# any size that keeps the neurons sane moves the loss ~40x less than a weight probe
-# (measured), and their blocks would only take candidates from the weights.
+# rewrite the output biases (lif1.v_bias) at run time, but in this network they are of
+# little use to the search: the readout's synaptic input is several times its threshold, so
+# a bias probe that keeps the neurons sane moves the loss far less than a weight probe
+# (docs/benchmarks.md), and their blocks would only take candidates from the weights.
 DEFAULT_WRITABLE = ("fc1.weight",)
-VALIDATION_FRACTION = 0.2  # of the training samples, held out from the adaptation stream
 
 
 @dataclass
@@ -66,15 +70,16 @@ class StageSettings:
 
 @dataclass
 class DemoConfig:
-    backend: str = "torch-sim-fixed"
-    device: str = "auto"
+    backend: str = RunConfig.backend
+    torch_device: str = RunConfig.torch_device
     dataset: str = "digits"  # or "mnist5k" (see polystep_neuro.run.data)
     encoding: str = "rate"  # or "latency"
     out_dir: Path = Path("runs/demo")
     seed: int = 0
     hidden: int = 512
-    num_steps: int = 25
-    batch_size: int = 128
+    time_steps: int = 25  # T: time steps per sample
+    batch_size: int = RunConfig.batch_size
+    val_fraction: float = RunConfig.val_fraction  # of the training samples, to validate
     writable: tuple[str, ...] = DEFAULT_WRITABLE
     pretrain: StageSettings = field(default_factory=lambda: StageSettings(1200, 128, 0.5, 1.0, 0.3))
     # 346 steps x 128 candidates = 44,288 parameter sets of 128 samples: the demo's budget
@@ -86,19 +91,42 @@ class DemoConfig:
     )
     resume: bool = False
     progress: bool = True
-    eval_every: int = 10
+    eval_every: int = RunConfig.eval_every
     checkpoint_every: int = 50
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """Small sizes for tests and smoke runs (about a minute on two CPU cores)."""
+        """Small sizes for tests and smoke runs (about a minute on two CPU cores);
+        ``num_steps=`` and ``device=`` still work for one release (renamed ``time_steps=``
+        and ``torch_device=``)."""
+        for old, new in (("num_steps", "time_steps"), ("device", "torch_device")):
+            if old in overrides:
+                overrides[new] = renamed(overrides, old, new, None, "DemoConfig.quick")
         cfg = cls(
             hidden=128,
-            num_steps=16,
+            time_steps=16,
             pretrain=StageSettings(250, 128, 0.5, 1.0, 0.3),
             adapt_steps=150,
         )
         return replace(cfg, **overrides)
+
+    def adaptation(self, torch_device: torch.device) -> RunConfig:
+        """The adaptation stage's run (d): the recipe's, with the demo's sizes."""
+        out_dir = self.out_dir / "adapt"
+        return RunConfig(
+            backend=self.backend,
+            torch_device=str(torch_device),
+            steps=self.adapt_steps,
+            batch_size=self.batch_size,
+            val_fraction=self.val_fraction,
+            writable=self.writable,
+            settings=replace(self.adapt, seed=self.seed),
+            out_dir=out_dir,
+            resume=self.resume and (out_dir / CHECKPOINT_NAME).exists(),
+            progress=self.progress,
+            eval_every=self.eval_every,
+            checkpoint_every=self.checkpoint_every,
+        )
 
 
 @dataclass
@@ -130,10 +158,10 @@ def load_data(cfg: DemoConfig, device: torch.device) -> DemoData:
     """The dataset, clean and shifted; a fixed share of the training samples is held out as
     the adaptation's validation set (pretraining saw their clean versions, adaptation never)."""
     split = load_split(cfg.dataset, cfg.seed)
-    kept, held = hold_out(len(split.y_train), VALIDATION_FRACTION, cfg.seed)
+    kept, held = hold_out(len(split.y_train), cfg.val_fraction, cfg.seed)
 
     def spikes(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
-        trains = encode(x, cfg.num_steps, cfg.encoding)
+        trains = encode(x, cfg.time_steps, cfg.encoding)
         return SpikeDataset(trains, y, cfg.batch_size, seed=cfg.seed).to(device)
 
     def both(x: np.ndarray, y: np.ndarray) -> dict[str, SpikeDataset]:
@@ -156,7 +184,7 @@ def pretrain(cfg: DemoConfig, data: DemoData, device: torch.device) -> AdaptResu
     """(a) The readout learned from a random start on the float simulator, no gradients."""
     n_in = int(data.train.spikes.shape[2])
     spec = NetworkSpec.random(
-        [n_in, cfg.hidden, 10], cfg.num_steps, seed=cfg.seed, du=1.0, dv=0.1, vth=1.0,
+        [n_in, cfg.hidden, 10], cfg.time_steps, seed=cfg.seed, du=1.0, dv=0.1, vth=1.0,
         weight_gain=1.0, writable=("fc1.weight",),
     )  # fmt: skip
     backend = open_backend("torch-sim", device=device)
@@ -173,59 +201,35 @@ def pretrain(cfg: DemoConfig, data: DemoData, device: torch.device) -> AdaptResu
     )
     adapter = Adapter(
         spec, backend, optimizer, make_loss("ce", spec.num_steps, scale=COUNT_LOGIT_SCALE),
-        data.train, test={"clean": data.test["clean"]}, layout=layout,
-        **_loop_options(cfg, "pretrain"),
+        data.train, layout=layout,
+        scoring=Scoring(test={"clean": data.test["clean"]}, every=cfg.eval_every),
+        output=Output(
+            cfg.out_dir / "pretrain", cfg.checkpoint_every, cfg.progress, "pretrain"
+        ),
     )  # fmt: skip
-    return _run(adapter, st.steps, cfg, "pretrain")
+    if cfg.resume and (cfg.out_dir / "pretrain" / CHECKPOINT_NAME).exists():
+        adapter.resume()
+    return check_finished(adapter.run(st.steps), cfg.out_dir / "pretrain")
 
 
 def adapt(
     cfg: DemoConfig, deployed: NetworkSpec, data: DemoData, device: torch.device
 ) -> AdaptResult:
-    """(d) The writable readout adapted on the device by the recipe, forward passes only."""
-    backend = open_backend(cfg.backend, **backend_options(cfg.backend, device=device))
-    try:
-        backend.load(deployed)
-        stream = concat(
-            data.adapt_train["clean"], data.adapt_train["shifted"], cfg.batch_size, cfg.seed + 1
-        ).to(device)
-        adapter = Adapter.build(
-            backend, stream, steps=cfg.adapt_steps, settings=replace(cfg.adapt, seed=cfg.seed),
-            device=device, validation=data.validation, test=data.test,
-            **_loop_options(cfg, "adapt"),
-        )  # fmt: skip
-        return _run(adapter, cfg.adapt_steps, cfg, "adapt")
-    finally:
-        backend.close()
-
-
-def _loop_options(cfg: DemoConfig, name: str) -> dict[str, Any]:
-    return {
-        "out_dir": cfg.out_dir / name,
-        "checkpoint_every": cfg.checkpoint_every,
-        "eval_every": cfg.eval_every,
-        "progress": cfg.progress,
-        "description": name,
-    }
-
-
-def _run(adapter: Adapter, steps: int, cfg: DemoConfig, name: str) -> AdaptResult:
-    if cfg.resume and (cfg.out_dir / name / CHECKPOINT_NAME).exists():
-        adapter.resume()
-    result = adapter.run(steps)
-    if result.interrupted:
-        raise Interrupted(
-            f"interrupted after step {result.steps}; checkpoint saved in {cfg.out_dir / name}; "
-            "run the same command with --resume to continue"
-        )
-    return result
+    """(d) The writable readout adapted on the device by the run recipe, forward passes
+    only, on the clean and shifted halves of the stream."""
+    stream = concat(
+        data.adapt_train["clean"], data.adapt_train["shifted"], cfg.batch_size, cfg.seed + 1
+    )
+    run_data = RunData(stream, data.validation, data.test, has_clean=True)
+    run = run_adaptation(deployed, run_data, cfg.adaptation(device))
+    return check_finished(run.result, cfg.out_dir / "adapt")
 
 
 def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -> DemoResult:
     """Run all five stages; raises PolystepError (with a message) on bad settings."""
     from simulators.torch_device import resolve_device
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.torch_device)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = load_data(cfg, device)
@@ -234,7 +238,7 @@ def run_demo(cfg: DemoConfig, report: Callable[[str], None] = _report_default) -
     report(
         f"{cfg.dataset}: {len(data.train)} train ({n_val} of them held out for validation "
         f"during adaptation) / {n_test} test samples, {cfg.encoding}-coded over "
-        f"{cfg.num_steps} steps; network {n_in} -> {cfg.hidden} -> 10 LIF; device {device}"
+        f"{cfg.time_steps} steps; network {n_in} -> {cfg.hidden} -> 10 LIF; device {device}"
     )
     report(f"(a) pretraining the readout with PolyStep ({cfg.pretrain.steps} steps, no gradients)")
     pre = pretrain(cfg, data, device)

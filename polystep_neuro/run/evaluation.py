@@ -58,3 +58,31 @@ def score_sets(
 ) -> dict[str, Score]:
     """:func:`score` on every named dataset."""
     return {name: score(backend, data, loss, params) for name, data in sets.items()}
+
+
+def flat_scores(
+    backend: Any,
+    loss: LossFn,
+    params: Mapping[str, Any],
+    validation: Mapping[str, SpikeDataset],
+    test: Mapping[str, SpikeDataset],
+) -> dict[str, float]:
+    """The metrics of one parameter set as a flat record: ``val_accuracy`` / ``val_loss``
+    (means over the validation sets), then ``val_NAME_*`` (with more than one validation
+    set) and ``NAME_*`` per test set."""
+    out: dict[str, float] = {}
+    val = score_sets(backend, validation, loss, params)
+    if val:
+        out["val_accuracy"] = sum(s.accuracy for s in val.values()) / len(val)
+        out["val_loss"] = sum(s.loss for s in val.values()) / len(val)
+        out.update(_flat(val, "val_") if len(val) > 1 else {})
+    out.update(_flat(score_sets(backend, test, loss, params)))
+    return out
+
+
+def _flat(scores: Mapping[str, Score], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, sc in scores.items():
+        out[f"{prefix}{name}_accuracy"] = sc.accuracy
+        out[f"{prefix}{name}_loss"] = sc.loss
+    return out

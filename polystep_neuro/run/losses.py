@@ -52,6 +52,15 @@ def distillation(
     return -(target.unsqueeze(0) * torch.log_softmax(logits, dim=-1)).sum(-1).mean(dim=1)
 
 
+def outside_trust_region(
+    candidates: torch.Tensor, start: torch.Tensor, radius: float
+) -> torch.Tensor:
+    """A cost on each candidate's distance from ``start`` beyond ``radius`` (RMS per
+    parameter, in the layout's units): steep enough that no loss gain pays for leaving."""
+    distance = (candidates - start.to(candidates)).pow(2).mean(dim=1).sqrt()
+    return 100.0 * torch.relu(distance / radius - 1.0)
+
+
 def accuracy(counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Fraction of samples whose target neuron spiked strictly more than every other.
 

@@ -1,81 +1,58 @@
-"""What a run adapts, and how strongly it holds on to the start, given the data it has.
+"""Every default of an adaptation run, written once: the API (``polystep_neuro.adapt``), the
+``adapt`` and ``evaluate`` commands and the demo's adaptation stage all start from
+:class:`RunConfig`.
 
-One decision shared by ``polystep-neuro adapt`` and ``polystep_neuro.adapt``:
+What a run adapts is decided by :func:`~polystep_neuro.run.writable.resolve_writable`; how
+strongly it holds on to the start is decided here (:func:`anchor_weight`):
 
-- **With clean data** (replay, or the built-in data's clean half) the run adapts everything
-  the network marks writable and needs no anchor: the clean data keeps what the network did.
-- **With drifted data only** nothing says how the network should treat clean inputs, so the
-  run (unless told otherwise) adapts only the neuron biases of the hidden layers and is
-  anchored to the start's own outputs (weight ``DRIFTED_ONLY_ANCHOR``).  A bias per hidden
-  neuron can re-centre how strongly a weaker (or stronger) input drives the layer without
-  re-mapping what the layer computes; adapting every weight from drifted data alone re-maps
-  it and forgets.  Measured on an snnTorch 64-32-10 network with half the input gain and a
-  fifth of the pixels dead (docs/benchmarks.md, section 4; medians of 3 seeds, anchor 2):
-  every weight and bias gained 10.4 shifted points and lost 4.9 clean ones; the hidden
-  biases alone gained 9.8 and lost 0.4.
+- **with clean data** (replay, or the built-in data's clean half) the clean data keeps what
+  the network did, so the run needs no anchor;
+- **with drifted data only** nothing says how the network should treat clean inputs, so
+  the run is anchored to the start's own outputs (weight ``DRIFTED_ONLY_ANCHOR``) besides
+  adapting only the hidden neurons' biases (docs/benchmarks.md, section 4, measures both).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.loop_options import CHECKPOINT_EVERY, EVAL_EVERY
+from polystep_neuro.run.optimizers import Settings
+from polystep_neuro.run.writable import WritableChoice
 
 DRIFTED_ONLY_ANCHOR = 2.0  # weight of the distillation term towards the start, no clean data
 
 
-@dataclass(frozen=True)
-class RunDefaults:
-    writable: tuple[str, ...]
-    anchor: float
-    note: str | None = None  # one line for the user when the writable set was narrowed
+@dataclass
+class RunConfig:
+    """How to run one adaptation, apart from the network and the data."""
+
+    backend: str = "torch-sim-fixed"  # the device backend (`polystep-neuro devices list`)
+    torch_device: str = "auto"  # where torch runs: the simulator and the optimiser
+    steps: int = 300  # adaptation steps
+    batch_size: int = 128  # samples per minibatch
+    val_fraction: float = 0.2  # of the training (and replay) data, held out to validate
+    writable: WritableChoice = None  # None: see polystep_neuro.run.writable
+    anchor: float | None = None  # None: see anchor_weight
+    trust_radius: float | None = None  # None: no limit
+    settings: Settings = field(default_factory=Settings)  # the optimiser and its seed
+    timeout_s: float | None = None  # bound on a remote device's answer
+    out_dir: Path | None = None  # checkpoints, metrics log, adapted network (None: none)
+    resume: bool = False  # continue from out_dir's checkpoint
+    progress: bool = True
+    eval_every: int = EVAL_EVERY
+    checkpoint_every: int = CHECKPOINT_EVERY
+
+    @property
+    def seed(self) -> int:
+        """The one seed of a run: data split, minibatch order, optimiser."""
+        return self.settings.seed
 
 
-def writable_names(
-    spec: NetworkSpec, writable: str | Sequence[str] | None
-) -> tuple[str, ...] | None:
-    """A user's writable choice as names: "all" (or ["all"]) is every parameter of ``spec``,
-    one string is one name (not its letters); None stays None (the defaults decide)."""
-    if writable is None or len(writable) == 0:
-        return None
-    if isinstance(writable, str):
-        writable = (writable,)
-    if tuple(writable) == ("all",):
-        return tuple(spec.param_shapes())
-    return tuple(writable)
-
-
-def hidden_biases(spec: NetworkSpec, names: Sequence[str]) -> tuple[str, ...]:
-    """The neuron biases of every layer but the output layer, among ``names``."""
-    hidden = {f"lif{i}.v_bias" for i in range(len(spec.layers) - 1)}
-    return tuple(n for n in names if n in hidden)
-
-
-def run_defaults(
-    spec: NetworkSpec,
-    *,
-    has_clean: bool,
-    writable: Sequence[str] | None = None,
-    anchor: float | None = None,
-) -> RunDefaults:
-    """The writable set and anchor weight of a run (module doc); explicit values win.
-
-    ``spec.writable`` is what the network marks writable (what the device can rewrite after
-    ``polystep-neuro convert``); ``writable`` and ``anchor`` are the user's own choices.
-    """
-    if has_clean:
-        return RunDefaults(tuple(writable or spec.writable), 0.0 if anchor is None else anchor)
-    anchor = DRIFTED_ONLY_ANCHOR if anchor is None else anchor
-    if writable:
-        return RunDefaults(tuple(writable), anchor)
-    narrowed = hidden_biases(spec, spec.writable)
-    if not narrowed or narrowed == tuple(spec.writable):
-        return RunDefaults(tuple(spec.writable), anchor)
-    return RunDefaults(
-        narrowed,
-        anchor,
-        f"drifted data only: adapting the hidden neurons' biases ({', '.join(narrowed)}), "
-        "which track a drift without forgetting clean inputs (clean replay data lets a run "
-        "adapt every writable parameter; naming the writable set overrides this)",
-    )
+def anchor_weight(has_clean: bool, anchor: float | None = None) -> float:
+    """The weight of the pull towards the start's outputs (module docstring); an explicit
+    ``anchor`` wins."""
+    if anchor is not None:
+        return anchor
+    return 0.0 if has_clean else DRIFTED_ONLY_ANCHOR

@@ -22,6 +22,7 @@ from typing import Any
 
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.writable import device_writable  # the writable decision's default
 
 __all__ = [
     "device_compatibility",
@@ -88,15 +89,6 @@ def device_compatibility(spec: NetworkSpec) -> list[str]:
         if bias is not None:
             problems.append(bias)
     return problems
-
-
-def device_writable(spec: NetworkSpec) -> tuple[str, ...]:
-    """What Lava/Loihi rewrite at run time: weights and voltage biases (not thresholds: Lava's
-    fixed_pt LIF caches vth after its first step)."""
-    names: list[str] = []
-    for i in range(len(spec.layers)):
-        names += [f"fc{i}.weight", f"lif{i}.v_bias"]
-    return tuple(names)
 
 
 def to_device_semantics(spec: NetworkSpec) -> tuple[NetworkSpec, list[str]]:

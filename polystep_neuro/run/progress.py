@@ -1,0 +1,86 @@
+"""What a person sees of a running loop and how they stop it: the progress bar, the stage's
+wall time across resumes, and Ctrl-C as "finish this step, checkpoint, stop"."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class ProgressBar:
+    """A tqdm bar over the run's steps showing the last minibatch loss and validation
+    accuracy; a context manager, disabled with ``enabled=False``."""
+
+    def __init__(self, total: int, initial: int, description: str, enabled: bool) -> None:
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=description,
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+        self._accuracy: float | None = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+
+    def update(self, record: dict[str, Any]) -> None:
+        self._bar.update(1)
+        postfix = {"loss": f"{record['loss_min']:.3f}"}
+        self._accuracy = record.get("val_accuracy", self._accuracy)
+        if self._accuracy is not None:
+            postfix["val"] = f"{self._accuracy:.1%}"
+        self._bar.set_postfix(postfix, refresh=False)
+
+
+class StageClock:
+    """Wall time of a stage, counting the runs before a resume (restored from a checkpoint)
+    and the one in progress, so a resumed stage reports its whole time."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def stop(self) -> float:
+        self.before, self._started = self.seconds(), None
+        return self.before
+
+    def seconds(self) -> float:
+        running = 0.0 if self._started is None else time.perf_counter() - self._started
+        return self.before + running
+
+
+@contextlib.contextmanager
+def ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C sets ``stop`` (the loop finishes its step, checkpoints, returns).
+    Second: abort at once.  Signals reach only the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        tqdm.write(
+            "interrupted: finishing this step and saving a checkpoint "
+            "(Ctrl-C again to abort without saving)"
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

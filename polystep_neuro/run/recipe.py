@@ -1,0 +1,168 @@
+"""One adaptation run, written once: prepare the data, open the device, decide with it what
+is writable, load the network, build the loop, run it, close the device.
+
+``polystep_neuro.adapt``, ``polystep-neuro adapt`` (``adapt_job``), the demo's adaptation
+stage and ``polystep-neuro evaluate`` (which stops after the load) all go through here, so
+the same network, data, seed and :class:`~polystep_neuro.run.run_defaults.RunConfig` give
+the same run whichever of them started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polystep_neuro.core.contract import Backend
+from polystep_neuro.core.errors import Interrupted, PolystepError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, ensure_writable_dir
+from polystep_neuro.run.controller import Adapter, AdaptResult
+from polystep_neuro.run.data import SpikeDataset, concat, hold_out
+from polystep_neuro.run.loop_options import Output, Regularization, Scoring
+from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
+from polystep_neuro.run.writable import Writable, resolve_writable
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class RunData:
+    """Everything a run reads, as datasets."""
+
+    stream: SpikeDataset  # the adaptation stream (minibatches)
+    validation: dict[str, SpikeDataset]  # decides which network is handed back
+    test: dict[str, SpikeDataset]  # only reported
+    has_clean: bool  # the stream holds clean data (replay, or the built-in clean half)
+    what: str = ""  # a few words for reports: where the data came from
+
+
+def prepare_data(
+    train: SpikeDataset,
+    cfg: RunConfig,
+    *,
+    validation: Mapping[str, SpikeDataset] | None = None,
+    replay: SpikeDataset | None = None,
+    test: Mapping[str, SpikeDataset] | None = None,
+    what: str = "",
+) -> RunData:
+    """The stream and the validation sets of a user's data: without ``validation``, a
+    ``cfg.val_fraction`` of ``train`` is held out as the "drifted" one; ``replay`` (clean
+    data) joins the stream but for the same fraction of it, which validates as "replay"."""
+    seed = cfg.seed
+    if validation is None:
+        kept, held = hold_out(len(train), cfg.val_fraction, seed)
+        stream, checks = train.subset(kept), {"drifted": train.subset(held)}
+    else:
+        stream, checks = train, dict(validation)
+    if replay is not None:
+        kept, held = hold_out(len(replay), cfg.val_fraction, seed)
+        stream = concat(stream, replay.subset(kept), cfg.batch_size, seed)
+        checks["replay"] = replay.subset(held)
+    return RunData(stream, checks, dict(test or {}), replay is not None, what)
+
+
+@dataclass
+class Device:
+    """An opened device backend with the network loaded, and what the run may change."""
+
+    backend: Backend
+    writable: Writable
+    torch_device: torch.device
+
+
+@contextlib.contextmanager
+def opened(
+    spec: NetworkSpec, cfg: RunConfig, has_clean: bool = True, report: Report | None = None
+) -> Iterator[Device]:
+    """``cfg.backend`` opened, the writable set decided with what it can rewrite (the
+    decision's note goes to ``report``), ``spec`` loaded; closed on the way out."""
+    from devices.registry import backend_options, open_backend
+    from simulators.torch_device import resolve_device
+
+    where = resolve_device(cfg.torch_device)
+    options = backend_options(cfg.backend, device=where, timeout_s=cfg.timeout_s)
+    backend = open_backend(cfg.backend, **options)
+    try:
+        writable = resolve_writable(spec, cfg.writable, backend.capabilities, has_clean)
+        if writable.note and report is not None:
+            report(writable.note)
+        # a fixed-point device calibrates the network; Adapter.build reads it back
+        backend.load(spec.with_writable(writable.loaded))
+        yield Device(backend, writable, where)
+    finally:
+        backend.close()
+
+
+@dataclass
+class Run:
+    """What :func:`run_adaptation` hands back."""
+
+    result: AdaptResult
+    start: NetworkSpec  # the network the run started from, as the device ran it
+    writable: Writable
+    anchor: float
+
+
+OnReady = Callable[[Adapter, Device, float], None]
+
+
+def run_adaptation(
+    spec: NetworkSpec,
+    data: RunData,
+    cfg: RunConfig,
+    *,
+    report: Report | None = None,
+    on_ready: OnReady | None = None,
+) -> Run:
+    """Adapt ``spec`` on ``cfg.backend`` with ``data``: open, decide the writable set, load,
+    build, resume (``cfg.resume``), run, close.  ``report`` gets the notes and the one-line
+    summary; ``on_ready(adapter, device, anchor)`` runs once the loop is built."""
+    if cfg.out_dir is not None:
+        ensure_writable_dir(cfg.out_dir)
+        if cfg.resume and not (cfg.out_dir / CHECKPOINT_NAME).exists():
+            raise PolystepError(
+                f"--resume: no checkpoint in {cfg.out_dir}; run without --resume to start"
+            )
+    anchor = anchor_weight(data.has_clean, cfg.anchor)
+    with opened(spec, cfg, data.has_clean, report) as device:
+        adapter = Adapter.build(
+            device.backend,
+            data.stream.to(device.torch_device),
+            steps=cfg.steps,
+            settings=cfg.settings,
+            torch_device=device.torch_device,
+            names=device.writable.adapted,
+            scoring=Scoring(
+                _on(data.validation, device.torch_device),
+                _on(data.test, device.torch_device),
+                cfg.eval_every,
+            ),
+            regularization=Regularization(anchor, cfg.trust_radius),
+            output=Output(cfg.out_dir, cfg.checkpoint_every, cfg.progress, report=report),
+        )
+        if on_ready is not None:
+            on_ready(adapter, device, anchor)
+        if cfg.resume:
+            adapter.resume()
+        result = adapter.run(cfg.steps)
+    return Run(result, adapter.spec, device.writable, anchor)
+
+
+def check_finished(result: AdaptResult, out_dir: Path | None) -> AdaptResult:
+    """``result``, or :class:`Interrupted` (the command's exit code 130) saying how to go
+    on when the run was stopped before its last step."""
+    if result.interrupted:
+        raise Interrupted(
+            f"interrupted after step {result.steps}; checkpoint saved in {out_dir}; "
+            "run the same command with --resume to continue"
+        )
+    return result
+
+
+def _on(sets: Mapping[str, SpikeDataset], where: torch.device) -> dict[str, Any]:
+    return {name: data.to(where) for name, data in sets.items()}

@@ -1,0 +1,71 @@
+"""Which network a run hands back, decided on validation, so that it is never less accurate
+on validation than the network the run started from.
+
+The current point is handed back when it was scored at least as accurate on validation as
+the start (or there is no validation set): the end of a run is usually its best point, and a
+pick among a few hundred noisy validation samples is noisier still.  Otherwise the point with
+the lowest validation loss among those at least as accurate as the start (the loss, being
+less noisy than the accuracy of a few hundred samples, picks among them) — the start itself,
+bit for bit, when there is none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+class Selection:
+    """The best point seen on validation (see the module docstring); ``enabled=False`` (no
+    validation set, or ``keep_best=False``) always hands back the current point."""
+
+    def __init__(self, start: torch.Tensor, enabled: bool) -> None:
+        self.enabled = enabled
+        # (-mean validation loss, mean validation accuracy) of the best point, its
+        # parameters and step; ``floor`` is the start's validation accuracy.
+        self.best_key: tuple[float, float] | None = None
+        self.floor = 0.0
+        self.best_x = start.detach().clone()
+        self.best_step = 0
+
+    def consider(self, x: torch.Tensor, step: int, scores: Mapping[str, float]) -> None:
+        """Keep ``x`` if its validation loss is the lowest so far among the points at least
+        as accurate as the start (the first point considered is the start)."""
+        if "val_accuracy" not in scores:
+            return
+        key = (-scores["val_loss"], scores["val_accuracy"])
+        if self.best_key is None:
+            self.best_key, self.best_x, self.best_step = key, x.detach().clone(), step
+            self.floor = scores["val_accuracy"]
+        elif scores["val_accuracy"] >= self.floor and key > self.best_key:
+            self.best_key, self.best_x, self.best_step = key, x.detach().clone(), step
+
+    def choice(
+        self, step: int, x: torch.Tensor, history: Sequence[Mapping[str, Any]]
+    ) -> tuple[int, torch.Tensor]:
+        """(step, parameters) to hand back, given the current ``step`` and point ``x``."""
+        if not self.enabled:
+            return step, x
+        for record in reversed(history):
+            if record["step"] == step and "val_accuracy" in record:
+                if record["val_accuracy"] >= self.floor:
+                    return step, x
+                break
+        return self.best_step, self.best_x.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_x": self.best_x.clone(),
+            "best_step": self.best_step,
+            "best_key": None if self.best_key is None else list(self.best_key),
+            "floor": self.floor,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        self.best_x = state["best_x"].to(device)
+        self.best_step = int(state["best_step"])
+        key = state["best_key"]
+        self.best_key = None if key is None else (float(key[0]), float(key[1]))
+        self.floor = float(state["floor"])
