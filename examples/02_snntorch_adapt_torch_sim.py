@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="tiny sizes: runs in seconds (tests)")
     p.add_argument("--hidden", type=int, default=64, help="hidden LIF neurons")
-    p.add_argument("--num-steps", type=int, default=16, help="time steps per sample")
+    p.add_argument("--time-steps", type=int, default=16, help="T: time steps per sample")
     p.add_argument("--epochs", type=int, default=4, help="snnTorch BPTT epochs")
     p.add_argument(
         "--writable",
@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=80, help="PolyStep adaptation steps")
     p.add_argument("--rank", type=int, default=16, help="PolyStep subspace rank per tensor")
     p.add_argument("--batch-size", type=int, default=128, help="samples per adaptation step")
-    p.add_argument("--device", default="cpu", help="where torch-sim runs: cpu or cuda")
+    p.add_argument("--torch-device", default="cpu", help="where torch-sim runs: cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args()
@@ -71,18 +71,18 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    data = digits_spikes(args.num_steps, SHIFT, args.seed)
+    data = digits_spikes(args.time_steps, SHIFT, args.seed)
     print(
         f"digits: {len(data.split.y_train)} train / {len(data.split.y_test)} test samples, "
-        f"rate-coded over {args.num_steps} steps; input shift: {SHIFT.describe()}"
+        f"rate-coded over {args.time_steps} steps; input shift: {SHIFT.describe()}"
     )
 
     # 1. offline training in snnTorch
     model, acc_snntorch = train_offline(args, data)
 
     # 2. convert; on torch-sim (float32) the spec computes what snnTorch computes
-    spec = from_snntorch(model, args.num_steps, writable=args.writable)
-    backend = open_backend("torch-sim", device=args.device)
+    spec = from_snntorch(model, args.time_steps, writable=args.writable)
+    backend = open_backend("torch-sim", device=args.torch_device)
     backend.load(spec)
 
     # 3. PolyStep over the writable parameters, forward passes only (see snntorch_digits.py)

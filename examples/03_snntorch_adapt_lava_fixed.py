@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="tiny sizes: runs in seconds (tests)")
     p.add_argument("--hidden", type=int, default=64, help="hidden LIF neurons")
-    p.add_argument("--num-steps", type=int, default=16, help="time steps per sample")
+    p.add_argument("--time-steps", type=int, default=16, help="T: time steps per sample")
     p.add_argument("--epochs", type=int, default=4, help="snnTorch BPTT epochs")
     p.add_argument(
         "--writable",
@@ -108,18 +108,18 @@ def run(args: argparse.Namespace, lava: BaseBackend) -> dict[str, Any]:
 
     shift = InputShift(gain=0.5, dead_fraction=0.2, seed=1)  # the sensor's drift
     print(f"device: {lava.capabilities.device}")
-    data = digits_spikes(args.num_steps, shift, args.seed)
+    data = digits_spikes(args.time_steps, shift, args.seed)
     y_train, y_test = data.split.y_train, data.split.y_test
     print(
         f"digits: {len(y_train)} train / {len(y_test)} test samples, rate-coded over "
-        f"{args.num_steps} steps; input shift: {shift.describe()}"
+        f"{args.time_steps} steps; input shift: {shift.describe()}"
     )
 
     # 1. offline training in snnTorch
     model, acc_snntorch = train_offline(args, data)
 
     # 2. to the device's semantics, then to Loihi 2 fixed point
-    spec = from_snntorch(model, args.num_steps, writable=args.writable)
+    spec = from_snntorch(model, args.time_steps, writable=args.writable)
     for problem in device_compatibility(spec):
         print(f"  differs on the device: {problem}")
     on_device, changes = to_device_semantics(spec)

@@ -59,7 +59,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--spec", type=Path, help="adapt this NetworkSpec .npz (64 in, 10 out)")
     p.add_argument("--hidden", type=int, default=128, help="hidden neurons (no --spec)")
-    p.add_argument("--num-steps", type=int, default=16, help="time steps per sample (no --spec)")
+    p.add_argument(
+        "--time-steps", type=int, default=16, help="T: time steps per sample (no --spec)"
+    )
     p.add_argument("--steps", type=int, default=300, help="PolyStep steps")
     p.add_argument("--rank", type=int, default=64, help="PolyStep subspace rank per tensor")
     p.add_argument("--batch-size", type=int, default=128)
@@ -100,7 +102,7 @@ def make_spec(args: argparse.Namespace) -> NetworkSpec:
     # (delay 1, reset to zero: NetworkSpec.random's defaults).
     return NetworkSpec.random(
         [64, args.hidden, 10],
-        args.num_steps,
+        args.time_steps,
         seed=args.seed,
         dv=0.1,
         weight_gain=1.0,

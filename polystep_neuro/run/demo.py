@@ -50,8 +50,8 @@ from simulators import fixed_point
 # What the demo adapts on the device: the readout weights.  Lava and Loihi 2 can also
 # rewrite the output biases (lif1.v_bias) at run time, but in this network they are of
 # little use to the search: the readout's synaptic input is several times its threshold, so
-# a bias probe that keeps the neurons sane moves the loss far less than a weight probe
-# (docs/benchmarks.md), and their blocks would only take candidates from the weights.
+# a bias probe that keeps the neurons sane moves the loss far less than a weight probe, and
+# the biases' blocks would only take candidates from the weights.
 DEFAULT_WRITABLE = ("fc1.weight",)
 
 

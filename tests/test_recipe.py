@@ -1,0 +1,96 @@
+"""One run recipe: the API and the `adapt` command give the same run for the same network,
+data and seed, bit for bit; the renamed API keywords still work for one release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import polystep_neuro as pn
+from polystep_neuro.cli import main
+from polystep_neuro.core.errors import PolystepError, SpecError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.demo import DemoConfig
+
+T = 6
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def task() -> dict:
+    """A small network and class-coded spike data (drifted and clean)."""
+    rng = np.random.default_rng(0)
+
+    def spikes(n: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 4, size=n)
+        rates = rng.random((n, 16)) * 0.2
+        rates[np.arange(n)[:, None], labels[:, None] * 4 + np.arange(4)] += 0.6 * gain
+        return (rng.random((n, T, 16)) < rates[:, None, :]).astype(np.uint8), labels
+
+    spec = NetworkSpec.random([16, 12, 4], T, seed=1, writable=("fc0.weight", "fc1.weight"))
+    return {"spec": spec, "drifted": spikes(120, 0.5), "clean": spikes(80, 1.0)}
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "step_seconds"} for r in history]
+
+
+def test_the_api_and_the_adapt_command_are_one_run(task, tmp_path: Path, capsys) -> None:
+    for name in ("drifted", "clean"):
+        spikes, labels = task[name]
+        np.savez(tmp_path / f"{name}.npz", spikes=spikes, labels=labels)
+    task["spec"].save(tmp_path / "spec.npz")
+    code = main([
+        "adapt", "--spec", str(tmp_path / "spec.npz"), "--data", str(tmp_path / "drifted.npz"),
+        "--replay", str(tmp_path / "clean.npz"), "--test", f"clean={tmp_path / 'clean.npz'}",
+        "--steps", str(STEPS), "--rank", "4", "--seed", "3", "--torch-device", "cpu",
+        "--out", str(tmp_path / "cli"), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    api = pn.adapt(
+        task["spec"],
+        train=task["drifted"],
+        replay=task["clean"],
+        test={"clean": task["clean"]},
+        steps=STEPS,
+        rank=4,
+        seed=3,
+        torch_device="cpu",
+        progress=False,
+    )
+    cli = NetworkSpec.load(tmp_path / "cli" / "adapted.npz")
+    for name, value in api.spec.parameters().items():
+        assert cli.parameters()[name].tobytes() == value.tobytes(), name
+    logged = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").open()]
+    assert _strip(logged) == _strip(api.history)
+    # the held-out shares of both data sets validate, under the same names
+    assert {"val_drifted_accuracy", "val_replay_accuracy"} <= set(api.result.start)
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["end"] == api.result.end and summary["anchor"] == 0.0
+    assert api.result.adapted == ("fc0.weight", "fc1.weight")
+
+
+def test_the_renamed_api_keywords_still_work_and_warn(task) -> None:
+    common = dict(train=task["drifted"], steps=2, rank=4, progress=False)
+    new = pn.adapt(task["spec"], torch_device="cpu", **common)
+    with pytest.warns(DeprecationWarning, match="adapt: device= is now torch_device="):
+        old = pn.adapt(task["spec"], device="cpu", **common)
+    assert _strip(old.history) == _strip(new.history)
+    with pytest.warns(DeprecationWarning, match=r"Adaptation.before is now .*result.start"):
+        assert old.before == old.result.start
+    with pytest.warns(DeprecationWarning, match=r"Adaptation.after is now .*result.end"):
+        assert old.after == old.result.end
+    # an snnTorch model needs T: the old keyword still delivers it (the empty model is then
+    # refused by the converter, not for a missing T)
+    with pytest.raises(PolystepError, match="an snnTorch model needs time_steps"):
+        pn.adapt([], **common)
+    with (
+        pytest.warns(DeprecationWarning, match="adapt: num_steps= is now time_steps="),
+        pytest.raises(SpecError, match="the model has no layers"),
+    ):
+        pn.adapt([], num_steps=T, **common)
+    with pytest.warns(DeprecationWarning, match="DemoConfig.quick: num_steps= is now time_steps="):
+        assert DemoConfig.quick(num_steps=7).time_steps == 7
