@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from digits_args import digits_parser, parse
 from snntorch_digits import (
     adapt_and_score,
     digits_adaptation,
@@ -45,28 +46,13 @@ SHIFT = InputShift(gain=0.5, dead_fraction=0.2, seed=1)  # the sensor's drift
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--small", action="store_true", help="tiny sizes: runs in seconds (tests)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden LIF neurons")
-    p.add_argument("--time-steps", type=int, default=16, help="T: time steps per sample")
-    p.add_argument("--epochs", type=int, default=4, help="snnTorch BPTT epochs")
-    p.add_argument(
-        "--writable",
-        nargs="+",
-        default=["fc1.bias"],
-        help="parameters to adapt (default: fc1.bias; names: fc<i>.weight, fc<i>.bias, "
+    p = digits_parser(
+        __doc__.split("\n\n")[0],
+        "parameters to adapt (default: fc1.bias; names: fc<i>.weight, fc<i>.bias, "
         "lif<i>.vth, lif<i>.v_bias, lif<i>.du, lif<i>.dv)",
     )
-    p.add_argument("--steps", type=int, default=80, help="PolyStep adaptation steps")
-    p.add_argument("--rank", type=int, default=16, help="PolyStep subspace rank per tensor")
-    p.add_argument("--batch-size", type=int, default=128, help="samples per adaptation step")
     p.add_argument("--torch-device", default="cpu", help="where torch-sim runs: cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args()
-    if args.small:
-        args.hidden, args.epochs, args.steps, args.batch_size = 32, 2, 30, 64
-    return args
+    return parse(p, small_steps=30)
 
 
 def main() -> None:

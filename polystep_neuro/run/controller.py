@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import checkpoint
 from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, SPEC_NAME, ensure_writable_dir
 from polystep_neuro.run.data import SpikeDataset
+from polystep_neuro.run.deprecation import renamed
 from polystep_neuro.run.evaluation import Score, flat_scores, score
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring, group_options
 from polystep_neuro.run.losses import (
@@ -65,7 +66,6 @@ __all__ = [
     "ensure_writable_dir",
 ]
 
-Datasets = Mapping[str, SpikeDataset]
 StepCallback = Callable[["Adapter", dict[str, Any]], None]
 # Per-step bookkeeping in a log record; every other key is a score.
 _STEP_KEYS = ("step", "loss_min", "loss_mean", "candidates", "evaluations", "step_seconds")
@@ -184,8 +184,6 @@ class Adapter:
         the optimiser named by ``settings`` with its defaults for a ``steps``-step run, the
         count cross-entropy.  ``options`` go to the constructor, grouped or as the flat
         keywords of :mod:`~polystep_neuro.run.loop_options` (validation, test, out_dir, ...)."""
-        from polystep_neuro.run.deprecation import renamed
-
         torch_device = renamed(options, "device", "torch_device", torch_device, "Adapter.build")
         settings = settings or Settings()
         spec = backend.spec
