@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from devices.catalog import ALL_PARAMETERS, RECORDS, lava_record
+from devices.sharded import common_writable
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
@@ -51,6 +52,15 @@ KINDS = {
     "remote lava-fixed": (
         Capabilities(
             "lava-fixed", "loihi-fixed", 8, lava_record("fixed_pt").writable, True, "", "tcp://h:1"
+        ),
+        tuple(n for n in EVERY if n.split(".")[1] in ("weight", "bias", "v_bias")),
+    ),
+    # shards (tcp://A,tcp://B) and Ray actors report what every one of them can rewrite
+    "sharded / ray": (
+        Capabilities(
+            "sharded",
+            "loihi-fixed",
+            writable=common_writable([_caps("torch-sim-fixed"), _caps("lava-fixed")]),
         ),
         tuple(n for n in EVERY if n.split(".")[1] in ("weight", "bias", "v_bias")),
     ),
