@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from devices.catalog import BackendRecord
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import DeviceError
@@ -48,6 +49,16 @@ class BaseBackend:
             is_remote=self.is_remote,
             device=self.describe(),
         )
+
+    def _adopt(
+        self, record: BackendRecord, options: Mapping[str, Any], positional: tuple = ()
+    ) -> dict[str, Any]:
+        """Take this backend's name, precision and writable kinds from its catalog record;
+        return its options checked, with the record's defaults for those not given."""
+        self.name = record.name
+        self.precision = record.precision or self.precision
+        self.writable = record.writable
+        return record.resolve_options(options, positional)
 
     def max_sets(self) -> int | None:
         return None

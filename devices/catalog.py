@@ -1,29 +1,37 @@
-"""One record per backend: its name, precision, Lava mode, accepted options, what it can
-rewrite at run time, how to open it, and whether it is usable here.
+"""One record per backend: its name, family, precision, Lava mode, the options it takes
+(with their defaults and checks), what it can rewrite at run time, and whether it is
+usable here.
 
 Every module that needs a backend fact reads it here (the registry, the device server, the
-Lava backends on both sides of the wire), so a name, a precision and a Lava mode are tied
-together in exactly one place.  Torch-free and Lava-free at import: the Lava env's device
-server reads these records too; factories import their backend only when called.
+backends themselves, on both sides of the wire), so a name, a precision, a Lava mode and an
+option's default are tied together in exactly one place.  Plain data: the catalog imports
+no backend (``devices.factories`` opens them), and it is torch-free and Lava-free, since
+the Lava env's device server reads these records too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
 
+from devices.options import Option, OptionTable, count, flag, number, optional, seconds
+from polystep_neuro.core.contract import parameter_kinds
 from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
-
-if TYPE_CHECKING:
-    from devices.base import BaseBackend
+from simulators.lava_plan import RUNTIME_WRITABLE
 
 __all__ = [
     "ALL_PARAMETERS",
     "BackendRecord",
     "LAVA_MODES",
+    "LAVA_OPTIONS",
+    "NAMED",
+    "RAY_INSTALL",
+    "RAY_OPTIONS",
     "RECORDS",
+    "REMOTE_OPTIONS",
+    "SHARDED_OPTIONS",
+    "TORCH_OPTIONS",
     "lava_record",
     "record",
     "served_names",
@@ -33,59 +41,106 @@ __all__ = [
 RAY_INSTALL = 'pip install -e ".[ray]"'
 LAVA_MODES = ("floating_pt", "fixed_pt", "loihi2")
 
-
-# --------------------------------------------------------------------------- parameters
-def _kinds(attrs: Iterable[str]) -> tuple[str, ...]:
-    return tuple(f"fc<i>.{a}" if a in ("weight", "bias") else f"lif<i>.{a}" for a in attrs)
-
-
-# Every parameter a NetworkSpec has: what the torch simulator can rewrite per call.
-ALL_PARAMETERS = _kinds(("weight", "bias", "du", "dv", "vth", "v_bias"))
-# What a built Lava graph can rewrite per call (simulators.lava_plan.RUNTIME_WRITABLE;
-# tests check the two agree): Lava's fixed_pt LIF caches vth when the graph is built.
-_LAVA_FLOAT_WRITABLE = _kinds(("weight", "bias", "v_bias", "vth"))
-_LAVA_FIXED_WRITABLE = _kinds(("weight", "bias", "v_bias"))
+# Every parameter a NetworkSpec has: what the torch simulator can rewrite per call.  What a
+# Lava graph can rewrite is simulators.lava_plan's RUNTIME_WRITABLE (read by the records).
+ALL_PARAMETERS = parameter_kinds(("weight", "bias", "du", "dv", "vth", "v_bias"))
 
 
 # --------------------------------------------------------------------------- options
-_TORCH_OPTIONS = {
-    "device": "where the simulator runs: 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'",
-    "chunk_elements": "largest state tensor (T x V x B x widest layer) computed in one "
-    "piece; a larger V is split (default 2**27)",
-}
-_LAVA_OPTIONS = {
-    "venv": "the Lava venv (default: $POLYSTEP_LAVA_VENV, else the one setup-lava made)",
-    "timeout_s": "bound on one load or evaluate, in seconds (default 3600)",
-    "startup_timeout_s": "bound on the Lava server's start, in seconds (default 180)",
-}
-_REMOTE_OPTIONS = {
-    "timeout_s": "bound on one try of load or evaluate, in seconds (default 60)",
-    "connect_timeout_s": "bound on one try of hello or ping, in seconds (default 10)",
-    "close_timeout_s": "bound on the close request, in seconds (default 1)",
-    "retries": "tries per request (default 3)",
-    "connect": "ask the server for its capabilities at open (default True)",
-    "curve_keys": "CurveZMQ client key folder or mapping (default: $POLYSTEP_CURVE_KEYS)",
-    "heartbeat_s": "ping first after this long without a reply (default None: never)",
-}
-_SHARDED_OPTIONS = {
-    **_REMOTE_OPTIONS,
-    "curve_keys": "one key folder or mapping for all endpoints, or a list with one each",
-    "revive_after_s": "probe a dropped endpoint this often, in seconds (None: never; default 30)",
-}
-_RAY_OPTIONS = {
-    "backend": "what each actor opens: one name, or a list with one name or endpoint per actor",
-    "workers": "how many actors for one name (default 2)",
-    "backend_options": "keywords for each actor's open_backend",
-    "device": "the torch-sim device inside each actor (default: CUDA when the actor reserves "
-    "a GPU, else CPU)",
-    "num_gpus": "GPUs Ray reserves per actor (default 1 with device='cuda', else 0)",
-    "cpus_per_worker": "CPUs Ray reserves per actor (default 1)",
-    "num_cpus": "size of a local Ray this backend starts",
-    "address": "an existing Ray cluster to use instead of a local Ray",
-    "start_timeout_s": "bound on starting the actors and opening their backends, in seconds "
-    "(default 300)",
-    "worker_timeout_s": "bound on one actor's share of an evaluate, in seconds (default None)",
-}
+TORCH_OPTIONS = OptionTable(
+    Option(
+        "device",
+        "auto",
+        "where the simulator runs: 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'",
+    ),
+    Option(
+        "chunk_elements",
+        1 << 27,
+        "largest state tensor (T x V x B x widest layer) computed in one piece; a larger V "
+        "is split",
+        count(),
+    ),
+)
+LAVA_OPTIONS = OptionTable(
+    Option("venv", None, "the Lava venv (None: $POLYSTEP_LAVA_VENV, else the one setup-lava made)"),
+    Option("timeout_s", 3600.0, "bound on one load or evaluate, in seconds", seconds()),
+    Option("startup_timeout_s", 180.0, "bound on the Lava server's start, in seconds", seconds()),
+)
+REMOTE_OPTIONS = OptionTable(
+    Option("timeout_s", 60.0, "bound on one try of load or evaluate, in seconds", seconds()),
+    Option(
+        "connect_timeout_s",
+        10.0,
+        "bound on one try of hello or ping, in seconds (never more than timeout_s)",
+        seconds(),
+    ),
+    Option("close_timeout_s", 1.0, "bound on the close request, in seconds", seconds()),
+    Option("retries", 3, "tries per request", count(1, 1000)),
+    Option("connect", True, "ask the server for its capabilities at open", flag),
+    Option(
+        "curve_keys", None, "CurveZMQ client key folder or mapping (None: $POLYSTEP_CURVE_KEYS)"
+    ),
+    Option(
+        "heartbeat_s",
+        None,
+        "ping first after this long without a reply, in seconds (None: never)",
+        optional(seconds(inclusive=True), "never"),
+    ),
+)
+SHARDED_OPTIONS = REMOTE_OPTIONS.with_meaning(
+    "curve_keys", "one key folder or mapping for all endpoints, or a list with one each"
+).plus(
+    Option(
+        "revive_after_s",
+        30.0,
+        "probe a dropped endpoint this often, in seconds (None: never)",
+        optional(seconds(inclusive=True), "never"),
+    )
+)
+RAY_OPTIONS = OptionTable(
+    Option(
+        "backend", None, "what each actor opens: one name, or a list with one name or endpoint each"
+    ),
+    Option(
+        "workers",
+        None,
+        "how many actors for one name (None: 2)",
+        optional(count(), "2, or one per listed backend"),
+    ),
+    Option("backend_options", None, "keywords for each actor's open_backend"),
+    Option(
+        "device",
+        None,
+        "the torch-sim device inside each actor (None: CUDA when the actor reserves a GPU, "
+        "else CPU)",
+    ),
+    Option(
+        "num_gpus",
+        None,
+        "GPUs Ray reserves per actor (None: 1 with device='cuda', else 0)",
+        optional(number(inclusive=True), "1 with device='cuda', else 0"),
+    ),
+    Option("cpus_per_worker", 1.0, "CPUs Ray reserves per actor", number(inclusive=True)),
+    Option(
+        "num_cpus",
+        None,
+        "size of a local Ray this backend starts (None: Ray's choice)",
+        optional(count(), "Ray's choice"),
+    ),
+    Option("address", None, "an existing Ray cluster to use instead of a local Ray"),
+    Option(
+        "start_timeout_s",
+        300.0,
+        "bound on starting the actors and opening their backends, in seconds",
+        seconds(),
+    ),
+    Option(
+        "worker_timeout_s",
+        None,
+        "bound on one actor's share of an evaluate, in seconds (None: no bound)",
+        optional(seconds(), "no bound"),
+    ),
+)
 _SERVER_HINT = (
     "(the backend, its precision and its device are chosen where the server runs: "
     "python -m devices.server --backend NAME --device DEV)"
@@ -101,24 +156,21 @@ def _usable(record: BackendRecord) -> tuple[bool, str]:
 class BackendRecord:
     """Everything the project knows about one backend, before any of its code is imported.
 
-    ``factory(record, target, **options)`` opens it (``target``: the endpoint(s) for remote
-    and sharded backends, the inner name(s) for ray, else the name); ``status(record)``
-    says whether it is usable here and why, as a note for ``devices list``."""
+    ``family`` says which backend class opens it (``devices.factories``); ``options`` is
+    the table of what it accepts; ``status(record)`` says whether it is usable here and
+    why, as a note for ``devices list``."""
 
     name: str
     description: str
-    factory: Callable[..., BaseBackend]
+    family: str  # "torch-sim" | "lava" | "remote" | "sharded" | "ray"
     precision: str | None = None  # None: whatever the backend it reaches runs
     lava_mode: str | None = None
-    options: Mapping[str, str] = field(default_factory=dict)  # accepted keyword -> meaning
+    options: OptionTable = field(default_factory=OptionTable)
     writable: tuple[str, ...] = ()  # parameter kinds it can rewrite per call; () = as reached
     status: Callable[[BackendRecord], tuple[bool, str]] = _usable
     pattern: str = ""  # how it is written when not by its name, e.g. tcp://HOST:PORT
     served: bool = False  # `python -m devices.server --backend NAME` can host it
     option_hint: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     @property
     def takes_device(self) -> bool:
@@ -126,68 +178,27 @@ class BackendRecord:
         names: ``registry.backend_options`` keeps it only where this is True)."""
         return "device" in self.options
 
+    @property
+    def graph_mode(self) -> str:
+        """The Lava graph a Lava record builds: Loihi 2 runs the fixed_pt graph."""
+        if self.lava_mode is None:
+            raise DeviceError(f"{self.name} is not a Lava backend")
+        return "fixed_pt" if self.lava_mode == "loihi2" else self.lava_mode
+
     def accepts(self, option: str) -> bool:
         return option in self.options
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
+    def check_options(self, options: Mapping[str, object]) -> None:
         """DeviceError naming every accepted option when ``options`` holds another."""
-        unknown = [name for name in options if name not in self.options]
-        if unknown:
-            accepted = ", ".join(self.options) or "none"
-            hint = f" {self.option_hint}" if self.option_hint else ""
-            raise DeviceError(
-                f"the {self.name} backend takes no option {', '.join(map(repr, unknown))}; "
-                f"it accepts: {accepted}{hint}"
-            )
+        self.options.refuse_unknown(self.name, options, self.option_hint)
 
-    def open(self, target: Any, **options: Any) -> BaseBackend:
-        """Check ``options``, then open the backend (imports its stack only now)."""
-        self.check_options(options)
-        return self.factory(self, target, **options)
+    def resolve_options(self, options: Mapping[str, object], positional: tuple = ()) -> dict:
+        """Every option's checked value, defaults filled in (see ``OptionTable.resolve``)."""
+        return self.options.resolve(self.name, options, positional, self.option_hint)
 
     def usable_here(self) -> tuple[bool, str]:
         """(usable, a note to add to the description)."""
         return self.status(self)
-
-
-# --------------------------------------------------------------------------- factories
-def _open_torch_sim(record: BackendRecord, target: Any, **options: Any) -> BaseBackend:
-    from devices.torch_sim import TorchSimBackend
-
-    return TorchSimBackend(record.precision or "float32", **options)
-
-
-def _open_lava(record: BackendRecord, target: Any, **options: Any) -> BaseBackend:
-    from devices.lava import LavaBackend
-
-    return LavaBackend(record.lava_mode or "fixed_pt", **options)
-
-
-def _open_remote(record: BackendRecord, target: Any, **options: Any) -> BaseBackend:
-    from devices.remote import RemoteBackend
-
-    return RemoteBackend(target, **options)
-
-
-def _open_sharded(record: BackendRecord, target: Any, **options: Any) -> BaseBackend:
-    from devices.sharded import ShardedBackend
-
-    return ShardedBackend(target, **options)
-
-
-def _open_ray(record: BackendRecord, target: Any, **options: Any) -> BaseBackend:
-    try:
-        from devices.ray_backend import RayBackend
-    except ImportError as exc:
-        raise DeviceUnavailable(
-            f"the ray backend needs Ray, which this Python does not have ({exc}): {RAY_INSTALL}"
-        ) from None
-    if target is not None:  # named "ray:NAME" (or "ray:A,B": one actor each)
-        if "backend" in options:
-            named = target if isinstance(target, str) else ",".join(target)
-            raise DeviceError(f"'ray:{named}' names the backend already; leave out backend=")
-        options["backend"] = target
-    return RayBackend(**options)
 
 
 # --------------------------------------------------------------------------- status
@@ -222,9 +233,9 @@ def _torch(name: str, precision: str, description: str) -> BackendRecord:
     return BackendRecord(
         name,
         description,
-        _open_torch_sim,
+        "torch-sim",
         precision=precision,
-        options=_TORCH_OPTIONS,
+        options=TORCH_OPTIONS,
         writable=ALL_PARAMETERS,
         status=_torch_status,
         served=True,
@@ -234,19 +245,19 @@ def _torch(name: str, precision: str, description: str) -> BackendRecord:
 
 
 def _lava(name: str, mode: str, precision: str, description: str) -> BackendRecord:
-    return BackendRecord(
+    lava = BackendRecord(
         name,
         description,
-        _open_lava,
+        "lava",
         precision=precision,
         lava_mode=mode,
-        options=_LAVA_OPTIONS,
-        writable=_LAVA_FLOAT_WRITABLE if mode == "floating_pt" else _LAVA_FIXED_WRITABLE,
+        options=LAVA_OPTIONS,
         status=_lava_status,
         served=True,
         option_hint="(the name sets the Lava mode: lava is floating_pt, lava-fixed fixed_pt, "
         "loihi2 the chip)",
     )
+    return replace(lava, writable=parameter_kinds(RUNTIME_WRITABLE[lava.graph_mode]))
 
 
 _ALL: tuple[BackendRecord, ...] = (
@@ -271,24 +282,24 @@ _ALL: tuple[BackendRecord, ...] = (
         "ray",
         "Ray actors sharing the V parameter sets, each running one backend: ray:torch-sim-fixed, "
         "ray:tcp://A:P,tcp://B:P, or open_backend('ray', backend=NAME, workers=N)",
-        _open_ray,
-        options=_RAY_OPTIONS,
+        "ray",
+        options=RAY_OPTIONS,
         status=_ray_status,
         option_hint="(options for the backend inside each actor go in backend_options={...})",
     ),
     BackendRecord(
         "remote",
         "a device server: python -m devices.server --backend NAME --bind tcp://127.0.0.1:PORT",
-        _open_remote,
-        options=_REMOTE_OPTIONS,
+        "remote",
+        options=REMOTE_OPTIONS,
         pattern="tcp://HOST:PORT",
         option_hint=_SERVER_HINT,
     ),
     BackendRecord(
         "sharded",
         "several device servers sharing the V parameter sets",
-        _open_sharded,
-        options=_SHARDED_OPTIONS,
+        "sharded",
+        options=SHARDED_OPTIONS,
         pattern="tcp://A:P,tcp://B:P",
         option_hint=_SERVER_HINT,
     ),
@@ -314,7 +325,12 @@ def served_names() -> tuple[str, ...]:
 
 
 def torch_record(precision: str) -> BackendRecord:
-    return next(r for r in _ALL if r.factory is _open_torch_sim and r.precision == precision)
+    """The torch-sim record of a precision (float32, loihi-fixed)."""
+    for r in _ALL:
+        if r.family == "torch-sim" and r.precision == precision:
+            return r
+    precisions = [r.precision for r in _ALL if r.family == "torch-sim"]
+    raise DeviceError(f"torch-sim precision must be one of {precisions}, got {precision!r}")
 
 
 def lava_record(mode: str) -> BackendRecord:

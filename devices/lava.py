@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from devices.base import BaseBackend
-from devices.catalog import lava_record
+from devices.catalog import BackendRecord, lava_record
 from devices.lava_env import find_lava_env, venv_python
 from devices.remote import RemoteBackend
 from devices.spawn import PARENT_ENV, ServerProcess, start_server_process
@@ -77,26 +77,22 @@ def _shutdown(server: ServerProcess, remote: RemoteBackend | None) -> None:
 class LavaBackend(BaseBackend):
     """``lava`` (floating_pt) / ``lava-fixed`` (fixed_pt) through a spawned Lava server."""
 
-    def __init__(
-        self,
-        mode: str = "fixed_pt",
-        *,
-        venv: str | Path | None = None,
-        timeout_s: float = 3600.0,
-        startup_timeout_s: float = 180.0,
-    ) -> None:
-        """``venv``: the Lava venv (default: the one ``setup-lava`` made); ``timeout_s``
-        bounds one load/evaluate (Lava simulation is slow: minutes for big batches)."""
+    def __init__(self, mode: str | BackendRecord = "fixed_pt", **options: Any) -> None:
+        """``mode`` (floating_pt, fixed_pt, loihi2) or the catalog record that names it; the
+        options (``venv``, ``timeout_s``, ``startup_timeout_s``) are the record's
+        (``devices.catalog.LAVA_OPTIONS``): ``timeout_s`` bounds one load/evaluate, long by
+        default because Lava simulation is slow (minutes for big batches)."""
         super().__init__()
-        record = lava_record(mode)
-        self.mode = mode
-        self.name, self.precision, self.writable = record.name, record.precision, record.writable
+        record = mode if isinstance(mode, BackendRecord) else lava_record(mode)
+        resolved = self._adopt(record, options)
+        self.record, self.mode = record, str(record.lava_mode)
+        venv = resolved["venv"]
         found = Path(venv).expanduser() if venv is not None else find_lava_env()
         if found is None or not venv_python(found).exists():
             raise DeviceUnavailable(NEEDS_ENV)
         self.python = venv_python(found)
-        self.timeout_s = float(timeout_s)
-        self.startup_timeout_s = float(startup_timeout_s)
+        self.timeout_s: float = resolved["timeout_s"]
+        self.startup_timeout_s: float = resolved["startup_timeout_s"]
         self._remote: RemoteBackend | None = None
         self._server: ServerProcess | None = None
         self._finalizer: weakref.finalize | None = None
@@ -149,8 +145,7 @@ class LavaBackend(BaseBackend):
 
     def load(self, spec: NetworkSpec) -> None:
         self._check_open()
-        lava_mode = "fixed_pt" if self.mode == "loihi2" else self.mode
-        net = DeviceNet(spec, lava_mode)  # SpecError here, before the wire
+        net = DeviceNet(spec, self.record.graph_mode)  # SpecError here, before the wire
         if self.mode == "loihi2":  # and the chip's limits (the server checks them again)
             check_device_layers(net.layers)
             check_one_replica(net.spec, ChipLimits.from_env())

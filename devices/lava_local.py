@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from devices.base import BaseBackend
-from devices.catalog import lava_record
+from devices.catalog import BackendRecord, lava_record
 from devices.spawn import PARENT_ENV
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.errors import DeviceUnavailable
@@ -70,24 +70,25 @@ class LavaLocalBackend(BaseBackend):
 
     def __init__(
         self,
-        mode: str = "fixed_pt",
+        mode: str | BackendRecord = "fixed_pt",
         *,
         run_cfg: RunCfgFactory | None = None,
         max_sets: int | None = None,
         parallel: int | None = None,
         chip: ChipLimits | None = None,
     ) -> None:
-        """``run_cfg`` replaces the run configuration (tests run mode "loihi2" on
+        """``mode`` (floating_pt, fixed_pt, loihi2) or the catalog record that names it.
+        ``run_cfg`` replaces the run configuration (tests run mode "loihi2" on
         Loihi2SimCfg); ``max_sets`` caps the parameter sets (replicas) of one graph (larger
         V runs in several passes; env POLYSTEP_LAVA_MAX_VERTICES); ``parallel`` pins the samples run
         side by side (default: chosen by the cost model); ``chip``: the Loihi 2 limits the
         loihi2 mode checks against (default ``ChipLimits.from_env()``; the CPU modes have
         none)."""
         super().__init__()
-        record = lava_record(mode)
-        self.mode = mode
-        self.name, self.precision, self.writable = record.name, record.precision, record.writable
-        if mode == "loihi2" and run_cfg is None:
+        self.record = mode if isinstance(mode, BackendRecord) else lava_record(mode)
+        self.mode = str(self.record.lava_mode)
+        self._adopt(self.record, {})
+        if self.mode == "loihi2" and run_cfg is None:
             if not loihi2_available():
                 raise DeviceUnavailable(LOIHI2_HELP)
             run_cfg = hw_run_cfg
@@ -95,13 +96,14 @@ class LavaLocalBackend(BaseBackend):
         env_cap = os.environ.get("POLYSTEP_LAVA_MAX_VERTICES")
         self.graph_sets = int(max_sets or env_cap or DEFAULT_MAX_VERTICES)
         self.parallel = parallel
-        self.chip = (chip or ChipLimits.from_env()) if mode == "loihi2" else None
+        self.chip = (chip or ChipLimits.from_env()) if self.mode == "loihi2" else None
         self._net: LavaNet | None = None
         _watch_parent()
 
     @property
     def lava_mode(self) -> str:
-        return "fixed_pt" if self.mode == "loihi2" else self.mode
+        """The graph it builds (Loihi 2 runs the fixed_pt graph)."""
+        return self.record.graph_mode
 
     def describe(self) -> str:
         what = {

@@ -12,6 +12,9 @@ and returns the counts in V order: exactly what one backend of that kind returns
 Only numpy and plain data cross the actor boundary (the spec as ``to_arrays()``); errors
 come back as (type, message) and are re-raised with their type (``devices.ray_worker``).
 
+The live/drop/resplit logic is ``devices.fanout.FanOut``'s (shared with the sharded
+backend).
+
 Failures.  An actor that dies (``ray.kill``, a crashed process or node), or whose backend
 reports DeviceUnavailable, or that exceeds ``worker_timeout_s``, is dropped with a warning
 and its share is redone on the actors still up, in the same call.  Dropped actors do not
@@ -25,15 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import ray
 from ray.exceptions import RayActorError, RayError
 
 from devices import ray_session
-from devices.base import BaseBackend
+from devices.catalog import RECORDS
+from devices.fanout import FanOut, Member, Outcome, Range
+from devices.names import resolve
 from devices.ray_worker import InnerWorker, Reply
-from devices.registry import resolve
-from devices.sharded import common_writable, share_weights, split_range
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, error_from_name
@@ -41,7 +43,6 @@ from polystep_neuro.core.network import NetworkSpec
 
 log = logging.getLogger(__name__)
 
-Range = tuple[int, int]
 CLOSE_TIMEOUT_S = 10.0  # how long close() lets the actors close their backends
 
 
@@ -49,98 +50,68 @@ class ActorLost(Exception):
     """Internal: this actor is gone (dead, or not answering in time)."""
 
 
-@dataclass
-class _Actor:
-    """One Ray actor, the backend it runs, and whether it is still used."""
+@dataclass(kw_only=True)
+class _Actor(Member):
+    """One Ray actor and the backend it runs."""
 
     index: int
     backend: str  # the name its open_backend got
     handle: Any  # ray.actor.ActorHandle
     caps: Capabilities | None = None
     pid: int = 0
-    lost: str = ""  # why it was dropped; "" while it is used
 
     @property
-    def up(self) -> bool:
-        return not self.lost
+    def label(self) -> str:
+        return f"ray actor {self.index} ({self.backend})"
 
 
-class RayBackend(BaseBackend):
+class RayBackend(FanOut):
     """The device contract over N Ray actors, each running one backend, V split among them."""
 
     name = "ray"
-    is_remote = True
+    losses = (ActorLost, DeviceUnavailable)
+    log = log
 
-    def __init__(
-        self,
-        backend: str | Sequence[str] | None = None,
-        *,
-        workers: int | None = None,
-        backend_options: Mapping[str, Any] | None = None,
-        device: Any = None,
-        num_gpus: float | None = None,
-        cpus_per_worker: float = 1.0,
-        num_cpus: int | None = None,
-        address: str | None = None,
-        start_timeout_s: float = 300.0,
-        worker_timeout_s: float | None = None,
-    ) -> None:
-        """``backend``: what each actor opens (one name for all, or a list: one actor per
-        entry); ``workers``: how many actors for one name (default 2); ``backend_options``:
-        keywords for each actor's ``open_backend``; ``device``: the torch-sim device inside
-        each actor (default: CUDA when the actor reserves a GPU, else CPU; ``"cuda"``
-        reserves ``num_gpus=1`` per actor unless given);
-        ``cpus_per_worker``, ``num_gpus``: what Ray reserves per actor; ``num_cpus``: size
-        of a local Ray this backend starts; ``address``: an existing cluster instead;
-        ``start_timeout_s``: bound on starting the actors and opening their backends;
-        ``worker_timeout_s``: bound on one actor's share of an evaluate (None: no bound)."""
+    def __init__(self, *positional: Any, **options: Any) -> None:
+        """The options (``backend`` may come by position) are the ``ray`` record's
+        (``devices.catalog.RAY_OPTIONS``): ``backend``, what each actor opens (one name for
+        all, or a list: one actor per entry); ``workers``, how many actors for one name;
+        ``backend_options``, keywords for each actor's ``open_backend``; ``device``, the
+        torch-sim device inside each actor (``"cuda"`` reserves ``num_gpus=1`` per actor
+        unless given); ``cpus_per_worker``, ``num_gpus``: what Ray reserves per actor;
+        ``num_cpus``: size of a local Ray this backend starts; ``address``: an existing
+        cluster instead; ``start_timeout_s``, ``worker_timeout_s``: bounds on starting the
+        actors and on one actor's share of an evaluate."""
         super().__init__()
-        names = _backend_names(backend, workers)
-        options = dict(backend_options or {})
-        if device is not None and "device" in options:
+        resolved = self._adopt(RECORDS["ray"], options, positional)
+        names = _backend_names(resolved["backend"], resolved["workers"])
+        inner_options = dict(resolved["backend_options"] or {})
+        device = resolved["device"]
+        if device is not None and "device" in inner_options:
             raise DeviceError("give device once: as device= or in backend_options")
-        asked = options.pop("device", device)
-        wanted, num_gpus = _placement(asked, num_gpus)
-        per_actor = [_inner_options(name, options, asked, wanted) for name in names]
-        if cpus_per_worker < 0:
-            raise DeviceError("cpus_per_worker must be >= 0")
-        if start_timeout_s <= 0 or (worker_timeout_s is not None and worker_timeout_s <= 0):
-            raise DeviceError("start_timeout_s and worker_timeout_s must be > 0")
-        self.worker_timeout_s = worker_timeout_s
-        self._owns_ray = ray_session.acquire(address, num_cpus)
-        self._actors: list[_Actor] = []
+        asked = inner_options.pop("device", device)
+        wanted, num_gpus = _placement(asked, resolved["num_gpus"])
+        per_actor = [_inner_options(name, inner_options, asked, wanted) for name in names]
+        cpus_per_worker: float = resolved["cpus_per_worker"]
+        self.worker_timeout_s: float | None = resolved["worker_timeout_s"]
+        self._owns_ray = ray_session.acquire(resolved["address"], resolved["num_cpus"])
         try:
             if ray_session.started_local():
                 _check_fits(len(names), cpus_per_worker, num_gpus)
             actor_class = ray.remote(InnerWorker).options(  # type: ignore[attr-defined]
                 num_cpus=cpus_per_worker, num_gpus=num_gpus, max_restarts=0
             )
-            self._actors = [
-                _Actor(i, name, actor_class.remote(name, inner))
+            self.members = [
+                _Actor(index=i, backend=name, handle=actor_class.remote(name, inner))
                 for i, (name, inner) in enumerate(zip(names, per_actor, strict=True))
             ]
-            self._open_all(start_timeout_s, cpus_per_worker, num_gpus)
+            self._open_all(resolved["start_timeout_s"], cpus_per_worker, num_gpus)
+            self.precision = self._one_precision("backends", "actor")
         except BaseException:
             self._shutdown()
             raise
-        self.precision = self._actors[0].caps.precision  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ contract
-    @property
-    def capabilities(self) -> Capabilities:
-        caps = [a.caps for a in self._actors if a.caps is not None]
-        live = [a.caps for a in self._live() if a.caps is not None]
-        limits = [c.max_sets for c in live]
-        max_sets = sum(m for m in limits if m is not None) if live else None
-        return Capabilities(
-            name=self.name,
-            precision=self.precision,
-            max_sets=None if None in limits else max_sets,
-            writable=common_writable(caps),
-            is_remote=True,
-            device=self.describe(),
-        )
-
     def describe(self) -> str:
         """e.g. "2 Ray actors running torch-sim-fixed (PyTorch LIF simulator on CPU)"."""
         kinds: dict[str, list[str]] = {}
@@ -157,65 +128,6 @@ class RayBackend(BaseBackend):
             f", {lost} of them dropped" if lost else ""
         )
 
-    def load(self, spec: NetworkSpec) -> None:
-        """Load on every actor still up; they must agree on the effective network."""
-        self._check_open()
-        spec.validate()
-        meta, arrays = spec.to_arrays()
-        arrays_ref = ray.put(arrays)  # one copy in the object store, read by every actor
-        live = self._live()
-        outcomes = self._gather([a.handle.load.remote(meta, arrays_ref) for a in live], live)
-        loaded: list[tuple[_Actor, dict[str, Any]]] = []
-        for actor, outcome in zip(live, outcomes, strict=True):
-            if isinstance(outcome, (ActorLost, DeviceUnavailable)):
-                self._drop(actor, outcome)
-            elif isinstance(outcome, Exception):
-                raise outcome
-            else:
-                actor.caps = Capabilities.from_json(outcome["capabilities"])
-                loaded.append((actor, outcome))
-        if not loaded:
-            raise self._all_lost("load")
-        first, reference = loaded[0]
-        for actor, other in loaded[1:]:
-            if not _same_arrays(other, reference):
-                raise DeviceError(
-                    f"ray actor {actor.index} ({actor.backend}) loaded a different network than "
-                    f"actor {first.index} ({first.backend}), e.g. another fixed-point "
-                    "calibration: run one polystep-neuro version and backend kind everywhere"
-                )
-        self._spec = NetworkSpec.from_arrays(reference["meta"], reference["arrays"])
-
-    def run_batch(self, batch: CheckedBatch) -> np.ndarray:
-        """Counts (V, B, N_out) int32, exactly as one backend of the actors' kind returns.
-        Each actor gets numpy shares of the batch checked here (binary spikes as uint8)."""
-        wire = batch.for_wire()
-        num_sets = wire.num_sets
-        inputs_ref = ray.put(wire.inputs)  # every actor reads the same object
-        done: dict[int, np.ndarray] = {}
-        pending: list[Range] = [(0, num_sets)]
-        while pending:
-            live = self._live()
-            if not live:
-                raise self._all_lost("evaluate")
-            jobs = _plan(pending, live)
-            refs = [self._submit(actor, share, wire, inputs_ref) for actor, share in jobs]
-            outcomes = self._gather(refs, [actor for actor, _ in jobs])
-            pending, errors = [], []
-            for (actor, share), outcome in zip(jobs, outcomes, strict=True):
-                if isinstance(outcome, (ActorLost, DeviceUnavailable)):
-                    self._drop(actor, outcome)
-                    pending.append(share)
-                elif isinstance(outcome, Exception):
-                    errors.append(outcome)
-                else:
-                    done[share[0]] = outcome
-            if errors:
-                raise errors[0]
-        if len(done) == 1:
-            return np.array(done[0])  # own, writable memory, not an object-store view
-        return np.concatenate([done[start] for start in sorted(done)])
-
     def close(self) -> None:
         """Close every actor's backend (best effort, bounded), end the actors, and Ray too
         when this backend started it and no other ray backend still uses it."""
@@ -230,6 +142,54 @@ class RayBackend(BaseBackend):
         finally:
             self._shutdown()
             super().close()
+
+    # ------------------------------------------------------------------ the members' work
+    def _load_members(self, live: list[Member], spec: NetworkSpec) -> list[object]:
+        meta, arrays = spec.to_arrays()
+        arrays_ref = ray.put(arrays)  # one copy in the object store, read by every actor
+        actors: list[_Actor] = live  # type: ignore[assignment]
+        outcomes = self._gather([a.handle.load.remote(meta, arrays_ref) for a in actors], actors)
+        effective: list[object] = []
+        for actor, outcome in zip(actors, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                effective.append(outcome)
+                continue
+            actor.caps = Capabilities.from_json(outcome["capabilities"])
+            effective.append(NetworkSpec.from_arrays(outcome["meta"], outcome["arrays"]))
+        return effective
+
+    def _evaluate_members(
+        self, plan: list[tuple[Member, list[Range]]], batch: CheckedBatch
+    ) -> list[Outcome]:
+        """One call per (actor, range), all awaited together; an actor's first failure
+        stops its part."""
+        inputs_ref = ray.put(batch.inputs)  # every actor reads the same object
+        jobs = [(actor, share) for actor, ranges in plan for share in ranges]
+        refs = [self._submit(actor, share, batch, inputs_ref) for actor, share in jobs]  # type: ignore[arg-type]
+        outcomes = self._gather(refs, [actor for actor, _ in jobs])  # type: ignore[misc]
+        by_actor: dict[int, Outcome] = {id(actor): ({}, [], None) for actor, _ in plan}
+        for (actor, share), outcome in zip(jobs, outcomes, strict=True):
+            parts, unfinished, error = by_actor[id(actor)]
+            if isinstance(outcome, Exception):
+                unfinished.append(share)
+                by_actor[id(actor)] = (parts, unfinished, error or outcome)
+            else:
+                parts[share[0]] = outcome
+        return [by_actor[id(actor)] for actor, _ in plan]
+
+    def _drop_message(self, member: Member, left: int) -> str:
+        actor: _Actor = member  # type: ignore[assignment]
+        return (
+            f"dropping ray actor {actor.index} of {len(self._actors)} ({actor.backend}, pid "
+            f"{actor.pid}), {left} left to take its share: {actor.reason}"
+        )
+
+    def _all_down(self, op: str) -> DeviceUnavailable:
+        detail = "; ".join(f"actor {a.index} ({a.backend}): {a.reason}" for a in self._actors)
+        return DeviceUnavailable(
+            f"all {len(self._actors)} Ray actors are dropped, none can {op}: {detail}. Open a "
+            "new ray backend to start fresh actors"
+        )
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -264,15 +224,6 @@ class RayBackend(BaseBackend):
                 raise kind(f"ray actor {actor.index} could not open {actor.backend!r}: {outcome}")
             actor.caps = Capabilities.from_json(outcome["capabilities"])
             actor.pid = int(outcome["pid"])
-        precisions = {a.caps.precision for a in self._actors if a.caps is not None}
-        if len(precisions) > 1:
-            listing = ", ".join(
-                f"{a.backend} = {a.caps.precision}" for a in self._actors if a.caps is not None
-            )
-            raise DeviceError(
-                f"cannot split V across backends of different precision ({listing}): counts "
-                "would depend on which actor a parameter set landed on"
-            )
 
     def _submit(self, actor: _Actor, share: Range, batch: CheckedBatch, inputs_ref: Any) -> Any:
         return actor.handle.evaluate.remote(batch.sets(*share).params, inputs_ref)
@@ -303,30 +254,9 @@ class RayBackend(BaseBackend):
                 outcomes.append(exc)
         return outcomes
 
-    def _drop(self, actor: _Actor, exc: BaseException) -> None:
-        if not actor.up:
-            return
-        actor.lost = str(exc) or type(exc).__name__
-        left = len(self._live())
-        log.warning(
-            "dropping ray actor %d of %d (%s, pid %d), %d left to take its share: %s",
-            actor.index,
-            len(self._actors),
-            actor.backend,
-            actor.pid,
-            left,
-            actor.lost,
-        )
-
-    def _all_lost(self, op: str) -> DeviceUnavailable:
-        detail = "; ".join(f"actor {a.index} ({a.backend}): {a.lost}" for a in self._actors)
-        return DeviceUnavailable(
-            f"all {len(self._actors)} Ray actors are dropped, none can {op}: {detail}. Open a "
-            "new ray backend to start fresh actors"
-        )
-
-    def _live(self) -> list[_Actor]:
-        return [a for a in self._actors if a.up]
+    @property
+    def _actors(self) -> list[_Actor]:
+        return self.members  # type: ignore[return-value]
 
     def _shutdown(self) -> None:
         """End the actors, then Ray if this backend holds a share of a Ray it started."""
@@ -362,10 +292,7 @@ def _backend_names(backend: str | Sequence[str] | None, workers: int | None) -> 
             "(or the name 'ray:torch-sim-fixed'), or a list with one name or endpoint per actor"
         )
     if isinstance(backend, str):
-        count = 2 if workers is None else workers
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise DeviceError(f"workers must be a positive integer, got {workers!r}")
-        names = [backend] * count
+        names = [backend] * (2 if workers is None else workers)
     else:
         names = [str(b) for b in backend]
         if workers is not None and workers != len(names):
@@ -385,8 +312,6 @@ def _placement(device: Any, num_gpus: float | None) -> tuple[str, float]:
     wanted = "auto" if device is None else str(device)
     if num_gpus is None:
         num_gpus = 1.0 if wanted.startswith("cuda") else 0.0
-    if num_gpus < 0:
-        raise DeviceError(f"num_gpus must be >= 0, got {num_gpus!r}")
     if wanted.startswith("cuda") and num_gpus == 0:
         raise DeviceError(
             f"device={wanted!r} with num_gpus=0: the actors would use a GPU Ray did not give "
@@ -402,26 +327,6 @@ def _unwrap(reply: Reply) -> Any:
         kind, message = reply["error"]
         raise error_from_name(str(kind), str(message))
     return reply["ok"]
-
-
-def _plan(pending: Sequence[Range], live: Sequence[_Actor]) -> list[tuple[_Actor, Range]]:
-    """Each pending range split over the live actors: (actor, non-empty share) jobs."""
-    weights = share_weights([a.caps for a in live if a.caps is not None])  # all, once open
-    jobs = []
-    for start, stop in pending:
-        for actor, share in zip(live, split_range(start, stop, weights), strict=True):
-            if share[1] > share[0]:
-                jobs.append((actor, share))
-    return jobs
-
-
-def _same_arrays(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Two effective specs (to_arrays form) are the same network."""
-    return (
-        a["meta"] == b["meta"]
-        and a["arrays"].keys() == b["arrays"].keys()
-        and all(np.array_equal(a["arrays"][k], b["arrays"][k]) for k in a["arrays"])
-    )
 
 
 def _check_fits(count: int, cpus: float, gpus: float) -> None:

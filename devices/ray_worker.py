@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from devices.base import BaseBackend
+from devices.factories import open_device
 from polystep_neuro.core.batch import as_numpy
 from polystep_neuro.core.errors import DeviceError, PolystepError
 from polystep_neuro.core.network import NetworkSpec
@@ -25,7 +26,8 @@ Reply = dict[str, Any]  # {"ok": value} or {"error": [type name, message]}
 
 
 class InnerWorker:
-    """Holds one backend from ``open_backend(name, **options)`` inside a Ray actor."""
+    """Holds one backend from ``open_device(name, **options)`` (``open_backend`` for every
+    backend but ray) inside a Ray actor."""
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
@@ -49,9 +51,7 @@ class InnerWorker:
 
     # ------------------------------------------------------------------ the work
     def _open(self) -> dict[str, Any]:
-        from devices.registry import open_backend
-
-        self._backend = open_backend(self.name, **self.options)
+        self._backend = open_device(self.name, **self.options)
         return {"capabilities": self._backend.capabilities.to_json(), "pid": os.getpid()}
 
     def _load(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:

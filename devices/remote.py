@@ -1,8 +1,8 @@
 """RemoteBackend: the device contract over the wire protocol, to a ``devices.server``.
 
-Requests use ZeroMQ's "lazy pirate" pattern: a REQ socket, a timeout per try, and on
-timeout the socket is closed (linger 0), reopened and the request resent — safe because
-``evaluate`` is pure and ``load``/``close`` are idempotent.  If a restarted server answers
+Requests go through ``devices.lazy_pirate.LazyPirate`` (a REQ socket, a timeout per try,
+on timeout the socket closed, reopened and the request resent — safe because ``evaluate``
+is pure and ``load``/``close`` are idempotent).  If a restarted server answers
 that it holds no network, the client re-sends the spec it loaded and retries the evaluate,
 so a server restart mid-run costs one re-load, not the run.  With ``heartbeat_s`` an
 evaluate after a quiet spell is preceded by a cheap ``ping`` (short timeout), so a dead
@@ -10,9 +10,9 @@ server or tunnel is found in ``connect_timeout_s`` rather than a full evaluate t
 and a restarted one is re-loaded before the (large) evaluate request goes out.
 
 With ``curve_keys`` (a folder from ``polystep-neuro devices keygen`` or a mapping) the
-socket encrypts, presents the client key and pins the server key.  A socket monitor
-watches the handshakes, so "no reply" can say *why* (key rejected, keys missing,
-wrong server key) instead of only "is the server running?".
+socket encrypts, presents the client key and pins the server key, and a socket monitor
+(``devices.security.HandshakeWatch``) watches the handshakes, so "no reply" can say *why*
+(key rejected, keys missing, wrong server key) instead of only "is the server running?".
 
 Batches larger than the server's message limits (learned from ``hello``) or its
 ``max_sets`` are split along V and the counts concatenated in order.  A batch is checked
@@ -25,18 +25,16 @@ Host-side module, but torch-free at import: tensors are converted with
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from devices.base import BaseBackend
+from devices.catalog import RECORDS
+from devices.lazy_pirate import LazyPirate
 from devices.protocol import (
     DEFAULT_LIMITS,
     Limits,
@@ -46,14 +44,7 @@ from devices.protocol import (
     encode,
     error_from_wire,
 )
-from devices.security import (
-    FATAL_HANDSHAKE_EVENTS,
-    HANDSHAKE_EVENTS,
-    ClientKeys,
-    client_keys,
-    handshake_hint,
-    secure_client_socket,
-)
+from devices.security import client_keys
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import CapacityError, DeviceError, DeviceUnavailable
@@ -69,19 +60,9 @@ class RemoteBackend(BaseBackend):
 
     is_remote = True
 
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        timeout_s: float = 60.0,
-        connect_timeout_s: float = 10.0,
-        close_timeout_s: float = 1.0,
-        retries: int = 3,
-        connect: bool = True,
-        curve_keys: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-        heartbeat_s: float | None = None,
-    ) -> None:
-        """``timeout_s`` bounds one try of load/evaluate (make it exceed the slowest
+    def __init__(self, endpoint: str, **options: Any) -> None:
+        """The options are the ``remote`` record's (``devices.catalog.REMOTE_OPTIONS``):
+        ``timeout_s`` bounds one try of load/evaluate (make it exceed the slowest
         evaluate); ``connect_timeout_s`` one try of hello/ping; ``retries`` is the number
         of tries.  With ``connect`` the server is asked for its capabilities now, so an
         unreachable endpoint fails here rather than at the first evaluate.
@@ -95,34 +76,28 @@ class RemoteBackend(BaseBackend):
             raise DeviceUnavailable(
                 f"bad device server address {endpoint!r}; expected tcp://HOST:PORT"
             )
-        if retries < 1 or timeout_s <= 0 or connect_timeout_s <= 0:
-            raise DeviceError("retries must be >= 1 and timeouts > 0")
-        if heartbeat_s is not None and heartbeat_s < 0:
-            raise DeviceError("heartbeat_s must be >= 0 (or None for no heartbeat)")
-        self.keys: ClientKeys | None = None if curve_keys is None else client_keys(curve_keys)
-        self.heartbeat_s = heartbeat_s
+        resolved = self._adopt(RECORDS["remote"], options)
+        keys = resolved["curve_keys"]
+        self.keys = None if keys is None else client_keys(keys)
+        self.heartbeat_s: float | None = resolved["heartbeat_s"]
         self.endpoint = endpoint
         self.name = f"remote {endpoint}"
-        self.timeout_s = float(timeout_s)
-        self.connect_timeout_s = float(connect_timeout_s)
-        self.close_timeout_s = float(close_timeout_s)
-        self.retries = int(retries)
+        self.timeout_s: float = resolved["timeout_s"]
+        self.connect_timeout_s: float = resolved["connect_timeout_s"]
+        self.close_timeout_s: float = resolved["close_timeout_s"]
+        self.retries: int = resolved["retries"]
         self.server_info: dict[str, Any] = {}
-        self._ctx = zmq.Context()
-        self._sock: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
-        self._events: list[tuple[int, int]] = []  # handshake events of the current socket
+        self._client = LazyPirate(endpoint, self.keys)
         self._last_heard = -float("inf")  # time.monotonic() of the last reply
         self._next_id = 0
         self._caps: Capabilities | None = None
         self._limits = DEFAULT_LIMITS
         self._user_spec: NetworkSpec | None = None  # re-sent if the server restarts
-        if connect:
+        if resolved["connect"]:
             try:
                 self.hello()
             except BaseException:
-                self._drop_socket()
-                self._ctx.term()
+                self._client.close()
                 raise
 
     # ------------------------------------------------------------------ contract
@@ -183,8 +158,7 @@ class RemoteBackend(BaseBackend):
         except DeviceError as exc:
             log.debug("close of %s not acknowledged: %s", self.endpoint, exc)
         finally:
-            self._drop_socket()
-            self._ctx.term()
+            self._client.close()
             super().close()
 
     def describe(self) -> str:
@@ -265,93 +239,17 @@ class RemoteBackend(BaseBackend):
         timeout_s: float,
         tries: int | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Send one request, lazy-pirate style; returns the reply or raises its typed error."""
-        if self._ctx.closed:
+        """Send one request (retried by the lazy pirate); the reply or its typed error."""
+        if self._client.closed:
             raise DeviceError(f"{self.name}: backend is closed")
-        tries = self.retries if tries is None else tries
-        hint = ""
         self._next_id += 1
         request_id = self._next_id
         frames = encode({"op": op, "id": request_id, **fields}, arrays, self._limits)
-        start = time.monotonic()
-        for attempt in range(1, tries + 1):
-            sock = self._socket(timeout_s)
-            try:
-                sock.send_multipart(frames, copy=False)
-                received = self._await_reply(sock, timeout_s)
-                if received is not None:
-                    reply = self._reply(received, request_id)
-                    self._last_heard = time.monotonic()
-                    return reply
-            except zmq.Again:
-                pass
-            except BaseException:  # e.g. Ctrl-C mid-wait: a REQ socket left waiting is unusable
-                self._drop_socket()
-                raise
-            hint = handshake_hint(self._events, self.keys) or hint
-            if any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self._events):
-                self._drop_socket()  # a key problem: more tries would be refused the same way
-                raise DeviceUnavailable(
-                    f"device server {self.endpoint} refused the connection ({op!r} not sent): "
-                    f"{hint}."
-                )
-            log.warning(
-                "no reply from %s to %s within %.1f s (try %d of %d)%s%s",
-                self.endpoint,
-                op,
-                timeout_s,
-                attempt,
-                tries,
-                f": {hint}" if hint else "",
-                "; reconnecting" if attempt < tries else "",
-            )
-            self._drop_socket()
-        raise self._unanswered(op, tries, timeout_s, time.monotonic() - start, hint)
-
-    def _unanswered(
-        self, op: str, tries: int, timeout_s: float, took_s: float, hint: str
-    ) -> DeviceUnavailable:
-        """The error for a request no try got an answer to: what the handshakes said, or
-        the list of things to check."""
-        why = (
-            f"{hint}."
-            if hint
-            else (
-                f"Check that the server is running (python -m devices.server --backend NAME "
-                f"--bind {self.endpoint}), that the host, port and any ssh tunnel are right, "
-                f"that both sides agree on CurveZMQ keys ({self._keys_note()}), and for a slow "
-                f"device raise timeout_s."
-            )
-        )
-        return DeviceUnavailable(
-            f"device server {self.endpoint} did not answer {op!r}: {tries} tries of "
-            f"{timeout_s:g} s each, {took_s:.1f} s in all. {why}"
-        )
-
-    def _keys_note(self) -> str:
-        if self.keys is None:
-            return "this client uses none; a server started with --curve-keys needs them"
-        return f"this client uses the keys from {self.keys.source}"
-
-    def _await_reply(self, sock: zmq.Socket, timeout_s: float) -> list[Any] | None:
-        """The reply frames within ``timeout_s``, or None.  Watches the socket monitor too,
-        so a refused handshake ends the wait at once instead of after the timeout."""
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        if self._monitor is not None:
-            poller.register(self._monitor, zmq.POLLIN)
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(max(1, math.ceil(left * 1000))))
-            if sock in ready:
-                return sock.recv_multipart(copy=False)
-            if self._monitor is not None and self._monitor in ready:
-                while self._monitor.poll(0):
-                    event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-                    self._events.append((int(event["event"]), int(event["value"])))
-                if any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self._events):
-                    return None
-        return None
+        tries = self.retries if tries is None else tries
+        received = self._client.request(frames, timeout_s=timeout_s, tries=tries, what=op)
+        reply = self._reply(received, request_id)
+        self._last_heard = time.monotonic()
+        return reply
 
     def _reply(self, frames: list[Any], request_id: int) -> tuple[dict[str, Any], dict]:
         header, arrays = decode(frames, DEFAULT_LIMITS, reply=True)
@@ -363,29 +261,6 @@ class RemoteBackend(BaseBackend):
         if error is not None:
             raise error_from_wire(error["type"], error["message"])
         return header, arrays
-
-    def _socket(self, timeout_s: float) -> zmq.Socket:
-        if self._sock is None:
-            sock = self._ctx.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-            sock.setsockopt(zmq.IPV6, int("[" in self.endpoint))
-            if self.keys is not None:
-                secure_client_socket(sock, self.keys)
-            self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
-            self._events = []
-            sock.connect(self.endpoint)
-            self._sock = sock
-        return self._sock
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            if self._monitor is not None:
-                self._sock.disable_monitor()
-                self._monitor.close(linger=0)
-                self._monitor = None
-            self._sock.close(linger=0)
-            self._sock = None
 
     def _set_capabilities(self, data: Any) -> None:
         if not isinstance(data, dict):

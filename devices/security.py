@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
 
@@ -294,6 +295,48 @@ class _KeyCheck:
             key.decode("ascii", "replace"),
         )
         return False
+
+
+class HandshakeWatch:
+    """The socket monitor of a client's current socket: the handshake events that say why
+    no reply came (key rejected, keys missing, wrong server key)."""
+
+    def __init__(self, keys: ClientKeys | None) -> None:
+        self.keys = keys
+        self._monitor: zmq.Socket | None = None
+        self.events: list[tuple[int, int]] = []
+
+    def attach(self, sock: zmq.Socket) -> None:
+        """Watch ``sock`` (before it connects); forgets the previous socket's events."""
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        self.events = []
+
+    def detach(self, sock: zmq.Socket) -> None:
+        if self._monitor is not None:
+            sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def register(self, poller: zmq.Poller) -> None:
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
+
+    def read(self, ready: Mapping[Any, int]) -> bool:
+        """Take in the events ``ready`` (a poll's result) holds; True once the handshake
+        was refused for good (no retry can fix it)."""
+        if self._monitor is None or self._monitor not in ready:
+            return False
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            self.events.append((int(event["event"]), int(event["value"])))
+        return self.fatal
+
+    @property
+    def fatal(self) -> bool:
+        return any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self.events)
+
+    def hint(self) -> str:
+        return handshake_hint(self.events, self.keys)
 
 
 def handshake_hint(events: Iterable[tuple[int, int]], keys: ClientKeys | None) -> str:

@@ -43,6 +43,7 @@ import zmq
 from devices.base import BaseBackend
 from devices.catalog import record as catalog_record
 from devices.catalog import served_names
+from devices.factories import open_record
 from devices.handler import DeviceServer
 from devices.protocol import DEFAULT_LIMITS, Limits, wire_error_message, wire_error_type
 from devices.security import ServerKeys, check_bind, secure_server_socket, server_keys
@@ -66,7 +67,7 @@ def create_backend(name: str, device: str = "auto") -> BaseBackend:
     record = catalog_record(name)
     if record.lava_mode is None:
         try:
-            return record.open(name, device=device)
+            return open_record(record, name, {"device": device})
         except ImportError as exc:
             raise DeviceUnavailable(
                 f"backend {name!r} needs torch, which this Python does not have ({exc}); "
@@ -82,7 +83,7 @@ def create_backend(name: str, device: str = "auto") -> BaseBackend:
             f"`polystep-neuro devices setup-lava` and start the server with that env's "
             f"python ({exc})"
         ) from None
-    return LavaLocalBackend(record.lava_mode)
+    return LavaLocalBackend(record)
 
 
 # --------------------------------------------------------------------------- main loop

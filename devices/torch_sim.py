@@ -6,39 +6,34 @@ and PolyStep update never copy them to the host.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from devices.base import BaseBackend
-from devices.catalog import torch_record
+from devices.catalog import BackendRecord, torch_record
 from polystep_neuro.core.batch import CheckedBatch
-from polystep_neuro.core.errors import DeviceError
 from polystep_neuro.core.network import NetworkSpec
 from simulators.torch_device import resolve_device
-from simulators.torch_lif import PRECISIONS, TorchLIF
-
-# Largest state tensor (T * V * B * widest layer elements) evaluated in one piece; bigger
-# batches of parameter sets are split along V so memory stays bounded.
-DEFAULT_CHUNK_ELEMENTS = 1 << 27
+from simulators.torch_lif import TorchLIF
 
 
 class TorchSimBackend(BaseBackend):
     """Batched PyTorch LIF simulator behind the device contract."""
 
     def __init__(
-        self,
-        precision: str = "float32",
-        device: str | torch.device | None = "auto",
-        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        self, precision: str | BackendRecord = "float32", *positional: Any, **options: Any
     ) -> None:
+        """``precision`` (float32, loihi-fixed) or the catalog record that names it; the
+        options (``device``, ``chunk_elements``, in that order when given by position) are
+        the record's: ``devices.catalog.TORCH_OPTIONS`` holds their defaults and checks
+        (``chunk_elements`` bounds the state tensor computed in one piece, so a large V is
+        split and memory stays bounded)."""
         super().__init__()
-        if precision not in PRECISIONS:
-            raise DeviceError(f"torch-sim precision must be one of {PRECISIONS}, got {precision!r}")
-        record = torch_record(precision)
-        self.precision = precision
-        self.name = record.name
-        self.writable = record.writable
-        self.device = resolve_device(device)
-        self.chunk_elements = int(chunk_elements)
+        record = precision if isinstance(precision, BackendRecord) else torch_record(precision)
+        resolved = self._adopt(record, options, positional)
+        self.device = resolve_device(resolved["device"])
+        self.chunk_elements: int = resolved["chunk_elements"]
         self._sim: TorchLIF | None = None
 
     def describe(self) -> str:

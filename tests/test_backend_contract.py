@@ -228,28 +228,44 @@ def test_backend_options_keeps_what_each_backend_takes() -> None:
     assert RECORDS["torch-sim"].takes_device and not RECORDS["remote"].takes_device
 
 
-def test_records_match_the_constructors_and_the_lava_planner() -> None:
-    """The accepted options are exactly the keywords each backend class takes (so a record
-    cannot drift from its code), and Lava's writable kinds are what its graphs rewrite."""
+def test_options_are_described_once_in_the_records() -> None:
+    """No constructor re-declares an option of its record (so the two cannot drift): a
+    backend built directly gets the record's defaults and refuses what the record does not
+    list, as open_backend does.  Lava's writable kinds are what its graphs rewrite."""
     from devices.lava import LavaBackend
     from devices.remote import RemoteBackend
     from devices.sharded import ShardedBackend
 
-    def keywords(cls: type, skip: int) -> list[str]:
-        params = list(inspect.signature(cls.__init__).parameters.values())[1 + skip :]
-        return [p.name for p in params if p.kind is not p.VAR_KEYWORD]
+    def declared(cls: type) -> set[str]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
-    assert list(RECORDS["torch-sim"].options) == keywords(TorchSimBackend, 1)
-    assert list(RECORDS["lava"].options) == keywords(LavaBackend, 1)
-    assert list(RECORDS["remote"].options) == keywords(RemoteBackend, 1)
-    assert set(RECORDS["sharded"].options) == {
-        *keywords(ShardedBackend, 1),
-        *keywords(RemoteBackend, 1),
-    }
+    for cls, record in (
+        (TorchSimBackend, "torch-sim"),
+        (LavaBackend, "lava"),
+        (RemoteBackend, "remote"),
+        (ShardedBackend, "sharded"),
+    ):
+        assert declared(cls) & set(RECORDS[record].options) == set(), cls
     if importlib.util.find_spec("ray") is not None:
         from devices.ray_backend import RayBackend
 
-        assert list(RECORDS["ray"].options) == keywords(RayBackend, 0)
+        assert declared(RayBackend) & set(RECORDS["ray"].options) == set()
+    local = TorchSimBackend("loihi-fixed", "cpu")  # device by position, as before
+    assert local.chunk_elements == RECORDS["torch-sim"].options["chunk_elements"].default
+    assert local.chunk_elements == 1 << 27 and local.device == torch.device("cpu")
+    assert (local.name, local.precision) == ("torch-sim-fixed", "loihi-fixed")
+    with pytest.raises(DeviceError) as info:
+        TorchSimBackend("float32", bogus=1)
+    assert str(info.value).startswith(
+        "the torch-sim backend takes no option 'bogus'; it accepts: device, chunk_elements"
+    )
+    remote = RemoteBackend("tcp://127.0.0.1:9", connect=False)
+    defaults = RECORDS["remote"].options.defaults()
+    got = (remote.timeout_s, remote.connect_timeout_s, remote.retries)
+    assert got == (defaults["timeout_s"], defaults["connect_timeout_s"], defaults["retries"])
+    assert got == (60.0, 10.0, 3)
+    remote.close()
     for mode, attrs in RUNTIME_WRITABLE.items():
         assert {k.split(".")[1] for k in lava_record(mode).writable} == set(attrs)
     assert lava_record("loihi2").writable == lava_record("fixed_pt").writable

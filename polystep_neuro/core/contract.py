@@ -8,20 +8,28 @@ written against the in-process torch simulator is a test of the loop for every b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from polystep_neuro.core.errors import DeviceError
 from polystep_neuro.core.network import NetworkSpec
 
-__all__ = ["Backend", "Capabilities", "parameter_kind"]
+__all__ = ["Backend", "Capabilities", "parameter_kind", "parameter_kinds"]
+
+_DENSE_ATTRS = ("weight", "bias")  # the Dense layer's (fc<i>); the rest are the LIF's (lif<i>)
 
 
 def parameter_kind(name: str) -> str:
     """``"fc1.weight"`` -> ``"fc<i>.weight"``: the form ``Capabilities.writable`` uses."""
     prefix, _, attr = name.partition(".")
     return f"{prefix.rstrip('0123456789')}<i>.{attr}"
+
+
+def parameter_kinds(attrs: Iterable[str]) -> tuple[str, ...]:
+    """``("weight", "vth")`` -> ``("fc<i>.weight", "lif<i>.vth")``: what a device says it can
+    rewrite (a simulator's list of attributes) in the form ``Capabilities.writable`` uses."""
+    return tuple(f"fc<i>.{a}" if a in _DENSE_ATTRS else f"lif<i>.{a}" for a in attrs)
 
 
 @dataclass(frozen=True)

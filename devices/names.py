@@ -1,0 +1,89 @@
+"""Which record a backend name opens: a backend name, ``ray:NAME``, a ``tcp://`` endpoint,
+or several endpoints.
+
+Below the registry, so the ray backend can check the names its actors will open without
+importing the registry that opens it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from devices.catalog import NAMED, RECORDS, BackendRecord
+from polystep_neuro.core.errors import DeviceUnavailable
+
+__all__ = [
+    "RAY_PREFIX",
+    "REMOTE_SCHEMES",
+    "backend_names",
+    "check_backend_name",
+    "endpoint_list",
+    "ray_inner",
+    "resolve",
+]
+
+RAY_PREFIX = "ray:"  # "ray:torch-sim-fixed" = open_backend("ray", backend="torch-sim-fixed")
+REMOTE_SCHEMES = ("tcp://", "ipc://")
+
+
+def backend_names() -> list[str]:
+    return list(NAMED)
+
+
+def resolve(name: str | Sequence[str]) -> tuple[BackendRecord, Any]:
+    """The record ``name`` opens and its target: the endpoint(s) of a remote or sharded
+    backend, the actors' backend(s) of ``ray:…``, or the name itself."""
+    inner = ray_inner(name)
+    if inner is not None:
+        return RECORDS["ray"], inner
+    endpoints = endpoint_list(name)
+    if endpoints is not None:
+        if len(endpoints) > 1:
+            return RECORDS["sharded"], endpoints
+        return RECORDS["remote"], endpoints[0]
+    if isinstance(name, str) and name in NAMED:
+        return RECORDS[name], None if name == "ray" else name
+    check_backend_name(str(name))
+    raise DeviceUnavailable(f"backend {name!r} cannot be opened: give one name or endpoint")
+
+
+def ray_inner(name: str | Sequence[str]) -> str | list[str] | None:
+    """What the actors of "ray:NAME" (or "ray:tcp://A:P,tcp://B:P", one each) run; or None."""
+    if not isinstance(name, str) or not name.startswith(RAY_PREFIX):
+        return None
+    parts = [p.strip() for p in name[len(RAY_PREFIX) :].split(",") if p.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def endpoint_list(name: str | Sequence[str]) -> list[str] | None:
+    """The endpoints named by ``name`` (a list or "tcp://a:1,tcp://b:2"), or None."""
+    parts = name.split(",") if isinstance(name, str) else list(name)
+    parts = [str(p).strip() for p in parts if str(p).strip()]
+    if parts and all(p.startswith(REMOTE_SCHEMES) for p in parts):
+        return parts
+    return None
+
+
+def check_backend_name(name: str) -> None:
+    """Fail fast (before any training) on a backend name that cannot be opened."""
+    inner = ray_inner(name)
+    if inner is not None:
+        inners = [inner] if isinstance(inner, str) else inner
+        for one in inners:
+            if one == "ray" or ray_inner(one) is not None:
+                raise DeviceUnavailable(f"{name!r}: a ray actor cannot run another ray backend")
+            check_backend_name(one)
+        if inners:
+            return
+    if name in ("ray", RAY_PREFIX):
+        raise DeviceUnavailable(
+            "backend 'ray' needs to know what its actors run: name it ray:NAME, e.g. "
+            "ray:torch-sim-fixed (or from Python: open_backend('ray', backend=NAME))"
+        )
+    if name in NAMED or endpoint_list(name) is not None:
+        return
+    raise DeviceUnavailable(
+        f"unknown backend {name!r}; choose one of: {', '.join(NAMED)} "
+        "(or a device server address tcp://HOST:PORT, or several: tcp://A:P,tcp://B:P)"
+    )
