@@ -1,10 +1,14 @@
-"""DeviceServer: one request's frames in, one reply's frames out, for one hosted backend.
+"""DeviceServer: one request's frames in, one reply's frames out, each client in its own
+session.
 
 Every request gets a reply: malformed messages and backend failures become typed error
-replies (the client re-raises them by type), and the server keeps serving.  An evaluate is
-checked once, by the hosted backend's own ``evaluate``, against the network it holds; its
-inputs reach that backend in the dtype they crossed the wire in (binary spikes as uint8).
-numpy-only (no torch): the Lava env runs it.
+replies (the client re-raises them by type), and the server keeps serving.  ``hello``
+opens a session (``devices.sessions``); ``load``, ``evaluate`` and ``close`` name it, so
+each client loads, evaluates and closes its own network only.  Every field is checked
+before use (``devices.request_checks``); an evaluate is checked once more, by the
+session's backend, against the network it holds, and its inputs reach that backend in the
+dtype they crossed the wire in (binary spikes as uint8).  numpy-only (no torch): the Lava
+env runs it.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from devices import request_checks as checks
 from devices.base import BaseBackend
 from devices.protocol import (
     DEFAULT_LIMITS,
@@ -28,15 +34,19 @@ from devices.protocol import (
     encode,
     error_reply,
 )
+from devices.sessions import Session, SessionLimits, Sessions
 from polystep_neuro.core.batch import as_numpy
-from polystep_neuro.core.errors import DeviceError, PolystepError, SpecError
-from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.core.errors import DeviceError, PolystepError
 
 __all__ = ["INPUT_DTYPES", "DeviceServer"]
 
 log = logging.getLogger(__name__)
 
-INPUT_DTYPES = ("bool", "uint8", "float32")
+INPUT_DTYPES = checks.INPUT_DTYPES
+_OLD_CLIENT = (
+    "this device server speaks protocol v2 (each client's network in its own session) and "
+    "this client speaks v{version}: install the same polystep-neuro version on both sides"
+)
 
 
 class DeviceServer:
@@ -48,25 +58,19 @@ class DeviceServer:
         factory: Callable[[], BaseBackend],
         *,
         limits: Limits = DEFAULT_LIMITS,
+        sessions: SessionLimits | None = None,
         exit_on_close: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``factory`` makes the hosted backend: now (to fail fast at startup) and again
-        after a client closed the previous one."""
+        """``factory`` makes a hosted backend: one now (to fail fast at startup, and to
+        answer ``hello`` before a session loads) and one per session at its first load."""
         self.backend_name = backend_name
         self.limits = limits
         self.exit_on_close = exit_on_close
-        self._factory = factory
-        self._backend: BaseBackend | None = self._factory()
-        self.loaded = False
+        self._template: BaseBackend | None = factory()
+        self.sessions = Sessions(factory, sessions or SessionLimits(), clock)
         self.should_exit = False
         self.busy = False
-
-    @property
-    def backend(self) -> BaseBackend:
-        """The hosted backend; a fresh one after a client closed the previous."""
-        if self._backend is None:
-            self._backend = self._factory()
-        return self._backend
 
     def handle(self, frames: Sequence[Any]) -> list[Any]:
         """One request in, one reply out (an error reply when anything fails)."""
@@ -79,6 +83,10 @@ class DeviceServer:
             return encode({"id": request_id, "op": op, **fields}, out, self.limits)
         except ProtocolError as exc:
             request_id = getattr(exc, "request_id", request_id)
+            version = getattr(exc, "version", None)
+            if isinstance(version, int) and not isinstance(version, bool) and 0 < version < 2:
+                old = ProtocolError(_OLD_CLIENT.format(version=version))
+                return error_reply(old, request_id, op, self.limits, version=version)
             log.warning("bad request (id=%r, op=%r): %s", request_id, op, exc)
             return error_reply(exc, request_id, op, self.limits)
         except PolystepError as exc:
@@ -87,6 +95,10 @@ class DeviceServer:
         except Exception as exc:  # the server must outlive any backend bug
             log.exception("unexpected failure in %s", op)
             return error_reply(exc, request_id, op, self.limits)
+
+    def expire_idle(self) -> None:
+        """End the sessions idle for too long (the serve loop calls this while it waits)."""
+        self.sessions.expire_idle()
 
     def _dispatch(
         self, op: str, header: Mapping[str, Any], arrays: dict[str, np.ndarray]
@@ -98,87 +110,99 @@ class DeviceServer:
             "ping": self._ping,
             "close": self._close,
         }
+        if op != "load" and op != "evaluate" and arrays:
+            raise ProtocolError(f"{op} takes no arrays, got {', '.join(arrays)}")
         return handlers[op](header, arrays)
 
+    def _session(self, header: Mapping[str, Any], op: str) -> Session:
+        sid = checks.session_id(header, op)
+        assert sid is not None
+        return self.sessions.get(sid)
+
+    # ------------------------------------------------------------------ the ops
     def _hello(self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-        _no_arrays("hello", arrays)
+        """The session named (when it is still open), else a new one; what the server is."""
+        client = checks.client_name(header)
+        sid = checks.session_id(header, "hello", required=False)
+        session = None
+        if sid is not None:
+            try:
+                session = self.sessions.get(sid)
+            except DeviceError:  # expired or unknown: a new one below
+                session = None
+        if session is None:
+            session = self.sessions.open(client)
+        limits = self.sessions.limits
         info = {
             "backend": self.backend_name,
             "protocol": PROTOCOL_VERSION,
-            "loaded": self.loaded,
+            "loaded": session.loaded,
             "pid": os.getpid(),
             "python": platform.python_version(),
+            "sessions": {
+                "open": len(self.sessions),
+                "max": limits.max_sessions,
+                "idle_s": limits.idle_s,
+                "session_bytes": limits.session_bytes,
+            },
         }
         fields = {
-            "capabilities": self.backend.capabilities.to_json(),
+            "session": session.id,
+            "capabilities": self._capabilities(session),
             "server": info,
             "limits": self.limits.to_json(),
         }
         return fields, {}
 
     def _load(self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-        meta = header.get("spec")
-        if not isinstance(meta, dict):
-            raise ProtocolError(
-                "load needs a 'spec' object (the metadata of NetworkSpec.to_arrays()) "
-                "and the spec arrays"
-            )
-        spec = _spec_from_wire(meta, arrays)
-        self.loaded = False
-        self.backend.load(spec)
-        self.loaded = True
-        effective_meta, effective_arrays = self.backend.spec.to_arrays()
-        fields = {"capabilities": self.backend.capabilities.to_json(), "spec": effective_meta}
+        session = self._session(header, "load")
+        spec = checks.spec_from_wire(header.get("spec"), arrays)
+        nbytes = sum(int(a.nbytes) for a in arrays.values())
+        self.sessions.check_network_bytes(nbytes)
+        backend = self.sessions.backend(session)
+        session.network = ""
+        backend.load(spec)
+        session.network = "-".join(map(str, spec.sizes)) + f", T={spec.num_steps}"
+        session.network_bytes = nbytes
+        effective_meta, effective_arrays = backend.spec.to_arrays()
+        fields = {"capabilities": self._capabilities(session), "spec": effective_meta}
         return fields, effective_arrays
 
     def _evaluate(self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-        if not self.loaded:
+        session = self._session(header, "evaluate")
+        params, inputs = checks.evaluate_arrays(arrays)
+        if not session.loaded or session.backend is None:
             raise NotLoadedError(
-                f"{self.backend_name} server holds no network (never loaded, closed, or "
-                "restarted); send load first"
+                f"{self.backend_name} server: this session holds no network (never loaded, "
+                "or its load failed); send load first"
             )
-        params = dict(arrays)
-        inputs = params.pop("inputs", None)
-        if inputs is None:
-            raise ProtocolError("evaluate needs an 'inputs' array of shape (B, T, N_in)")
-        if inputs.dtype.name not in INPUT_DTYPES:
-            raise ProtocolError(
-                f"evaluate 'inputs' must be one of {', '.join(INPUT_DTYPES)}, "
-                f"got {inputs.dtype.name}"
-            )
-        counts = self.backend.evaluate(params, inputs)
+        counts = session.backend.evaluate(params, inputs)
         return {}, {"counts": _counts_array(counts)}
 
     def _ping(self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-        _no_arrays("ping", arrays)
-        return {"pong": True, "loaded": self.loaded}, {}
+        """Alive; with a session, whether it still holds its network (SessionError if gone)."""
+        sid = checks.session_id(header, "ping", required=False)
+        loaded = sid is not None and self.sessions.get(sid).loaded
+        return {"pong": True, "loaded": loaded}, {}
 
     def _close(self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-        _no_arrays("close", arrays)
-        self.close_backend()
+        sid = checks.session_id(header, "close")
+        assert sid is not None
+        closed = self.sessions.close(sid)
         self.should_exit = self.exit_on_close
-        return {"closed": True, "exiting": self.should_exit}, {}
+        return {"closed": closed, "exiting": self.should_exit}, {}
+
+    def _capabilities(self, session: Session) -> dict[str, Any]:
+        backend = session.backend if session.backend is not None else self._template
+        assert backend is not None
+        return backend.capabilities.to_json()
 
     def close_backend(self) -> None:
-        backend, self._backend, self.loaded = self._backend, None, False
-        if backend is not None:
-            backend.close()
-
-
-def _no_arrays(op: str, arrays: Mapping[str, np.ndarray]) -> None:
-    if arrays:
-        raise ProtocolError(f"{op} takes no arrays, got {', '.join(arrays)}")
-
-
-def _spec_from_wire(meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> NetworkSpec:
-    # own copies: the frames' memory is reused once the reply is sent
-    owned = {name: np.array(value) for name, value in arrays.items()}
-    try:
-        return NetworkSpec.from_arrays(meta, owned)
-    except SpecError:
-        raise
-    except Exception as exc:  # a malformed meta object can fail in many ways
-        raise SpecError(f"malformed network spec: {type(exc).__name__}: {exc}") from None
+        """Close every session's backend and the template (the server is stopping)."""
+        self.sessions.close_all()
+        template, self._template = self._template, None
+        if template is not None:
+            template.close()
 
 
 def _counts_array(counts: Any) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A message is a ZeroMQ multipart message.  Frame 0 is a UTF-8 JSON object::
 
-    {"v": 1, "op": "evaluate", "id": 7,
+    {"v": 2, "op": "evaluate", "id": 7, "session": "9f3c...",
      "arrays": [{"name": "fc1.weight", "dtype": "<f4", "shape": [32, 10, 64]}, ...],
      ...op-specific fields...}
 
@@ -15,6 +15,10 @@ the server allocate a declared 10^12-element array.
 Replies use the same framing and echo ``id`` and ``op``; a failed request is answered with
 ``{"error": {"type": <error class name>, "message": ...}}`` so the client can re-raise the
 same typed error (``error_from_wire``).
+
+Sessions (v2): ``hello`` opens a session and its reply names it; every later request
+carries ``"session"``, and a server holds one network per session (``devices.sessions``),
+so clients sharing a server never see each other's network.
 
 This module must import under Python 3.10 with numpy 1.26 and without torch: the Lava env
 runs it.  Keep it numpy + json + stdlib only (it does not even import zmq: frames are any
@@ -31,16 +35,25 @@ from typing import Any
 
 import numpy as np
 
-from polystep_neuro.core.errors import ERROR_TYPES, DeviceError, PolystepError, error_from_name
+from polystep_neuro.core.errors import (
+    ERROR_TYPES,
+    DeviceError,
+    DeviceUnavailable,
+    PolystepError,
+    error_from_name,
+)
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "Busy",
     "DEFAULT_LIMITS",
     "OPS",
     "PROTOCOL_VERSION",
     "Limits",
     "NotLoadedError",
     "ProtocolError",
+    "SessionError",
+    "SessionExpired",
     "decode",
     "encode",
     "error_from_wire",
@@ -51,8 +64,10 @@ __all__ = [
 # Bump when a peer of the other version would misread a message; both sides then refuse
 # each other with "unsupported protocol version" (see _check_header).  Fields added to a
 # JSON object that old peers ignore do not need a bump: capabilities gained ``max_sets``
-# (read as ``max_vertices`` from an older server) and ``address`` within v1.
-PROTOCOL_VERSION = 1
+# (read as ``max_vertices`` from an older server) and ``address`` within v1.  v2 added
+# sessions: a v1 client would share one network with every other client, so a v2 server
+# answers it (in v1 framing, which it can read) with an error naming the remedy.
+PROTOCOL_VERSION = 2
 OPS = ("hello", "load", "evaluate", "ping", "close")
 
 # Wire dtype string -> numpy dtype.  Canonical form is numpy's ``dtype.str`` (explicit
@@ -70,11 +85,24 @@ class ProtocolError(DeviceError):
 
 
 class NotLoadedError(DeviceError):
-    """The server holds no network (never loaded, closed, or restarted): send ``load``."""
+    """The session holds no network (never loaded, or closed): send ``load``."""
+
+
+class SessionError(DeviceError):
+    """The server holds no such session (it restarted, or the session was closed): open a
+    new one with ``hello`` and load again."""
+
+
+class SessionExpired(SessionError):
+    """The session went unused for longer than the server keeps idle sessions."""
+
+
+class Busy(DeviceUnavailable):
+    """Every session slot of the server holds another client's network."""
 
 
 _WIRE_ERRORS: dict[str, type[PolystepError]] = {
-    cls.__name__: cls for cls in (ProtocolError, NotLoadedError)
+    cls.__name__: cls for cls in (ProtocolError, NotLoadedError, SessionError, SessionExpired, Busy)
 }
 
 
@@ -117,12 +145,14 @@ def encode(
     header: Mapping[str, Any],
     arrays: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
+    version: int = PROTOCOL_VERSION,
 ) -> list[Any]:
     """Frames for one message: JSON header, then one zero-copy buffer per array.
 
     ``header`` holds ``op``/``id`` and any op fields; ``v`` and ``arrays`` are filled in.
     Send the result with ``socket.send_multipart(frames, copy=False)``.  Raises
     ProtocolError for a dtype that may not cross the wire or a message over ``limits``.
+    (``version``: only to answer an older peer in framing it reads.)
     """
     limits = limits or DEFAULT_LIMITS
     if "arrays" in header or "v" in header:
@@ -134,7 +164,7 @@ def encode(
         descriptors.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
         # a flat uint8 view: one plain contiguous buffer, also for 0-d and bool arrays
         buffers.append(arr.reshape(-1).view(np.uint8))
-    full = {"v": PROTOCOL_VERSION, **header, "arrays": descriptors}
+    full = {"v": version, **header, "arrays": descriptors}
     try:
         head = json.dumps(full, allow_nan=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
@@ -192,6 +222,7 @@ def decode(
         arrays = _views(descriptors, frames[1:])
     except ProtocolError as exc:
         exc.request_id = _safe_id(header)  # type: ignore[attr-defined]
+        exc.version = header.get("v")  # type: ignore[attr-defined]
         raise
     return header, arrays
 
@@ -361,11 +392,12 @@ def error_reply(
     request_id: Any = None,
     op: Any = None,
     limits: Limits | None = None,
+    version: int = PROTOCOL_VERSION,
 ) -> list[Any]:
     """Frames answering a request with a typed error the client re-raises by name."""
     header: dict[str, Any] = {"id": _plain_id(request_id), "op": op if op in OPS else None}
     header["error"] = {"type": wire_error_type(exc), "message": wire_error_message(exc)}
-    return encode(header, None, limits)
+    return encode(header, None, limits, version)
 
 
 def wire_error_type(exc: BaseException) -> str:

@@ -2,12 +2,15 @@
 
 Requests go through ``devices.lazy_pirate.LazyPirate`` (a REQ socket, a timeout per try,
 on timeout the socket closed, reopened and the request resent — safe because ``evaluate``
-is pure and ``load``/``close`` are idempotent).  If a restarted server answers
-that it holds no network, the client re-sends the spec it loaded and retries the evaluate,
-so a server restart mid-run costs one re-load, not the run.  With ``heartbeat_s`` an
-evaluate after a quiet spell is preceded by a cheap ``ping`` (short timeout), so a dead
-server or tunnel is found in ``connect_timeout_s`` rather than a full evaluate timeout,
-and a restarted one is re-loaded before the (large) evaluate request goes out.
+is pure and ``load``/``close`` are idempotent).  Each client works in its own session on
+the server (protocol v2: ``hello`` opens it, every request names it), so clients sharing
+a server never see each other's network.  A server that lost the session (it restarted,
+or the session expired after idling) or its network gets a new session and the spec this
+client loaded, and the evaluate is retried: a server restart mid-run costs one re-load,
+not the run.  With ``heartbeat_s`` an evaluate after a quiet spell is preceded by a cheap
+``ping`` (short timeout), so a dead server or tunnel is found in ``connect_timeout_s``
+rather than a full evaluate timeout, and a restarted one is re-loaded before the (large)
+evaluate request goes out.
 
 With ``curve_keys`` (a folder from ``polystep-neuro devices keygen`` or a mapping) the
 socket encrypts, presents the client key and pins the server key, and a socket monitor
@@ -15,8 +18,9 @@ socket encrypts, presents the client key and pins the server key, and a socket m
 (key rejected, keys missing, wrong server key) instead of only "is the server running?".
 
 Batches larger than the server's message limits (learned from ``hello``) or its
-``max_sets`` are split along V and the counts concatenated in order.  A batch is checked
-once, against the loaded spec, before anything is sent; binary spikes travel as uint8.
+``max_sets`` are split along V, so that each request *and its reply* fit, and the counts
+concatenated in order.  A batch is checked once, against the loaded spec, before anything
+is sent; binary spikes travel as uint8.
 
 Host-side module, but torch-free at import: tensors are converted with
 ``.detach().cpu().numpy()`` where they arrive.  Not thread-safe (one REQ socket).
@@ -24,7 +28,10 @@ Host-side module, but torch-free at import: tensors are converted with
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -37,14 +44,16 @@ from devices.catalog import RECORDS
 from devices.lazy_pirate import LazyPirate
 from devices.protocol import (
     DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
     Limits,
     NotLoadedError,
     ProtocolError,
+    SessionError,
     decode,
     encode,
     error_from_wire,
 )
-from devices.security import client_keys
+from devices.security import client_keys, port_problem
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import CapacityError, DeviceError, DeviceUnavailable
@@ -53,6 +62,18 @@ from polystep_neuro.core.network import NetworkSpec
 log = logging.getLogger(__name__)
 
 _HEADER_ALLOWANCE = 64 * 1024  # bytes kept free for the JSON header when splitting batches
+
+
+def _client_label() -> str:
+    """Who this client is, as a busy server names it to others: user@host pid N."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment (a container without passwd)
+        user = "?"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"[:200]
+
+
+_CLIENT = _client_label()
 
 
 class RemoteBackend(BaseBackend):
@@ -76,6 +97,8 @@ class RemoteBackend(BaseBackend):
             raise DeviceUnavailable(
                 f"bad device server address {endpoint!r}; expected tcp://HOST:PORT"
             )
+        if problem := port_problem(endpoint, bind=False):
+            raise DeviceUnavailable(f"bad device server address {endpoint!r}: {problem}")
         resolved = self._adopt(RECORDS["remote"], options)
         keys = resolved["curve_keys"]
         self.keys = None if keys is None else client_keys(keys)
@@ -93,6 +116,7 @@ class RemoteBackend(BaseBackend):
         self._caps: Capabilities | None = None
         self._limits = DEFAULT_LIMITS
         self._user_spec: NetworkSpec | None = None  # re-sent if the server restarts
+        self._session: str | None = None  # named by every request; hello opens it
         if resolved["connect"]:
             try:
                 self.hello()
@@ -108,9 +132,22 @@ class RemoteBackend(BaseBackend):
         assert self._caps is not None
         return self._caps
 
+    @property
+    def first_contact_s(self) -> float:
+        """One try of hello or ping: ``connect_timeout_s``, never more than ``timeout_s``."""
+        return min(self.connect_timeout_s, self.timeout_s)
+
     def hello(self) -> Capabilities:
-        """Ask the server what it hosts (cached as ``capabilities``) and its limits."""
-        header, _ = self._request("hello", {}, None, self.connect_timeout_s)
+        """Ask the server what it hosts (cached as ``capabilities``) and its limits; opens
+        this client's session (or keeps the one it has, while the server still holds it)."""
+        fields: dict[str, Any] = {"client": _CLIENT}
+        if self._session is not None:
+            fields["session"] = self._session
+        header, _ = self._request("hello", fields, None, self.first_contact_s)
+        session = header.get("session")
+        if not isinstance(session, str):
+            raise ProtocolError(f"{self.endpoint} answered hello without a session")
+        self._session = session
         self._set_capabilities(header.get("capabilities"))
         self._limits = Limits.from_json(header.get("limits", DEFAULT_LIMITS.to_json()))
         info = header.get("server")
@@ -134,19 +171,30 @@ class RemoteBackend(BaseBackend):
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def ping(self, tries: int | None = None) -> float:
-        """Round-trip time of a ``ping`` in seconds (raises DeviceUnavailable if none)."""
-        return self._ping(tries)[0]
+        """Round-trip time of a ``ping`` in seconds (raises DeviceUnavailable if none): is
+        the server there, whether or not it still holds this client's session."""
+        start = time.perf_counter()
+        self._request("ping", {}, None, self.first_contact_s, tries=tries)
+        return time.perf_counter() - start
 
     def _ping(self, tries: int | None = None) -> tuple[float, bool]:
+        """(round trip, whether this client's session still holds its network)."""
         start = time.perf_counter()
-        header, _ = self._request("ping", {}, None, self.connect_timeout_s, tries=tries)
-        return time.perf_counter() - start, bool(header.get("loaded", True))
+        fields = {} if self._session is None else {"session": self._session}
+        header, _ = self._request("ping", fields, None, self.first_contact_s, tries=tries)
+        return time.perf_counter() - start, bool(header.get("loaded", False))
 
     def _liveness_check(self) -> None:
         """Heartbeat: is the server there, and does it still hold our network?"""
-        _, loaded = self._ping()
+        try:
+            _, loaded = self._ping()
+        except SessionError as exc:
+            self._session, loaded = None, False
+            why = f"{exc.__class__.__name__}: {exc}"
+        else:
+            why = "it holds no network (restarted?)"
         if not loaded and self._user_spec is not None:
-            log.warning("%s holds no network (restarted?); re-loading", self.endpoint)
+            log.warning("%s: %s; re-loading", self.endpoint, why)
             self._send_load(self._user_spec)
 
     def close(self) -> None:
@@ -154,7 +202,9 @@ class RemoteBackend(BaseBackend):
         if self._closed:
             return
         try:
-            self._request("close", {}, None, self.close_timeout_s, tries=1)
+            if self._session is not None:
+                fields = {"session": self._session}
+                self._request("close", fields, None, self.close_timeout_s, tries=1)
         except DeviceError as exc:
             log.debug("close of %s not acknowledged: %s", self.endpoint, exc)
         finally:
@@ -167,9 +217,40 @@ class RemoteBackend(BaseBackend):
         return self._caps.describe()
 
     # ------------------------------------------------------------------ load/evaluate
+    def _in_session(
+        self, op: str, fields: Mapping[str, Any], arrays: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A request in this client's session.  A server that lost the session (it
+        restarted, or the session expired) gets a new session, and an evaluate the network
+        again (maybe more than once: a crash loop settling), before the request is resent."""
+        for attempt in range(self.retries + 1):
+            if self._session is None:
+                self.hello()
+            try:
+                return self._request(
+                    op, {**fields, "session": self._session}, arrays, self.timeout_s
+                )
+            except (SessionError, NotLoadedError) as exc:
+                again = op == "evaluate" and self._user_spec is not None
+                if attempt == self.retries or not (again or isinstance(exc, SessionError)):
+                    raise
+                if isinstance(exc, SessionError):
+                    self._session = None
+                log.warning(
+                    "%s: %s: %s; %s",
+                    self.endpoint,
+                    type(exc).__name__,
+                    exc,
+                    "re-loading, retrying" if again else "opening a new session, retrying",
+                )
+                if again:
+                    assert self._user_spec is not None
+                    self._send_load(self._user_spec)
+        raise AssertionError("unreachable")
+
     def _send_load(self, spec: NetworkSpec) -> None:
         meta, arrays = spec.to_arrays()
-        header, out = self._request("load", {"spec": meta}, arrays, self.timeout_s)
+        header, out = self._in_session("load", {"spec": meta}, arrays)
         effective = header.get("spec")
         if not isinstance(effective, dict):
             raise ProtocolError(f"{self.endpoint} answered load without the loaded 'spec'")
@@ -179,16 +260,7 @@ class RemoteBackend(BaseBackend):
 
     def _evaluate_once(self, batch: CheckedBatch) -> np.ndarray:
         arrays = {**batch.params, "inputs": batch.inputs}
-        for reloads in range(self.retries + 1):
-            try:
-                _, out = self._request("evaluate", {}, arrays, self.timeout_s)
-                break
-            except NotLoadedError:
-                # restarted (maybe more than once, e.g. a crash loop settling): re-load, retry
-                if self._user_spec is None or reloads == self.retries:
-                    raise
-                log.warning("%s holds no network (restarted?); re-loading, retrying", self.endpoint)
-                self._send_load(self._user_spec)
+        _, out = self._in_session("evaluate", {}, arrays)
         return self._counts(out, (batch.num_sets, batch.batch_size, self.spec.n_out))
 
     def _counts(self, out: Mapping[str, np.ndarray], shape: tuple[int, int, int]) -> np.ndarray:
@@ -201,30 +273,32 @@ class RemoteBackend(BaseBackend):
         return np.array(counts)  # own, writable memory (the frame is released)
 
     def _set_chunks(self, batch: CheckedBatch) -> list[tuple[int, int]]:
-        """Split V so each request fits the server's limits and max_sets; CapacityError
-        when the inputs alone, or one parameter set with them, cannot fit one message."""
+        """Split V so each request and its reply (the counts) fit the server's limits, and
+        no request asks for more than max_sets; CapacityError when the inputs alone, or one
+        parameter set with them, or one set's counts, cannot fit one message."""
         limits, inputs, num_sets = self._limits, batch.inputs, batch.num_sets
-        if inputs.nbytes > min(limits.max_array_bytes, limits.max_total_bytes - _HEADER_ALLOWANCE):
+        room_total = limits.max_total_bytes - _HEADER_ALLOWANCE
+        if inputs.nbytes > min(limits.max_array_bytes, room_total):
             raise CapacityError(
                 f"inputs take {inputs.nbytes} bytes, over what {self.endpoint} accepts in one "
                 f"message ({limits.max_array_bytes} per array); use smaller batches"
             )
-        if not batch.params:
-            return [(0, num_sets)]
+        counts_per_set = batch.batch_size * self.spec.n_out * np.dtype(np.int32).itemsize
         per_set_total = sum(value[:1].nbytes for value in batch.params.values())
-        per_set_max = max(value[:1].nbytes for value in batch.params.values())
-        room = limits.max_total_bytes - inputs.nbytes - _HEADER_ALLOWANCE
+        per_set_max = max((value[:1].nbytes for value in batch.params.values()), default=0)
         step = min(
             num_sets,
-            room // max(per_set_total, 1),
+            (room_total - inputs.nbytes) // max(per_set_total, 1),
             limits.max_array_bytes // max(per_set_max, 1),
+            min(limits.max_array_bytes, room_total) // counts_per_set,
             self.capabilities.max_sets or num_sets,
         )
         if step < 1:
             raise CapacityError(
-                f"one parameter set ({per_set_total} bytes) plus the inputs does not fit in "
-                f"one message to {self.endpoint} (limits: {limits.to_json()}); start the server "
-                "with larger --max-array-mb/--max-total-mb or use smaller batches"
+                f"one parameter set ({per_set_total} bytes, {counts_per_set} bytes of counts) "
+                f"plus the inputs does not fit in one message to {self.endpoint} (limits: "
+                f"{limits.to_json()}); start the server with larger --max-array-mb/"
+                "--max-total-mb or use smaller batches"
             )
         if step < num_sets:
             log.debug("splitting %d parameter sets into requests of %d", num_sets, step)
@@ -252,7 +326,17 @@ class RemoteBackend(BaseBackend):
         return reply
 
     def _reply(self, frames: list[Any], request_id: int) -> tuple[dict[str, Any], dict]:
-        header, arrays = decode(frames, DEFAULT_LIMITS, reply=True)
+        try:
+            header, arrays = decode(frames, DEFAULT_LIMITS, reply=True)
+        except ProtocolError as exc:
+            version = getattr(exc, "version", None)
+            if isinstance(version, int) and version < PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"device server {self.endpoint} speaks protocol v{version} (an older "
+                    f"polystep-neuro, without sessions) and this client v{PROTOCOL_VERSION}: "
+                    "install the same polystep-neuro version on both sides"
+                ) from None
+            raise
         if header.get("id") != request_id:
             raise ProtocolError(
                 f"{self.endpoint} answered request {header.get('id')!r}, expected {request_id}"

@@ -46,6 +46,7 @@ SERVER_NAME = "server"
 CLIENT_NAME = "client"
 AUTHORIZED_DIR = "authorized_clients"
 KEYS_ENV = "POLYSTEP_CURVE_KEYS"  # default key folder for clients (the CLI has no flag)
+ZAP_DOMAIN = "polystep-neuro"  # the device server's sockets' (see secure_server_socket)
 KEYGEN_HINT = "make keys with `polystep-neuro devices keygen DIR`"
 _Z85_KEY_CHARS = 40
 
@@ -114,8 +115,25 @@ def is_local_endpoint(endpoint: str) -> bool:
         return False
 
 
+def port_problem(endpoint: str, *, bind: bool) -> str:
+    """Why a ``tcp://HOST:PORT`` endpoint's port is unusable ("" when it is fine, or for
+    ipc/inproc).  libzmq reads a port past 65535 as "any port", so it is checked here."""
+    transport, _, address = endpoint.partition("://")
+    if transport != "tcp":
+        return ""
+    lowest = 0 if bind else 1
+    _, colon, port = address.rpartition(":")
+    if colon and port.isdigit() and lowest <= int(port) <= 65535:
+        return ""
+    free = " (0: any free port)" if bind else ""
+    return f"the port must be a number from {lowest} to 65535{free}, got {port or 'none'!r}"
+
+
 def check_bind(endpoint: str, insecure: bool, curve_keys: Any = None) -> None:
-    """DeviceError for a non-loopback bind with neither keys nor ``insecure``."""
+    """DeviceError for a bad port, or a non-loopback bind with neither keys nor
+    ``insecure``."""
+    if "://" in endpoint and (problem := port_problem(endpoint, bind=True)):
+        raise DeviceError(f"bad endpoint {endpoint!r}: {problem}")
     if not is_local_endpoint(endpoint) and not insecure and curve_keys is None:
         raise DeviceError(f"refusing to bind {endpoint}: {PUBLIC_BIND_MESSAGE}")
 
@@ -124,8 +142,11 @@ def secure_server_socket(
     ctx: zmq.Context, sock: zmq.Socket, endpoint: str, insecure: bool, keys: ServerKeys | None
 ) -> CurveServer | None:
     """CURVE + key check when keys are given (loopback clients too); else warn on public binds.
+    Either way the socket gets a ZAP domain, which makes libzmq refuse peers that speak the
+    legacy ZMTP 1.0/2.0 handshakes (no version negotiation, no security mechanism).
 
     Returns the running authenticator, to be stopped when the server stops."""
+    sock.zap_domain = ZAP_DOMAIN.encode()
     if keys is None:
         if not is_local_endpoint(endpoint) and insecure:
             log.warning("serving %s without encryption or authentication (--insecure)", endpoint)
@@ -272,7 +293,7 @@ class CurveServer:
         self.keys = keys
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmq.auth"))
         self._auth.start()
-        self._auth.configure_curve_callback("*", _KeyCheck(keys.authorized))
+        self._auth.configure_curve_callback(ZAP_DOMAIN, _KeyCheck(keys.authorized))
 
     def secure(self, sock: zmq.Socket) -> None:
         sock.curve_server = True

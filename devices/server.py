@@ -14,13 +14,17 @@ This module is the process: the command line, the hosted backend (by its catalog
 and the receive/reply loop.  Requests are answered by ``devices.handler.DeviceServer``; who
 may bind where and with which keys is ``devices.security``'s.
 
-Socket choice — REP.  The server hosts one backend and evaluates one request at a time, so
-the strict receive/reply alternation of REP costs nothing, and REP pairs with the client's
-lazy-pirate REQ: a client that gives up closes its REQ socket and opens a new one, the
-server's late reply to the dead peer is dropped by libzmq, and the resent request (evaluate
-is pure, load idempotent) is simply served again.  ROUTER would only pay off with a worker
-thread answering pings during a long evaluate (heartbeats), which this version does not need:
-the client's per-request timeout covers the longest evaluate.
+Socket choice — ROUTER.  Each message arrives with the identity of the peer that sent it,
+and the reply goes back under that identity, whatever any other peer sends meanwhile: a REP
+socket keeps one envelope state for all peers, and garbage or a message without its empty
+envelope frame from one peer cost another its reply.  A message without the frame is still
+answered (to its sender).  Requests are served one at a time, in arrival order, whichever
+session they belong to: the hosted device runs one evaluate at a time anyway, so serving two
+at once would gain nothing and double the memory held.  Peers that speak the legacy ZMTP
+1.0/2.0 handshakes (no version negotiation) are refused (``security.secure_server_socket``
+sets a ZAP domain, which makes libzmq drop them).  A client that gives up closes its REQ
+socket and opens a new one; the late reply to the dead peer is dropped by libzmq, and the
+resent request (evaluate is pure, load idempotent) is simply served again.
 
 Imports no torch; backends are created lazily so the Lava env (Python 3.10, no torch) can
 run it.
@@ -45,16 +49,57 @@ from devices.catalog import record as catalog_record
 from devices.catalog import served_names
 from devices.factories import open_record
 from devices.handler import DeviceServer
+from devices.options import Option, OptionTable, count, number, optional, seconds
 from devices.protocol import DEFAULT_LIMITS, Limits, wire_error_message, wire_error_type
 from devices.security import ServerKeys, check_bind, secure_server_socket, server_keys
+from devices.sessions import SessionLimits
 from devices.spawn import STARTUP_PREFIX
-from polystep_neuro.core.errors import DeviceUnavailable, PolystepError
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, PolystepError
 
 __all__ = ["create_backend", "main", "serve"]
 
 log = logging.getLogger(__name__)
 
-POLL_MS = 200  # how often the idle loop looks at the stop flag
+POLL_MS = 200  # how often the idle loop looks at the stop flag and the idle sessions
+HANDSHAKE_S = 10  # a peer that has not finished its handshake by then is dropped
+_MIB = 2**20
+_MAX_MB = float(1 << 20)  # a TiB: more than any message or network needs
+
+# The server's own options, described once: the command line is made from this table, and
+# a value out of range is one error line at startup.
+SERVER_OPTIONS = OptionTable(
+    Option(
+        "--max-array-mb",
+        DEFAULT_LIMITS.max_array_bytes / _MIB,
+        "largest array one message may hold, in MiB; a client splits larger batches along V",
+        number(minimum=1.0, inclusive=True, maximum=_MAX_MB),
+    ),
+    Option(
+        "--max-total-mb",
+        DEFAULT_LIMITS.max_total_bytes / _MIB,
+        "largest message, in MiB",
+        number(minimum=1.0, inclusive=True, maximum=_MAX_MB),
+    ),
+    Option(
+        "--max-sessions",
+        None,
+        "clients (sessions) served at once, each with its own network (default 16; 1 on a "
+        "Lava or Loihi 2 server: one graph per device)",
+        optional(count(1, 1024), "16, or 1 for a Lava backend"),
+    ),
+    Option(
+        "--session-mb",
+        SessionLimits().session_bytes / _MIB,
+        "largest network (its arrays) one session may load, in MiB",
+        number(minimum=1.0, inclusive=True, maximum=_MAX_MB),
+    ),
+    Option(
+        "--session-idle-s",
+        SessionLimits().idle_s,
+        "a session without a request for this long expires and its network is dropped",
+        seconds(minimum=1.0, inclusive=True),
+    ),
+)
 
 
 # --------------------------------------------------------------------------- backends
@@ -106,11 +151,14 @@ def serve(
     check_bind(endpoint, insecure, curve_keys)
     keys = server_keys(curve_keys) if isinstance(curve_keys, (str, os.PathLike)) else curve_keys
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.REP)
+    sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, max(server.limits.max_array_bytes, 1 << 20))
+    sock.setsockopt(
+        zmq.MAXMSGSIZE, max(server.limits.max_array_bytes, server.limits.max_header_bytes)
+    )
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_S * 1000)
     sock.setsockopt(zmq.IPV6, int("[" in endpoint))  # tcp://[::1]:PORT
-    curve = secure_server_socket(ctx, sock, endpoint, insecure, keys)
+    curve = secure_server_socket(ctx, sock, endpoint, insecure, keys)  # and the ZAP domain
     stop = threading.Event()
     previous = _install_signal_handlers(stop, server)
     try:
@@ -136,19 +184,31 @@ def serve(
 
 def _loop(server: DeviceServer, sock: zmq.Socket, stop: threading.Event) -> None:
     while not stop.is_set():
+        server.expire_idle()
         if not sock.poll(POLL_MS, zmq.POLLIN):
             continue
         frames = sock.recv_multipart(copy=False)
+        envelope, body = split_envelope(frames)
         server.busy = True
         try:
-            reply = server.handle(frames)
+            reply = server.handle(body)
         finally:
             server.busy = False
-        del frames  # release the request buffers before the reply goes out
-        sock.send_multipart(reply, copy=False)
+        del frames, body  # release the request buffers before the reply goes out
+        sock.send_multipart(envelope + reply, copy=False)  # dropped if the peer is gone
         if server.should_exit:
             log.info("closed by the client; exiting (--exit-on-close)")
             return
+
+
+def split_envelope(frames: Sequence[Any], depth: int = 8) -> tuple[list[bytes], list[Any]]:
+    """(envelope, request) of a message a ROUTER received: the sender's identity and any
+    frames up to the first empty one (a REQ client's delimiter), or the identity alone when
+    the sender put no empty frame (a DEALER); the reply goes back under the envelope."""
+    for index in range(1, min(len(frames), depth + 1)):
+        if len(frames[index]) == 0:
+            return [bytes(f) for f in frames[: index + 1]], list(frames[index + 1 :])
+    return [bytes(frames[0])], list(frames[1:])
 
 
 def _install_signal_handlers(stop: threading.Event, server: DeviceServer) -> dict[int, Any]:
@@ -178,17 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s device-server %(levelname)s %(message)s"
     )
-    limits = Limits(
-        max_array_bytes=int(args.max_array_mb * 2**20),
-        max_total_bytes=int(args.max_total_mb * 2**20),
-    )
     try:
+        limits, sessions = _settings(args)
         check_bind(args.bind, args.insecure, args.curve_keys)  # before the slow backend import
         keys = server_keys(args.curve_keys) if args.curve_keys is not None else None
         server = DeviceServer(
             args.backend,
             lambda: create_backend(args.backend, args.device),
             limits=limits,
+            sessions=sessions,
             exit_on_close=args.exit_on_close,
         )
         return serve(server, args.bind, insecure=args.insecure, curve_keys=keys)
@@ -199,6 +257,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         return 2
+
+
+def _settings(args: argparse.Namespace) -> tuple[Limits, SessionLimits]:
+    """The message and session limits, each value checked once against SERVER_OPTIONS."""
+    given = {name: getattr(args, _dest(name)) for name in SERVER_OPTIONS}
+    values = SERVER_OPTIONS.resolve(
+        "device server", {k: v for k, v in given.items() if v is not None}
+    )
+    one_graph = catalog_record(args.backend).lava_mode is not None
+    max_sessions = values["--max-sessions"] or (1 if one_graph else 16)
+    if args.backend == "loihi2" and max_sessions != 1:
+        raise DeviceError("--max-sessions must be 1 for loihi2: the chip holds one graph")
+    limits = Limits(
+        max_array_bytes=int(values["--max-array-mb"] * _MIB),
+        max_total_bytes=int(values["--max-total-mb"] * _MIB),
+    )
+    sessions = SessionLimits(
+        max_sessions=max_sessions,
+        session_bytes=int(values["--session-mb"] * _MIB),
+        idle_s=values["--session-idle-s"],
+    )
+    return limits, sessions
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -227,9 +311,10 @@ def _parser() -> argparse.ArgumentParser:
         help="allow a non-loopback bind without encryption (trusted networks only)",
     )
     parser.add_argument("--device", default="auto", help="torch-sim device: auto, cpu, cuda")
-    mib = 2**20
-    parser.add_argument("--max-array-mb", type=float, default=DEFAULT_LIMITS.max_array_bytes / mib)
-    parser.add_argument("--max-total-mb", type=float, default=DEFAULT_LIMITS.max_total_bytes / mib)
+    for name, option in SERVER_OPTIONS.items():
+        kind = int if name == "--max-sessions" else float
+        default = "" if option.default is None else f" (default {option.default:g})"
+        parser.add_argument(name, type=kind, default=None, help=option.meaning + default)
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
     return parser
 

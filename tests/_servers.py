@@ -39,11 +39,15 @@ class ThreadServer:
         *,
         bind: str = "tcp://127.0.0.1:0",
         curve_keys: str | os.PathLike[str] | None = None,
+        **server_options: Any,
     ) -> None:
+        """``server_options``: DeviceServer's (limits, sessions, clock)."""
         self.curve_keys = curve_keys
         self._out = io.StringIO()
         self._error: BaseException | None = None
-        self.server = server = DeviceServer(backend, lambda: create_backend(backend, "cpu"))
+        self.server = server = DeviceServer(
+            backend, lambda: create_backend(backend, "cpu"), **server_options
+        )
 
         def run() -> None:
             try:

@@ -15,6 +15,7 @@ import sys
 from devices.handler import DeviceServer
 from devices.lava_local import LavaLocalBackend
 from devices.server import serve
+from devices.sessions import SessionLimits
 from simulators.lava_net import sim_run_cfg
 
 
@@ -27,6 +28,7 @@ def main() -> int:
     server = DeviceServer(
         "loihi2",
         lambda: LavaLocalBackend("loihi2", run_cfg=sim_run_cfg),
+        sessions=SessionLimits(max_sessions=1),  # the chip holds one graph, as devices.server
         exit_on_close=args.exit_on_close,
     )
     return serve(server, args.bind)

@@ -387,17 +387,19 @@ def test_closed_backend(opened: _Opened) -> None:
 def test_spikes_reach_a_served_backend_as_uint8() -> None:
     """Binary float32 spikes cross the wire as uint8 and reach the hosted backend so."""
     with ThreadServer("torch-sim-fixed") as server:
-        hosted = server.server.backend
         seen: list[Any] = []
-        real = hosted.run_batch
-
-        def spy(batch: Any) -> Any:
-            seen.append(batch.inputs.dtype)
-            return real(batch)
-
-        hosted.run_batch = spy  # type: ignore[method-assign]
         with open_backend(server.endpoint) as remote:
             remote.load(_spec())
+            (session,) = list(server.server.sessions)  # this client's, holding its backend
+            hosted = session.backend
+            assert hosted is not None
+            real = hosted.run_batch
+
+            def spy(batch: Any) -> Any:
+                seen.append(batch.inputs.dtype)
+                return real(batch)
+
+            hosted.run_batch = spy  # type: ignore[method-assign]
             params, x = _params(2), _inputs()
             np.testing.assert_array_equal(
                 remote.evaluate(params, x), _reference(KINDS[1], params, x)

@@ -274,3 +274,22 @@ def test_capabilities_and_no_orphans(monkeypatch: pytest.MonkeyPatch) -> None:
         backend.close()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # the server and all of Lava's worker processes are gone
+
+
+def test_a_second_client_of_a_lava_server_is_told_who_holds_it(lava_fixed) -> None:
+    """One graph per Lava server: a second client gets Busy naming the client that holds
+    the device, never that client's network."""
+    from devices.protocol import Busy
+    from devices.remote import RemoteBackend
+
+    spec = NetworkSpec.random([8, 12, 3], 10, seed=4, writable=("fc1.weight",))
+    lava_fixed.load(spec)
+    endpoint = lava_fixed._server.endpoint
+    with pytest.raises(Busy) as info:
+        RemoteBackend(endpoint, connect_timeout_s=30)
+    message = str(info.value)
+    assert message.startswith("device server busy: the device is held by session ")
+    assert f"pid {os.getpid()}'" in message and "holding a 8-12-3, T=10 network" in message
+    assert "try again then, or use another server" in message
+    counts = lava_fixed.evaluate({}, (np.random.default_rng(0).random((2, 10, 8)) < 0.5) * 1.0)
+    assert counts.shape == (1, 2, 3)  # the holder is undisturbed

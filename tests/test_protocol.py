@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from devices.protocol import (
     ALLOWED_DTYPES,
+    PROTOCOL_VERSION,
     Limits,
     NotLoadedError,
     ProtocolError,
@@ -34,7 +35,7 @@ def _bytes(frames: list) -> list[bytes]:
 
 
 def _header(**fields: object) -> bytes:
-    return json.dumps({"v": 1, "op": "ping", "id": 1, **fields}).encode()
+    return json.dumps({"v": PROTOCOL_VERSION, "op": "ping", "id": 1, **fields}).encode()
 
 
 def test_allow_list_is_exactly_the_documented_dtypes() -> None:
@@ -124,15 +125,15 @@ MALFORMED = [
     ([b"\xff\xfe{"], "not UTF-8"),
     ([b"{not json"], "not valid JSON"),
     ([b""], "not valid JSON"),
-    ([b'{"v": 1, "op": "ping", "id": NaN}'], "NaN is not allowed"),
+    ([b'{"v": %d, "op": "ping", "id": NaN}' % PROTOCOL_VERSION], "NaN is not allowed"),
     ([b"[1, 2]"], "must be a JSON object, got list"),
     ([b"[" * 100_000 + b"]" * 100_000], "not valid JSON"),
     ([json.dumps({"op": "ping", "id": 1}).encode()], "missing the protocol version field 'v'"),
-    ([_header(v=2)], "unsupported protocol version 2"),
+    ([_header(v=PROTOCOL_VERSION + 1)], f"unsupported protocol version {PROTOCOL_VERSION + 1}"),
     ([_header(v=True)], "missing the protocol version"),
-    ([json.dumps({"v": 1, "id": 1}).encode()], "missing the 'op' field"),
+    ([json.dumps({"v": PROTOCOL_VERSION, "id": 1}).encode()], "missing the 'op' field"),
     ([_header(op="explode")], "unknown op 'explode'; known ops: hello, load"),
-    ([json.dumps({"v": 1, "op": "ping"}).encode()], "missing the request 'id'"),
+    ([json.dumps({"v": PROTOCOL_VERSION, "op": "ping"}).encode()], "missing the request 'id'"),
     ([_header(id=[1])], "'id' must be an integer or a short string"),
     ([_header(arrays={"x": 1})], "'arrays' must be a list"),
     ([_header(arrays=[GOOD_ARRAY])], "declares 1 array(s) but the message has 0 data frame"),
@@ -189,10 +190,10 @@ def test_error_keeps_the_request_id_when_the_header_was_readable() -> None:
 
 
 def test_reply_mode_skips_op_but_checks_the_error_field() -> None:
-    header, _ = decode([json.dumps({"v": 1, "id": None}).encode()], reply=True)
+    header, _ = decode([json.dumps({"v": PROTOCOL_VERSION, "id": None}).encode()], reply=True)
     assert header["id"] is None
     with pytest.raises(ProtocolError, match="'error' must be an object"):
-        decode([json.dumps({"v": 1, "id": 1, "error": "bad"}).encode()], reply=True)
+        decode([json.dumps({"v": PROTOCOL_VERSION, "id": 1, "error": "bad"}).encode()], reply=True)
 
 
 class _LavaTrouble(CapacityError):

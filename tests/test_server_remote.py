@@ -22,7 +22,14 @@ import zmq
 from devices.base import BaseBackend
 from devices.catalog import ALL_PARAMETERS
 from devices.handler import DeviceServer
-from devices.protocol import Limits, NotLoadedError, ProtocolError, decode, encode
+from devices.protocol import (
+    PROTOCOL_VERSION,
+    Limits,
+    NotLoadedError,
+    ProtocolError,
+    decode,
+    encode,
+)
 from devices.remote import RemoteBackend
 from devices.security import is_local_endpoint
 from devices.spawn import ServerProcess, start_server_process
@@ -97,7 +104,7 @@ def _request(endpoint: str, op: str, arrays: dict | None = None, **fields: Any) 
 
 
 def _head(**fields: Any) -> bytes:
-    return json.dumps({"v": 1, "op": "ping", "id": 3, **fields}).encode()
+    return json.dumps({"v": PROTOCOL_VERSION, "op": "ping", "id": 3, **fields}).encode()
 
 
 def _assert_serving(endpoint: str) -> None:
@@ -119,12 +126,13 @@ BAD_REQUESTS = [
     ([b"{oops"], "header is not valid JSON"),
     ([b'"just a string"'], "header must be a JSON object, got str"),
     ([b"\x80\x81"], "header is not UTF-8"),
-    ([_head(v=2)], "unsupported protocol version 2"),
+    ([_head(v=PROTOCOL_VERSION + 1)], f"unsupported protocol version {PROTOCOL_VERSION + 1}"),
     ([_head(op="launch")], "unknown op 'launch'"),
-    ([json.dumps({"v": 1, "id": 3}).encode()], "missing the 'op' field"),
+    ([json.dumps({"v": PROTOCOL_VERSION, "id": 3}).encode()], "missing the 'op' field"),
     ([json.dumps({"op": "ping", "id": 3}).encode()], "missing the protocol version field"),
     ([_head(arrays=[{"name": "x", "shape": [1]}]), b"x" * 4], "missing the 'dtype' field"),
-    ([_head(op="load")], "load needs a 'spec' object"),
+    ([_head(op="load")], "load needs the 'session' that hello returned"),
+    ([_head(op="evaluate", session="not hex")], "'session' must be the hex id hello returned"),
     ([_head(op="hello", arrays=[F4]), b"x" * 16], "hello takes no arrays, got x"),
 ]
 
@@ -147,18 +155,21 @@ def test_request_id_is_echoed_on_errors(server: ServerProcess) -> None:
 
 def test_evaluate_before_load_and_bad_evaluates(server: ServerProcess) -> None:
     ep = server.endpoint
-    _request(ep, "close")  # the shared server now holds no network
+    session = _request(ep, "hello")[0]["session"]  # a new session holds no network
     inputs = _inputs().astype(np.uint8)
-    header, _ = _request(ep, "evaluate", {"inputs": inputs})
+    header, _ = _request(ep, "evaluate", {"inputs": inputs}, session=session)
     assert header["error"]["type"] == "NotLoadedError"
-    assert "holds no network" in header["error"]["message"]
+    assert "this session holds no network" in header["error"]["message"]
+    header, _ = _request(ep, "load", session=session)
+    assert header["error"]["type"] == "ProtocolError"
+    assert "load needs a 'spec' object" in header["error"]["message"]
     meta, arrays = _spec().to_arrays()
-    header, _ = _request(ep, "load", arrays, spec={**meta, "format": 99})
+    header, _ = _request(ep, "load", arrays, spec={**meta, "format": 99}, session=session)
     assert header["error"]["type"] == "SpecError"
     assert "unsupported spec format 99" in header["error"]["message"]
-    header, _ = _request(ep, "load", arrays, spec={**meta, "layers": "nope"})
+    header, _ = _request(ep, "load", arrays, spec={**meta, "layers": "nope"}, session=session)
     assert header["error"]["type"] == "SpecError"
-    header, out = _request(ep, "load", arrays, spec=meta)
+    header, out = _request(ep, "load", arrays, spec=meta, session=session)
     assert "error" not in header and header["capabilities"]["writable"] == list(ALL_PARAMETERS)
     np.testing.assert_array_equal(out["fc0.weight"], arrays["fc0.weight"])
     cases = [
@@ -168,10 +179,10 @@ def test_evaluate_before_load_and_bad_evaluates(server: ServerProcess) -> None:
         ({"fc9.weight": np.zeros((2, 3), np.float32), "inputs": inputs}, "SpecError", "fc9"),
     ]
     for arrays_in, kind, message in cases:
-        header, _ = _request(ep, "evaluate", arrays_in)
+        header, _ = _request(ep, "evaluate", arrays_in, session=session)
         assert header["error"]["type"] == kind, header
         assert message in header["error"]["message"]
-    header, out = _request(ep, "evaluate", {"inputs": inputs})
+    header, out = _request(ep, "evaluate", {"inputs": inputs}, session=session)
     assert out["counts"].dtype == np.int32 and out["counts"].shape == (1, 5, 3)
 
 
@@ -218,19 +229,24 @@ def test_server_turns_backend_failures_into_typed_replies(
         return made[-1]
 
     server = DeviceServer("fake", factory, exit_on_close=True)
+    assert len(made) == 1  # made at once: a backend that cannot start fails the server's start
+    session = _handle(server, "hello")[0]["session"]
     meta, arrays = _spec().to_arrays()
-    assert "error" not in _handle(server, "load", arrays, spec=meta)[0]
-    header, out = _handle(server, "evaluate", {"inputs": _inputs().astype(np.uint8)})
+    assert "error" not in _handle(server, "load", arrays, spec=meta, session=session)[0]
+    inputs = {"inputs": _inputs().astype(np.uint8)}
+    header, out = _handle(server, "evaluate", inputs, session=session)
     if kind is None:  # float torch counts come back as int32 numpy
         assert out["counts"].dtype == np.int32 and out["counts"].tolist() == [[[1] * 3] * 5]
     else:
         assert header["error"] == {"type": kind, "message": message}
-    header, _ = _handle(server, "close")
+    header, _ = _handle(server, "close", session=session)
     assert header["closed"] is True and header["exiting"] is True and server.should_exit
-    assert made[0]._closed and len(made) == 1
-    header, _ = _handle(server, "hello")  # a fresh backend after close
-    assert header["server"]["loaded"] is False and len(made) == 2
+    assert made[1]._closed and len(made) == 2  # the session's own backend, closed with it
+    header, _ = _handle(server, "hello")  # a new session: a fresh backend at its first load
+    assert header["server"]["loaded"] is False and header["session"] != session
     assert header["limits"] == Limits().to_json()
+    assert "error" not in _handle(server, "load", arrays, spec=meta, session=header["session"])[0]
+    assert len(made) == 3 and not made[2]._closed
 
 
 # ----------------------------------------------------------------------- remote parity
