@@ -32,14 +32,24 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from devices.catalog import RECORDS, REMOTE_OPTIONS
-from devices.fanout import FanOut, Member, Outcome, Range, same_spec, split_range
+from devices.fanout import (
+    FanOut,
+    Member,
+    Outcome,
+    Range,
+    common_writable,
+    same_spec,
+    share_weights,
+    split_range,
+)
 from devices.remote import RemoteBackend
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, PolystepError
 from polystep_neuro.core.network import NetworkSpec
 
-__all__ = ["ShardedBackend", "split_range"]
+# split_range, share_weights and common_writable live in devices.fanout; named here too
+__all__ = ["ShardedBackend", "common_writable", "share_weights", "split_range"]
 
 log = logging.getLogger(__name__)
 
