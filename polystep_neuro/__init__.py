@@ -1,7 +1,11 @@
 """polystep-neuro: adapt spiking networks on the device with forward passes only.
 
 ``polystep_neuro.adapt(model, backend, train=..., ...)`` is the one-call API (see
-:mod:`polystep_neuro.run.api`); the parts it is built from live in the submodules.
+:mod:`polystep_neuro.run.api`); ``polystep_neuro.deploy(model, backend, data=...)`` puts a
+trained model on a device and recovers what the conversion cost
+(:mod:`polystep_neuro.run.deploy`); ``polystep_neuro.check(model, backend, x, y)`` compares
+them layer by layer (:mod:`polystep_neuro.run.parity`).  The parts they are built from live
+in the submodules.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,7 +19,17 @@ try:
 except PackageNotFoundError:  # run from a checkout without an install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["Adaptation", "NetworkSpec", "Settings", "__version__", "adapt"]
+__all__ = [
+    "Adaptation",
+    "Deployment",
+    "NetworkSpec",
+    "ParityReport",
+    "Settings",
+    "__version__",
+    "adapt",
+    "check",
+    "deploy",
+]
 
 
 def __getattr__(name: str):
@@ -24,6 +38,14 @@ def __getattr__(name: str):
         from polystep_neuro.run import api
 
         return getattr(api, name)
+    if name in ("deploy", "Deployment"):
+        from polystep_neuro.run import deploy
+
+        return getattr(deploy, name)
+    if name in ("check", "ParityReport"):
+        from polystep_neuro.run import parity
+
+        return parity.run_check if name == "check" else parity.ParityReport
     if name == "Settings":
         from polystep_neuro.run.optimizers import Settings
 

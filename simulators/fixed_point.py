@@ -36,6 +36,12 @@ WEIGHT_EXP_MIN, WEIGHT_EXP_MAX = -8, 7
 # Calibration target: the threshold lands in (2**11, 2**12] device units, which resolves it to
 # 0.05 % while leaving activations 32x the threshold before the 24-bit current wraps.
 _VTH_TARGET = 4096.0
+# The remedy every "this spec does not fit the device" error names.
+CONVERT_REMEDY = (
+    "convert it to the device's semantics: `polystep-neuro convert --spec FILE --out "
+    "DEVICE.npz` (or --snntorch / --nir MODEL); pn.adapt, `polystep-neuro check` and "
+    "`polystep-neuro deploy` convert by themselves"
+)
 
 
 @dataclass(frozen=True)
@@ -130,13 +136,15 @@ def check_fixed_compatible(spec: NetworkSpec) -> None:
             raise SpecError(
                 f"layer {i}: Loihi 2 neurons reset to zero in the spiking step "
                 f"(reset='zero', reset_delay=False); this layer has reset={layer.reset!r}, "
-                f"reset_delay={layer.reset_delay}"
+                f"reset_delay={layer.reset_delay}; {CONVERT_REMEDY}"
             )
         du_varies = f"lif{i}.du" in spec.writable
         if layer.bias is not None and (quantize_du(layer.du) != DECAY_MAX or du_varies):
             raise SpecError(
                 f"layer {i}: a Dense bias can only be folded into the neuron bias on Loihi 2 "
-                f"when du = 1 (no current memory) and du is not writable; du={layer.du}"
+                f"when du = 1 (no current memory) and du is not writable; du={layer.du}, "
+                f"writable: {', '.join(spec.writable) or 'none'}; {CONVERT_REMEDY} (it folds "
+                f"the bias into lif{i}.v_bias)"
             )
 
 

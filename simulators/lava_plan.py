@@ -75,7 +75,8 @@ def check_lava_spec(spec: NetworkSpec, mode: str) -> NetworkSpec:
             raise SpecError(
                 f"layer {i}: Lava computes only Dense delay 1 with zero reset in the spiking "
                 f"step (delay=1, reset='zero', reset_delay=False); this layer has "
-                f"delay={layer.delay}, reset={layer.reset!r}, reset_delay={layer.reset_delay}"
+                f"delay={layer.delay}, reset={layer.reset!r}, reset_delay={layer.reset_delay}; "
+                f"{fp.CONVERT_REMEDY}"
             )
     fixed = set(RUNTIME_WRITABLE[mode])
     frozen = [name for name in spec.writable if split_param_name(name)[1] not in fixed]
@@ -94,7 +95,8 @@ def check_lava_spec(spec: NetworkSpec, mode: str) -> NetworkSpec:
         if not no_memory:
             raise SpecError(
                 f"layer {i}: Lava has no Dense bias; fc{i}.bias can only be folded into the "
-                f"LIF bias when du = 1 (no current memory), this layer has du={layer.du}"
+                f"LIF bias when du = 1 (no current memory), this layer has du={layer.du}; "
+                f"{fp.CONVERT_REMEDY}"
             )
     if mode == "fixed_pt":
         fp.check_fixed_compatible(spec)

@@ -80,13 +80,13 @@ def test_convert_snntorch_module_keeps_its_counts(tmp_path: Path, capsys) -> Non
     torch.save(model, tmp_path / "model.pt")
     code, out, _ = _cli(
         capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
-        "--out", tmp_path / "spec.npz",
+        "--backend", "torch-sim", "--out", tmp_path / "spec.npz",
     )  # fmt: skip
     assert code == 0
     spec = NetworkSpec.load(tmp_path / "spec.npz")
     assert spec.writable == ("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias")
     assert [layer.delay for layer in spec.layers] == [0, 0]
-    assert "wrote" in out and "8-10-4, 20 steps, delay 0" in out
+    assert "wrote" in out and "8-10-4, 20 steps, delay 0" in out and "for torch-sim" in out
     assert "difference(s) from Lava/Loihi semantics" in out  # snnTorch's subtract reset
     x = _inputs()
     expected = run_snntorch(model, torch.from_numpy(x)).numpy()
@@ -119,11 +119,14 @@ def test_torch_save_of_snntorchs_default_surrogate(tmp_path: Path) -> None:
         raise
 
 
-def test_convert_to_device_semantics_lists_the_changes(tmp_path: Path, capsys) -> None:
+def test_convert_defaults_to_the_device_and_lists_the_changes(tmp_path: Path, capsys) -> None:
+    """snnTorch's defaults (subtract reset, delayed reset, delay 0) reach the default backend
+    without a flag; every change is listed, the approximate ones marked, and the spec runs
+    on the fixed-point backend and on Lava's rules."""
     torch.save(_model(), tmp_path / "model.pt")
     code, out, _ = _cli(
         capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
-        "--device-semantics", "--writable", "fc1.weight", "--out", tmp_path / "dev.npz",
+        "--writable", "fc1.weight", "--out", tmp_path / "dev.npz",
     )  # fmt: skip
     assert code == 0
     spec = NetworkSpec.load(tmp_path / "dev.npz")
@@ -132,8 +135,36 @@ def test_convert_to_device_semantics_lists_the_changes(tmp_path: Path, capsys) -
         ("zero", False, 1),
         ("zero", False, 1),
     ]
-    assert "device semantics: layer 0: reset 'subtract' -> 'zero'" in out
-    assert "device semantics: layer 1: delay 0 -> 1" in out
+    assert "for torch-sim-fixed" in out
+    assert "changed: layer 0: reset 'subtract' -> 'zero'" in out
+    assert "changed: layer 1: delay 0 -> 1" in out and "[approximate]" in out
+    assert "changed: layer 0: fc0.bias folded into lif0.v_bias" in out
+    assert "6 approximate change(s): measure it with `polystep-neuro check`" in out
+    TorchLIF(spec, "loihi-fixed").counts({}, _inputs())  # runs on the fixed-point device
+    # --device-semantics says the same whatever --backend names
+    code, again, _ = _cli(
+        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
+        "--backend", "torch-sim", "--device-semantics", "--out", tmp_path / "dev2.npz",
+    )  # fmt: skip
+    assert code == 0 and NetworkSpec.load(tmp_path / "dev2.npz").layers[1].delay == 1
+    # a spec file in snnTorch's semantics is converted the same way (the remedy the device
+    # errors name)
+    code, _, _ = _cli(
+        capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
+        "--backend", "torch-sim", "--out", tmp_path / "snn.npz",
+    )  # fmt: skip
+    from polystep_neuro.core.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"convert it to the device's semantics: `polystep-neuro"):
+        TorchLIF(NetworkSpec.load(tmp_path / "snn.npz"), "loihi-fixed")
+    code, _, _ = _cli(
+        capsys, "convert", "--spec", tmp_path / "snn.npz", "--out", tmp_path / "dev3.npz"
+    )  # fmt: skip
+    third = NetworkSpec.load(tmp_path / "dev3.npz")
+    for name, value in (
+        NetworkSpec.load(tmp_path / "dev.npz").with_writable(third.writable).parameters().items()
+    ):
+        np.testing.assert_array_equal(third.parameters()[name], value, err_msg=name)
 
 
 def test_export_nir_and_convert_back_round_trips(tmp_path: Path, capsys) -> None:
@@ -146,7 +177,10 @@ def test_export_nir_and_convert_back_round_trips(tmp_path: Path, capsys) -> None
     )  # fmt: skip
     assert code == 0 and "NIR graph of 8-12-5" in out and "dt 0.001 s" in out
     assert float(nir.read(tmp_path / "net.nir").metadata["dt"]) == 1e-3
-    code, _, _ = _cli(capsys, "convert", "--nir", tmp_path / "net.nir", "--out", tmp_path / "b.npz")
+    code, _, _ = _cli(
+        capsys, "convert", "--nir", tmp_path / "net.nir", "--backend", "torch-sim", "--out",
+        tmp_path / "b.npz",
+    )  # fmt: skip
     assert code == 0
     back = NetworkSpec.load(tmp_path / "b.npz")
     assert back.num_steps == T and back.writable == (

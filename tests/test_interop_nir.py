@@ -284,7 +284,8 @@ SNNTORCH_RESET = (
 )
 SNNTORCH_V_LEAK = (
     "snnTorch 1.0.0's import_from_nir asserts v_leak == 0 ('AssertionError: v_leak not "
-    "supported'): a voltage bias (lif{i}.v_bias) cannot be imported by snnTorch"
+    "supported'): a voltage bias on a layer with current memory (lif{i}.v_bias, du < 1; "
+    "to_nir writes du = 1 ones as Affine biases) cannot be imported by snnTorch"
 )
 SNNTORCH_DELAY = (
     "snnTorch 1.0.0's import_from_nir (through nirtorch 2.6) has no mapping for Delay nodes: "
@@ -407,9 +408,28 @@ def test_snntorch_imports_our_graphs_spike_for_spike(neuron: str) -> None:
 
 
 @needs_snntorch
+@pytest.mark.parametrize("neuron", ["leaky", "synaptic"])
+def test_snntorch_imports_a_voltage_bias_as_an_input_bias(neuron: str) -> None:
+    """Without current memory (du = 1) a voltage bias is an input bias: to_nir writes it into
+    the Affine node, which snnTorch loads (it refuses v_leak), and the split comes back."""
+    spec = NetworkSpec.random([6, 8, 4], T, seed=4, dv=0.2, delay=0, bias=neuron == "leaky")
+    spec = NetworkSpec([replace(layer, neuron=neuron) for layer in spec.layers], T)
+    spec = spec.with_params({"lif0.v_bias": np.linspace(-0.1, 0.2, 8, dtype=np.float32)})
+    graph = to_nir(spec)
+    assert np.all(graph.nodes["lif0"].v_leak == 0) and isinstance(graph.nodes["fc0"], nir.Affine)
+    x = _spikes(6, 9)
+    expected = _counts(spec, x)
+    assert expected.sum() > 50
+    np.testing.assert_array_equal(_run_imported(import_from_nir(graph), x), expected)
+    back = from_nir(graph)
+    for name, value in spec.parameters().items():
+        assert back.parameters()[name].tobytes() == value.tobytes(), name
+
+
+@needs_snntorch
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=SNNTORCH_V_LEAK)
-def test_snntorch_imports_a_voltage_bias() -> None:
-    spec = NetworkSpec.random([6, 8, 4], T, seed=4, dv=0.2, delay=0)
+def test_snntorch_imports_a_voltage_bias_with_current_memory() -> None:
+    spec = NetworkSpec.random([6, 8, 4], T, seed=4, du=0.5, dv=0.2, delay=0)
     spec = spec.with_params({"lif0.v_bias": np.full(8, 0.05, np.float32)})
     module = _documented("^v_leak not supported$", lambda: import_from_nir(to_nir(spec)))
     x = _spikes(6, 9)

@@ -496,24 +496,52 @@ def test_device_compatibility_lists_every_problem() -> None:
 def test_to_device_semantics_reports_what_it_changed() -> None:
     spec = _mixed_spec()
     device_spec, changes = interop.to_device_semantics(spec)
+    kept_part = "(the device zeroes the voltage after a spike, where this layer kept "
+    delayed = "(its input arrives one step later, so the layer misses the last step's input)"
     assert changes == [
-        "layer 0: reset 'subtract' -> 'zero'",
-        "layer 0: reset_delay True -> False",
-        "layer 0: delay 0 -> 1 (its input arrives one step later)",
-        "layer 1: delay 0 -> 1 (its input arrives one step later)",
-        "layer 2: reset 'none' -> 'zero'",
+        f"layer 0: reset 'subtract' -> 'zero' {kept_part}what was above the threshold) "
+        "[approximate]",
+        "layer 0: reset_delay True -> False (the device resets in the spiking step) [approximate]",
+        f"layer 0: delay 0 -> 1 {delayed} [approximate]",
+        "layer 0: fc0.bias folded into lif0.v_bias (without current memory a current bias is a "
+        "voltage bias; exact up to float32 rounding)",
+        f"layer 1: delay 0 -> 1 {delayed} [approximate]",
+        f"layer 2: reset 'none' -> 'zero' {kept_part}all of it) [approximate]",
     ]
+    assert [(c.layer, c.exact) for c in changes] == [
+        (0, False), (0, False), (0, False), (0, True), (1, False), (2, False)
+    ]  # fmt: skip
     assert interop.device_compatibility(device_spec) == []
     fixed_point.check_fixed_compatible(device_spec)
     assert [layer.neuron for layer in device_spec.layers] == ["leaky", "synaptic", "synaptic"]
     assert spec.layers[0].reset == "subtract" and spec.layers[0].delay == 0  # original kept
+    assert all(layer.bias is None for layer in device_spec.layers)  # Lava has no Dense bias
     for name, value in spec.parameters().items():
-        assert np.array_equal(device_spec.parameters()[name], value), name
+        if name != "fc0.bias":
+            assert np.array_equal(device_spec.parameters()[name], value), name
     again, none = interop.to_device_semantics(device_spec)
     assert none == []
     _assert_same_spec(device_spec, again)
-    with pytest.raises(SpecError, match=r"layer 1: fc1.bias with du=0.5"):
-        interop.to_device_semantics(NetworkSpec.random([6, 5, 3], 8, du=0.5, bias=True))
+
+
+def test_a_current_bias_with_current_memory_becomes_the_voltage_bias_of_equal_charge() -> None:
+    """A Synaptic layer's Dense bias ramps up in the current; the device's neuron bias is
+    constant: the conversion picks the constant that delivers the same charge over the run,
+    says it is approximate, and the per-step current of the two agrees once settled."""
+    spec = NetworkSpec.random([6, 5, 3], 8, du=0.5, bias=True, writable=("fc0.bias",))
+    device_spec, changes = interop.to_device_semantics(spec)
+    bias_changes = [c for c in changes if "fc" in c and ".bias" in c]
+    assert [(c.layer, c.exact) for c in bias_changes] == [(0, False), (1, False)]
+    assert "the constant that delivers the same charge over the 8 steps" in bias_changes[0]
+    # the current a unit bias builds: 1, 1.5, 1.75, ... (du = 0.5); mean over 8 steps
+    ramp = np.cumsum(0.5 ** np.arange(8))
+    assert interop.mean_current_gain(0.5, 8) == pytest.approx(ramp.mean(), rel=1e-12)
+    for i in range(2):
+        np.testing.assert_allclose(
+            device_spec.layers[i].v_bias, spec.layers[i].bias * ramp.mean(), rtol=1e-6
+        )
+    assert device_spec.writable == ("lif0.v_bias",)  # the bias it adapts is the neuron's
+    fixed_point.check_fixed_compatible(device_spec)
 
 
 def test_imported_snntorch_defaults_are_reported_not_changed() -> None:
@@ -527,4 +555,5 @@ def test_imported_snntorch_defaults_are_reported_not_changed() -> None:
     )
     assert len(interop.device_compatibility(spec)) == 3
     _, changes = interop.to_device_semantics(spec)
-    assert len(changes) == 3
+    # reset, reset delay and delay (approximate); the Linear bias folded (exact)
+    assert [c.exact for c in changes] == [False, False, False, True]

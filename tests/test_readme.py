@@ -4,6 +4,7 @@ nothing outside the repository."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -60,31 +61,49 @@ def test_no_link_leaves_the_repository() -> None:
             assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
 
 
+def _default_model(snn, hidden: int, seed: int = 0) -> torch.nn.Sequential:
+    """A reader's model with snnTorch's defaults (subtract reset, reset_delay, biases)."""
+    import functools
+
+    torch.manual_seed(seed)
+    grad = functools.partial(snn.surrogate.ATan.apply, alpha=2.0)  # pickles (torch.save)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, hidden),
+        snn.Leaky(beta=0.9, spike_grad=grad, init_hidden=True),
+        torch.nn.Linear(hidden, 10),
+        snn.Leaky(beta=0.9, spike_grad=grad, init_hidden=True, output=True),
+    )
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+        model[2].weight.mul_(3.0)
+    return model
+
+
+def _time_first(rng: np.random.Generator, t: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spike trains (T, n, 64) as snnTorch's spikegen makes them, and labels."""
+    return (rng.random((t, n, 64)) < 0.3).astype(np.uint8), rng.integers(0, 10, n)
+
+
 def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
     snn = pytest.importorskip("snntorch")
     snippet = re.search(r"```python\n(import polystep_neuro as pn\n.*?)```", README, re.S)
     assert snippet is not None
     # What the snippet assumes the reader has: a trained snnTorch model and spike data.
-    t, rng = 4, np.random.default_rng(0)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 8),
-        snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero", reset_delay=False),
-        torch.nn.Linear(8, 10),
-        snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero", reset_delay=False,
-                  output=True),
-    )  # fmt: skip
-
-    def data(n: int) -> tuple[np.ndarray, np.ndarray]:
-        return (rng.random((n, t, 64)) < 0.3).astype(np.uint8), rng.integers(0, 10, n)
-
-    (x_drift, y_drift), (x_clean, y_clean), (x_test, y_test) = data(160), data(40), data(40)
+    t, rng = 6, np.random.default_rng(0)
+    model = _default_model(snn, 8)
+    names = ("clean", "test", "drift", "shifted")
+    scope = {"model": model, "T": t}
+    for name, n in zip(names, (80, 40, 120, 40), strict=True):
+        scope[f"x_{name}"], scope[f"y_{name}"] = _time_first(rng, t, n)
     before = model[0].bias.detach().clone()
     monkeypatch.chdir(tmp_path)
-    scope = dict(model=model, T=t, x_drift=x_drift, y_drift=y_drift, x_clean=x_clean,
-                 y_clean=y_clean, x_test=x_test, y_test=y_test)  # fmt: skip
     exec(compile(snippet.group(1), "README.md", "exec"), scope)
-    result = scope["result"]
+    deployed, result = scope["deployed"], scope["result"]
+    assert set(deployed.reference) == {"val_accuracy", "clean_accuracy"}
+    assert deployed.after["val_accuracy"] >= deployed.before["val_accuracy"]
+    assert deployed.parameter_sets <= 50_000 and [
+        layer.delay for layer in deployed.spec.layers
+    ] == [1, 1]
     assert set(result.result.end) >= {"clean_accuracy", "shifted_accuracy"}
     # load_into wrote the network that was handed back into the reader's module.
     np.testing.assert_array_equal(model[0].weight.detach().numpy(), result.spec.layers[0].weight)
@@ -92,3 +111,36 @@ def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
     assert result.result.adapted == ("lif0.v_bias",)
     assert result.result.steps == 300 and (result.result.kept_start or not
                                              torch.equal(model[0].bias, before))  # fmt: skip
+
+
+def test_the_commands_run_as_written(tmp_path, monkeypatch, capsys) -> None:
+    """The command-line block of "Your own network", line by line, on a model with
+    snnTorch's defaults and the files it names."""
+    import shlex
+
+    from polystep_neuro.cli import main
+
+    snn = pytest.importorskip("snntorch")
+    section = README.split("## Your own network", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+    assert [c.split()[1] for c in commands] == [
+        "convert", "check", "deploy", "evaluate", "adapt", "export"
+    ]  # fmt: skip
+    t = int(re.search(r"--time-steps (\d+)", block).group(1))
+    monkeypatch.chdir(tmp_path)
+    torch.save(_default_model(snn, 12), "model.pt")
+    rng = np.random.default_rng(1)
+    for name, n in (("clean", 160), ("test", 60), ("drifted", 160), ("shifted", 60)):
+        spikes, labels = _time_first(rng, t, n)
+        np.savez(f"{name}.npz", spikes=spikes, labels=labels)
+    for command in commands:
+        words = shlex.split(command.split("#", 1)[0])
+        assert words[0] == "polystep-neuro"
+        code = main(words[1:])
+        out, err = capsys.readouterr()
+        assert code == 0, f"{command}: {err}"
+    summary = json.loads((tmp_path / "runs/mine/summary.json").read_text())
+    assert summary["recovered"]["val_accuracy"] >= summary["converted"]["val_accuracy"]
+    assert summary["parameter_sets"] <= 50_000
+    assert (tmp_path / "runs/drift/summary.json").is_file() and (tmp_path / "adapted.nir").is_file()

@@ -2,13 +2,16 @@
 fixed-point device to drifted data, and take it back — through the one-call API and through
 the CLI pipeline (convert -> adapt -> evaluate -> export), with identical spike counts at each
 hand-over that keeps the arithmetic (module -> spec, spec -> NIR -> spec, adapted spec ->
-the user's own module)."""
+the user's own module, which runs it in snnTorch's timing).  The model is trained with the
+device's reset (zero, in the spiking step); tests/test_snntorch_defaults.py takes snnTorch's
+own defaults the same way."""
 
 from __future__ import annotations
 
 import copy
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,14 @@ pytest.importorskip("nir")
 from snntorch import utils as snn_utils  # noqa: E402
 
 from polystep_neuro.run.interop.nir import read_nir, write_nir  # noqa: E402
+
+
+def read_nir_graph(path: Path):
+    import nir
+
+    return nir.read(path)
+
+
 from polystep_neuro.run.interop.snntorch import from_snntorch, run_snntorch  # noqa: E402
 
 T = 8
@@ -106,13 +117,16 @@ def test_the_api_path_hands_over_with_identical_counts(trained, tmp_path: Path) 
     for name, value in result.spec.parameters().items():
         np.testing.assert_array_equal(back.parameters()[name], value, err_msg=name)
 
-    # Hand-over 3: the adapted weights in the user's own module (whatever its names).
+    # Hand-over 3: the adapted weights in the user's own module (whatever its names), which
+    # runs them in snnTorch's timing: the adapted network without the device's one-step delay.
+    assert [layer.delay for layer in result.spec.layers] == [1, 1]  # what the device ran
     mine = copy.deepcopy(model)
     result.load_into(mine)
     np.testing.assert_array_equal(mine[0].weight.detach().numpy(), result.spec.layers[0].weight)
+    snntorch_timed = NetworkSpec([replace(layer, delay=0) for layer in result.spec.layers], T)
     np.testing.assert_array_equal(
         run_snntorch(mine, x["shifted_test"]).numpy(),
-        _float_counts(result.spec, x["shifted_test"]),
+        _float_counts(snntorch_timed, x["shifted_test"]),
     )
     assert not np.array_equal(mine[2].weight.detach().numpy(), model[2].weight.detach().numpy())
 
@@ -134,7 +148,7 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
         np.savez(tmp_path / f"{name}.npz", spikes=spikes, labels=y[name])
 
     _cli(capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
-         "--out", tmp_path / "spec.npz")  # fmt: skip
+         "--backend", "torch-sim", "--out", tmp_path / "spec.npz")  # fmt: skip
     converted = NetworkSpec.load(tmp_path / "spec.npz")
     assert converted.writable == ("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias")
     np.testing.assert_array_equal(
@@ -173,3 +187,73 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
     back = read_nir(tmp_path / "adapted.nir")
     for name, value in adapted.parameters().items():
         np.testing.assert_array_equal(back.parameters()[name], value, err_msg=name)
+
+
+def _sinabs() -> object:
+    """Sinabs, where installed (CI installs it: `pip install --no-deps sinabs pbr`, since its
+    nir<=1.0.4 pin conflicts with this project's nir>=1.0.8, with which its import runs)."""
+    import os
+
+    try:
+        import sinabs
+    except ImportError:
+        if os.environ.get("POLYSTEP_REQUIRE_SINABS") == "1":
+            pytest.fail("POLYSTEP_REQUIRE_SINABS=1 but sinabs is not installed")
+        pytest.skip("sinabs is not installed (pip install --no-deps sinabs pbr)")
+    return sinabs
+
+
+def sinabs_module(graph, batch_size: int, dv: float) -> torch.nn.Module:
+    """A NIR graph in Sinabs 3.1.3, set to the graph's own semantics as docs/interop.md says:
+    Sinabs reads a LIF's tau in time steps (decay exp(-1/tau)) and builds neurons that emit
+    several spikes per step and reset by subtraction."""
+    import math
+
+    import sinabs.activation as sa
+    import sinabs.layers as sl
+
+    module = _sinabs().from_nir(graph, batch_size=batch_size)
+    for layer in module.modules():
+        if isinstance(layer, sl.LIF):
+            layer.spike_fn = sa.SingleSpike
+            layer.reset_fn = sa.MembraneReset()
+            with torch.no_grad():
+                layer.tau_mem.data = torch.full_like(
+                    layer.tau_mem, -1.0 / math.log(1.0 - dv), dtype=torch.float64
+                )
+    return module
+
+
+def test_an_adapted_network_goes_back_to_snntorch_and_sinabs(trained, tmp_path: Path) -> None:
+    """Drifted data alone adapts the hidden neurons' biases (the default); the adapted network
+    (snnTorch's timing, the device's reset) exported to NIR loads in snnTorch and in Sinabs,
+    which spike as the project's float simulator does."""
+    from snntorch.import_nir import import_from_nir
+
+    model, x, y = trained["model"], trained["x"], trained["y"]
+    result = pn.adapt(model, "torch-sim", time_steps=T, train=(x["drifted"], y["drifted"]),
+                      steps=8, progress=False)  # fmt: skip
+    assert result.result.adapted == ("lif0.v_bias",)
+    assert np.any(result.spec.layers[0].v_bias != 0)
+    write_nir(result.spec, tmp_path / "adapted.nir")
+    graph = read_nir_graph(tmp_path / "adapted.nir")
+    assert all(np.all(graph.nodes[f"lif{i}"].v_leak == 0) for i in range(2))  # no v_leak
+    spikes = x["shifted_test"]
+    expected = _float_counts(result.spec, spikes)
+    assert expected.sum() > 1000
+    mine = import_from_nir(graph)
+    counts = 0
+    for sub in mine.modules():
+        if isinstance(sub, (snn.Leaky, snn.Synaptic)):
+            sub.reset_mem()
+    with torch.no_grad():
+        for t in range(T):
+            out = mine(torch.as_tensor(spikes[:, t], dtype=torch.float32))
+            counts = counts + (out[0] if isinstance(out, tuple) else out)
+    np.testing.assert_array_equal(np.asarray(counts, dtype=np.int64), expected)
+    sinabs_net = sinabs_module(graph, len(spikes), float(result.spec.layers[0].dv))
+    flat = torch.as_tensor(spikes, dtype=torch.float32).reshape(len(spikes) * T, -1)
+    out = sinabs_net(flat)
+    out = out[0] if isinstance(out, tuple) else out
+    got = out.detach().reshape(len(spikes), T, -1).sum(dim=1).numpy().astype(np.int64)
+    np.testing.assert_array_equal(got, expected)

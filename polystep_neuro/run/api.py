@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polystep_neuro.core.errors import PolystepError, SpecError
+from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.controller import AdaptResult
 from polystep_neuro.run.data import SpikeDataset
@@ -42,8 +42,6 @@ from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.writable import WritableChoice
 
 DataLike = SpikeDataset | tuple[Any, Any]
-# Backends whose network runs with Lava's timing (a one-step synaptic delay).
-_LAVA_TIMING = ("lava", "lava-fixed", "loihi2")
 
 
 @dataclass
@@ -82,37 +80,11 @@ class Adaptation:
 
     def load_into(self, model: Any) -> None:
         """Copy the adapted weights and biases into ``model`` (your own snnTorch module or its
-        ``(Linear, neuron)`` pairs), layer by layer in order, whatever its attribute names:
-        ``fc{i}.weight`` into the i-th ``nn.Linear``'s weight, ``fc{i}.bias`` plus
-        ``lif{i}.v_bias`` into its bias (equal for snnTorch's Leaky neurons: the bias enters
-        the membrane every step)."""
-        from polystep_neuro.run.interop.snntorch import _layer_pairs
+        ``(Linear, neuron)`` pairs), layer by layer in order, whatever its attribute names
+        (:func:`polystep_neuro.run.interop.snntorch.load_into`)."""
+        from polystep_neuro.run.interop.snntorch import load_into
 
-        pairs = _layer_pairs(model)
-        if len(pairs) != len(self.spec.layers):
-            raise SpecError(
-                f"the model has {len(pairs)} Linear + neuron layers, the adapted network "
-                f"{len(self.spec.layers)}"
-            )
-        for i, ((name, linear), _) in enumerate(pairs):
-            layer = self.spec.layers[i]
-            if tuple(linear.weight.shape) != layer.weight.shape:
-                raise SpecError(
-                    f"layer {name}: weight {tuple(linear.weight.shape)} vs adapted "
-                    f"{layer.weight.shape}"
-                )
-            bias = np.asarray(layer.v_bias, dtype=np.float32)
-            if layer.bias is not None:
-                bias = bias + layer.bias
-            if linear.bias is None and np.any(bias != 0):
-                raise SpecError(
-                    f"layer {name} has no bias, but the adapted network biases its neurons; "
-                    "build it with nn.Linear(..., bias=True)"
-                )
-            with torch.no_grad():
-                linear.weight.copy_(torch.as_tensor(layer.weight))
-                if linear.bias is not None:
-                    linear.bias.copy_(torch.as_tensor(bias))
+        load_into(self.spec, model)
 
 
 def adapt(
@@ -132,6 +104,7 @@ def adapt(
     time_first: bool = False,
     val_fraction: float = RunConfig.val_fraction,
     anchor: float | None = None,
+    teacher: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     seed: int = Settings.seed,
@@ -147,6 +120,8 @@ def adapt(
     every parameter the device can rewrite (:mod:`polystep_neuro.run.writable`).  Without
     replay the run adapts only the hidden neurons' biases among them and the start's own
     outputs anchor it (``anchor``, default 2; :mod:`polystep_neuro.run.run_defaults`).
+    ``teacher`` (the trained model, run on the host) takes the start's place: its outputs on
+    every sample are the soft targets the run holds on to (:mod:`polystep_neuro.run.teacher`).
     ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
     step, ...).  ``num_steps=`` and ``device=`` still work for one release (renamed
     ``time_steps=`` and ``torch_device=``).
@@ -175,7 +150,12 @@ def adapt(
         replay=None if replay is None else ds(replay),
         test={k: ds(v) for k, v in (test or {}).items()},
     )
-    run = run_adaptation(spec, data, cfg, report=_say if progress else None)
+    on_ready = None
+    if teacher is not None:
+        from polystep_neuro.run.teacher import taught
+
+        data, on_ready = taught(teacher, data, spec, cfg)
+    run = run_adaptation(spec, data, cfg, report=_say if progress else None, on_ready=on_ready)
     return Adaptation(run.result.spec, run.start, run.result, changes)
 
 
@@ -184,30 +164,11 @@ def _say(line: str) -> None:
 
 
 def _as_spec(model: Any, time_steps: int | None, backend: str) -> tuple[NetworkSpec, list[str]]:
-    """The model as a NetworkSpec, in the timing the backend runs (changes listed)."""
-    if isinstance(model, NetworkSpec):
-        spec = model
-    elif isinstance(model, (str, Path)) or type(model).__module__.startswith("nir"):
-        from polystep_neuro.run.interop.nir import from_nir
+    """The model as a NetworkSpec, in the semantics the backend runs (changes listed)."""
+    from polystep_neuro.run.reference import as_reference
 
-        spec = from_nir(model, time_steps)
-    elif isinstance(model, torch.nn.Module) or isinstance(model, (list, tuple)):
-        if time_steps is None:
-            raise PolystepError("an snnTorch model needs time_steps (time steps per sample)")
-        from polystep_neuro.run.interop.snntorch import from_snntorch
-
-        spec = from_snntorch(model, time_steps)
-    else:
-        raise PolystepError(
-            f"model must be an snnTorch module, a NIR graph or file, or a NetworkSpec; got "
-            f"{type(model).__name__}"
-        )
-    spec = spec.validate()
-    if backend in _LAVA_TIMING:
-        from polystep_neuro.run.interop import to_device_semantics
-
-        return to_device_semantics(spec)
-    return spec, []
+    spec, changes = as_reference(model, time_steps).for_backend(backend)
+    return spec, [str(c) for c in changes]
 
 
 def _dataset(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from polystep_neuro.core.errors import Interrupted, PolystepError
-from polystep_neuro.run import convert
+from polystep_neuro.run import convert, deploy_cli
 from polystep_neuro.run.deprecation import add_renamed_flag
 from polystep_neuro.run.run_defaults import RunConfig
 
@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_devices(sub)
     convert.add_parsers(sub)  # convert, export
+    deploy_cli.add_parsers(sub)  # check, deploy
     return parser
 
 
@@ -449,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "convert": convert.convert,
         "export": convert.export,
+        "check": deploy_cli.check,
+        "deploy": deploy_cli.deploy,
     }
     try:
         return handlers[args.command](args)

@@ -1,8 +1,10 @@
 """``polystep-neuro convert`` and ``polystep-neuro export``: bring your own model in, take the
 adapted network out.
 
-convert: a NIR file or a whole ``torch.save(model)`` snnTorch module -> a NetworkSpec .npz
-(optionally moved to the device's semantics, with the parameters the device may rewrite).
+convert: a NIR file, a whole ``torch.save(model)`` snnTorch module or a spec .npz -> a
+NetworkSpec .npz in the semantics of the backend it is meant for (``--backend``, default
+torch-sim-fixed: the device's; ``torch-sim`` keeps the model's own exactly), every change
+listed and marked exact or approximate, with the parameters the device may rewrite.
 export: a NetworkSpec .npz -> a NIR file, or the calibrated integer network as a lava-dl
 netx HDF5 file.
 
@@ -20,7 +22,16 @@ from typing import Any
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.deprecation import add_renamed_flag
+from polystep_neuro.run.interop import MEASURE
+from polystep_neuro.run.reference import (
+    Reference,
+    load_snntorch_module,
+    nir_reference,
+    snntorch_reference,
+)
 from polystep_neuro.run.writable import resolve_writable
+
+__all__ = ["add_parsers", "convert", "export", "load_snntorch_module", "read_model"]
 
 SNNTORCH_HELP = (
     "a whole snnTorch model saved with torch.save(model, FILE) (nn.Sequential of nn.Linear + "
@@ -38,26 +49,19 @@ def add_parsers(sub: Any) -> None:
         help="your own model (NIR file or saved snnTorch module) -> a NetworkSpec .npz",
         description="Convert a model into a NetworkSpec .npz for `polystep-neuro adapt`.",
     )
-    source = convert.add_mutually_exclusive_group(required=True)
-    source.add_argument("--nir", type=Path, metavar="FILE", help="a NIR graph file (.nir)")
-    source.add_argument("--snntorch", type=Path, metavar="FILE", help=SNNTORCH_HELP)
+    add_model_arguments(convert, required=True)
     convert.add_argument(
-        "--time-steps",
-        type=int,
-        help="T, the time steps per sample (needed, except for NIR files written by `export`)",
-    )
-    add_renamed_flag(convert, "--num-steps", "--time-steps", type=int)
-    convert.add_argument(
-        "--dt",
-        type=float,
-        help="NIR only: the time step its time constants are measured in (default: the "
-        "file's metadata, else 1e-4 s as snnTorch assumes)",
+        "--backend",
+        default="torch-sim-fixed",
+        help="the backend the network is meant for (default: torch-sim-fixed); a device "
+        "backend (torch-sim-fixed, lava, lava-fixed, loihi2) gets the device's semantics "
+        "(reset to zero in the spiking step, one-step synaptic delay, Dense biases folded "
+        "into the neuron biases), torch-sim keeps the model's own exactly",
     )
     convert.add_argument(
         "--device-semantics",
         action="store_true",
-        help="switch every layer to Lava/Loihi's semantics (reset to zero in the spiking step, "
-        "one-step synaptic delay) and list what changed",
+        help="the device's semantics whatever --backend says",
     )
     convert.add_argument(
         "--writable",
@@ -89,66 +93,73 @@ def add_parsers(sub: Any) -> None:
 
 
 # --------------------------------------------------------------------------- convert
-def load_snntorch_module(path: Path) -> Any:
-    """``torch.load`` of a whole module (pickle: see the module docstring)."""
-    if not path.is_file():
-        raise SpecError(f"snnTorch model file not found: {path}")
-    import torch
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """--snntorch / --nir / --spec (one of them), --time-steps and --dt: a trained model."""
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--snntorch", type=Path, metavar="FILE", help=SNNTORCH_HELP)
+    source.add_argument("--nir", type=Path, metavar="FILE", help="a NIR graph file (.nir)")
+    source.add_argument(
+        "--spec", type=Path, metavar="FILE", help="a NetworkSpec .npz (NetworkSpec.save)"
+    )
+    parser.add_argument(
+        "--time-steps",
+        type=int,
+        help="T, the time steps per sample (needed for an snnTorch model and for NIR files "
+        "not written by `export`)",
+    )
+    add_renamed_flag(parser, "--num-steps", "--time-steps", type=int)
+    parser.add_argument(
+        "--dt",
+        type=float,
+        help="NIR only: the time step its time constants are measured in (default: the "
+        "file's metadata, else 1e-4 s as snnTorch assumes)",
+    )
 
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle, zip and torch errors all mean "not a saved module"
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise SpecError(
-            f"{path} is not a model saved with torch.save(model): {type(exc).__name__}: {detail}"
-        ) from None
-    if isinstance(model, dict):
-        raise SpecError(
-            f"{path} holds a dict (a state_dict?), not a whole module; save the model itself "
-            f"with torch.save(model, path)"
-        )
-    if not isinstance(model, torch.nn.Module):
-        raise SpecError(f"{path} holds a {type(model).__name__}, not a torch nn.Module")
-    return model
 
-
-def convert(args: argparse.Namespace) -> int:
+def read_model(args: argparse.Namespace) -> Reference:
+    """The model named by --snntorch / --nir / --spec, as the reference it computes."""
+    if args.dt is not None and args.nir is None:
+        raise SpecError("--dt applies to NIR files only")
     if args.snntorch is not None:
         if args.time_steps is None:
             raise SpecError("--time-steps is needed for an snnTorch model (time steps per sample)")
-        if args.dt is not None:
-            raise SpecError("--dt applies to NIR files only")
-        from polystep_neuro.run.interop.snntorch import from_snntorch
+        module = load_snntorch_module(args.snntorch)
+        return snntorch_reference(module, args.time_steps, f"snnTorch model {args.snntorch}")
+    if args.nir is not None:
+        return nir_reference(args.nir, args.time_steps, args.dt)
+    spec = NetworkSpec.load(args.spec)
+    if args.time_steps is not None and args.time_steps != spec.num_steps:
+        raise SpecError(
+            f"{args.spec} runs {spec.num_steps} steps per sample; --time-steps applies to "
+            f"snnTorch and NIR models only"
+        )
+    return Reference(spec, f"spec {args.spec}")
 
-        spec = from_snntorch(load_snntorch_module(args.snntorch), args.time_steps)
-        source = f"snnTorch model {args.snntorch}"
-    else:
-        from polystep_neuro.run.interop.nir import read_nir
 
-        spec = read_nir(args.nir, args.time_steps, dt=args.dt)
-        source = f"NIR graph {args.nir}"
-    changes: list[str] = []
-    if args.device_semantics:
-        from polystep_neuro.run.interop import to_device_semantics
-
-        spec, changes = to_device_semantics(spec)
+def convert(args: argparse.Namespace) -> int:
+    reference = read_model(args)
+    source = reference.label
+    backend = "torch-sim-fixed" if args.device_semantics else args.backend
+    spec, changes = reference.for_backend(backend)
     # A converted network starts from what the device rewrites at run time, whatever the
     # source file marked; no device is open here, so `adapt` checks the set against its own.
     chosen = resolve_writable(spec.with_writable(()), args.writable, capabilities=None)
     spec = spec.with_writable(chosen.loaded)
     _save(spec, args.out)
-    print(f"wrote {args.out}: {_describe(spec)} from {source}")
+    print(f"wrote {args.out}: {_describe(spec)} from {source}, for {backend}")
     for change in changes:
-        print(f"  device semantics: {change}")
-    if not args.device_semantics:
-        from polystep_neuro.run.interop import device_compatibility
+        print(f"  changed: {change}")
+    approximate = sum(not getattr(c, "exact", True) for c in changes)
+    if approximate:
+        print(f"  {approximate} approximate change(s): {MEASURE}")
+    from polystep_neuro.run.interop import device_compatibility, device_timed
 
-        problems = device_compatibility(spec)
-        if problems:
-            print(
-                f"  note: {len(problems)} difference(s) from Lava/Loihi semantics (runs exactly "
-                f"on torch-sim; --device-semantics converts): " + "; ".join(problems)
-            )
+    problems = [] if device_timed(backend) else device_compatibility(spec)
+    if problems:
+        print(
+            f"  note: {len(problems)} difference(s) from Lava/Loihi semantics (runs exactly "
+            f"on torch-sim; --backend torch-sim-fixed converts): " + "; ".join(problems)
+        )
     return 0
 
 

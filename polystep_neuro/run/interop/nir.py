@@ -13,6 +13,10 @@ forward-Euler discretisation, the convention snnTorch's own NIR exporter and imp
         du = dt / tau_syn,  dv = dt / tau_mem,  v_bias = dv * v_leak
         input gain (dt * w_in / tau_syn) * (dt * r / tau_mem) (1: w_in = tau_syn/dt, r = tau_mem/dt)
     v_threshold -> vth;  v_reset must be 0 -> reset="zero", reset_delay=False
+    to_nir of a LIF layer (du = 1) with a v_bias: Affine bias = fc bias + v_bias, v_leak = 0
+        (with the unit input gain a voltage bias is an input bias; snnTorch and Sinabs
+        refuse a non-zero v_leak).  A CubaLIF layer keeps v_leak: its Affine bias would
+        pass through the synaptic current, which is not the same.
     Affine(weight, bias) / Linear(weight) -> fc{i}.weight / fc{i}.bias
     Delay(delay = dt) just before the Affine/Linear -> delay=1; no Delay -> delay=0
 
@@ -28,7 +32,9 @@ an Affine's bias undelayed, as the spec computes it.
 
 Exactness.  ``to_nir`` writes weights as the spec's float32 arrays and neuron parameters as
 float64 values computed from the float32 ones; ``from_nir`` rounds decays, threshold and
-biases back to float32, so spec -> NIR -> spec is bit-identical.  An input gain within
+biases back to float32, so spec -> NIR -> spec is bit-identical (a v_bias moved into an
+Affine bias is kept in the neuron node's metadata too, ``polystep_v_bias`` and
+``polystep_fc_bias``, so the split comes back exactly).  An input gain within
 ``GAIN_RTOL`` of 1 counts as 1 (float32 exporters such as snnTorch's are 1 only to a few
 ulps); a different gain is folded into the layer's weights and bias (each row scaled by its
 neuron's gain, rounded to float32): exact in real arithmetic, not bit for bit.
@@ -74,6 +80,8 @@ _META_SCALE = "polystep_fixed_scale"
 _META_EXP = "polystep_fixed_weight_exp"
 _META_STEPS = "polystep_num_steps"
 _META_WRITABLE = "polystep_writable"
+_META_V_BIAS = "polystep_v_bias"  # the spec's v_bias, moved into the Affine's bias
+_META_FC_BIAS = "polystep_fc_bias"  # the spec's own Dense bias beside it
 _WEIGHT_NODES = (nir.Affine, nir.Linear)
 _NEURON_NODES = (nir.LIF, nir.CubaLIF)
 
@@ -410,6 +418,10 @@ def _layer(segment: Mapping[str, Any], dt: float) -> LayerSpec:
         weight = weight.astype(np.float64) * gain[:, None]
         bias = None if bias is None else bias * gain
     meta = neuron.metadata if isinstance(neuron.metadata, Mapping) else {}
+    if _META_V_BIAS in meta:  # written by to_nir: the Affine bias holds fc bias + v_bias
+        v_bias = np.asarray(meta[_META_V_BIAS], dtype=np.float32).reshape(n_out)
+        kept = meta.get(_META_FC_BIAS)
+        bias = None if kept is None else np.asarray(kept, dtype=np.float32).reshape(n_out)
     scale = meta.get(_META_SCALE)
     exp = meta.get(_META_EXP)
     return LayerSpec(
@@ -463,23 +475,32 @@ def to_nir(spec: NetworkSpec, *, dt: float = DEFAULT_DT) -> Any:
             nodes[f"delay{i}"] = nir.Delay(delay=np.full(layer.n_in, step))
             order.append(f"delay{i}")
         weight = np.array(layer.weight, dtype=np.float32)
-        if layer.bias is None:
-            nodes[f"fc{i}"] = nir.Linear(weight=weight)
-        else:
-            nodes[f"fc{i}"] = nir.Affine(weight=weight, bias=np.array(layer.bias, np.float32))
         du = float(np.float32(layer.du))
         dv = float(np.float32(layer.dv))
         assert layer.v_bias is not None
-        tau_mem = np.full(n, step / dv)
-        common: dict[str, Any] = {
-            "r": tau_mem / step,
-            "v_leak": layer.v_bias.astype(np.float64) / dv,
-            "v_threshold": np.full(n, float(np.float32(layer.vth))),
-            "v_reset": np.zeros(n),
-        }
         meta: dict[str, Any] = {}
         if layer.fixed_scale is not None and layer.fixed_weight_exp is not None:
             meta = {_META_SCALE: float(layer.fixed_scale), _META_EXP: int(layer.fixed_weight_exp)}
+        bias, v_leak = layer.bias, layer.v_bias.astype(np.float64) / dv
+        if du == 1.0 and np.any(layer.v_bias != 0):
+            # No current memory: a voltage bias is an input bias (gain dt*r/tau = 1), which
+            # snnTorch and Sinabs load where they refuse v_leak.
+            meta[_META_V_BIAS] = np.array(layer.v_bias, dtype=np.float32)
+            if layer.bias is not None:
+                meta[_META_FC_BIAS] = np.array(layer.bias, dtype=np.float32)
+            bias = layer.v_bias if layer.bias is None else layer.bias + layer.v_bias
+            v_leak = np.zeros(n)
+        if bias is None:
+            nodes[f"fc{i}"] = nir.Linear(weight=weight)
+        else:
+            nodes[f"fc{i}"] = nir.Affine(weight=weight, bias=np.array(bias, np.float32))
+        tau_mem = np.full(n, step / dv)
+        common: dict[str, Any] = {
+            "r": tau_mem / step,
+            "v_leak": v_leak,
+            "v_threshold": np.full(n, float(np.float32(layer.vth))),
+            "v_reset": np.zeros(n),
+        }
         if layer.neuron == "leaky":
             nodes[f"lif{i}"] = nir.LIF(tau=tau_mem, metadata=meta, **common)
         else:

@@ -52,15 +52,17 @@ except ImportError as exc:  # an optional dependency
 
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
-from polystep_neuro.run.interop import device_compatibility, to_device_semantics
+from polystep_neuro.run.interop import Change, device_compatibility, to_device_semantics
 
 __all__ = [
     "SUPPORTED",
     "SnnTorchRecord",
     "device_compatibility",
     "from_snntorch",
+    "load_into",
     "record_snntorch",
     "run_snntorch",
+    "snntorch_spec",
     "to_device_semantics",
     "to_snntorch",
 ]
@@ -180,8 +182,8 @@ def _layer_pairs(model: Any) -> list[tuple[_Entry, _Entry]]:
     return pairs
 
 
-def _layer_value(name: str, neuron: nn.Module, attr: str, n_out: int, clamp: bool) -> float:
-    """The one value of ``beta``/``alpha``/``threshold`` a layer uses (exact, in its dtype)."""
+def _values(name: str, neuron: nn.Module, attr: str, n_out: int, clamp: bool) -> torch.Tensor:
+    """The ``beta``/``alpha``/``threshold`` values of a layer, flat (1 or ``n_out`` values)."""
     t = torch.as_tensor(getattr(neuron, attr)).detach()
     if clamp:  # what snnTorch does in every step
         t = t.clamp(0, 1)
@@ -189,13 +191,19 @@ def _layer_value(name: str, neuron: nn.Module, attr: str, n_out: int, clamp: boo
         raise _unsupported(name, neuron, f"{attr} must be finite, got {t.tolist()}")
     if t.numel() not in (1, n_out):
         raise _unsupported(name, neuron, f"{attr} has {t.numel()} values for {n_out} neurons")
-    flat = t.flatten()
+    return t.flatten()
+
+
+def _layer_value(name: str, neuron: nn.Module, attr: str, n_out: int, clamp: bool) -> float:
+    """The one value of ``beta``/``alpha``/``threshold`` a layer uses (exact, in its dtype)."""
+    flat = _values(name, neuron, attr, n_out, clamp)
     if not bool((flat == flat[0]).all()):
         raise _unsupported(
             name,
             neuron,
             f"per-neuron {attr} (values from {float(flat.min()):g} to {float(flat.max()):g}); "
-            f"a NetworkSpec has one {attr} per layer",
+            f"a NetworkSpec has one {attr} per layer (polystep-neuro convert, "
+            f"interop.snntorch_spec and pn.adapt map it, and say how)",
         )
     return float(flat[0])
 
@@ -212,7 +220,8 @@ def _is_heaviside(spike_grad: Any) -> bool:
     )
 
 
-def _neuron_params(name: str, neuron: nn.Module, n_out: int) -> dict[str, Any]:
+def _check_neuron(name: str, neuron: nn.Module) -> str:
+    """The neuron's reset mode, after refusing what no NetworkSpec can compute."""
     if getattr(neuron, "inhibition", False):
         raise _unsupported(name, neuron, "inhibition=True (only the largest membrane may spike)")
     if getattr(neuron, "state_quant", False):
@@ -238,6 +247,11 @@ def _neuron_params(name: str, neuron: nn.Module, n_out: int) -> dict[str, Any]:
             f"state function chosen in __init__, so this neuron mixes two reset modes (build "
             f"it with the reset_mechanism you want)",
         )
+    return reset
+
+
+def _neuron_params(name: str, neuron: nn.Module, n_out: int) -> dict[str, Any]:
+    reset = _check_neuron(name, neuron)
     beta = _layer_value(name, neuron, "beta", n_out, clamp=True)
     vth = _layer_value(name, neuron, "threshold", n_out, clamp=False)
     if vth < 0:
@@ -256,6 +270,25 @@ def _neuron_params(name: str, neuron: nn.Module, n_out: int) -> dict[str, Any]:
     return params
 
 
+def _linear_arrays(
+    fc_name: str, fc: nn.Module, prev_out: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    assert isinstance(fc, nn.Linear)
+    if fc.weight.dtype != torch.float32 or (fc.bias is not None and fc.bias.dtype != torch.float32):
+        raise _unsupported(
+            fc_name, fc, f"{fc.weight.dtype} parameters (NetworkSpec is float32: model.float())"
+        )
+    if prev_out is not None and fc.in_features != prev_out:
+        raise _unsupported(
+            fc_name,
+            fc,
+            f"in_features={fc.in_features} but the previous layer has {prev_out} neurons",
+        )
+    weight = fc.weight.detach().cpu().numpy().copy()
+    bias = None if fc.bias is None else fc.bias.detach().cpu().numpy().copy()
+    return weight, bias
+
+
 def from_snntorch(
     model: Any,
     num_steps: int,
@@ -270,36 +303,107 @@ def from_snntorch(
     timing; ``delay=1`` builds Lava's timing instead (each layer one step later), which is
     not what the snnTorch model computes.  ``writable``: the parameter names the device may
     change ("all" for every one).  Anything that cannot be represented exactly raises
-    ``SpecError`` naming the layer (its position in the model and its type).
+    ``SpecError`` naming the layer (its position in the model and its type); per-neuron
+    ``beta``/``alpha``/``threshold`` values are mapped by :func:`snntorch_spec` instead.
     """
     if delay not in (0, 1):
         raise SpecError(f"delay must be 0 (snnTorch) or 1 (Lava/Loihi), got {delay!r}")
     layers: list[LayerSpec] = []
     prev_out: int | None = None
     for (fc_name, fc), (lif_name, lif) in _layer_pairs(model):
-        assert isinstance(fc, nn.Linear)
-        if fc.weight.dtype != torch.float32 or (
-            fc.bias is not None and fc.bias.dtype != torch.float32
-        ):
-            raise _unsupported(
-                fc_name, fc, f"{fc.weight.dtype} parameters (NetworkSpec is float32: model.float())"
-            )
-        if prev_out is not None and fc.in_features != prev_out:
-            raise _unsupported(
-                fc_name,
-                fc,
-                f"in_features={fc.in_features} but the previous layer has {prev_out} neurons",
-            )
+        weight, bias = _linear_arrays(fc_name, fc, prev_out)
         layers.append(
             LayerSpec(
-                weight=fc.weight.detach().cpu().numpy().copy(),
-                bias=None if fc.bias is None else fc.bias.detach().cpu().numpy().copy(),
+                weight=weight,
+                bias=bias,
                 delay=delay,
                 **_neuron_params(lif_name, lif, fc.out_features),
             )
         )
         prev_out = fc.out_features
     return NetworkSpec(layers, num_steps).validate().with_writable(writable)
+
+
+def _lenient_layer(
+    i: int, fc_entry: _Entry, lif_entry: _Entry, prev_out: int | None
+) -> tuple[LayerSpec, list[Change]]:
+    """One layer, mapping per-neuron values: thresholds exactly (each neuron's weights and
+    bias divided by its threshold, which then is 1), decays by their mean (approximate)."""
+    (fc_name, fc), (lif_name, lif) = fc_entry, lif_entry
+    weight, bias = _linear_arrays(fc_name, fc, prev_out)
+    n_out = weight.shape[0]
+    reset = _check_neuron(lif_name, lif)
+    notes: list[Change] = []
+    thresholds = _values(lif_name, lif, "threshold", n_out, clamp=False).double().numpy()
+    vth = float(thresholds[0])
+    if np.any(thresholds != thresholds[0]):
+        if np.any(thresholds <= 0):
+            raise _unsupported(
+                lif_name, lif, "per-neuron thresholds that are not all > 0 (cannot normalise)"
+            )
+        per = np.broadcast_to(thresholds, (n_out,))
+        weight = (weight / per[:, None]).astype(np.float32)
+        bias = None if bias is None else (bias / per).astype(np.float32)
+        vth = 1.0
+        notes.append(
+            Change(
+                i,
+                f"per-neuron thresholds ({per.min():g} to {per.max():g}) -> threshold 1, each "
+                f"neuron's weights and bias divided by its threshold (exact up to float32 "
+                f"rounding)",
+                exact=True,
+            )
+        )
+    elif vth < 0:
+        raise _unsupported(lif_name, lif, f"threshold={vth:g} < 0 (a NetworkSpec needs vth >= 0)")
+
+    def decay(attr: str) -> float:
+        flat = _values(lif_name, lif, attr, n_out, clamp=True).double().numpy()
+        if np.all(flat == flat[0]):
+            return float(flat[0])
+        mean = float(flat.mean())
+        notes.append(
+            Change(
+                i,
+                f"per-neuron {attr} ({flat.min():g} to {flat.max():g}) -> their mean {mean:g} "
+                f"(a NetworkSpec, like a Lava LIF process, has one {attr} per layer)",
+                exact=False,
+            )
+        )
+        return mean
+
+    params: dict[str, Any] = {
+        "dv": 1.0 - decay("beta"),
+        "vth": vth,
+        "reset": reset,
+        "reset_delay": bool(lif.reset_delay),
+    }
+    if type(lif) is snn.Leaky:
+        params.update(neuron="leaky", du=1.0)
+    else:
+        params.update(neuron="synaptic", du=1.0 - decay("alpha"))
+    return LayerSpec(weight=weight, bias=bias, delay=0, **params), notes
+
+
+def snntorch_spec(model: Any, num_steps: int) -> tuple[NetworkSpec, list[Change]]:
+    """The NetworkSpec of any model :func:`from_snntorch` reads, per-neuron values included,
+    and what had to be mapped (empty when the spec is exactly :func:`from_snntorch`'s).
+
+    Per-neuron thresholds become 1 with each neuron's weights and bias divided by its own
+    threshold (the same spikes, exact up to float32 rounding); per-neuron ``beta``/``alpha``
+    become the layer's mean (approximate: ``polystep-neuro check`` measures it).  snnTorch's
+    timing and resets are kept; :func:`~polystep_neuro.run.interop.for_backend` moves them
+    to a device's.
+    """
+    layers: list[LayerSpec] = []
+    notes: list[Change] = []
+    prev_out: int | None = None
+    for i, (fc_entry, lif_entry) in enumerate(_layer_pairs(model)):
+        layer, changed = _lenient_layer(i, fc_entry, lif_entry, prev_out)
+        layers.append(layer)
+        notes += changed
+        prev_out = layer.n_out
+    return NetworkSpec(layers, num_steps).validate(), notes
 
 
 # --------------------------------------------------------------------------- writing models
@@ -356,6 +460,57 @@ def to_snntorch(spec: NetworkSpec) -> nn.Sequential:
             neuron = snn.Synaptic(alpha=_factor(layer.du), beta=_factor(layer.dv), **common)
         modules += [fc, neuron]
     return nn.Sequential(*modules)
+
+
+def load_into(spec: NetworkSpec, model: Any) -> None:
+    """Copy ``spec``'s weights and biases into ``model`` (an snnTorch module or its ``(Linear,
+    neuron)`` pairs), layer by layer in order, whatever its attribute names.
+
+    ``fc{i}.weight`` goes into the i-th ``nn.Linear``'s weight and the biases into its bias:
+    ``fc{i}.bias`` plus ``lif{i}.v_bias`` where the layer has no current memory (a voltage
+    bias then equals a current bias), ``lif{i}.v_bias`` divided back by the factor
+    :func:`~polystep_neuro.run.interop.to_device_semantics` multiplied a Synaptic layer's
+    bias by where it has.  Where the model's own threshold differs from the spec's (per-neuron
+    thresholds that the import normalised to 1), each neuron's weights and bias are scaled
+    by the ratio, so the model spikes as the spec does.  The model keeps its own neurons
+    (reset mode, timing): loaded into snnTorch, a device-timed network computes snnTorch's
+    version of itself.
+    """
+    from polystep_neuro.run.interop import mean_current_gain
+
+    pairs = _layer_pairs(model)
+    if len(pairs) != len(spec.layers):
+        raise SpecError(
+            f"the model has {len(pairs)} Linear + neuron layers, the adapted network "
+            f"{len(spec.layers)}"
+        )
+    for i, ((name, linear), (lif_name, neuron)) in enumerate(pairs):
+        layer = spec.layers[i]
+        assert isinstance(linear, nn.Linear) and layer.v_bias is not None
+        if tuple(linear.weight.shape) != layer.weight.shape:
+            raise SpecError(
+                f"layer {name}: weight {tuple(linear.weight.shape)} vs adapted {layer.weight.shape}"
+            )
+        v_bias = np.asarray(layer.v_bias, dtype=np.float32)
+        if np.float32(layer.du) != 1:
+            gain = mean_current_gain(layer.du, spec.num_steps)
+            v_bias = (v_bias.astype(np.float64) / gain).astype(np.float32)
+        bias = v_bias if layer.bias is None else v_bias + layer.bias
+        weight = np.asarray(layer.weight, dtype=np.float32)
+        own = _values(lif_name, neuron, "threshold", layer.n_out, clamp=False).double().numpy()
+        if layer.vth > 0 and np.any(own != np.float32(layer.vth)):
+            factor = np.broadcast_to(own / float(layer.vth), (layer.n_out,))
+            weight = (weight * factor[:, None]).astype(np.float32)
+            bias = (bias * factor).astype(np.float32)
+        if linear.bias is None and np.any(bias != 0):
+            raise SpecError(
+                f"layer {name} has no bias, but the adapted network biases its neurons; "
+                "build it with nn.Linear(..., bias=True)"
+            )
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+            if linear.bias is not None:
+                linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
 
 
 # --------------------------------------------------------------------------- running models

@@ -1,0 +1,359 @@
+"""Deployment recovery: put a trained model on a device and adapt it back towards itself.
+
+``polystep_neuro.deploy(model, backend, data=(x, y))`` converts the model to what the
+backend runs (snnTorch's resets and timing become the device's, every change reported),
+measures the accuracy the conversion cost, and adapts the device network with forward
+passes only towards the *trained model*: the model's own output counts on the user's clean
+data are soft targets (the teacher runs on the host, :mod:`polystep_neuro.run.teacher`),
+the labels join them when given.  A fifth of the data is held out; the network handed back
+is never less accurate on it than the converted start (the loop's keep-best rule).
+
+The recipe, in two stages on the device (both forward passes only):
+
+1. **calibration** (:mod:`polystep_neuro.run.calibration`): layer by layer, a gain on each
+   neuron's weights and an offset on its bias that bring its spike counts closest to the
+   trained model's own (every neuron of a layer searched in one device call); kept only
+   when the calibrated network is at least as accurate on validation as the converted one;
+2. **adaptation**: PolyStep on every parameter the device rewrites (weights and neuron
+   biases), the teacher's soft targets plus the labels as the loss, the best network on
+   validation handed back.
+
+Both count against one budget of parameter sets (``budget``, each set scored on one
+minibatch of ``batch_size`` samples).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.calibration import SAMPLES, LayerCalibration, calibrate_neurons
+from polystep_neuro.run.controller import Adapter, AdaptResult
+from polystep_neuro.run.data import SpikeDataset, hold_out
+from polystep_neuro.run.evaluation import counts_of
+from polystep_neuro.run.interop import device_writable
+from polystep_neuro.run.losses import accuracy
+from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
+from polystep_neuro.run.reference import Reference, as_reference
+from polystep_neuro.run.teacher import (
+    TEACHER_WEIGHT,
+    TeacherDataset,
+    teacher_concat,
+    teacher_labels,
+    teacher_loss,
+)
+
+DataLike = tuple[Any, Any] | Any
+DEFAULT_BUDGET = 50_000  # parameter sets of one minibatch each, both stages together
+
+
+@dataclass
+class Deployment:
+    """What :func:`deploy` hands back."""
+
+    spec: NetworkSpec  # the recovered device network
+    start: NetworkSpec  # the converted device network, before recovery
+    result: AdaptResult  # the adaptation stage: steps, history, start / end scores
+    changes: list[str]  # what the conversion changed (and whether exactly)
+    reference: dict[str, float]  # the trained model's accuracy on validation and each test set
+    before: dict[str, float]  # the converted device network's accuracy on the same sets
+    calibration: list[LayerCalibration] = field(default_factory=list)  # empty: not kept
+    calibrated: dict[str, float] = field(default_factory=dict)  # accuracy after stage 1
+    parameter_sets: int = 0  # parameter sets sent to the device by both stages
+
+    @property
+    def after(self) -> dict[str, float]:
+        """The recovered device network's accuracy (what is handed back)."""
+        return {k: v for k, v in self.result.end.items() if k.endswith("_accuracy")}
+
+    def gap_closed(self, name: str = "val") -> float:
+        """Share of the trained -> converted accuracy gap on ``name`` that recovery closed
+        (nan when the conversion cost nothing there)."""
+        key = f"{name}_accuracy"
+        gap = self.reference[key] - self.before[key]
+        return (self.after[key] - self.before[key]) / gap if gap > 0 else math.nan
+
+    def summary(self) -> str:
+        """One line per scored set: trained model, device after conversion, after recovery."""
+        lines = []
+        for key in self.reference:
+            name = key.removesuffix("_accuracy")
+            ref, start, end = self.reference[key], self.before[key], self.after[key]
+            closed = self.gap_closed(name)
+            tail = f", {closed:.0%} of the gap closed" if math.isfinite(closed) else ""
+            label = "validation" if name == "val" else f"{name} test"
+            lines.append(
+                f"{label}: trained {ref:.1%}, on the device {start:.1%} "
+                f"({100 * (start - ref):+.1f} points), recovered {end:.1%}{tail}"
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """What summary.json holds: accuracies, gap closed per set, stages and changes."""
+        names = [key.removesuffix("_accuracy") for key in self.reference]
+        closed = {name: self.gap_closed(name) for name in names}
+        return {
+            "summary": self.summary(),
+            "trained": self.reference,
+            "converted": self.before,
+            "recovered": self.after,
+            "gap_closed": {k: (None if math.isnan(v) else v) for k, v in closed.items()},
+            "changes": self.changes,
+            "calibrated": self.calibrated,
+            "calibration": [asdict(c) for c in self.calibration],
+            "parameter_sets": self.parameter_sets,
+            "steps": self.result.steps,
+            "best_step": self.result.best_step,
+            "kept_start": self.result.kept_start,
+            "wall_seconds": self.result.wall_seconds,
+        }
+
+    def load_into(self, model: Any) -> None:
+        """The recovered weights and biases into your own snnTorch module (see
+        :meth:`polystep_neuro.run.api.Adaptation.load_into`)."""
+        from polystep_neuro.run.interop.snntorch import load_into
+
+        load_into(self.spec, model)
+
+
+def deploy(
+    model: Any,
+    backend: str = "torch-sim-fixed",
+    *,
+    data: DataLike,
+    time_steps: int | None = None,
+    validation: DataLike | None = None,
+    test: Mapping[str, DataLike] | None = None,
+    drifted: DataLike | None = None,
+    writable: Sequence[str] | str | None = None,
+    budget: int = DEFAULT_BUDGET,
+    calibrate: bool = True,
+    teacher_weight: float = TEACHER_WEIGHT,
+    batch_size: int = 128,
+    time_first: bool = False,
+    val_fraction: float = 0.2,
+    torch_device: str = "auto",
+    timeout_s: float | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    resume: bool = False,
+    report: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> Deployment:
+    """Deploy ``model`` on ``backend`` and recover what the conversion cost (module doc).
+
+    ``time_steps``: the T an snnTorch model runs per sample.  ``data``: the user's clean
+    data, ``(spikes, labels)`` or spikes alone (the teacher's top output neuron then stands
+    in for the label); ``validation`` (default:
+    ``val_fraction`` of ``data`` held out) decides what is handed back; ``test`` sets are
+    only reported; ``drifted`` data the device sees now joins the stream with the teacher's
+    outputs on it as targets.  ``writable`` defaults to what the device rewrites at run time
+    (every weight and neuron bias).  ``budget``: parameter sets for both stages together.
+    ``settings``: :class:`~polystep_neuro.run.optimizers.Settings` fields.  ``resume``
+    continues the adaptation from ``out_dir``'s checkpoint (both stages before it are
+    deterministic); ``report`` gets one line per stage.
+    Long because its signature and docstring are the API's documentation.
+    """
+    from devices.registry import backend_options, open_backend
+    from simulators.torch_device import resolve_device
+
+    if budget < 1:
+        raise PolystepError(f"budget must be a positive number of parameter sets, got {budget}")
+    say = report or (lambda line: None)
+    reference = as_reference(model, time_steps)
+    where = resolve_device(torch_device)
+    dev = open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
+    try:
+        spec, changes = reference.for_backend(backend, dev.capabilities)
+        spec = spec.with_writable(_writable(spec, writable))
+        for change in changes:
+            say(f"conversion: {change}")
+        sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
+                           time_first, val_fraction, seed, where)  # fmt: skip
+        loss = teacher_loss(teacher_weight)
+        dev.load(spec)
+        converted = dev.spec
+        before = _scores(dev, sets, {})
+        say(_line("converted", sets.reference_scores, before))
+        calibration: list[LayerCalibration] = []
+        scores, used = before, 0
+        if calibrate:
+            calibrated, calibration, used = _calibrated(dev, spec, sets, reference, seed)
+            dev.load(calibrated)
+            scores = _scores(dev, sets, {})
+            for c in calibration:
+                say(f"calibration: layer {c.layer}: spike-count error {c.error_before:.3f} -> "
+                    f"{c.error_after:.3f} (gains {c.gains[0]:g}..{c.gains[1]:g})")  # fmt: skip
+            if scores["val_accuracy"] < before["val_accuracy"]:
+                dev.load(spec)  # calibration lost accuracy on validation: start converted
+                calibration, scores = [], before
+                say("calibration: not kept (less accurate on validation)")
+            else:
+                say(_line("calibrated", sets.reference_scores, scores))
+        options = Settings(seed=seed, **settings)
+        per_step = polystep_candidates(make_layout(dev.spec, options), options)
+        steps = max(0, (budget - used) // per_step)
+        adapter = Adapter.build(
+            dev, sets.stream, steps=max(steps, 1), settings=options, loss=loss,
+            torch_device=where, validation=sets.validation, test=sets.test,
+            out_dir=out_dir, progress=progress,
+        )  # fmt: skip
+        say(
+            f"adapting {', '.join(adapter.layout.names)} on {backend} for {steps} steps of "
+            f"{per_step} parameter sets, the trained model's outputs as soft targets"
+        )
+        if resume:
+            adapter.resume()
+        result = adapter.run(steps)
+        used += result.evaluations // sets.stream.batch_size
+    finally:
+        dev.close()
+    return Deployment(
+        spec=result.spec,
+        start=converted,
+        result=result,
+        changes=[str(c) for c in changes],
+        reference=sets.reference_scores,
+        before=before,
+        calibration=calibration,
+        calibrated=scores,
+        parameter_sets=used,
+    )
+
+
+def _line(what: str, reference: Mapping[str, float], scores: Mapping[str, float]) -> str:
+    parts = [
+        f"{key.removesuffix('_accuracy')} {scores[key]:.1%} (trained {reference[key]:.1%})"
+        for key in reference
+    ]
+    return f"{what}: " + ", ".join(parts)
+
+
+def _writable(spec: NetworkSpec, writable: Sequence[str] | str | None) -> tuple[str, ...]:
+    if writable is None or len(writable) == 0:
+        return device_writable(spec)
+    if isinstance(writable, str):
+        writable = (writable,)
+    if tuple(writable) == ("all",):
+        return tuple(spec.param_shapes())
+    return tuple(writable)
+
+
+@dataclass
+class _Sets:
+    """The stream (with the teacher's targets), validation and test sets of a deployment,
+    and the trained model's own accuracy on the scored ones."""
+
+    stream: TeacherDataset
+    validation: dict[str, SpikeDataset]
+    test: dict[str, SpikeDataset]
+    reference_scores: dict[str, float]
+
+    @classmethod
+    def build(
+        cls,
+        reference: Reference,
+        spec: NetworkSpec,
+        data: DataLike,
+        validation: DataLike | None,
+        test: Mapping[str, DataLike] | None,
+        drifted: DataLike | None,
+        batch_size: int,
+        time_first: bool,
+        val_fraction: float,
+        seed: int,
+        where: torch.device,
+    ) -> _Sets:
+        """Long only because it names each set it builds."""
+
+        def arrays(value: DataLike, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            spikes, labels = _split_pair(value, need_labels)
+            spikes = np.asarray(torch.as_tensor(spikes).cpu())
+            if time_first:
+                spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
+            spec.check_inputs(spikes)
+            teacher = reference.counts(spikes)
+            labels = teacher_labels(teacher) if labels is None else _labels(labels, spikes)
+            return spikes, labels
+
+        window = reference.window(spec)  # the teacher's counts over what the device sees
+        x, y = arrays(data)
+        teacher = reference.counts(x, window)
+        if validation is None:
+            kept, held = hold_out(len(y), val_fraction, seed)
+            val = {"val": (x[held], y[held])}
+            x, y, teacher = x[kept], y[kept], teacher[kept]
+        else:
+            val = {"val": arrays(validation)}
+        parts = [TeacherDataset(x, y, teacher, batch_size, seed)]
+        if drifted is not None:
+            dx, dy = arrays(drifted)
+            parts.append(TeacherDataset(dx, dy, reference.counts(dx, window), batch_size, seed))
+        stream = parts[0] if len(parts) == 1 else teacher_concat(parts, batch_size, seed)
+        tests = {name: arrays(value, need_labels=True) for name, value in (test or {}).items()}
+        scores = {"val_accuracy": _accuracy(reference.counts(val["val"][0]), val["val"][1])}
+        for name, (tx, ty) in tests.items():
+            scores[f"{name}_accuracy"] = _accuracy(reference.counts(tx), ty)
+
+        def ds(pair: tuple[np.ndarray, np.ndarray]) -> SpikeDataset:
+            return SpikeDataset(pair[0], pair[1], batch_size, seed).to(where)
+
+        return cls(
+            stream.to(where),
+            {"val": ds(val["val"])},
+            {name: ds(pair) for name, pair in tests.items()},
+            scores,
+        )
+
+
+def _split_pair(value: DataLike, need_labels: bool) -> tuple[Any, Any]:
+    if isinstance(value, SpikeDataset):
+        return value.spikes.cpu().numpy(), value.labels.cpu().numpy()
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return value[0], value[1]
+    if need_labels:
+        raise PolystepError("a test set must be a (spikes, labels) pair or a SpikeDataset")
+    return value, None
+
+
+def _labels(labels: Any, spikes: np.ndarray) -> np.ndarray:
+    out = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
+    if out.shape != (len(spikes),):
+        raise PolystepError(f"labels must be ({len(spikes)},), got {out.shape}")
+    return out
+
+
+def _accuracy(counts: np.ndarray, labels: np.ndarray) -> float:
+    c = torch.as_tensor(counts)[None]
+    return float(accuracy(c, torch.as_tensor(labels))[0])
+
+
+def _scores(backend: Any, sets: _Sets, params: Mapping[str, Any]) -> dict[str, float]:
+    out = {}
+    for name, data in {**sets.validation, **sets.test}.items():
+        counts = counts_of(backend, data, params)
+        out[f"{name}_accuracy"] = float(accuracy(counts, data.labels.to(counts.device))[0])
+    return out
+
+
+def _calibrated(
+    backend: Any, spec: NetworkSpec, sets: _Sets, reference: Reference, seed: int
+) -> tuple[NetworkSpec, list[LayerCalibration], int]:
+    """Stage 1 on ``SAMPLES`` held-in samples of the stream (module doc)."""
+    stream = sets.stream
+    order = np.random.default_rng([seed, 11]).permutation(len(stream))[:SAMPLES]
+    spikes = stream.spikes[torch.as_tensor(order).to(stream.spikes.device)]
+    teacher = reference.spikes(spikes.cpu().numpy())
+    device_lag = np.cumsum([layer.delay for layer in spec.layers])
+    own_lag = np.cumsum([layer.delay for layer in reference.spec.layers])
+    lags = [max(0, int(d - o)) for d, o in zip(device_lag, own_lag, strict=True)]
+    return calibrate_neurons(backend, spec, spikes, teacher, lags=lags)

@@ -1,0 +1,217 @@
+"""``polystep-neuro check`` and ``polystep-neuro deploy``: how far a deployed network is from
+the trained model, layer by layer, and the one command that puts it on the device and wins
+the difference back (:mod:`polystep_neuro.run.parity`, :mod:`polystep_neuro.run.deploy`).
+
+Every expected failure is a ``PolystepError`` (one line on stderr, exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polystep_neuro.core.errors import Interrupted, PolystepError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.convert import add_model_arguments, read_model
+from polystep_neuro.run.reference import Reference
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``check`` and ``deploy`` subcommands, on cli's subparsers object."""
+    check = sub.add_parser(
+        "check",
+        help="a deployed network against the trained model, layer by layer, on any backend",
+        description="Run labelled data through the trained model (its own semantics, float32, "
+        "on this host) and through the device network on a backend; report per layer how many "
+        "spike counts agree, the rate difference and where they first diverge, and both "
+        "outputs' accuracy (a table, and summary.json in --out).  The device network is the "
+        "model converted for --backend, or --device-spec.",
+    )
+    add_model_arguments(check, required=True)
+    check.add_argument(
+        "--device-spec",
+        type=Path,
+        metavar="FILE",
+        help="the device network to check (e.g. a converted or adapted .npz; default: the "
+        "model converted for --backend)",
+    )
+    _common(check, default_out="runs/check")
+    check.add_argument(
+        "--samples", type=int, help="check only the first N samples of --data (default: all)"
+    )
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="put a trained model on a device and adapt it back towards itself (forward "
+        "passes only)",
+        description="Convert the model for --backend, then recover the accuracy the "
+        "conversion cost: a per-neuron calibration against the model's own spike counts, "
+        "then PolyStep adaptation with the model's outputs on --data as soft targets (and "
+        "the labels when the file has them).  A fifth of --data is held out for validation: "
+        "the network handed back is never less accurate on it than the converted one.  "
+        "Writes converted.npz, adapted.npz, summary.json, metrics.jsonl and checkpoint.pt.",
+    )
+    add_model_arguments(deploy, required=True)
+    _common(deploy, default_out="runs/deploy")
+    deploy.add_argument("--val", type=Path, help="validation data (default: held out of --data)")
+    deploy.add_argument(
+        "--test",
+        type=_named_path,
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a held-out labelled test set, scored before and after (repeat for several)",
+    )
+    deploy.add_argument(
+        "--drifted",
+        type=Path,
+        help="data the device sees now (e.g. a drifted sensor): joins the stream with the "
+        "model's outputs on it as targets",
+    )
+    deploy.add_argument(
+        "--budget",
+        type=int,
+        default=50_000,
+        help="parameter sets sent to the device, each scored on one minibatch, for both "
+        "stages together (default: 50000)",
+    )
+    deploy.add_argument(
+        "--no-calibration", action="store_true", help="skip the per-neuron calibration stage"
+    )
+    deploy.add_argument(
+        "--writable",
+        nargs="+",
+        help="parameters to adapt (default: every weight and neuron bias, what Lava/Loihi "
+        "rewrite at run time)",
+    )
+    deploy.add_argument("--seed", type=int, default=0, help="seed of the split and probes")
+    deploy.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    deploy.add_argument("--no-progress", action="store_true")
+
+
+def _common(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument(
+        "--backend",
+        default="torch-sim-fixed",
+        help="device backend (default: torch-sim-fixed; see `polystep-neuro devices list`)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help=".npz with 'spikes' (n, T, N_in) and 'labels' (n,) (deploy: labels optional)",
+    )
+    p.add_argument("--time-first", action="store_true", help="'spikes' arrays are (T, n, N_in)")
+    p.add_argument(
+        "--torch-device",
+        default="auto",
+        help="where torch runs (the torch simulator, the optimiser): auto, cpu, cuda or cuda:N",
+    )
+    p.add_argument("--timeout", type=float, help="seconds to wait for a remote device's answer")
+    p.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
+
+
+def _named_path(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep:
+        return Path(value).stem, Path(value)
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
+    return name, Path(path)
+
+
+def load_data(
+    path: Path, spec: NetworkSpec, time_first: bool, labels_needed: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A data file's spikes (batch-first) and labels (None when absent and not needed)."""
+    from polystep_neuro.run.adapt_job import load_spike_data
+
+    if not labels_needed:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                has_labels = "labels" in data.files
+                spikes = None if has_labels else np.asarray(data["spikes"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            has_labels = True  # let load_spike_data say what is wrong with the file
+        if not has_labels:
+            assert spikes is not None
+            if time_first:
+                spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
+            try:
+                spec.check_inputs(spikes)
+            except PolystepError as exc:
+                raise PolystepError(f"'spikes' in {path}: {exc}") from None
+            return spikes, None
+    return load_spike_data(path, spec, time_first)
+
+
+# --------------------------------------------------------------------------- check
+def check(args: argparse.Namespace) -> int:
+    from polystep_neuro.run.parity import run_check
+
+    reference = read_model(args)
+    device_spec = None if args.device_spec is None else NetworkSpec.load(args.device_spec)
+    spikes, labels = load_data(args.data, reference.spec, args.time_first)
+    assert labels is not None
+    if args.samples is not None:
+        if args.samples < 1:
+            raise PolystepError(f"--samples must be >= 1, got {args.samples}")
+        spikes, labels = spikes[: args.samples], labels[: args.samples]
+    report = run_check(
+        reference, args.backend, spikes, labels, device_spec=device_spec,
+        torch_device=args.torch_device, timeout_s=args.timeout,
+    )  # fmt: skip
+    print(report.table())
+    path = report.save(args.out)
+    print(f"report in {path} and {args.out / 'parity.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- deploy
+def deploy(args: argparse.Namespace) -> int:
+    from polystep_neuro.run.deploy import deploy as run_deploy
+
+    reference: Reference = read_model(args)
+    spec = reference.spec
+
+    def data(path: Path, labels_needed: bool = True) -> Any:
+        spikes, labels = load_data(path, spec, args.time_first, labels_needed)
+        return spikes if labels is None else (spikes, labels)
+
+    result = run_deploy(
+        reference,
+        args.backend,
+        data=data(args.data, labels_needed=False),
+        validation=None if args.val is None else data(args.val, labels_needed=False),
+        test={name: data(path) for name, path in args.test},
+        drifted=None if args.drifted is None else data(args.drifted, labels_needed=False),
+        writable=args.writable,
+        budget=args.budget,
+        calibrate=not args.no_calibration,
+        torch_device=args.torch_device,
+        timeout_s=args.timeout,
+        out_dir=args.out,
+        progress=not args.no_progress,
+        seed=args.seed,
+        resume=args.resume,
+        report=print,
+    )
+    if result.result.interrupted:
+        raise Interrupted(
+            f"interrupted after step {result.result.steps}; checkpoint saved in {args.out}; "
+            "run the same command with --resume to continue"
+        )
+    result.start.save(args.out / "converted.npz")
+    summary = result.to_json()
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(result.summary())
+    print(
+        f"{result.parameter_sets:,} parameter sets; device network in "
+        f"{args.out / 'adapted.npz'} (converted: {args.out / 'converted.npz'}), report in "
+        f"{args.out / 'summary.json'}"
+    )
+    return 0

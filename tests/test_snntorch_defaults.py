@@ -1,0 +1,199 @@
+"""Models built with snnTorch's defaults reach the device and come back: subtract reset,
+``reset_delay=True``, a bias on every ``nn.Linear``, ``snn.Synaptic`` hidden layers, three
+layers, time-first ``spikegen`` data — through convert -> check -> deploy -> evaluate ->
+load_into, from the command line and from the API."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polystep_neuro as pn
+from polystep_neuro.cli import main
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.data import hold_out, load_digits_split
+from polystep_neuro.run.interop.snntorch import run_snntorch, snntorch_spec
+from polystep_neuro.run.reference import as_reference
+
+snn = pytest.importorskip("snntorch")
+from snntorch import spikegen  # noqa: E402
+from snntorch import utils as snn_utils  # noqa: E402
+
+T = 8
+
+
+def _model(hidden: str) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    grad = functools.partial(snn.surrogate.ATan.apply, alpha=2.0)  # = snnTorch's default
+    if hidden == "synaptic":
+
+        def neuron() -> torch.nn.Module:
+            return snn.Synaptic(alpha=0.9, beta=0.8, spike_grad=grad, init_hidden=True)
+    else:
+
+        def neuron() -> torch.nn.Module:
+            return snn.Leaky(beta=0.9, spike_grad=grad, init_hidden=True)
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32),
+        neuron(),
+        torch.nn.Linear(32, 24),
+        neuron(),
+        torch.nn.Linear(24, 10),
+        snn.Leaky(beta=0.9, spike_grad=grad, init_hidden=True, output=True),
+    )
+
+
+@pytest.fixture(scope="module", params=["synaptic", "leaky"])
+def trained(request) -> dict:
+    """A three-layer default model trained with BPTT on time-first spikegen digits."""
+    split = load_digits_split(0)
+    kept, held = hold_out(len(split.y_train), 0.25, 0)
+    torch.manual_seed(1)
+
+    def rate(x: np.ndarray) -> np.ndarray:  # (T, n, 64), as snnTorch's spikegen makes it
+        return spikegen.rate(torch.as_tensor(x), num_steps=T).to(torch.uint8).numpy()
+
+    data = {
+        "train": (rate(split.x_train[kept]), split.y_train[kept]),
+        "val": (rate(split.x_train[held]), split.y_train[held]),
+        "test": (rate(split.x_test), split.y_test),
+    }
+    model = _model(request.param)
+    xs, ys = (
+        torch.as_tensor(data["train"][0], dtype=torch.float32),
+        torch.as_tensor(data["train"][1]),
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(4):
+        for first in range(0, len(ys), 64):
+            snn_utils.reset(model)
+            counts = sum(model(xs[t, first : first + 64])[0] for t in range(T))
+            loss = torch.nn.functional.cross_entropy(counts * 0.5, ys[first : first + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return {"model": model, "data": data, "hidden": request.param}
+
+
+def _accuracy(counts: np.ndarray, labels: np.ndarray) -> float:
+    counts = np.asarray(counts)
+    top = counts[np.arange(len(labels)), labels]
+    others = counts.copy()
+    others[np.arange(len(labels)), labels] = -1
+    return float(np.mean(top > others.max(axis=1)))
+
+
+def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
+    model, data = trained["model"], trained["data"]
+    spec, notes = snntorch_spec(model, T)
+    assert notes == []  # scalar values: read exactly
+    assert [(layer.reset, layer.reset_delay, layer.delay) for layer in spec.layers] == [
+        ("subtract", True, 0)
+    ] * 3
+    assert all(layer.bias is not None for layer in spec.layers)
+    trained_acc = _accuracy(
+        run_snntorch(model, data["test"][0].transpose(1, 0, 2)), data["test"][1]
+    )
+    assert trained_acc > 0.6
+
+    report = pn.check(model, "torch-sim-fixed", *data["val"], time_steps=T, time_first=True)
+    assert report.first_divergence == 0 and len(report.layers) == 3
+    assert report.reference_accuracy > 0.6
+
+    result = pn.deploy(
+        model, "torch-sim-fixed", data=data["train"], validation=data["val"],
+        test={"test": data["test"]}, time_steps=T, time_first=True, budget=3000,
+        progress=False,
+    )  # fmt: skip
+    assert result.after["val_accuracy"] >= result.before["val_accuracy"]  # never worse
+    assert result.parameter_sets <= 3000
+    assert result.reference["test_accuracy"] == pytest.approx(trained_acc)
+    assert [layer.delay for layer in result.spec.layers] == [1, 1, 1]
+    assert all(layer.bias is None for layer in result.spec.layers)  # folded for Lava
+    approximate = [c for c in result.changes if c.endswith("[approximate]")]
+    assert len(approximate) == 9 + (3 if trained["hidden"] == "synaptic" else 1) - 1
+    assert "recovered" in result.summary() and "of the gap closed" in result.summary()
+
+    # evaluate: the network handed back scores as deploy said, on the device's arithmetic
+    with pn_backend() as backend:
+        backend.load(result.spec)
+        counts = backend.evaluate({}, data["test"][0].transpose(1, 0, 2))[0].numpy()
+    assert _accuracy(counts, data["test"][1]) == pytest.approx(result.after["test_accuracy"])
+
+    # load_into: the recovered weights in the user's own module; converted again, the module
+    # is the recovered device network (the Synaptic biases come back through the same factor)
+    mine = _model(trained["hidden"])
+    result.load_into(mine)
+    np.testing.assert_array_equal(mine[4].weight.detach().numpy(), result.spec.layers[2].weight)
+    again, _ = as_reference(mine, T).for_backend("torch-sim-fixed")
+    for name, value in result.spec.parameters().items():
+        np.testing.assert_allclose(again.parameters()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def pn_backend():
+    from devices.registry import open_backend
+
+    return open_backend("torch-sim-fixed", device="cpu")
+
+
+def _cli(capsys, *args) -> str:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_the_commands_convert_check_deploy_evaluate_and_export(
+    trained: dict, tmp_path: Path, capsys
+) -> None:
+    model, data = trained["model"], trained["data"]
+    torch.save(model, tmp_path / "model.pt")
+    for name, (spikes, labels) in data.items():
+        np.savez(tmp_path / f"{name}.npz", spikes=spikes, labels=labels)  # time-first files
+
+    out = _cli(capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
+               "--out", tmp_path / "net.npz")  # fmt: skip
+    assert "for torch-sim-fixed" in out and "[approximate]" in out
+    converted = NetworkSpec.load(tmp_path / "net.npz")
+    assert [layer.delay for layer in converted.layers] == [1, 1, 1]
+
+    out = _cli(capsys, "check", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
+               "--data", tmp_path / "val.npz", "--time-first",
+               "--out", tmp_path / "check")  # fmt: skip
+    assert "first divergence: layer 0" in out
+    assert json.loads((tmp_path / "check" / "summary.json").read_text())["samples"] == len(
+        data["val"][1]
+    )
+
+    run = tmp_path / "deploy"
+    out = _cli(capsys, "deploy", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
+               "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz",
+               "--test", f"test={tmp_path / 'test.npz'}", "--time-first", "--budget", 3000,
+               "--out", run, "--no-progress")  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["recovered"]["val_accuracy"] >= summary["converted"]["val_accuracy"]
+    assert summary["parameter_sets"] <= 3000
+    assert "test test: trained" in out
+    adapted = NetworkSpec.load(run / "adapted.npz")
+    np.testing.assert_array_equal(
+        NetworkSpec.load(run / "converted.npz").layers[0].weight.shape,
+        adapted.layers[0].weight.shape,
+    )
+
+    report = _cli(capsys, "evaluate", "--spec", run / "adapted.npz", "--data",
+                  tmp_path / "test.npz", "--time-first", "--torch-device", "cpu")  # fmt: skip
+    assert f"accuracy {summary['recovered']['test_accuracy']:.2%}" in report
+
+    # a spec in snnTorch's semantics on the fixed-point device: the error names the remedy
+    _cli(capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
+         "--backend", "torch-sim", "--out", tmp_path / "snn.npz")  # fmt: skip
+    code = main(["evaluate", "--spec", str(tmp_path / "snn.npz"), "--data",
+                 str(tmp_path / "test.npz"), "--time-first"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "`polystep-neuro convert --spec FILE --out DEVICE.npz`" in err

@@ -1,0 +1,81 @@
+"""The trained model as a teacher: soft targets that ride in the minibatch stream, a loss that
+reads them, and the per-neuron calibration against its spike counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.calibration import calibrate_neurons
+from polystep_neuro.run.data import SpikeDataset
+from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, count_cross_entropy, distillation
+from polystep_neuro.run.reference import Reference
+from polystep_neuro.run.teacher import TeacherDataset, teacher_labels, teacher_loss
+
+T = 10
+
+
+def _data(n: int = 40, n_in: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, T, n_in)) < 0.35).astype(np.float32), rng.integers(0, 4, n)
+
+
+def test_teacher_batches_follow_the_plain_stream_and_carry_the_counts() -> None:
+    x, y = _data()
+    teacher = np.arange(40 * 4, dtype=np.float32).reshape(40, 4)
+    plain = SpikeDataset(x, y, 16, seed=3)
+    taught = TeacherDataset(x, y, teacher, 16, seed=3)
+    for index in (0, 1, 2, 5):  # across epochs: the same endless shuffled order
+        spikes, labels = plain.batch(index)
+        spikes_t, targets = taught.batch(index)
+        assert torch.equal(spikes, spikes_t)
+        assert torch.equal(targets[:, 0].long(), labels)
+        rows = [int(np.flatnonzero((x == s.numpy()).all(axis=(1, 2)))[0]) for s in spikes]
+        assert torch.equal(targets[:, 1:], torch.as_tensor(teacher[rows]))
+    part = taught.subset(np.array([3, 7]))
+    assert torch.equal(part.teacher, torch.as_tensor(teacher[[3, 7]]))
+    with pytest.raises(PolystepError, match=r"teacher counts must be \(n, classes\) for the 40"):
+        TeacherDataset(x, y, teacher[:5], 16)
+    assert list(teacher_labels(np.array([[0, 3, 1], [2, 0, 0]]))) == [1, 0]
+
+
+def test_teacher_loss_is_labels_plus_soft_targets_and_plain_on_labels() -> None:
+    counts = torch.tensor([[[4.0, 1, 0, 2], [0, 5, 1, 1]], [[1.0, 1, 1, 1], [2, 2, 0, 0]]])
+    labels = torch.tensor([0, 1])
+    teacher = torch.tensor([[6.0, 0, 0, 1], [0, 7, 0, 0]])
+    targets = torch.cat([labels[:, None].float(), teacher], dim=1)
+    ce = count_cross_entropy(counts, labels, COUNT_LOGIT_SCALE)
+    soft = distillation(counts, teacher)
+    torch.testing.assert_close(teacher_loss(2.0)(counts, targets), ce + 2.0 * soft)
+    torch.testing.assert_close(teacher_loss(1.0, 0.0)(counts, targets), soft)
+    torch.testing.assert_close(teacher_loss(2.0)(counts, labels), ce)  # validation and test
+    assert bool(teacher_loss()(counts, targets)[0] < teacher_loss()(counts, targets)[1])
+    with pytest.raises(PolystepError, match="not both 0"):
+        teacher_loss(0.0, 0.0)
+
+
+def test_calibration_brings_every_layer_closer_to_the_teacher() -> None:
+    """A network whose device copy fires too little (a wrong threshold in every layer): the
+    per-neuron gains and offsets found on the device bring the spike counts of every layer
+    far closer to the trained network's, in one device call per layer."""
+    from devices.registry import open_backend
+
+    trained = NetworkSpec.random([12, 16, 4], T, seed=2, dv=0.1, weight_gain=3.0, delay=1)
+    layers = [type(layer)(**{**layer.__dict__, "vth": layer.vth * 1.4}) for layer in trained.layers]
+    deployed = NetworkSpec(layers, T, ("fc0.weight", "lif0.v_bias"))
+    x, _ = _data()
+    teacher = Reference(trained, "trained").spikes(x)
+    with open_backend("torch-sim-fixed", device="cpu") as backend:
+        calibrated, report, sets = calibrate_neurons(backend, deployed, torch.as_tensor(x), teacher)
+    assert sets == 2 * 169  # 13 gains x 13 offsets per layer, 40 samples in one minibatch
+    for row in report:
+        assert row.error_after < 0.5 * row.error_before, row
+    assert calibrated.writable == deployed.writable
+    got = Reference(calibrated, "calibrated").spikes(x)
+    for k in range(2):
+        before = np.mean((Reference(deployed, "d").spikes(x)[k].sum(1) - teacher[k].sum(1)) ** 2)
+        after = np.mean((got[k].sum(1).astype(float) - teacher[k].sum(1)) ** 2)
+        assert after < 0.6 * before
