@@ -96,3 +96,20 @@ def test_adapt_bench_faster_start_table_scores_every_budget() -> None:
     variants = [v for k, v in rows.items() if k not in ("default", "best baseline (median)")]
     assert all(v != rows["default"] for v in variants)
     assert all("(openai-es)" in cell for cell in rows["best baseline (median)"])
+
+
+def test_deploy_bench_quick_reports_every_stage() -> None:
+    """The deployment bench's quick mode: a default snnTorch model trained, converted,
+    calibrated and recovered; the table holds every stage and the run is never worse than
+    the converted network on validation."""
+    pytest.importorskip("snntorch")
+    from polystep_neuro.bench import deploy_bench
+
+    rows = deploy_bench.run((deploy_bench.QUICK,), [0], budget=3_000, progress=lambda s: None)
+    (row,) = rows
+    assert row.trained > 0.5  # four BPTT epochs learn something
+    assert row.val_recovered >= row.val_converted and row.parameter_sets <= 3_000
+    assert 0 < row.converted <= 1 and 0 < row.recovered <= 1
+    lines = deploy_bench.table(rows)
+    assert lines[2].startswith(f"| {deploy_bench.QUICK.name} | 0 | torch-sim-fixed | ")
+    assert "never less accurate than the converted network on validation: yes" in lines[-1]

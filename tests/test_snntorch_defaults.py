@@ -108,11 +108,13 @@ def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
 
     result = pn.deploy(
         model, "torch-sim-fixed", data=data["train"], validation=data["val"],
-        test={"test": data["test"]}, time_steps=T, time_first=True, budget=3000,
-        progress=False,
+        test={"test": data["test"]}, time_steps=T, time_first=True, budget=6000,
+        adapt=True, progress=False,
     )  # fmt: skip
     assert result.after["val_accuracy"] >= result.before["val_accuracy"]  # never worse
-    assert result.parameter_sets <= 3000
+    # the calibration: 13 x 13 candidates x 4 minibatches of 128 per layer; PolyStep the rest
+    assert result.parameter_sets <= 6000 and result.result.steps >= 1
+    assert [c.layer for c in result.calibration] in ([0, 1, 2], [])
     assert result.reference["test_accuracy"] == pytest.approx(trained_acc)
     assert [layer.delay for layer in result.spec.layers] == [1, 1, 1]
     assert all(layer.bias is None for layer in result.spec.layers)  # folded for Lava
@@ -174,11 +176,12 @@ def test_the_commands_convert_check_deploy_evaluate_and_export(
     run = tmp_path / "deploy"
     out = _cli(capsys, "deploy", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
                "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz",
-               "--test", f"test={tmp_path / 'test.npz'}", "--time-first", "--budget", 3000,
+               "--test", f"test={tmp_path / 'test.npz'}", "--time-first",
                "--out", run, "--no-progress")  # fmt: skip
     summary = json.loads((run / "summary.json").read_text())
     assert summary["recovered"]["val_accuracy"] >= summary["converted"]["val_accuracy"]
-    assert summary["parameter_sets"] <= 3000
+    assert summary["parameter_sets"] == 3 * 169 * 4  # the calibration alone, by default
+    assert summary["steps"] == 0
     assert "test test: trained" in out
     adapted = NetworkSpec.load(run / "adapted.npz")
     np.testing.assert_array_equal(

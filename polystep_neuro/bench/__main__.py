@@ -4,8 +4,8 @@
     polystep-neuro bench ...                                        (the same, from a checkout)
     polystep-neuro bench --device cuda [--quick] [--out FILE.md]   # the GPU check instead
 
-Sections (``--only`` picks some): sim, roofline, adapt, drifted, memory, lava, protocol,
-ray.  Every
+Sections (``--only`` picks some): sim, roofline, adapt, drifted, deploy, memory, lava,
+protocol, ray.  Every
 comparison is a ratio of two measurements taken side by side in this run; the report
 records the command, the date and the machine.  GPU rows are added where
 ``torch.cuda.is_available()``.  ``--quick`` uses tiny sizes (a smoke test of the harness:
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("sim", "roofline", "adapt", "drifted", "memory", "lava", "protocol", "ray")
+SECTIONS = ("sim", "roofline", "adapt", "drifted", "deploy", "memory", "lava", "protocol", "ray")
 
 Progress = Callable[[str], None]
 
@@ -173,6 +173,29 @@ def section_drifted(quick: bool, progress: Progress) -> Section:
     return Section(title, doc_paragraphs(drifted_bench.__doc__), drifted_bench.table(rows))
 
 
+def section_deploy(quick: bool, progress: Progress) -> Section:
+    import importlib.util
+
+    import torch
+
+    title = "Deployment recovery of snnTorch-trained networks: the conversion gap, and `deploy`"
+    if importlib.util.find_spec("snntorch") is None:
+        return Section(
+            title, ['Skipped: snnTorch is not installed (`pip install -e ".[snntorch]"`).']
+        )
+    from polystep_neuro.bench import deploy_bench
+
+    threads = torch.get_num_threads()
+    try:
+        if quick:
+            rows = deploy_bench.run((deploy_bench.QUICK,), [0], budget=3_000, progress=progress)
+        else:
+            rows = deploy_bench.run(deploy_bench.MODELS, [0, 1, 2], progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    return Section(title, doc_paragraphs(deploy_bench.__doc__), deploy_bench.table(rows))
+
+
 def section_memory(quick: bool, progress: Progress) -> Section:
     import torch
 
@@ -305,6 +328,7 @@ RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "roofline": section_roofline,
     "adapt": section_adapt,
     "drifted": section_drifted,
+    "deploy": section_deploy,
     "memory": section_memory,
     "lava": section_lava,
     "protocol": section_protocol,

@@ -59,6 +59,7 @@ class AdaptJob(RunConfig):
     dataset: str = "digits"  # the built-in data when no --data is given
     encoding: str = "rate"
     out_dir: Path = Path("runs/adapt")
+    teacher_path: Path | None = None  # the trained model: its outputs replace the anchor's
 
 
 def load_spike_data(
@@ -204,6 +205,12 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
             + (f"; anchored to the starting network (weight {anchor:g})" if anchor else "")
         )
 
+    if job.teacher_path is not None:  # the trained model's outputs as the targets
+        from polystep_neuro.run.teacher import taught
+
+        data, teach = taught(job.teacher_path, data, spec, job)
+        _say(f"the outputs of {job.teacher_path} on every sample are the soft targets")
+        ready = _both(ready, teach)
     run = run_adaptation(spec, data, job, report=_say, on_ready=ready)
     result = check_finished(run.result, job.out_dir)
     _write_summary(job, run)
@@ -214,6 +221,14 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         f"{job.out_dir / 'summary.json'}"
     )
     return result
+
+
+def _both(first: Any, second: Any) -> Any:
+    def both(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return both
 
 
 def _say(line: str) -> None:

@@ -206,6 +206,14 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
         help="how far (RMS per parameter, in probe units) the parameters may move from the "
         "start (default: no limit)",
     )
+    adapt.add_argument(
+        "--teacher",
+        type=Path,
+        metavar="FILE",
+        help="the trained model (torch.save'd snnTorch .pt, .nir or spec .npz): its outputs on "
+        "every sample, computed on this host, are the soft targets in place of the starting "
+        "network's (with the --anchor weight); a .pt runs pickle: trusted files only",
+    )
 
 
 def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
@@ -373,6 +381,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         out_dir=args.out,
         resume=args.resume,
         progress=not args.no_progress,
+        teacher_path=args.teacher,
     )
     run_adapt_job(job)
     return 0

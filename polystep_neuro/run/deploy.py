@@ -14,9 +14,12 @@ The recipe, in two stages on the device (both forward passes only):
    neuron's weights and an offset on its bias that bring its spike counts closest to the
    trained model's own (every neuron of a layer searched in one device call); kept only
    when the calibrated network is at least as accurate on validation as the converted one;
-2. **adaptation**: PolyStep on every parameter the device rewrites (weights and neuron
-   biases), the teacher's soft targets plus the labels as the loss, the best network on
-   validation handed back.
+2. **adaptation** (``adapt=True``, ``deploy --adapt``): PolyStep on every parameter the
+   device rewrites (weights and neuron biases), the teacher's soft targets plus the labels
+   as the loss, the best network on validation handed back.  Off by default: on the
+   deployment bench's networks it never raised held-out accuracy above the calibrated
+   network's, and where validation (a few hundred samples) let it through it lowered it
+   (docs/benchmarks.md, section 11).
 
 Both count against one budget of parameter sets (``budget``, each set scored on one
 minibatch of ``batch_size`` samples).
@@ -136,6 +139,7 @@ def deploy(
     writable: Sequence[str] | str | None = None,
     budget: int = DEFAULT_BUDGET,
     calibrate: bool = True,
+    adapt: bool = False,
     teacher_weight: float = TEACHER_WEIGHT,
     batch_size: int = 128,
     time_first: bool = False,
@@ -156,8 +160,9 @@ def deploy(
     in for the label); ``validation`` (default:
     ``val_fraction`` of ``data`` held out) decides what is handed back; ``test`` sets are
     only reported; ``drifted`` data the device sees now joins the stream with the teacher's
-    outputs on it as targets.  ``writable`` defaults to what the device rewrites at run time
-    (every weight and neuron bias).  ``budget``: parameter sets for both stages together.
+    outputs on it as targets.  ``calibrate``: stage 1; ``adapt``: stage 2 as well, on
+    ``writable`` (default: what the device rewrites at run time, every weight and neuron
+    bias), with what ``budget`` (parameter sets, both stages together) leaves.
     ``settings``: :class:`~polystep_neuro.run.optimizers.Settings` fields.  ``resume``
     continues the adaptation from ``out_dir``'s checkpoint (both stages before it are
     deterministic); ``report`` gets one line per stage.
@@ -201,16 +206,17 @@ def deploy(
                 say(_line("calibrated", sets.reference_scores, scores))
         options = Settings(seed=seed, **settings)
         per_step = polystep_candidates(make_layout(dev.spec, options), options)
-        steps = max(0, (budget - used) // per_step)
+        steps = max(0, (budget - used) // per_step) if adapt else 0
         adapter = Adapter.build(
             dev, sets.stream, steps=max(steps, 1), settings=options, loss=loss,
             torch_device=where, validation=sets.validation, test=sets.test,
             out_dir=out_dir, progress=progress,
         )  # fmt: skip
-        say(
-            f"adapting {', '.join(adapter.layout.names)} on {backend} for {steps} steps of "
-            f"{per_step} parameter sets, the trained model's outputs as soft targets"
-        )
+        if adapt:
+            say(
+                f"adapting {', '.join(adapter.layout.names)} on {backend} for {steps} steps of "
+                f"{per_step} parameter sets, the trained model's outputs as soft targets"
+            )
         if resume:
             adapter.resume()
         result = adapter.run(steps)
@@ -356,4 +362,6 @@ def _calibrated(
     device_lag = np.cumsum([layer.delay for layer in spec.layers])
     own_lag = np.cumsum([layer.delay for layer in reference.spec.layers])
     lags = [max(0, int(d - o)) for d, o in zip(device_lag, own_lag, strict=True)]
-    return calibrate_neurons(backend, spec, spikes, teacher, lags=lags)
+    return calibrate_neurons(
+        backend, spec, spikes, teacher, lags=lags, batch_size=stream.batch_size
+    )

@@ -49,11 +49,12 @@ def add_parsers(sub: Any) -> None:
         help="put a trained model on a device and adapt it back towards itself (forward "
         "passes only)",
         description="Convert the model for --backend, then recover the accuracy the "
-        "conversion cost: a per-neuron calibration against the model's own spike counts, "
-        "then PolyStep adaptation with the model's outputs on --data as soft targets (and "
-        "the labels when the file has them).  A fifth of --data is held out for validation: "
-        "the network handed back is never less accurate on it than the converted one.  "
-        "Writes converted.npz, adapted.npz, summary.json, metrics.jsonl and checkpoint.pt.",
+        "conversion cost: a per-neuron calibration against the model's own spike counts on "
+        "--data (and, with --adapt, PolyStep adaptation with the model's outputs as soft "
+        "targets and the labels when the file has them).  A fifth of --data is held out for "
+        "validation: the network handed back is never less accurate on it than the "
+        "converted one.  Writes converted.npz, adapted.npz, summary.json, metrics.jsonl and "
+        "checkpoint.pt.",
     )
     add_model_arguments(deploy, required=True)
     _common(deploy, default_out="runs/deploy")
@@ -76,11 +77,18 @@ def add_parsers(sub: Any) -> None:
         "--budget",
         type=int,
         default=50_000,
-        help="parameter sets sent to the device, each scored on one minibatch, for both "
-        "stages together (default: 50000)",
+        help="most parameter sets sent to the device, each scored on one minibatch, for both "
+        "stages together (default: 50000; the calibration takes 13 x 13 x 4 per layer)",
     )
     deploy.add_argument(
         "--no-calibration", action="store_true", help="skip the per-neuron calibration stage"
+    )
+    deploy.add_argument(
+        "--adapt",
+        action="store_true",
+        help="after the calibration, adapt every weight and neuron bias with PolyStep "
+        "towards the model's outputs, within --budget (measured on the deployment bench: "
+        "no gain on held-out data; docs/benchmarks.md)",
     )
     deploy.add_argument(
         "--writable",
@@ -192,6 +200,7 @@ def deploy(args: argparse.Namespace) -> int:
         writable=args.writable,
         budget=args.budget,
         calibrate=not args.no_calibration,
+        adapt=args.adapt,
         torch_device=args.torch_device,
         timeout_s=args.timeout,
         out_dir=args.out,
