@@ -557,3 +557,42 @@ def test_imported_snntorch_defaults_are_reported_not_changed() -> None:
     _, changes = interop.to_device_semantics(spec)
     # reset, reset delay and delay (approximate); the Linear bias folded (exact)
     assert [c.exact for c in changes] == [False, False, False, True]
+
+
+def test_per_neuron_and_learnable_values_are_mapped_and_reported() -> None:
+    """Learnable per-neuron thresholds become threshold 1 with each neuron's weights and bias
+    divided by its own (the same spikes); per-neuron decays become the layer's mean, said to
+    be approximate.  from_snntorch, which is exact or refuses, refuses both."""
+    torch.manual_seed(2)
+    thresholds = torch.linspace(0.6, 1.4, 5)
+    model = _seq(
+        LIN(6, 5),
+        snn.Leaky(beta=0.9, threshold=thresholds, learn_threshold=True, init_hidden=True),
+        LIN(5, 3),
+        snn.Leaky(beta=0.8, learn_beta=True, init_hidden=True, output=True),
+    )
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+    spec, notes = interop.snntorch_spec(model, 8)
+    assert [(n.layer, n.exact) for n in notes] == [(0, True)]
+    assert "per-neuron thresholds (0.6 to 1.4) -> threshold 1" in notes[0]
+    assert spec.layers[0].vth == 1.0 and spec.layers[1].vth == 1.0
+    np.testing.assert_allclose(
+        spec.layers[0].weight * thresholds.numpy()[:, None],
+        model[0].weight.detach().numpy(),
+        rtol=1e-6,
+    )
+    x = (np.random.default_rng(0).random((40, 8, 6)) < 0.5).astype(np.float32)
+    counts = TorchLIF(spec).counts({}, x)[0].numpy()
+    expected = interop.run_snntorch(model, x).numpy()
+    assert expected.sum() > 40
+    assert np.mean(counts == expected) > 0.97  # exact up to float32 rounding at the threshold
+    with pytest.raises(SpecError, match="per-neuron threshold"):
+        interop.from_snntorch(model, 8)
+
+    betas = torch.tensor([0.7, 0.8, 0.9])
+    decaying = _seq(LIN(6, 3), snn.Leaky(beta=betas, learn_beta=True, init_hidden=True))
+    spec, notes = interop.snntorch_spec(decaying, 8)
+    assert [(n.layer, n.exact) for n in notes] == [(0, False)]
+    assert "per-neuron beta (0.7 to 0.9) -> their mean 0.8" in notes[0]
+    assert spec.layers[0].dv == pytest.approx(0.2, abs=1e-7)

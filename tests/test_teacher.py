@@ -3,6 +3,8 @@ reads them, and the per-neuron calibration against its spike counts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -79,3 +81,39 @@ def test_calibration_brings_every_layer_closer_to_the_teacher() -> None:
         before = np.mean((Reference(deployed, "d").spikes(x)[k].sum(1) - teacher[k].sum(1)) ** 2)
         after = np.mean((got[k].sum(1).astype(float) - teacher[k].sum(1)) ** 2)
         assert after < 0.6 * before
+
+
+def test_a_teacher_takes_the_anchors_place_in_a_run() -> None:
+    """`pn.adapt(teacher=...)` / `adapt --teacher`: the stream carries the trained model's
+    counts over the steps the device network answers to (its extra delay), and the loop's
+    loss reads them instead of anchoring to the start."""
+    from dataclasses import dataclass, field
+
+    from polystep_neuro.run.loop_options import Regularization
+    from polystep_neuro.run.run_defaults import RunConfig
+    from polystep_neuro.run.teacher import taught
+
+    @dataclass
+    class Data:  # the fields of recipe.RunData that taught() reads and replaces
+        stream: SpikeDataset
+        has_clean: bool = False
+        validation: dict = field(default_factory=dict)
+
+    @dataclass
+    class Loop:
+        loss: object = None
+        regularization: Regularization = field(default_factory=lambda: Regularization(2.0))
+
+    trained = NetworkSpec.random([12, 16, 4], T, seed=2, dv=0.1, weight_gain=3.0, delay=0)
+    device = NetworkSpec([replace(layer, delay=1) for layer in trained.layers], T)
+    x, y = _data()
+    data, on_ready = taught(trained, Data(SpikeDataset(x, y, 16)), device, RunConfig())
+    want = Reference(trained, "t").spikes(x)[-1][:, : T - 2].sum(axis=1)  # two layers late
+    np.testing.assert_array_equal(data.stream.teacher.numpy(), want)
+    loop = Loop()
+    on_ready(loop, None, 2.0)
+    assert loop.regularization.anchor_weight == 0.0  # no start riding along
+    counts = torch.as_tensor(want, dtype=torch.float32)[None]
+    targets = torch.cat([torch.as_tensor(y, dtype=torch.float32)[:, None], counts[0]], dim=1)
+    expected = teacher_loss(2.0)(counts, targets)  # drifted data only: the anchor's weight
+    torch.testing.assert_close(loop.loss(counts, targets), expected)

@@ -31,6 +31,9 @@ exact only for ``dv >= 0.5`` or when ``1 - dv`` is a float32).
 Reset modes the device cannot run (anything but ``reset="zero", reset_delay=False``) are
 kept as they are; :func:`device_compatibility` reports them and
 :func:`to_device_semantics` makes an explicit, reported Lava-semantics copy.
+``from_snntorch`` refuses per-neuron ``beta``/``alpha``/``threshold`` values (a spec holds one
+per layer); :func:`snntorch_spec` maps them and says how (thresholds exactly, decays by
+their mean), and :func:`load_into` copies a spec's weights and biases back into a module.
 """
 
 from __future__ import annotations
