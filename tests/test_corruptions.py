@@ -102,3 +102,53 @@ def test_bad_names_severities_and_shapes_are_one_clear_error(digits: np.ndarray)
         Corruption("fog").images(digits[:, :63])
     with pytest.raises(PolystepError, match=r"spike trains must be \(n, T, N\)"):
         Corruption("dead_channels").spikes(digits)
+
+
+def test_adapt_on_built_in_data_takes_a_corruption(tmp_path) -> None:
+    from polystep_neuro.cli import main
+    from polystep_neuro.core.network import NetworkSpec
+
+    spec = NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc1.weight",))
+    spec.save(tmp_path / "net.npz")
+    args = ["adapt", "--spec", str(tmp_path / "net.npz"), "--steps", "2", "--rank", "4",
+            "--torch-device", "cpu", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main([*args, "--corruption", "rotate", "--severity", "2"]) == 0
+    config = (tmp_path / "run" / "config.json").read_text()
+    assert '"corruption": "rotate"' in config and '"severity": 2' in config
+
+
+def test_a_corruption_and_the_shift_flags_together_are_refused(tmp_path, capsys) -> None:
+    from polystep_neuro.cli import main
+    from polystep_neuro.core.network import NetworkSpec
+
+    NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc1.weight",)).save(tmp_path / "n.npz")
+    code = main(
+        [
+            "adapt",
+            "--spec",
+            str(tmp_path / "n.npz"),
+            "--corruption",
+            "fog",
+            "--shift-gain",
+            "0.5",
+            "--torch-device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2
+    assert "give either --corruption or the --shift-* flags, not both" in capsys.readouterr().err
+
+
+def test_the_demo_data_takes_a_corruption_as_its_shift() -> None:
+    import torch
+
+    from polystep_neuro.run.demo import DemoConfig, load_data
+
+    cfg = DemoConfig.quick(shift=Corruption("dead_channels", 4, seed=1), time_steps=8)
+    data = load_data(cfg, torch.device("cpu"))
+    clean, shifted = data.test["clean"].spikes, data.test["shifted"].spikes
+    dead = shifted.sum(dim=(0, 1)) == 0
+    assert dead.sum() >= round(0.3 * 64)  # severity 4: at least 30 % of the inputs silent
+    assert torch.equal(shifted[:, :, ~dead], clean[:, :, ~dead])

@@ -31,7 +31,16 @@ from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import plots
 from polystep_neuro.run.controller import Adapter, AdaptResult
-from polystep_neuro.run.data import InputShift, SpikeDataset, concat, encode, hold_out, load_split
+from polystep_neuro.run.corruptions import Corruption
+from polystep_neuro.run.data import (
+    Drift,
+    InputShift,
+    SpikeDataset,
+    concat,
+    encode_drifted,
+    hold_out,
+    load_split,
+)
 from polystep_neuro.run.recipe import (
     Device,
     Run,
@@ -56,6 +65,8 @@ class AdaptJob(RunConfig):
     shift_noise: float = 0.0
     shift_gain: float = 1.0
     shift_dead: float = 0.0
+    corruption: str | None = None  # built-in data: a corruption of the suite instead
+    severity: int = 3
     dataset: str = "digits"  # the built-in data when no --data is given
     encoding: str = "rate"
     out_dir: Path = Path("runs/adapt")
@@ -63,10 +74,11 @@ class AdaptJob(RunConfig):
 
 
 def load_spike_data(
-    path: Path, spec: NetworkSpec, time_first: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+    path: Path, spec: NetworkSpec, time_first: bool = False, *, need_labels: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A user's data file: 'spikes' (n, T, N_in) — or (T, n, N_in) with ``time_first`` — and
-    integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError."""
+    integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError.  Without
+    ``need_labels`` a file may hold no 'labels' (unlabelled field data: labels None)."""
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -75,6 +87,8 @@ def load_spike_data(
                 "spikes=..., labels=...)"
             )
         with data:
+            if "labels" not in data.files and not need_labels and "spikes" in data.files:
+                return _checked_spikes(path, data["spikes"], spec, time_first), None
             spikes, labels = data["spikes"], data["labels"]
     except FileNotFoundError:
         raise PolystepError(f"data file not found: {path}") from None
@@ -85,13 +99,9 @@ def load_spike_data(
             f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
-    if not np.issubdtype(spikes.dtype, np.number) or not np.issubdtype(labels.dtype, np.number):
+    if not np.issubdtype(labels.dtype, np.number):
         raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
-    if time_first:
-        if spikes.ndim != 3:
-            raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")
-        spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-    _check_shape(path, spikes, spec, time_first)
+    spikes = _checked_spikes(path, spikes, spec, time_first)
     if labels.shape != (spikes.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise PolystepError(
             f"'labels' in {path} must be {spikes.shape[0]} integers, got {labels.dtype} "
@@ -100,6 +110,20 @@ def load_spike_data(
     if labels.min() < 0 or labels.max() >= spec.n_out:
         raise PolystepError(f"labels in {path} must lie in [0, {spec.n_out}) for this network")
     return spikes, labels
+
+
+def _checked_spikes(
+    path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool
+) -> np.ndarray:
+    """The file's 'spikes', batch-first and checked against the network."""
+    if not np.issubdtype(spikes.dtype, np.number):
+        raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
+    if time_first:
+        if spikes.ndim != 3:
+            raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")
+        spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
+    _check_shape(path, spikes, spec, time_first)
+    return spikes
 
 
 def _check_shape(path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool) -> None:
@@ -130,16 +154,18 @@ def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
     """The user's files as datasets: the training data, its validation (``--val`` or held
     out), the replay and test sets (the recipe's ``prepare_data`` splits them)."""
 
-    def load(path: Path) -> SpikeDataset:
-        return _dataset(*load_spike_data(path, spec, job.time_first), job)
+    def load(path: Path, need_labels: bool = True) -> SpikeDataset:
+        return _dataset(*load_spike_data(path, spec, job.time_first, need_labels=need_labels), job)
 
     assert job.data_path is not None
-    train = load(job.data_path)
+    train = load(job.data_path, need_labels=False)  # without labels: a label-free run
     replay = None if job.replay_path is None else load(job.replay_path)
     data = prepare_data(
         train,
         job,
-        validation=None if job.val_path is None else {"drifted": load(job.val_path)},
+        validation=None
+        if job.val_path is None
+        else {"drifted": load(job.val_path, need_labels=False)},
         replay=replay,
         test={name: load(path) for name, path in job.test_paths.items()},
     )
@@ -161,13 +187,17 @@ def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
             f"{job.dataset} data needs {features} and 10 — pass your own data with --data "
             "FILE.npz"
         )
-    shift = InputShift(job.shift_noise, job.shift_gain, job.shift_dead, seed=seed + 1)
+    shift: Drift = InputShift(job.shift_noise, job.shift_gain, job.shift_dead, seed=seed + 1)
+    if job.corruption is not None:
+        if shift.describe() != "none":
+            raise PolystepError("give either --corruption or the --shift-* flags, not both")
+        shift = Corruption(job.corruption, job.severity, seed=seed + 1)
     kept, held = hold_out(len(split.y_train), job.val_fraction, seed)
     x_train, y_train = split.x_train[kept], split.y_train[kept]
     x_val, y_val = split.x_train[held], split.y_train[held]
 
-    def spikes(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
-        return _dataset(encode(x, spec.num_steps, job.encoding), y, job)
+    def spikes(x: np.ndarray, y: np.ndarray, drift: Drift | None = None) -> SpikeDataset:
+        return _dataset(encode_drifted(x, spec.num_steps, job.encoding, drift), y, job)
 
     if shift.describe() == "none":
         return RunData(
@@ -177,18 +207,18 @@ def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
             has_clean=True,
             what=job.dataset,
         )
-    stream = concat(spikes(x_train, y_train), spikes(shift(x_train), y_train), job.batch_size, seed)
-    both = {"clean": lambda x: x, "shifted": shift}
+    stream = concat(spikes(x_train, y_train), spikes(x_train, y_train, shift), job.batch_size, seed)
+    both = {"clean": None, "shifted": shift}
     return RunData(
         stream,
-        {name: spikes(f(x_val), y_val) for name, f in both.items()},
-        {name: spikes(f(split.x_test), split.y_test) for name, f in both.items()},
+        {name: spikes(x_val, y_val, d) for name, d in both.items()},
+        {name: spikes(split.x_test, split.y_test, d) for name, d in both.items()},
         has_clean=True,
         what=f"{job.dataset}, clean + input shift ({shift.describe()})",
     )
 
 
-def _dataset(spikes: np.ndarray, labels: np.ndarray, job: AdaptJob) -> SpikeDataset:
+def _dataset(spikes: np.ndarray, labels: np.ndarray | None, job: AdaptJob) -> SpikeDataset:
     return SpikeDataset(spikes, labels, job.batch_size, job.seed)
 
 

@@ -41,7 +41,7 @@ from polystep_neuro.run.recipe import prepare_data, run_adaptation
 from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.writable import WritableChoice
 
-DataLike = SpikeDataset | tuple[Any, Any]
+DataLike = SpikeDataset | tuple[Any, Any] | Any  # a pair, or spikes alone (no labels)
 
 
 @dataclass
@@ -113,7 +113,9 @@ def adapt(
     """Adapt ``model`` on ``backend`` with forward passes only; see the module docstring.
 
     ``time_steps`` is the T an snnTorch model runs per sample.  ``train`` is what the device
-    sees now; ``validation`` (default: ``val_fraction`` of ``train`` held out) decides which
+    sees now (spikes alone, without labels, run a label-free objective:
+    :mod:`polystep_neuro.run.label_free`); ``validation`` (default: ``val_fraction`` of
+    ``train`` held out) decides which
     network is handed back; ``replay`` (clean data) is mixed into the stream and a share of
     it validates too; ``test`` sets are only reported.  ``writable`` defaults to the model's
     writable set, else every weight and neuron bias the device can rewrite; ``"all"`` is
@@ -176,13 +178,18 @@ def _dataset(
 ) -> SpikeDataset:
     if isinstance(data, SpikeDataset):
         return data
-    try:
+    if isinstance(data, (tuple, list)) and len(data) == 2:
         spikes, labels = data
-    except (TypeError, ValueError):
-        raise PolystepError("data must be a SpikeDataset or a (spikes, labels) pair") from None
+    elif hasattr(data, "shape") and len(data.shape) == 3:  # spikes alone: unlabelled
+        spikes, labels = data, None
+    else:
+        raise PolystepError(
+            "data must be a SpikeDataset, a (spikes, labels) pair, or spikes alone (unlabelled)"
+        )
     spikes = np.asarray(torch.as_tensor(spikes).cpu())
     if time_first:
         spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
     spec.check_inputs(spikes)
-    labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
+    if labels is not None:
+        labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
     return SpikeDataset(spikes, labels, batch_size, seed)

@@ -107,6 +107,7 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps")
     demo.add_argument("--seed", type=int, default=0)
     _add_dataset(demo)
+    _add_corruption(demo, "the input shift of stage (c) (default: noise, gain loss, dead inputs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -144,6 +145,7 @@ def _add_adapt(sub: Any) -> None:
         default=0.0,
         help="built-in data: fraction of dead input channels",
     )
+    _add_corruption(adapt, "built-in data, instead of the --shift-* drift")
     _add_adapt_optimizer(adapt)
     adapt.add_argument(
         "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
@@ -151,6 +153,26 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
     adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     adapt.add_argument("--no-progress", action="store_true")
+
+
+def _add_corruption(p: argparse.ArgumentParser, what: str) -> None:
+    """--corruption NAME --severity N: a drift of the corruption suite on the built-in data."""
+    from polystep_neuro.run.corruptions import CORRUPTIONS, SEVERITIES
+
+    p.add_argument(
+        "--corruption",
+        choices=CORRUPTIONS,
+        metavar="NAME",
+        help=f"{what}: one corruption of the suite (MNIST-C's fifteen and five sensor faults: "
+        f"{', '.join(CORRUPTIONS)}; pictured in docs/corruptions.png)",
+    )
+    p.add_argument(
+        "--severity",
+        type=int,
+        choices=SEVERITIES,
+        default=3,
+        help="how harsh the --corruption is, 1 to 5 (default: 3)",
+    )
 
 
 def _add_adapt_data(adapt: argparse.ArgumentParser) -> None:
@@ -338,6 +360,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg.pretrain = replace(cfg.pretrain, steps=args.pretrain_steps)
     if args.adapt_steps is not None:
         cfg.adapt_steps = args.adapt_steps
+    if args.corruption is not None:
+        from polystep_neuro.run.corruptions import Corruption
+
+        cfg.shift = Corruption(args.corruption, args.severity, seed=args.seed + 1)
     _check_backend_name(cfg.backend)
     run_demo(cfg)
     return 0
@@ -372,6 +398,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         shift_noise=args.shift_noise,
         shift_gain=args.shift_gain,
         shift_dead=args.shift_dead,
+        corruption=args.corruption,
+        severity=args.severity,
         dataset=args.dataset,
         encoding=args.encoding,
         steps=args.steps,

@@ -102,6 +102,9 @@ class AdaptResult:
         if "val_accuracy" in self.end:
             changes.insert(0, f"{_label('val_accuracy')} {self.start['val_accuracy']:.1%} -> "
                               f"{self.end['val_accuracy']:.1%}")  # fmt: skip
+        elif "val_loss" in self.end and "val_loss" in self.start:  # unlabelled validation
+            changes.insert(0, f"validation objective (no labels) {self.start['val_loss']:.3f} "
+                              f"-> {self.end['val_loss']:.3f}")  # fmt: skip
         return head + ("; " + ", ".join(changes) if changes else "")
 
 
@@ -159,7 +162,7 @@ class Adapter:
         self.step = 0
         self.evaluations = 0
         self.x0 = optimizer.x.detach().clone()  # the starting point (anchor, revert target)
-        self.selection = Selection(self.x0, scoring.validated)
+        self.selection = Selection(self.x0, scoring.validated, scoring.label_free)
         self.start_scores: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.log = MetricsLog(self.out_dir)

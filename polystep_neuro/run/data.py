@@ -11,6 +11,7 @@ resumable bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from polystep_neuro.core.errors import PolystepError
 DIGITS_FEATURES = 64
 DIGITS_CLASSES = 10
 DATASETS = ("digits", "mnist5k")
+UNLABELLED = -1  # the label of every sample of an unlabelled dataset
 ENCODINGS = ("rate", "latency")
 
 
@@ -166,6 +168,14 @@ class InputShift:
         out[:, self.dead_channels(x.shape[1])] = 0.0
         return out
 
+    def images(self, x: np.ndarray) -> np.ndarray:
+        """The drift on intensities (the same as calling it): see ``encode_drifted``."""
+        return self(x)
+
+    def spikes(self, x: np.ndarray) -> np.ndarray:
+        """This drift leaves spike trains as the encoder made them."""
+        return x
+
     def describe(self) -> str:
         parts = []
         if self.noise:
@@ -177,14 +187,42 @@ class InputShift:
         return ", ".join(parts) or "none"
 
 
+class Drift(Protocol):
+    """What the field does to the inputs: on intensities before encoding (``images``), on
+    spike trains after it (``spikes``).  ``InputShift`` and the corruptions of
+    :mod:`polystep_neuro.run.corruptions` are drifts."""
+
+    def images(self, x: np.ndarray) -> np.ndarray: ...
+
+    def spikes(self, x: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
+
+
+def encode_drifted(
+    x: np.ndarray, time_steps: int, encoding: str = "rate", drift: Drift | None = None
+) -> np.ndarray:
+    """Intensities (n, F) -> spike trains (n, T, F) uint8, as a sensor under ``drift`` gives
+    them (``None``: no drift)."""
+    if drift is None:
+        return encode(x, time_steps, encoding)
+    return drift.spikes(encode(drift.images(x), time_steps, encoding))
+
+
 class SpikeDataset:
     """Pre-encoded spike trains and labels, with a resumable minibatch order.
 
     Batch k of the stream is a pure function of (seed, k): the stream position is the
-    only state a checkpoint needs.
+    only state a checkpoint needs.  ``labels=None`` makes an unlabelled dataset (field data
+    nobody labelled): its labels read as :data:`UNLABELLED` and ``labelled`` is False, so a
+    label-free objective can run on it and nothing reports an accuracy for it.
     """
 
-    def __init__(self, spikes: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0):
+    def __init__(
+        self, spikes: np.ndarray, labels: np.ndarray | None, batch_size: int, seed: int = 0
+    ):
+        if labels is None:
+            labels = np.full(len(spikes), UNLABELLED, dtype=np.int64)
         if spikes.ndim != 3 or spikes.shape[0] != labels.shape[0]:
             raise PolystepError(
                 f"spikes must be (n, T, F) with one label each; got {spikes.shape} and "
@@ -197,6 +235,11 @@ class SpikeDataset:
         self.batch_size = min(int(batch_size), len(labels))
         self.seed = int(seed)
         self._epoch_cache: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the samples carry labels (an unlabelled set has none at all)."""
+        return bool(len(self)) and bool((self.labels != UNLABELLED).all())
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -36,7 +36,16 @@ from polystep_neuro.optim import PolyStep, Subspace
 from polystep_neuro.run import plots
 from polystep_neuro.run.checkpoint import CHECKPOINT_NAME
 from polystep_neuro.run.controller import Adapter, AdaptResult
-from polystep_neuro.run.data import InputShift, SpikeDataset, concat, encode, hold_out, load_split
+from polystep_neuro.run.data import (
+    Drift,
+    InputShift,
+    SpikeDataset,
+    concat,
+    encode,
+    encode_drifted,
+    hold_out,
+    load_split,
+)
 from polystep_neuro.run.deprecation import renamed
 from polystep_neuro.run.evaluation import score
 from polystep_neuro.run.loop_options import Output, Scoring
@@ -86,7 +95,7 @@ class DemoConfig:
     # (44,400) spent, not 38,400 of it; the bench's full-budget demo row is this run.
     adapt_steps: int = 346
     adapt: Settings = field(default_factory=Settings)  # the recipe's defaults
-    shift: InputShift = field(
+    shift: Drift = field(  # an InputShift, or a corruption of run/corruptions
         default_factory=lambda: InputShift(noise=0.1, gain=0.6, dead_fraction=0.1, seed=1)
     )
     resume: bool = False
@@ -164,8 +173,12 @@ def load_data(cfg: DemoConfig, device: torch.device) -> DemoData:
         trains = encode(x, cfg.time_steps, cfg.encoding)
         return SpikeDataset(trains, y, cfg.batch_size, seed=cfg.seed).to(device)
 
+    def shifted(x: np.ndarray, y: np.ndarray) -> SpikeDataset:
+        trains = encode_drifted(x, cfg.time_steps, cfg.encoding, cfg.shift)
+        return SpikeDataset(trains, y, cfg.batch_size, seed=cfg.seed).to(device)
+
     def both(x: np.ndarray, y: np.ndarray) -> dict[str, SpikeDataset]:
-        return {"clean": spikes(x, y), "shifted": spikes(cfg.shift(x), y)}
+        return {"clean": spikes(x, y), "shifted": shifted(x, y)}
 
     return DemoData(
         train=spikes(split.x_train, split.y_train),

@@ -6,6 +6,7 @@ controller, the demo, the CLI and the API all report the same thing the same way
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +45,13 @@ def score(
     loss: LossFn,
     params: Mapping[str, Any] | None = None,
 ) -> Score:
-    """Accuracy and loss of one parameter set (``None``: the loaded network) on ``data``."""
+    """Accuracy and loss of one parameter set (``None``: the loaded network) on ``data``;
+    on unlabelled data the accuracy is NaN (unknown) and the loss is what ``loss`` makes of
+    the counts alone (a label-free objective)."""
     counts = counts_of(backend, data, params)
     labels = data.labels.to(counts.device)
-    return Score(float(accuracy(counts, labels)[0]), float(loss(counts, labels)[0]))
+    known = float(accuracy(counts, labels)[0]) if data.labelled else math.nan
+    return Score(known, float(loss(counts, labels)[0]))
 
 
 def score_sets(
@@ -73,7 +77,9 @@ def flat_scores(
     out: dict[str, float] = {}
     val = score_sets(backend, validation, loss, params)
     if val:
-        out["val_accuracy"] = sum(s.accuracy for s in val.values()) / len(val)
+        known = [s.accuracy for s in val.values() if not math.isnan(s.accuracy)]
+        if len(known) == len(val):  # an unlabelled set has no accuracy to average
+            out["val_accuracy"] = sum(known) / len(known)
         out["val_loss"] = sum(s.loss for s in val.values()) / len(val)
         out.update(_flat(val, "val_") if len(val) > 1 else {})
     out.update(_flat(score_sets(backend, test, loss, params)))
@@ -81,8 +87,10 @@ def flat_scores(
 
 
 def _flat(scores: Mapping[str, Score], prefix: str = "") -> dict[str, float]:
+    """``NAME_accuracy`` (labelled sets only) and ``NAME_loss`` per set."""
     out: dict[str, float] = {}
     for name, sc in scores.items():
-        out[f"{prefix}{name}_accuracy"] = sc.accuracy
+        if not math.isnan(sc.accuracy):
+            out[f"{prefix}{name}_accuracy"] = sc.accuracy
         out[f"{prefix}{name}_loss"] = sc.loss
     return out

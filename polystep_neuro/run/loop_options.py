@@ -43,6 +43,11 @@ class Scoring:
     def validated(self) -> bool:
         return bool(self.validation) and self.keep_best
 
+    @property
+    def label_free(self) -> bool:
+        """Some validation set has no labels: the validation objective decides alone."""
+        return any(not data.labelled for data in self.validation.values())
+
 
 @dataclass(frozen=True)
 class Regularization:

@@ -23,6 +23,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, ensure_writable_dir
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, concat, hold_out
+from polystep_neuro.run.label_free import make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.writable import Writable, resolve_writable
@@ -129,12 +130,20 @@ def run_adaptation(
                 f"--resume: no checkpoint in {cfg.out_dir}; run without --resume to start"
             )
     anchor = anchor_weight(data.has_clean, cfg.anchor)
+    # Unlabelled field data: a label-free objective on the device's outputs (run/label_free)
+    loss = None if data.stream.labelled else make_objective(cfg.objective)
+    if loss is not None and report is not None:
+        report(
+            f"no labels: adapting to the label-free objective {cfg.objective!r} on the "
+            "device's outputs; held-out data decides on it which network is handed back"
+        )
     with opened(spec, cfg, data.has_clean, report) as device:
         adapter = Adapter.build(
             device.backend,
             data.stream.to(device.torch_device),
             steps=cfg.steps,
             settings=cfg.settings,
+            loss=loss,
             torch_device=device.torch_device,
             names=device.writable.adapted,
             scoring=Scoring(

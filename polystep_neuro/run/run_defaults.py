@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE
 from polystep_neuro.run.loop_options import CHECKPOINT_EVERY, EVAL_EVERY
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.writable import WritableChoice
@@ -34,6 +35,7 @@ class RunConfig:
     batch_size: int = 128  # samples per minibatch
     val_fraction: float = 0.2  # of the training (and replay) data, held out to validate
     writable: WritableChoice = None  # None: see polystep_neuro.run.writable
+    objective: str = DEFAULT_OBJECTIVE  # without labels: see polystep_neuro.run.label_free
     anchor: float | None = None  # None: see anchor_weight
     trust_radius: float | None = None  # None: no limit
     settings: Settings = field(default_factory=Settings)  # the optimiser and its seed

@@ -7,6 +7,13 @@ pick among a few hundred noisy validation samples is noisier still.  Otherwise t
 the lowest validation loss among those at least as accurate as the start (the loss, being
 less noisy than the accuracy of a few hundred samples, picks among them) — the start itself,
 bit for bit, when there is none.
+
+Without labels (an unlabelled validation set) the accuracy is unknown, so the validation
+loss, the label-free objective on held-out data, stands in for it: a point qualifies when
+its objective is lower than the start's by at least ``PROXY_MARGIN``, the current point is
+handed back when it qualifies, else the qualifying point with the lowest objective, else
+the start.  The margin is the rollback: a run whose objective barely moved has not shown it
+helped, and the start is handed back.
 """
 
 from __future__ import annotations
@@ -16,30 +23,43 @@ from typing import Any
 
 import torch
 
+# How much lower than the start's the label-free objective on validation must be before a
+# point counts as better (docs/benchmarks.md, label-free section, chose it).
+PROXY_MARGIN = 0.01
+
 
 class Selection:
     """The best point seen on validation (see the module docstring); ``enabled=False`` (no
-    validation set, or ``keep_best=False``) always hands back the current point."""
+    validation set, or ``keep_best=False``) always hands back the current point;
+    ``label_free=True`` decides on the validation objective alone."""
 
-    def __init__(self, start: torch.Tensor, enabled: bool) -> None:
+    def __init__(self, start: torch.Tensor, enabled: bool, label_free: bool = False) -> None:
         self.enabled = enabled
+        self.label_free = label_free
         # (-mean validation loss, mean validation accuracy) of the best point, its
-        # parameters and step; ``floor`` is the start's validation accuracy.
+        # parameters and step; ``floor`` is the start's validation accuracy (label-free:
+        # its validation objective).
         self.best_key: tuple[float, float] | None = None
         self.floor = 0.0
         self.best_x = start.detach().clone()
         self.best_step = 0
 
+    def _qualifies(self, scores: Mapping[str, float]) -> bool:
+        if self.label_free:
+            return scores["val_loss"] <= self.floor - PROXY_MARGIN
+        return scores["val_accuracy"] >= self.floor
+
     def consider(self, x: torch.Tensor, step: int, scores: Mapping[str, float]) -> None:
-        """Keep ``x`` if its validation loss is the lowest so far among the points at least
-        as accurate as the start (the first point considered is the start)."""
-        if "val_accuracy" not in scores:
+        """Keep ``x`` if its validation loss is the lowest so far among the points that beat
+        the start's (the first point considered is the start)."""
+        if "val_loss" not in scores:
             return
-        key = (-scores["val_loss"], scores["val_accuracy"])
+        accuracy = 0.0 if self.label_free else scores["val_accuracy"]
+        key = (-scores["val_loss"], accuracy)
         if self.best_key is None:
             self.best_key, self.best_x, self.best_step = key, x.detach().clone(), step
-            self.floor = scores["val_accuracy"]
-        elif scores["val_accuracy"] >= self.floor and key > self.best_key:
+            self.floor = scores["val_loss"] if self.label_free else accuracy
+        elif self._qualifies(scores) and key > self.best_key:
             self.best_key, self.best_x, self.best_step = key, x.detach().clone(), step
 
     def choice(
@@ -49,8 +69,8 @@ class Selection:
         if not self.enabled:
             return step, x
         for record in reversed(history):
-            if record["step"] == step and "val_accuracy" in record:
-                if record["val_accuracy"] >= self.floor:
+            if record["step"] == step and "val_loss" in record:
+                if self._qualifies(record):
                     return step, x
                 break
         return self.best_step, self.best_x.clone()

@@ -1,0 +1,149 @@
+"""Adapting without labels: the objectives, unlabelled data end to end (API and CLI), and the
+label-free choice of what is handed back (rolled back when the objective did not improve)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import polystep_neuro as pn
+from polystep_neuro.cli import main
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.data import SpikeDataset
+from polystep_neuro.run.evaluation import flat_scores
+from polystep_neuro.run.label_free import (
+    class_balance,
+    information_maximisation,
+    make_objective,
+    prediction_entropy,
+)
+from polystep_neuro.run.selection import PROXY_MARGIN, Selection
+
+T = 6
+
+
+def test_information_maximisation_prefers_confident_predictions_that_use_every_class() -> None:
+    confident = torch.tensor([[[20.0, 0, 0], [0, 20, 0], [0, 0, 20]]])  # one class each
+    unsure = torch.zeros(1, 3, 3)  # every class alike
+    collapsed = torch.tensor([[[20.0, 0, 0], [20, 0, 0], [20, 0, 0]]])  # one class for all
+    im = [float(information_maximisation(c, scale=1.0)[0]) for c in (confident, unsure, collapsed)]
+    assert im[0] == pytest.approx(-math.log(3), abs=1e-6)  # entropy 0, balance log 3
+    assert im[1] == pytest.approx(0.0, abs=1e-6)  # entropy log 3, balance log 3
+    assert im[2] == pytest.approx(0.0, abs=1e-6)  # entropy 0, balance 0
+    assert float(prediction_entropy(unsure, 1.0)[0]) == pytest.approx(math.log(3))
+    assert float(class_balance(collapsed, 1.0)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_an_objective_ignores_the_targets_and_an_unknown_name_is_refused() -> None:
+    counts = torch.rand(4, 8, 3) * 5
+    objective = make_objective("im")
+    a = objective(counts, torch.zeros(8, dtype=torch.long))
+    b = objective(counts, torch.full((8,), -1))
+    assert a.shape == (4,) and torch.equal(a, b)
+    with pytest.raises(PolystepError, match="unknown label-free objective 'tent'; choose one"):
+        make_objective("tent")
+
+
+def test_unlabelled_data_scores_no_accuracy() -> None:
+    spec = NetworkSpec.random([16, 8, 4], T, seed=0, writable=("fc1.weight",))
+    data = SpikeDataset(np.zeros((10, T, 16), np.uint8), None, 5)
+    assert not data.labelled and data.labels.tolist() == [-1] * 10
+
+    class Silent:
+        def evaluate(self, params, inputs):
+            return torch.zeros(1, inputs.shape[0], spec.n_out)
+
+    scores = flat_scores(Silent(), make_objective("im"), {}, {"drifted": data}, {})
+    assert "val_accuracy" not in scores and scores["val_loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_label_free_choice_rolls_back_unless_the_objective_drops_by_the_margin() -> None:
+    start = torch.zeros(3)
+    chosen = Selection(start, enabled=True, label_free=True)
+    chosen.consider(start, 0, {"val_loss": -1.0})
+    barely = torch.ones(3)
+    chosen.consider(barely, 10, {"val_loss": -1.0 - PROXY_MARGIN / 2})
+    history = [{"step": 0, "val_loss": -1.0}, {"step": 10, "val_loss": -1.0 - PROXY_MARGIN / 2}]
+    step, x = chosen.choice(10, barely, history)
+    assert step == 0 and torch.equal(x, start)  # barely moved: the start is handed back
+    better = torch.full((3,), 2.0)
+    chosen.consider(better, 20, {"val_loss": -1.1})
+    history.append({"step": 20, "val_loss": -1.1})
+    assert chosen.choice(20, better, history)[0] == 20
+    worse = torch.full((3,), 3.0)
+    chosen.consider(worse, 30, {"val_loss": -0.9})
+    history.append({"step": 30, "val_loss": -0.9})
+    step, x = chosen.choice(30, worse, history)
+    assert step == 20 and torch.equal(x, better)  # the last point is worse: the best one
+
+
+@pytest.fixture(scope="module")
+def field_data() -> dict:
+    """A 16-12-4 network and class-coded spikes whose input gain halved; labels kept aside."""
+    rng = np.random.default_rng(0)
+
+    def spikes(n: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 4, size=n)
+        rates = rng.random((n, 16)) * 0.2
+        rates[np.arange(n)[:, None], labels[:, None] * 4 + np.arange(4)] += 0.6 * gain
+        return (rng.random((n, T, 16)) < rates[:, None, :]).astype(np.uint8), labels
+
+    spec = NetworkSpec.random([16, 12, 4], T, seed=1)
+    spec = spec.with_writable(("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias"))
+    return {"spec": spec, "drifted": spikes(160, 0.5), "clean": spikes(80, 1.0)}
+
+
+def test_the_api_adapts_spikes_alone_with_a_label_free_objective(field_data, capsys) -> None:
+    x_drift, y_drift = field_data["drifted"]
+    result = pn.adapt(
+        field_data["spec"],
+        train=x_drift,  # no labels
+        test={"drifted": (x_drift, y_drift)},  # labels only for the report
+        steps=8,
+        rank=4,
+        torch_device="cpu",
+        progress=True,
+    )
+    out = capsys.readouterr().out
+    assert "no labels: adapting to the label-free objective 'im'" in out
+    assert result.result.adapted == ("lif0.v_bias",)  # the hidden biases, as drifted-only runs
+    start, end = result.result.start, result.result.end
+    assert "val_accuracy" not in start and "val_loss" in start  # held out, unlabelled
+    assert "drifted_accuracy" in start and "drifted_accuracy" in end
+    assert "validation objective (no labels)" in result.summary()
+    if result.result.best_step == 0:  # rolled back: exactly the start
+        np.testing.assert_array_equal(result.spec.layers[0].v_bias, result.start.layers[0].v_bias)
+    else:  # handed back only when the objective dropped by the margin
+        assert end["val_loss"] <= start["val_loss"] - PROXY_MARGIN
+
+
+def test_the_adapt_command_takes_a_data_file_without_labels(field_data, tmp_path: Path) -> None:
+    x_drift, y_drift = field_data["drifted"]
+    np.savez(tmp_path / "field.npz", spikes=x_drift)
+    np.savez(tmp_path / "labelled.npz", spikes=x_drift, labels=y_drift)
+    field_data["spec"].save(tmp_path / "spec.npz")
+    code = main([
+        "adapt", "--spec", str(tmp_path / "spec.npz"), "--data", str(tmp_path / "field.npz"),
+        "--test", f"drifted={tmp_path / 'labelled.npz'}", "--steps", "4", "--rank", "4",
+        "--torch-device", "cpu", "--out", str(tmp_path / "run"), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["adapted"] == ["lif0.v_bias"] and summary["anchor"] == 2.0
+    assert "val_loss" in summary["start"] and "val_accuracy" not in summary["start"]
+    assert "drifted_accuracy" in summary["end"]
+
+
+def test_evaluate_still_needs_labels(field_data, tmp_path: Path, capsys) -> None:
+    np.savez(tmp_path / "field.npz", spikes=field_data["drifted"][0])
+    field_data["spec"].save(tmp_path / "spec.npz")
+    code = main(["evaluate", "--spec", str(tmp_path / "spec.npz"), "--data",
+                 str(tmp_path / "field.npz"), "--torch-device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "'labels' (n,)" in capsys.readouterr().err
