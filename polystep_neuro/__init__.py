@@ -29,6 +29,7 @@ __all__ = [
     "adapt",
     "check",
     "deploy",
+    "watch",
 ]
 
 
@@ -46,6 +47,10 @@ def __getattr__(name: str):
         from polystep_neuro.run import parity
 
         return parity.run_check if name == "check" else parity.ParityReport
+    if name == "watch":
+        from polystep_neuro.run.watch import watch
+
+        return watch
     if name == "Settings":
         from polystep_neuro.run.optimizers import Settings
 

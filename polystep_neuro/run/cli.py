@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_adapt(sub)
     _add_evaluate(sub)
+    _add_watch(sub)
     _add_bench(sub)
     _add_devices(sub)
     convert.add_parsers(sub)  # convert, export
@@ -153,6 +154,60 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
     adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     adapt.add_argument("--no-progress", action="store_true")
+
+
+def _add_watch(sub: Any) -> None:
+    """`polystep-neuro watch`."""
+    from polystep_neuro.run.drift_detector import DetectorSettings
+    from polystep_neuro.run.watch import WatchConfig
+
+    detector, defaults = DetectorSettings(), WatchConfig()
+    watch = sub.add_parser(
+        "watch",
+        help="watch a deployed network's field stream: detect drift, adapt without labels, "
+        "roll back",
+        description="Reads the stream batch by batch, tests the deployed network's outputs "
+        "for drift, adapts without labels when it drifts, rolls back when that does not help, "
+        "and serves the deployed network again once the drift clears.  Writes watch.jsonl, "
+        "watch.png and watch_summary.json into --out.",
+    )
+    watch.add_argument("--spec", type=Path, required=True, help="the deployed network (.npz)")
+    watch.add_argument(
+        "--stream",
+        required=True,
+        help="a data file (.npz, read in order), a folder of .npz files (one batch each, in "
+        "name order), or tcp://127.0.0.1:PORT to listen on (each message one .npz's bytes)",
+    )
+    _add_backend(watch)
+    _add_torch_device(watch)
+    watch.add_argument("--batch-size", type=int, default=32, help="samples per batch of a "
+                       "data file (default: 32)")  # fmt: skip
+    watch.add_argument("--follow", action="store_true", help="a folder: wait for new files")
+    watch.add_argument(
+        "--reference-batches",
+        type=int,
+        default=detector.reference_batches,
+        help="the first batches, taken as clean, that drift is measured against (default: "
+        f"{detector.reference_batches})",
+    )
+    watch.add_argument(
+        "--z-limit",
+        type=float,
+        default=detector.z_limit,
+        help=f"out of range beyond this many reference spreads (default: {detector.z_limit:g})",
+    )
+    watch.add_argument(
+        "--adapt-samples",
+        type=int,
+        default=defaults.adapt_samples,
+        help=f"field samples collected after a drift before adapting (default: "
+        f"{defaults.adapt_samples})",
+    )
+    watch.add_argument("--steps", type=int, default=defaults.steps,
+                       help=f"steps of each adaptation (default: {defaults.steps})")  # fmt: skip
+    watch.add_argument("--seed", type=int, default=0)
+    watch.add_argument("--out", type=Path, default=defaults.out_dir)
+    watch.add_argument("--resume", action="store_true", help="continue where --out stopped")
 
 
 def _add_corruption(p: argparse.ArgumentParser, what: str) -> None:
@@ -369,6 +424,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from polystep_neuro.core.errors import Interrupted
+    from polystep_neuro.core.network import NetworkSpec
+    from polystep_neuro.run.drift_detector import DetectorSettings
+    from polystep_neuro.run.optimizers import Settings
+    from polystep_neuro.run.streams import open_stream
+    from polystep_neuro.run.watch import WatchConfig, run_watch
+
+    _check_backend_name(args.backend)
+    cfg = WatchConfig(
+        backend=args.backend,
+        torch_device=args.torch_device,
+        steps=args.steps,
+        settings=Settings(seed=args.seed),
+        detector=DetectorSettings(args.reference_batches, args.z_limit),
+        adapt_samples=args.adapt_samples,
+        out_dir=args.out,
+        resume=args.resume,
+    )
+    spec = NetworkSpec.load(args.spec)
+    summary = run_watch(spec, open_stream(args.stream, args.batch_size, args.follow), cfg, print)
+    events = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["events"].items())
+    print(f"{summary['batches']} batches: {events}; log and figure in {args.out}")
+    if summary["interrupted"]:
+        raise Interrupted("stopped; run the same command with --resume to continue")
+    return 0
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from polystep_neuro.run.adapt_job import AdaptJob, run_adapt_job
     from polystep_neuro.run.optimizers import Settings
@@ -485,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "adapt": _cmd_adapt,
         "devices": _cmd_devices,
         "evaluate": _cmd_evaluate,
+        "watch": _cmd_watch,
         "convert": convert.convert,
         "export": convert.export,
         "check": deploy_cli.check,

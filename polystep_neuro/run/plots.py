@@ -94,3 +94,41 @@ def adapt_figure(path: str | os.PathLike[str], history: Sequence[Mapping[str, An
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def watch_figure(
+    path: str | os.PathLike[str],
+    batches: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    z_limit: float,
+) -> None:
+    """The stream watcher's record: the drift statistic per batch against its limit, and
+    where batches had labels, the accuracy of the served and the deployed network (a running
+    mean over 10 batches); every event marked on both."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    tested = [b for b in batches if b.get("z") is not None]
+    top.plot([b["batch"] for b in tested], [b["z"] for b in tested], lw=0.8, label="|z|, largest")
+    top.axhline(z_limit, color="k", ls="--", lw=0.8, label=f"limit {z_limit:g}")
+    top.set_yscale("symlog")
+    top.set_ylabel("drift statistic")
+    labelled = [b for b in batches if "serving_accuracy" in b]
+    for key, label in (("serving_accuracy", "served"), ("start_accuracy", "as deployed")):
+        values = [100 * b[key] for b in labelled]
+        smooth = [sum(values[max(0, i - 9) : i + 1]) / len(values[max(0, i - 9) : i + 1])
+                  for i in range(len(values))]  # fmt: skip
+        bottom.plot([b["batch"] for b in labelled], smooth, lw=1.2, label=label)
+    bottom.set_ylabel("accuracy (%), labels never used")
+    bottom.set_xlabel("batch")
+    colours = {"drift": "tab:red", "adapted": "tab:green", "rolled_back": "tab:orange",
+               "cleared": "tab:blue"}  # fmt: skip
+    for event in events:
+        for ax in (top, bottom):
+            ax.axvline(event["batch"], color=colours.get(event["event"], "grey"), lw=0.8)
+    for name, colour in colours.items():
+        top.plot([], [], color=colour, label=name.replace("_", " "))
+    top.legend(fontsize=7, ncol=3)
+    if labelled:
+        bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

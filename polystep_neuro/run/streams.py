@@ -1,0 +1,206 @@
+"""Where a deployed network's field data comes from, one batch at a time.
+
+Every source gives :class:`StreamBatch` es in order: spike trains ``(B, T, N_in)`` and, when
+somebody happened to label them, their labels (never used to decide anything; a watcher
+only reports accuracy with them).  One format everywhere: a batch is what a data file holds
+(``np.savez(path, spikes=..., labels=...)``, labels optional), so
+
+- ``FileStream``: one ``.npz`` file, cut into batches in order (a recording);
+- ``DirectoryStream``: every ``.npz`` in a folder, in name order, one batch each, and with
+  ``follow`` waiting for new ones (a sensor that drops a file per batch);
+- ``SocketStream``: a ZeroMQ PULL socket whose every message is one such file's bytes
+  (a live sensor; never pickled: ``allow_pickle=False``, sizes checked before reading).
+
+A source's ``position`` is the index of the next batch; ``skip(n)`` jumps there on resume.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from polystep_neuro.core.errors import PolystepError
+
+MAX_MESSAGE_BYTES = 256 << 20  # one socket message, and one array in it
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    index: int  # position in the stream, from 0
+    spikes: np.ndarray  # (B, T, N_in)
+    labels: np.ndarray | None  # (B,) integers, or None: nobody labelled these
+
+
+class Stream(Protocol):
+    def __iter__(self) -> Iterator[StreamBatch]: ...
+
+    def skip(self, count: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def read_batch(data: bytes | Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """'spikes' and optional 'labels' of one ``.npz`` (a path or its bytes); no pickle, and no
+    array larger than :data:`MAX_MESSAGE_BYTES` is read."""
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with zipfile.ZipFile(source) as archive:
+            too_big = [i.filename for i in archive.infolist() if i.file_size > MAX_MESSAGE_BYTES]
+        if too_big:
+            raise PolystepError(f"{what}: {too_big[0]} is over {MAX_MESSAGE_BYTES >> 20} MiB")
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        with np.load(source, allow_pickle=False) as npz:
+            spikes = npz["spikes"]
+            labels = npz["labels"] if "labels" in npz.files else None
+    except PolystepError:
+        raise
+    except Exception as exc:  # not a zip, a damaged member, no 'spikes'
+        raise PolystepError(
+            f"{what} must be an .npz holding 'spikes' (B, T, N_in) and optionally 'labels' "
+            f"(B,): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    if spikes.ndim != 3 or not np.issubdtype(spikes.dtype, np.number):
+        raise PolystepError(f"{what}: 'spikes' must be a numeric (B, T, N_in) array")
+    if labels is not None and (
+        labels.shape != (spikes.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise PolystepError(f"{what}: 'labels' must be {spikes.shape[0]} integers")
+    return spikes, labels
+
+
+class FileStream:
+    """One recording: a data file's samples in order, ``batch_size`` at a time."""
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        if batch_size < 1:
+            raise PolystepError(f"the batch size must be >= 1, got {batch_size}")
+        self.spikes, self.labels = read_batch(Path(path), str(path))
+        self.batch_size = batch_size
+        self.position = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.spikes) // self.batch_size)
+
+    def skip(self, count: int) -> None:
+        self.position = count
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        while self.position < len(self):
+            first = self.position * self.batch_size
+            part = slice(first, first + self.batch_size)
+            labels = None if self.labels is None else self.labels[part]
+            batch = StreamBatch(self.position, self.spikes[part], labels)
+            self.position += 1
+            yield batch
+
+    def close(self) -> None:
+        pass
+
+
+class DirectoryStream:
+    """Every ``.npz`` in ``folder`` in name order, one batch each; with ``follow``, new files
+    are waited for (``poll_s`` apart) until ``idle_s`` pass without one (None: forever)."""
+
+    def __init__(
+        self, folder: Path, follow: bool = False, poll_s: float = 0.5, idle_s: float | None = None
+    ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise PolystepError(f"stream folder not found: {self.folder}")
+        self.follow, self.poll_s, self.idle_s = follow, poll_s, idle_s
+        self.position = 0
+
+    def skip(self, count: int) -> None:
+        self.position = count
+
+    def _files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.npz"))
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        waited = 0.0
+        while True:
+            files = self._files()
+            if self.position < len(files):
+                path = files[self.position]
+                spikes, labels = read_batch(path, str(path))
+                batch = StreamBatch(self.position, spikes, labels)
+                self.position += 1
+                waited = 0.0
+                yield batch
+                continue
+            if not self.follow or (self.idle_s is not None and waited >= self.idle_s):
+                return
+            time.sleep(self.poll_s)
+            waited += self.poll_s
+
+    def close(self) -> None:
+        pass
+
+
+class SocketStream:
+    """A ZeroMQ PULL socket: each message is one batch, the bytes of an ``.npz``.  Binds
+    ``endpoint`` (loopback unless told otherwise, as every server here); stops after
+    ``idle_s`` without a message (None: never)."""
+
+    def __init__(self, endpoint: str, idle_s: float | None = None) -> None:
+        import zmq
+
+        self.context = zmq.Context.instance()
+        self.socket = self.context.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close()
+            raise PolystepError(f"cannot listen on {endpoint}: {exc}") from None
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.idle_s = idle_s
+        self.position = 0
+
+    def skip(self, count: int) -> None:
+        self.position = count  # a live socket has no past to skip: numbering goes on
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        timeout = -1 if self.idle_s is None else int(self.idle_s * 1000)
+        while self.socket.poll(timeout):
+            message = self.socket.recv()
+            try:
+                spikes, labels = read_batch(message, f"message {self.position}")
+            except PolystepError:
+                continue  # a malformed message is dropped; the stream goes on
+            batch = StreamBatch(self.position, spikes, labels)
+            self.position += 1
+            yield batch
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def open_stream(source: str, batch_size: int, follow: bool = False) -> Stream:
+    """A file, a folder, or ``tcp://ADDR:PORT`` / ``ipc://PATH`` to listen on."""
+    if source.startswith(("tcp://", "ipc://")):
+        from devices.security import is_local_endpoint
+
+        if not is_local_endpoint(source):
+            raise PolystepError(
+                f"the watcher listens on loopback only ({source} is not): forward the sensor's "
+                "port over SSH, or run the watcher on the sensor's host"
+            )
+        return SocketStream(source)
+    path = Path(source)
+    if path.is_dir():
+        return DirectoryStream(path, follow=follow)
+    if path.exists():
+        return FileStream(path, batch_size)
+    raise PolystepError(
+        f"stream {source!r} is neither a data file, a folder of them, nor tcp://ADDR:PORT"
+    )

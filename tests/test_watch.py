@@ -1,0 +1,180 @@
+"""The stream watcher: drift detected within a few batches and cleared after it, no alarm on
+clean batches, rollback when adapting does not help, and Ctrl-C + resume giving the same log
+as a run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polystep_neuro.cli import main
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import LayerSpec, NetworkSpec
+from polystep_neuro.run import selection
+from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector
+from polystep_neuro.run.optimizers import Settings
+from polystep_neuro.run.streams import FileStream, SocketStream, open_stream
+from polystep_neuro.run.watch import WatchConfig, Watcher, read_log, run_watch
+
+T = 6
+BATCH = 16
+CLEAN, DRIFTED = 40, 30  # batches: clean (20 of them the reference), drifted, clean again
+
+
+def test_the_detector_needs_votes_in_a_window_and_clears_after_a_clean_window() -> None:
+    detector = DriftDetector(DetectorSettings(reference_batches=5, z_limit=3, window=4, votes=2))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        assert detector.observe(rng.normal(1.0, 0.1, 3)).change is None
+    assert detector.ready
+    odd = detector.observe(np.array([5.0, 1.0, 1.0]))
+    assert odd.out_of_range and odd.change is None  # one odd batch: no alarm
+    assert detector.observe(np.array([1.0, 1.0, 1.0])).change is None
+    assert detector.observe(np.array([5.0, 1.0, 1.0])).change == "drift"  # 2 of the last 4
+    changes = [detector.observe(np.array([1.0, 1.0, 1.0])).change for _ in range(4)]
+    assert changes == [None, None, None, "cleared"]
+
+
+def test_detector_settings_are_checked() -> None:
+    with pytest.raises(PolystepError, match="votes must be in 1..window"):
+        DetectorSettings(window=3, votes=4)
+    with pytest.raises(PolystepError, match="z_limit must be a positive number"):
+        DetectorSettings(z_limit=float("nan"))
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory) -> dict:
+    """A 16-12-4 network, and a stream: clean, then the input gain halved, then clean."""
+    rng = np.random.default_rng(0)
+
+    def spikes(n: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 4, size=n)
+        rates = rng.random((n, 16)) * 0.2
+        rates[np.arange(n)[:, None], labels[:, None] * 4 + np.arange(4)] += 0.7
+        rates *= gain
+        return (rng.random((n, T, 16)) < rates[:, None, :]).astype(np.uint8), labels
+
+    parts = [spikes(CLEAN * BATCH, 1.0), spikes(DRIFTED * BATCH, 0.4), spikes(CLEAN * BATCH, 1.0)]
+    folder = tmp_path_factory.mktemp("field")
+    np.savez(folder / "stream.npz", spikes=np.concatenate([p[0] for p in parts]),
+             labels=np.concatenate([p[1] for p in parts]))  # fmt: skip
+    np.savez(folder / "clean.npz", spikes=spikes(200 * BATCH, 1.0)[0])
+    w0 = np.zeros((12, 16), np.float32)  # hidden neuron h listens to class h % 4's inputs
+    w1 = np.zeros((4, 12), np.float32)  # output c sums the hidden neurons of class c
+    for h in range(12):
+        w0[h, (h % 4) * 4 : (h % 4) * 4 + 4] = 0.6
+        w1[h % 4, h] = 0.8
+    layers = [LayerSpec(w, du=1.0, dv=0.1, vth=1.0) for w in (w0, w1)]
+    writable = ("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias")
+    spec = NetworkSpec(layers, T, writable)
+    return {"spec": spec, "folder": folder}
+
+
+def _cfg(out: Path, **changes) -> WatchConfig:
+    options = dict(
+        torch_device="cpu",
+        steps=6,
+        batch_size=32,
+        settings=Settings(seed=0, rank=4),
+        detector=DetectorSettings(reference_batches=20),
+        adapt_samples=4 * BATCH,
+        out_dir=out,
+    )
+    return WatchConfig(**{**options, **changes})
+
+
+def test_the_watcher_detects_adapts_and_clears(field, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(selection, "PROXY_MARGIN", -1e9)  # accept what the run hands back
+    stream = FileStream(field["folder"] / "stream.npz", BATCH)
+    summary = run_watch(field["spec"], stream, _cfg(tmp_path))
+    batches, events = read_log(tmp_path)
+    assert len(batches) == 2 * CLEAN + DRIFTED and summary["batches"] == len(batches)
+    names = [(e["event"], e["batch"]) for e in events]
+    drift = [b for n, b in names if n == "drift"]
+    assert len(drift) == 1 and CLEAN <= drift[0] <= CLEAN + 4  # within 5 batches of the onset
+    assert names[1] == ("adapted", drift[0] + 3)  # the drift batch and 3 more collected
+    cleared = [b for n, b in names if n == "cleared"]
+    assert len(cleared) == 1 and CLEAN + DRIFTED <= cleared[0] <= CLEAN + DRIFTED + 8
+    assert all("serving_accuracy" in b for b in batches)  # labels were there: reported only
+    served = [b["phase"] for b in batches if names[1][1] < b["batch"] < cleared[0]]
+    assert set(served) == {"adapted"}
+    after = [b for b in batches if b["batch"] > cleared[0]]  # the deployed network again
+    assert all(b["serving_accuracy"] == b["start_accuracy"] for b in after)
+    assert (tmp_path / "watch.png").stat().st_size > 0
+    assert json.loads((tmp_path / "watch_summary.json").read_text())["events"]["drift"] == 1
+
+
+def test_no_alarm_on_a_long_clean_stream(field, tmp_path: Path) -> None:
+    run_watch(field["spec"], FileStream(field["folder"] / "clean.npz", BATCH), _cfg(tmp_path))
+    batches, events = read_log(tmp_path)
+    assert len(batches) == 200 and events == []
+
+
+def test_a_run_that_does_not_improve_the_objective_is_rolled_back(
+    field, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(selection, "PROXY_MARGIN", 1e9)  # no point can beat the start
+    run_watch(field["spec"], FileStream(field["folder"] / "stream.npz", BATCH), _cfg(tmp_path))
+    batches, events = read_log(tmp_path)
+    rolled = [e for e in events if e["event"] == "rolled_back"]
+    assert rolled and rolled[0]["why"] == "the objective did not improve"
+    assert not any(e["event"] == "adapted" for e in events)
+    # served and deployed are one network throughout
+    assert all(b["serving_accuracy"] == b["start_accuracy"] for b in batches)
+
+
+def test_stopping_and_resuming_gives_the_log_of_an_unbroken_run(field, tmp_path: Path) -> None:
+    path = field["folder"] / "stream.npz"
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "whole"))
+    watcher = Watcher(field["spec"], _cfg(tmp_path / "parts"))
+    for record in watcher.watch(FileStream(path, BATCH)):
+        if record.get("batch") == CLEAN + 3 and "event" not in record:  # mid-collection
+            watcher.request_stop()
+    _, events = read_log(tmp_path / "parts")
+    assert events and events[-1]["event"] == "drift"  # stopped before adapting
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts", resume=True))
+    whole = (tmp_path / "whole" / "watch.jsonl").read_text()
+    assert (tmp_path / "parts" / "watch.jsonl").read_text() == whole
+
+
+def test_a_socket_stream_takes_npz_messages_and_drops_malformed_ones(field) -> None:
+    import io
+
+    import zmq
+
+    stream = SocketStream("tcp://127.0.0.1:*", idle_s=2.0)
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(stream.endpoint)
+    buffer = io.BytesIO()
+    np.savez(buffer, spikes=np.ones((3, T, 16), np.uint8))
+
+    def send() -> None:
+        push.send(buffer.getvalue())
+        push.send(b"not an npz")
+        push.send(buffer.getvalue())
+
+    threading.Thread(target=send).start()
+    start = time.monotonic()
+    got = list(stream)
+    stream.close()
+    push.close(linger=0)
+    assert [b.index for b in got] == [0, 1] and got[0].labels is None
+    assert got[0].spikes.shape == (3, T, 16) and time.monotonic() - start < 10
+
+
+def test_the_command_refuses_a_public_address_and_watches_a_file(field, tmp_path, capsys) -> None:
+    with pytest.raises(PolystepError, match="listens on loopback only"):
+        open_stream("tcp://0.0.0.0:5555", BATCH)
+    field["spec"].save(tmp_path / "net.npz")
+    code = main(["watch", "--spec", str(tmp_path / "net.npz"), "--stream",
+                 str(field["folder"] / "stream.npz"), "--batch-size", str(BATCH),
+                 "--reference-batches", "20", "--adapt-samples", "64", "--steps", "4",
+                 "--torch-device", "cpu", "--out", str(tmp_path / "w")])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"{2 * CLEAN + DRIFTED} batches: 1 drift" in out and "1 cleared" in out
