@@ -112,7 +112,8 @@ def test_the_api_adapts_spikes_alone_with_a_label_free_objective(field_data, cap
     )
     out = capsys.readouterr().out
     assert "no labels: adapting to the label-free objective 'im'" in out
-    assert result.result.adapted == ("lif0.v_bias",)  # the hidden biases, as drifted-only runs
+    assert result.result.adapted == ("lif0.v_bias", "lif0.vth")  # hidden biases, thresholds
+    assert "no labels: adapting the hidden neurons' biases and thresholds" in out
     start, end = result.result.start, result.result.end
     assert "val_accuracy" not in start and "val_loss" in start  # held out, unlabelled
     assert "drifted_accuracy" in start and "drifted_accuracy" in end
@@ -135,7 +136,7 @@ def test_the_adapt_command_takes_a_data_file_without_labels(field_data, tmp_path
     ])  # fmt: skip
     assert code == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["adapted"] == ["lif0.v_bias"] and summary["anchor"] == 2.0
+    assert summary["adapted"] == ["lif0.v_bias", "lif0.vth"] and summary["anchor"] == 2.0
     assert "val_loss" in summary["start"] and "val_accuracy" not in summary["start"]
     assert "drifted_accuracy" in summary["end"]
 
@@ -147,3 +148,26 @@ def test_evaluate_still_needs_labels(field_data, tmp_path: Path, capsys) -> None
                  str(tmp_path / "field.npz"), "--torch-device", "cpu"])  # fmt: skip
     assert code == 2
     assert "'labels' (n,)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("backend", "adapted"),
+    [
+        ("torch-sim-fixed", ("lif0.v_bias", "lif1.v_bias", "lif0.vth", "lif1.vth")),
+        ("lava-fixed", ("lif0.v_bias", "lif1.v_bias")),  # Lava caches thresholds: biases only
+    ],
+)
+def test_without_labels_the_hidden_biases_and_rewritable_thresholds_adapt(backend, adapted):
+    from devices.catalog import RECORDS
+    from polystep_neuro.core.contract import Capabilities
+    from polystep_neuro.run.writable import resolve_writable
+
+    record = RECORDS[backend]
+    caps = Capabilities(backend, record.precision, writable=record.writable)
+    spec = NetworkSpec.random([16, 12, 8, 4], T, seed=0)
+    chosen = resolve_writable(spec, None, caps, has_clean=False, label_free=True)
+    assert chosen.adapted == adapted
+    assert set(adapted) <= set(chosen.loaded)  # the network handed back keeps them writable
+    assert "lif2.vth" not in chosen.adapted  # never the output layer's
+    named = resolve_writable(spec, ["lif0.v_bias"], caps, has_clean=False, label_free=True)
+    assert named.adapted == ("lif0.v_bias",)  # naming the set overrides the default

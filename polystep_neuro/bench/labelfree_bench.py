@@ -1,7 +1,7 @@
 """Adapting without labels against adapting with them, over the corruption suite.
 
     python -m polystep_neuro.bench.labelfree_bench [--datasets digits mnist5k] [--seeds 0 1 2]
-        [--steps 150] [--corruptions NAME ...] [--variants default biases+thresholds]
+        [--steps 150] [--corruptions NAME ...] [--variants default biases]
         [--json rows.json]
 
 For each dataset and seed an snnTorch network (Linear + Leaky, trained with BPTT on clean
@@ -51,9 +51,9 @@ HELD_OUT += ("dotted_line", "zigzag", "canny_edges", "hot_channels", "background
 HELD_OUT += ("timing_jitter",)
 # hidden neurons and BPTT epochs per dataset
 NETWORKS = {"digits": (32, 10), "mnist5k": (64, 4)}
-# What a label-free run adapts: the default, or the hidden thresholds as well (the
-# simulator can rewrite them; Lava and Loihi 2 cannot).
-VARIANTS = ("default", "biases+thresholds")
+# What a label-free run adapts: the default (the hidden biases and thresholds where the
+# device rewrites them), or the hidden biases alone (the ablation row).
+VARIANTS = ("default", "biases")
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,8 @@ def _deployed(model: torch.nn.Module, variant: str):
 
     spec, _ = to_device_semantics(from_snntorch(model, TIME_STEPS))
     hidden = range(len(spec.layers) - 1)
-    if variant == "biases+thresholds":
-        names = tuple(f"lif{i}.{p}" for i in hidden for p in ("v_bias", "vth"))
-        return spec, names
+    if variant == "biases":
+        return spec, tuple(f"lif{i}.v_bias" for i in hidden)
     return spec, None
 
 

@@ -78,7 +78,11 @@ class Device:
 
 @contextlib.contextmanager
 def opened(
-    spec: NetworkSpec, cfg: RunConfig, has_clean: bool = True, report: Report | None = None
+    spec: NetworkSpec,
+    cfg: RunConfig,
+    has_clean: bool = True,
+    report: Report | None = None,
+    label_free: bool = False,
 ) -> Iterator[Device]:
     """``cfg.backend`` opened, the writable set decided with what it can rewrite (the
     decision's note goes to ``report``), ``spec`` loaded; closed on the way out."""
@@ -89,7 +93,8 @@ def opened(
     options = backend_options(cfg.backend, device=where, timeout_s=cfg.timeout_s)
     backend = open_backend(cfg.backend, **options)
     try:
-        writable = resolve_writable(spec, cfg.writable, backend.capabilities, has_clean)
+        caps = backend.capabilities
+        writable = resolve_writable(spec, cfg.writable, caps, has_clean, label_free)
         if writable.note and report is not None:
             report(writable.note)
         # a fixed-point device calibrates the network; Adapter.build reads it back
@@ -137,7 +142,7 @@ def run_adaptation(
             f"no labels: adapting to the label-free objective {cfg.objective!r} on the "
             "device's outputs; held-out data decides on it which network is handed back"
         )
-    with opened(spec, cfg, data.has_clean, report) as device:
+    with opened(spec, cfg, data.has_clean, report, label_free=loss is not None) as device:
         adapter = Adapter.build(
             device.backend,
             data.stream.to(device.torch_device),

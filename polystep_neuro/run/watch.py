@@ -93,7 +93,7 @@ class Watcher:
         if self.cfg.resume:
             self._load()
             stream.skip(self.state.position)
-        with opened(self.spec, self.cfg, has_clean=False, report=self.report) as device:
+        with opened(self.spec, self.cfg, False, self.report, label_free=True) as device:
             self.device = device
             with ctrl_c_stops(self._stop):
                 for batch in stream:

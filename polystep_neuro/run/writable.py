@@ -12,6 +12,10 @@ so it cannot rewrite ``lif<i>.du`` of a layer with a Dense bias.
   do instead.
 - no choice: what the network marks writable (checked the same way); a network that marks
   nothing gets the weights and neuron biases, what Lava and Loihi 2 rewrite at run time.
+- no choice and no labels (a label-free run): the hidden neurons' biases and, where the
+  device can rewrite them, their thresholds; a threshold scales how readily a layer fires,
+  which is what a confidence objective can tune without labels (docs/benchmarks.md, the
+  label-free section, chose it on the tuned half of the corruption suite).
 - no choice and drifted data only (no clean data): only the hidden neurons' biases among
   those.  Without clean data nothing says how the network should treat clean inputs; a bias
   per hidden neuron re-centres how strongly a weaker or stronger input drives the layer
@@ -72,6 +76,7 @@ def resolve_writable(
     choice: WritableChoice,
     capabilities: Capabilities | None,
     has_clean: bool = True,
+    label_free: bool = False,
 ) -> Writable:
     """The writable set of a run of ``spec`` on the device described by ``capabilities``
     (None: no device known yet, as in ``convert``; every parameter then counts as
@@ -93,6 +98,8 @@ def resolve_writable(
         )
     if names is not None or has_clean:
         return Writable(loaded, loaded)
+    if label_free:
+        return _label_free(spec, loaded, device)
     narrowed = hidden_biases(spec, loaded)
     if not narrowed or narrowed == loaded:
         return Writable(loaded, loaded)
@@ -102,6 +109,22 @@ def resolve_writable(
         f"drifted data only: adapting the hidden neurons' biases ({', '.join(narrowed)}), "
         "which track a drift without forgetting clean inputs (clean replay data lets a run "
         "adapt every writable parameter; naming the writable set overrides this)",
+    )
+
+
+def _label_free(spec: NetworkSpec, loaded: tuple[str, ...], device: _DeviceRules) -> Writable:
+    """The hidden biases among ``loaded`` and the hidden thresholds the device can rewrite
+    (loaded writable too, so the network handed back keeps them)."""
+    thresholds = device.rewritable(f"lif{i}.vth" for i in range(len(spec.layers) - 1))
+    adapted = hidden_biases(spec, loaded) + thresholds
+    if not adapted:
+        return Writable(loaded, loaded)
+    return Writable(
+        loaded + tuple(t for t in thresholds if t not in loaded),
+        adapted,
+        f"no labels: adapting the hidden neurons' biases and thresholds ({', '.join(adapted)}), "
+        "which re-centre and re-scale how each layer fires without re-mapping what it "
+        "computes (naming the writable set overrides this)",
     )
 
 
