@@ -113,3 +113,28 @@ def test_deploy_bench_quick_reports_every_stage() -> None:
     lines = deploy_bench.table(rows)
     assert lines[2].startswith(f"| {deploy_bench.QUICK.name} | 0 | torch-sim-fixed | ")
     assert "never less accurate than the converted network on validation: yes" in lines[-1]
+
+
+def test_label_free_and_watch_sections_report_what_they_measured(tmp_path: Path) -> None:
+    """The two label-free sections on their quick sizes: a labelled and a label-free row with
+    numbers, and a watcher that detects the brightness change on a clean/bright/clean stream
+    (within 8 batches on this seed)."""
+    out = tmp_path / "bench.md"
+    args = ["--quick", "--only", "labelfree", "watch", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "polystep_neuro.bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sections = _sections(out.read_text(encoding="utf-8"))
+    labelfree = next(b for t, b in sections.items() if t.startswith("Adapting without labels"))
+    row = r"^\| digits \| tuned \(1 x 1 seeds\) \| (labelled|label-free) \| ([+-]\d+\.\d)"
+    rows = re.findall(row, labelfree, flags=re.M)
+    assert [r[0] for r in rows] == ["labelled", "label-free"]
+    watch = next(b for t, b in sections.items() if t.startswith("The stream watcher"))
+    assert re.search(r"False alarms on clean streams: 0 drift events in 60 batches", watch)
+    row = re.search(r"^\| brightness \| tuned \| 1 of 1 \| (\d+) \|", watch, flags=re.M)
+    assert row is not None and int(row.group(1)) <= 10  # detected within 10 batches

@@ -4,8 +4,8 @@
     polystep-neuro bench ...                                        (the same, from a checkout)
     polystep-neuro bench --device cuda [--quick] [--out FILE.md]   # the GPU check instead
 
-Sections (``--only`` picks some): sim, roofline, adapt, drifted, deploy, memory, lava,
-protocol, ray.  Every
+Sections (``--only`` picks some): sim, roofline, adapt, drifted, deploy, labelfree, watch,
+memory, lava, protocol, ray.  Every
 comparison is a ratio of two measurements taken side by side in this run; the report
 records the command, the date and the machine.  GPU rows are added where
 ``torch.cuda.is_available()``.  ``--quick`` uses tiny sizes (a smoke test of the harness:
@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("sim", "roofline", "adapt", "drifted", "deploy", "memory", "lava", "protocol", "ray")
+SECTIONS = ("sim", "roofline", "adapt", "drifted", "deploy", "labelfree", "watch", "memory")
+SECTIONS += ("lava", "protocol", "ray")
 
 Progress = Callable[[str], None]
 
@@ -196,6 +197,47 @@ def section_deploy(quick: bool, progress: Progress) -> Section:
     return Section(title, doc_paragraphs(deploy_bench.__doc__), deploy_bench.table(rows))
 
 
+def _snntorch_missing(title: str) -> Section | None:
+    import importlib.util
+
+    if importlib.util.find_spec("snntorch") is None:
+        return Section(
+            title, ['Skipped: snnTorch is not installed (`pip install -e ".[snntorch]"`).']
+        )
+    return None
+
+
+def section_labelfree(quick: bool, progress: Progress) -> Section:
+    title = "Adapting without labels: the corruption suite, labelled vs label-free"
+    missing = _snntorch_missing(title)
+    if missing is not None:
+        return missing
+    from polystep_neuro.bench import labelfree_bench as lf
+
+    if quick:
+        rows = lf.run(["digits"], [0], ["rotate"], 10, ["default"], progress)
+    else:
+        rows = lf.run(["digits"], [0, 1, 2], [*lf.TUNED, *lf.HELD_OUT], 150, lf.VARIANTS, progress)
+        rows += lf.run(["mnist5k"], [0, 1, 2], lf.MNIST_CORRUPTIONS, 100, ["default"], progress)
+    body = [*lf.table(rows), "", *lf.per_corruption(rows)]
+    return Section(title, doc_paragraphs(lf.__doc__), body)
+
+
+def section_watch(quick: bool, progress: Progress) -> Section:
+    title = "The stream watcher: clean, corrupted, clean again"
+    missing = _snntorch_missing(title)
+    if missing is not None:
+        return missing
+    from polystep_neuro.bench import labelfree_bench as lf
+    from polystep_neuro.bench import watch_bench
+
+    seeds, names, clean = (
+        ([0], ["brightness"], 60) if quick else ([0, 1, 2], [*lf.TUNED, *lf.HELD_OUT], 2000)
+    )
+    rows = [r for s in seeds for r in watch_bench.run_seed(s, names, clean, progress)]
+    return Section(title, doc_paragraphs(watch_bench.__doc__), watch_bench.table(rows))
+
+
 def section_memory(quick: bool, progress: Progress) -> Section:
     import torch
 
@@ -329,6 +371,8 @@ RUNNERS: dict[str, Callable[[bool, Progress], Section]] = {
     "adapt": section_adapt,
     "drifted": section_drifted,
     "deploy": section_deploy,
+    "labelfree": section_labelfree,
+    "watch": section_watch,
     "memory": section_memory,
     "lava": section_lava,
     "protocol": section_protocol,

@@ -49,6 +49,9 @@ TUNED += ("gain_drift", "translate")
 HELD_OUT = ("impulse_noise", "glass_blur", "shear", "scale", "stripe", "spatter")
 HELD_OUT += ("dotted_line", "zigzag", "canny_edges", "hot_channels", "background_noise")
 HELD_OUT += ("timing_jitter",)
+# The mnist5k runs cost about 8x the digits ones: six of each half.
+MNIST_CORRUPTIONS = ("rotate", "fog", "dead_channels", "shot_noise", "brightness", "gain_drift")
+MNIST_CORRUPTIONS += ("impulse_noise", "shear", "stripe", "spatter", "zigzag", "background_noise")
 # hidden neurons and BPTT epochs per dataset
 NETWORKS = {"digits": (32, 10), "mnist5k": (64, 4)}
 # What a label-free run adapts: the default (the hidden biases and thresholds where the
