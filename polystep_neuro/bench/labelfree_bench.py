@@ -12,12 +12,12 @@ parameter sets per step): once with the labels (the drifted-only recipe: hidden 
 biases, anchored to the start) and once with the spikes alone (the label-free objective on
 the hidden biases and thresholds, the same anchor, the network handed back chosen on the
 objective over a held-out fifth, rolled back to the start unless the objective improved).
-The clean and corrupted test sets are scored on the side and never seen by either run.  `recovered` is
-the label-free run's gain on the corrupted test set as a share of the labelled run's (the
-ratio of the medians over corruptions and seeds); `rank correlation` is Spearman's between
-the objective's change on the held-out fifth and the corrupted test accuracy's change, at
-the last step of every label-free run.  The defaults were chosen by the numbers of the
-corruptions marked `tuned`; the `held out` ones are reported apart.
+The clean and corrupted test sets are scored on the side and never seen by either run.
+`recovered` is the label-free run's gain on the corrupted test set as a share of the
+labelled run's (the ratio of the medians over corruptions and seeds); `rank correlation` is
+Spearman's between the objective's change on the held-out fifth and the corrupted test
+accuracy's change, at the last step of every label-free run. The defaults were chosen by the
+numbers of the corruptions marked `tuned`; the `held out` ones are reported apart.
 """
 
 from __future__ import annotations
