@@ -55,11 +55,11 @@ class TorchSimBackend(BaseBackend):
         per_set = spec.num_steps * batch.batch_size * max(spec.sizes)
         chunk = max(1, self.chunk_elements // max(per_set, 1))
         if num_sets <= chunk:
-            return self._sim.run(batch.params, batch.inputs).counts
+            return self._sim.run(batch).counts
         parts = []
         for start in range(0, num_sets, chunk):
             part = batch.sets(start, min(start + chunk, num_sets))
-            parts.append(self._sim.run(part.params, part.inputs).counts)
+            parts.append(self._sim.run(part).counts)
         return torch.cat(parts)
 
     def close(self) -> None:

@@ -1,11 +1,11 @@
 """Batched LIF simulator: V parameter sets x B samples x T steps in one pass (CPU or CUDA).
 
-Two precisions:
-- ``float32``: the float CUBA LIF of polystep_neuro.core.network with snnTorch's reset semantics
-  (delay 0 reproduces ``nn.Linear`` + ``snn.Leaky``/``snn.Synaptic``; delay 1 is Lava's
-  ``floating_pt`` model).
-- ``loihi-fixed``: Loihi 2 integer arithmetic exactly as Lava's bit-accurate models compute
-  it (docs/fixed-point.md), so a GPU can stand in for the chip.
+Two arithmetics, each a :class:`~simulators.lif_precision.Precision` chosen once when the
+simulator is built (``float32``: snnTorch's float LIF; ``loihi-fixed``: Lava's bit-accurate
+Loihi 2 integers, so a GPU can stand in for the chip).
+
+``run`` takes a :class:`~polystep_neuro.core.batch.CheckedBatch`, checked once where the call
+entered (a backend's ``evaluate``); ``evaluate`` checks raw arrays and runs them.
 
 Speed: every Dense projection is one GEMM over the timesteps it covers (the network is
 feed-forward, so a layer's spikes are known before the next layer reads them); only the
@@ -20,36 +20,38 @@ and step (fewer, larger kernels; see TorchLIF.blocking).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec, split_param_name
-from simulators import fixed_point as fp
 from simulators.lif_dynamics import (
     FixedLIF,
-    FixedNeurons,
     FloatLIF,
-    FloatNeurons,
-    fixed_neurons,
-    float_neurons,
     inverse,
     like,
     physical_order,
 )
+from simulators.lif_precision import (
+    PRECISIONS as _MODELS,
+)
+from simulators.lif_precision import (
+    Neurons,
+    Precision,
+    precision_named,
+    quantized_weight,
+)
 from simulators.param_groups import distinct_sets
 from simulators.torch_device import resolve_device  # (also imported from here)
 
-PRECISIONS = ("float32", "loihi-fixed")
-# Integer-valued float32 GEMMs are exact while every partial sum stays below 2**24.
-_F32_EXACT = 1 << 24
+PRECISIONS = tuple(_MODELS)
 # On one CPU thread, neuron-state elements (sets x B x N of the widest layer) per block:
 # 64 Ki float32 (256 KiB) per step; and steps per chunk: a block's GEMM output and spikes
 # for a chunk (about 1.3 MiB each) stay in cache until the neuron update and the next
@@ -57,6 +59,16 @@ _F32_EXACT = 1 << 24
 CPU_BLOCK_ELEMENTS = 1 << 16
 CPU_TIME_BLOCK = 5
 _NARROW = 32  # layers narrower than this GEMM as W.x^T where the sums are exact
+
+__all__ = [
+    "CPU_BLOCK_ELEMENTS",
+    "CPU_TIME_BLOCK",
+    "PRECISIONS",
+    "SimResult",
+    "TorchLIF",
+    "quantized_weight",
+    "resolve_device",
+]
 
 
 @dataclass
@@ -73,17 +85,6 @@ class SimResult:
     spikes: list[torch.Tensor] | None = None
     voltages: list[torch.Tensor] | None = None
     currents: list[torch.Tensor] | None = None
-
-
-@contextlib.contextmanager
-def _exact_fp32_matmul() -> Iterator[None]:
-    """TF32 would round integer GEMMs on CUDA; switch it off for the fixed-point path."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class _Workspace:
@@ -114,7 +115,7 @@ class _Layer:
     spec: LayerSpec
     weight: torch.Tensor  # float32 (groups or 1, n_out, n_in); quantised per block if fixed
     gemm_dtype: torch.dtype  # the GEMM's (loihi-fixed: float32 where its sums are exact)
-    neurons: FloatNeurons | FixedNeurons
+    neurons: Neurons
     groups: int
     in_groups: int
     source: torch.Tensor | None  # input group of each group; None: the same index, or shared
@@ -129,11 +130,13 @@ class _Layer:
 class TorchLIF:
     """Evaluates a NetworkSpec for many parameter sets at once.
 
-    ``run(params, inputs)`` takes ``params`` as ``{name: (V, *shape)}`` (only writable
-    names; others keep the spec's values) and ``inputs`` as ``(B, T, N_in)``.
-    ``block_elements`` bounds the neuron state a block of sets updates per step and
-    ``time_block`` the steps per chunk (defaults: see ``blocking``); loihi-fixed results
-    never depend on them, float32 ones only through GEMM rounding.
+    ``run(batch)`` takes a :class:`CheckedBatch`: ``params`` as ``{name: (V, *shape)}``
+    (only writable names; others keep the spec's values) and ``inputs`` as ``(B, T, N_in)``,
+    checked against ``self.spec``.  ``evaluate(params, inputs)`` checks raw arrays once
+    and runs them.  ``precision`` names the arithmetic (``PRECISIONS``), fixed for the
+    simulator's life.  ``block_elements`` bounds the neuron state a block of sets updates
+    per step and ``time_block`` the steps per chunk (defaults: see ``blocking``);
+    loihi-fixed results never depend on them, float32 ones only through GEMM rounding.
     """
 
     def __init__(
@@ -144,41 +147,25 @@ class TorchLIF:
         block_elements: int | None = None,
         time_block: int | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise SpecError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        spec.validate()
-        if precision == "loihi-fixed":
-            fp.check_fixed_compatible(spec)
-            spec = fp.calibrate(spec)
-        self.spec = spec
-        self.precision = precision
+        self.model: Precision = precision_named(precision)
+        self.spec = self.model.prepare(spec)
+        self.precision = self.model.name
         self.device = resolve_device(device)
         self.block_elements = block_elements
         self.time_block = time_block
         self._work = _Workspace(self.device)
         self._base = {
             name: torch.as_tensor(np.asarray(value), device=self.device).unsqueeze(0)
-            for name, value in spec.parameters().items()
+            for name, value in self.spec.parameters().items()
         }
 
     # ------------------------------------------------------------------ public
-    def run(
-        self,
-        params: Mapping[str, Any] | None,
-        inputs: Any,
-        *,
-        record: bool = False,
-    ) -> SimResult:
-        params = dict(params or {})
-        num_sets = self.spec.check_param_sets(params)
-        self.spec.check_inputs(inputs)
-        layers = self._plan(params, num_sets)
-        x = self._prepare_inputs(inputs)
+    def run(self, batch: CheckedBatch, *, record: bool = False) -> SimResult:
+        """Counts (and traces with ``record``) of a batch checked against ``self.spec``."""
+        layers = self._plan(batch.params, batch.num_sets)
+        x = self._prepare_inputs(batch)
         traces: list[tuple[torch.Tensor, ...]] = []
-        exact = (
-            _exact_fp32_matmul() if self.precision == "loihi-fixed" else contextlib.nullcontext()
-        )
-        with exact:
+        with self.model.matmul():
             start = 0
             while start < len(layers):
                 stop = start + 1
@@ -201,8 +188,14 @@ class TorchLIF:
             currents=[t[2] for t in by_set],
         )
 
+    def evaluate(
+        self, params: Mapping[str, Any] | None, inputs: Any, *, record: bool = False
+    ) -> SimResult:
+        """``run`` of raw arrays: checked once against ``self.spec`` (SpecError), then run."""
+        return self.run(CheckedBatch.check(self.spec, params or {}, inputs), record=record)
+
     def counts(self, params: Mapping[str, Any] | None, inputs: Any) -> torch.Tensor:
-        return self.run(params, inputs).counts
+        return self.evaluate(params, inputs).counts
 
     def blocking(self) -> tuple[int | None, int | None]:
         """(block_elements, time_block) for the next run; None: everything at once.
@@ -242,17 +235,18 @@ class TorchLIF:
                 if in_groups > 1 and not _is_identity(group[rep], in_groups):
                     source = group[rep]  # the input group each distinct set reads
                 group = inv
-            gemm_dtype = torch.float32
-            if self.precision == "loihi-fixed":
-                if layer.n_in * max(abs(fp.WEIGHT_MIN), fp.WEIGHT_MAX) >= _F32_EXACT:
-                    gemm_dtype = torch.float64
-                neurons: FloatNeurons | FixedNeurons = fixed_neurons(lp, layer)
-            else:
-                neurons = float_neurons(lp)
             layers.append(
                 _Layer(
-                    i, layer, lp["weight"], gemm_dtype, neurons, groups, in_groups, source, group
-                )
+                    i,
+                    layer,
+                    lp["weight"],
+                    self.model.gemm_dtype(layer),
+                    self.model.neurons(lp, layer),
+                    groups,
+                    in_groups,
+                    source,
+                    group,
+                )  # fmt: skip
             )
             in_groups = groups
         return layers
@@ -270,13 +264,12 @@ class TorchLIF:
             out[split_param_name(name)] = t.to(torch.float32)
         return out
 
-    def _prepare_inputs(self, inputs: Any) -> torch.Tensor:
-        x = torch.as_tensor(inputs, device=self.device)
+    def _prepare_inputs(self, batch: CheckedBatch) -> torch.Tensor:
+        """(T, 1, B, N_in) float32 on the device; SpecError for values the arithmetic
+        cannot take."""
+        x = torch.as_tensor(batch.inputs, device=self.device)
         x = x.to(torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise SpecError("inputs contain non-finite values")
-        if self.precision == "loihi-fixed" and not bool(((x == 0) | (x == 1)).all()):
-            raise SpecError("loihi-fixed inputs must be binary spikes (0 or 1)")
+        self.model.check_inputs(x, batch)
         return x.permute(1, 0, 2).unsqueeze(1).contiguous()  # (T, 1, B, N_in)
 
     # ------------------------------------------------------------------ execution
@@ -321,7 +314,7 @@ class TorchLIF:
         w = first.weight
         if first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
             w = self._weights(first, 0, w.shape[0], "all")
-            shared = _project(x, w, self._work, f"l{first.index}", self.precision != "float32")
+            shared = _project(x, w, self._work, f"l{first.index}", self.model.exact)
         for g0 in range(0, groups, block):
             g1 = min(groups, g0 + block)
             out = counts[g0:g1] if is_output else None
@@ -353,7 +346,7 @@ class TorchLIF:
         calls per chunk.
         """
         steps, batch = x.shape[0], x.shape[2]
-        exact = self.precision != "float32"
+        exact = self.model.exact
         lag = list(itertools.accumulate(layer.spec.delay for layer in layers))
         runners: list[FloatLIF | FixedLIF] = []
         chunks: list[torch.Tensor | None] = []
@@ -371,10 +364,7 @@ class TorchLIF:
             chunks.append(chunk)
             buffer = self._buffers(f"l{layer.index}")
             q = layer.neurons.take(g0, g1)
-            if isinstance(q, FloatNeurons):
-                runners.append(FloatLIF(layer.spec, q, template, buffer))
-            else:
-                runners.append(FixedLIF(layer.spec, q, template, buffer, layer.gemm_dtype))
+            runners.append(self.model.runner(layer.spec, q, template, buffer, layer.gemm_dtype))
         k, done = 0, False
         while not done:
             prev, prev_lo = x, 0
@@ -415,10 +405,8 @@ class TorchLIF:
         """Groups [g0, g1)'s weights for the GEMM (all of them when shared): loihi-fixed ones
         quantised here, a block at a time, so the float64 arithmetic stays in cache."""
         w = layer.weight if layer.weight.shape[0] == 1 else layer.weight[g0:g1]
-        if self.precision == "float32":
-            return w
         tag = f"l{layer.index}.{purpose}"
-        return quantized_weight(w, layer.spec, layer.gemm_dtype, self._work, tag)
+        return self.model.weights(w, layer.spec, layer.gemm_dtype, self._work, tag)
 
     def _chunk(
         self,
@@ -449,7 +437,7 @@ class TorchLIF:
         self, layer: _Layer, steps: int, groups: int, batch: int, kind: int, record: bool
     ) -> torch.Tensor:
         """A (T, groups, B, n) trace stored set-major, fresh when it will be returned."""
-        dtype = torch.float32 if kind == 0 or self.precision == "float32" else torch.int64
+        dtype = torch.float32 if kind == 0 else self.model.state_dtype
         shape = (groups, steps, batch, layer.spec.n_out)
         if record:
             flat = torch.empty(shape, dtype=dtype, device=self.device)
@@ -468,20 +456,6 @@ class TorchLIF:
         out = self._work.get(f"l{layer.index}.gather", (stop - start, t, b, n), x.dtype)
         torch.index_select(x.permute(1, 0, 2, 3), 0, index, out=out)
         return out.permute(1, 0, 2, 3)
-
-
-def quantized_weight(
-    w: torch.Tensor, layer: LayerSpec, dtype: torch.dtype, work: _Workspace, tag: str
-) -> torch.Tensor:
-    """``fp.quantize_weight(w, layer)`` in ``dtype``: the same float64 operations in the
-    same order, done in place in reused buffers (fresh float64 copies of every set's
-    weights cost more in page faults than the arithmetic)."""
-    half = work.get(f"{tag}.q64", tuple(w.shape), torch.float64).copy_(w)
-    half.mul_(fp.weight_factor(layer) / 2.0).round_()
-    half.clamp_(fp.WEIGHT_MIN // 2, fp.WEIGHT_MAX // 2)
-    if dtype == torch.float64:
-        return half.mul_(2.0)
-    return torch.mul(half, 2.0, out=work.get(f"{tag}.q", tuple(w.shape), dtype))
 
 
 def _project(

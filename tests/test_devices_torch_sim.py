@@ -35,7 +35,7 @@ def test_contract_and_capabilities(spec: NetworkSpec) -> None:
         w = np.stack([spec.layers[1].weight * s for s in (0.5, 1.0, 2.0)])
         counts = backend.evaluate({"fc1.weight": w}, _inputs())
         assert counts.shape == (3, 5, 3)
-        direct = TorchLIF(spec).run({"fc1.weight": w}, _inputs()).counts
+        direct = TorchLIF(spec).evaluate({"fc1.weight": w}, _inputs()).counts
         assert torch.equal(counts, direct)
 
 

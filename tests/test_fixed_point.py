@@ -95,7 +95,7 @@ def test_calibration_leaves_headroom_below_the_24_bit_current_wrap() -> None:
     from simulators.torch_lif import TorchLIF
 
     x = np.ones((1, 6, 256), dtype=np.float32)
-    res = TorchLIF(fp.calibrate(spec), "loihi-fixed").run(None, x, record=True)
+    res = TorchLIF(fp.calibrate(spec), "loihi-fixed").evaluate(None, x, record=True)
     assert res.currents is not None
     u = res.currents[0][0, 0].numpy()
     assert np.abs(u).max() < 2**23

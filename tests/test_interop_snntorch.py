@@ -64,7 +64,7 @@ def _model(kinds: list[str], reset: str, reset_delay: bool, bias: bool, seed: in
 
 def _assert_same_as_snntorch(spec: NetworkSpec, model, x: torch.Tensor, min_spikes: int) -> None:
     ref = interop.record_snntorch(model, x)
-    res = TorchLIF(spec).run(None, x.numpy(), record=True)
+    res = TorchLIF(spec).evaluate(None, x.numpy(), record=True)
     assert res.spikes is not None and res.voltages is not None
     total = 0
     for i in range(len(spec.layers)):
@@ -172,7 +172,7 @@ def test_decay_below_one_half_is_close_not_exact() -> None:
     spec = interop.from_snntorch(model, T)
     x = _inputs(10, 8)
     ref = interop.record_snntorch(model, x)
-    res = TorchLIF(spec).run(None, x, record=True)
+    res = TorchLIF(spec).evaluate(None, x, record=True)
     assert res.voltages is not None and res.spikes is not None
     assert torch.allclose(res.voltages[0][0], ref.membranes[0], atol=1e-5, rtol=0)
     assert torch.equal(res.spikes[0][0].float(), ref.spikes[0])
@@ -257,7 +257,7 @@ def test_v_bias_folds_into_the_linear_bias_only_without_current_memory() -> None
     # Same sums in a different order: exact in real arithmetic, float32 may differ in ulps.
     x = _inputs(10, 3)
     ref = interop.record_snntorch(model, x)
-    res = TorchLIF(spec).run(None, x, record=True)
+    res = TorchLIF(spec).evaluate(None, x, record=True)
     assert res.spikes is not None and res.voltages is not None
     for i in range(2):
         assert torch.equal(res.spikes[i][0].float(), ref.spikes[i])

@@ -169,7 +169,7 @@ def test_fixed_counts_bit_identical(lava_fixed, case: Case) -> None:
     if case.name == "negative-weight-exp":
         assert spec.layers[0].fixed_weight_exp < 0 and spec.layers[1].fixed_weight_exp < 0
     if case.name == "u-wrap":
-        currents = TorchLIF(spec, "loihi-fixed").run({}, x, record=True).currents
+        currents = TorchLIF(spec, "loihi-fixed").evaluate({}, x, record=True).currents
         assert currents is not None and float(currents[0].min()) < 0  # wrapped past 2**23
 
 

@@ -32,6 +32,27 @@ def _perturbed_sets(spec: NetworkSpec, seed: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
+def test_a_backend_evaluate_checks_the_batch_once(precision: str, monkeypatch) -> None:
+    """The batch is checked where the call enters (the backend), never again inside the
+    simulator: one shape check of the parameters and one of the inputs per evaluate."""
+    from devices.torch_sim import TorchSimBackend
+
+    spec = NetworkSpec.random([10, 14, 4], 16, seed=5, writable=("fc1.weight",))
+    backend = TorchSimBackend(precision, "cpu")
+    backend.load(spec)
+    calls: list[str] = []
+    for name in ("check_param_sets", "check_inputs"):
+        method = getattr(NetworkSpec, name)
+        monkeypatch.setattr(
+            NetworkSpec, name, lambda self, v, m=method, n=name: (calls.append(n), m(self, v))[1]
+        )
+    x = (np.random.default_rng(1).random((5, 16, 10)) < 0.5).astype(np.uint8)
+    counts = backend.evaluate(_perturbed_sets(backend.spec, seed=2), x)
+    assert counts.shape == (V, 5, 4)
+    assert calls == ["check_param_sets", "check_inputs"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
 @pytest.mark.parametrize(
     "writable",
     [
@@ -45,10 +66,10 @@ def test_batched_equals_one_at_a_time(precision: str, writable: tuple[str, ...])
     sim = TorchLIF(spec, precision)
     x = (np.random.default_rng(1).random((5, 16, 10)) < 0.5).astype(np.float32)
     sets = _perturbed_sets(spec, seed=2)
-    batched = sim.run(sets, x).counts
+    batched = sim.evaluate(sets, x).counts
     assert batched.shape == (V, 5, 4)
     singles = torch.stack(
-        [sim.run({k: v[j : j + 1] for k, v in sets.items()}, x).counts[0] for j in range(V)]
+        [sim.evaluate({k: v[j : j + 1] for k, v in sets.items()}, x).counts[0] for j in range(V)]
     )
     assert torch.equal(batched, singles)
     assert len({tuple(c.flatten().tolist()) for c in batched}) > 1  # the sets really differ
@@ -58,8 +79,8 @@ def test_unvaried_parameters_keep_loaded_values() -> None:
     spec = NetworkSpec.random([6, 8, 3], 10, seed=0, writable=("fc1.weight",))
     sim = TorchLIF(spec)
     x = (np.random.default_rng(0).random((4, 10, 6)) < 0.5).astype(np.float32)
-    loaded = sim.run(None, x).counts
-    same = sim.run({"fc1.weight": spec.layers[1].weight[None].repeat(3, axis=0)}, x).counts
+    loaded = sim.evaluate(None, x).counts
+    same = sim.evaluate({"fc1.weight": spec.layers[1].weight[None].repeat(3, axis=0)}, x).counts
     assert torch.equal(same, loaded.expand(3, -1, -1))
 
 
@@ -88,7 +109,7 @@ def _fixed_case(seed: int, weight_exp: int, du: float, dv: float, bias: float):
 )
 def test_fixed_matches_numpy_transcription_of_lava(seed, weight_exp, du, dv, bias) -> None:
     spec, x = _fixed_case(seed, weight_exp, du, dv, bias)
-    res = TorchLIF(spec, "loihi-fixed").run(None, x, record=True)
+    res = TorchLIF(spec, "loihi-fixed").evaluate(None, x, record=True)
     assert res.spikes is not None and res.voltages is not None and res.currents is not None
     fixed = fp.quantize_spec(spec)
     for b in range(x.shape[0]):
@@ -108,7 +129,7 @@ def test_fixed_wrap_paths_match_transcription() -> None:
     layers[0].fixed_scale = fp.WEIGHT_MAX / 3.0 * 2**7
     spec = NetworkSpec(layers, spec.num_steps)
     x = np.ones_like(x)
-    res = TorchLIF(spec, "loihi-fixed").run(None, x, record=True)
+    res = TorchLIF(spec, "loihi-fixed").evaluate(None, x, record=True)
     assert res.currents is not None
     fixed = fp.quantize_spec(spec)
     ref_s, ref_v, ref_u = run_sample(fixed, x[0])
@@ -122,17 +143,17 @@ def test_bad_inputs_raise_typed_errors() -> None:
     sim = TorchLIF(spec)
     good_x = np.zeros((2, 6, 4), dtype=np.float32)
     with pytest.raises(SpecError, match=r"inputs must have shape \(B, 6, 4\)"):
-        sim.run(None, np.zeros((2, 5, 4)))
+        sim.evaluate(None, np.zeros((2, 5, 4)))
     with pytest.raises(SpecError, match=r"'fc0.weight' must have shape \(V, 3, 4\)"):
-        sim.run({"fc0.weight": np.zeros((2, 4, 3))}, good_x)
+        sim.evaluate({"fc0.weight": np.zeros((2, 4, 3))}, good_x)
     with pytest.raises(SpecError, match="not writable"):
-        sim.run({"lif0.vth": np.ones(2)}, good_x)
+        sim.evaluate({"lif0.vth": np.ones(2)}, good_x)
     with pytest.raises(SpecError, match="unknown parameter name 'fc9.weight'"):
-        sim.run({"fc9.weight": np.ones((1, 3, 4))}, good_x)
+        sim.evaluate({"fc9.weight": np.ones((1, 3, 4))}, good_x)
     with pytest.raises(SpecError, match="non-finite"):
-        sim.run({"fc0.weight": np.full((1, 3, 4), np.nan)}, good_x)
+        sim.evaluate({"fc0.weight": np.full((1, 3, 4), np.nan)}, good_x)
     with pytest.raises(SpecError, match="binary spikes"):
-        TorchLIF(spec, "loihi-fixed").run(None, np.full((2, 6, 4), 0.5))
+        TorchLIF(spec, "loihi-fixed").evaluate(None, np.full((2, 6, 4), 0.5))
     with pytest.raises(SpecError, match="precision must be one of"):
         TorchLIF(spec, "float16")
 
@@ -152,10 +173,10 @@ def test_shared_prefixes_are_computed_once_and_give_the_same_counts(precision: s
     sets["fc1.weight"][4] = sets["fc1.weight"][3]
     sim = TorchLIF(spec, precision)
     x = (np.random.default_rng(1).random((5, 16, 10)) < 0.5).astype(np.float32)
-    res = sim.run(sets, x, record=True)
+    res = sim.evaluate(sets, x, record=True)
     assert res.spikes is not None
     for j in range(6):
-        one = sim.run({k: v[j : j + 1] for k, v in sets.items()}, x, record=True)
+        one = sim.evaluate({k: v[j : j + 1] for k, v in sets.items()}, x, record=True)
         assert one.spikes is not None
         assert torch.equal(res.counts[j], one.counts[0])
         assert torch.equal(res.spikes[0][j], one.spikes[0][0])

@@ -81,12 +81,12 @@ def _random_case(seed: int, precision: str):
 def test_results_do_not_depend_on_blocks_and_chunks(precision: str, seed: int) -> None:
     spec, params, x = _random_case(seed, precision)
     whole = TorchLIF(spec, precision, block_elements=1 << 30, time_block=100)
-    ref = whole.run(params, x, record=True)
+    ref = whole.evaluate(params, x, record=True)
     assert ref.spikes is not None and ref.voltages is not None and ref.currents is not None
     assert torch.equal(whole.counts(params, x), ref.counts)
     for block, steps in ((1, 1), (37, 2), (1 << 30, 3), (1, 100)):
         sim = TorchLIF(spec, precision, block_elements=block, time_block=steps)
-        part = sim.run(params, x, record=True)
+        part = sim.evaluate(params, x, record=True)
         assert part.spikes is not None and part.voltages is not None and part.currents is not None
         assert torch.equal(part.counts, ref.counts)
         assert torch.equal(sim.counts(params, x), ref.counts)
@@ -139,7 +139,7 @@ def test_fixed_state_precision_follows_the_bounds_and_stays_exact(
         original(self, dtype)
 
     monkeypatch.setattr(lif_dynamics.FixedLIF, "_use", spy)
-    res = TorchLIF(spec, "loihi-fixed", time_block=2).run(None, x, record=True)
+    res = TorchLIF(spec, "loihi-fixed", time_block=2).evaluate(None, x, record=True)
     # float32 from the start; float64 from the chunk whose bound passes 2**23 on
     assert used == ([torch.float32] if state == torch.float32 else [torch.float32, state])
     assert res.spikes is not None and res.voltages is not None and res.currents is not None
@@ -166,7 +166,7 @@ def test_fixed_gemm_at_the_float32_exactness_bound(n_in: int) -> None:
     spec = NetworkSpec([layer], 3)
     x = np.ones((1, 3, n_in), dtype=np.float32)
     x[0, 1, ::3] = 0
-    res = TorchLIF(spec, "loihi-fixed").run(None, x, record=True)
+    res = TorchLIF(spec, "loihi-fixed").evaluate(None, x, record=True)
     assert res.currents is not None and res.voltages is not None
     ref_s, ref_v, ref_u = run_sample(fp.quantize_spec(spec), x[0])
     assert np.array_equal(res.currents[0][0, 0].numpy(), ref_u[0])

@@ -21,7 +21,7 @@ def test_float_golden_one_neuron() -> None:
     #                  t3 1.21875; t4 0.9140625 + 1.734375 = 2.6484375 spike -> 0
     layer = LayerSpec(weight=[[0.625, 0.5]], du=0.5, dv=0.25, vth=1.5, delay=1)
     spec = NetworkSpec([layer], num_steps=5)
-    res = TorchLIF(spec).run(None, INPUTS, record=True)
+    res = TorchLIF(spec).evaluate(None, INPUTS, record=True)
     assert res.spikes is not None and res.voltages is not None and res.currents is not None
     assert res.spikes[0][0, 0, :, 0].tolist() == [False, False, True, False, True]
     assert res.voltages[0][0, 0, :, 0].tolist() == [0.0, 0.625, 0.0, 1.21875, 0.0]
@@ -47,7 +47,7 @@ def test_float_golden_delay0_subtract_with_reset_delay() -> None:
         reset_delay=True,
         neuron="leaky",
     )
-    res = TorchLIF(NetworkSpec([layer], num_steps=5)).run(None, INPUTS, record=True)
+    res = TorchLIF(NetworkSpec([layer], num_steps=5)).evaluate(None, INPUTS, record=True)
     assert res.voltages is not None
     assert res.voltages[0][0, 0, :, 0].tolist() == [0.625, 1.4375, 0.21875, 1.234375, -0.3828125]
     assert res.counts.tolist() == [[[2]]]
@@ -77,7 +77,8 @@ def test_fixed_golden_two_neurons() -> None:
         fixed_scale=64.0,
         fixed_weight_exp=0,
     )
-    res = TorchLIF(NetworkSpec([layer], 5), precision="loihi-fixed").run(None, INPUTS, record=True)
+    sim = TorchLIF(NetworkSpec([layer], 5), precision="loihi-fixed")
+    res = sim.evaluate(None, INPUTS, record=True)
     assert res.voltages is not None and res.currents is not None
     assert res.currents[0][0, 0, :, 0].tolist() == [0, 2560, 5888, 4992, 7104]
     assert res.voltages[0][0, 0, :, 0].tolist() == [0, 2560, 0, 4992, 0]
@@ -100,7 +101,8 @@ def test_fixed_golden_negative_weight_exp_floors() -> None:
         fixed_scale=16.0,
         fixed_weight_exp=-2,
     )
-    res = TorchLIF(NetworkSpec([layer], 5), precision="loihi-fixed").run(None, INPUTS, record=True)
+    sim = TorchLIF(NetworkSpec([layer], 5), precision="loihi-fixed")
+    res = sim.evaluate(None, INPUTS, record=True)
     assert res.currents is not None
     assert res.currents[0][0, 0, :, 0].tolist() == [0, -320, -128, 192, -128]
 
@@ -110,6 +112,6 @@ def test_fixed_golden_on_cuda_matches_cpu() -> None:
     spec = NetworkSpec.random([20, 30, 5], 12, seed=3, writable="all")
     x = (np.random.default_rng(0).random((4, 12, 20)) < 0.4).astype(np.float32)
     for precision in ("float32", "loihi-fixed"):
-        cpu = TorchLIF(spec, precision, "cpu").run(None, x, record=True)
-        gpu = TorchLIF(spec, precision, "cuda").run(None, x, record=True)
+        cpu = TorchLIF(spec, precision, "cpu").evaluate(None, x, record=True)
+        gpu = TorchLIF(spec, precision, "cuda").evaluate(None, x, record=True)
         assert torch.equal(cpu.counts, gpu.counts.cpu())

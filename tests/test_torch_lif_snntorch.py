@@ -77,7 +77,7 @@ def _run_snntorch(kind: str, reset: str, reset_delay: bool, seed: int):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_snntorch(kind: str, reset: str, reset_delay: bool, seed: int) -> None:
     spec, x, ref_spk, ref_mem = _run_snntorch(kind, reset, reset_delay, seed)
-    res = TorchLIF(spec).run(None, x, record=True)
+    res = TorchLIF(spec).evaluate(None, x, record=True)
     assert res.spikes is not None and res.voltages is not None
     total_spikes = 0
     for i in range(len(spec.layers)):

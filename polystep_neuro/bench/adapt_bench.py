@@ -127,10 +127,10 @@ def demo_task(seed: int, quick: bool, progress: Progress, dataset: str = "digits
     readout = NetworkSpec([deployed.layers[1]], deployed.num_steps, ("fc0.weight",)).validate()
 
     def hidden(ds: SpikeDataset, check: bool = False) -> SpikeDataset:
-        rec = full.run({}, ds.spikes, record=True)
+        rec = full.evaluate({}, ds.spikes, record=True)
         spikes = rec.spikes[0][0].contiguous()
         if check:
-            ro = TorchLIF(readout, "loihi-fixed", device).run({}, spikes).counts
+            ro = TorchLIF(readout, "loihi-fixed", device).evaluate({}, spikes).counts
             if not torch.equal(ro, rec.counts):
                 raise SystemExit("readout-only counts differ from the full network's")
         return SpikeDataset(spikes.numpy(), ds.labels.numpy(), BATCH, seed)

@@ -98,9 +98,9 @@ def compare(case: ParityCase, precision: str, device: torch.device) -> dict:
     if precision == "loihi-fixed" and any(n.endswith((".du", ".bias")) for n in params):
         params = {n: v for n, v in params.items() if not n.endswith((".du", ".bias"))}
         spec = spec.with_writable(tuple(params))
-    cpu = TorchLIF(spec, precision, "cpu").run(params, x).counts
+    cpu = TorchLIF(spec, precision, "cpu").evaluate(params, x).counts
     dev_params = {n: v.to(device) for n, v in params.items()}
-    dev = TorchLIF(spec, precision, device).run(dev_params, x.to(device)).counts.cpu()
+    dev = TorchLIF(spec, precision, device).evaluate(dev_params, x.to(device)).counts.cpu()
     same = cpu == dev
     return {
         "case": case,

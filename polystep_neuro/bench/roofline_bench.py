@@ -124,7 +124,7 @@ def measure(case: Case, device: torch.device, repeats: int = 5) -> dict:
     """Pairs/s and GFLOP/s of both precisions and of the mm yardstick, and their ratios."""
     spec, params, x = build(case, device)
     sims = {p: TorchLIF(spec, p, device) for p in PRECISIONS}
-    runs = {p: (lambda s=sim: s.run(params, x).counts) for p, sim in sims.items()}
+    runs = {p: (lambda s=sim: s.evaluate(params, x).counts) for p, sim in sims.items()}
     flops = gemm_flops(case)
     mm = square_mm(flops, device)
     timed = _timer(device)

@@ -91,7 +91,7 @@ def bench_device(device: torch.device, spec, names, weights, x, repeats: int, re
     num_sets, batch = weights[0].shape[0], x.shape[0]
     ref = min(ref_vertices, num_sets)
     dev_weights = [w[:ref].to(device) for w in weights]
-    sim_run = lambda: sim.run(params, xd).counts  # noqa: E731
+    sim_run = lambda: sim.evaluate(params, xd).counts  # noqa: E731
     sim_run()  # warm-up (workspace allocation, CUDA context)
     t_sim, counts_sim = _best_of(repeats, sim_run, sync)
     t_ref, counts_ref = _best_of(1, lambda: _snntorch_loop(spec, dev_weights, xd), sync)
