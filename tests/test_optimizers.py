@@ -12,7 +12,7 @@ import torch
 
 from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.optim import PolyStep, Subspace
+from polystep_neuro.optim import REGISTRY, PolyStep, Subspace, optimizer_class
 from polystep_neuro.optim.baselines import SPSA, OpenAIES, RandomSearch, SepCMAES
 from polystep_neuro.run.optimizers import (
     OPTIMIZERS,
@@ -95,6 +95,39 @@ def test_the_baselines_evaluate_as_many_sets_per_step_as_polystep() -> None:
     assert n == 4 * math.ceil((64 + 64 + 10) / 2) == counts["polystep"]
     assert counts["sep-cma"] == counts["openai-es"] == n
     assert counts["spsa"] == 2
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_registered_optimizer_reports_its_own_candidate_count(name: str) -> None:
+    """The count asked of the class before building it is what the built optimiser asks."""
+    spec = _fixed_spec()
+    settings = Settings(optimizer=name, seed=0, popsize=None if name != "openai-es" else 31)
+    cls = optimizer_class(name)
+    assert cls is REGISTRY[name] and cls.name == name
+    layout = make_layout(spec, settings)
+    opt = make_optimizer(settings, layout, layout.flatten(spec), total_steps=10)
+    assert type(opt) is cls
+    expected = cls.candidates_for(layout.sizes, **settings.options_for(cls, layout.sizes))
+    assert opt.num_candidates == expected == opt.ask().shape[0]
+    if name == "openai-es":
+        assert expected == 32  # antithetic pairs: an odd population is rounded up
+    with pytest.raises(RuntimeError, match=r"call ask\(\) first"):
+        make_optimizer(settings, layout, layout.flatten(spec), total_steps=10).tell([0.0])
+    with pytest.raises(ValueError, match=rf"costs must have shape \({expected},\)"):
+        opt.tell(torch.zeros(expected + 1))
+
+
+def test_an_unknown_optimizer_name_lists_the_registered_ones() -> None:
+    with pytest.raises(KeyError, match="unknown optimizer 'adam'; choose one of polystep, sep"):
+        optimizer_class("adam")
+
+
+def test_polystep_unit_gains_undo_its_subspace_spread() -> None:
+    # rank-64 tensors move each parameter by 1/sqrt(64) per unit of z; tensors kept in full
+    # (10 <= 64) move each of a block's two coordinates by 1/sqrt(2).
+    gains = PolyStep.unit_gains([6144, 10], rank=64)
+    assert gains == [8.0, math.sqrt(2)]
+    assert PolyStep.candidates_for([6144, 10], rank=64) == 4 * math.ceil((64 + 10) / 2)
 
 
 @pytest.mark.parametrize(

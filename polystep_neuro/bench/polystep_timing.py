@@ -2,10 +2,11 @@
 
     python -m polystep_neuro.bench.polystep_timing [--device cuda] [--quick]
 
-Built as the demo builds it: per-tensor random subspaces (``Subspace``), orthoplex blocks
-of 2, the vector on the device.  The costs told are a cheap function of the candidates
-computed on the device, so the time is the optimiser's (random rotations, candidate
-matrix, weights, update, subspace lift), not a network's.  Median of timed steps after
+Built as the adaptation recipe builds it (``PolyStep.for_units`` with the default
+``Settings``, the rank per problem): per-tensor random subspaces, the vector on the device.
+The costs told are a cheap function of the candidates computed on the device, so the time
+is the optimiser's (random rotations, candidate matrix, weights, update, subspace lift),
+not a network's.  Median of timed steps after
 warm-up steps, synchronised.
 """
 
@@ -23,7 +24,8 @@ import torch
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.polystep_timing`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from polystep_neuro.optim import PolyStep, Subspace  # noqa: E402
+from polystep_neuro.optim import PolyStep  # noqa: E402
+from polystep_neuro.run.optimizers import Settings  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,10 @@ QUICK_SIZES = (
 
 def time_steps(size: Size, device: torch.device, steps: int = 20, warmup: int = 3) -> dict:
     x0 = torch.randn(size.params, generator=torch.Generator().manual_seed(0)).to(device)
-    # The adaptation recipe's PolyStep: a fresh subspace every step, parameter-space momentum
-    # and the step following the evidence (polystep_neuro.run.optimizers).
-    sub = Subspace(sizes=size.tensors, rank=size.rank, absorb_interval=1)
-    opt = PolyStep(
-        x0, step_radius=0.015, probe_radius=2.0, epsilon=1.0, momentum=0.9, step_adapt=0.05,
-        subspace=sub, seed=0,
+    settings = Settings(rank=size.rank)
+    opt = PolyStep.for_units(
+        x0, sizes=size.tensors, total_steps=warmup + steps, seed=0,
+        **settings.options_for(PolyStep, size.tensors),
     )  # fmt: skip
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     seconds = []

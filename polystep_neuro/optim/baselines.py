@@ -1,9 +1,10 @@
 """Reference black-box optimisers with PolyStep's ask/tell shape, for honest comparisons.
 
-All of them: ``ask() -> (N, n)`` torch tensor on ``x0``'s device/dtype, ``tell(costs)`` with
-``(N,)`` costs in the same order, ``x`` the current point, ``num_candidates`` = N, and (all
-but pycma's) ``state_dict`` / ``load_state_dict`` that resume bit-identically.  Seeded
-through their own generator so benchmark runs are reproducible.
+All of them are :class:`~polystep_neuro.optim.base.AskTellOptimizer`: ``ask() -> (N, n)``
+torch tensor on ``x0``'s device/dtype, ``tell(costs)`` with ``(N,)`` costs in the same order,
+``x`` the current point, ``num_candidates`` = N, and (all but pycma's) ``state_dict`` /
+``load_state_dict`` that resume bit-identically.  Seeded through their own generator so
+benchmark runs are reproducible.  Only their proposals and updates are written here.
 
 - :class:`RandomSearch`: Gaussian perturbations of the best point seen so far, fixed (or
   scheduled) sigma -- the "no cleverness" baseline at equal evaluation count.
@@ -20,120 +21,64 @@ through their own generator so benchmark runs are reproducible.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .base import AskTellOptimizer, Schedule, as_vector, value_at
+
 # A number or a schedule (callable of the step index), for sigma and learning rates.
-Sigma = float | Callable[[int], float]
+Sigma = Schedule
 
 
-def _to_vector(x0: torch.Tensor | np.ndarray) -> torch.Tensor:
-    x = x0 if torch.is_tensor(x0) else torch.as_tensor(np.asarray(x0))
-    if not torch.is_floating_point(x):
-        x = x.to(torch.get_default_dtype())
-    if x.ndim != 1 or x.numel() == 0:
-        raise ValueError(f"x0 must be a non-empty 1-D vector, got shape {tuple(x.shape)}")
-    return x.detach().clone()
-
-
-def _to_costs(costs, n: int, like: torch.Tensor) -> torch.Tensor:
-    if not torch.is_tensor(costs):
-        costs = torch.as_tensor(np.asarray(costs, dtype=np.float64))
-    costs = costs.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
-    if costs.numel() != n:
-        raise ValueError(f"costs must have shape ({n},), got {tuple(costs.shape)}")
-    # Non-finite costs lose every comparison.
-    return torch.nan_to_num(costs, nan=math.inf, posinf=math.inf, neginf=math.inf)
-
-
-def _tensor_state(obj: object, names: Sequence[str]) -> dict[str, Any]:
-    """Copies of the named tensor / number attributes and the generator state."""
-    state: dict[str, Any] = {"kind": type(obj).__name__}
-    for name in names:
-        value = getattr(obj, name)
-        state[name] = value.clone() if torch.is_tensor(value) else value
-    state["generator"] = obj._gen.get_state()  # type: ignore[attr-defined]
-    return state
-
-
-def _load_tensor_state(obj: object, state: dict[str, Any], names: Sequence[str]) -> None:
-    if state.get("kind") != type(obj).__name__:
-        raise ValueError(f"state_dict is of a {state.get('kind')}, not a {type(obj).__name__}")
-    like = obj.x  # type: ignore[attr-defined]
-    for name in names:
-        value, mine = state[name], getattr(obj, name)
-        if torch.is_tensor(value):
-            if torch.is_tensor(mine) and value.shape != mine.shape:
-                raise ValueError(
-                    f"state_dict {name} has shape {tuple(value.shape)}, this optimiser "
-                    f"{tuple(mine.shape)}"
-                )
-            value = value.to(like.device).clone()
-        setattr(obj, name, value)
-    obj._gen.set_state(state["generator"].clone())  # type: ignore[attr-defined]
-
-
-def _sigma_at(sigma: Sigma, step: int) -> float:
-    return float(sigma(step)) if callable(sigma) else float(sigma)
-
-
-class RandomSearch:
+class RandomSearch(AskTellOptimizer):
     """Sample Gaussian perturbations of the incumbent; keep a candidate only if it is better."""
+
+    _state = {
+        "best_x": "best_x",
+        "best_cost": "best_cost",
+        "steps": "steps",
+        "_pending": "_pending",
+    }
 
     def __init__(
         self, x0: torch.Tensor | np.ndarray, sigma: Sigma, popsize: int, seed: int = 0
     ) -> None:
         if popsize < 1:
             raise ValueError(f"popsize must be positive, got {popsize}")
-        self.best_x = _to_vector(x0)
+        super().__init__(x0, seed)
+        self.best_x = as_vector(x0)
         self.best_cost = math.inf
         self.sigma = sigma
         self.num_candidates = int(popsize)
-        self.steps = 0
-        self._gen = torch.Generator(device=self.best_x.device)
-        self._gen.manual_seed(seed)
-        self._pending: torch.Tensor | None = None
 
     @property
     def x(self) -> torch.Tensor:
         return self.best_x.clone()
 
-    def ask(self) -> torch.Tensor:
-        x = self.best_x
-        noise = torch.randn(
-            self.num_candidates, x.numel(), generator=self._gen, dtype=x.dtype, device=x.device
-        )
-        self._pending = x + _sigma_at(self.sigma, self.steps) * noise
-        return self._pending
+    def _propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = self._normal(self.num_candidates)
+        candidates = self.best_x + value_at(self.sigma, self.steps) * noise
+        return candidates, candidates
 
-    def tell(self, costs) -> None:
-        if self._pending is None:
-            raise RuntimeError("tell() called without a pending ask()")
-        costs = _to_costs(costs, self.num_candidates, self.best_x)
+    def _update(self, costs: torch.Tensor, pending: torch.Tensor) -> None:
         idx = int(torch.argmin(costs))
         if float(costs[idx]) < self.best_cost:
             self.best_cost = float(costs[idx])
-            self.best_x = self._pending[idx].clone()
-        self._pending = None
-        self.steps += 1
-
-    _STATE = ("best_x", "best_cost", "steps", "_pending")
-
-    def state_dict(self) -> dict[str, Any]:
-        return _tensor_state(self, self._STATE)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load_tensor_state(self, state, self._STATE)
+            self.best_x = pending[idx].clone()
 
 
-class OpenAIES:
+class OpenAIES(AskTellOptimizer):
     """Antithetic OpenAI-ES with centred ranks and Adam (``optimizer="adam"``) or SGD.
 
     ``sigma`` and ``lr`` are numbers or schedules of the step index.
     """
+
+    name = "openai-es"
+    options = ("popsize", "lr")
+    _state = {"_x": "_x", "_m": "_m", "_v": "_v", "steps": "steps", "_eps": "_pending"}
 
     def __init__(
         self,
@@ -150,71 +95,80 @@ class OpenAIES:
             raise ValueError(f"popsize must be an even number >= 2 (antithetic), got {popsize}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        self._x = _to_vector(x0)
+        super().__init__(x0, seed)
+        self._x = as_vector(x0)
         self.sigma = sigma
         self.lr = lr
         self.num_candidates = int(popsize)
         self.optimizer = optimizer
         self.betas = betas
         self.weight_decay = float(weight_decay)
-        self.steps = 0
         self._m = torch.zeros_like(self._x)
         self._v = torch.zeros_like(self._x)
-        self._gen = torch.Generator(device=self._x.device)
-        self._gen.manual_seed(seed)
-        self._eps: torch.Tensor | None = None
+
+    @classmethod
+    def for_units(
+        cls,
+        x0: torch.Tensor,
+        *,
+        sizes: Sequence[int],
+        total_steps: int,
+        seed: int,
+        popsize: int,
+        lr: float,
+        **options: Any,
+    ) -> OpenAIES:
+        """Perturbations of one unit (sigma 1), Adam steps of ``lr`` units."""
+        popsize = cls.candidates_for(sizes, popsize=popsize)
+        return cls(x0, sigma=1.0, lr=lr, popsize=popsize, seed=seed)
+
+    @classmethod
+    def candidates_for(cls, sizes: Sequence[int], *, popsize: int, **options: Any) -> int:
+        return popsize + popsize % 2  # antithetic pairs
 
     @property
     def x(self) -> torch.Tensor:
         return self._x.clone()
 
-    def ask(self) -> torch.Tensor:
-        half = self.num_candidates // 2
-        x = self._x
-        eps = torch.randn(half, x.numel(), generator=self._gen, dtype=x.dtype, device=x.device)
-        self._eps = eps
-        step = _sigma_at(self.sigma, self.steps) * eps
-        return torch.cat([x + step, x - step], dim=0)
+    def _propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = self._normal(self.num_candidates // 2)
+        step = value_at(self.sigma, self.steps) * eps
+        return torch.cat([self._x + step, self._x - step], dim=0), eps
 
-    def tell(self, costs) -> None:
-        if self._eps is None:
-            raise RuntimeError("tell() called without a pending ask()")
-        costs = _to_costs(costs, self.num_candidates, self._x)
+    def _update(self, costs: torch.Tensor, eps: torch.Tensor) -> None:
         n = self.num_candidates
         ranks = torch.empty_like(costs)
         ranks[torch.argsort(costs)] = torch.arange(n, dtype=costs.dtype, device=costs.device)
         util = ranks / (n - 1) - 0.5  # low cost -> negative utility
         half = n // 2
-        sigma = _sigma_at(self.sigma, self.steps)
-        grad = (util[:half] - util[half:]) @ self._eps / (n * sigma)
+        sigma = value_at(self.sigma, self.steps)
+        grad = (util[:half] - util[half:]) @ eps / (n * sigma)
         grad = grad + self.weight_decay * self._x
-        lr = _sigma_at(self.lr, self.steps)
-        self.steps += 1
+        lr = value_at(self.lr, self.steps)
         if self.optimizer == "sgd":
             self._x = self._x - lr * grad
-        else:
-            b1, b2 = self.betas
-            self._m = b1 * self._m + (1 - b1) * grad
-            self._v = b2 * self._v + (1 - b2) * grad * grad
-            m_hat = self._m / (1 - b1**self.steps)
-            v_hat = self._v / (1 - b2**self.steps)
-            self._x = self._x - lr * m_hat / (v_hat.sqrt() + 1e-8)
-        self._eps = None
-
-    _STATE = ("_x", "_m", "_v", "steps", "_eps")
-
-    def state_dict(self) -> dict[str, Any]:
-        return _tensor_state(self, self._STATE)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load_tensor_state(self, state, self._STATE)
+            return
+        t = self.steps + 1
+        b1, b2 = self.betas
+        self._m = b1 * self._m + (1 - b1) * grad
+        self._v = b2 * self._v + (1 - b2) * grad * grad
+        m_hat = self._m / (1 - b1**t)
+        v_hat = self._v / (1 - b2**t)
+        self._x = self._x - lr * m_hat / (v_hat.sqrt() + 1e-8)
 
 
-class SepCMAES:
+class SepCMAES(AskTellOptimizer):
     """Separable CMA-ES (Ros & Hansen, 2008): CMA-ES with a diagonal covariance, whose
     learning rates are raised by ``(n + 2) / 3`` -- linear time per sample, so it scales to
     the thousands of weights of a layer.  Default (Hansen's) strategy parameters for the
     population size, weights, step-size (CSA) and covariance learning rates."""
+
+    name = "sep-cma"
+    options = ("popsize",)
+    _state = {
+        "_mean": "_mean", "_diag": "_diag", "_ps": "_ps", "_pc": "_pc", "sigma": "sigma",
+        "steps": "steps", "_z": "_pending",
+    }  # fmt: skip
 
     def __init__(
         self, x0: torch.Tensor | np.ndarray, sigma: float, popsize: int, seed: int = 0
@@ -223,7 +177,8 @@ class SepCMAES:
             raise ValueError(f"popsize must be at least 2, got {popsize}")
         if not sigma > 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
-        self._mean = _to_vector(x0)
+        super().__init__(x0, seed)
+        self._mean = as_vector(x0)
         like = self._mean
         n = like.numel()
         self.num_candidates = int(popsize)
@@ -246,40 +201,47 @@ class SepCMAES:
         self._diag = torch.ones_like(like)
         self._ps = torch.zeros_like(like)
         self._pc = torch.zeros_like(like)
-        self.steps = 0
-        self._gen = torch.Generator(device=like.device)
-        self._gen.manual_seed(seed)
-        self._z: torch.Tensor | None = None
+
+    @classmethod
+    def for_units(
+        cls,
+        x0: torch.Tensor,
+        *,
+        sizes: Sequence[int],
+        total_steps: int,
+        seed: int,
+        popsize: int,
+        **options: Any,
+    ) -> SepCMAES:
+        """Initial step of one unit (sigma 1)."""
+        return cls(x0, sigma=1.0, popsize=popsize, seed=seed)
+
+    @classmethod
+    def candidates_for(cls, sizes: Sequence[int], *, popsize: int, **options: Any) -> int:
+        return popsize
 
     @property
     def x(self) -> torch.Tensor:
         return self._mean.clone()
 
-    def ask(self) -> torch.Tensor:
-        like = self._mean
-        self._z = torch.randn(
-            self.num_candidates, like.numel(), generator=self._gen, dtype=like.dtype,
-            device=like.device,
-        )  # fmt: skip
-        return self._mean + self.sigma * self._z * self._diag.sqrt()
+    def _propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self._normal(self.num_candidates)
+        return self._mean + self.sigma * z * self._diag.sqrt(), z
 
-    def tell(self, costs) -> None:
-        if self._z is None:
-            raise RuntimeError("tell() called without a pending ask()")
-        costs = _to_costs(costs, self.num_candidates, self._mean)
+    def _update(self, costs: torch.Tensor, z: torch.Tensor) -> None:
         order = torch.argsort(costs)[: self._weights.numel()]
-        z_sel = self._z[order]
+        z_sel = z[order]
         z_w = self._weights @ z_sel
         y_sel = z_sel * self._diag.sqrt()
         y_w = self._weights @ y_sel
         self._mean = self._mean + self.sigma * y_w
-        self.steps += 1
+        t = self.steps + 1
         self._ps = (1 - self._cs) * self._ps + math.sqrt(
             self._cs * (2 - self._cs) * self._mueff
         ) * z_w
         norm = float(self._ps.norm())
         h_sigma = (
-            norm / math.sqrt(1 - (1 - self._cs) ** (2 * self.steps))
+            norm / math.sqrt(1 - (1 - self._cs) ** (2 * t))
             < (1.4 + 2 / (self._mean.numel() + 1)) * self._chi
         )
         self._pc = (1 - self._cc) * self._pc
@@ -293,19 +255,10 @@ class SepCMAES:
             (1 - self._c1 - self._cmu) * self._diag + self._c1 * rank_one + self._cmu * rank_mu
         )
         self.sigma *= math.exp(min(1.0, (self._cs / self._ds) * (norm / self._chi - 1)))
-        self._z = None
-
-    _STATE = ("_mean", "_diag", "_ps", "_pc", "sigma", "steps", "_z")
-
-    def state_dict(self) -> dict[str, Any]:
-        return _tensor_state(self, self._STATE)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load_tensor_state(self, state, self._STATE)
 
 
-class CMAES:
-    """pycma's CMA-ES behind the same ask/tell shape (torch in, torch out).
+class CMAES(AskTellOptimizer):
+    """pycma's CMA-ES behind the same ask/tell shape (torch in, torch out); no checkpoint.
 
     ``diagonal=True`` runs sep-CMA-ES (pycma's ``CMA_diagonal``): a diagonal covariance,
     linear cost per sample, for dimensions where the full covariance update is too slow.
@@ -321,33 +274,36 @@ class CMAES:
     ) -> None:
         import cma  # optional dependency, only needed for this baseline
 
-        self._like = _to_vector(x0)
+        super().__init__(x0, seed)
+        self._like = as_vector(x0)
         opts = {"popsize": int(popsize), "seed": int(seed) + 1, "verbose": -9}
         if diagonal:  # sep-CMA-ES: diagonal covariance, O(n) per sample (for large n)
             opts["CMA_diagonal"] = True
         self._es = cma.CMAEvolutionStrategy(self._like.cpu().double().numpy(), sigma, opts)
         self.num_candidates = int(popsize)
-        self._pending: list[np.ndarray] | None = None
 
     @property
     def x(self) -> torch.Tensor:
         return torch.as_tensor(self._es.mean).to(self._like)
 
-    def ask(self) -> torch.Tensor:
-        self._pending = self._es.ask()
-        return torch.as_tensor(np.stack(self._pending)).to(self._like)
+    def _propose(self) -> tuple[torch.Tensor, list[np.ndarray]]:
+        pending = self._es.ask()
+        return torch.as_tensor(np.stack(pending)).to(self._like), pending
 
-    def tell(self, costs) -> None:
-        if self._pending is None:
-            raise RuntimeError("tell() called without a pending ask()")
-        values = _to_costs(costs, self.num_candidates, self._like.double()).cpu().numpy()
+    def _update(self, costs: torch.Tensor, pending: list[np.ndarray]) -> None:
+        values = costs.double().cpu().numpy()
         # pycma rejects inf; a large finite value keeps the ranking.
         values = np.where(np.isfinite(values), values, np.finfo(np.float64).max / 4)
-        self._es.tell(self._pending, values.tolist())
-        self._pending = None
+        self._es.tell(pending, values.tolist())
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError("pycma's CMA-ES is not checkpointed here; use SepCMAES")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError("pycma's CMA-ES is not checkpointed here; use SepCMAES")
 
 
-class SPSA:
+class SPSA(AskTellOptimizer):
     """Simultaneous perturbation stochastic approximation with Spall's gain sequences.
 
     Step ``k`` (from 0) asks for the two points ``x + c_k * delta`` and ``x - c_k * delta``
@@ -363,6 +319,9 @@ class SPSA:
     entry of the move ``a_k * g`` to ``[-max_step, max_step]`` (a common safeguard against a
     large first gradient estimate; ``None``: no clipping).
     """
+
+    name = "spsa"
+    _state = {"_x": "_x", "steps": "steps", "_delta": "_pending"}
 
     def __init__(
         self,
@@ -381,15 +340,23 @@ class SPSA:
             raise ValueError(f"stability constant A must be >= 0, got {A}")
         if max_step is not None and not max_step > 0:
             raise ValueError(f"max_step must be positive or None, got {max_step}")
-        self._x = _to_vector(x0)
+        super().__init__(x0, seed)
+        self._x = as_vector(x0)
         self.a, self.c, self.A = float(a), float(c), float(A)
         self.alpha, self.gamma = float(alpha), float(gamma)
         self.max_step = None if max_step is None else float(max_step)
         self.num_candidates = 2
-        self.steps = 0
-        self._gen = torch.Generator(device=self._x.device)
-        self._gen.manual_seed(seed)
-        self._delta: torch.Tensor | None = None
+
+    @classmethod
+    def for_units(
+        cls, x0: torch.Tensor, *, sizes: Sequence[int], total_steps: int, seed: int, **options: Any
+    ) -> SPSA:
+        """Probes and gain of one unit; Spall's stability constant at a tenth of the run."""
+        return cls(x0, a=1.0, c=1.0, A=0.1 * max(int(total_steps), 1), seed=seed)
+
+    @classmethod
+    def candidates_for(cls, sizes: Sequence[int], **options: Any) -> int:
+        return 2
 
     @property
     def x(self) -> torch.Tensor:
@@ -400,31 +367,18 @@ class SPSA:
         k = self.steps if step is None else int(step)
         return self.a / (k + 1 + self.A) ** self.alpha, self.c / (k + 1) ** self.gamma
 
-    def ask(self) -> torch.Tensor:
+    def _propose(self) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._x
         bits = torch.randint(0, 2, (x.numel(),), generator=self._gen, device=x.device)
-        self._delta = bits.to(x.dtype) * 2 - 1
+        delta = bits.to(x.dtype) * 2 - 1
         _, c_k = self.gains()
-        return torch.stack([x + c_k * self._delta, x - c_k * self._delta])
+        return torch.stack([x + c_k * delta, x - c_k * delta]), delta
 
-    def tell(self, costs) -> None:
-        if self._delta is None:
-            raise RuntimeError("tell() called without a pending ask()")
-        costs = _to_costs(costs, 2, self._x)
+    def _update(self, costs: torch.Tensor, delta: torch.Tensor) -> None:
         a_k, c_k = self.gains()
         diff = costs[0] - costs[1]
         if torch.isfinite(diff):  # a non-finite pair carries no direction: skip the move
-            move = a_k * (diff / (2 * c_k)) * self._delta
+            move = a_k * (diff / (2 * c_k)) * delta
             if self.max_step is not None:
                 move = move.clamp(-self.max_step, self.max_step)
             self._x = self._x - move
-        self._delta = None
-        self.steps += 1
-
-    _STATE = ("_x", "steps", "_delta")
-
-    def state_dict(self) -> dict[str, Any]:
-        return _tensor_state(self, self._STATE)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _load_tensor_state(self, state, self._STATE)

@@ -18,22 +18,25 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .base import AskTellOptimizer, CostsLike, as_vector
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
-from .schedules import Schedule, as_schedule, evaluate
+from .schedules import Cosine, Schedule, as_schedule, evaluate
 from .solvers import SOLVERS, solve_weights
 from .subspace import Subspace, SubspaceMap
 
 logger = logging.getLogger(__name__)
 
-CostsLike = torch.Tensor | np.ndarray | Sequence[float]
+__all__ = ["CostsLike", "NonFiniteCostError", "PolyStep"]
 
 _STATE_VERSION = 2
+# Blocks of z the recipe in units uses (``for_units``): two coordinates, four vertices each.
+BLOCK_DIM = 2
 # step_adapt: a move that turns back counts this much more than one that continues, so when
 # successive moves only show noise (agreement as often negative as positive) the step decays.
 _TURN_BACK_WEIGHT = 1.5
@@ -43,7 +46,7 @@ class NonFiniteCostError(ValueError):
     """Every cost of a batch was NaN or infinite, so no direction can be preferred."""
 
 
-class PolyStep:
+class PolyStep(AskTellOptimizer):
     """Forward-only optimiser over a 1-D parameter vector (ask/tell or ``step(closure)``).
 
     Args:
@@ -77,6 +80,16 @@ class PolyStep:
     (callable of the step index, e.g. :class:`Cosine`).
     """
 
+    name = "polystep"
+    options = (
+        "rank", "step", "final_step", "momentum", "step_adapt", "epsilon", "absorb_interval",
+    )  # fmt: skip
+    _state = {
+        "step": "steps", "z": "_z", "x": "_x", "velocity": "_velocity", "pending": "_pending",
+        "best_x": "best_x", "best_cost": "best_cost", "step_scale": "step_scale",
+        "last_move": "_last_move",
+    }  # fmt: skip
+
     def __init__(
         self,
         x0: torch.Tensor | np.ndarray,
@@ -96,7 +109,9 @@ class PolyStep:
         sinkhorn_max_iter: int = 100,
     ) -> None:
         """Long only because it checks every argument before building the search state."""
-        x0 = _as_param_vector(x0)
+        x0 = as_vector(x0)
+        if not bool(torch.isfinite(x0).all()):
+            raise ValueError("x0 contains non-finite values")
         if polytope not in POLYTOPES:
             raise ValueError(f"polytope must be one of {POLYTOPES}, got {polytope!r}")
         if solver not in SOLVERS:
@@ -112,8 +127,7 @@ class PolyStep:
         _check_positive_int(sinkhorn_max_iter, "sinkhorn_max_iter")
         if subspace is not None and not isinstance(subspace, Subspace):
             raise ValueError(f"subspace must be a Subspace or None, got {type(subspace).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        super().__init__(x0, seed)
 
         self.polytope = polytope
         self.block_dim = int(block_dim)
@@ -124,13 +138,10 @@ class PolyStep:
         self.keep_best = bool(keep_best)
         self.sinkhorn_tol = float(sinkhorn_tol)
         self.sinkhorn_max_iter = int(sinkhorn_max_iter)
-        self.seed = int(seed)
         self.step_radius = as_schedule(step_radius, "step_radius")
         self.probe_radius = as_schedule(probe_radius, "probe_radius")
         self.epsilon = as_schedule(epsilon, "epsilon")
 
-        self.dtype = x0.dtype
-        self.device = x0.device
         spec = subspace or Subspace(sizes=[x0.numel()], rank=x0.numel(), absorb_interval=None)
         self.subspace = spec if subspace is not None else None
         self._map = SubspaceMap(spec, x0, self.block_dim, self.seed)
@@ -144,19 +155,76 @@ class PolyStep:
         k = torch.arange(1, self.num_probe + 1, dtype=self.dtype, device=self.device)
         self._probe_scales = k / (self.num_probe + 1)
 
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(self.seed)
         self._z = self._map.initial_z()
         self._x = self._map.lift(self._z)
         self._velocity = torch.zeros_like(self._x)  # in parameter space
         self._last_move = torch.zeros_like(self._x)  # for step_adapt without momentum
         self.step_scale = 1.0  # step_adapt's multiplier on step_radius
-        self._step = 0
-        self._pending: torch.Tensor | None = None  # directions (P, V, p) of the open ask
+        # self._pending: the directions (P, V, p) of the open ask
         self._pending_x: torch.Tensor | None = None  # candidates, kept only for keep_best
         self.best_x: torch.Tensor | None = None
         self.best_cost: float = float("inf")
         self.last_weights: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ the recipe in units
+    @classmethod
+    def for_units(
+        cls,
+        x0: torch.Tensor,
+        *,
+        sizes: Sequence[int],
+        total_steps: int,
+        seed: int,
+        rank: int,
+        step: float,
+        final_step: float,
+        momentum: float,
+        step_adapt: float,
+        epsilon: float,
+        absorb_interval: int,
+        **options: Any,
+    ) -> PolyStep:
+        """PolyStep on ``x0`` scaled by :meth:`unit_gains`: one probe per vertex one unit
+        from the current point; every tensor of ``sizes`` through its own rank-``rank``
+        subspace, redrawn every ``absorb_interval`` steps; heavy-ball ``momentum``, so the
+        step, ``step`` units along a steady direction, is ``step * (1 - momentum)`` per
+        move, following the evidence at ``step_adapt`` and decaying on a half cosine to
+        ``final_step`` of itself by ``total_steps``."""
+        total = max(int(total_steps), 1)
+        move = step * (1 - momentum)
+        return cls(
+            x0,
+            step_radius=Cosine(move, move * final_step, total),
+            probe_radius=cls.unit_probe_radius(),
+            epsilon=epsilon,
+            momentum=momentum,
+            step_adapt=step_adapt,
+            subspace=Subspace(sizes=sizes, rank=rank, absorb_interval=absorb_interval),
+            seed=seed,
+        )
+
+    @classmethod
+    def candidates_for(cls, sizes: Sequence[int], *, rank: int, **options: Any) -> int:
+        """P blocks x V vertices x K probes of ``for_units``' PolyStep."""
+        dim = Subspace(sizes=sizes, rank=rank).dim
+        return math.ceil(dim / BLOCK_DIM) * num_vertices("orthoplex", BLOCK_DIM)
+
+    @classmethod
+    def unit_gains(cls, sizes: Sequence[int], *, rank: int, **options: Any) -> list[float]:
+        """A unit move of one block of z moves each parameter of a tensor searched at rank
+        r by ``1 / sqrt(r)`` (RMS) and each of the ``BLOCK_DIM`` coordinates of a tensor kept
+        in full by ``1 / sqrt(BLOCK_DIM)``; these gains undo that, so a probe one unit from
+        the current point moves every parameter by one unit whatever its tensor's size."""
+        subspace = Subspace(sizes=sizes, rank=rank)
+        return [
+            math.sqrt(BLOCK_DIM if full else r)
+            for r, full in zip(subspace.ranks, subspace.full, strict=True)
+        ]
+
+    @staticmethod
+    def unit_probe_radius(num_probe: int = 1) -> float:
+        """The probe radius that puts the outermost of ``num_probe`` probes one unit out."""
+        return (num_probe + 1) / num_probe
 
     # ------------------------------------------------------------------ properties
     @property
@@ -179,51 +247,37 @@ class PolyStep:
         """Current search coordinates ``(D,)`` (a copy)."""
         return self._z.clone()
 
-    @property
-    def steps(self) -> int:
-        """Number of completed steps (tells)."""
-        return self._step
-
     # ------------------------------------------------------------------ ask / tell
-    def ask(self) -> torch.Tensor:
-        """Candidates ``(N, n)`` to evaluate, on ``x0``'s device and dtype.
-
-        Block-major: row ``(i * V + v) * K + (k - 1)`` is the current point with block ``i``
-        moved by ``probe_radius * k / (K + 1)`` along its rotated vertex ``v``.
-
-        Calling ``ask`` again before ``tell`` discards the previous batch and draws a new one.
-        """
+    def _propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block-major candidates: row ``(i * V + v) * K + (k - 1)`` is the current point
+        with block ``i`` moved by ``probe_radius * k / (K + 1)`` along its rotated vertex
+        ``v``; and the directions (P, V, p) the update weighs."""
         rotations = random_rotations(
             self.num_blocks,
             self.block_dim,
-            generator=self._generator,
+            generator=self._gen,
             dtype=self.dtype,
             device=self.device,
         )
         # d[i, v] = R_i u_v
         directions = torch.einsum("ipq,vq->ivp", rotations, self._template)
         candidates = self._candidates(directions)
-        self._pending = directions
         self._pending_x = candidates if self.keep_best else None
-        return candidates
+        return candidates, directions
 
     def _candidates(self, directions: torch.Tensor) -> torch.Tensor:
-        radius = evaluate(self.probe_radius, self._step, "probe_radius")
+        radius = evaluate(self.probe_radius, self.steps, "probe_radius")
         # (P, V, K, p) -> (P, V * K, p): probe k of vertex v at radius * s_k along d[i, v].
         deltas = radius * self._probe_scales.view(1, 1, -1, 1) * directions.unsqueeze(2)
         deltas = deltas.reshape(self.num_blocks, -1, self.block_dim)
         return self._map.lift_block_deltas(self._x, deltas)
 
-    def tell(self, costs: CostsLike) -> None:
-        """Update from the costs of the last ``ask`` batch (same order, shape ``(N,)``)."""
-        if self._pending is None:
-            raise RuntimeError("tell() called without a pending ask(); call ask() first")
-        costs = self._check_costs(costs)
+    def _update(self, costs: torch.Tensor, directions: torch.Tensor) -> None:
+        """Softmax-OT weights of every block's vertices, the move to their weighted mean."""
         if self.keep_best:
-            self._update_best(costs)
-        directions = self._pending
+            self._update_best(costs, directions)
         cost_matrix = costs.view(self.num_blocks, self.num_vertices, self.num_probe).mean(-1)
-        eps = evaluate(self.epsilon, self._step, "epsilon")
+        eps = evaluate(self.epsilon, self.steps, "epsilon")
         weights = solve_weights(
             cost_matrix,
             eps,
@@ -231,7 +285,7 @@ class PolyStep:
             tol=self.sinkhorn_tol,
             max_iter=self.sinkhorn_max_iter,
         )
-        radius = evaluate(self.step_radius, self._step, "step_radius") * self.step_scale
+        radius = evaluate(self.step_radius, self.steps, "step_radius") * self.step_scale
         update = radius * torch.einsum("iv,ivp->ip", weights, directions).reshape(-1)
         z = self._z + update[: self.dim]
         if self.momentum > 0 or self.step_adapt > 0:
@@ -246,10 +300,9 @@ class PolyStep:
             self._z = z
             self._x = self._map.lift(self._z)
         self.last_weights = weights
-        self._pending = None
         self._pending_x = None
-        self._step += 1
-        if self._absorb_interval is not None and self._step % self._absorb_interval == 0:
+        done = self.steps + 1
+        if self._absorb_interval is not None and done % self._absorb_interval == 0:
             self._absorb()
 
     def _follow_evidence(self, move: torch.Tensor) -> None:
@@ -266,33 +319,15 @@ class PolyStep:
         if self.momentum == 0:
             self._last_move = move
 
-    def step(self, closure: Callable[[torch.Tensor], CostsLike]) -> torch.Tensor:
-        """ask, evaluate ``closure(X)``, tell; returns the batch's costs as a tensor ``(N,)``."""
-        candidates = self.ask()
-        costs = closure(candidates)
-        self.tell(costs)
-        if torch.is_tensor(costs):
-            return costs
-        return torch.as_tensor(np.asarray(costs, dtype=np.float64))
-
     def _absorb(self) -> None:
         """Fold z into theta0 and redraw the subspace (the parameter-space momentum stays)."""
         self._z = self._map.absorb(self._x, self._z)
         if self.momentum == 0:  # otherwise x is exact already (see rebase)
             self._x = self._map.lift(self._z)
 
-    def _check_costs(self, costs: CostsLike) -> torch.Tensor:
-        if not torch.is_tensor(costs):
-            costs = torch.as_tensor(np.asarray(costs, dtype=np.float64))
-        costs = costs.detach().to(device=self.device, dtype=self.dtype)
-        expected = (self.num_candidates,)
-        if costs.ndim == 2 and costs.shape[1] == 1:
-            costs = costs[:, 0]
-        if tuple(costs.shape) != expected:
-            raise ValueError(
-                f"costs must have shape {expected} (one per candidate of the last ask), "
-                f"got {tuple(costs.shape)}"
-            )
+    def _finite(self, costs: torch.Tensor) -> torch.Tensor:
+        """Non-finite costs count as the worst finite cost plus a margin (logged): they rank
+        last without flattening the softmax of the other costs."""
         finite = torch.isfinite(costs)
         n_bad = int((~finite).sum())
         if n_bad == 0:
@@ -312,57 +347,39 @@ class PolyStep:
         )
         return torch.where(finite, costs, worst + margin)
 
-    def _update_best(self, costs: torch.Tensor) -> None:
+    def _update_best(self, costs: torch.Tensor, directions: torch.Tensor) -> None:
         idx = int(torch.argmin(costs))
         value = float(costs[idx])
         if value < self.best_cost:
             if self._pending_x is None:  # resumed from a checkpoint taken between ask and tell
-                self._pending_x = self._candidates(self._pending)
+                self._pending_x = self._candidates(directions)
             self.best_cost = value
             self.best_x = self._pending_x[idx].clone()
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (tensors are copies)."""
-        return {
-            "version": _STATE_VERSION,
-            "config": self._config(),
-            "step": self._step,
-            "z": self._z.clone(),
-            "x": self._x.clone(),
-            "velocity": self._velocity.clone(),
-            "subspace": self._map.state_dict(),
-            "generator": self._generator.get_state(),
-            "pending": None if self._pending is None else self._pending.clone(),
-            "best_x": None if self.best_x is None else self.best_x.clone(),
-            "best_cost": self.best_cost,
-            "step_scale": self.step_scale,
-            "last_move": self._last_move.clone(),
-        }
+        return {**super().state_dict(), "subspace": self._map.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into an optimiser built with the same settings."""
+        super().load_state_dict(state)
+        self._map.load_state_dict(state["subspace"])
+        self.steps = int(self.steps)
+        self.best_cost = float(self.best_cost)
+        self.step_scale = float(self.step_scale)
+        self._pending_x = None
+
+    def _header(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "config": self._config()}
+
+    def _check_header(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported PolyStep state version {state.get('version')!r}")
         mine, theirs = self._config(), state["config"]
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise ValueError(f"state_dict does not match this optimiser (saved, current): {diff}")
-        as_here = {"dtype": self.dtype, "device": self.device}
-        self._map.load_state_dict(state["subspace"])
-        self._step = int(state["step"])
-        self._z = state["z"].to(**as_here).clone()
-        self._x = state["x"].to(**as_here).clone()
-        self._velocity = state["velocity"].to(**as_here).clone()
-        self._generator.set_state(state["generator"].clone())
-        pending = state["pending"]
-        self._pending = None if pending is None else pending.to(**as_here).clone()
-        self._pending_x = None
-        best_x = state["best_x"]
-        self.best_x = None if best_x is None else best_x.to(**as_here).clone()
-        self.best_cost = float(state["best_cost"])
-        self.step_scale = float(state["step_scale"])
-        self._last_move = state["last_move"].to(**as_here).clone()
 
     def _config(self) -> dict[str, Any]:
         spec = self._map.spec
@@ -375,18 +392,6 @@ class PolyStep:
             "ranks": tuple(spec.ranks),
             "absorb_interval": spec.absorb_interval,
         }
-
-
-def _as_param_vector(x0: torch.Tensor | np.ndarray) -> torch.Tensor:
-    if not torch.is_tensor(x0):
-        x0 = torch.as_tensor(np.asarray(x0))
-    if not torch.is_floating_point(x0):
-        x0 = x0.to(torch.get_default_dtype())
-    if x0.ndim != 1 or x0.numel() == 0:
-        raise ValueError(f"x0 must be a non-empty 1-D vector, got shape {tuple(x0.shape)}")
-    if not bool(torch.isfinite(x0).all()):
-        raise ValueError("x0 contains non-finite values")
-    return x0.detach().clone()
 
 
 def _check_positive_int(value: object, name: str) -> None:

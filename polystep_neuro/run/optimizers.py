@@ -38,12 +38,11 @@ import torch
 
 from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.optim import Cosine, PolyStep, Subspace
-from polystep_neuro.optim.baselines import SPSA, OpenAIES, SepCMAES
+from polystep_neuro.optim import REGISTRY, AskTellOptimizer, optimizer_class
 from polystep_neuro.run.params import ParamVector, typical_scale
 from simulators.fixed_point import resolution
 
-OPTIMIZERS = ("polystep", "sep-cma", "openai-es", "spsa")
+OPTIMIZERS = tuple(REGISTRY)
 
 
 @runtime_checkable
@@ -88,7 +87,7 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer not in REGISTRY:
             raise PolystepError(
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
             )
@@ -112,6 +111,14 @@ class Settings:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    def options_for(self, cls: type[AskTellOptimizer], sizes: Sequence[int]) -> dict[str, Any]:
+        """The settings ``cls`` takes (its ``options``), by name; a population left unset is
+        PolyStep's count, so every method evaluates as many parameter sets per step."""
+        options = {name: getattr(self, name) for name in cls.options}
+        if "popsize" in options and options["popsize"] is None:
+            options["popsize"] = polystep_candidates(sizes, self)
+        return options
+
 
 def probe_sizes(spec: NetworkSpec, names: Sequence[str], settings: Settings) -> list[float]:
     """Per tensor, the change per parameter of one probe (float units)."""
@@ -124,53 +131,37 @@ def probe_sizes(spec: NetworkSpec, names: Sequence[str], settings: Settings) -> 
 def make_layout(
     spec: NetworkSpec, settings: Settings, names: Sequence[str] | None = None
 ) -> ParamVector:
-    """The writable parameters of ``spec`` as one vector in probe units (see module doc)."""
+    """The writable parameters of ``spec`` as one vector in probe units (see module doc),
+    scaled by the gains the optimiser needs for one probe to move every parameter one unit."""
     names = tuple(spec.writable if names is None else names)
     if not names:
         ParamVector(spec, names)  # raises the "nothing to adapt" error
-    probes = probe_sizes(spec, names, settings)
-    if settings.optimizer == "polystep":
-        shapes = spec.param_shapes()
-        sizes = [math.prod(shapes[n]) for n in names]
-        block_dim = 2
-        gains = [math.sqrt(settings.rank if n > settings.rank else block_dim) for n in sizes]
-        probes = [p * g for p, g in zip(probes, gains, strict=True)]
+    shapes = spec.param_shapes()
+    sizes = [math.prod(shapes[n]) for n in names]
+    cls = optimizer_class(settings.optimizer)
+    gains = cls.unit_gains(sizes, **settings.options_for(cls, sizes))
+    probes = [p * g for p, g in zip(probe_sizes(spec, names, settings), gains, strict=True)]
     return ParamVector(spec, names, scales=probes)
 
 
 def make_optimizer(
     settings: Settings, layout: ParamVector, x0: torch.Tensor, total_steps: int
-) -> AskTell:
+) -> AskTellOptimizer:
     """The optimiser named by ``settings`` over ``x0 = layout.flatten(spec)``."""
-    total = max(int(total_steps), 1)
-    seed = settings.seed
-    if settings.optimizer == "polystep":
-        return PolyStep(
-            x0,
-            step_radius=Cosine(
-                settings.step * (1 - settings.momentum),
-                settings.step * settings.final_step * (1 - settings.momentum),
-                total,
-            ),
-            probe_radius=2.0,  # one probe point per vertex sits at half the radius: 1 unit
-            epsilon=settings.epsilon,
-            momentum=settings.momentum,
-            step_adapt=settings.step_adapt,
-            subspace=Subspace(
-                sizes=layout.sizes, rank=settings.rank, absorb_interval=settings.absorb_interval
-            ),
-            seed=seed,
-        )
-    popsize = settings.popsize or polystep_candidates(layout, settings)
-    if settings.optimizer == "openai-es":
-        return OpenAIES(x0, sigma=1.0, lr=settings.lr, popsize=popsize + popsize % 2, seed=seed)
-    if settings.optimizer == "sep-cma":
-        return SepCMAES(x0, sigma=1.0, popsize=popsize, seed=seed)
-    return SPSA(x0, a=1.0, c=1.0, A=0.1 * total, seed=seed)
+    cls = optimizer_class(settings.optimizer)
+    return cls.for_units(
+        x0,
+        sizes=layout.sizes,
+        total_steps=total_steps,
+        seed=settings.seed,
+        **settings.options_for(cls, layout.sizes),
+    )
 
 
-def polystep_candidates(layout: ParamVector, settings: Settings) -> int:
+def polystep_candidates(sizes: ParamVector | Sequence[int], settings: Settings) -> int:
     """How many candidates PolyStep asks for per step with these settings (the baselines'
     default population, so every method evaluates as many parameter sets per step)."""
-    dim = Subspace(sizes=layout.sizes, rank=settings.rank).dim
-    return 4 * math.ceil(dim / 2)  # orthoplex blocks of 2: four vertices each
+    if isinstance(sizes, ParamVector):
+        sizes = sizes.sizes
+    polystep = optimizer_class("polystep")
+    return polystep.candidates_for(sizes, **{n: getattr(settings, n) for n in polystep.options})
