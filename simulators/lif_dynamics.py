@@ -142,12 +142,13 @@ class FloatLIF:
     def __init__(
         self, layer: LayerSpec, q: FloatNeurons, template: torch.Tensor, buffer: Buffer
     ) -> None:
-        self.layer, self.q = layer, q
+        self.layer, self.q, self.buffer = layer, q, buffer
         self.u = _zeros_like(buffer, "u", template, torch.float32)
         self.v = _zeros_like(buffer, "v", template, torch.float32)
         # Zero reset in the spiking step (Lava, snnTorch reset_delay=False) and no reset
-        # never look at the previous step's reset, so they run in place.
+        # never look at the previous step's reset; the others keep it in ``self.reset``.
         self.simple = layer.reset == "none" or (layer.reset == "zero" and not layer.reset_delay)
+        self.reset = None if self.simple else like(buffer, "reset", template, torch.float32)
 
     def steps(
         self,
@@ -181,7 +182,11 @@ class FloatLIF:
         for t in range(start, stop):
             a_t = acc[t - delay - row0] if t >= delay else None  # type: ignore[index]
             if q.bias is not None:  # the Dense bias joins W.s first, as nn.Linear does
-                a_t = q.bias if a_t is None else a_t + q.bias
+                if a_t is None:
+                    a_t = q.bias
+                else:
+                    shape = (max(a_t.shape[0], q.bias.shape[0]), *a_t.shape[1:])
+                    a_t = torch.add(a_t, q.bias, out=self.buffer("biased", shape, a_t.dtype))
             if q.has_memory:
                 cur = u.mul_(q.alpha)
                 if a_t is not None:
@@ -197,12 +202,36 @@ class FloatLIF:
                 if layer.reset == "zero":
                     reset_to_zero(v, out)
             else:
-                v = _snntorch_reset_step(layer, v, cur, q.beta, q.vth, q.v_bias, out)
+                self._reset_step(cur, out)
             if volts is not None:
                 volts[t - start] = v
             if currs is not None:
                 currs[t - start] = cur
-        self.v = v
+
+    def _reset_step(self, cur: torch.Tensor, spikes: torch.Tensor) -> None:
+        """One membrane step with snnTorch's reset rules (see LOIHI_FIXED_POINT.md), in
+        place and in snnTorch's operation order (each in-place step rounds as its
+        expression does): the reset signal comes from the previous membrane; without
+        ``reset_delay`` this step's spike is reset at once, minus what the delayed reset
+        already removed."""
+        layer, q, v, r = self.layer, self.q, self.v, self.reset
+        assert r is not None
+        torch.gt(v, q.vth, out=r)  # 0/1: the previous membrane was above threshold
+        if layer.reset == "zero" and layer.neuron == "leaky":  # beta * (1 - r) * v + ...
+            keep = r.neg_().add_(1.0).mul_(q.beta)
+            v.mul_(keep)
+        else:
+            v.mul_(q.beta)
+        v.add_(cur)
+        if q.has_v_bias:
+            v.add_(q.v_bias)
+        if layer.reset == "subtract":  # ... - r * vth
+            v.addcmul_(r, q.vth, value=-1.0)
+        elif layer.neuron != "leaky":  # snn.Synaptic zeroes the whole new membrane
+            v.mul_(r.neg_().add_(1.0))
+        torch.gt(v, q.vth, out=spikes)
+        if not layer.reset_delay and layer.reset == "subtract":
+            v.addcmul_(r.neg_().add_(spikes), q.vth, value=-1.0)  # minus (spike - r) * vth
 
 
 class FixedLIF:
@@ -431,33 +460,3 @@ def physical_order(x: torch.Tensor) -> tuple[int, ...]:
 def inverse(order: tuple[int, ...]) -> tuple[int, ...]:
     """The permutation that undoes ``x.permute(*order)``."""
     return tuple(sorted(range(len(order)), key=lambda d: order[d]))
-
-
-def _snntorch_reset_step(
-    layer: LayerSpec,
-    v: torch.Tensor,
-    cur: torch.Tensor,
-    beta: torch.Tensor,
-    vth: torch.Tensor,
-    vb: torch.Tensor,
-    spike_out: torch.Tensor,
-) -> torch.Tensor:
-    """One membrane step with snnTorch's reset rules (see LOIHI_FIXED_POINT.md):
-    the reset signal comes from the previous membrane; without ``reset_delay`` this
-    step's spike is reset at once, minus what the delayed reset already removed."""
-    r = (v > vth).to(v.dtype)
-    if layer.reset == "subtract":
-        base = beta * v + cur + vb - r * vth
-    elif layer.reset == "none":
-        base = beta * v + cur + vb
-    elif layer.neuron == "leaky":
-        base = beta * (1.0 - r) * v + cur + vb
-    else:  # snn.Synaptic zeroes the whole new membrane after a spike
-        base = (1.0 - r) * (beta * v + cur + vb)
-    torch.gt(base, vth, out=spike_out)
-    if layer.reset_delay or layer.reset == "none":
-        return base
-    undo = spike_out.to(v.dtype) - r
-    if layer.reset == "subtract":
-        return base - undo * vth
-    return base - undo * base
