@@ -3,6 +3,7 @@ ablations, at equal forward passes.
 
     python -m polystep_neuro.bench.adapt_bench [--tasks demo all-weights] [--seeds 0 1 2] [--quick]
                                 [--dataset digits|mnist5k] [--faster-start]
+    python -m polystep_neuro.bench.adapt_bench --zoo [...]   (polystep_neuro.bench.zoo)
 
 Every method runs through :class:`polystep_neuro.run.controller.Adapter` with the recipe's
 defaults (:mod:`polystep_neuro.run.optimizers`; nothing tuned per task), so this is what
@@ -433,6 +434,11 @@ def _training_ablation_table(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--zoo" in argv:  # the task zoo (polystep_neuro.bench.zoo) takes its own options
+        from polystep_neuro.bench import zoo
+
+        return zoo.main([a for a in argv if a != "--zoo"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)

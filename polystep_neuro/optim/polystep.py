@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import moves
 from .base import AskTellOptimizer, CostsLike, as_vector
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
 from .schedules import Cosine, Schedule, as_schedule, evaluate
-from .solvers import SOLVERS, solve_weights
+from .solvers import SHAPINGS, SOLVERS, shape_costs, solve_weights
 from .subspace import Subspace, SubspaceMap
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,13 @@ class PolyStep(AskTellOptimizer):
             counts 1.5 times as much, so a run whose moves only show noise lets its step decay.
         keep_best: track the best evaluated candidate in ``best_x`` / ``best_cost``.
         sinkhorn_tol, sinkhorn_max_iter: stopping rule of the Sinkhorn solver.
+        shaping: how the block x vertex costs are normalised before the solver weighs them
+            (:func:`~polystep_neuro.optim.solvers.shape_costs`: ``"shift"``, ``"rank"``,
+            ``"tensor"``, whose groups are the tensors of the subspace).
+        update: how the weighted direction becomes a move (:mod:`polystep_neuro.optim.moves`:
+            ``"heavy-ball"`` with ``momentum``, ``"torque"``, ``"adam"`` with ``momentum`` as
+            its first-moment decay, ``"adan"``); for ``adam`` and ``adan`` ``step_radius``
+            is the move per parameter along a steady direction.
 
     ``step_radius``, ``probe_radius`` and ``epsilon`` accept a float (constant) or a schedule
     (callable of the step index, e.g. :class:`Cosine`).
@@ -83,11 +91,12 @@ class PolyStep(AskTellOptimizer):
     name = "polystep"
     options = (
         "rank", "step", "final_step", "momentum", "step_adapt", "epsilon", "absorb_interval",
+        "shaping", "update",
     )  # fmt: skip
     _state = {
         "step": "steps", "z": "_z", "x": "_x", "velocity": "_velocity", "pending": "_pending",
         "best_x": "best_x", "best_cost": "best_cost", "step_scale": "step_scale",
-        "last_move": "_last_move",
+        "last_move": "_last_move", "second": "_second", "diff": "_diff", "last_dir": "_last_dir",
     }  # fmt: skip
 
     def __init__(
@@ -107,6 +116,8 @@ class PolyStep(AskTellOptimizer):
         keep_best: bool = False,
         sinkhorn_tol: float = 1e-6,
         sinkhorn_max_iter: int = 100,
+        shaping: str = "shift",
+        update: str = "heavy-ball",
     ) -> None:
         """Long only because it checks every argument before building the search state."""
         x0 = as_vector(x0)
@@ -116,6 +127,10 @@ class PolyStep(AskTellOptimizer):
             raise ValueError(f"polytope must be one of {POLYTOPES}, got {polytope!r}")
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if shaping not in SHAPINGS:
+            raise ValueError(f"shaping must be one of {SHAPINGS}, got {shaping!r}")
+        if update not in moves.RULES:
+            raise ValueError(f"update must be one of {moves.RULES}, got {update!r}")
         _check_positive_int(block_dim, "block_dim")
         _check_positive_int(num_probe, "num_probe")
         if not (isinstance(step_adapt, (int, float)) and 0.0 <= step_adapt <= 1.0):
@@ -133,6 +148,8 @@ class PolyStep(AskTellOptimizer):
         self.block_dim = int(block_dim)
         self.num_probe = int(num_probe)
         self.solver = solver
+        self.shaping = shaping
+        self.update = update
         self.momentum = float(momentum)
         self.step_adapt = float(step_adapt)
         self.keep_best = bool(keep_best)
@@ -149,6 +166,7 @@ class PolyStep(AskTellOptimizer):
 
         self.num_vertices = num_vertices(polytope, self.block_dim)
         self.num_blocks = self._map.num_blocks
+        self._block_group = self._map.block_tensors()
         self._template = polytope_vertices(
             polytope, self.block_dim, dtype=self.dtype, device=self.device
         )
@@ -159,6 +177,14 @@ class PolyStep(AskTellOptimizer):
         self._x = self._map.lift(self._z)
         self._velocity = torch.zeros_like(self._x)  # in parameter space
         self._last_move = torch.zeros_like(self._x)  # for step_adapt without momentum
+        # adam / adan: the second moment; adan: the moment of the change and the last direction
+        self._second: torch.Tensor | None = None
+        self._diff: torch.Tensor | None = None
+        self._last_dir: torch.Tensor | None = None
+        if update in ("adam", "adan"):
+            self._second = torch.zeros_like(self._x)
+        if update == "adan":
+            self._diff = torch.zeros_like(self._x)
         self.step_scale = 1.0  # step_adapt's multiplier on step_radius
         # self._pending: the directions (P, V, p) of the open ask
         self._pending_x: torch.Tensor | None = None  # candidates, kept only for keep_best
@@ -182,6 +208,8 @@ class PolyStep(AskTellOptimizer):
         step_adapt: float,
         epsilon: float,
         absorb_interval: int,
+        shaping: str = "shift",
+        update: str = "heavy-ball",
         **options: Any,
     ) -> PolyStep:
         """PolyStep on ``x0`` scaled by :meth:`unit_gains`: one probe per vertex one unit
@@ -189,9 +217,10 @@ class PolyStep(AskTellOptimizer):
         subspace, redrawn every ``absorb_interval`` steps; heavy-ball ``momentum``, so the
         step, ``step`` units along a steady direction, is ``step * (1 - momentum)`` per
         move, following the evidence at ``step_adapt`` and decaying on a half cosine to
-        ``final_step`` of itself by ``total_steps``."""
+        ``final_step`` of itself by ``total_steps``.  With ``update="adam"`` or ``"adan"``
+        the step is per parameter already (normalised), so it is ``step`` per move."""
         total = max(int(total_steps), 1)
-        move = step * (1 - momentum)
+        move = step if update in ("adam", "adan") else step * (1 - momentum)
         return cls(
             x0,
             step_radius=Cosine(move, move * final_step, total),
@@ -201,6 +230,8 @@ class PolyStep(AskTellOptimizer):
             step_adapt=step_adapt,
             subspace=Subspace(sizes=sizes, rank=rank, absorb_interval=absorb_interval),
             seed=seed,
+            shaping=shaping,
+            update=update,
         )
 
     @classmethod
@@ -279,36 +310,67 @@ class PolyStep(AskTellOptimizer):
         cost_matrix = costs.view(self.num_blocks, self.num_vertices, self.num_probe).mean(-1)
         eps = evaluate(self.epsilon, self.steps, "epsilon")
         weights = solve_weights(
-            cost_matrix,
+            shape_costs(cost_matrix, self.shaping, self._block_group),
             eps,
             self.solver,
             tol=self.sinkhorn_tol,
             max_iter=self.sinkhorn_max_iter,
+            normalised=True,
         )
         radius = evaluate(self.step_radius, self.steps, "step_radius") * self.step_scale
         update = radius * torch.einsum("iv,ivp->ip", weights, directions).reshape(-1)
-        z = self._z + update[: self.dim]
-        if self.momentum > 0 or self.step_adapt > 0:
-            move = self._map.lift_delta(update[: self.dim])
-            if self.step_adapt > 0:
-                self._follow_evidence(move)
-        if self.momentum > 0:
-            self._velocity = self.momentum * self._velocity + move
-            self._x = self._x + self._velocity
-            self._z = self._map.rebase(self._x, z)
+        if self.update in ("heavy-ball", "torque"):
+            self._move_with_momentum(update[: self.dim])
         else:
-            self._z = z
-            self._x = self._map.lift(self._z)
+            self._move_normalised(update[: self.dim], radius)
         self.last_weights = weights
         self._pending_x = None
         done = self.steps + 1
         if self._absorb_interval is not None and done % self._absorb_interval == 0:
             self._absorb()
 
-    def _follow_evidence(self, move: torch.Tensor) -> None:
+    def _move_with_momentum(self, update: torch.Tensor) -> None:
+        """Heavy-ball (or torque-aware) momentum on the parameters, ``update`` the move in z."""
+        z = self._z + update
+        if self.momentum > 0 or self.step_adapt > 0:
+            move = self._map.lift_delta(update)
+            if self.step_adapt > 0:
+                self._follow_evidence(move)
+        if self.momentum > 0:
+            rule = moves.heavy_ball if self.update == "heavy-ball" else moves.torque
+            self._velocity = rule(self._velocity, move, self.momentum)
+            self._x = self._x + self._velocity
+            self._z = self._map.rebase(self._x, z)
+        else:
+            self._z = z
+            self._x = self._map.lift(self._z)
+
+    def _move_normalised(self, update: torch.Tensor, radius: float) -> None:
+        """Adam's or Adan's per-parameter normalisation of the direction (``update`` / radius,
+        lifted), the move ``radius`` per parameter along a steady direction."""
+        direction = self._map.lift_delta(update) / radius
+        if self.step_adapt > 0:
+            self._follow_evidence(direction, self._velocity)
+        t = self.steps + 1
+        assert self._second is not None
+        if self.update == "adam":
+            self._velocity, self._second, unit = moves.adam(
+                self._velocity, self._second, direction, self.momentum, t
+            )
+        else:
+            assert self._diff is not None
+            self._velocity, self._diff, self._second, unit = moves.adan(
+                self._velocity, self._diff, self._second, self._last_dir, direction, t
+            )
+            self._last_dir = direction
+        self._x = self._x + radius * unit
+        self._z = self._map.rebase(self._x, self._z)
+
+    def _follow_evidence(self, move: torch.Tensor, previous: torch.Tensor | None = None) -> None:
         """Lengthen the step when this move continues the last ones, shorten it when it
         turns back (see ``step_adapt``)."""
-        previous = self._velocity if self.momentum > 0 else self._last_move
+        if previous is None:
+            previous = self._velocity if self.momentum > 0 else self._last_move
         norms = float(move.norm()) * float(previous.norm())
         if norms > 0:
             agreement = float(move @ previous) / norms * math.sqrt(move.numel())
@@ -316,7 +378,7 @@ class PolyStep(AskTellOptimizer):
                 agreement *= _TURN_BACK_WEIGHT
             self.step_scale = min(max(self.step_scale * math.exp(self.step_adapt * agreement),
                                       1e-3), 1e3)  # fmt: skip
-        if self.momentum == 0:
+        if self.momentum == 0 and self.update in ("heavy-ball", "torque"):
             self._last_move = move
 
     def _absorb(self) -> None:
@@ -376,7 +438,7 @@ class PolyStep(AskTellOptimizer):
     def _check_header(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported PolyStep state version {state.get('version')!r}")
-        mine, theirs = self._config(), state["config"]
+        mine, theirs = self._config(), {"update": "heavy-ball", **state["config"]}
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise ValueError(f"state_dict does not match this optimiser (saved, current): {diff}")
@@ -391,6 +453,7 @@ class PolyStep(AskTellOptimizer):
             "sizes": tuple(spec.sizes),
             "ranks": tuple(spec.ranks),
             "absorb_interval": spec.absorb_interval,
+            "update": self.update,
         }
 
 

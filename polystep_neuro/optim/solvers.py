@@ -12,6 +12,8 @@ import math
 import torch
 
 SOLVERS = ("softmax", "sinkhorn")
+# How the costs become the solver's input (see shape_costs).
+SHAPINGS = ("shift", "rank", "tensor")
 
 # Scale guard: a cost matrix whose entries are all (almost) equal carries no direction.
 _TINY = 1e-12
@@ -36,14 +38,56 @@ def normalise_costs(costs: torch.Tensor) -> torch.Tensor:
     return shifted / scale
 
 
-def softmax_weights(costs: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Softmax-OT: ``W[i] = softmax(-C_norm[i] / epsilon)`` independently per block."""
+def shape_costs(
+    costs: torch.Tensor, shaping: str = "shift", groups: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The normalised (blocks, vertices) costs the solvers weigh.
+
+    - ``shift``: :func:`normalise_costs` (each row from its minimum, one scale for all).
+    - ``rank``: the costs' centred ranks over the whole batch first (OpenAI-ES's fitness
+      shaping), then ``shift``: only the order of the costs counts, so one block whose
+      costs differ by far more than the others' no longer sets the scale they move by.
+    - ``tensor``: each row from its minimum, divided by the mean of its group's rows
+      (``groups``: the group of each block, e.g. the tensor its coordinates belong to), so
+      every group moves by the evidence within it, not by the most sensitive group's.
+    """
+    if shaping == "shift":
+        return normalise_costs(costs)
+    if shaping == "rank":
+        flat = costs.reshape(-1)
+        ranks = torch.empty_like(flat)
+        ranks[torch.argsort(flat)] = torch.arange(flat.numel(), dtype=flat.dtype,
+                                                  device=flat.device)  # fmt: skip
+        return normalise_costs((ranks / max(flat.numel() - 1, 1) - 0.5).view_as(costs))
+    if shaping == "tensor":
+        if groups is None:
+            raise ValueError("shaping='tensor' needs the group of every block")
+        shifted = costs - costs.min(dim=1, keepdim=True).values
+        count = torch.zeros(int(groups.max()) + 1, dtype=costs.dtype, device=costs.device)
+        count.index_add_(0, groups, torch.ones_like(groups, dtype=costs.dtype))
+        total = torch.zeros_like(count).index_add_(0, groups, shifted.mean(dim=1))
+        scale = (total / count.clamp_min(1))[groups].unsqueeze(1)
+        return torch.where(scale > _TINY, shifted / scale.clamp_min(_TINY), 0.0)
+    raise ValueError(f"shaping must be one of {SHAPINGS}, got {shaping!r}")
+
+
+def softmax_weights(
+    costs: torch.Tensor, epsilon: float, *, normalised: bool = False
+) -> torch.Tensor:
+    """Softmax-OT: ``W[i] = softmax(-C_norm[i] / epsilon)`` independently per block
+    (``normalised``: the costs are already normalised, e.g. by :func:`shape_costs`)."""
     _check_epsilon(epsilon)
-    return torch.softmax(-normalise_costs(costs) / epsilon, dim=1)
+    c = costs if normalised else normalise_costs(costs)
+    return torch.softmax(-c / epsilon, dim=1)
 
 
 def sinkhorn_weights(
-    costs: torch.Tensor, epsilon: float, *, tol: float = 1e-6, max_iter: int = 100
+    costs: torch.Tensor,
+    epsilon: float,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    normalised: bool = False,
 ) -> torch.Tensor:
     """Entropic OT between uniform marginals over blocks and vertices, row-normalised.
 
@@ -62,7 +106,7 @@ def sinkhorn_weights(
         raise ValueError(f"tol must be positive, got {tol}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    logk = -normalise_costs(costs) / epsilon
+    logk = -(costs if normalised else normalise_costs(costs)) / epsilon
     n_rows, n_cols = logk.shape
     log_a = -math.log(n_rows)
     log_b = -math.log(n_cols)
@@ -87,12 +131,13 @@ def solve_weights(
     *,
     tol: float = 1e-6,
     max_iter: int = 100,
+    normalised: bool = False,
 ) -> torch.Tensor:
     """Dispatch on the solver name."""
     if solver == "softmax":
-        return softmax_weights(costs, epsilon)
+        return softmax_weights(costs, epsilon, normalised=normalised)
     if solver == "sinkhorn":
-        return sinkhorn_weights(costs, epsilon, tol=tol, max_iter=max_iter)
+        return sinkhorn_weights(costs, epsilon, tol=tol, max_iter=max_iter, normalised=normalised)
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
 

@@ -171,6 +171,12 @@ class SubspaceMap:
         self._full_z = torch.nonzero(coord_to_param[: self.dim] >= 0).squeeze(1).to(self.device)
         self._full_theta = coord_to_param[: self.dim][self._full_z.cpu()].to(self.device)
 
+    def block_tensors(self) -> torch.Tensor:
+        """(P,) the tensor each block of z belongs to (that of its first coordinate)."""
+        starts = torch.tensor([a for a, _ in self.z_ranges], dtype=torch.long)
+        first = torch.arange(self.num_blocks, dtype=torch.long) * self.block_dim
+        return (torch.searchsorted(starts, first, right=True) - 1).to(self.device)
+
     # ------------------------------------------------------------------ maps
     def initial_z(self) -> torch.Tensor:
         """z that lifts exactly to ``theta0``: parameters in full tensors, zeros elsewhere."""

@@ -39,6 +39,8 @@ import torch
 from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import REGISTRY, AskTellOptimizer, optimizer_class
+from polystep_neuro.optim.moves import RULES
+from polystep_neuro.optim.solvers import SHAPINGS
 from polystep_neuro.run.params import ParamVector, typical_scale
 from simulators.fixed_point import resolution
 
@@ -82,6 +84,8 @@ class Settings:
     step_adapt: float = 0.05  # PolyStep: how fast the step follows the evidence (0: off)
     epsilon: float = 1.0  # PolyStep: softmax temperature on the normalised costs
     absorb_interval: int = 1  # PolyStep: steps between subspace redraws
+    shaping: str = "shift"  # PolyStep: how the costs are normalised (optim.solvers.shape_costs)
+    update: str = "heavy-ball"  # PolyStep: how a direction becomes a move (optim.moves)
     popsize: int | None = None  # baselines: candidates per step (default: PolyStep's count)
     lr: float = 0.1  # OpenAI-ES: Adam step per parameter, in probe units
     seed: int = 0
@@ -104,6 +108,11 @@ class Settings:
         for name in ("rank", "absorb_interval"):
             if int(getattr(self, name)) < 1:
                 raise PolystepError(f"{name} must be a positive integer")
+        for name, choices in (("shaping", SHAPINGS), ("update", RULES)):
+            if getattr(self, name) not in choices:
+                raise PolystepError(
+                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
         if self.popsize is not None and self.popsize < 2:
             raise PolystepError(f"popsize must be at least 2, got {self.popsize}")
 
