@@ -64,6 +64,22 @@ def test_quick_zoo_gives_every_method_the_same_budget(tmp_path: Path) -> None:
     assert any(ln.startswith("| adam | tuned | 1 |") for ln in lines)
 
 
+def test_time_per_step_is_measured_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("snntorch")
+    task = zoo_tasks.BY_NAME["digits-synaptic2-every-replay"]
+    timing = zoo.run_timing([task], tmp_path / "t.json", quick=True, progress=lambda s: None)
+    t = timing[task.name]
+    assert set(t) == set(zoo.METHODS)
+    assert all(v["cpu"] > 0 and v["wall"] > 0 for v in t.values())
+    # PolyStep's sets differ in one block each, so later layers' probes share the earlier
+    # layers' spikes: fewer (set, layer) pairs than OpenAI-ES's sets, which differ everywhere
+    assert t["openai-es"]["layer_sets"] == 3 * t["openai-es"]["candidates"]
+    assert t["polystep"]["layer_sets"] < t["openai-es"]["layer_sets"]
+    assert zoo.load_timing(tmp_path / "t.json") == timing
+    (row,) = [ln for ln in zoo.time_table(timing) if ln.startswith(f"| {task.name} |")]
+    assert f"{t['openai-es']['layer_sets']:,} / {t['polystep']['layer_sets']:,} = " in row
+
+
 def test_adapt_bench_forwards_zoo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.jsonl"
     task = "mnist-leaky-readout-drifted"

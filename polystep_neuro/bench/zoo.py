@@ -42,9 +42,11 @@ if __package__ in (None, ""):  # `python -m polystep_neuro.bench.zoo`
 from devices.registry import backend_options, open_backend  # noqa: E402
 from polystep_neuro.bench import zoo_tasks  # noqa: E402
 from polystep_neuro.bench.zoo_tasks import HELD_OUT, TASKS, TUNED, Built, Task  # noqa: E402
+from polystep_neuro.core.network import NetworkSpec, split_param_name  # noqa: E402
 from polystep_neuro.optim import optimizer_class  # noqa: E402
 from polystep_neuro.run.controller import Adapter  # noqa: E402
 from polystep_neuro.run.optimizers import Settings, make_layout  # noqa: E402
+from simulators.param_groups import distinct_sets  # noqa: E402
 
 METHODS = ("polystep", "sep-cma", "openai-es", "spsa")
 BASELINES = METHODS[1:]
@@ -61,6 +63,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "torque": {"update": "torque"},
     "no-momentum": {"momentum": 0.0},
     "no-step-adapt": {"step_adapt": 0.0},
+    "rank-sqrt": {"rank_rule": "sqrt"},
+    "rank-size": {"rank_rule": "size"},
+    "simplex": {"polytope": "simplex"},
+    "two-point": {"block_dim": 1},
+    "size+adam": {"rank_rule": "size", "update": "adam"},
+    "size+rank": {"rank_rule": "size", "shaping": "rank"},
+    "size+torque": {"rank_rule": "size", "update": "torque"},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -72,28 +81,37 @@ VARIANT_NOTES = {
     "torque": "torque-aware momentum (a move damped by its angle to the velocity)",
     "no-momentum": "no momentum",
     "no-step-adapt": "the step does not follow the evidence (step_adapt 0)",
+    "rank-sqrt": "subspace ranks shared among tensors by the square root of their size",
+    "rank-size": "subspace ranks shared among tensors in proportion to their size",
+    "simplex": "one-sided probes, no antithetic pairs (simplex: 3 per 2-D block; FZOO-like)",
+    "two-point": "two-point probes per coordinate (blocks of 1: +-1, MeZO-like)",
+    "size+adam": "ranks by size, and Adam's per-parameter normalisation",
+    "size+rank": "ranks by size, and rank-based cost shaping",
+    "size+torque": "ranks by size, and torque-aware momentum",
 }
 
 Progress = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- runs
+def settings_for(built: Built, method: str, change: Mapping[str, Any] | None = None) -> Settings:
+    """The recipe's settings of ``method`` on ``built`` (the quick zoo's rank), ``change``d."""
+    rank = {} if built.rank is None else {"rank": built.rank}
+    return Settings(optimizer=method, seed=built.seed, **{**rank, **(change or {})})
+
+
 def budget_of(built: Built) -> int:
     """The task's budget in parameter sets: PolyStep's default steps x its candidates."""
-    sizes = _sizes(built, Settings())
+    default = settings_for(built, "polystep")
+    sizes = make_layout(built.spec, default).sizes
     polystep = optimizer_class("polystep")
-    default = Settings()
     return built.task.steps * polystep.candidates_for(sizes, **default.options_for(polystep, sizes))
-
-
-def _sizes(built: Built, settings: Settings) -> list[int]:
-    return make_layout(built.spec, settings).sizes
 
 
 def run_one(built: Built, method: str, variant: str, change: Mapping[str, Any]) -> dict[str, Any]:
     """One method (PolyStep with ``change`` for a variant) on one built task."""
     task, seed = built.task, built.seed
-    settings = Settings(optimizer=method, seed=seed, **change)
+    settings = settings_for(built, method, change)
     backend = open_backend(task.backend, **backend_options(task.backend, device="cpu"))
     try:
         backend.load(built.spec)
@@ -103,7 +121,7 @@ def run_one(built: Built, method: str, variant: str, change: Mapping[str, Any]) 
         per_step = cls.candidates_for(sizes, **settings.options_for(cls, sizes))
         budget = budget_of(built)
         steps = max(1, budget // per_step)
-        marks = {max(1, round(f * budget / per_step)): f for f in FRACTIONS}
+        marks = {min(steps, max(1, round(f * budget / per_step))): f for f in FRACTIONS}
         points: list[dict[str, float]] = []
         cpu: list[tuple[bool, float]] = []  # (validated, CPU seconds) per step
         last = [time.process_time()]
@@ -140,48 +158,72 @@ def run_one(built: Built, method: str, variant: str, change: Mapping[str, Any]) 
     }  # fmt: skip
 
 
-def time_steps(built: Built, methods: Iterable[str], steps: int = 12, warmup: int = 2
-               ) -> dict[str, dict[str, float]]:  # fmt: skip
+def layer_sets(spec: NetworkSpec, params: Mapping[str, torch.Tensor]) -> int:
+    """(parameter set, layer) pairs the simulator computes for one batch: a layer runs once
+    per distinct combination of the sets' values up to it (simulators.param_groups), so
+    sets that differ only in a later layer share the earlier layers' spikes."""
+    num_sets = next(iter(params.values())).shape[0]
+    group = torch.zeros(num_sets, dtype=torch.long)
+    groups, total = 1, 0
+    for i in range(len(spec.layers)):
+        varied = [params[n].float() for n in sorted(params) if split_param_name(n)[0] == i]
+        if varied:
+            rep, group = distinct_sets(group, varied)
+            groups = rep.numel()
+        total += groups
+    return total
+
+
+def time_steps(
+    built: Built, methods: Iterable[str], rounds: int = 4, chunk: int = 4
+) -> dict[str, dict[str, float]]:
     """Time per step of each method on one task, measured side by side: one Adapter per
-    method (the run's recipe, anchor included, no validation), their steps taken in turn,
-    so the machine's load falls on every method alike.  Medians of CPU and wall seconds."""
+    method (the run's recipe, anchor included, no validation), ``chunk`` steps of each in
+    turn for ``rounds`` rounds (the first is warm-up), so the machine's load falls on every
+    method alike.  CPU seconds between the ends of consecutive steps within a chunk, wall
+    seconds of every step (the loop's own ``step_seconds``); medians."""
     task = built.task
     backend = open_backend(task.backend, **backend_options(task.backend, device="cpu"))
     out: dict[str, dict[str, float]] = {}
     try:
         backend.load(built.spec)
-        adapters = {
-            m: Adapter.build(
-                backend,
-                built.stream,
-                steps=warmup + steps,
-                settings=Settings(optimizer=m, seed=built.seed),
-                names=backend.spec.writable,
-                anchor_weight=built.anchor,
-                eval_every=0,
-                progress=False,
+        ends: dict[str, list[float]] = {}
+
+        def ender(m: str) -> Callable[[Adapter, dict[str, Any]], None]:
+            return lambda adapter, record: ends[m].append(time.process_time())
+
+        adapters = {}
+        for m in methods:
+            ends[m] = []
+            adapters[m] = Adapter.build(
+                backend, built.stream, steps=rounds * chunk, settings=settings_for(built, m),
+                names=backend.spec.writable, anchor_weight=built.anchor, eval_every=0,
+                progress=False, on_step=ender(m),
             )  # fmt: skip
-            for m in methods
-        }
         cpu: dict[str, list[float]] = {m: [] for m in adapters}
-        for i in range(warmup + steps):
+        for r in range(rounds):
             for m, adapter in adapters.items():
-                start = time.process_time()
-                adapter.run(i + 1)
-                if i >= warmup:
-                    cpu[m].append(time.process_time() - start)
+                ends[m].clear()
+                adapter.run((r + 1) * chunk)
+                if r > 0:
+                    cpu[m] += [b - a for a, b in zip(ends[m], ends[m][1:], strict=False)]
         for m, adapter in adapters.items():
-            timed = [r for r in adapter.history if "step_seconds" in r][warmup:]
-            walls = [r["step_seconds"] for r in timed]
-            out[m] = {"cpu": statistics.median(cpu[m]), "wall": statistics.median(walls),
-                      "candidates": adapter.optimizer.num_candidates}  # fmt: skip
+            timed = [r for r in adapter.history if "step_seconds" in r][chunk:]
+            asked = adapter.layout.unflatten(adapter.optimizer.ask())
+            out[m] = {
+                "cpu": statistics.median(cpu[m]),
+                "wall": statistics.median(r["step_seconds"] for r in timed),
+                "candidates": adapter.optimizer.num_candidates,
+                "layer_sets": layer_sets(backend.spec, asked),
+            }
     finally:
         backend.close()
     return out
 
 
-def run_timing(tasks: Iterable[Task], out: Path, quick: bool = False, steps: int = 12,
-               progress: Progress = print) -> dict[str, dict[str, dict[str, float]]]:  # fmt: skip
+def run_timing(
+    tasks: Iterable[Task], out: Path, quick: bool = False, progress: Progress = print
+) -> dict[str, dict[str, dict[str, float]]]:
     """``time_steps`` of every method on each task (seed 0), written to ``out`` (JSON)."""
     torch.set_num_threads(1)
     timing = load_timing(out) if out.exists() else {}
@@ -189,7 +231,7 @@ def run_timing(tasks: Iterable[Task], out: Path, quick: bool = False, steps: int
         if task.name in timing:
             continue
         progress(f"{task.name}: time per step, every method in turn")
-        timing[task.name] = time_steps(zoo_tasks.build(task, 0, quick), METHODS, steps)
+        timing[task.name] = time_steps(zoo_tasks.build(task, 0, quick), METHODS)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(timing, indent=1), encoding="utf-8")
     return timing
@@ -382,8 +424,9 @@ def time_table(timing: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[
     """Time per step of each method, measured side by side (``time_steps``)."""
     lines = [
         "| task | PolyStep ms / step (CPU, wall) | sep-CMA-ES | OpenAI-ES | SPSA (2 sets) "
-        "| sep-CMA-ES / PolyStep (CPU, wall) | OpenAI-ES / PolyStep | SPSA ms per set |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| sep-CMA-ES / PolyStep (CPU, wall) | OpenAI-ES / PolyStep | (set, layer) pairs "
+        "simulated, OpenAI-ES / PolyStep | SPSA ms per set |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for task in TASKS:
         t = timing.get(task.name)
@@ -397,6 +440,8 @@ def time_table(timing: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[
         lines.append(
             f"| {task.name} | {ms['polystep']} | {ms['sep-cma']} | {ms['openai-es']} "
             f"| {ms['spsa']} | {ratio['sep-cma']} | {ratio['openai-es']} "
+            f"| {t['openai-es']['layer_sets']:,} / {t['polystep']['layer_sets']:,} = "
+            f"{_ratio(t['openai-es']['layer_sets'], t['polystep']['layer_sets'])} "
             f"| {1e3 * t['spsa']['cpu'] / t['spsa']['candidates']:.2f} |"
         )
     return lines
@@ -465,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=names, choices=names)
     parser.add_argument("--half", choices=(TUNED, HELD_OUT), help="only this half's tasks")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--report", nargs="*", type=Path, help="only print the tables of these")

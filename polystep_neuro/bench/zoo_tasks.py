@@ -16,6 +16,7 @@ fits a few hours of one CPU core; ``quick`` shrinks everything to a smoke test.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,13 +25,14 @@ import numpy as np
 import torch
 
 from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.run.data import SpikeDataset, concat, hold_out, load_split, rate_encode
+from polystep_neuro.run.data import SpikeDataset, Split, concat, hold_out, load_split, rate_encode
 from polystep_neuro.run.interop import device_writable, from_snntorch, to_device_semantics
 from polystep_neuro.run.run_defaults import hidden_biases, run_defaults
 
 CACHE = Path("runs/bench-cache/zoo")
 TUNED, HELD_OUT = "tuned", "held-out"
 VAL_FRACTION = 0.2  # pn.adapt's default
+QUICK_RANK = 8  # the quick zoo's subspace rank per tensor (fewer candidates per step)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Built:
     seed: int
     spec: NetworkSpec  # as deployed, its writable set the task's
     anchor: float
+    rank: int | None  # the subspace rank the runs use (None: the default)
     stream: SpikeDataset
     validation: dict[str, SpikeDataset]
     test: dict[str, SpikeDataset]
@@ -148,7 +151,7 @@ def build(task: Task, seed: int, quick: bool = False) -> Built:
     if quick:
         task = quick_version(task)
     net = task.net
-    split = load_split(net.dataset, seed)
+    split = _split(net.dataset, seed)
     if quick:
         split = replace(split, x_train=split.x_train[:300], y_train=split.y_train[:300],
                         x_test=split.x_test[:150], y_test=split.y_test[:150])  # fmt: skip
@@ -184,7 +187,14 @@ def build(task: Task, seed: int, quick: bool = False) -> Built:
         kept, held = hold_out(len(clean), VAL_FRACTION, seed)
         stream = concat(stream, clean.subset(kept), task.batch, seed)
         validation["replay"] = clean.subset(held)
-    return Built(task, seed, spec, chosen.anchor, stream, validation, test)
+    rank = QUICK_RANK if quick else None
+    return Built(task, seed, spec, chosen.anchor, rank, stream, validation, test)
+
+
+@functools.lru_cache(maxsize=4)
+def _split(dataset: str, seed: int) -> Split:
+    """The dataset's split, read once per process (mnist5k's CSV takes seconds to parse)."""
+    return load_split(dataset, seed)
 
 
 def _writable(task: Task, spec: NetworkSpec) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from .base import AskTellOptimizer, CostsLike, as_vector
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
 from .schedules import Cosine, Schedule, as_schedule, evaluate
 from .solvers import SHAPINGS, SOLVERS, shape_costs, solve_weights
-from .subspace import Subspace, SubspaceMap
+from .subspace import Subspace, SubspaceMap, allocate_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class PolyStep(AskTellOptimizer):
     name = "polystep"
     options = (
         "rank", "step", "final_step", "momentum", "step_adapt", "epsilon", "absorb_interval",
-        "shaping", "update",
+        "shaping", "update", "rank_rule", "polytope", "block_dim",
     )  # fmt: skip
     _state = {
         "step": "steps", "z": "_z", "x": "_x", "velocity": "_velocity", "pending": "_pending",
@@ -210,6 +210,9 @@ class PolyStep(AskTellOptimizer):
         absorb_interval: int,
         shaping: str = "shift",
         update: str = "heavy-ball",
+        rank_rule: str = "equal",
+        polytope: str = "orthoplex",
+        block_dim: int = BLOCK_DIM,
         **options: Any,
     ) -> PolyStep:
         """PolyStep on ``x0`` scaled by :meth:`unit_gains`: one probe per vertex one unit
@@ -223,32 +226,55 @@ class PolyStep(AskTellOptimizer):
         move = step if update in ("adam", "adan") else step * (1 - momentum)
         return cls(
             x0,
+            polytope=polytope,
+            block_dim=block_dim,
             step_radius=Cosine(move, move * final_step, total),
             probe_radius=cls.unit_probe_radius(),
             epsilon=epsilon,
             momentum=momentum,
             step_adapt=step_adapt,
-            subspace=Subspace(sizes=sizes, rank=rank, absorb_interval=absorb_interval),
+            subspace=Subspace(
+                sizes=sizes,
+                rank=allocate_ranks(sizes, rank, rank_rule),
+                absorb_interval=absorb_interval,
+            ),
             seed=seed,
             shaping=shaping,
             update=update,
         )
 
     @classmethod
-    def candidates_for(cls, sizes: Sequence[int], *, rank: int, **options: Any) -> int:
+    def candidates_for(
+        cls,
+        sizes: Sequence[int],
+        *,
+        rank: int,
+        rank_rule: str = "equal",
+        polytope: str = "orthoplex",
+        block_dim: int = BLOCK_DIM,
+        **options: Any,
+    ) -> int:
         """P blocks x V vertices x K probes of ``for_units``' PolyStep."""
-        dim = Subspace(sizes=sizes, rank=rank).dim
-        return math.ceil(dim / BLOCK_DIM) * num_vertices("orthoplex", BLOCK_DIM)
+        dim = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule)).dim
+        return math.ceil(dim / block_dim) * num_vertices(polytope, block_dim)
 
     @classmethod
-    def unit_gains(cls, sizes: Sequence[int], *, rank: int, **options: Any) -> list[float]:
+    def unit_gains(
+        cls,
+        sizes: Sequence[int],
+        *,
+        rank: int,
+        rank_rule: str = "equal",
+        block_dim: int = BLOCK_DIM,
+        **options: Any,
+    ) -> list[float]:
         """A unit move of one block of z moves each parameter of a tensor searched at rank
-        r by ``1 / sqrt(r)`` (RMS) and each of the ``BLOCK_DIM`` coordinates of a tensor kept
-        in full by ``1 / sqrt(BLOCK_DIM)``; these gains undo that, so a probe one unit from
+        r by ``1 / sqrt(r)`` (RMS) and each of the ``block_dim`` coordinates of a tensor kept
+        in full by ``1 / sqrt(block_dim)``; these gains undo that, so a probe one unit from
         the current point moves every parameter by one unit whatever its tensor's size."""
-        subspace = Subspace(sizes=sizes, rank=rank)
+        subspace = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule))
         return [
-            math.sqrt(BLOCK_DIM if full else r)
+            math.sqrt(block_dim if full else r)
             for r, full in zip(subspace.ranks, subspace.full, strict=True)
         ]
 

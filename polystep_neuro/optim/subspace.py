@@ -79,6 +79,28 @@ class Subspace:
         return sum(n if f else r for n, r, f in zip(self.sizes, self.ranks, self.full, strict=True))
 
 
+RANK_RULES = ("equal", "sqrt", "size")
+
+
+def allocate_ranks(sizes: Sequence[int], rank: int, rule: str = "equal") -> list[int]:
+    """Per tensor, the subspace rank: ``equal`` gives each tensor ``rank`` (a tensor no
+    larger is kept in full); ``sqrt`` and ``size`` share the same total number of search
+    coordinates out in proportion to the square root of each tensor's size, or to its
+    size, at least two (one block) and at most the tensor's size each.  A larger tensor
+    then gets more of the directions, as the random directions of an evolution strategy,
+    which span every parameter, give it."""
+    sizes = [int(n) for n in sizes]
+    equal = [min(n, int(rank)) for n in sizes]
+    if rule == "equal":
+        return [int(rank)] * len(sizes)
+    if rule not in RANK_RULES:
+        raise ValueError(f"rank rule must be one of {RANK_RULES}, got {rule!r}")
+    weight = [math.sqrt(n) if rule == "sqrt" else float(n) for n in sizes]
+    total, share = sum(equal), sum(weight)
+    pairs = zip(sizes, weight, strict=True)
+    return [max(min(n, 2), min(n, round(total * w / share))) for n, w in pairs]
+
+
 def _bad_int(value: object) -> bool:
     return isinstance(value, bool) or not isinstance(value, (int, np.integer))
 

@@ -40,7 +40,9 @@ from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import REGISTRY, AskTellOptimizer, optimizer_class
 from polystep_neuro.optim.moves import RULES
+from polystep_neuro.optim.polytopes import POLYTOPES
 from polystep_neuro.optim.solvers import SHAPINGS
+from polystep_neuro.optim.subspace import RANK_RULES
 from polystep_neuro.run.params import ParamVector, typical_scale
 from simulators.fixed_point import resolution
 
@@ -86,6 +88,9 @@ class Settings:
     absorb_interval: int = 1  # PolyStep: steps between subspace redraws
     shaping: str = "shift"  # PolyStep: how the costs are normalised (optim.solvers.shape_costs)
     update: str = "heavy-ball"  # PolyStep: how a direction becomes a move (optim.moves)
+    rank_rule: str = "equal"  # PolyStep: how the rank is shared among tensors (optim.subspace)
+    polytope: str = "orthoplex"  # PolyStep: the probes around each block (optim.polytopes)
+    block_dim: int = 2  # PolyStep: coordinates of z per block
     popsize: int | None = None  # baselines: candidates per step (default: PolyStep's count)
     lr: float = 0.1  # OpenAI-ES: Adam step per parameter, in probe units
     seed: int = 0
@@ -105,10 +110,12 @@ class Settings:
             raise PolystepError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.min_probe_steps < 0:
             raise PolystepError(f"min_probe_steps must be >= 0, got {self.min_probe_steps}")
-        for name in ("rank", "absorb_interval"):
+        for name in ("rank", "absorb_interval", "block_dim"):
             if int(getattr(self, name)) < 1:
                 raise PolystepError(f"{name} must be a positive integer")
-        for name, choices in (("shaping", SHAPINGS), ("update", RULES)):
+        choices_of = {"shaping": SHAPINGS, "update": RULES, "rank_rule": RANK_RULES,
+                      "polytope": POLYTOPES}  # fmt: skip
+        for name, choices in choices_of.items():
             if getattr(self, name) not in choices:
                 raise PolystepError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
