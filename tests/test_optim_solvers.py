@@ -9,6 +9,7 @@ import torch
 
 from polystep_neuro.optim import normalise_costs, sinkhorn_weights, softmax_weights, solve_weights
 from polystep_neuro.optim.schedules import Constant, Cosine, as_schedule
+from polystep_neuro.optim.solvers import shape_costs
 
 # sigma(2) = 1 / (1 + e^-2): the softmax weight of the cheaper of two vertices whose
 # normalised costs are 0 and 2 at epsilon = 1.
@@ -130,3 +131,26 @@ def test_schedules() -> None:
         Cosine(1.0, 0.1, 0)
     with pytest.raises(ValueError, match="probe_radius must be a positive number or a schedule"):
         as_schedule("big", "probe_radius")
+
+
+def test_rank_shaping_sees_only_the_order_of_the_costs() -> None:
+    c = torch.tensor([[1.0, 3.0, 2.0], [4.0, 0.5, 9.0]], dtype=torch.float64)
+    ranked = shape_costs(c, "rank")
+    torch.testing.assert_close(shape_costs(torch.exp(3 * c), "rank"), ranked)
+    assert not torch.allclose(shape_costs(torch.exp(3 * c), "shift"), shape_costs(c, "shift"))
+    # the best of each row is its zero, as with shift
+    assert ranked[0].argmin() == 0 and ranked[1].argmin() == 1
+
+
+def test_tensor_shaping_scales_each_group_by_its_own_costs() -> None:
+    c = torch.tensor([[1.0, 2.0], [3.0, 5.0], [0.0, 1.0]], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 1])
+    loud = c.clone()
+    loud[:2] *= 100  # the first tensor's costs differ a hundred times more
+    shaped, loud_shaped = shape_costs(c, "tensor", groups), shape_costs(loud, "tensor", groups)
+    torch.testing.assert_close(shaped, loud_shaped)  # neither group sets the other's scale
+    assert shaped.tolist() == [[0.0, 4 / 3], [0.0, 8 / 3], [0.0, 2.0]]  # as normalise_costs
+    # shift: the loud group's scale flattens the quiet group's preference
+    assert shape_costs(loud, "shift")[2, 1] < 0.05 < shape_costs(c, "shift")[2, 1]
+    with pytest.raises(ValueError, match="needs the group of every block"):
+        shape_costs(c, "tensor")

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polystep_neuro.optim import Subspace, SubspaceMap
+from polystep_neuro.optim.subspace import allocate_ranks
 
 SIZES = [40, 3, 25, 5]  # tensors 1 and 3 are smaller than the rank and kept in full
 RANK = 6
@@ -161,3 +162,28 @@ def test_large_vector_candidates_are_cheap() -> None:
     assert out[10 * 4 + 2, 80000:].abs().sum() == 0
     assert out.abs().sum(1).nonzero().squeeze(1).tolist() == [42]
     assert math.isclose(m.basis(0).std().item(), 1 / math.sqrt(32), rel_tol=0.02)
+
+
+@pytest.mark.parametrize("rule", ["sqrt", "size"])
+@pytest.mark.parametrize(
+    "sizes", [[2048, 32, 320, 10], [100352, 128, 1280, 10], [3, 7, 500], [5120], [48, 24]]
+)
+def test_shared_ranks_keep_the_total_in_whole_blocks(rule: str, sizes: list[int]) -> None:
+    ranks = allocate_ranks(sizes, 64, rule, block=2)
+    equal = Subspace(sizes=sizes, rank=64)
+    shared = Subspace(sizes=sizes, rank=ranks)
+    assert shared.dim == equal.dim  # as many candidates per step as equal ranks
+    for n, r in zip(sizes, ranks, strict=True):
+        assert min(n, 2) <= r <= n
+        assert r % 2 == 0 or r == n  # whole blocks, unless the tensor is kept in full
+    big = max(range(len(sizes)), key=lambda i: sizes[i])
+    assert ranks[big] == max(ranks)
+
+
+def test_ranks_by_size_give_a_big_tensor_most_directions() -> None:
+    # 2,410 values, 85 % in the first tensor: equal ranks give it 64 of 170 coordinates.
+    assert allocate_ranks([2048, 32, 320, 10], 64, "size") == [142, 4, 22, 2]
+    assert allocate_ranks([2048, 32, 320, 10], 64, "sqrt") == [106, 14, 42, 8]
+    assert allocate_ranks([2048, 32, 320, 10], 64, "equal") == [64] * 4
+    with pytest.raises(ValueError, match="rank rule must be one of"):
+        allocate_ranks([10], 4, "log")

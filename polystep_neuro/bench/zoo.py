@@ -56,39 +56,35 @@ DEFAULT_TIMING = Path("runs/zoo/timing.json")
 # PolyStep's ablation rows: the default with one change (Settings fields).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "equal-ranks": {"rank_rule": "equal"},
+    "sqrt-ranks": {"rank_rule": "sqrt"},
     "adam": {"update": "adam"},
     "rank": {"shaping": "rank"},
     "tensor": {"shaping": "tensor"},
+    "simplex": {"polytope": "simplex"},
+    "two-point": {"block_dim": 1},
     "adan": {"update": "adan"},
     "torque": {"update": "torque"},
     "no-momentum": {"momentum": 0.0},
     "no-step-adapt": {"step_adapt": 0.0},
-    "rank-sqrt": {"rank_rule": "sqrt"},
-    "rank-size": {"rank_rule": "size"},
-    "simplex": {"polytope": "simplex"},
-    "two-point": {"block_dim": 1},
-    "size+adam": {"rank_rule": "size", "update": "adam"},
-    "size+rank": {"rank_rule": "size", "shaping": "rank"},
-    "size+torque": {"rank_rule": "size", "update": "torque"},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
-    "default": "the default",
+    "default": "the default (search coordinates shared among tensors by size)",
+    "equal-ranks": "the same rank for every tensor (the earlier default)",
+    "sqrt-ranks": "search coordinates shared by the square root of each tensor's size",
     "adam": "per-parameter normalisation of the step (Adam's moments on the direction)",
     "rank": "rank-based cost shaping (centred ranks over the batch)",
     "tensor": "per-tensor cost normalisation (each tensor's blocks by their own scale)",
+    "simplex": "one-sided probes, no antithetic pairs (simplex: 3 per 2-D block; FZOO-like)",
+    "two-point": "two-point probes per coordinate (blocks of 1: +-1, MeZO-like)",
     "adan": "Adan's Nesterov momentum estimate",
     "torque": "torque-aware momentum (a move damped by its angle to the velocity)",
     "no-momentum": "no momentum",
     "no-step-adapt": "the step does not follow the evidence (step_adapt 0)",
-    "rank-sqrt": "subspace ranks shared among tensors by the square root of their size",
-    "rank-size": "subspace ranks shared among tensors in proportion to their size",
-    "simplex": "one-sided probes, no antithetic pairs (simplex: 3 per 2-D block; FZOO-like)",
-    "two-point": "two-point probes per coordinate (blocks of 1: +-1, MeZO-like)",
-    "size+adam": "ranks by size, and Adam's per-parameter normalisation",
-    "size+rank": "ranks by size, and rank-based cost shaping",
-    "size+torque": "ranks by size, and torque-aware momentum",
 }
+ABLATIONS = ("equal-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
+             "adan", "torque")  # fmt: skip
 
 Progress = Callable[[str], None]
 

@@ -235,7 +235,7 @@ class PolyStep(AskTellOptimizer):
             step_adapt=step_adapt,
             subspace=Subspace(
                 sizes=sizes,
-                rank=allocate_ranks(sizes, rank, rank_rule),
+                rank=allocate_ranks(sizes, rank, rank_rule, block_dim),
                 absorb_interval=absorb_interval,
             ),
             seed=seed,
@@ -255,7 +255,7 @@ class PolyStep(AskTellOptimizer):
         **options: Any,
     ) -> int:
         """P blocks x V vertices x K probes of ``for_units``' PolyStep."""
-        dim = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule)).dim
+        dim = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule, block_dim)).dim
         return math.ceil(dim / block_dim) * num_vertices(polytope, block_dim)
 
     @classmethod
@@ -272,7 +272,7 @@ class PolyStep(AskTellOptimizer):
         r by ``1 / sqrt(r)`` (RMS) and each of the ``block_dim`` coordinates of a tensor kept
         in full by ``1 / sqrt(block_dim)``; these gains undo that, so a probe one unit from
         the current point moves every parameter by one unit whatever its tensor's size."""
-        subspace = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule))
+        subspace = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule, block_dim))
         return [
             math.sqrt(block_dim if full else r)
             for r, full in zip(subspace.ranks, subspace.full, strict=True)

@@ -82,23 +82,41 @@ class Subspace:
 RANK_RULES = ("equal", "sqrt", "size")
 
 
-def allocate_ranks(sizes: Sequence[int], rank: int, rule: str = "equal") -> list[int]:
-    """Per tensor, the subspace rank: ``equal`` gives each tensor ``rank`` (a tensor no
-    larger is kept in full); ``sqrt`` and ``size`` share the same total number of search
-    coordinates out in proportion to the square root of each tensor's size, or to its
-    size, at least two (one block) and at most the tensor's size each.  A larger tensor
-    then gets more of the directions, as the random directions of an evolution strategy,
+def allocate_ranks(
+    sizes: Sequence[int], rank: int, rule: str = "equal", block: int = 2
+) -> list[int]:
+    """Per tensor, the subspace rank.
+
+    ``equal`` gives each tensor ``rank`` (a tensor no larger is kept in full).  ``sqrt`` and
+    ``size`` share the same total number of search coordinates, ``sum(min(n, rank))``, out
+    in proportion to the square root of each tensor's size, or to its size, in whole blocks
+    of ``block`` coordinates (so no block of PolyStep's probes straddles two tensors): at
+    least one block and at most its size each, the rest by largest remainders, so the
+    total (and the number of candidates per step) is the same as ``equal``'s.  A larger
+    tensor then gets more of the directions, as an evolution strategy's random directions,
     which span every parameter, give it."""
     sizes = [int(n) for n in sizes]
-    equal = [min(n, int(rank)) for n in sizes]
     if rule == "equal":
         return [int(rank)] * len(sizes)
     if rule not in RANK_RULES:
         raise ValueError(f"rank rule must be one of {RANK_RULES}, got {rule!r}")
     weight = [math.sqrt(n) if rule == "sqrt" else float(n) for n in sizes]
-    total, share = sum(equal), sum(weight)
-    pairs = zip(sizes, weight, strict=True)
-    return [max(min(n, 2), min(n, round(total * w / share))) for n, w in pairs]
+    ranks = [min(n, block) for n in sizes]
+    left = sum(min(n, int(rank)) for n in sizes) - sum(ranks)
+    while left > 0:
+        open_ = [i for i, n in enumerate(sizes) if ranks[i] < n]
+        if not open_:
+            break
+        share = sum(weight[i] for i in open_)
+        want = {i: left * weight[i] / share for i in open_}
+        give = {i: min(block * int(want[i] // block), sizes[i] - ranks[i]) for i in open_}
+        if sum(give.values()) == 0:  # no whole block each: the largest shares first
+            i = max(open_, key=lambda i: (want[i], -i))
+            give[i] = min(block, left, sizes[i] - ranks[i])
+        for i, g in give.items():
+            ranks[i] += g
+            left -= g
+    return ranks
 
 
 def _bad_int(value: object) -> bool:

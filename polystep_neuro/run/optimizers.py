@@ -88,7 +88,7 @@ class Settings:
     absorb_interval: int = 1  # PolyStep: steps between subspace redraws
     shaping: str = "shift"  # PolyStep: how the costs are normalised (optim.solvers.shape_costs)
     update: str = "heavy-ball"  # PolyStep: how a direction becomes a move (optim.moves)
-    rank_rule: str = "equal"  # PolyStep: how the rank is shared among tensors (optim.subspace)
+    rank_rule: str = "size"  # PolyStep: search coordinates shared among tensors by their size
     polytope: str = "orthoplex"  # PolyStep: the probes around each block (optim.polytopes)
     block_dim: int = 2  # PolyStep: coordinates of z per block
     popsize: int | None = None  # baselines: candidates per step (default: PolyStep's count)
