@@ -318,7 +318,10 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         f"{defaults.min_probe_steps:g} device resolution steps on fixed point)",
     )
     adapt.add_argument(
-        "--rank", type=int, default=defaults.rank, help="PolyStep: subspace rank per tensor"
+        "--rank",
+        type=int,
+        default=defaults.rank,
+        help="PolyStep: search coordinates per tensor (shared among tensors by their size)",
     )
     adapt.add_argument(
         "--step",

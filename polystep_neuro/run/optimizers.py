@@ -16,8 +16,12 @@ rank r by ``1/sqrt(r)`` per unit of z, and each of the ``block_dim`` coordinates
 kept in full by ``1/sqrt(block_dim)``; the scales undo that, so a probe (one unit of z from
 the current point) moves every parameter by one probe unit whatever the tensor's size.
 
-PolyStep's defaults (measured on the demo's adaptation and the digits benchmark, see
-docs/benchmarks.md): a fresh random subspace every step, heavy-ball momentum 0.9 on the
+PolyStep's defaults (measured on the demo's adaptation, the digits benchmark and the
+tuned half of the task zoo, see docs/benchmarks.md): a fresh random subspace every step,
+its search coordinates (``rank`` per tensor in all) shared among the tensors in
+proportion to their size, as an evolution strategy's random directions share themselves
+(equal ranks left the largest tensor, where most of the values are, with the fewest
+directions per value), heavy-ball momentum 0.9 on the
 parameters (which averages the directions of successive subspaces and the minibatch noise),
 softmax temperature 1 on the normalised costs, probes of half each tensor's typical magnitude,
 and a step that starts at 15 % of a probe per step along a consistent direction, lengthens
@@ -79,7 +83,7 @@ class Settings:
     optimizer: str = "polystep"
     probe: float = 0.5  # probe size per parameter, as a fraction of its typical magnitude
     min_probe_steps: float = 4.0  # and at least this many device resolution steps
-    rank: int = 64  # PolyStep: subspace rank per tensor (tensors this small are kept in full)
+    rank: int = 64  # PolyStep: search coordinates per tensor (shared out by rank_rule)
     step: float = 0.15  # PolyStep: initial step per probe unit, along a steady direction
     final_step: float = 1.0  # PolyStep: cosine decay of the step to this fraction (1: none)
     momentum: float = 0.9  # PolyStep: heavy-ball coefficient on the parameters
