@@ -7,7 +7,7 @@ as examples/snntorch_digits.py does, converted to the device (``from_snntorch``;
 fixed point also ``to_device_semantics``, as ``polystep-neuro convert`` does), then
 adapted to a drifted sensor; or a random network trained from scratch.  The data plumbing
 is ``pn.adapt``'s: a fifth of the drifted data (and of the replay) held out for
-validation, the writable set and anchor from ``run_defaults``.
+validation, the anchor weight from ``run_defaults``.
 
 Every task names the half it belongs to: ``tuned`` tasks are the ones PolyStep's defaults
 may be chosen on, ``held-out`` tasks are only reported.  Sizes are chosen so the whole zoo
@@ -27,7 +27,8 @@ import torch
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.data import SpikeDataset, Split, concat, hold_out, load_split, rate_encode
 from polystep_neuro.run.interop import device_writable, from_snntorch, to_device_semantics
-from polystep_neuro.run.run_defaults import hidden_biases, run_defaults
+from polystep_neuro.run.run_defaults import anchor_weight
+from polystep_neuro.run.writable import hidden_biases
 
 CACHE = Path("runs/bench-cache/zoo")
 TUNED, HELD_OUT = "tuned", "held-out"
@@ -163,13 +164,8 @@ def build(task: Task, seed: int, quick: bool = False) -> Built:
         spec, _ = to_device_semantics(spec)
     spec = spec.with_writable(device_writable(spec))
     names = _writable(task, spec)
-    chosen = run_defaults(
-        spec,
-        has_clean=task.data != "drifted",
-        writable=names,
-        anchor=0.0 if task.data == "scratch" else None,
-    )
-    spec = spec.with_writable(chosen.writable)
+    anchor = anchor_weight(task.data != "drifted", 0.0 if task.data == "scratch" else None)
+    spec = spec.with_writable(names)
 
     def ds(spikes: np.ndarray, labels: np.ndarray) -> SpikeDataset:
         return SpikeDataset(spikes, labels, task.batch, seed)
@@ -188,7 +184,7 @@ def build(task: Task, seed: int, quick: bool = False) -> Built:
         stream = concat(stream, clean.subset(kept), task.batch, seed)
         validation["replay"] = clean.subset(held)
     rank = QUICK_RANK if quick else None
-    return Built(task, seed, spec, chosen.anchor, rank, stream, validation, test)
+    return Built(task, seed, spec, anchor, rank, stream, validation, test)
 
 
 @functools.lru_cache(maxsize=4)
