@@ -58,7 +58,7 @@ def test_hidden_counts_read_through_the_contract_are_the_networks_own() -> None:
     x, y = data()
     with pn_backend("torch-sim") as backend:
         report = check_parity(Reference(spec, "itself"), backend, spec, x, y)
-    recorded = TorchLIF(spec).run({}, x, record=True).spikes
+    recorded = TorchLIF(spec).evaluate({}, x, record=True).spikes
     assert recorded is not None
     for row, spikes in zip(report.layers, recorded, strict=True):
         assert (row.equal, row.alone_equal, row.rate_difference) == (1.0, 1.0, 0.0)

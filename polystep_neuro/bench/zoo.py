@@ -56,7 +56,7 @@ DEFAULT_TIMING = Path("runs/zoo/timing.json")
 # PolyStep's ablation rows: the default with one change (Settings fields).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "equal-ranks": {"rank_rule": "equal"},
+    "size-ranks": {"rank_rule": "size"},
     "sqrt-ranks": {"rank_rule": "sqrt"},
     "adam": {"update": "adam"},
     "rank": {"shaping": "rank"},
@@ -70,8 +70,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
-    "default": "the default (search coordinates shared among tensors by size)",
-    "equal-ranks": "the same rank for every tensor (the earlier default)",
+    "default": "the default (the same rank for every tensor)",
+    "size-ranks": "search coordinates shared among tensors in proportion to their size",
     "sqrt-ranks": "search coordinates shared by the square root of each tensor's size",
     "adam": "per-parameter normalisation of the step (Adam's moments on the direction)",
     "rank": "rank-based cost shaping (centred ranks over the batch)",
@@ -83,7 +83,7 @@ VARIANT_NOTES = {
     "no-momentum": "no momentum",
     "no-step-adapt": "the step does not follow the evidence (step_adapt 0)",
 }
-ABLATIONS = ("equal-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
+ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip
 
 Progress = Callable[[str], None]

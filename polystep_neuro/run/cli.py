@@ -321,7 +321,7 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         "--rank",
         type=int,
         default=defaults.rank,
-        help="PolyStep: search coordinates per tensor (shared among tensors by their size)",
+        help="PolyStep: search coordinates per tensor",
     )
     adapt.add_argument(
         "--step",

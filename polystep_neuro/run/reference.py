@@ -77,7 +77,7 @@ class Reference:
             return [s.detach().cpu().numpy().astype(np.uint8) for s in spikes]
         from simulators.torch_lif import TorchLIF
 
-        result = TorchLIF(self.spec, "float32", "cpu").run({}, x, record=True)
+        result = TorchLIF(self.spec, "float32", "cpu").evaluate({}, x, record=True)
         assert result.spikes is not None
         return [s[0].numpy().astype(np.uint8) for s in result.spikes]
 
