@@ -23,6 +23,12 @@ from polystep_neuro.run.reference import Reference
 
 def add_parsers(sub: Any) -> None:
     """The ``check`` and ``deploy`` subcommands, on cli's subparsers object."""
+    _add_check(sub)
+    _add_deploy(sub)
+
+
+def _add_check(sub: Any) -> None:
+    """`polystep-neuro check`."""
     check = sub.add_parser(
         "check",
         help="a deployed network against the trained model, layer by layer, on any backend",
@@ -45,6 +51,9 @@ def add_parsers(sub: Any) -> None:
         "--samples", type=int, help="check only the first N samples of --data (default: all)"
     )
 
+
+def _add_deploy(sub: Any) -> None:
+    """`polystep-neuro deploy`: the data it reads, then how it recovers."""
     deploy = sub.add_parser(
         "deploy",
         help="put a trained model on a device and adapt it back towards itself (forward "
@@ -59,6 +68,15 @@ def add_parsers(sub: Any) -> None:
     )
     add_model_arguments(deploy, required=True)
     _common(deploy, default_out="runs/deploy")
+    _add_deploy_data(deploy)
+    _add_deploy_stages(deploy)
+    deploy.add_argument("--seed", type=int, default=0, help="seed of the split and probes")
+    deploy.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    deploy.add_argument("--no-progress", action="store_true")
+
+
+def _add_deploy_data(deploy: argparse.ArgumentParser) -> None:
+    """`deploy`: the data besides --data (validation, test and drifted sets)."""
     deploy.add_argument("--val", type=Path, help="validation data (default: held out of --data)")
     deploy.add_argument(
         "--test",
@@ -74,6 +92,10 @@ def add_parsers(sub: Any) -> None:
         help="data the device sees now (e.g. a drifted sensor): joins the stream with the "
         "model's outputs on it as targets",
     )
+
+
+def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
+    """`deploy`: the budget, and which recovery stages run on what."""
     deploy.add_argument(
         "--budget",
         type=int,
@@ -97,9 +119,6 @@ def add_parsers(sub: Any) -> None:
         help="parameters to adapt (default: every weight and neuron bias, what Lava/Loihi "
         "rewrite at run time)",
     )
-    deploy.add_argument("--seed", type=int, default=0, help="seed of the split and probes")
-    deploy.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    deploy.add_argument("--no-progress", action="store_true")
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
