@@ -42,8 +42,8 @@ from polystep_neuro.run.calibration import SAMPLES, LayerCalibration, calibrate_
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, hold_out
 from polystep_neuro.run.evaluation import counts_of
-from polystep_neuro.run.interop import device_writable
-from polystep_neuro.run.losses import accuracy
+from polystep_neuro.run.interop import Change, device_writable
+from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
 from polystep_neuro.run.reference import Reference, as_reference
 from polystep_neuro.run.teacher import (
@@ -178,49 +178,19 @@ def deploy(
     where = resolve_device(torch_device)
     dev = open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
     try:
-        spec, changes = reference.for_backend(backend, dev.capabilities)
-        spec = spec.with_writable(_writable(spec, writable))
-        for change in changes:
-            say(f"conversion: {change}")
+        spec, changes = _converted(reference, backend, dev, writable, say)
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
         loss = teacher_loss(teacher_weight)
-        dev.load(spec)
-        converted = dev.spec
-        before = _scores(dev, sets, {})
-        say(_line("converted", sets.reference_scores, before))
-        calibration: list[LayerCalibration] = []
-        scores, used = before, 0
-        if calibrate:
-            calibrated, calibration, used = _calibrated(dev, spec, sets, reference, seed)
-            dev.load(calibrated)
-            scores = _scores(dev, sets, {})
-            for c in calibration:
-                say(f"calibration: layer {c.layer}: spike-count error {c.error_before:.3f} -> "
-                    f"{c.error_after:.3f} (gains {c.gains[0]:g}..{c.gains[1]:g})")  # fmt: skip
-            if scores["val_accuracy"] < before["val_accuracy"]:
-                dev.load(spec)  # calibration lost accuracy on validation: start converted
-                calibration, scores = [], before
-                say("calibration: not kept (less accurate on validation)")
-            else:
-                say(_line("calibrated", sets.reference_scores, scores))
-        options = Settings(seed=seed, **settings)
-        per_step = polystep_candidates(make_layout(dev.spec, options), options)
-        steps = max(0, (budget - used) // per_step) if adapt else 0
-        adapter = Adapter.build(
-            dev, sets.stream, steps=max(steps, 1), settings=options, loss=loss,
-            torch_device=where, validation=sets.validation, test=sets.test,
-            out_dir=out_dir, progress=progress,
+        converted, before = _loaded(dev, spec, sets, say)
+        calibration, scores, used = _calibration_stage(
+            dev, spec, sets, reference, before, seed, say, calibrate
+        )
+        result = _adaptation_stage(
+            dev, sets, Settings(seed=seed, **settings), loss, backend=backend,
+            budget=budget - used if adapt else None, where=where, out_dir=out_dir,
+            progress=progress, resume=resume, say=say,
         )  # fmt: skip
-        if adapt:
-            say(
-                f"adapting {', '.join(adapter.layout.names)} on {backend} for {steps} steps of "
-                f"{per_step} parameter sets, the trained model's outputs as soft targets"
-            )
-        if resume:
-            adapter.resume()
-        result = adapter.run(steps)
-        used += result.evaluations // sets.stream.batch_size
     finally:
         dev.close()
     return Deployment(
@@ -232,8 +202,97 @@ def deploy(
         before=before,
         calibration=calibration,
         calibrated=scores,
-        parameter_sets=used,
+        parameter_sets=used + result.evaluations // sets.stream.batch_size,
     )
+
+
+def _converted(
+    reference: Reference, backend: str, dev: Any, writable: Sequence[str] | str | None,
+    say: Callable[[str], None],
+) -> tuple[NetworkSpec, list[Change]]:  # fmt: skip
+    """The trained model as ``backend`` runs it, ``writable`` set, and what that changed
+    (each change reported)."""
+    spec, changes = reference.for_backend(backend, dev.capabilities)
+    spec = spec.with_writable(_writable(spec, writable))
+    for change in changes:
+        say(f"conversion: {change}")
+    return spec, changes
+
+
+def _loaded(
+    dev: Any, spec: NetworkSpec, sets: _Sets, say: Callable[[str], None]
+) -> tuple[NetworkSpec, dict[str, float]]:
+    """``spec`` loaded on ``dev``: the network the device holds (the deployment's start)
+    and its scores, reported against the trained model's."""
+    dev.load(spec)
+    converted = dev.spec
+    before = _scores(dev, sets, {})
+    say(_line("converted", sets.reference_scores, before))
+    return converted, before
+
+
+def _calibration_stage(
+    dev: Any,
+    spec: NetworkSpec,
+    sets: _Sets,
+    reference: Reference,
+    before: dict[str, float],
+    seed: int,
+    say: Callable[[str], None],
+    calibrate: bool,
+) -> tuple[list[LayerCalibration], dict[str, float], int]:
+    """Stage 1 on ``dev``, which holds the converted ``spec`` scoring ``before``: the
+    calibration kept and the scores it leaves (none and ``before`` when not ``calibrate``,
+    or when validation says it lost accuracy, ``spec`` loaded again), and the parameter
+    sets it used."""
+    if not calibrate:
+        return [], before, 0
+    calibrated, calibration, used = _calibrated(dev, spec, sets, reference, seed)
+    dev.load(calibrated)
+    scores = _scores(dev, sets, {})
+    for c in calibration:
+        say(f"calibration: layer {c.layer}: spike-count error {c.error_before:.3f} -> "
+            f"{c.error_after:.3f} (gains {c.gains[0]:g}..{c.gains[1]:g})")  # fmt: skip
+    if scores["val_accuracy"] < before["val_accuracy"]:
+        dev.load(spec)  # calibration lost accuracy on validation: start converted
+        say("calibration: not kept (less accurate on validation)")
+        return [], before, used
+    say(_line("calibrated", sets.reference_scores, scores))
+    return calibration, scores, used
+
+
+def _adaptation_stage(
+    dev: Any,
+    sets: _Sets,
+    options: Settings,
+    loss: LossFn,
+    *,
+    backend: str,
+    budget: int | None,
+    where: torch.device,
+    out_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    resume: bool,
+    say: Callable[[str], None],
+) -> AdaptResult:
+    """Stage 2 on what ``dev`` holds, for as many whole steps as ``budget`` (the parameter
+    sets stage 1 left) pays for; ``budget`` None: no adaptation, the adapter only scores
+    the start, which is what is handed back."""
+    per_step = polystep_candidates(make_layout(dev.spec, options), options)
+    steps = 0 if budget is None else max(0, budget // per_step)
+    adapter = Adapter.build(
+        dev, sets.stream, steps=max(steps, 1), settings=options, loss=loss,
+        torch_device=where, validation=sets.validation, test=sets.test,
+        out_dir=out_dir, progress=progress,
+    )  # fmt: skip
+    if budget is not None:
+        say(
+            f"adapting {', '.join(adapter.layout.names)} on {backend} for {steps} steps of "
+            f"{per_step} parameter sets, the trained model's outputs as soft targets"
+        )
+    if resume:
+        adapter.resume()
+    return adapter.run(steps)
 
 
 def _line(what: str, reference: Mapping[str, float], scores: Mapping[str, float]) -> str:
