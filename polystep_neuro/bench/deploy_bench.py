@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.deploy_bench`
     sys.path.insert(0, str(ROOT))
 
+from polystep_neuro.bench.bptt import train_bptt  # noqa: E402
 from polystep_neuro.run.data import hold_out, load_split  # noqa: E402
 
 
@@ -109,26 +110,6 @@ def spikes(x: np.ndarray, num_steps: int, seed: int) -> np.ndarray:
     return spikegen.rate(torch.as_tensor(x), num_steps=num_steps).to(torch.uint8).numpy()
 
 
-def train(net: torch.nn.Sequential, x: np.ndarray, y: np.ndarray, model: Model, seed: int) -> None:
-    """BPTT with Adam on the count cross-entropy, time-first minibatches of 128."""
-    from snntorch import utils
-
-    xs = torch.as_tensor(x, dtype=torch.float32)
-    ys = torch.as_tensor(y)
-    opt = torch.optim.Adam(net.parameters(), lr=model.lr)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(model.epochs):
-        order = torch.randperm(len(ys), generator=gen)
-        for first in range(0, len(ys), 128):
-            idx = order[first : first + 128]
-            utils.reset(net)
-            counts = sum(net(xs[t, idx])[0] for t in range(xs.shape[0]))
-            loss = torch.nn.functional.cross_entropy(counts * 0.5, ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-
 def run_one(
     model: Model,
     seed: int,
@@ -149,7 +130,7 @@ def run_one(
     y_train, y_val = split.y_train[kept], split.y_train[held]
     net = build(model, seed)
     start = time.perf_counter()
-    train(net, x_train, y_train, model, seed)
+    train_bptt(net, x_train, y_train, lr=model.lr, epochs=model.epochs, seed=seed, time_first=True)
     trained_s = time.perf_counter() - start
     progress(f"deploy: {model.name} seed {seed}: trained in {trained_s:.0f} s")
     start = time.perf_counter()

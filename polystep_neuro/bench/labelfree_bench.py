@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if __package__ in (None, ""):  # `python polystep_neuro/bench/labelfree_bench.py`
     sys.path.insert(0, str(ROOT))
 
+from polystep_neuro.bench.bptt import train_bptt  # noqa: E402
 from polystep_neuro.run.corruptions import Corruption  # noqa: E402
 from polystep_neuro.run.data import encode, encode_drifted, load_split  # noqa: E402
 
@@ -81,7 +82,6 @@ def train_model(dataset: str, seed: int, x: np.ndarray, y: np.ndarray) -> torch.
     """snnTorch's Leaky neurons after each Linear, trained with BPTT on clean spikes (zero
     reset in the step a neuron spikes, the reset Loihi 2 computes)."""
     import snntorch as snn
-    from snntorch import utils
 
     hidden, epochs = NETWORKS[dataset]
     torch.manual_seed(seed)
@@ -92,19 +92,7 @@ def train_model(dataset: str, seed: int, x: np.ndarray, y: np.ndarray) -> torch.
         torch.nn.Linear(hidden, 10),
         snn.Leaky(**common, output=True),
     )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    spikes, labels = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(labels), generator=order)
-        for first in range(0, len(labels), 128):
-            idx = perm[first : first + 128]
-            utils.reset(model)
-            counts = sum(model(spikes[idx, t])[0] for t in range(spikes.shape[1]))
-            loss = torch.nn.functional.cross_entropy(counts * 0.5, labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_bptt(model, x, y, lr=1e-2, epochs=epochs, seed=seed, time_first=False)
     return model
 
 
