@@ -12,7 +12,6 @@ currents pass 2**23 (the float64 path with its wraps).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +23,7 @@ if __package__ in (None, ""):  # `python -m polystep_neuro.bench.device_parity`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from polystep_neuro.bench.cases import Case, perturbed_sets  # noqa: E402
+from polystep_neuro.bench.device_args import device_bench_args  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
 
@@ -142,10 +142,7 @@ def table(results: list[dict], device: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = device_bench_args(__doc__, argv)
     results = run(args.device, args.quick)
     print("\n".join(table(results, args.device)))
     return 0 if all(r["ok"] for r in results) else 1

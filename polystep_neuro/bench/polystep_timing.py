@@ -12,7 +12,6 @@ warm-up steps, synchronised.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.polystep_timing`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from polystep_neuro.bench.device_args import device_bench_args  # noqa: E402
 from polystep_neuro.optim import PolyStep  # noqa: E402
 from polystep_neuro.run.optimizers import Settings  # noqa: E402
 
@@ -99,10 +99,7 @@ def table(results: list[dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
+    args = device_bench_args(__doc__, argv)
     print("\n".join(table(run(args.device, args.quick))))
     return 0
 
