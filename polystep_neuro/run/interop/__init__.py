@@ -28,22 +28,7 @@ import numpy as np
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from polystep_neuro.run.writable import device_writable  # the writable decision's default
 
-__all__ = [
-    "DEVICE_TIMED",
-    "Change",
-    "device_compatibility",
-    "device_timed",
-    "device_writable",
-    "for_backend",
-    "to_device_semantics",
-    "from_snntorch",
-    "to_snntorch",
-    "run_snntorch",
-    "record_snntorch",
-    "snntorch_spec",
-    "SnnTorchRecord",
-]
-
+# What the snnTorch submodule exports through here, imported on first use (__getattr__).
 _SNNTORCH_NAMES = (
     "from_snntorch",
     "to_snntorch",
@@ -52,6 +37,16 @@ _SNNTORCH_NAMES = (
     "snntorch_spec",
     "SnnTorchRecord",
 )
+__all__ = [
+    "DEVICE_TIMED",
+    "Change",
+    "device_compatibility",
+    "device_timed",
+    "device_writable",
+    "for_backend",
+    "to_device_semantics",
+    *_SNNTORCH_NAMES,
+]
 # Backends that run the device's semantics (zero reset in the spiking step, one-step Dense
 # delay, no Dense bias of their own): Lava and Loihi 2, and torch-sim-fixed, which stands in
 # for them bit for bit.

@@ -38,7 +38,7 @@ their mean), and :func:`load_into` copies a spec's weights and biases back into 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,6 +259,16 @@ def _neuron_params(name: str, neuron: nn.Module, n_out: int) -> dict[str, Any]:
     vth = _layer_value(name, neuron, "threshold", n_out, clamp=False)
     if vth < 0:
         raise _unsupported(name, neuron, f"threshold={vth:g} < 0 (a NetworkSpec needs vth >= 0)")
+    return _spec_fields(
+        neuron, reset, vth, beta, lambda: _layer_value(name, neuron, "alpha", n_out, clamp=True)
+    )
+
+
+def _spec_fields(
+    neuron: nn.Module, reset: str, vth: float, beta: float, alpha: Callable[[], float]
+) -> dict[str, Any]:
+    """The LayerSpec fields of a Leaky or Synaptic neuron from its read values, one mapping
+    for the exact reader and the lenient one (``alpha`` is read for a Synaptic only)."""
     params: dict[str, Any] = {
         "dv": 1.0 - beta,
         "vth": vth,
@@ -268,8 +278,7 @@ def _neuron_params(name: str, neuron: nn.Module, n_out: int) -> dict[str, Any]:
     if type(neuron) is snn.Leaky:
         params.update(neuron="leaky", du=1.0)
     else:
-        alpha = _layer_value(name, neuron, "alpha", n_out, clamp=True)
-        params.update(neuron="synaptic", du=1.0 - alpha)
+        params.update(neuron="synaptic", du=1.0 - alpha())
     return params
 
 
@@ -375,16 +384,7 @@ def _lenient_layer(
         )
         return mean
 
-    params: dict[str, Any] = {
-        "dv": 1.0 - decay("beta"),
-        "vth": vth,
-        "reset": reset,
-        "reset_delay": bool(lif.reset_delay),
-    }
-    if type(lif) is snn.Leaky:
-        params.update(neuron="leaky", du=1.0)
-    else:
-        params.update(neuron="synaptic", du=1.0 - decay("alpha"))
+    params = _spec_fields(lif, reset, vth, decay("beta"), lambda: decay("alpha"))
     return LayerSpec(weight=weight, bias=bias, delay=0, **params), notes
 
 
