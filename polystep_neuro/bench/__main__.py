@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from polystep_neuro.bench import machine as machine_facts
+
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("sim", "roofline", "adapt", "drifted", "deploy", "labelfree", "watch", "memory")
 SECTIONS += ("lava", "protocol", "ray")
@@ -44,6 +46,7 @@ class Section:
     intro: list[str] = field(default_factory=list)
     body: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    machine: str = ""  # bench.machine.describe() when the section ran
 
 
 def doc_paragraphs(doc: str | None) -> list[str]:
@@ -386,18 +389,10 @@ def machine() -> list[str]:
     import numpy as np
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
+    facts = machine_facts.cpu_facts()
+    isa = ", ".join(facts.isa) or "no AVX2/AVX-512/NEON flags seen"
+    cpu = f"{facts.model} ({isa}; torch kernels {torch.backends.cpu.get_cpu_capability()})"
+    usable = machine_facts.usable_cores()
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         ram_text = f"{ram:.0f} GiB RAM"
@@ -406,7 +401,7 @@ def machine() -> list[str]:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gpu = (
-            f"{torch.cuda.get_device_name(0)} ({props.total_memory / 2**30:.0f} GiB, "
+            f"{machine_facts.gpu_name()} ({props.total_memory / 2**30:.0f} GiB, "
             f"CUDA {torch.version.cuda})"
         )
     else:
@@ -445,7 +440,7 @@ def render(command: str, sections: list[tuple[str, Section]], total: float) -> s
         out += ["", f"## {i}. {sec.title}", ""]
         out += [*sec.intro, ""] if sec.intro else []
         out += sec.body
-        out += ["", f"_Section `{name}`: {sec.seconds:.0f} s._"]
+        out += ["", f"_Section `{name}`: {sec.seconds:.0f} s; {sec.machine}._"]
     return "\n".join(out) + "\n"
 
 
@@ -496,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         section = RUNNERS[name](args.quick, progress)
         section.seconds = time.perf_counter() - t0
+        section.machine = machine_facts.describe()
         progress(f"{name}: done in {section.seconds:.0f} s")
         done.append((name, section))
     text = render(command, done, time.perf_counter() - start)

@@ -29,6 +29,7 @@ import torch
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.roofline_bench`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from polystep_neuro.bench import machine  # noqa: E402
 from polystep_neuro.bench.cases import Case, perturbed_sets  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec, split_param_name  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = run(args.device, args.quick, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {args.device}")
+    print(f"torch {torch.__version__}, simulator on {args.device}; {machine.describe()}")
     print("\n".join(table(results)))
 
 

@@ -13,7 +13,6 @@ float32 matmul peak, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.sim_bench`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from polystep_neuro.bench import machine  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
 
@@ -198,8 +198,7 @@ def main() -> None:
     result = run(args.V, args.B, args.T, args.sizes, args.repeats, args.ref_vertices)
     print(
         f"network {'-'.join(map(str, args.sizes))}, V={args.V}, B={args.B}, T={args.T}; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"{platform.processor() or platform.machine()}"
+        f"torch {torch.__version__}; {machine.describe()}"
     )
     print()
     print("\n".join(table(result)))

@@ -1,0 +1,68 @@
+"""The machine line printed beside every benchmark table names the CPU model and its ISA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from polystep_neuro.bench import machine
+
+# Abridged /proc/cpuinfo of two kinds of x86 server and one Arm board.
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512dq avx512_vnni avx512_bf16 amx_bf16 \
+amx_tile amx_int8
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512dq avx512_vnni avx512_bf16 amx_bf16 \
+amx_tile amx_int8
+"""
+EPYC_AVX2 = """processor\t: 0
+model name\t: AMD EPYC 7B12 64-Core Processor
+flags\t\t: fpu sse sse2 avx fma avx2 sha_ni
+"""
+ARM = """processor\t: 0
+Features\t: fp asimd evtstrm aes crc32 atomics
+CPU implementer\t: 0x41
+"""
+
+
+def test_parse_names_the_model_and_every_isa_extension() -> None:
+    facts = machine.parse_cpuinfo(XEON)
+    assert facts.model == "Intel(R) Xeon(R) Platinum 8480+"
+    assert facts.isa == (
+        "FMA",
+        "AVX2",
+        "AVX-512F",
+        "AVX-512 VNNI",
+        "AVX-512 BF16",
+        "AMX",
+        "AMX-INT8",
+        "AMX-BF16",
+    )
+
+
+def test_parse_claims_no_extension_the_flags_lack() -> None:
+    facts = machine.parse_cpuinfo(EPYC_AVX2)
+    assert facts.model == "AMD EPYC 7B12 64-Core Processor"
+    assert facts.isa == ("FMA", "AVX2")  # no AVX-512 from "avx512" being absent
+    assert machine.parse_cpuinfo(ARM).isa == ("ASIMD",)
+
+
+def test_describe_line_names_model_isa_threads_and_gpu() -> None:
+    line = machine.describe(machine.parse_cpuinfo(XEON))
+    assert line.startswith("CPU: Intel(R) Xeon(R) Platinum 8480+ (FMA, AVX2, AVX-512F, ")
+    assert "AMX-INT8" in line
+    assert f"torch kernels {torch.backends.cpu.get_cpu_capability()}" in line
+    assert f"{torch.get_num_threads()} torch thread(s)" in line
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    assert f"GPU: {gpu}" in line
+
+
+def test_this_machine_is_described(tmp_path: Path) -> None:
+    missing = machine.cpu_facts(tmp_path / "no-cpuinfo")  # no /proc: the platform's name
+    assert missing.model and missing.isa == ()
+    assert machine.describe().startswith("CPU: ")
