@@ -15,6 +15,7 @@ neurons and step them:
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any, ClassVar, Protocol
 
@@ -55,6 +56,9 @@ class Precision:
     exact: ClassVar[bool]
     # What recorded voltages and currents are held in.
     state_dtype: ClassVar[torch.dtype]
+    # Weight units per int8 step where the weights are small integers an int8 x int8 ->
+    # int32 GEMM sums exactly (see int8_weights); None: the GEMM stays in floating point.
+    int8_unit: ClassVar[float | None] = None
 
     def prepare(self, spec: NetworkSpec) -> NetworkSpec:
         """The network as this arithmetic runs it (validated)."""
@@ -77,6 +81,12 @@ class Precision:
     ) -> torch.Tensor:
         """A block's weights as the GEMM takes them."""
         return w
+
+    def int8_weights(
+        self, w: torch.Tensor, layer: LayerSpec, work: Workspace, tag: str
+    ) -> torch.Tensor:
+        """A block's weights as int8 multiples of ``int8_unit`` (only where that is set)."""
+        raise NotImplementedError
 
     def runner(
         self,
@@ -116,6 +126,7 @@ class LoihiFixed(Precision):
     name = "loihi-fixed"
     exact = True
     state_dtype = torch.int64  # the device integers
+    int8_unit = 2.0  # device weights are even integers in [-254, 254]: halves fit int8
 
     def prepare(self, spec: NetworkSpec) -> NetworkSpec:
         spec.validate()
@@ -139,6 +150,11 @@ class LoihiFixed(Precision):
         self, w: torch.Tensor, layer: LayerSpec, dtype: torch.dtype, work: Workspace, tag: str
     ) -> torch.Tensor:
         return quantized_weight(w, layer, dtype, work, tag)
+
+    def int8_weights(
+        self, w: torch.Tensor, layer: LayerSpec, work: Workspace, tag: str
+    ) -> torch.Tensor:
+        return quantized_halves(w, layer, work, tag)
 
     def runner(
         self,
@@ -177,6 +193,34 @@ def quantized_weight(
     if dtype == torch.float64:
         return half.mul_(2.0)
     return torch.mul(half, 2.0, out=work.get(f"{tag}.q", tuple(w.shape), dtype))
+
+
+def quantized_halves(w: torch.Tensor, layer: LayerSpec, work: Workspace, tag: str) -> torch.Tensor:
+    """Half of ``fp.quantize_weight(w, layer)`` as int8: the integers ``quantized_weight``
+    doubles, from the same float64 operations, for an int8 GEMM."""
+    half = work.get(f"{tag}.q64", tuple(w.shape), torch.float64).copy_(w)
+    half.mul_(fp.weight_factor(layer) / 2.0).round_()
+    half.clamp_(fp.WEIGHT_MIN // 2, fp.WEIGHT_MAX // 2)
+    return work.get(f"{tag}.q8", tuple(w.shape), torch.int8).copy_(half)
+
+
+@functools.cache
+def int8_gemm_exact(device_type: str = "cpu") -> bool:
+    """Whether ``torch._int_mm`` runs on this device and sums int8 products exactly into
+    int32 (probed once per process on the extremes of the int8 range, odd shapes
+    included), so the fixed-point GEMM can use the CPU's int8 dot-product units where
+    torch has them.  CPU only: CUDA's int8 GEMM has shape rules this path does not keep."""
+    if device_type != "cpu" or not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randint(-128, 128, (37, 300), generator=gen, dtype=torch.int8)
+        b = torch.randint(-128, 128, (300, 11), generator=gen, dtype=torch.int8)
+        a[0], b[:, 0] = -128, -128
+        got = torch._int_mm(a, b)
+        return bool(torch.equal(got.to(torch.int64), a.to(torch.int64) @ b.to(torch.int64)))
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ from simulators.lif_precision import (
 from simulators.lif_precision import (
     Neurons,
     Precision,
+    int8_gemm_exact,
     precision_named,
     quantized_weight,
 )
@@ -58,6 +59,8 @@ PRECISIONS = tuple(_MODELS)
 # layer read them.  See TorchLIF.blocking.
 CPU_BLOCK_ELEMENTS = 1 << 16
 CPU_TIME_BLOCK = 5
+# An int8 GEMM of 0/1 spikes sums fewer than this many weights (|w| <= 128) within int32.
+_INT8_MAX_IN = (1 << 31) // 128
 _NARROW = 32  # layers narrower than this GEMM as W.x^T where the sums are exact
 
 __all__ = [
@@ -137,6 +140,9 @@ class TorchLIF:
     simulator's life.  ``block_elements`` bounds the neuron state a block of sets updates
     per step and ``time_block`` the steps per chunk (defaults: see ``blocking``);
     loihi-fixed results never depend on them, float32 ones only through GEMM rounding.
+    ``int8_gemm``: loihi-fixed GEMMs as int8 x int8 -> int32 (exact, and several times the
+    float32 rate where the CPU has int8 dot products); None: wherever the precision allows
+    it and ``int8_gemm_exact`` holds for the device, False: the float reference path.
     """
 
     def __init__(
@@ -146,6 +152,7 @@ class TorchLIF:
         device: str | torch.device | None = "cpu",
         block_elements: int | None = None,
         time_block: int | None = None,
+        int8_gemm: bool | None = None,
     ) -> None:
         self.model: Precision = precision_named(precision)
         self.spec = self.model.prepare(spec)
@@ -153,6 +160,10 @@ class TorchLIF:
         self.device = resolve_device(device)
         self.block_elements = block_elements
         self.time_block = time_block
+        int8_ok = self.model.int8_unit is not None and int8_gemm_exact(self.device.type)
+        if int8_gemm and not int8_ok:
+            raise SpecError(f"no exact int8 GEMM for {self.precision} on {self.device.type}")
+        self.int8_gemm = int8_ok if int8_gemm is None else int8_gemm
         self._work = _Workspace(self.device)
         self._base = {
             name: torch.as_tensor(np.asarray(value), device=self.device).unsqueeze(0)
@@ -314,11 +325,12 @@ class TorchLIF:
         w = first.weight
         if first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
             w = self._weights(first, 0, w.shape[0], "all")
-            shared = _project(x, w, self._work, f"l{first.index}", self.model.exact)
+            shared = self._project(x, w, first, f"l{first.index}")
         for g0 in range(0, groups, block):
             g1 = min(groups, g0 + block)
             out = counts[g0:g1] if is_output else None
-            self._block(layers, self._block_input(first, x, g0, g1), g0, g1, tau, shared, full, out)
+            x_block = self._block_input(first, x, g0, g1)
+            self._block(layers, x_block, g0, g1, tau, shared, full, out)
         if record:
             traces += [tuple(full[layer.index]) for layer in layers]
         out_last = full.get(last.index)
@@ -346,7 +358,6 @@ class TorchLIF:
         calls per chunk.
         """
         steps, batch = x.shape[0], x.shape[2]
-        exact = self.model.exact
         lag = list(itertools.accumulate(layer.spec.delay for layer in layers))
         runners: list[FloatLIF | FixedLIF] = []
         chunks: list[torch.Tensor | None] = []
@@ -384,7 +395,7 @@ class TorchLIF:
                     w = weights[j]
                     assert w is not None
                     rows_in = prev[r0 - prev_lo : r1 - prev_lo]
-                    acc = _project(rows_in, w, self._work, f"l{layer.index}", exact)
+                    acc = self._project(rows_in, w, layer, f"l{layer.index}")
                     row0 = r0
                 out, chunk = full.get(layer.index), chunks[j]
                 volts = currs = None
@@ -406,7 +417,17 @@ class TorchLIF:
         quantised here, a block at a time, so the float64 arithmetic stays in cache."""
         w = layer.weight if layer.weight.shape[0] == 1 else layer.weight[g0:g1]
         tag = f"l{layer.index}.{purpose}"
+        if self.int8_gemm and layer.spec.n_in < _INT8_MAX_IN:
+            return self.model.int8_weights(w, layer.spec, self._work, tag)
         return self.model.weights(w, layer.spec, layer.gemm_dtype, self._work, tag)
+
+    def _project(self, x: torch.Tensor, w: torch.Tensor, layer: _Layer, tag: str) -> torch.Tensor:
+        """W.s of ``x`` for ``layer`` in its accumulator dtype (see ``_project``)."""
+        if w.dtype == torch.int8:
+            unit = self.model.int8_unit
+            assert unit is not None
+            return _project_int8(x, w, self._work, tag, layer.gemm_dtype, unit)
+        return _project(x, w, self._work, tag, self.model.exact)
 
     def _chunk(
         self,
@@ -514,6 +535,54 @@ def _project(
         return out.view(sw, n_out, t, b).permute(2, 0, 3, 1)
     out = torch.bmm(per_set, w.transpose(1, 2), out=buffer("out", (sw, t * b, n_out)))
     return out.view(sw, t, b, n_out).permute(1, 0, 2, 3)
+
+
+def _project_int8(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    work: _Workspace,
+    tag: str,
+    acc_dtype: torch.dtype,
+    unit: float,
+) -> torch.Tensor:
+    """``_project`` for 0/1 spikes and int8 weights (multiples of ``unit``): int8 x int8 ->
+    int32 GEMMs, exact in any order, then ``unit`` times the sums in ``acc_dtype`` (exact:
+    integers below its mantissa's span, as the float GEMM's were), what the neuron update
+    takes.  Same logical result and layout as ``_project``."""
+    t, sx, b, n_in = x.shape
+    sw, n_out, _ = w.shape
+
+    def buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return work.get(f"{tag}.{name}", shape, dtype)
+
+    def scaled(out32: torch.Tensor) -> torch.Tensor:
+        acc = buffer("acc", tuple(out32.shape), acc_dtype)
+        return torch.mul(out32, unit, out=acc)
+
+    if sw == 1:
+        order = physical_order(x[..., 0])
+        sizes = tuple(x.shape[d] for d in order)
+        src = x.permute(*order, 3)
+        rows = buffer("x8", (*sizes, n_in), torch.int8).copy_(src).view(-1, n_in)
+        out = torch._int_mm(rows, w[0].T, out=buffer("out", (rows.shape[0], n_out), torch.int32))
+        return scaled(out).view(*sizes, n_out).permute(*inverse(order), 3)
+    if sx == 1:  # shared input: converted once
+        rows = buffer("x8", (t, b, n_in), torch.int8).copy_(x[:, 0]).view(t * b, n_in)
+        if n_in > n_out:  # narrow output: one GEMM against the stacked weights
+            stacked = w.permute(2, 0, 1).reshape(n_in, sw * n_out)
+            out = torch._int_mm(rows, stacked, out=buffer("out", (t * b, sw * n_out), torch.int32))
+            return scaled(out).view(t, b, sw, n_out).permute(0, 2, 1, 3)
+        per_set = [rows] * sw
+    elif sx == sw:
+        src = x.permute(1, 0, 2, 3)
+        x8 = buffer("x8", (sx, t, b, n_in), torch.int8).copy_(src).view(sx, t * b, n_in)
+        per_set = list(x8)
+    else:
+        raise SpecError(f"internal: {sx} input sets vs {sw} weight sets")
+    out = buffer("out", (sw, t * b, n_out), torch.int32)
+    for s, rows in enumerate(per_set):
+        torch._int_mm(rows, w[s].T, out=out[s])
+    return scaled(out).view(sw, t, b, n_out).permute(1, 0, 2, 3)
 
 
 def _batch_major(x: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
 from simulators import lif_dynamics, param_groups
+from simulators.lif_precision import int8_gemm_exact, quantized_halves
 from simulators.torch_lif import (
     CPU_BLOCK_ELEMENTS,
     CPU_TIME_BLOCK,
@@ -220,3 +222,80 @@ def test_grouping_is_exact_even_when_fingerprints_collide(
     assert found == _exact_groups(group, [w, vth])
     assert rep.tolist() == sorted(rep.tolist())  # numbered by first appearance
     assert torch.equal(inverse[rep], torch.arange(rep.numel()))
+
+
+needs_int8 = pytest.mark.skipif(
+    not int8_gemm_exact("cpu"), reason="torch._int_mm is not exact on this CPU"
+)
+
+
+@needs_int8
+@pytest.mark.parametrize("seed", range(12))
+def test_int8_gemm_gives_the_float_gemm_path_bit_for_bit(seed: int) -> None:
+    """The int8 x int8 -> int32 GEMMs against the float reference path, every trace, in
+    whole blocks (batched and stacked GEMMs) and one-set blocks (plain GEMMs)."""
+    spec, params, x = _random_case(seed, "loihi-fixed")
+    for block, steps in ((1 << 30, 100), (1, 2), (37, 3)):
+        runs = [
+            TorchLIF(spec, "loihi-fixed", block_elements=block, time_block=steps, int8_gemm=int8)
+            for int8 in (False, True)
+        ]
+        assert not runs[0].int8_gemm and runs[1].int8_gemm
+        ref, got = (sim.evaluate(params, x, record=True) for sim in runs)
+        assert got.spikes is not None and ref.spikes is not None
+        assert got.voltages is not None and ref.voltages is not None
+        assert got.currents is not None and ref.currents is not None
+        assert torch.equal(got.counts, ref.counts)
+        for ours, theirs in zip(
+            got.spikes + got.voltages + got.currents,
+            ref.spikes + ref.voltages + ref.currents,
+            strict=True,
+        ):
+            assert torch.equal(ours, theirs)
+
+
+@needs_int8
+@pytest.mark.parametrize(
+    "writable",
+    [("fc0.weight", "fc1.weight"), ("fc1.weight",), ("fc0.weight",), ("lif1.v_bias",)],
+)
+def test_int8_gemm_on_wide_and_narrow_layers(writable: tuple[str, ...]) -> None:
+    """Layers wider than the narrow-layer flip, shared first layers (one GEMM against the
+    stacked weights, or one per set on a broadcast input), several threads' whole blocks."""
+    spec = NetworkSpec.random([40, 96, 10], 9, seed=3, weight_gain=2.0, writable=writable)
+    gen = torch.Generator().manual_seed(0)
+    params = {
+        name: torch.as_tensor(spec.parameters()[name])[None]
+        + 0.2 * torch.randn(5, *np.shape(spec.parameters()[name]), generator=gen)
+        for name in writable
+    }
+    x = (torch.rand(4, 9, 40, generator=gen) < 0.4).float()
+    for block in (None, 1 << 30, 96 * 4):
+        ref = TorchLIF(spec, "loihi-fixed", block_elements=block, int8_gemm=False)
+        got = TorchLIF(spec, "loihi-fixed", block_elements=block, int8_gemm=True)
+        a, b = ref.evaluate(params, x, record=True), got.evaluate(params, x, record=True)
+        assert a.voltages is not None and b.voltages is not None
+        assert torch.equal(a.counts, b.counts) and int(a.counts.sum()) > 0
+        for ours, theirs in zip(b.voltages, a.voltages, strict=True):
+            assert torch.equal(ours, theirs)
+
+
+def test_int8_gemm_is_chosen_per_precision_and_device() -> None:
+    spec = NetworkSpec.random([4, 3], 5, seed=0)
+    assert not TorchLIF(spec, "float32").int8_gemm  # float sums stay in float32
+    assert TorchLIF(spec, "loihi-fixed").int8_gemm == int8_gemm_exact("cpu")
+    assert not TorchLIF(spec, "loihi-fixed", int8_gemm=False).int8_gemm
+    assert not int8_gemm_exact("cuda")  # CUDA keeps its float GEMMs (no int8 shape rules)
+    with pytest.raises(SpecError, match="no exact int8 GEMM"):
+        TorchLIF(spec, "float32", int8_gemm=True)
+
+
+def test_int8_weights_are_half_the_shared_quantiser() -> None:
+    layer = LayerSpec(weight=[[0.3, -0.2]], fixed_scale=128.0, fixed_weight_exp=1)
+    rng = np.random.default_rng(1)
+    ties = (np.arange(-130, 131) + 0.5) / 32.0
+    values = np.concatenate([ties, rng.normal(0, 3.0, 2003), [0.0, -0.0, 1e6, -1e6]])
+    w = torch.as_tensor(values, dtype=torch.float32).reshape(2, -1, 2)
+    got = quantized_halves(w, layer, _Workspace(torch.device("cpu")), "t")
+    assert got.dtype == torch.int8
+    assert np.array_equal(got.double().numpy() * 2.0, fp.quantize_weight(w.numpy(), layer))
