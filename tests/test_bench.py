@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from simulators.lif_precision import int8_gemm_exact
+
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"\|\s*\d[\d,]*(\.\d+)?x\s*\|")
 
@@ -41,7 +43,10 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     assert "identical spike counts on every device: yes" in sim
     roofline = next(b for t, b in sections.items() if "roofline" in t)
     fractions = re.findall(r"\| (\d+)% \|", roofline)
-    assert len(fractions) == 4 and all(0 < int(f) < 1000 for f in fractions)
+    rows = 3 if int8_gemm_exact("cpu") else 2  # the float-GEMM fixed-point path beside int8
+    assert len(fractions) == 2 * rows and all(0 < int(f) < 1000 for f in fractions)
+    assert ("| loihi-fixed, float GEMMs |" in roofline) == (rows == 3)
+    assert "; CPU: " in roofline and "GPU: " in roofline  # the machine beside the table
     memory = next(b for t, b in sections.items() if t.startswith("Memory"))
     assert "forward counts identical: yes" in memory
     # BPTT needs more memory than forward-only evaluation at the longer T
