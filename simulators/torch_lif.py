@@ -123,6 +123,7 @@ class _Layer:
     in_groups: int
     source: torch.Tensor | None  # input group of each group; None: the same index, or shared
     set_group: torch.Tensor  # (V,) group of every parameter set after this layer
+    low_rank: tuple[torch.Tensor, torch.Tensor] | None = None  # (U, Vt) per group: W = base + U Vt
 
     @property
     def continues(self) -> bool:
@@ -171,9 +172,22 @@ class TorchLIF:
         }
 
     # ------------------------------------------------------------------ public
-    def run(self, batch: CheckedBatch, *, record: bool = False) -> SimResult:
-        """Counts (and traces with ``record``) of a batch checked against ``self.spec``."""
+    def run(
+        self,
+        batch: CheckedBatch,
+        *,
+        record: bool = False,
+        low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> SimResult:
+        """Counts (and traces with ``record``) of a batch checked against ``self.spec``.
+        ``low_rank``: see ``evaluate_low_rank``."""
         layers = self._plan(batch.params, batch.num_sets)
+        if low_rank is not None:
+            first = layers[0]
+            sets = torch.arange(batch.num_sets, device=self.device)
+            rep = torch.full((first.groups,), batch.num_sets, device=self.device)
+            rep = rep.scatter_reduce(0, first.set_group, sets, "amin")
+            first.low_rank = (low_rank[0][rep], low_rank[1][rep])
         x = self._prepare_inputs(batch)
         traces: list[tuple[torch.Tensor, ...]] = []
         with self.model.matmul():
@@ -204,6 +218,32 @@ class TorchLIF:
     ) -> SimResult:
         """``run`` of raw arrays: checked once against ``self.spec`` (SpecError), then run."""
         return self.run(CheckedBatch.check(self.spec, params or {}, inputs), record=record)
+
+    def evaluate_low_rank(
+        self,
+        params: Mapping[str, Any] | None,
+        u: torch.Tensor,
+        vt: torch.Tensor,
+        inputs: Any,
+        *,
+        record: bool = False,
+    ) -> SimResult:
+        """A prototype: set v's ``fc0.weight`` is the loaded one plus ``u[v] @ vt[v]``
+        (``u``: (V, n_out, r), ``vt``: (V, r, n_in)), and the first layer's synaptic input
+        is computed as x W^T + (x Vt^T) U^T: the base product once for all sets, and per set
+        only rank-r products, instead of one full GEMM per set.  float32 only: fixed-point
+        weights are quantised per set, which is not linear in the factors.  The summed
+        weights are still formed once, for the set grouping and the neuron parameters;
+        float rounding differs from ``evaluate`` on them unless every sum is exact."""
+        if self.model.exact:
+            raise SpecError("low-rank first layers are float32 only (quantisation is not linear)")
+        if "fc0.weight" in (params or {}):
+            raise SpecError("fc0.weight comes from the loaded weights and the factors")
+        u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
+        vt = torch.as_tensor(vt, dtype=torch.float32, device=self.device)
+        summed = self._base["fc0.weight"].float() + torch.bmm(u, vt)
+        batch = CheckedBatch.check(self.spec, {**(params or {}), "fc0.weight": summed}, inputs)
+        return self.run(batch, record=record, low_rank=(u, vt))
 
     def counts(self, params: Mapping[str, Any] | None, inputs: Any) -> torch.Tensor:
         return self.evaluate(params, inputs).counts
@@ -322,15 +362,19 @@ class TorchLIF:
             )
         first = layers[0]
         shared = None  # the first layer's W.s for every group at once, where that pays
+        low = None  # a low-rank first layer: its base product for all groups, U, Vt
         w = first.weight
-        if first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
+        if first.low_rank is not None:
+            base = self._base["fc0.weight"].float()
+            low = (self._project(x, base, first, "l0.base"), *first.low_rank)
+        elif first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
             w = self._weights(first, 0, w.shape[0], "all")
             shared = self._project(x, w, first, f"l{first.index}")
         for g0 in range(0, groups, block):
             g1 = min(groups, g0 + block)
             out = counts[g0:g1] if is_output else None
             x_block = self._block_input(first, x, g0, g1)
-            self._block(layers, x_block, g0, g1, tau, shared, full, out)
+            self._block(layers, x_block, g0, g1, tau, shared, full, out, low)
         if record:
             traces += [tuple(full[layer.index]) for layer in layers]
         out_last = full.get(last.index)
@@ -346,6 +390,7 @@ class TorchLIF:
         shared: torch.Tensor | None,
         full: dict[int, list[torch.Tensor]],
         counts: torch.Tensor | None,
+        low: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Groups [g0, g1) through ``layers``, ``tau`` steps at a time.
 
@@ -363,7 +408,7 @@ class TorchLIF:
         chunks: list[torch.Tensor | None] = []
         weights: list[torch.Tensor | None] = []
         for j, layer in enumerate(layers):
-            use_shared = j == 0 and shared is not None
+            use_shared = j == 0 and (shared is not None or low is not None)
             weights.append(None if use_shared else self._weights(layer, g0, g1, "block"))
             chunk = None
             if layer.index in full:
@@ -391,6 +436,12 @@ class TorchLIF:
                 acc, row0 = None, 0
                 if j == 0 and shared is not None:
                     acc = shared if shared.shape[1] == 1 else shared[:, g0:g1]
+                elif j == 0 and low is not None and r1 > r0:
+                    base, u, vt = low
+                    acc = _project_low_rank(
+                        prev[r0:r1], base[r0:r1], u[g0:g1], vt[g0:g1], self._work, "l0"
+                    )
+                    row0 = r0
                 elif r1 > r0:
                     w = weights[j]
                     assert w is not None
@@ -583,6 +634,30 @@ def _project_int8(
     for s, rows in enumerate(per_set):
         torch._int_mm(rows, w[s].T, out=out[s])
     return scaled(out).view(sw, t, b, n_out).permute(1, 0, 2, 3)
+
+
+def _project_low_rank(
+    x: torch.Tensor,
+    base: torch.Tensor,
+    u: torch.Tensor,
+    vt: torch.Tensor,
+    work: _Workspace,
+    tag: str,
+) -> torch.Tensor:
+    """x (W + U Vt)^T as base + (x Vt^T) U^T for S sets on one shared input.
+
+    ``x``: logical (T, 1, B, n_in) spikes; ``base``: x W^T, logical (T, 1, B, n_out);
+    ``u``: (S, n_out, r); ``vt``: (S, r, n_in).  Returns logical (T, S, B, n_out), set-major
+    like ``_project``'s per-set GEMMs."""
+    t, _, b, n_in = x.shape
+    sets, n_out, rank = u.shape
+    rows = x[:, 0].reshape(t * b, n_in)
+    xv = torch.matmul(
+        rows, vt.transpose(1, 2), out=work.get(f"{tag}.xv", (sets, t * b, rank), x.dtype)
+    )
+    out = work.get(f"{tag}.lr", (sets, t * b, n_out), x.dtype)
+    torch.baddbmm(base[:, 0].reshape(1, t * b, n_out), xv, u.transpose(1, 2), out=out)
+    return out.view(sets, t, b, n_out).permute(1, 0, 2, 3)
 
 
 def _batch_major(x: torch.Tensor) -> torch.Tensor:

@@ -41,12 +41,15 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
         assert RATIO.search(body), f"no numeric ratio in {title!r}"
     sim = next(b for t, b in sections.items() if t.startswith("torch-sim"))
     assert "identical spike counts on every device: yes" in sim
-    roofline = next(b for t, b in sections.items() if "roofline" in t)
+    roofline, low_rank = next(b for t, b in sections.items() if "roofline" in t).split(
+        "**Low-rank first layer"
+    )
+    assert re.search(r"\| low-rank \| [\d,]+ \| \d+\.\d\dx \| \d+% \|", low_rank)
     fractions = re.findall(r"\| (\d+)% \|", roofline)
     rows = 3 if int8_gemm_exact("cpu") else 2  # the float-GEMM fixed-point path beside int8
     assert len(fractions) == 2 * rows and all(0 < int(f) < 1000 for f in fractions)
     assert ("| loihi-fixed, float GEMMs |" in roofline) == (rows == 3)
-    assert "; CPU: " in roofline and "GPU: " in roofline  # the machine beside the table
+    assert "; CPU: " in low_rank and "GPU: " in low_rank  # the machine beside the tables
     memory = next(b for t, b in sections.items() if t.startswith("Memory"))
     assert "forward counts identical: yes" in memory
     # BPTT needs more memory than forward-only evaluation at the longer T

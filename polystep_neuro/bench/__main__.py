@@ -114,6 +114,10 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
     for case in cases:
         progress(f"roofline: {case.shape} {case.label}, V={case.sets}")
         results.append(roofline_bench.measure(case, torch.device("cpu"), 3 if quick else 5))
+    low_rank = []
+    for sizes in ((32, 64, 10),) if quick else roofline_bench.LOW_RANK_CASES:
+        progress(f"roofline: low-rank first layer, {'-'.join(map(str, sizes))}")
+        low_rank.append(roofline_bench.measure_low_rank(sizes, 8 if quick else 128))
     return Section(
         "torch-sim against a plain float32 matmul of the same FLOPs (CPU roofline)",
         [
@@ -126,7 +130,18 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
             "median of the per-round ratios.  Roofline fraction = mm time / simulator time.  "
             "`polystep_neuro/bench/roofline_bench.py`.",
         ],
-        roofline_bench.table(results),
+        [
+            *roofline_bench.table(results),
+            "",
+            "**Low-rank first layer (prototype), float32, all weights vary**: V sets whose "
+            "first-layer weights are the loaded ones plus a rank-r term U Vt, evaluated as "
+            "materialised weight sets and as x W^T + (x Vt^T) U^T "
+            "(`TorchLIF.evaluate_low_rank`); inference = the loaded network on V * B "
+            "samples (as many pairs).  Rounds alternate the three; ratios are medians of "
+            "per-round ratios.",
+            "",
+            *roofline_bench.low_rank_table(low_rank),
+        ],
     )
 
 

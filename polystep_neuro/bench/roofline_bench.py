@@ -176,6 +176,84 @@ def run(device: str = "cpu", quick: bool = False, repeats: int = 5) -> list[dict
     return [measure(case, dev, repeats) for case in (QUICK_CASES if quick else CASES)]
 
 
+LOW_RANK_CASES = ((64, 512, 10), (784, 128, 10))
+
+
+def measure_low_rank(
+    sizes: tuple[int, ...], sets: int = 128, rank: int = 4, repeats: int = 5, batch: int = 128
+) -> dict:
+    """All-weights probes, float32, one CPU: (set, sample) pairs / s of V materialised
+    weight sets, of the same sets with the first layer as base + rank-r factors
+    (``TorchLIF.evaluate_low_rank``), and of inference (the loaded network on V * B
+    samples, as many pairs), in alternating rounds; ratios are medians of per-round ones."""
+    steps = 25
+    spec = NetworkSpec.random(
+        list(sizes), steps, seed=0, du=1.0, dv=0.1, vth=1.0, weight_gain=1.0, writable="all"
+    )
+    gen = torch.Generator().manual_seed(0)
+    n_in, n_out = sizes[0], sizes[1]
+    u = 0.05 * torch.randn(sets, n_out, rank, generator=gen)
+    vt = torch.randn(sets, rank, n_in, generator=gen) / rank**0.5
+    base = spec.parameters()
+    others = {
+        f"fc{i}.weight": torch.as_tensor(base[f"fc{i}.weight"])[None]
+        + 0.05 * torch.randn(sets, sizes[i + 1], sizes[i], generator=gen)
+        for i in range(1, len(sizes) - 1)
+    }
+    summed = torch.as_tensor(base["fc0.weight"])[None] + torch.bmm(u, vt)
+    x = (torch.rand(batch, steps, n_in, generator=gen) < 0.3).float()
+    x_inf = x.repeat(sets, 1, 1)
+    sim = TorchLIF(spec, "float32", "cpu")
+    runs = {
+        "materialised": lambda: sim.evaluate({"fc0.weight": summed, **others}, x).counts,
+        "low-rank": lambda: sim.evaluate_low_rank(others, u, vt, x).counts,
+        "inference": lambda: sim.evaluate(None, x_inf).counts,
+    }
+    timed = _timer(torch.device("cpu"))
+    for fn in runs.values():
+        fn()
+    seconds: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            seconds[k].append(timed(fn))
+    agree = float((runs["materialised"]() == runs["low-rank"]()).float().mean())
+    pairs = sets * batch
+    out: dict = {"sizes": sizes, "sets": sets, "rank": rank, "batch": batch, "agree": agree}
+    for k in runs:
+        out[k] = {
+            "pairs_per_s": pairs / statistics.median(seconds[k]),
+            "over_inference": statistics.median(
+                i / s for i, s in zip(seconds["inference"], seconds[k], strict=True)
+            ),
+            "speedup": statistics.median(
+                m / s for m, s in zip(seconds["materialised"], seconds[k], strict=True)
+            ),
+        }
+    return out
+
+
+def low_rank_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| network, V, rank | evaluation | (set, sample) pairs / s | vs materialised "
+        "| of inference's rate |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        where = f"{'-'.join(map(str, r['sizes']))}, V={r['sets']}, r={r['rank']}"
+        for k in ("inference", "materialised", "low-rank"):
+            m = r[k]
+            lines.append(
+                f"| {where} | {k} | {m['pairs_per_s']:,.0f} | {m['speedup']:.2f}x "
+                f"| {m['over_inference']:.0%} |"
+            )
+    lines += [
+        "",
+        "spike counts equal to the materialised sets' (float32 rounding may differ): "
+        + ", ".join(f"{r['agree']:.2%}" for r in results),
+    ]
+    return lines
+
+
 def table(results: list[dict]) -> list[str]:
     lines = [
         "| network, T, B, V | sets vary | precision | (set, sample) pairs / s | GEMM GFLOP/s "
@@ -200,11 +278,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--low-rank", action="store_true", help="also the low-rank first-layer prototype (CPU)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = run(args.device, args.quick, args.repeats)
     print(f"torch {torch.__version__}, simulator on {args.device}; {machine.describe()}")
     print("\n".join(table(results)))
+    if args.low_rank:
+        cases = ((32, 64, 10),) if args.quick else LOW_RANK_CASES
+        sets = 8 if args.quick else 128
+        rows = [measure_low_rank(c, sets, repeats=args.repeats) for c in cases]
+        print()
+        print("\n".join(low_rank_table(rows)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The low-rank first-layer prototype (x W^T + (x Vt^T) U^T) against materialised sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polystep_neuro.core.errors import SpecError
+from polystep_neuro.core.network import NetworkSpec
+from simulators.torch_lif import TorchLIF
+
+
+def _dyadic_case(seed: int, sets: int = 7, rank: int = 3):
+    """Weights in eighths, factors in quarters and units, 0/1 inputs: every sum either
+    path forms is exact in float32, so the two must agree bit for bit."""
+    rng = np.random.default_rng(seed)
+    sizes = [24, 40, 6]
+    spec = NetworkSpec.random(sizes, 9, seed=seed, dv=0.25, writable="all")
+    spec.layers[0].weight = rng.integers(-8, 9, size=(40, 24)).astype(np.float32) / 8
+    u = torch.as_tensor(rng.integers(-2, 3, size=(sets, 40, rank)) / 4, dtype=torch.float32)
+    vt = torch.as_tensor(rng.integers(-1, 2, size=(sets, rank, 24)), dtype=torch.float32)
+    u[3], vt[3] = u[2], vt[2]  # two sets with the same factors share their group
+    fc1 = torch.as_tensor(spec.layers[1].weight)[None].repeat(sets, 1, 1)
+    fc1 += torch.as_tensor(rng.integers(-2, 3, size=fc1.shape) / 16, dtype=torch.float32)
+    x = torch.as_tensor(rng.random((5, 9, 24)) < 0.4, dtype=torch.float32)
+    return spec, u, vt, {"fc1.weight": fc1}, x
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("block", [None, 1, 40 * 5 * 2])
+def test_low_rank_first_layer_equals_materialised_sets_bit_for_bit(
+    seed: int, block: int | None
+) -> None:
+    spec, u, vt, others, x = _dyadic_case(seed)
+    sim = TorchLIF(spec, "float32", block_elements=block, time_block=4)
+    summed = torch.as_tensor(spec.layers[0].weight)[None] + torch.bmm(u, vt)
+    ref = sim.evaluate({"fc0.weight": summed, **others}, x, record=True)
+    got = sim.evaluate_low_rank(others, u, vt, x, record=True)
+    assert ref.voltages is not None and got.voltages is not None
+    assert torch.equal(got.counts, ref.counts)
+    for ours, theirs in zip(got.voltages, ref.voltages, strict=True):
+        assert torch.equal(ours, theirs)
+    assert int(ref.counts.sum()) > 0 and not torch.equal(ref.counts[0], ref.counts[1])
+
+
+def test_low_rank_is_float_only_and_owns_the_first_weights() -> None:
+    spec, u, vt, others, x = _dyadic_case(0)
+    with pytest.raises(SpecError, match="float32 only"):
+        TorchLIF(spec, "loihi-fixed").evaluate_low_rank(others, u, vt, x)
+    with pytest.raises(SpecError, match="fc0.weight"):
+        TorchLIF(spec).evaluate_low_rank({"fc0.weight": u}, u, vt, x)
