@@ -136,8 +136,8 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
             "**Low-rank first layer (prototype), float32, all weights vary**: V sets whose "
             "first-layer weights are the loaded ones plus a rank-r term U Vt, evaluated as "
             "materialised weight sets and as x W^T + (x Vt^T) U^T "
-            "(`TorchLIF.evaluate_low_rank`); inference = the loaded network on V * B "
-            "samples (as many pairs).  Rounds alternate the three; ratios are medians of "
+            "(`TorchLIF.evaluate_low_rank`); inference = the loaded network on the B "
+            "samples, V calls (as many pairs).  Rounds alternate the three; ratios are medians of "
             "per-round ratios.",
             "",
             *roofline_bench.low_rank_table(low_rank),
