@@ -206,19 +206,24 @@ def quantized_halves(w: torch.Tensor, layer: LayerSpec, work: Workspace, tag: st
 
 @functools.cache
 def int8_gemm_exact(device_type: str = "cpu") -> bool:
-    """Whether ``torch._int_mm`` runs on this device and sums int8 products exactly into
-    int32 (probed once per process on the extremes of the int8 range, odd shapes
-    included), so the fixed-point GEMM can use the CPU's int8 dot-product units where
-    torch has them.  CPU only: CUDA's int8 GEMM has shape rules this path does not keep."""
+    """Whether ``torch._int_mm`` runs on this device and sums exactly into int32 what the
+    fixed-point path feeds it: 0/1 spikes times weight halves in [-127, 127], probed once
+    per process on the worst rows and columns (all ones against all +-127, sums past
+    int16).  Not the full int8 range: kernels without int8 dot products (AVX2 without
+    VNNI) may saturate pairwise int16 sums there while staying exact on these operands.
+    CPU only: CUDA's int8 GEMM has shape rules this path does not keep."""
     if device_type != "cpu" or not hasattr(torch, "_int_mm"):
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        a = torch.randint(-128, 128, (37, 300), generator=gen, dtype=torch.int8)
-        b = torch.randint(-128, 128, (300, 11), generator=gen, dtype=torch.int8)
-        a[0], b[:, 0] = -128, -128
-        got = torch._int_mm(a, b)
-        return bool(torch.equal(got.to(torch.int64), a.to(torch.int64) @ b.to(torch.int64)))
+        k = 2 * fp.WEIGHT_MAX * 4  # long enough that the extreme sums pass int16
+        spikes = torch.randint(0, 2, (37, k), generator=gen, dtype=torch.int8)
+        spikes[0], spikes[1] = 1, 0
+        half = fp.WEIGHT_MAX // 2
+        w = torch.randint(-half, half + 1, (k, 11), generator=gen, dtype=torch.int8)
+        w[:, 0], w[:, 1] = half, -half
+        got = torch._int_mm(spikes, w).to(torch.int64)
+        return bool(torch.equal(got, spikes.to(torch.int64) @ w.to(torch.int64)))
     except (RuntimeError, NotImplementedError):
         return False
 
