@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from polystep_neuro.bench import machine
@@ -60,6 +61,16 @@ def test_describe_line_names_model_isa_threads_and_gpu() -> None:
     assert f"{torch.get_num_threads()} torch thread(s)" in line
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     assert f"GPU: {gpu}" in line
+
+
+def test_describe_names_the_isa_limits_a_run_was_held_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in machine.ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    assert "limited by" not in machine.describe(machine.parse_cpuinfo(XEON))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "limited by ONEDNN_MAX_CPU_ISA=AVX2)" in machine.describe(machine.parse_cpuinfo(XEON))
 
 
 def test_this_machine_is_described(tmp_path: Path) -> None:

@@ -31,6 +31,16 @@ ISA_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Environment variables that hold torch's, oneDNN's or MKL's kernels below the CPU's ISA
+# (how an AVX-512 machine stands in for an AVX2 one): a table measured under them says so.
+ISA_LIMITS = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+
+
 @dataclass(frozen=True)
 class CpuFacts:
     """The CPU's model and the ISA extensions the benchmarks' ratios depend on."""
@@ -87,6 +97,9 @@ def describe(facts: CpuFacts | None = None, *, gpu: bool = True) -> str:
     facts = facts or cpu_facts()
     isa = ", ".join(facts.isa) or "no AVX2/AVX-512/NEON flags seen"
     kernels = torch.backends.cpu.get_cpu_capability()
+    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+    if limits:
+        kernels += f", limited by {' '.join(limits)}"
     line = (
         f"CPU: {facts.model} ({isa}; torch kernels {kernels}), "
         f"{torch.get_num_threads()} torch thread(s) of {usable_cores()} usable cores"
