@@ -391,9 +391,14 @@ class _Bounds:
 
 
 def abs_max(x: torch.Tensor) -> float:
+    """max |x|: ``aminmax`` copies a strided view (a time slice of set-major synaptic
+    input) first, where separate ``amin`` and ``amax`` read it in place."""
     if x.numel() == 0:
         return 0.0
-    lo, hi = torch.aminmax(x)
+    if x.is_contiguous():
+        lo, hi = torch.aminmax(x)
+    else:
+        lo, hi = x.amin(), x.amax()
     return max(-float(lo), float(hi))
 
 

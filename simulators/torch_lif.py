@@ -608,7 +608,7 @@ def _project_int8(
 
     def scaled(out32: torch.Tensor) -> torch.Tensor:
         acc = buffer("acc", tuple(out32.shape), acc_dtype)
-        return torch.mul(out32, unit, out=acc)
+        return acc.copy_(out32).mul_(unit)  # on CPU cheaper than one mixed-dtype mul
 
     if sw == 1:
         order = physical_order(x[..., 0])
