@@ -72,13 +72,19 @@ def _reference(endpoint: str, params: dict, inputs: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _spy(sharded: ShardedBackend) -> list[tuple[str, int, str]]:
-    """Record (endpoint, V, worker thread) of every request each shard sends."""
+def _spy(
+    sharded: ShardedBackend, meet: threading.Barrier | None = None
+) -> list[tuple[str, int, str]]:
+    """Record (endpoint, V, worker thread) of every request each shard sends; with ``meet``,
+    each request waits there for the others first (it breaks, failing the call, unless they
+    are in flight at the same time)."""
     calls: list[tuple[str, int, str]] = []
     for ep in sharded._endpoints:
 
         def wrapped(batch: Any, ep: Any = ep, real: Any = ep.backend.run_batch):
             calls.append((ep.address, batch.num_sets, threading.current_thread().name))
+            if meet is not None and not meet.broken:
+                meet.wait()
             return real(batch)
 
         ep.backend.run_batch = wrapped
@@ -121,14 +127,17 @@ def test_sharded_counts_equal_one_server(servers: dict, precision: str) -> None:
             assert isinstance(sharded, ShardedBackend)
             caps = sharded.capabilities
             assert caps.precision == precision and caps.is_remote
-            calls = _spy(sharded)
             sharded.load(_spec())
+            # V=7 over two servers: 4 + 3, in order, both requests in flight at once (each
+            # waits for the other before it is sent)
+            meet = threading.Barrier(2, timeout=10)
+            calls = _spy(sharded, meet)
             got = sharded.evaluate(params, inputs)
+            assert not meet.broken
             assert got.dtype == np.int32 and got.flags.writeable
             np.testing.assert_array_equal(got, expected)
-            # V=7 over two servers: 4 + 3, in order, from two worker threads at once
             assert sorted(c[:2] for c in calls) == sorted([(first, 4), (second, 3)])
-            assert len({c[2] for c in calls}) == 2
+            meet.abort()  # one set next: one server does it, nobody to wait for
             # one set, and "the loaded network" ({}): one server does it
             np.testing.assert_array_equal(
                 sharded.evaluate({k: v[2:3] for k, v in params.items()}, inputs), expected[2:3]
