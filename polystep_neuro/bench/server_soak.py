@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -300,27 +298,16 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
 
 
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return platform.processor() or "unknown"
-    model = next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), ""
-    )
-    flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
-    isa = "/".join(f for f in ("avx2", "avx512f") if f" {f}" in flags)
-    return f"{model or 'unknown'} ({os.cpu_count()} CPUs{', ' + isa if isa else ''})"
-
-
 def report(sessions: dict[str, Any], soak: dict[str, Any], minutes: float) -> str:
+    from polystep_neuro.bench.machine import describe
+
     quiet, hostile = soak["quiet"], soak["hostile"]
     rows = [(q, _pct(quiet, q), _pct(hostile, q)) for q in (50, 99)]
     rss = [m for _, m in soak["rss"]]
     third = max(1, len(rss) // 3)
     first, last = max(rss[:third]), max(rss[-third:])
     lines = [
-        f"- CPU: {_cpu()}; torch-sim-fixed server on CPU, OMP_NUM_THREADS=1",
+        f"- {describe(gpu=False)}; torch-sim-fixed server on CPU, OMP_NUM_THREADS=1",
         "",
         f"Sessions: {sessions['clients']} clients, each its own network, interleaved",
         "",

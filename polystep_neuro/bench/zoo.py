@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +39,7 @@ if __package__ in (None, ""):  # `python -m polystep_neuro.bench.zoo`
 
 from devices.registry import backend_options, open_backend  # noqa: E402
 from polystep_neuro.bench import zoo_tasks  # noqa: E402
+from polystep_neuro.bench.machine import describe  # noqa: E402
 from polystep_neuro.bench.zoo_tasks import HELD_OUT, TASKS, TUNED, Built, Task  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec, split_param_name  # noqa: E402
 from polystep_neuro.optim import optimizer_class  # noqa: E402
@@ -67,6 +66,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "torque": {"update": "torque"},
     "no-momentum": {"momentum": 0.0},
     "no-step-adapt": {"step_adapt": 0.0},
+    "decay-0.3": {"final_step": 0.3},
+    "decay-0.1": {"final_step": 0.1},
+    "step-0.05": {"step": 0.05},
+    "probe-0.25": {"probe": 0.25},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -82,6 +85,10 @@ VARIANT_NOTES = {
     "torque": "torque-aware momentum (a move damped by its angle to the velocity)",
     "no-momentum": "no momentum",
     "no-step-adapt": "the step does not follow the evidence (step_adapt 0)",
+    "decay-0.3": "a half-cosine decay of the step to 30 % by the last step",
+    "decay-0.1": "a half-cosine decay of the step to 10 % by the last step",
+    "step-0.05": "a third of the default initial step (0.05 probe units per step)",
+    "probe-0.25": "probes of a quarter of each tensor's typical magnitude (default: half)",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip
@@ -326,20 +333,6 @@ def _unknown(name: str) -> Task:
     return Task(name, "?", zoo_tasks.DIGITS_LEAKY, "?", "?", "?", 0)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and its wide vector ISAs (lscpu), for every timing figure."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                 if ln.startswith("Model name")), "unknown CPU")  # fmt: skip
-    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines()
-                  if ln.startswith("Flags")), [])  # fmt: skip
-    isa = [f for f in ("avx2", "avx512f") if f in flags]
-    return f"{name} ({', '.join(isa) if isa else 'no avx2/avx512'})"
-
-
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "-"
 
@@ -479,7 +472,7 @@ def tables(
     zoo = Zoo(records)
     seeds = sorted({r["seed"] for r in records})
     lines = [
-        f"CPU: {cpu_model()}; one torch thread; medians over seeds "
+        f"{describe(gpu=False)}; medians over seeds "
         f"{', '.join(map(str, seeds))}; loss = the task's test loss (shifted test set; clean "
         "when training from scratch) of the current point",
         "",
