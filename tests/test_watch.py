@@ -18,7 +18,7 @@ from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from polystep_neuro.run import selection
 from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector
 from polystep_neuro.run.optimizers import Settings
-from polystep_neuro.run.streams import FileStream, SocketStream, open_stream
+from polystep_neuro.run.streams import DirectoryStream, FileStream, SocketStream, open_stream
 from polystep_neuro.run.watch import WatchConfig, Watcher, read_log, run_watch
 
 T = 6
@@ -140,6 +140,61 @@ def test_stopping_and_resuming_gives_the_log_of_an_unbroken_run(field, tmp_path:
     run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts", resume=True))
     whole = (tmp_path / "whole" / "watch.jsonl").read_text()
     assert (tmp_path / "parts" / "watch.jsonl").read_text() == whole
+
+
+@pytest.mark.parametrize("source", ["folder", "socket"])
+def test_a_stop_ends_the_wait_of_an_idle_following_source(field, tmp_path: Path, source) -> None:
+    """Ctrl-C on a watcher that waits for new data (``--follow``, a socket) stops it at once,
+    and the figure and summary are written: the wait used to ignore the stop."""
+    if source == "folder":
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for i in range(3):
+            np.savez(folder / f"b{i}.npz", spikes=np.ones((BATCH, T, 16), np.uint8))
+        stream = DirectoryStream(folder, follow=True, poll_s=0.05)
+    else:
+        stream = SocketStream("tcp://127.0.0.1:*")  # waits forever for a message
+    watcher = Watcher(field["spec"], _cfg(tmp_path / "out"))
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        for record in watcher.watch(stream):
+            seen.append(record["batch"])
+        done.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    time.sleep(1.0)  # every file read; the source is waiting for more
+    watcher.request_stop()
+    assert done.wait(5.0), "the watcher did not stop while its source was idle"
+    stream.close()
+    assert seen == ([0, 1, 2] if source == "folder" else [])
+
+
+def test_time_first_streams_read_as_batch_first_and_the_mistake_is_named(
+    field, tmp_path: Path
+) -> None:
+    """snnTorch's spikegen makes (T, B, N_in): ``--time-first`` reads such a stream as the
+    batch-first one, and without it the error says what the layout looks like."""
+    with np.load(field["folder"] / "stream.npz") as npz:
+        spikes, labels = npz["spikes"][: 3 * BATCH], npz["labels"][: 3 * BATCH]
+    np.savez(tmp_path / "tf.npz", spikes=spikes.swapaxes(0, 1), labels=labels)
+    plain = list(FileStream(field["folder"] / "stream.npz", BATCH))[:3]
+    turned = list(open_stream(str(tmp_path / "tf.npz"), BATCH, time_first=True))
+    assert len(turned) == 3
+    for a, b in zip(plain, turned, strict=True):
+        np.testing.assert_array_equal(a.spikes, b.spikes)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    np.savez(folder / "b0.npz", spikes=spikes[:BATCH].swapaxes(0, 1), labels=labels[:BATCH])
+    with pytest.raises(PolystepError, match=r"look time-first .* pass --time-first"):
+        list(open_stream(str(folder), BATCH))
+    assert next(iter(open_stream(str(folder), BATCH, time_first=True))).spikes.shape == (
+        BATCH,
+        T,
+        16,
+    )
 
 
 def test_a_socket_stream_takes_npz_messages_and_drops_malformed_ones(field) -> None:

@@ -167,6 +167,9 @@ def _add_watch(sub: Any) -> None:
                        "data file (default: 32)")  # fmt: skip
     watch.add_argument("--follow", action="store_true", help="a folder: wait for new files")
     watch.add_argument(
+        "--time-first", action="store_true", help="spikes are (T, B, N_in), as spikegen makes them"
+    )
+    watch.add_argument(
         "--reference-batches",
         type=int,
         default=detector.reference_batches,
@@ -430,7 +433,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     spec = NetworkSpec.load(args.spec)
-    summary = run_watch(spec, open_stream(args.stream, args.batch_size, args.follow), cfg, print)
+    stream = open_stream(args.stream, args.batch_size, args.follow, args.time_first)
+    summary = run_watch(spec, stream, cfg, print)
     events = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["events"].items())
     print(f"{summary['batches']} batches: {events}; log and figure in {args.out}")
     if summary["interrupted"]:

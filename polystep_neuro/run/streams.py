@@ -12,12 +12,14 @@ only reports accuracy with them).  One format everywhere: a batch is what a data
   (a live sensor; never pickled: ``allow_pickle=False``, sizes checked before reading).
 
 A source's ``position`` is the index of the next batch; ``skip(n)`` jumps there on resume.
+A source that waits for data ends its wait when the ``stop`` event given to
+``interrupt_on`` is set, so Ctrl-C stops a watcher that is idle, not only a busy one.
 """
 
 from __future__ import annotations
 
 import io
-import time
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,12 +45,17 @@ class Stream(Protocol):
 
     def skip(self, count: int) -> None: ...
 
+    def interrupt_on(self, stop: threading.Event) -> None: ...
+
     def close(self) -> None: ...
 
 
-def read_batch(data: bytes | Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def read_batch(
+    data: bytes | Path, what: str, time_first: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """'spikes' and optional 'labels' of one ``.npz`` (a path or its bytes); no pickle, and no
-    array larger than :data:`MAX_MESSAGE_BYTES` is read."""
+    array larger than :data:`MAX_MESSAGE_BYTES` is read.  ``time_first``: the file holds
+    spikes as (T, B, N_in), as snnTorch's spikegen makes them."""
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with zipfile.ZipFile(source) as archive:
@@ -67,22 +74,33 @@ def read_batch(data: bytes | Path, what: str) -> tuple[np.ndarray, np.ndarray | 
             f"{what} must be an .npz holding 'spikes' (B, T, N_in) and optionally 'labels' "
             f"(B,): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
+    layout = "(T, B, N_in)" if time_first else "(B, T, N_in)"
     if spikes.ndim != 3 or not np.issubdtype(spikes.dtype, np.number):
-        raise PolystepError(f"{what}: 'spikes' must be a numeric (B, T, N_in) array")
+        raise PolystepError(f"{what}: 'spikes' must be a numeric {layout} array")
+    if time_first:
+        spikes = np.ascontiguousarray(spikes.swapaxes(0, 1))
     if labels is not None and (
         labels.shape != (spikes.shape[0],) or not np.issubdtype(labels.dtype, np.integer)
     ):
-        raise PolystepError(f"{what}: 'labels' must be {spikes.shape[0]} integers")
+        hint = ""
+        if not time_first and labels.shape == (spikes.shape[1],):
+            hint = (
+                f" — its spikes {spikes.shape} look time-first (T, B, N_in), as snnTorch's "
+                "spikegen makes them: pass --time-first (time_first=True)"
+            )
+        raise PolystepError(
+            f"{what}: 'labels' must be {spikes.shape[0]} integers, one per sample{hint}"
+        )
     return spikes, labels
 
 
 class FileStream:
     """One recording: a data file's samples in order, ``batch_size`` at a time."""
 
-    def __init__(self, path: Path, batch_size: int) -> None:
+    def __init__(self, path: Path, batch_size: int, time_first: bool = False) -> None:
         if batch_size < 1:
             raise PolystepError(f"the batch size must be >= 1, got {batch_size}")
-        self.spikes, self.labels = read_batch(Path(path), str(path))
+        self.spikes, self.labels = read_batch(Path(path), str(path), time_first)
         self.batch_size = batch_size
         self.position = 0
 
@@ -91,6 +109,9 @@ class FileStream:
 
     def skip(self, count: int) -> None:
         self.position = count
+
+    def interrupt_on(self, stop: threading.Event) -> None:
+        pass  # a recording never waits
 
     def __iter__(self) -> Iterator[StreamBatch]:
         while self.position < len(self):
@@ -110,16 +131,26 @@ class DirectoryStream:
     are waited for (``poll_s`` apart) until ``idle_s`` pass without one (None: forever)."""
 
     def __init__(
-        self, folder: Path, follow: bool = False, poll_s: float = 0.5, idle_s: float | None = None
+        self,
+        folder: Path,
+        follow: bool = False,
+        poll_s: float = 0.5,
+        idle_s: float | None = None,
+        time_first: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.time_first = time_first
         if not self.folder.is_dir():
             raise PolystepError(f"stream folder not found: {self.folder}")
         self.follow, self.poll_s, self.idle_s = follow, poll_s, idle_s
         self.position = 0
+        self.stop = threading.Event()
 
     def skip(self, count: int) -> None:
         self.position = count
+
+    def interrupt_on(self, stop: threading.Event) -> None:
+        self.stop = stop
 
     def _files(self) -> list[Path]:
         return sorted(self.folder.glob("*.npz"))
@@ -130,7 +161,7 @@ class DirectoryStream:
             files = self._files()
             if self.position < len(files):
                 path = files[self.position]
-                spikes, labels = read_batch(path, str(path))
+                spikes, labels = read_batch(path, str(path), self.time_first)
                 batch = StreamBatch(self.position, spikes, labels)
                 self.position += 1
                 waited = 0.0
@@ -138,7 +169,8 @@ class DirectoryStream:
                 continue
             if not self.follow or (self.idle_s is not None and waited >= self.idle_s):
                 return
-            time.sleep(self.poll_s)
+            if self.stop.wait(self.poll_s):
+                return
             waited += self.poll_s
 
     def close(self) -> None:
@@ -150,9 +182,12 @@ class SocketStream:
     ``endpoint`` (loopback unless told otherwise, as every server here); stops after
     ``idle_s`` without a message (None: never)."""
 
-    def __init__(self, endpoint: str, idle_s: float | None = None) -> None:
+    def __init__(
+        self, endpoint: str, idle_s: float | None = None, time_first: bool = False
+    ) -> None:
         import zmq
 
+        self.time_first = time_first
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
@@ -165,16 +200,30 @@ class SocketStream:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.idle_s = idle_s
         self.position = 0
+        self.stop = threading.Event()
 
     def skip(self, count: int) -> None:
         self.position = count  # a live socket has no past to skip: numbering goes on
 
+    def interrupt_on(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    def _wait(self) -> bool:
+        """Whether a message came before ``idle_s`` passed or ``stop`` was set."""
+        waited_ms, slice_ms = 0, 200
+        while not self.stop.is_set():
+            if self.socket.poll(slice_ms):
+                return True
+            waited_ms += slice_ms
+            if self.idle_s is not None and waited_ms >= self.idle_s * 1000:
+                return False
+        return False
+
     def __iter__(self) -> Iterator[StreamBatch]:
-        timeout = -1 if self.idle_s is None else int(self.idle_s * 1000)
-        while self.socket.poll(timeout):
+        while self._wait():
             message = self.socket.recv()
             try:
-                spikes, labels = read_batch(message, f"message {self.position}")
+                spikes, labels = read_batch(message, f"message {self.position}", self.time_first)
             except PolystepError:
                 continue  # a malformed message is dropped; the stream goes on
             batch = StreamBatch(self.position, spikes, labels)
@@ -185,8 +234,11 @@ class SocketStream:
         self.socket.close()
 
 
-def open_stream(source: str, batch_size: int, follow: bool = False) -> Stream:
-    """A file, a folder, or ``tcp://ADDR:PORT`` / ``ipc://PATH`` to listen on."""
+def open_stream(
+    source: str, batch_size: int, follow: bool = False, time_first: bool = False
+) -> Stream:
+    """A file, a folder, or ``tcp://ADDR:PORT`` / ``ipc://PATH`` to listen on; ``time_first``:
+    its spikes are (T, B, N_in)."""
     if source.startswith(("tcp://", "ipc://")):
         from devices.security import is_local_endpoint
 
@@ -195,12 +247,12 @@ def open_stream(source: str, batch_size: int, follow: bool = False) -> Stream:
                 f"the watcher listens on loopback only ({source} is not): forward the sensor's "
                 "port over SSH, or run the watcher on the sensor's host"
             )
-        return SocketStream(source)
+        return SocketStream(source, time_first=time_first)
     path = Path(source)
     if path.is_dir():
-        return DirectoryStream(path, follow=follow)
+        return DirectoryStream(path, follow=follow, time_first=time_first)
     if path.exists():
-        return FileStream(path, batch_size)
+        return FileStream(path, batch_size, time_first)
     raise PolystepError(
         f"stream {source!r} is neither a data file, a folder of them, nor tcp://ADDR:PORT"
     )

@@ -96,6 +96,7 @@ class Watcher:
         with opened(self.spec, self.cfg, False, self.report, label_free=True) as device:
             self.device = device
             with ctrl_c_stops(self._stop):
+                stream.interrupt_on(self._stop)  # an idle source stops waiting too
                 for batch in stream:
                     yield from self._one(batch)
                     self.state.position = batch.index + 1
@@ -332,19 +333,23 @@ def watch(
     *,
     time_steps: int | None = None,
     batch_size: int = 32,
+    time_first: bool = False,
     report: Report | None = None,
     **options: Any,
 ) -> Iterator[dict[str, Any]]:
     """The watcher as an iterator: one record per batch and per event (see the module
     docstring).  ``model`` as for :func:`polystep_neuro.adapt`; ``stream`` a
     :mod:`~polystep_neuro.run.streams` source or what ``open_stream`` takes (a file, a
-    folder, ``tcp://127.0.0.1:PORT``); ``options`` are :class:`WatchConfig` fields."""
+    folder, ``tcp://127.0.0.1:PORT``; ``time_first``: its spikes are (T, B, N_in));
+    ``options`` are :class:`WatchConfig` fields."""
     from polystep_neuro.run.api import _as_spec
     from polystep_neuro.run.streams import open_stream
 
     spec, _ = _as_spec(model, time_steps, backend)
     cfg = WatchConfig(backend=backend, **options)
-    source = open_stream(stream, batch_size) if isinstance(stream, str) else stream
+    if isinstance(stream, str):
+        stream = open_stream(stream, batch_size, time_first=time_first)
+    source = stream
     try:
         yield from Watcher(spec, cfg, report).watch(source)
     finally:
