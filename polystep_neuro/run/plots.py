@@ -32,14 +32,20 @@ def _curve(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
 
 
 def _accuracy_curves(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
-    """Accuracy of the current parameters on every scored set (clean and shifted test...)."""
-    for key, label in _scored(history, "_accuracy"):
+    """Accuracy of the current parameters on every scored set (clean and shifted test...);
+    a label-free run without a labelled test set has none, and says so."""
+    curves = _scored(history, "_accuracy")
+    for key, label in curves:
         scored = [r for r in history if key in r]
         ax.plot([r["step"] for r in scored], [100 * r[key] for r in scored], lw=1.5, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if curves:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no labelled set scored\n(--test NAME=FILE adds one)",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8)  # fmt: skip
 
 
 def _scored(history: Sequence[Mapping[str, Any]], suffix: str) -> list[tuple[str, str]]:
