@@ -197,6 +197,23 @@ def test_time_first_streams_read_as_batch_first_and_the_mistake_is_named(
     )
 
 
+def test_the_watcher_names_the_layout_of_unlabelled_batches(field, tmp_path: Path) -> None:
+    """Without labels nothing in the file betrays a time-first layout but its shape against
+    the network's T: the watcher checks every batch against the spec and names the flag,
+    both ways, instead of the device's bare shape error."""
+    with np.load(field["folder"] / "clean.npz") as npz:
+        spikes = npz["spikes"][:BATCH]
+    np.savez(tmp_path / "tf.npz", spikes=spikes.swapaxes(0, 1))  # (T, B, N_in), no labels
+    with pytest.raises(PolystepError, match=r"looks time-first .* pass --time-first"):
+        run_watch(field["spec"], FileStream(tmp_path / "tf.npz", BATCH), _cfg(tmp_path / "a"))
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    np.savez(folder / "b0.npz", spikes=spikes)  # batch-first, read as time-first
+    stream = open_stream(str(folder), BATCH, time_first=True)
+    with pytest.raises(PolystepError, match=rf"already batch-first .*T={T}\); drop --time-first"):
+        run_watch(field["spec"], stream, _cfg(tmp_path / "b"))
+
+
 def test_a_socket_stream_takes_npz_messages_and_drops_malformed_ones(field) -> None:
     import io
 

@@ -50,6 +50,7 @@ from polystep_neuro.run.recipe import (
     run_adaptation,
 )
 from polystep_neuro.run.run_defaults import RunConfig
+from polystep_neuro.run.spike_layout import check_layout
 
 
 @dataclass(kw_only=True)
@@ -122,32 +123,8 @@ def _checked_spikes(
         if spikes.ndim != 3:
             raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")
         spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-    _check_shape(path, spikes, spec, time_first)
+    check_layout(spikes, spec, time_first, f"'spikes' in {path}")
     return spikes
-
-
-def _check_shape(path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool) -> None:
-    try:
-        spec.check_inputs(spikes)
-    except SpecError as exc:
-        shape, t = spikes.shape, spec.num_steps
-        # T where the batch should be: the other layout than the one --time-first says
-        other_layout = spikes.ndim == 3 and shape[0] == t and shape[1] != t
-        if other_layout and time_first:
-            raise PolystepError(
-                f"'spikes' in {path} is {(shape[1], shape[0], shape[2])} in the file: that is "
-                f"already batch-first (n, T, N_in) for this network (T={t}); drop --time-first"
-            ) from None
-        if other_layout:
-            hint = (
-                " — it looks time-first (T, n, N_in), as snnTorch's spikegen makes it; "
-                "pass --time-first"
-            )
-        elif spikes.ndim == 3 and shape[1] != t and shape[2] == spec.n_in:
-            hint = f" — the network runs {t} time steps per sample (convert --time-steps sets it)"
-        else:
-            hint = ""
-        raise PolystepError(f"'spikes' in {path}: {exc}{hint}") from None
 
 
 def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:

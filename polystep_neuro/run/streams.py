@@ -38,6 +38,7 @@ class StreamBatch:
     index: int  # position in the stream, from 0
     spikes: np.ndarray  # (B, T, N_in)
     labels: np.ndarray | None  # (B,) integers, or None: nobody labelled these
+    time_first: bool = False  # sent as (T, B, N_in) and transposed on reading
 
 
 class Stream(Protocol):
@@ -101,6 +102,7 @@ class FileStream:
         if batch_size < 1:
             raise PolystepError(f"the batch size must be >= 1, got {batch_size}")
         self.spikes, self.labels = read_batch(Path(path), str(path), time_first)
+        self.time_first = time_first
         self.batch_size = batch_size
         self.position = 0
 
@@ -118,7 +120,7 @@ class FileStream:
             first = self.position * self.batch_size
             part = slice(first, first + self.batch_size)
             labels = None if self.labels is None else self.labels[part]
-            batch = StreamBatch(self.position, self.spikes[part], labels)
+            batch = StreamBatch(self.position, self.spikes[part], labels, self.time_first)
             self.position += 1
             yield batch
 
@@ -162,7 +164,7 @@ class DirectoryStream:
             if self.position < len(files):
                 path = files[self.position]
                 spikes, labels = read_batch(path, str(path), self.time_first)
-                batch = StreamBatch(self.position, spikes, labels)
+                batch = StreamBatch(self.position, spikes, labels, self.time_first)
                 self.position += 1
                 waited = 0.0
                 yield batch
@@ -226,7 +228,7 @@ class SocketStream:
                 spikes, labels = read_batch(message, f"message {self.position}", self.time_first)
             except PolystepError:
                 continue  # a malformed message is dropped; the stream goes on
-            batch = StreamBatch(self.position, spikes, labels)
+            batch = StreamBatch(self.position, spikes, labels, self.time_first)
             self.position += 1
             yield batch
 

@@ -44,6 +44,7 @@ from polystep_neuro.run.losses import accuracy
 from polystep_neuro.run.progress import ctrl_c_stops
 from polystep_neuro.run.recipe import Device, opened
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
+from polystep_neuro.run.spike_layout import check_layout
 from polystep_neuro.run.streams import Stream, StreamBatch
 
 LOG_NAME = "watch.jsonl"
@@ -109,6 +110,8 @@ class Watcher:
         self._stop.set()
 
     def _one(self, batch: StreamBatch) -> Iterator[dict[str, Any]]:
+        what = f"'spikes' of stream batch {batch.index}"
+        check_layout(batch.spikes, self.spec, batch.time_first, what)
         spikes = torch.as_tensor(batch.spikes, dtype=torch.float32)
         counts = torch.as_tensor(self._evaluate(spikes)).to(torch.float32)
         start = counts[-1]

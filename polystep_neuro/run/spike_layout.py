@@ -1,0 +1,45 @@
+"""Which layout a user's spike array is in, said against the network it is meant for.
+
+snnTorch's ``spikegen`` makes spike trains time-first, (T, n, N_in); the project's files and
+streams are batch-first, (n, T, N_in).  A wrong layout only shows as a shape mismatch deep
+in the device, so both the data files of ``adapt`` and the batches of ``watch`` are checked
+here, against the network's own T, where the remedy (``--time-first`` or dropping it) can
+be named.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polystep_neuro.core.errors import PolystepError, SpecError
+from polystep_neuro.core.network import NetworkSpec
+
+
+def check_layout(spikes: np.ndarray, spec: NetworkSpec, time_first: bool, what: str) -> None:
+    """Raise one PolystepError naming the remedy unless ``spikes`` — batch-first already,
+    transposed when ``time_first`` — fit ``spec``; ``what`` names the array in the message
+    (e.g. ``'spikes' in data.npz``)."""
+    try:
+        spec.check_inputs(spikes)
+    except SpecError as exc:
+        shape, t = spikes.shape, spec.num_steps
+        # T where the batch should be: the other layout than the one time_first says
+        other_layout = spikes.ndim == 3 and shape[0] == t and shape[1] != t
+        if other_layout and time_first:
+            raise PolystepError(
+                f"{what} is {(shape[1], shape[0], shape[2])} as given: that is already "
+                f"batch-first (n, T, N_in) for this network (T={t}); drop --time-first "
+                "(time_first=False)"
+            ) from None
+        if other_layout:
+            hint = (
+                " — it looks time-first (T, n, N_in), as snnTorch's spikegen makes it; "
+                "pass --time-first (time_first=True)"
+            )
+        elif spikes.ndim == 3 and shape[1] != t and shape[2] == spec.n_in:
+            hint = f" — the network runs {t} time steps per sample (convert --time-steps sets it)"
+            if not time_first:
+                hint += "; spikes made time-first (T, n, N_in) need --time-first (time_first=True)"
+        else:
+            hint = ""
+        raise PolystepError(f"{what}: {exc}{hint}") from None
