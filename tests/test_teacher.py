@@ -117,3 +117,29 @@ def test_a_teacher_takes_the_anchors_place_in_a_run() -> None:
     targets = torch.cat([torch.as_tensor(y, dtype=torch.float32)[:, None], counts[0]], dim=1)
     expected = teacher_loss(2.0)(counts, targets)  # drifted data only: the anchor's weight
     torch.testing.assert_close(loop.loss(counts, targets), expected)
+
+
+def test_the_adapt_command_says_a_teacher_anchors_the_run(tmp_path, capsys) -> None:
+    """With --teacher the start does not ride along (on_ready sets its weight to 0): the
+    log line names the teacher as the anchor, with the weight its soft targets get."""
+    from polystep_neuro.cli import main
+
+    spec = NetworkSpec.random([12, 16, 4], T, seed=2, dv=0.1, weight_gain=3.0)
+    spec.save(tmp_path / "net.npz")
+    spec.save(tmp_path / "teacher.npz")
+    x, y = _data(60)
+    np.savez(tmp_path / "data.npz", spikes=x, labels=y)
+    for extra, weight in (([], 2), (["--replay", str(tmp_path / "data.npz")], 1)):
+        code = main([
+            "adapt", "--spec", str(tmp_path / "net.npz"), "--data", str(tmp_path / "data.npz"),
+            "--teacher", str(tmp_path / "teacher.npz"), "--backend", "torch-sim", "--steps",
+            "2", "--rank", "4", "--torch-device", "cpu", "--out", str(tmp_path / "run"),
+            "--no-progress", *extra,
+        ])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 0
+        assert (
+            f"; anchored to the outputs of the teacher {tmp_path / 'teacher.npz'} (the trained "
+            f"model), not to the starting network (weight {weight})"
+        ) in out
+        assert "anchored to the starting network" not in out

@@ -208,8 +208,7 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         _say(
             f"adapting {', '.join(adapter.layout.names)} ({adapter.layout.dim} values) of "
             f"{job.spec_path} on {job.backend} ({device.backend.capabilities.device}) with "
-            f"{job.settings.optimizer} on {data.what}"
-            + (f"; anchored to the starting network (weight {anchor:g})" if anchor else "")
+            f"{job.settings.optimizer} on {data.what}" + _anchored(anchor, job.teacher_path)
         )
 
     if job.teacher_path is not None:  # the trained model's outputs as the targets
@@ -228,6 +227,19 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         f"{job.out_dir / 'summary.json'}"
     )
     return result
+
+
+def _anchored(anchor: float, teacher: Path | None) -> str:
+    """What holds the run: the teacher's outputs in the start's place (run/teacher.py), else
+    the starting network's own outputs when ``anchor`` > 0."""
+    if teacher is not None:
+        from polystep_neuro.run.teacher import teacher_weight
+
+        return (
+            f"; anchored to the outputs of the teacher {teacher} (the trained model), not to "
+            f"the starting network (weight {teacher_weight(anchor):g})"
+        )
+    return f"; anchored to the starting network (weight {anchor:g})" if anchor else ""
 
 
 def _both(first: Any, second: Any) -> Any:

@@ -135,7 +135,13 @@ def with_teacher(
     counts = reference.counts(spikes, reference.window(spec))
     labels = stream.labels.cpu().numpy()
     data = TeacherDataset(spikes, labels, counts, stream.batch_size, stream.seed)
-    return data.to(stream.spikes.device), teacher_loss(anchor if anchor > 0 else TEACHER_WEIGHT)
+    return data.to(stream.spikes.device), teacher_loss(teacher_weight(anchor))
+
+
+def teacher_weight(anchor: float) -> float:
+    """The weight of the teacher's soft targets in a run whose anchor weight is ``anchor``:
+    the teacher takes the anchor's place, with :data:`TEACHER_WEIGHT` where there is none."""
+    return anchor if anchor > 0 else TEACHER_WEIGHT
 
 
 def taught(teacher: object, data: Any, spec: NetworkSpec, cfg: Any) -> tuple[Any, Any]:
