@@ -94,3 +94,22 @@ def test_the_renamed_api_keywords_still_work_and_warn(task) -> None:
         pn.adapt([], num_steps=T, **common)
     with pytest.warns(DeprecationWarning, match="DemoConfig.quick: num_steps= is now time_steps="):
         assert DemoConfig.quick(num_steps=7).time_steps == 7
+
+
+def test_the_hand_back_line_appears_once(task, tmp_path: Path, capsys) -> None:
+    """The API returns the summary and its users print it (README): the run does not print
+    it too.  The command, which returns nothing to print, prints it once itself."""
+    result = pn.adapt(task["spec"], train=task["drifted"], steps=2, rank=4, torch_device="cpu")
+    print(result.summary())
+    out = capsys.readouterr().out
+    assert out.count(result.summary()) == 1, out
+    np.savez(tmp_path / "drifted.npz", spikes=task["drifted"][0], labels=task["drifted"][1])
+    task["spec"].save(tmp_path / "spec.npz")
+    code = main([
+        "adapt", "--spec", str(tmp_path / "spec.npz"), "--data", str(tmp_path / "drifted.npz"),
+        "--steps", "2", "--rank", "4", "--torch-device", "cpu", "--out", str(tmp_path / "cli"),
+        "--no-progress",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())["summary"]
+    assert code == 0 and out.count(summary) == 1, out

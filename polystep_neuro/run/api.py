@@ -157,7 +157,10 @@ def adapt(
         from polystep_neuro.run.teacher import taught
 
         data, on_ready = taught(teacher, data, spec, cfg)
-    run = run_adaptation(spec, data, cfg, report=_say if progress else None, on_ready=on_ready)
+    # the notes as the run goes; the summary is result.summary(), which callers print
+    run = run_adaptation(
+        spec, data, cfg, report=_say if progress else None, on_ready=on_ready, report_summary=False
+    )
     return Adaptation(run.result.spec, run.start, run.result, changes)
 
 

@@ -124,9 +124,11 @@ def run_adaptation(
     *,
     report: Report | None = None,
     on_ready: OnReady | None = None,
+    report_summary: bool = True,
 ) -> Run:
     """Adapt ``spec`` on ``cfg.backend`` with ``data``: open, decide the writable set, load,
-    build, resume (``cfg.resume``), run, close.  ``report`` gets the notes and the one-line
+    build, resume (``cfg.resume``), run, close.  ``report`` gets the notes and, unless
+    ``report_summary`` is False (the caller prints ``result.summary()`` itself), the one-line
     summary; ``on_ready(adapter, device, anchor)`` runs once the loop is built."""
     if cfg.out_dir is not None:
         ensure_writable_dir(cfg.out_dir)
@@ -157,7 +159,12 @@ def run_adaptation(
                 cfg.eval_every,
             ),
             regularization=Regularization(anchor, cfg.trust_radius),
-            output=Output(cfg.out_dir, cfg.checkpoint_every, cfg.progress, report=report),
+            output=Output(
+                cfg.out_dir,
+                cfg.checkpoint_every,
+                cfg.progress,
+                report=report if report_summary else None,
+            ),
         )
         if on_ready is not None:
             on_ready(adapter, device, anchor)
