@@ -112,6 +112,7 @@ def test_the_api_adapts_spikes_alone_with_a_label_free_objective(field_data, cap
     )
     out = capsys.readouterr().out
     assert "no labels: adapting to the label-free objective 'im'" in out
+    assert "the label-free objective 'im' on the device's outputs (lower is better);" in out
     assert result.result.adapted == ("lif0.v_bias", "lif0.vth")  # hidden biases, thresholds
     assert "no labels: adapting the hidden neurons' biases and thresholds" in out
     start, end = result.result.start, result.result.end

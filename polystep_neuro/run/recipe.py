@@ -142,7 +142,8 @@ def run_adaptation(
     if loss is not None and report is not None:
         report(
             f"no labels: adapting to the label-free objective {cfg.objective!r} on the "
-            "device's outputs; held-out data decides on it which network is handed back"
+            "device's outputs (lower is better); held-out data decides on it which network "
+            "is handed back"
         )
     with opened(spec, cfg, data.has_clean, report, label_free=loss is not None) as device:
         adapter = Adapter.build(
