@@ -258,6 +258,26 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert not out.exists()
 
 
+def test_a_torch_model_where_a_spec_belongs_says_to_convert_it(tmp_path: Path, capsys) -> None:
+    """Every command that reads a spec says the same one line for a torch.save'd model."""
+    model = tmp_path / "model.pt"
+    torch.save(_model(), model)
+    np.savez(tmp_path / "data.npz", spikes=_inputs(), labels=np.zeros(12, np.int64))
+    want = (
+        f"{model} is a model saved with torch.save, not a polystep-neuro spec (.npz); convert "
+        f"it first: polystep-neuro convert --snntorch {model} --time-steps T --out net.npz (T: "
+        "the time steps per sample of your data)"
+    )
+    data = tmp_path / "data.npz"
+    for args in (
+        ("evaluate", "--spec", model, "--data", data),
+        ("adapt", "--spec", model, "--data", data, "--out", tmp_path / "run"),
+        ("watch", "--spec", model, "--stream", data, "--out", tmp_path / "watch"),
+        ("export", "--spec", model, "--to", "nir", "--out", tmp_path / "x.nir"),
+    ):
+        assert _error(capsys, want, *args) == f"polystep-neuro: error: {want}"
+
+
 def test_console_command_end_to_end(tmp_path: Path) -> None:
     """The installed entry point, as a user runs it (exit codes through a real process)."""
     NetworkSpec.random([6, 4], 8, seed=1).save(tmp_path / "s.npz")

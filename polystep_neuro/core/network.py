@@ -312,6 +312,8 @@ class NetworkSpec:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise SpecError(f"{what}: it holds a single array (.npy)")
             with data:
+                if _META_KEY not in data.files and _torch_saved(path, data.files):
+                    raise _torch_save_error(path)
                 meta = json.loads(str(data[_META_KEY]))
                 arrays = {k: data[k] for k in data.files if k != _META_KEY}
         except FileNotFoundError:
@@ -319,6 +321,8 @@ class NetworkSpec:
         except SpecError:
             raise
         except Exception as exc:  # zip, zlib, npy header and JSON errors of a damaged file
+            if _torch_saved(path):  # e.g. torch.save's legacy (plain pickle) format
+                raise _torch_save_error(path) from None
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SpecError(f"{what}: {detail}") from None
         if not isinstance(meta, dict):
@@ -420,3 +424,19 @@ def _validate_layer(i: int, layer: LayerSpec, prev_out: int | None) -> None:
         math.isfinite(layer.fixed_scale) and layer.fixed_scale > 0
     ):
         raise SpecError(f"layer {i}: fixed_scale must be > 0, got {layer.fixed_scale}")
+
+
+def _torch_saved(path: str | os.PathLike[str], files: Iterable[str] = ()) -> bool:
+    """``path`` looks like a ``torch.save`` file: its zip holds ``data.pkl``, or it is named
+    .pt / .pth."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    return suffix in (".pt", ".pth") or any(f.rsplit("/", 1)[-1] == "data.pkl" for f in files)
+
+
+def _torch_save_error(path: str | os.PathLike[str]) -> SpecError:
+    """One line for every command that reads a spec and got a saved torch model instead."""
+    return SpecError(
+        f"{path} is a model saved with torch.save, not a polystep-neuro spec (.npz); convert it "
+        f"first: polystep-neuro convert --snntorch {path} --time-steps T --out net.npz (T: the "
+        "time steps per sample of your data)"
+    )
