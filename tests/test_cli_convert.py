@@ -278,6 +278,18 @@ def test_a_torch_model_where_a_spec_belongs_says_to_convert_it(tmp_path: Path, c
         assert _error(capsys, want, *args) == f"polystep-neuro: error: {want}"
 
 
+def test_check_on_data_of_another_t_names_the_datas_t(tmp_path: Path, capsys) -> None:
+    """`check --time-steps` is this command's own flag: a mismatch names the data's T."""
+    torch.save(_model(), tmp_path / "model.pt")
+    np.savez(tmp_path / "data.npz", spikes=_inputs(), labels=np.zeros(12, np.int64))
+    _error(
+        capsys, f"inputs must have shape (B, 25, 8) (batch, time, inputs), got (12, {T}, 8) — "
+        f"the network runs 25 time steps per sample, the data {T} (--time-steps {T} sets it)",
+        "check", "--snntorch", tmp_path / "model.pt", "--time-steps", 25, "--data",
+        tmp_path / "data.npz", "--out", tmp_path / "check",
+    )  # fmt: skip
+
+
 def test_console_command_end_to_end(tmp_path: Path) -> None:
     """The installed entry point, as a user runs it (exit codes through a real process)."""
     NetworkSpec.random([6, 4], 8, seed=1).save(tmp_path / "s.npz")

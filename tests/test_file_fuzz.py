@@ -132,8 +132,9 @@ def test_data_with_other_time_steps_names_where_the_networks_come_from(tmp_path:
     with pytest.raises(PolystepError) as info:
         load_spike_data(path, SPEC)
     assert "got (7, 9, 6)" in str(info.value)
-    assert "the network runs 4 time steps per sample (convert --time-steps sets it)" in str(
-        info.value
+    assert (
+        "the network runs 4 time steps per sample, the data 9 (convert --time-steps 9 sets "
+        "it)" in str(info.value)
     )
 
 

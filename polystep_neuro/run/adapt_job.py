@@ -75,11 +75,17 @@ class AdaptJob(RunConfig):
 
 
 def load_spike_data(
-    path: Path, spec: NetworkSpec, time_first: bool = False, *, need_labels: bool = True
+    path: Path,
+    spec: NetworkSpec,
+    time_first: bool = False,
+    *,
+    need_labels: bool = True,
+    time_steps_flag: str = "convert --time-steps",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A user's data file: 'spikes' (n, T, N_in) — or (T, n, N_in) with ``time_first`` — and
     integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError.  Without
-    ``need_labels`` a file may hold no 'labels' (unlabelled field data: labels None)."""
+    ``need_labels`` a file may hold no 'labels' (unlabelled field data: labels None);
+    ``time_steps_flag`` is what a T mismatch names (:func:`check_layout`)."""
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -89,7 +95,8 @@ def load_spike_data(
             )
         with data:
             if "labels" not in data.files and not need_labels and "spikes" in data.files:
-                return _checked_spikes(path, data["spikes"], spec, time_first), None
+                spikes = _checked_spikes(path, data["spikes"], spec, time_first, time_steps_flag)
+                return spikes, None
             spikes, labels = data["spikes"], data["labels"]
     except FileNotFoundError:
         raise PolystepError(f"data file not found: {path}") from None
@@ -102,7 +109,7 @@ def load_spike_data(
         ) from None
     if not np.issubdtype(labels.dtype, np.number):
         raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
-    spikes = _checked_spikes(path, spikes, spec, time_first)
+    spikes = _checked_spikes(path, spikes, spec, time_first, time_steps_flag)
     if labels.shape != (spikes.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise PolystepError(
             f"'labels' in {path} must be {spikes.shape[0]} integers, got {labels.dtype} "
@@ -114,7 +121,7 @@ def load_spike_data(
 
 
 def _checked_spikes(
-    path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool
+    path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool, time_steps_flag: str
 ) -> np.ndarray:
     """The file's 'spikes', batch-first and checked against the network."""
     if not np.issubdtype(spikes.dtype, np.number):
@@ -123,7 +130,7 @@ def _checked_spikes(
         if spikes.ndim != 3:
             raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")
         spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-    check_layout(spikes, spec, time_first, f"'spikes' in {path}")
+    check_layout(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
     return spikes
 
 

@@ -19,6 +19,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.cli_args import add_backend, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
 from polystep_neuro.run.reference import Reference
+from polystep_neuro.run.spike_layout import check_layout
 
 
 def add_parsers(sub: Any) -> None:
@@ -140,9 +141,14 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def load_data(
-    path: Path, spec: NetworkSpec, time_first: bool, labels_needed: bool = True
+    path: Path,
+    spec: NetworkSpec,
+    time_first: bool,
+    labels_needed: bool = True,
+    time_steps_flag: str = "--time-steps",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A data file's spikes (batch-first) and labels (None when absent and not needed)."""
+    """A data file's spikes (batch-first) and labels (None when absent and not needed);
+    ``time_steps_flag`` is what a T mismatch names (:func:`_time_steps_flag`)."""
     from polystep_neuro.run.adapt_job import load_spike_data
 
     if not labels_needed:
@@ -156,12 +162,15 @@ def load_data(
             assert spikes is not None
             if time_first:
                 spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-            try:
-                spec.check_inputs(spikes)
-            except PolystepError as exc:
-                raise PolystepError(f"'spikes' in {path}: {exc}") from None
+            check_layout(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
             return spikes, None
-    return load_spike_data(path, spec, time_first)
+    return load_spike_data(path, spec, time_first, time_steps_flag=time_steps_flag)
+
+
+def _time_steps_flag(args: argparse.Namespace) -> str:
+    """What sets the model's T: this command's --time-steps for an snnTorch or NIR model; a
+    spec's T is its own (it comes from the model it was converted from)."""
+    return "convert --time-steps" if args.spec is not None else "--time-steps"
 
 
 # --------------------------------------------------------------------------- check
@@ -170,7 +179,9 @@ def check(args: argparse.Namespace) -> int:
 
     reference = read_model(args)
     device_spec = None if args.device_spec is None else NetworkSpec.load(args.device_spec)
-    spikes, labels = load_data(args.data, reference.spec, args.time_first)
+    spikes, labels = load_data(
+        args.data, reference.spec, args.time_first, time_steps_flag=_time_steps_flag(args)
+    )
     assert labels is not None
     if args.samples is not None:
         if args.samples < 1:
@@ -194,7 +205,9 @@ def deploy(args: argparse.Namespace) -> int:
     spec = reference.spec
 
     def data(path: Path, labels_needed: bool = True) -> Any:
-        spikes, labels = load_data(path, spec, args.time_first, labels_needed)
+        spikes, labels = load_data(
+            path, spec, args.time_first, labels_needed, _time_steps_flag(args)
+        )
         return spikes if labels is None else (spikes, labels)
 
     result = run_deploy(

@@ -15,10 +15,17 @@ from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
 
 
-def check_layout(spikes: np.ndarray, spec: NetworkSpec, time_first: bool, what: str) -> None:
+def check_layout(
+    spikes: np.ndarray,
+    spec: NetworkSpec,
+    time_first: bool,
+    what: str,
+    time_steps_flag: str = "convert --time-steps",
+) -> None:
     """Raise one PolystepError naming the remedy unless ``spikes`` — batch-first already,
     transposed when ``time_first`` — fit ``spec``; ``what`` names the array in the message
-    (e.g. ``'spikes' in data.npz``)."""
+    (e.g. ``'spikes' in data.npz``), ``time_steps_flag`` what sets the network's T for the
+    command at hand (``check`` and ``deploy`` take ``--time-steps`` themselves)."""
     try:
         spec.check_inputs(spikes)
     except SpecError as exc:
@@ -37,7 +44,10 @@ def check_layout(spikes: np.ndarray, spec: NetworkSpec, time_first: bool, what: 
                 "pass --time-first (time_first=True)"
             )
         elif spikes.ndim == 3 and shape[1] != t and shape[2] == spec.n_in:
-            hint = f" — the network runs {t} time steps per sample (convert --time-steps sets it)"
+            hint = (
+                f" — the network runs {t} time steps per sample, the data {shape[1]} "
+                f"({time_steps_flag} {shape[1]} sets it)"
+            )
             if not time_first:
                 hint += "; spikes made time-first (T, n, N_in) need --time-first (time_first=True)"
         else:
