@@ -123,6 +123,20 @@ def test_deploy_bench_quick_reports_every_stage() -> None:
     assert "never less accurate than the converted network on validation: yes" in lines[-1]
 
 
+def test_gap_sources_end_where_deploy_starts() -> None:
+    """The gap decomposition's columns are the model read exactly and the device's changes:
+    its first column is the trained model's own test accuracy and its last the converted
+    network's, to the sample, as the deployment bench scores them on the same seed."""
+    pytest.importorskip("snntorch")
+    from polystep_neuro.bench import deploy_bench, gap_sources
+
+    row = gap_sources.gap_sources(deploy_bench.QUICK, 0)
+    (bench,) = deploy_bench.run((deploy_bench.QUICK,), [0], budget=3_000, progress=lambda s: None)
+    assert row["exact"] == pytest.approx(bench.trained, abs=1e-6)
+    assert row["all, fixed point"] == pytest.approx(bench.converted, abs=1e-6)
+    assert row["zero reset"] != row["exact"]  # the reset is a change this model feels
+
+
 def test_label_free_and_watch_sections_report_what_they_measured(tmp_path: Path) -> None:
     """The two label-free sections on their quick sizes: a labelled and a label-free row with
     numbers, and a watcher that detects the brightness change on a clean/bright/clean stream

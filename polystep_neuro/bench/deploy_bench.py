@@ -110,6 +110,24 @@ def spikes(x: np.ndarray, num_steps: int, seed: int) -> np.ndarray:
     return spikegen.rate(torch.as_tensor(x), num_steps=num_steps).to(torch.uint8).numpy()
 
 
+Split = tuple[np.ndarray, np.ndarray]  # time-first spikes (T, n, F) and labels
+
+
+def trained(model: Model, seed: int) -> tuple[torch.nn.Sequential, Split, Split, Split]:
+    """The seed's snnTorch model trained with BPTT, and its training, validation (the
+    held-out fifth) and test sets as time-first spike trains."""
+    split = load_split(model.dataset, 0)
+    kept, held = hold_out(len(split.y_train), 0.2, seed)
+    t = model.num_steps
+    x_train = spikes(split.x_train[kept], t, seed)
+    x_val = spikes(split.x_train[held], t, seed + 1000)
+    x_test = spikes(split.x_test, t, 7)  # one test set for every seed
+    y_train, y_val = split.y_train[kept], split.y_train[held]
+    net = build(model, seed)
+    train_bptt(net, x_train, y_train, lr=model.lr, epochs=model.epochs, seed=seed, time_first=True)
+    return net, (x_train, y_train), (x_val, y_val), (x_test, split.y_test)
+
+
 def run_one(
     model: Model,
     seed: int,
@@ -121,25 +139,18 @@ def run_one(
     """Train one model, deploy it, score every stage."""
     import polystep_neuro as pn
 
-    split = load_split(model.dataset, 0)
-    kept, held = hold_out(len(split.y_train), 0.2, seed)
-    t = model.num_steps
-    x_train = spikes(split.x_train[kept], t, seed)
-    x_val = spikes(split.x_train[held], t, seed + 1000)
-    x_test = spikes(split.x_test, t, 7)  # one test set for every seed
-    y_train, y_val = split.y_train[kept], split.y_train[held]
-    net = build(model, seed)
     start = time.perf_counter()
-    train_bptt(net, x_train, y_train, lr=model.lr, epochs=model.epochs, seed=seed, time_first=True)
+    net, (x_train, y_train), (x_val, y_val), (x_test, y_test) = trained(model, seed)
     trained_s = time.perf_counter() - start
     progress(f"deploy: {model.name} seed {seed}: trained in {trained_s:.0f} s")
+    t = model.num_steps
     start = time.perf_counter()
     result = pn.deploy(
         net,
         backend,
         data=(x_train, y_train),
         validation=(x_val, y_val),
-        test={"test": (x_test, split.y_test)},
+        test={"test": (x_test, y_test)},
         time_steps=t,
         time_first=True,
         budget=budget,

@@ -41,6 +41,7 @@ __all__ = [
     "DEVICE_TIMED",
     "Change",
     "device_compatibility",
+    "device_layer",
     "device_timed",
     "device_writable",
     "for_backend",
@@ -116,7 +117,7 @@ def device_compatibility(spec: NetworkSpec) -> list[str]:
     return problems
 
 
-def _device_layer(i: int, layer: LayerSpec, num_steps: int) -> tuple[LayerSpec, list[Change]]:
+def device_layer(i: int, layer: LayerSpec, num_steps: int) -> tuple[LayerSpec, list[Change]]:
     """One layer in the device's semantics, and what that changed."""
     changes: list[Change] = []
     if layer.reset != "zero":
@@ -213,7 +214,7 @@ def to_device_semantics(spec: NetworkSpec) -> tuple[NetworkSpec, list[Change]]:
     layers: list[LayerSpec] = []
     changes: list[Change] = []
     for i, layer in enumerate(spec.layers):
-        out, changed = _device_layer(i, layer, spec.num_steps)
+        out, changed = device_layer(i, layer, spec.num_steps)
         layers.append(out)
         changes += changed
     out_spec = NetworkSpec(layers, spec.num_steps, _device_names(spec.writable)).validate()
