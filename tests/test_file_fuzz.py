@@ -144,3 +144,20 @@ def test_time_first_on_batch_first_data_says_to_drop_the_flag(tmp_path: Path) ->
     with pytest.raises(PolystepError, match=r"is \(7, 4, 6\) as given: that is already "
                        r"batch-first .*T=4\); drop --time-first"):  # fmt: skip
         load_spike_data(path, SPEC, time_first=True)
+
+
+@pytest.mark.parametrize("spikes", [np.zeros((4, 6), np.uint8), np.zeros(5, np.float32)])
+def test_deploys_unlabelled_time_first_data_of_the_wrong_rank_is_one_line(
+    tmp_path: Path, spikes: np.ndarray
+) -> None:
+    """deploy reads data without labels (the model's answers stand in): a time-first file
+    that is not 3-D says so instead of failing inside numpy's transpose."""
+    from polystep_neuro.run.deploy_cli import load_data
+
+    path = tmp_path / "field.npz"
+    np.savez(path, spikes=spikes)
+    with pytest.raises(PolystepError, match=r"'spikes' in .* must be 3-D, got shape"):
+        load_data(path, SPEC, time_first=True, labels_needed=False)
+    np.savez(path, spikes=np.zeros((4, 7, 6), np.uint8))  # (T, n, N_in)
+    batch_first, labels = load_data(path, SPEC, time_first=True, labels_needed=False)
+    assert batch_first.shape == (7, 4, 6) and labels is None

@@ -19,7 +19,6 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.cli_args import add_backend, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
 from polystep_neuro.run.reference import Reference
-from polystep_neuro.run.spike_layout import check_layout
 
 
 def add_parsers(sub: Any) -> None:
@@ -151,20 +150,9 @@ def load_data(
     ``time_steps_flag`` is what a T mismatch names (:func:`_time_steps_flag`)."""
     from polystep_neuro.run.adapt_job import load_spike_data
 
-    if not labels_needed:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                has_labels = "labels" in data.files
-                spikes = None if has_labels else np.asarray(data["spikes"])
-        except (OSError, ValueError, KeyError, AttributeError):
-            has_labels = True  # let load_spike_data say what is wrong with the file
-        if not has_labels:
-            assert spikes is not None
-            if time_first:
-                spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-            check_layout(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
-            return spikes, None
-    return load_spike_data(path, spec, time_first, time_steps_flag=time_steps_flag)
+    return load_spike_data(
+        path, spec, time_first, need_labels=labels_needed, time_steps_flag=time_steps_flag
+    )
 
 
 def _time_steps_flag(args: argparse.Namespace) -> str:
