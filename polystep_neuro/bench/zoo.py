@@ -70,6 +70,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "decay-0.1": {"final_step": 0.1},
     "step-0.05": {"step": 0.05},
     "probe-0.25": {"probe": 0.25},
+    "rank-32": {"rank": 32},
+    "rank-16": {"rank": 16},
+    "rank-128": {"rank": 128},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -89,6 +92,9 @@ VARIANT_NOTES = {
     "decay-0.1": "a half-cosine decay of the step to 10 % by the last step",
     "step-0.05": "a third of the default initial step (0.05 probe units per step)",
     "probe-0.25": "probes of a quarter of each tensor's typical magnitude (default: half)",
+    "rank-32": "32 search coordinates per tensor (default 64): half the sets, twice the steps",
+    "rank-16": "16 search coordinates per tensor: a quarter of the sets per step, 4x the steps",
+    "rank-128": "128 search coordinates per tensor: more sets per step, fewer steps",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip
