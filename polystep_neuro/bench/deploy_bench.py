@@ -227,12 +227,27 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_parser(description: str) -> argparse.ArgumentParser:
+    """The options every script over the bench models shares: --seeds and --models."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--models", nargs="+", help=f"names among: {'; '.join(m.name for m in MODELS)}"
     )
+    return parser
+
+
+def chosen_models(parser: argparse.ArgumentParser, names: list[str] | None) -> tuple[Model, ...]:
+    """The bench models ``--models`` names (all of them when none); a wrong name is a usage
+    error."""
+    models = MODELS if not names else tuple(m for m in MODELS if m.name in names)
+    if names and len(models) != len(names):
+        parser.error(f"--models: choose among {[m.name for m in MODELS]}")
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = model_parser(__doc__.splitlines()[0])
     parser.add_argument("--backend", default="torch-sim-fixed")
     parser.add_argument("--budget", type=int, default=50_000, help="parameter sets per model")
     parser.add_argument("--quick", action="store_true", help="one tiny model, a small budget")
@@ -244,9 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         models, budget = (QUICK,), min(args.budget, 3_000)
     else:
-        models = MODELS if not args.models else tuple(m for m in MODELS if m.name in args.models)
-        if args.models and len(models) != len(args.models):
-            parser.error(f"--models: choose among {[m.name for m in MODELS]}")
+        models = chosen_models(parser, args.models)
         budget = args.budget
     rows = run(models, args.seeds, args.backend, budget, lambda s: print(s, flush=True), args.adapt)
     print("\n".join(table(rows)))

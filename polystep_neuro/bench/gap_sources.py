@@ -13,7 +13,6 @@ says how much of the gap that is.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.gap_sources`
     sys.path.insert(0, str(ROOT))
 
-from polystep_neuro.bench.deploy_bench import MODELS, Model, trained  # noqa: E402
+from polystep_neuro.bench.deploy_bench import (  # noqa: E402
+    Model,
+    chosen_models,
+    model_parser,
+    trained,
+)
 from polystep_neuro.core.network import LayerSpec, NetworkSpec  # noqa: E402
 from polystep_neuro.run.interop import device_layer  # noqa: E402
 from polystep_neuro.run.interop.snntorch import snntorch_spec  # noqa: E402
@@ -78,15 +82,9 @@ def gap_sources(model: Model, seed: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--models", nargs="+", help=f"names among: {'; '.join(m.name for m in MODELS)}"
-    )
+    parser = model_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
-    models = MODELS if not args.models else tuple(m for m in MODELS if m.name in args.models)
-    if args.models and len(models) != len(args.models):
-        parser.error(f"--models: choose among {[m.name for m in MODELS]}")
+    models = chosen_models(parser, args.models)
     torch.set_num_threads(1)
     names = list(VARIANTS)
     print("| model | seed | " + " | ".join(names) + " |")
