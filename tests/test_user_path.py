@@ -209,10 +209,11 @@ def sinabs_module(graph, batch_size: int, dv: float) -> torch.nn.Module:
     several spikes per step and reset by subtraction."""
     import math
 
+    sinabs = _sinabs()  # skips (or fails under CI's POLYSTEP_REQUIRE_SINABS) before any import
     import sinabs.activation as sa
     import sinabs.layers as sl
 
-    module = _sinabs().from_nir(graph, batch_size=batch_size)
+    module = sinabs.from_nir(graph, batch_size=batch_size)
     for layer in module.modules():
         if isinstance(layer, sl.LIF):
             layer.spike_fn = sa.SingleSpike
