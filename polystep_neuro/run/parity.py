@@ -80,7 +80,7 @@ class ParityReport:
     layers: list[LayerParity]
     reference_accuracy: float
     device_accuracy: float
-    same_prediction: float  # share of samples whose top output neuron is the same
+    same_prediction: float  # share of samples with the same decision (a tie: none)
     changes: list[str] = field(default_factory=list)
 
     @property
@@ -122,8 +122,9 @@ class ParityReport:
         first, largest = self.first_divergence, self.largest_divergence
         return [
             f"output accuracy on {self.samples} samples: reference {self.reference_accuracy:.1%}"
-            f", {self.backend} {self.device_accuracy:.1%} ({gap:+.1f} points); the same top "
-            f"output neuron on {self.same_prediction:.1%} of samples",
+            f", {self.backend} {self.device_accuracy:.1%} ({gap:+.1f} points); the same "
+            f"decision on {self.same_prediction:.1%} of samples (a tie between output neurons "
+            "is no decision and counts as wrong)",
             "first divergence: "
             + ("none (every count equal)" if first is None else f"layer {first}")
             + "; largest divergence of a layer's own: "
@@ -201,9 +202,18 @@ def check_parity(
         layers=rows,
         reference_accuracy=float(accuracy(ref_out[None], labels_t)[0]),
         device_accuracy=float(accuracy(dev_out[None], labels_t)[0]),
-        same_prediction=float((ref_out.argmax(1) == dev_out.argmax(1)).float().mean()),
+        same_prediction=float((_decision(ref_out) == _decision(dev_out)).float().mean()),
         changes=[str(c) for c in changes],
     )
+
+
+def _decision(counts: torch.Tensor) -> torch.Tensor:
+    """Each sample's class as accuracy reads it: the output neuron that spiked strictly more
+    than every other, -1 for a tie (so two tied samples agree, and agreement bounds the
+    accuracy gap)."""
+    top = counts.topk(2, dim=1).values if counts.shape[1] > 1 else None
+    unique = torch.ones(len(counts), dtype=torch.bool) if top is None else top[:, 0] > top[:, 1]
+    return torch.where(unique, counts.argmax(1), torch.full_like(counts.argmax(1), -1))
 
 
 def _counts(backend: Any, spikes: np.ndarray) -> np.ndarray:
