@@ -99,6 +99,24 @@ def field_data() -> dict:
     return {"spec": spec, "drifted": spikes(160, 0.5), "clean": spikes(80, 1.0)}
 
 
+def test_the_api_names_the_layout_of_spikes_alone(field_data) -> None:
+    """Spikes alone in snnTorch's time-first layout without ``time_first=True``: the API says
+    so, as the commands do, instead of the bare shape error; and the flag's misuse too."""
+    x_drift, _ = field_data["drifted"]
+    turned = np.ascontiguousarray(np.asarray(x_drift).swapaxes(0, 1))
+    with pytest.raises(PolystepError, match=r"looks time-first .* \(time_first=True\)"):
+        pn.adapt(field_data["spec"], train=turned, steps=1, torch_device="cpu", progress=False)
+    with pytest.raises(PolystepError, match=r"already batch-first .* \(time_first=False\)"):
+        pn.adapt(
+            field_data["spec"],
+            train=x_drift,
+            time_first=True,
+            steps=1,
+            torch_device="cpu",
+            progress=False,
+        )
+
+
 def test_the_api_adapts_spikes_alone_with_a_label_free_objective(field_data, capsys) -> None:
     x_drift, y_drift = field_data["drifted"]
     result = pn.adapt(

@@ -46,7 +46,8 @@ def check_layout(
         elif spikes.ndim == 3 and shape[1] != t and shape[2] == spec.n_in:
             hint = (
                 f" — the network runs {t} time steps per sample, the data {shape[1]} "
-                f"({time_steps_flag} {shape[1]} sets it)"
+                f"({time_steps_flag}{'' if time_steps_flag.endswith('=') else ' '}{shape[1]} "
+                "sets it)"
             )
             if not time_first:
                 hint += "; spikes made time-first (T, n, N_in) need --time-first (time_first=True)"
