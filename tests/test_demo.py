@@ -87,6 +87,14 @@ def test_demo_pretrains_shifts_and_adapts(tmp_path: Path) -> None:
         if not np.array_equal(value, deployed.parameters()[name])
     }
     assert moved == {"fc1.weight"}
+    # A resumed demo says its total is this run's alone (its stage times carry the earlier
+    # run's seconds: a new user saw "(937 s)" above "total 89 s").
+    (last,) = [line for line in lines if "adaptation recovered" in line]
+    assert last.endswith(" s") and "in this run" not in last
+    again: list[str] = []
+    run_demo(_small(out, resume=True), report=again.append)
+    (last,) = [line for line in again if "adaptation recovered" in line]
+    assert last.endswith(" s in this run (the stage times above include the run it resumed)")
 
 
 def test_demo_adaptation_on_lava_fixed_equals_torch_sim_fixed(tmp_path: Path) -> None:

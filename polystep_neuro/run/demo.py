@@ -316,9 +316,13 @@ def _finish(
     for name, value in accuracies.items():
         report(f"| {name} | {value:.1%} |")
     clean_change = accuracies["adapted (clean)"] - accuracies["Loihi 2 fixed point"]
+    # A resumed demo's stage times carry the interrupted run's seconds; its total does not.
+    total = f"total {walls['total']:.0f} s"
+    if cfg.resume:
+        total += " in this run (the stage times above include the run it resumed)"
     report(
         f"adaptation recovered {share:.0%} of the accuracy the shift took; clean accuracy "
-        f"{100 * clean_change:+.1f} points; total {walls['total']:.0f} s"
+        f"{100 * clean_change:+.1f} points; {total}"
     )
     figure = cfg.out_dir / "demo.png"
     plots.demo_figure(figure, pre.history, adapted.history, accuracies)
