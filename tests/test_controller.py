@@ -265,3 +265,28 @@ def test_the_flat_keywords_of_the_constructor_still_work_with_a_warning(data) ->
         Adapter.build(backend, data[0], steps=1, eval_evry=3)
     with pytest.warns(DeprecationWarning, match="Adapter.build: device= is now torch_device="):
         Adapter.build(backend, data[0], steps=1, device="cpu")
+
+
+def test_a_busy_machine_with_torch_threads_gets_one_hint(monkeypatch, capsys) -> None:
+    """torch's threads on a machine already as busy as it has cores wait for each other (a
+    new user's demo slowed from minutes to an estimated two hours with no word why): the
+    bar says once what to do; a quiet machine or one thread says nothing."""
+    from polystep_neuro.run import progress
+
+    monkeypatch.setattr(progress.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(progress.os, "getloadavg", lambda: (3.5, 3.0, 2.0))
+    with progress.ProgressBar(10, 0, "adapt", enabled=True):
+        pass
+    err = capsys.readouterr()
+    said = err.out + err.err
+    assert "the machine is busy (load 3.5 on 2 cores) and torch runs 2 threads" in said
+    assert "OMP_NUM_THREADS=1 and --resume" in said
+    monkeypatch.setattr(progress.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert progress.busy_machine_hint() is None
+    monkeypatch.setattr(progress.os, "getloadavg", lambda: (3.5, 3.0, 2.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert progress.busy_machine_hint() is None
+    with progress.ProgressBar(10, 0, "adapt", enabled=False):  # no bar, no hint
+        pass
+    assert "busy" not in "".join(capsys.readouterr())

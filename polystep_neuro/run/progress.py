@@ -4,7 +4,9 @@ wall time across resumes, and Ctrl-C as "finish this step, checkpoint, stop"."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,9 @@ class ProgressBar:
             dynamic_ncols=True,
         )
         self._accuracy: float | None = None
+        hint = busy_machine_hint() if enabled else None
+        if hint:
+            tqdm.write(hint, file=sys.stderr)  # beside the bar, out of the results on stdout
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -40,6 +45,26 @@ class ProgressBar:
         if self._accuracy is not None:
             postfix["val"] = f"{self._accuracy:.1%}"
         self._bar.set_postfix(postfix, refresh=False)
+
+
+def busy_machine_hint() -> str | None:
+    """One line when torch runs several threads on a machine already as busy as it has
+    cores: the threads then wait for each other and a run can take many times as long (a new
+    user's demo went from 148 s to an estimated two hours); None otherwise."""
+    import torch
+
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    if threads < 2 or load < cores:
+        return None
+    return (
+        f"note: the machine is busy (load {load:.1f} on {cores} cores) and torch runs {threads} "
+        "threads, which then wait for each other; if the steps are slow, Ctrl-C and rerun "
+        "with OMP_NUM_THREADS=1 and --resume"
+    )
 
 
 class StageClock:
