@@ -22,9 +22,11 @@ def _curve(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
         alpha=0.6,
         label="best candidate",
     )
+    colours = _set_colours(history)
     for key, label in _scored(history, "_loss"):
         scored = [r for r in history if key in r]
-        ax.plot([r["step"] for r in scored], [r[key] for r in scored], lw=1.5, label=label)
+        ax.plot([r["step"] for r in scored], [r[key] for r in scored], lw=1.5, label=label,
+                color=colours[label])  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -34,10 +36,11 @@ def _curve(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
 def _accuracy_curves(ax: Any, history: Sequence[Mapping[str, Any]], title: str) -> None:
     """Accuracy of the current parameters on every scored set (clean and shifted test...);
     a label-free run without a labelled test set has none, and says so."""
-    curves = _scored(history, "_accuracy")
+    curves, colours = _scored(history, "_accuracy"), _set_colours(history)
     for key, label in curves:
         scored = [r for r in history if key in r]
-        ax.plot([r["step"] for r in scored], [100 * r[key] for r in scored], lw=1.5, label=label)
+        ax.plot([r["step"] for r in scored], [100 * r[key] for r in scored], lw=1.5, label=label,
+                color=colours[label])  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
@@ -46,6 +49,15 @@ def _accuracy_curves(ax: Any, history: Sequence[Mapping[str, Any]], title: str) 
     else:
         ax.text(0.5, 0.5, "no labelled set scored\n(--test NAME=FILE adds one)",
                 ha="center", va="center", transform=ax.transAxes, fontsize=8)  # fmt: skip
+
+
+def _set_colours(history: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """One colour per scored set, the same in the loss and the accuracy panel (the first of
+    matplotlib's cycle is the best candidate's)."""
+    labels = dict.fromkeys(
+        lab for suffix in ("_loss", "_accuracy") for _, lab in _scored(history, suffix)
+    )
+    return {label: f"C{1 + i % 9}" for i, label in enumerate(labels)}
 
 
 def _scored(history: Sequence[Mapping[str, Any]], suffix: str) -> list[tuple[str, str]]:
@@ -125,8 +137,12 @@ def watch_figure(
         bottom.plot([b["batch"] for b in labelled], smooth, lw=1.2, label=label)
     bottom.set_ylabel("accuracy (%), labels never used")
     bottom.set_xlabel("batch")
-    colours = {"drift": "tab:red", "adapted": "tab:green", "rolled_back": "tab:orange",
-               "cleared": "tab:blue"}  # fmt: skip
+    colours = {
+        "drift": "tab:red",
+        "adapted": "tab:green",
+        "rolled_back": "tab:orange",
+        "cleared": "tab:purple",
+    }  # fmt: skip  (the drift statistic is tab:blue)
     for event in events:
         for ax in (top, bottom):
             ax.axvline(event["batch"], color=colours.get(event["event"], "grey"), lw=0.8)
