@@ -29,9 +29,7 @@ def test_each_scored_set_has_one_colour_in_both_panels(tmp_path: Path, monkeypat
     ]  # fmt: skip
     plots.adapt_figure(tmp_path / "adapt.png", history)
     (fig,) = kept
-    colours = [
-        {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes
-    ]
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes]
     loss, acc = (c for c in colours if "clean" in c)
     assert loss["clean"] == acc["clean"] and loss["shifted"] == acc["shifted"]
     assert loss["clean"] != loss["shifted"] != loss["best candidate"]
