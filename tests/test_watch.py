@@ -119,10 +119,15 @@ def test_a_run_that_does_not_improve_the_objective_is_rolled_back(
     field, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setattr(selection, "PROXY_MARGIN", 1e9)  # no point can beat the start
-    run_watch(field["spec"], FileStream(field["folder"] / "stream.npz", BATCH), _cfg(tmp_path))
+    lines: list[str] = []
+    stream = FileStream(field["folder"] / "stream.npz", BATCH)
+    run_watch(field["spec"], stream, _cfg(tmp_path), lines.append)
     batches, events = read_log(tmp_path)
     rolled = [e for e in events if e["event"] == "rolled_back"]
     assert rolled and rolled[0]["why"] == "the objective did not improve"
+    before, after = rolled[0]["objective"]  # the log keeps the values, the line says them
+    said = next(line for line in lines if "rolled back" in line)
+    assert f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)" in said
     assert not any(e["event"] == "adapted" for e in events)
     # served and deployed are one network throughout
     assert all(b["serving_accuracy"] == b["start_accuracy"] for b in batches)

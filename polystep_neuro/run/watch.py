@@ -213,7 +213,7 @@ class Watcher:
 
     def _event(self, index: int, name: str, **details: Any) -> dict[str, Any]:
         event = {"batch": index, "event": name, **details}
-        words = ", ".join(f"{k} {v}" for k, v in details.items())
+        words = ", ".join(_said(k, v) for k, v in details.items())
         self.report(f"batch {index}: {name.replace('_', ' ')}" + (f" ({words})" if words else ""))
         return event
 
@@ -357,3 +357,15 @@ def watch(
         yield from Watcher(spec, cfg, report).watch(source)
     finally:
         source.close()
+
+
+def _said(key: str, value: Any) -> str:
+    """An event detail as the console line says it (the log keeps the raw values)."""
+    if key == "objective":
+        before, after = value
+        return f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)"
+    if isinstance(value, float):
+        return f"{key} {value:.3g}"
+    if isinstance(value, list) and all(isinstance(v, float) for v in value):
+        return f"{key} " + ", ".join(f"{v:.3g}" for v in value)
+    return f"{key} {value}"
