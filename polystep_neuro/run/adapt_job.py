@@ -94,6 +94,8 @@ def load_spike_data(
                 "spikes=..., labels=...)"
             )
         with data:
+            if "labels" not in data.files:
+                _no_misnamed_labels(path, data.files, need_labels)
             if "labels" not in data.files and not need_labels and "spikes" in data.files:
                 spikes = _checked_spikes(path, data["spikes"], spec, time_first, time_steps_flag)
                 return spikes, None
@@ -118,6 +120,22 @@ def load_spike_data(
     if labels.min() < 0 or labels.max() >= spec.n_out:
         raise PolystepError(f"labels in {path} must lie in [0, {spec.n_out}) for this network")
     return spikes, labels
+
+
+_LABEL_LIKE = ("label", "labels", "y", "target", "targets", "class", "classes", "digit", "digits")
+
+
+def _no_misnamed_labels(path: Path, names: list[str], need_labels: bool) -> None:
+    """A file with no 'labels' but an array named like labels ('label', 'y', 'targets', ...)
+    is a typo, not unlabelled data: one PolystepError naming it, never a silent label-free
+    run."""
+    found = [name for name in names if name.lower() in _LABEL_LIKE]
+    if not found:
+        return
+    remedy = "name it 'labels' (np.savez(path, spikes=..., labels=...))"
+    if not need_labels:
+        remedy += " to adapt with labels, or leave it out to adapt without"
+    raise PolystepError(f"{path} has no 'labels' but has '{found[0]}': {remedy}")
 
 
 def _checked_spikes(
