@@ -225,6 +225,8 @@ def _dataset(spikes: np.ndarray, labels: np.ndarray | None, job: AdaptJob) -> Sp
 
 
 def run_adapt_job(job: AdaptJob) -> AdaptResult:
+    if job.resume:
+        _resumes_the_same_files(job)
     spec = NetworkSpec.load(job.spec_path)
     data = _file_data(job, spec) if job.data_path is not None else _builtin_data(job, spec)
 
@@ -277,6 +279,64 @@ def _both(first: Any, second: Any) -> Any:
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+_FILE_FLAGS = {
+    "spec_path": "--spec",
+    "data_path": "--data",
+    "val_path": "--val",
+    "replay_path": "--replay",
+    "test_paths": "--test",
+}
+
+
+def _resumes_the_same_files(job: AdaptJob) -> None:
+    """--resume continues the run in ``job.out_dir`` only with the files it was started with:
+    a checkpoint made on other data (or another spec) is refused in one line.  A field the
+    saved config.json does not have (an older run) is not checked."""
+    try:
+        saved = json.loads((job.out_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict):
+        return
+    for key, flag in _FILE_FLAGS.items():
+        if key not in saved:
+            continue
+        before, now = _files(saved[key]), _files(getattr(job, key))
+        if before is None or now is None or _resolved(before) == _resolved(now):
+            continue
+        raise PolystepError(
+            f"--resume: the run in {job.out_dir} was started with "
+            f"{_given(flag, before, with_flag=True)}, this command gives "
+            f"{_given(flag, now, with_flag=False)}; give the same {flag}, or start a new run "
+            "without --resume (or with another --out)"
+        )
+
+
+def _files(value: Any) -> dict[str, str] | None:
+    """A file field of a config as {name: path} ('' for a single file); None if malformed."""
+    if value is None:
+        return {}
+    if isinstance(value, (str, Path)):
+        return {"": str(value)}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return None
+
+
+def _resolved(files: dict[str, str]) -> dict[str, Path]:
+    return {name: Path(path).resolve() for name, path in files.items()}
+
+
+def _given(flag: str, files: dict[str, str], *, with_flag: bool) -> str:
+    if not files:
+        return f"no {flag}"
+    if flag == "--test":
+        text = " ".join(f"{name}={path}" for name, path in sorted(files.items()))
+    else:
+        text = files[""]
+    return f"{flag} {text}" if with_flag else text
 
 
 def _write_config(job: AdaptJob) -> None:
