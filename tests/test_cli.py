@@ -221,6 +221,11 @@ def test_resume_with_other_data_or_spec_is_refused(tmp_path: Path, capsys) -> No
     assert "started with no --val, this command gives" in capsys.readouterr().err
     # the same file by another name resumes; a config without the field (an older run) too
     assert adapt(tmp_path / "." / "drifted.npz", "--steps", "3", "--resume") == 0
+    # a saved path that names no file from here (relative to another folder) is not refused
+    config = json.loads((out / "config.json").read_text())
+    config["data_path"] = "from/another/folder/drifted.npz"
+    (out / "config.json").write_text(json.dumps(config))
+    assert adapt(tmp_path / "drifted.npz", "--steps", "3", "--resume") == 0
     config = json.loads((out / "config.json").read_text())
     del config["data_path"]
     (out / "config.json").write_text(json.dumps(config))

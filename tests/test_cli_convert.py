@@ -290,8 +290,13 @@ def test_a_nir_file_where_a_spec_belongs_says_to_convert_it(tmp_path: Path, caps
     data = tmp_path / "data.npz"
     np.savez(data, spikes=_inputs(), labels=np.zeros(12, np.int64))
     for path in (model, renamed):
+        what = (
+            "a NIR graph"
+            if path.suffix == ".nir"
+            else "an HDF5 file (a NIR graph, or a lava-dl netx network)"
+        )
         want = (
-            f"{path} is a NIR graph, not a polystep-neuro spec (.npz); convert it first: "
+            f"{path} is {what}, not a polystep-neuro spec (.npz); convert a NIR graph first: "
             f"polystep-neuro convert --nir {path} --out net.npz (add --time-steps T, the time "
             "steps per sample of your data, if polystep-neuro export did not write it)"
         )

@@ -86,7 +86,8 @@ def test_loading_a_nir_file_as_a_spec_names_the_convert_command(tmp_path, name) 
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64) if name.endswith(".h5") else b"x" * 64)
     with pytest.raises(SpecError) as info:
         NetworkSpec.load(path)
-    assert str(info.value).startswith(
-        f"{path} is a NIR graph, not a polystep-neuro spec (.npz); convert it first: "
-        f"polystep-neuro convert --nir {path} --out net.npz"
+    what = "a NIR graph" if name.endswith(".nir") else "an HDF5 file (a NIR graph, or a lava-dl"
+    assert str(info.value).startswith(f"{path} is {what}")
+    assert f"convert a NIR graph first: polystep-neuro convert --nir {path} --out net.npz" in str(
+        info.value
     )

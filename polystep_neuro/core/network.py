@@ -448,8 +448,10 @@ def _nir_file(path: str | os.PathLike[str]) -> bool:
 
 def _nir_error(path: str | os.PathLike[str]) -> SpecError:
     """One line for every command that reads a spec and got a NIR file instead."""
+    named_nir = os.path.splitext(os.fspath(path))[1].lower() == ".nir"
+    what = "a NIR graph" if named_nir else "an HDF5 file (a NIR graph, or a lava-dl netx network)"
     return SpecError(
-        f"{path} is a NIR graph, not a polystep-neuro spec (.npz); convert it first: "
+        f"{path} is {what}, not a polystep-neuro spec (.npz); convert a NIR graph first: "
         f"polystep-neuro convert --nir {path} --out net.npz (add --time-steps T, the time steps "
         "per sample of your data, if polystep-neuro export did not write it)"
     )

@@ -304,7 +304,7 @@ def _resumes_the_same_files(job: AdaptJob) -> None:
         if key not in saved:
             continue
         before, now = _files(saved[key]), _files(getattr(job, key))
-        if before is None or now is None or _resolved(before) == _resolved(now):
+        if before is None or now is None or _same_files(before, now):
             continue
         raise PolystepError(
             f"--resume: the run in {job.out_dir} was started with "
@@ -325,8 +325,16 @@ def _files(value: Any) -> dict[str, str] | None:
     return None
 
 
-def _resolved(files: dict[str, str]) -> dict[str, Path]:
-    return {name: Path(path).resolve() for name, path in files.items()}
+def _same_files(before: dict[str, str], now: dict[str, str]) -> bool:
+    """The same names, and the same file for each where the saved path still names one from
+    here (a run resumed from another folder may have saved paths relative to its own: those
+    cannot be compared, and are not refused)."""
+    if before.keys() != now.keys():
+        return False
+    return all(
+        not Path(old).exists() or Path(old).resolve() == Path(now[name]).resolve()
+        for name, old in before.items()
+    )
 
 
 def _given(flag: str, files: dict[str, str], *, with_flag: bool) -> str:
