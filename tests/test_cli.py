@@ -188,3 +188,45 @@ def test_bench_forwards_every_option_to_the_benchmarks() -> None:
     proc = _run("bench", "--only", "no-such-section")
     assert proc.returncode == 2
     assert "invalid choice: 'no-such-section'" in proc.stderr
+
+
+def test_resume_with_other_data_or_spec_is_refused(tmp_path: Path, capsys) -> None:
+    """--resume once continued a checkpoint made on other data (and overwrote its config);
+    now it names the saved and the given file, compared as resolved paths."""
+    from polystep_neuro.cli import main
+
+    spec = NetworkSpec.random([6, 5, 3], 4, seed=0, writable="all")
+    spec.save(tmp_path / "net.npz")
+    rng = np.random.default_rng(0)
+    for name in ("drifted", "shifted"):
+        spikes = (rng.random((24, 4, 6)) < 0.4).astype(np.float32)
+        np.savez(tmp_path / f"{name}.npz", spikes=spikes, labels=rng.integers(0, 3, 24))
+    out = tmp_path / "run"
+
+    def adapt(data: Path, *extra: str) -> int:
+        return main(["adapt", "--spec", str(tmp_path / "net.npz"), "--data", str(data),
+                     "--backend", "torch-sim", "--torch-device", "cpu", "--steps", "2",
+                     "--batch-size", "8", "--out", str(out), "--no-progress", *extra])  # fmt: skip
+
+    assert adapt(tmp_path / "drifted.npz") == 0
+    capsys.readouterr()
+    assert adapt(tmp_path / "shifted.npz", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"polystep-neuro: error: --resume: the run in {out} was started with --data "
+        f"{tmp_path / 'drifted.npz'}, this command gives {tmp_path / 'shifted.npz'}; give the "
+        "same --data, or start a new run without --resume (or with another --out)"
+    )
+    assert adapt(tmp_path / "drifted.npz", "--val", str(tmp_path / "shifted.npz"), "--resume") == 2
+    assert "started with no --val, this command gives" in capsys.readouterr().err
+    # the same file by another name resumes; a config without the field (an older run) too
+    assert adapt(tmp_path / "." / "drifted.npz", "--steps", "3", "--resume") == 0
+    # a saved path that names no file from here (relative to another folder) is not refused
+    config = json.loads((out / "config.json").read_text())
+    config["data_path"] = "from/another/folder/drifted.npz"
+    (out / "config.json").write_text(json.dumps(config))
+    assert adapt(tmp_path / "drifted.npz", "--steps", "3", "--resume") == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["data_path"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert adapt(tmp_path / "shifted.npz", "--steps", "4", "--resume") == 0

@@ -278,6 +278,39 @@ def test_a_torch_model_where_a_spec_belongs_says_to_convert_it(tmp_path: Path, c
         assert _error(capsys, want, *args) == f"polystep-neuro: error: {want}"
 
 
+def test_a_nir_file_where_a_spec_belongs_says_to_convert_it(tmp_path: Path, capsys) -> None:
+    """A NIR graph given as --spec (named .nir, or any HDF5 file) is one line with the
+    convert command, not numpy's "pickled (object) data"; that command then works."""
+    NetworkSpec.random([8, 5, 3], T, seed=0).save(tmp_path / "net.npz")
+    model = tmp_path / "model.nir"
+    assert _cli(capsys, "export", "--spec", tmp_path / "net.npz", "--to", "nir", "--out",
+                model)[0] == 0  # fmt: skip
+    renamed = tmp_path / "model.h5"
+    renamed.write_bytes(model.read_bytes())
+    data = tmp_path / "data.npz"
+    np.savez(data, spikes=_inputs(), labels=np.zeros(12, np.int64))
+    for path in (model, renamed):
+        what = (
+            "a NIR graph"
+            if path.suffix == ".nir"
+            else "an HDF5 file (a NIR graph, or a lava-dl netx network)"
+        )
+        want = (
+            f"{path} is {what}, not a polystep-neuro spec (.npz); convert a NIR graph first: "
+            f"polystep-neuro convert --nir {path} --out net.npz (add --time-steps T, the time "
+            "steps per sample of your data, if polystep-neuro export did not write it)"
+        )
+        for args in (
+            ("evaluate", "--spec", path, "--data", data),
+            ("adapt", "--spec", path, "--data", data, "--out", tmp_path / "run"),
+            ("watch", "--spec", path, "--stream", data, "--out", tmp_path / "watch"),
+        ):
+            assert _error(capsys, want, *args) == f"polystep-neuro: error: {want}"
+    out = tmp_path / "converted.npz"
+    assert _cli(capsys, "convert", "--nir", model, "--out", out)[0] == 0
+    assert NetworkSpec.load(out).num_steps == T
+
+
 def test_check_on_data_of_another_t_names_the_datas_t(tmp_path: Path, capsys) -> None:
     """`check --time-steps` is this command's own flag: a mismatch names the data's T."""
     torch.save(_model(), tmp_path / "model.pt")

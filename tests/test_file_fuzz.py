@@ -161,3 +161,33 @@ def test_deploys_unlabelled_time_first_data_of_the_wrong_rank_is_one_line(
     np.savez(path, spikes=np.zeros((4, 7, 6), np.uint8))  # (T, n, N_in)
     batch_first, labels = load_data(path, SPEC, time_first=True, labels_needed=False)
     assert batch_first.shape == (7, 4, 6) and labels is None
+
+
+@pytest.mark.parametrize("name", ["label", "Y", "targets"])
+def test_a_misnamed_labels_array_is_named_instead_of_ignored(tmp_path: Path, name) -> None:
+    """A typo'd labels key is not unlabelled data: adapt and deploy would otherwise run
+    label-free and never mention the array."""
+    from polystep_neuro.run.deploy_cli import load_data
+
+    path = tmp_path / "d.npz"
+    np.savez(path, spikes=np.zeros((7, 4, 6), np.uint8), **{name: np.zeros(7, np.int64)})
+    message = (
+        f"{path} has no 'labels' but has '{name}': name it 'labels' (np.savez(path, "
+        "spikes=..., labels=...))"
+    )
+    with pytest.raises(PolystepError) as info:
+        load_spike_data(path, SPEC, need_labels=False)
+    assert str(info.value) == message + " to adapt with labels, or leave it out to adapt without"
+    with pytest.raises(PolystepError) as info:
+        load_data(path, SPEC, time_first=False, labels_needed=False)
+    assert str(info.value).startswith(message)
+    with pytest.raises(PolystepError) as info:
+        load_spike_data(path, SPEC)
+    assert str(info.value) == message
+
+
+def test_unrelated_extra_arrays_still_read_as_unlabelled_data(tmp_path: Path) -> None:
+    path = tmp_path / "field.npz"
+    np.savez(path, spikes=np.zeros((7, 4, 6), np.uint8), timestamps=np.arange(7))
+    spikes, labels = load_spike_data(path, SPEC, need_labels=False)
+    assert spikes.shape == (7, 4, 6) and labels is None

@@ -77,3 +77,17 @@ def test_load_errors_are_spec_errors(tmp_path) -> None:
     np.savez(other, x=np.ones(3))
     with pytest.raises(SpecError, match="is not a polystep-neuro spec"):
         NetworkSpec.load(other)
+
+
+@pytest.mark.parametrize("name", ["model.nir", "graph.h5"])
+def test_loading_a_nir_file_as_a_spec_names_the_convert_command(tmp_path, name) -> None:
+    """Without nir or h5py: a .nir name or HDF5's signature is enough to say what to do."""
+    path = tmp_path / name
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64) if name.endswith(".h5") else b"x" * 64)
+    with pytest.raises(SpecError) as info:
+        NetworkSpec.load(path)
+    what = "a NIR graph" if name.endswith(".nir") else "an HDF5 file (a NIR graph, or a lava-dl"
+    assert str(info.value).startswith(f"{path} is {what}")
+    assert f"convert a NIR graph first: polystep-neuro convert --nir {path} --out net.npz" in str(
+        info.value
+    )

@@ -323,6 +323,8 @@ class NetworkSpec:
         except Exception as exc:  # zip, zlib, npy header and JSON errors of a damaged file
             if _torch_saved(path):  # e.g. torch.save's legacy (plain pickle) format
                 raise _torch_save_error(path) from None
+            if _nir_file(path):  # numpy reads HDF5 as "pickled (object) data"
+                raise _nir_error(path) from None
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SpecError(f"{what}: {detail}") from None
         if not isinstance(meta, dict):
@@ -431,6 +433,28 @@ def _torch_saved(path: str | os.PathLike[str], files: Iterable[str] = ()) -> boo
     .pt / .pth."""
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     return suffix in (".pt", ".pth") or any(f.rsplit("/", 1)[-1] == "data.pkl" for f in files)
+
+
+def _nir_file(path: str | os.PathLike[str]) -> bool:
+    """``path`` looks like a NIR graph: named .nir, or an HDF5 file (NIR's container)."""
+    if os.path.splitext(os.fspath(path))[1].lower() == ".nir":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def _nir_error(path: str | os.PathLike[str]) -> SpecError:
+    """One line for every command that reads a spec and got a NIR file instead."""
+    named_nir = os.path.splitext(os.fspath(path))[1].lower() == ".nir"
+    what = "a NIR graph" if named_nir else "an HDF5 file (a NIR graph, or a lava-dl netx network)"
+    return SpecError(
+        f"{path} is {what}, not a polystep-neuro spec (.npz); convert a NIR graph first: "
+        f"polystep-neuro convert --nir {path} --out net.npz (add --time-steps T, the time steps "
+        "per sample of your data, if polystep-neuro export did not write it)"
+    )
 
 
 def _torch_save_error(path: str | os.PathLike[str]) -> SpecError:

@@ -94,6 +94,8 @@ def load_spike_data(
                 "spikes=..., labels=...)"
             )
         with data:
+            if "labels" not in data.files:
+                _no_misnamed_labels(path, data.files, need_labels)
             if "labels" not in data.files and not need_labels and "spikes" in data.files:
                 spikes = _checked_spikes(path, data["spikes"], spec, time_first, time_steps_flag)
                 return spikes, None
@@ -118,6 +120,22 @@ def load_spike_data(
     if labels.min() < 0 or labels.max() >= spec.n_out:
         raise PolystepError(f"labels in {path} must lie in [0, {spec.n_out}) for this network")
     return spikes, labels
+
+
+_LABEL_LIKE = ("label", "labels", "y", "target", "targets", "class", "classes", "digit", "digits")
+
+
+def _no_misnamed_labels(path: Path, names: list[str], need_labels: bool) -> None:
+    """A file with no 'labels' but an array named like labels ('label', 'y', 'targets', ...)
+    is a typo, not unlabelled data: one PolystepError naming it, never a silent label-free
+    run."""
+    found = [name for name in names if name.lower() in _LABEL_LIKE]
+    if not found:
+        return
+    remedy = "name it 'labels' (np.savez(path, spikes=..., labels=...))"
+    if not need_labels:
+        remedy += " to adapt with labels, or leave it out to adapt without"
+    raise PolystepError(f"{path} has no 'labels' but has '{found[0]}': {remedy}")
 
 
 def _checked_spikes(
@@ -207,6 +225,8 @@ def _dataset(spikes: np.ndarray, labels: np.ndarray | None, job: AdaptJob) -> Sp
 
 
 def run_adapt_job(job: AdaptJob) -> AdaptResult:
+    if job.resume:
+        _resumes_the_same_files(job)
     spec = NetworkSpec.load(job.spec_path)
     data = _file_data(job, spec) if job.data_path is not None else _builtin_data(job, spec)
 
@@ -259,6 +279,72 @@ def _both(first: Any, second: Any) -> Any:
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+_FILE_FLAGS = {
+    "spec_path": "--spec",
+    "data_path": "--data",
+    "val_path": "--val",
+    "replay_path": "--replay",
+    "test_paths": "--test",
+}
+
+
+def _resumes_the_same_files(job: AdaptJob) -> None:
+    """--resume continues the run in ``job.out_dir`` only with the files it was started with:
+    a checkpoint made on other data (or another spec) is refused in one line.  A field the
+    saved config.json does not have (an older run) is not checked."""
+    try:
+        saved = json.loads((job.out_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict):
+        return
+    for key, flag in _FILE_FLAGS.items():
+        if key not in saved:
+            continue
+        before, now = _files(saved[key]), _files(getattr(job, key))
+        if before is None or now is None or _same_files(before, now):
+            continue
+        raise PolystepError(
+            f"--resume: the run in {job.out_dir} was started with "
+            f"{_given(flag, before, with_flag=True)}, this command gives "
+            f"{_given(flag, now, with_flag=False)}; give the same {flag}, or start a new run "
+            "without --resume (or with another --out)"
+        )
+
+
+def _files(value: Any) -> dict[str, str] | None:
+    """A file field of a config as {name: path} ('' for a single file); None if malformed."""
+    if value is None:
+        return {}
+    if isinstance(value, (str, Path)):
+        return {"": str(value)}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return None
+
+
+def _same_files(before: dict[str, str], now: dict[str, str]) -> bool:
+    """The same names, and the same file for each where the saved path still names one from
+    here (a run resumed from another folder may have saved paths relative to its own: those
+    cannot be compared, and are not refused)."""
+    if before.keys() != now.keys():
+        return False
+    return all(
+        not Path(old).exists() or Path(old).resolve() == Path(now[name]).resolve()
+        for name, old in before.items()
+    )
+
+
+def _given(flag: str, files: dict[str, str], *, with_flag: bool) -> str:
+    if not files:
+        return f"no {flag}"
+    if flag == "--test":
+        text = " ".join(f"{name}={path}" for name, path in sorted(files.items()))
+    else:
+        text = files[""]
+    return f"{flag} {text}" if with_flag else text
 
 
 def _write_config(job: AdaptJob) -> None:

@@ -132,8 +132,8 @@ def from_nir(
     if num_steps is None:
         if _META_STEPS not in meta:
             raise SpecError(
-                "num_steps is needed: a NIR graph has no number of time steps (--num-steps / "
-                "num_steps=)"
+                "num_steps is needed: a NIR graph has no number of time steps (--time-steps T "
+                "on the command line, time_steps=T in polystep_neuro.adapt)"
             )
         num_steps = int(meta[_META_STEPS])
     if writable is None:
