@@ -121,6 +121,7 @@ def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
     approximate = [c for c in result.changes if c.endswith("[approximate]")]
     assert len(approximate) == 9 + (3 if trained["hidden"] == "synaptic" else 1) - 1
     assert "recovered" in result.summary() and "of the gap closed" in result.summary()
+    assert not result.model_labelled_val and "own answers" not in result.summary()
 
     # evaluate: the network handed back scores as deploy said, on the device's arithmetic
     with pn_backend() as backend:
@@ -136,6 +137,20 @@ def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
     again, _ = as_reference(mine, T).for_backend("torch-sim-fixed")
     for name, value in result.spec.parameters().items():
         np.testing.assert_allclose(again.parameters()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_deploy_without_labels_says_whose_answers_validation_scores(trained: dict) -> None:
+    """Spikes alone: the trained model's own answers are the labels, so its 'accuracy' on
+    validation is the share of samples it does not tie on, not a measured accuracy; the
+    summary says so (a new user read 'validation: trained 94.8 %' as the model's accuracy)."""
+    model, (x, _) = trained["model"], trained["data"]["train"]
+    result = pn.deploy(model, "torch-sim-fixed", data=x, time_steps=T, time_first=True,
+                       budget=3000, progress=False)  # fmt: skip
+    assert result.model_labelled_val
+    (line,) = [ln for ln in result.summary().splitlines() if ln.startswith("validation")]
+    assert line.startswith(
+        "validation (no labels given: scored against the trained model's own answers): trained "
+    )
 
 
 def pn_backend():

@@ -71,6 +71,7 @@ class Deployment:
     calibration: list[LayerCalibration] = field(default_factory=list)  # empty: not kept
     calibrated: dict[str, float] = field(default_factory=dict)  # accuracy after stage 1
     parameter_sets: int = 0  # parameter sets sent to the device by both stages
+    model_labelled_val: bool = False  # validation came without labels: the model's own answers
 
     @property
     def after(self) -> dict[str, float]:
@@ -93,6 +94,8 @@ class Deployment:
             closed = self.gap_closed(name)
             tail = f", {closed:.0%} of the gap closed" if math.isfinite(closed) else ""
             label = "validation" if name == "val" else f"{name} test"
+            if name == "val" and self.model_labelled_val:
+                label += " (no labels given: scored against the trained model's own answers)"
             lines.append(
                 f"{label}: trained {ref:.1%}, on the device {start:.1%} "
                 f"({100 * (start - ref):+.1f} points), recovered {end:.1%}{tail}"
@@ -203,6 +206,7 @@ def deploy(
         calibration=calibration,
         calibrated=scores,
         parameter_sets=used + result.evaluations // sets.stream.batch_size,
+        model_labelled_val=sets.model_labelled_val,
     )
 
 
@@ -322,6 +326,7 @@ class _Sets:
     validation: dict[str, SpikeDataset]
     test: dict[str, SpikeDataset]
     reference_scores: dict[str, float]
+    model_labelled_val: bool  # validation's labels are the trained model's own answers
 
     @classmethod
     def build(
@@ -340,6 +345,8 @@ class _Sets:
     ) -> _Sets:
         """Long only because it names each set it builds."""
 
+        unlabelled: list[bool] = []  # per arrays() call: the model's answers stood in
+
         def arrays(value: DataLike, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
             spikes, labels = _split_pair(value, need_labels)
             spikes = np.asarray(torch.as_tensor(spikes).cpu())
@@ -347,18 +354,21 @@ class _Sets:
                 spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
             spec.check_inputs(spikes)
             teacher = reference.counts(spikes)
+            unlabelled.append(labels is None)
             labels = teacher_labels(teacher) if labels is None else _labels(labels, spikes)
             return spikes, labels
 
         window = reference.window(spec)  # the teacher's counts over what the device sees
         x, y = arrays(data)
         teacher = reference.counts(x, window)
+        model_labelled_val = unlabelled[0]
         if validation is None:
             kept, held = hold_out(len(y), val_fraction, seed)
             val = {"val": (x[held], y[held])}
             x, y, teacher = x[kept], y[kept], teacher[kept]
         else:
             val = {"val": arrays(validation)}
+            model_labelled_val = unlabelled[-1]
         parts = [TeacherDataset(x, y, teacher, batch_size, seed)]
         if drifted is not None:
             dx, dy = arrays(drifted)
@@ -377,6 +387,7 @@ class _Sets:
             {"val": ds(val["val"])},
             {name: ds(pair) for name, pair in tests.items()},
             scores,
+            model_labelled_val,
         )
 
 
