@@ -73,6 +73,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rank-32": {"rank": 32},
     "rank-16": {"rank": 16},
     "rank-128": {"rank": 128},
+    "eps-0.5": {"epsilon": 0.5},
+    "eps-2": {"epsilon": 2.0},
+    "eps-4": {"epsilon": 4.0},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -95,6 +98,9 @@ VARIANT_NOTES = {
     "rank-32": "32 search coordinates per tensor (default 64): half the sets, twice the steps",
     "rank-16": "16 search coordinates per tensor: a quarter of the sets per step, 4x the steps",
     "rank-128": "128 search coordinates per tensor: more sets per step, fewer steps",
+    "eps-0.5": "half the softmax temperature on the normalised costs (sharper vertex weights)",
+    "eps-2": "twice the softmax temperature (softer vertex weights)",
+    "eps-4": "four times the softmax temperature",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip
