@@ -2,9 +2,9 @@
 
 snnTorch's ``spikegen`` makes spike trains time-first, (T, n, N_in); the project's files and
 streams are batch-first, (n, T, N_in).  A wrong layout only shows as a shape mismatch deep
-in the device, so both the data files of ``adapt`` and the batches of ``watch`` are checked
-here, against the network's own T, where the remedy (``--time-first`` or dropping it) can
-be named.
+in the device, so the commands' data files, ``watch``'s batches and the arrays given to
+``polystep_neuro.adapt`` are checked here, against the network's own T, where the remedy
+(``--time-first`` / ``time_first=`` or dropping it) can be named.
 """
 
 from __future__ import annotations
