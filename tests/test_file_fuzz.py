@@ -152,14 +152,12 @@ def test_deploys_unlabelled_time_first_data_of_the_wrong_rank_is_one_line(
 ) -> None:
     """deploy reads data without labels (the model's answers stand in): a time-first file
     that is not 3-D says so instead of failing inside numpy's transpose."""
-    from polystep_neuro.run.deploy_cli import load_data
-
     path = tmp_path / "field.npz"
     np.savez(path, spikes=spikes)
     with pytest.raises(PolystepError, match=r"'spikes' in .* must be 3-D, got shape"):
-        load_data(path, SPEC, time_first=True, labels_needed=False)
+        load_spike_data(path, SPEC, time_first=True, need_labels=False)
     np.savez(path, spikes=np.zeros((4, 7, 6), np.uint8))  # (T, n, N_in)
-    batch_first, labels = load_data(path, SPEC, time_first=True, labels_needed=False)
+    batch_first, labels = load_spike_data(path, SPEC, time_first=True, need_labels=False)
     assert batch_first.shape == (7, 4, 6) and labels is None
 
 
@@ -167,8 +165,6 @@ def test_deploys_unlabelled_time_first_data_of_the_wrong_rank_is_one_line(
 def test_a_misnamed_labels_array_is_named_instead_of_ignored(tmp_path: Path, name) -> None:
     """A typo'd labels key is not unlabelled data: adapt and deploy would otherwise run
     label-free and never mention the array."""
-    from polystep_neuro.run.deploy_cli import load_data
-
     path = tmp_path / "d.npz"
     np.savez(path, spikes=np.zeros((7, 4, 6), np.uint8), **{name: np.zeros(7, np.int64)})
     message = (
@@ -179,7 +175,7 @@ def test_a_misnamed_labels_array_is_named_instead_of_ignored(tmp_path: Path, nam
         load_spike_data(path, SPEC, need_labels=False)
     assert str(info.value) == message + " to adapt with labels, or leave it out to adapt without"
     with pytest.raises(PolystepError) as info:
-        load_data(path, SPEC, time_first=False, labels_needed=False)
+        load_spike_data(path, SPEC, need_labels=False, time_steps_flag="--time-steps")  # deploy
     assert str(info.value).startswith(message)
     with pytest.raises(PolystepError) as info:
         load_spike_data(path, SPEC)

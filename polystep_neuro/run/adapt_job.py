@@ -50,7 +50,7 @@ from polystep_neuro.run.recipe import (
     run_adaptation,
 )
 from polystep_neuro.run.run_defaults import RunConfig
-from polystep_neuro.run.spike_layout import check_layout
+from polystep_neuro.run.spike_layout import batch_first
 
 
 @dataclass(kw_only=True)
@@ -85,7 +85,7 @@ def load_spike_data(
     """A user's data file: 'spikes' (n, T, N_in) — or (T, n, N_in) with ``time_first`` — and
     integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError.  Without
     ``need_labels`` a file may hold no 'labels' (unlabelled field data: labels None);
-    ``time_steps_flag`` is what a T mismatch names (:func:`check_layout`)."""
+    ``time_steps_flag`` is what a T mismatch names (:func:`batch_first`)."""
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -144,12 +144,7 @@ def _checked_spikes(
     """The file's 'spikes', batch-first and checked against the network."""
     if not np.issubdtype(spikes.dtype, np.number):
         raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
-    if time_first:
-        if spikes.ndim != 3:
-            raise PolystepError(f"'spikes' in {path} must be 3-D, got shape {spikes.shape}")
-        spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-    check_layout(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
-    return spikes
+    return batch_first(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
 
 
 def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:

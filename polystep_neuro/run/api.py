@@ -39,7 +39,7 @@ from polystep_neuro.run.deprecation import renamed, warn
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.recipe import prepare_data, run_adaptation
 from polystep_neuro.run.run_defaults import RunConfig
-from polystep_neuro.run.spike_layout import check_layout
+from polystep_neuro.run.spike_layout import batch_first
 from polystep_neuro.run.writable import WritableChoice
 
 DataLike = SpikeDataset | tuple[Any, Any] | Any  # a pair, or spikes alone (no labels)
@@ -190,12 +190,9 @@ def _dataset(
         raise PolystepError(
             "data must be a SpikeDataset, a (spikes, labels) pair, or spikes alone (unlabelled)"
         )
-    spikes = np.asarray(torch.as_tensor(spikes).cpu())
-    if time_first:
-        if spikes.ndim != 3:
-            raise PolystepError(f"spikes must be 3-D (T, n, N_in), got shape {spikes.shape}")
-        spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-    check_layout(spikes, spec, time_first, "the spikes", "time_steps=")
+    spikes = batch_first(
+        np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first, "the spikes", "time_steps="
+    )
     if labels is not None:
         labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
     return SpikeDataset(spikes, labels, batch_size, seed)

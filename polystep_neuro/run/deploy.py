@@ -46,6 +46,7 @@ from polystep_neuro.run.interop import Change, device_writable
 from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
 from polystep_neuro.run.reference import Reference, as_reference
+from polystep_neuro.run.spike_layout import batch_first
 from polystep_neuro.run.teacher import (
     TEACHER_WEIGHT,
     TeacherDataset,
@@ -345,30 +346,23 @@ class _Sets:
     ) -> _Sets:
         """Long only because it names each set it builds."""
 
-        unlabelled: list[bool] = []  # per arrays() call: the model's answers stood in
-
         def arrays(value: DataLike, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
             spikes, labels = _split_pair(value, need_labels)
             spikes = np.asarray(torch.as_tensor(spikes).cpu())
-            if time_first:
-                spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
-            spec.check_inputs(spikes)
-            teacher = reference.counts(spikes)
-            unlabelled.append(labels is None)
-            labels = teacher_labels(teacher) if labels is None else _labels(labels, spikes)
-            return spikes, labels
+            spikes = batch_first(spikes, spec, time_first, "the spikes", "time_steps=")
+            if labels is None:  # the model's own answers stand in
+                return spikes, teacher_labels(reference.counts(spikes))
+            return spikes, _labels(labels, spikes)
 
         window = reference.window(spec)  # the teacher's counts over what the device sees
         x, y = arrays(data)
         teacher = reference.counts(x, window)
-        model_labelled_val = unlabelled[0]
         if validation is None:
             kept, held = hold_out(len(y), val_fraction, seed)
             val = {"val": (x[held], y[held])}
             x, y, teacher = x[kept], y[kept], teacher[kept]
         else:
             val = {"val": arrays(validation)}
-            model_labelled_val = unlabelled[-1]
         parts = [TeacherDataset(x, y, teacher, batch_size, seed)]
         if drifted is not None:
             dx, dy = arrays(drifted)
@@ -387,8 +381,13 @@ class _Sets:
             {"val": ds(val["val"])},
             {name: ds(pair) for name, pair in tests.items()},
             scores,
-            model_labelled_val,
+            not _labelled(data if validation is None else validation),
         )
+
+
+def _labelled(value: DataLike) -> bool:
+    """Whether ``value`` brings labels (:func:`_split_pair` takes them from it)."""
+    return isinstance(value, SpikeDataset) or (isinstance(value, (tuple, list)) and len(value) == 2)
 
 
 def _split_pair(value: DataLike, need_labels: bool) -> tuple[Any, Any]:

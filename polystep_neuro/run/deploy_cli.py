@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.cli_args import add_backend, named_path
@@ -139,22 +137,6 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
 
 
-def load_data(
-    path: Path,
-    spec: NetworkSpec,
-    time_first: bool,
-    labels_needed: bool = True,
-    time_steps_flag: str = "--time-steps",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """A data file's spikes (batch-first) and labels (None when absent and not needed);
-    ``time_steps_flag`` is what a T mismatch names (:func:`_time_steps_flag`)."""
-    from polystep_neuro.run.adapt_job import load_spike_data
-
-    return load_spike_data(
-        path, spec, time_first, need_labels=labels_needed, time_steps_flag=time_steps_flag
-    )
-
-
 def _time_steps_flag(args: argparse.Namespace) -> str:
     """What sets the model's T: this command's --time-steps for an snnTorch or NIR model; a
     spec's T is its own (it comes from the model it was converted from)."""
@@ -163,11 +145,12 @@ def _time_steps_flag(args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------- check
 def check(args: argparse.Namespace) -> int:
+    from polystep_neuro.run.adapt_job import load_spike_data
     from polystep_neuro.run.parity import run_check
 
     reference = read_model(args)
     device_spec = None if args.device_spec is None else NetworkSpec.load(args.device_spec)
-    spikes, labels = load_data(
+    spikes, labels = load_spike_data(
         args.data, reference.spec, args.time_first, time_steps_flag=_time_steps_flag(args)
     )
     assert labels is not None
@@ -187,15 +170,17 @@ def check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- deploy
 def deploy(args: argparse.Namespace) -> int:
+    from polystep_neuro.run.adapt_job import load_spike_data
     from polystep_neuro.run.deploy import deploy as run_deploy
 
     reference: Reference = read_model(args)
     spec = reference.spec
 
     def data(path: Path, labels_needed: bool = True) -> Any:
-        spikes, labels = load_data(
-            path, spec, args.time_first, labels_needed, _time_steps_flag(args)
-        )
+        spikes, labels = load_spike_data(
+            path, spec, args.time_first, need_labels=labels_needed,
+            time_steps_flag=_time_steps_flag(args),
+        )  # fmt: skip
         return spikes if labels is None else (spikes, labels)
 
     result = run_deploy(

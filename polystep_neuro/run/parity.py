@@ -35,6 +35,7 @@ from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.evaluation import counts_of
 from polystep_neuro.run.losses import accuracy
 from polystep_neuro.run.reference import Reference
+from polystep_neuro.run.spike_layout import batch_first
 
 
 @dataclass(frozen=True)
@@ -271,10 +272,10 @@ def run_check(
     from simulators.torch_device import resolve_device
 
     reference = as_reference(model, time_steps)
-    x = np.asarray(torch.as_tensor(spikes).cpu())
-    if time_first:
-        x = np.ascontiguousarray(x.transpose(1, 0, 2))
-    reference.spec.check_inputs(x)
+    x = batch_first(
+        np.asarray(torch.as_tensor(spikes).cpu()), reference.spec, time_first, "the spikes",
+        "time_steps=",
+    )  # fmt: skip
     y = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
     where = resolve_device(torch_device)
     dev = open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))

@@ -15,6 +15,23 @@ from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
 
 
+def batch_first(
+    spikes: np.ndarray,
+    spec: NetworkSpec,
+    time_first: bool,
+    what: str,
+    time_steps_flag: str = "convert --time-steps",
+) -> np.ndarray:
+    """``spikes`` as the network takes them, (n, T, N_in): transposed from (T, n, N_in) when
+    ``time_first``, then checked by :func:`check_layout` (same arguments)."""
+    if time_first:
+        if spikes.ndim != 3:
+            raise PolystepError(f"{what} must be 3-D, got shape {spikes.shape}")
+        spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
+    check_layout(spikes, spec, time_first, what, time_steps_flag)
+    return spikes
+
+
 def check_layout(
     spikes: np.ndarray,
     spec: NetworkSpec,
