@@ -350,9 +350,11 @@ def watch(
 
     spec, _ = _as_spec(model, time_steps, backend)
     cfg = WatchConfig(backend=backend, **options)
-    if isinstance(stream, str):
-        stream = open_stream(stream, batch_size, time_first=time_first)
-    source = stream
+    source = (
+        open_stream(stream, batch_size, time_first=time_first)
+        if isinstance(stream, str)
+        else stream
+    )
     try:
         yield from Watcher(spec, cfg, report).watch(source)
     finally:
