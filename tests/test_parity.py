@@ -16,7 +16,7 @@ import torch
 import polystep_neuro as pn
 from polystep_neuro.cli import main
 from polystep_neuro.core.network import NetworkSpec
-from polystep_neuro.run.losses import accuracy
+from polystep_neuro.run.losses import accuracy, decisions
 from polystep_neuro.run.parity import check_parity
 from polystep_neuro.run.reference import Reference, as_reference
 from simulators.torch_lif import TorchLIF
@@ -188,14 +188,12 @@ def test_the_same_decision_reads_ties_as_accuracy_does() -> None:
     sample the reference ties and the device decides differs, and the accuracy gap can
     never exceed the share of samples that differ (a new user read '-4.8 points' beside
     'the same top neuron on 96.9 %' as a contradiction)."""
-    from polystep_neuro.run.parity import _decision
-
     ref = torch.tensor([[3, 3, 0], [5, 1, 0], [0, 0, 0], [1, 4, 4]])
     dev = torch.tensor([[3, 0, 0], [5, 1, 0], [0, 0, 0], [1, 4, 2]])
-    assert _decision(ref).tolist() == [-1, 0, -1, -1]
-    assert _decision(dev).tolist() == [0, 0, -1, 1]
+    assert decisions(ref).tolist() == [-1, 0, -1, -1]
+    assert decisions(dev).tolist() == [0, 0, -1, 1]
     labels = torch.tensor([0, 0, 0, 1])
-    agree = float((_decision(ref) == _decision(dev)).float().mean())
+    agree = float((decisions(ref) == decisions(dev)).float().mean())
     gap = abs(
         float(accuracy(dev[None].float(), labels)[0] - accuracy(ref[None].float(), labels)[0])
     )

@@ -68,10 +68,18 @@ def accuracy(counts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     the frequency of class 0.
     """
     c = _check(counts, targets)
-    idx = targets.to(c.device).view(1, -1, 1).expand(c.shape[0], -1, 1)
-    target_count = c.gather(-1, idx).squeeze(-1)
-    others = c.scatter(-1, idx, float("-inf")).amax(dim=-1)
-    return (target_count > others).to(torch.float32).mean(dim=1)
+    return (decisions(c) == targets.to(c.device).view(1, -1)).to(torch.float32).mean(dim=1)
+
+
+def decisions(counts: torch.Tensor) -> torch.Tensor:
+    """Each sample's class as :func:`accuracy` reads it, over the last dim of ``counts``: the
+    output neuron that spiked strictly more than every other, -1 for a tie (so two tied
+    samples agree, and agreement bounds an accuracy gap)."""
+    best = counts.argmax(dim=-1)
+    if counts.shape[-1] < 2:
+        return best
+    top = counts.topk(2, dim=-1).values
+    return torch.where(top[..., 0] > top[..., 1], best, torch.full_like(best, -1))
 
 
 def rate_mse(

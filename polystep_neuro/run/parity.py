@@ -33,7 +33,7 @@ import torch
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.evaluation import counts_of
-from polystep_neuro.run.losses import accuracy
+from polystep_neuro.run.losses import accuracy, decisions
 from polystep_neuro.run.reference import Reference
 from polystep_neuro.run.spike_layout import batch_first
 
@@ -203,18 +203,9 @@ def check_parity(
         layers=rows,
         reference_accuracy=float(accuracy(ref_out[None], labels_t)[0]),
         device_accuracy=float(accuracy(dev_out[None], labels_t)[0]),
-        same_prediction=float((_decision(ref_out) == _decision(dev_out)).float().mean()),
+        same_prediction=float((decisions(ref_out) == decisions(dev_out)).float().mean()),
         changes=[str(c) for c in changes],
     )
-
-
-def _decision(counts: torch.Tensor) -> torch.Tensor:
-    """Each sample's class as accuracy reads it: the output neuron that spiked strictly more
-    than every other, -1 for a tie (so two tied samples agree, and agreement bounds the
-    accuracy gap)."""
-    top = counts.topk(2, dim=1).values if counts.shape[1] > 1 else None
-    unique = torch.ones(len(counts), dtype=torch.bool) if top is None else top[:, 0] > top[:, 1]
-    return torch.where(unique, counts.argmax(1), torch.full_like(counts.argmax(1), -1))
 
 
 def _counts(backend: Any, spikes: np.ndarray) -> np.ndarray:
