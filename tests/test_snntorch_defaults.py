@@ -204,6 +204,18 @@ def test_the_commands_convert_check_deploy_evaluate_and_export(
         adapted.layers[0].weight.shape,
     )
 
+    # --resume with other data than config.json records is refused in one line
+    code = main(["deploy", "--snntorch", str(tmp_path / "model.pt"), "--time-steps", str(T),
+                 "--data", str(tmp_path / "val.npz"), "--time-first", "--out", str(run),
+                 "--resume", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert (
+        f"--resume: the run in {run} was started with --data {tmp_path / 'train.npz'}, this "
+        f"command gives {tmp_path / 'val.npz'}; give the same --data" in err
+    )
+    assert json.loads((run / "config.json").read_text())["data"] == str(tmp_path / "train.npz")
+
     report = _cli(capsys, "evaluate", "--spec", run / "adapted.npz", "--data",
                   tmp_path / "test.npz", "--time-first", "--torch-device", "cpu")  # fmt: skip
     assert f"accuracy {summary['recovered']['test_accuracy']:.2%}" in report

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,29 @@ def test_stopping_and_resuming_gives_the_log_of_an_unbroken_run(field, tmp_path:
     run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts", resume=True))
     whole = (tmp_path / "whole" / "watch.jsonl").read_text()
     assert (tmp_path / "parts" / "watch.jsonl").read_text() == whole
+
+
+def test_resume_refuses_another_network_or_stream(field, tmp_path: Path) -> None:
+    """A resumed watch skips the batches its state counted and keeps that network's output
+    statistics: resumed on another network or another stream, it went on in silence."""
+    path = field["folder"] / "stream.npz"
+    watcher = Watcher(field["spec"], _cfg(tmp_path))
+    for record in watcher.watch(FileStream(path, BATCH)):
+        if record.get("batch") == 3:
+            watcher.request_stop()
+    spec = field["spec"]
+    first = replace(spec.layers[0], weight=spec.layers[0].weight * np.float32(1.5))
+    other = NetworkSpec([first, *spec.layers[1:]], spec.num_steps, spec.writable)
+    with pytest.raises(PolystepError, match="saved for another network than this command"):
+        run_watch(other, FileStream(path, BATCH), _cfg(tmp_path, resume=True))
+    clean = field["folder"] / "clean.npz"
+    with pytest.raises(PolystepError, match=f"reading --stream {path.resolve()}, this command "):
+        run_watch(field["spec"], FileStream(clean, BATCH), _cfg(tmp_path, resume=True))
+    with pytest.raises(PolystepError, match=f"--batch-size {BATCH}, this command gives 7"):
+        run_watch(field["spec"], FileStream(path, 7), _cfg(tmp_path, resume=True))
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path, resume=True))  # same: on
+    batches, _ = read_log(tmp_path)
+    assert [b["batch"] for b in batches] == list(range(len(batches)))
 
 
 @pytest.mark.parametrize("source", ["folder", "socket"])

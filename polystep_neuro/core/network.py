@@ -18,6 +18,7 @@ Parameter names are ``fc{i}.weight``, ``fc{i}.bias`` (the Dense layer i) and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -262,6 +263,16 @@ class NetworkSpec:
             name: np.array(a, dtype=np.float32, order="C") for name, a in self.parameters().items()
         }
         return meta, arrays
+
+    def fingerprint(self) -> str:
+        """A short hash of everything :meth:`to_arrays` holds: equal for the same network,
+        so a saved run can tell whether it is resumed on the network it was started with."""
+        meta, arrays = self.to_arrays()
+        digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+        for name in sorted(arrays):
+            digest.update(name.encode())
+            digest.update(arrays[name].tobytes())
+        return digest.hexdigest()[:16]
 
     @classmethod
     def from_arrays(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> NetworkSpec:

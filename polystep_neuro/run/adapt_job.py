@@ -49,6 +49,7 @@ from polystep_neuro.run.recipe import (
     prepare_data,
     run_adaptation,
 )
+from polystep_neuro.run.resume_files import read_saved, refuse_other_files
 from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.spike_layout import batch_first
 
@@ -286,60 +287,12 @@ _FILE_FLAGS = {
 
 
 def _resumes_the_same_files(job: AdaptJob) -> None:
-    """--resume continues the run in ``job.out_dir`` only with the files it was started with:
-    a checkpoint made on other data (or another spec) is refused in one line.  A field the
-    saved config.json does not have (an older run) is not checked."""
-    try:
-        saved = json.loads((job.out_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(saved, dict):
-        return
-    for key, flag in _FILE_FLAGS.items():
-        if key not in saved:
-            continue
-        before, now = _files(saved[key]), _files(getattr(job, key))
-        if before is None or now is None or _same_files(before, now):
-            continue
-        raise PolystepError(
-            f"--resume: the run in {job.out_dir} was started with "
-            f"{_given(flag, before, with_flag=True)}, this command gives "
-            f"{_given(flag, now, with_flag=False)}; give the same {flag}, or start a new run "
-            "without --resume (or with another --out)"
-        )
-
-
-def _files(value: Any) -> dict[str, str] | None:
-    """A file field of a config as {name: path} ('' for a single file); None if malformed."""
-    if value is None:
-        return {}
-    if isinstance(value, (str, Path)):
-        return {"": str(value)}
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
-    return None
-
-
-def _same_files(before: dict[str, str], now: dict[str, str]) -> bool:
-    """The same names, and the same file for each where the saved path still names one from
-    here (a run resumed from another folder may have saved paths relative to its own: those
-    cannot be compared, and are not refused)."""
-    if before.keys() != now.keys():
-        return False
-    return all(
-        not Path(old).exists() or Path(old).resolve() == Path(now[name]).resolve()
-        for name, old in before.items()
-    )
-
-
-def _given(flag: str, files: dict[str, str], *, with_flag: bool) -> str:
-    if not files:
-        return f"no {flag}"
-    if flag == "--test":
-        text = " ".join(f"{name}={path}" for name, path in sorted(files.items()))
-    else:
-        text = files[""]
-    return f"{flag} {text}" if with_flag else text
+    """--resume continues the run in ``job.out_dir`` only with the files it was started with
+    (config.json records them)."""
+    saved = read_saved(job.out_dir / "config.json")
+    if saved is not None:
+        now = {key: _jsonable(getattr(job, key)) for key in _FILE_FLAGS}
+        refuse_other_files(job.out_dir, saved, now, _FILE_FLAGS)
 
 
 def _write_config(job: AdaptJob) -> None:

@@ -61,8 +61,8 @@ def _add_deploy(sub: Any) -> None:
         "--data (and, with --adapt, PolyStep adaptation with the model's outputs as soft "
         "targets and the labels when the file has them).  A fifth of --data is held out for "
         "validation: the network handed back is never less accurate on it than the "
-        "converted one.  Writes converted.npz, adapted.npz, summary.json, metrics.jsonl and "
-        "checkpoint.pt.",
+        "converted one.  Writes config.json (the files it read), converted.npz, adapted.npz, "
+        "summary.json, metrics.jsonl and checkpoint.pt.",
     )
     add_model_arguments(deploy, required=True)
     _common(deploy, default_out="runs/deploy")
@@ -173,6 +173,7 @@ def deploy(args: argparse.Namespace) -> int:
     from polystep_neuro.run.adapt_job import load_spike_data
     from polystep_neuro.run.deploy import deploy as run_deploy
 
+    _record_or_check_files(args)
     reference: Reference = read_model(args)
     spec = reference.spec
 
@@ -217,3 +218,36 @@ def deploy(args: argparse.Namespace) -> int:
         f"{args.out / 'summary.json'}"
     )
     return 0
+
+
+# The files a deploy run reads, by the flag that gives them (config.json records them).
+_DEPLOY_FILES = {
+    "snntorch": "--snntorch",
+    "nir": "--nir",
+    "spec": "--spec",
+    "data": "--data",
+    "val": "--val",
+    "test": "--test",
+    "drifted": "--drifted",
+}
+
+
+def _record_or_check_files(args: argparse.Namespace) -> None:
+    """--resume goes on only with the files the run in --out was started with; a new run
+    records them in config.json (with the backend) for a later --resume to compare."""
+    from polystep_neuro.run.checkpoint import ensure_writable_dir
+    from polystep_neuro.run.resume_files import read_saved, refuse_other_files
+
+    files: dict[str, Any] = {
+        key: None if getattr(args, key) is None else str(getattr(args, key))
+        for key in _DEPLOY_FILES
+    }
+    files["test"] = {name: str(path) for name, path in args.test}
+    config = args.out / "config.json"
+    if args.resume:
+        saved = read_saved(config)
+        if saved is not None:
+            refuse_other_files(args.out, saved, files, _DEPLOY_FILES)
+        return
+    ensure_writable_dir(args.out)
+    config.write_text(json.dumps({**files, "backend": args.backend}, indent=2), encoding="utf-8")

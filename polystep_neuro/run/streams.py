@@ -102,6 +102,7 @@ class FileStream:
         if batch_size < 1:
             raise PolystepError(f"the batch size must be >= 1, got {batch_size}")
         self.spikes, self.labels = read_batch(Path(path), str(path), time_first)
+        self.source = str(Path(path).resolve())  # what a resumed watch compares
         self.time_first = time_first
         self.batch_size = batch_size
         self.position = 0
@@ -141,6 +142,7 @@ class DirectoryStream:
         time_first: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.source = str(self.folder.resolve())
         self.time_first = time_first
         if not self.folder.is_dir():
             raise PolystepError(f"stream folder not found: {self.folder}")

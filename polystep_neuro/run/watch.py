@@ -86,11 +86,14 @@ class Watcher:
         self.collected: list[np.ndarray] = []
         self._stop = threading.Event()
         self.objective = make_objective(cfg.objective)
+        self._network = spec.fingerprint()  # what a resumed watch must be given again
+        self._stream: dict[str, Any] = {}
         ensure_writable_dir(cfg.out_dir)
 
     # ------------------------------------------------------------------ the loop
     def watch(self, stream: Stream) -> Iterator[dict[str, Any]]:
         """One record per batch (and one per event), until the stream ends or Ctrl-C."""
+        self._stream = _stream_record(stream)
         if self.cfg.resume:
             self._load()
             stream.skip(self.state.position)
@@ -232,6 +235,8 @@ class Watcher:
             "served_adapted": self.state.served_adapted,
             "worse": self.state.worse,
             "detector": self.detector.state_dict(),
+            "network": self._network,
+            **self._stream,
         }
         _atomic_npz(out / SERVING_NAME, self.serving)
         collected = np.concatenate(self.collected) if self.collected else np.zeros((0, 1, 1))
@@ -239,6 +244,25 @@ class Watcher:
         tmp = out / (STATE_NAME + ".tmp")
         tmp.write_text(json.dumps(state), encoding="utf-8")
         os.replace(tmp, out / STATE_NAME)
+
+    def _refuse_another_run(self, state: dict[str, Any]) -> None:
+        """--resume goes on only with the network and stream the state was saved for: its
+        position counts batches of that stream, its statistics that network's outputs."""
+        out = self.cfg.out_dir
+        if state.get("network", self._network) != self._network:
+            raise PolystepError(
+                f"--resume: the watcher state in {out} was saved for another network than "
+                "this command gives; give the same --spec, or start a new watch without "
+                "--resume (or with another --out)"
+            )
+        for key, what in (("stream", "--stream"), ("batch_size", "--batch-size")):
+            saved, now = state.get(key), self._stream.get(key)
+            if saved is not None and now is not None and saved != now:
+                raise PolystepError(
+                    f"--resume: the watcher state in {out} was saved reading {what} {saved}, "
+                    f"this command gives {now}; give the same {what}, or start a new watch "
+                    "without --resume (or with another --out)"
+                )
 
     def _load(self) -> None:
         out = self.cfg.out_dir
@@ -248,6 +272,7 @@ class Watcher:
         state = json.loads(path.read_text(encoding="utf-8"))
         if state.get("version") != STATE_VERSION:
             raise PolystepError(f"{path} was written by another version of the watcher")
+        self._refuse_another_run(state)
         self.state = _State(
             int(state["position"]), state["phase"], int(state["adaptations"]),
             bool(state["served_adapted"]), [float(v) for v in state["worse"]],
@@ -260,6 +285,15 @@ class Watcher:
         self.collected = [spikes] if len(spikes) else []
         _truncate_log(out / LOG_NAME, self.state.position)
         self.report(f"resuming at batch {self.state.position} ({self.state.phase})")
+
+
+def _stream_record(stream: Any) -> dict[str, Any]:
+    """What identifies a stream's batches for a resume: its file or folder and batch size
+    (a socket has neither: nothing to compare)."""
+    record = {"stream": getattr(stream, "source", None)}
+    if getattr(stream, "batch_size", None) is not None:
+        record["batch_size"] = int(stream.batch_size)
+    return record
 
 
 def _finite(z: float) -> float | None:
