@@ -290,3 +290,21 @@ def test_a_busy_machine_with_torch_threads_gets_one_hint(monkeypatch, capsys) ->
     with progress.ProgressBar(10, 0, "adapt", enabled=False):  # no bar, no hint
         pass
     assert "busy" not in "".join(capsys.readouterr())
+
+
+def test_progress_into_a_log_file_is_plain_lines(capsys) -> None:
+    """stderr redirected to a file got one carriage-return bar update per step (a 300-step
+    run's log was one unreadable line): off a terminal the bar writes a line per tenth of
+    the run, with the loss, validation accuracy and time."""
+    from polystep_neuro.run import progress
+
+    with progress.ProgressBar(20, 0, "adapt", enabled=True) as bar:
+        for step in range(20):
+            bar.update({"loss_min": 1.0 / (step + 1), "val_accuracy": 0.5})
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("adapt: step")]
+    assert "\r" not in err
+    steps = [line.split(",")[0] for line in lines]
+    assert steps == [f"adapt: step {n}/20" for n in range(2, 21, 2)]
+    assert lines[-1].startswith("adapt: step 20/20, loss 0.050, val 50.0%, ")
+    assert lines[-1].endswith(" s this run")

@@ -17,16 +17,22 @@ from tqdm.auto import tqdm
 
 class ProgressBar:
     """A tqdm bar over the run's steps showing the last minibatch loss and validation
-    accuracy; a context manager, disabled with ``enabled=False``."""
+    accuracy; a context manager, disabled with ``enabled=False``.  Where stderr is not a
+    terminal (a log file, a pipe) a bar would write one carriage-return update per step into
+    it: there it writes a plain line at every tenth of the run instead."""
 
     def __init__(self, total: int, initial: int, description: str, enabled: bool) -> None:
+        self._lines = enabled and not _is_terminal(sys.stderr)
         self._bar = tqdm(
             total=total,
             initial=initial,
             desc=description,
-            disable=not enabled,
+            disable=not enabled or self._lines,
             dynamic_ncols=True,
         )
+        self._total, self._done, self._description = total, initial, description
+        self._every = max(1, total // 10)
+        self._started = time.perf_counter()
         self._accuracy: float | None = None
         hint = busy_machine_hint() if enabled else None
         if hint:
@@ -40,11 +46,31 @@ class ProgressBar:
 
     def update(self, record: dict[str, Any]) -> None:
         self._bar.update(1)
+        self._done += 1
         postfix = {"loss": f"{record['loss_min']:.3f}"}
         self._accuracy = record.get("val_accuracy", self._accuracy)
         if self._accuracy is not None:
             postfix["val"] = f"{self._accuracy:.1%}"
         self._bar.set_postfix(postfix, refresh=False)
+        if self._lines and (self._done % self._every == 0 or self._done == self._total):
+            self._line(postfix)
+
+    def _line(self, postfix: dict[str, str]) -> None:
+        elapsed = time.perf_counter() - self._started
+        shown = ", ".join(f"{k} {v}" for k, v in postfix.items())
+        print(
+            f"{self._description}: step {self._done}/{self._total}, {shown}, "
+            f"{elapsed:.0f} s this run",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or a stand-in stream
+        return False
 
 
 def busy_machine_hint() -> str | None:
