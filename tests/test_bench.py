@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from polystep_neuro.core.network import NetworkSpec
 from simulators.lif_precision import int8_gemm_exact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +138,19 @@ def test_gap_sources_end_where_deploy_starts() -> None:
     assert row["exact"] == pytest.approx(bench.trained, abs=1e-6)
     assert row["all, fixed point"] == pytest.approx(bench.converted, abs=1e-6)
     assert row["zero reset"] != row["exact"]  # the reset is a change this model feels
+
+
+def test_gap_sources_count_ties_and_drain_the_delay() -> None:
+    """The tie columns count a sample tied when its top count is shared (the accuracy rule
+    counts it wrong), and the drained network runs total_delay silent steps more."""
+    from polystep_neuro.bench import gap_sources
+
+    counts = torch.tensor([[3, 3, 1], [5, 2, 2], [0, 4, 4], [1, 1, 1]])
+    assert gap_sources.ties(counts, np.array([0, 0, 0, 2])) == (0.75, 0.5)
+    spec = NetworkSpec.random([4, 3, 2], num_steps=5, seed=0)  # delay 1 per layer: 2 in all
+    longer, spikes = gap_sources.drained(spec, np.ones((5, 7, 4), np.uint8))
+    assert longer.num_steps == 7 and spikes.shape == (7, 7, 4)
+    assert spikes[:5].all() and not spikes[5:].any()
 
 
 def test_label_free_and_watch_sections_report_what_they_measured(tmp_path: Path) -> None:
