@@ -32,6 +32,7 @@ import torch
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec, split_param_name
+from simulators import fixed_point as fp
 from simulators.lif_dynamics import (
     FixedLIF,
     FloatLIF,
@@ -231,19 +232,82 @@ class TorchLIF:
         """A prototype: set v's ``fc0.weight`` is the loaded one plus ``u[v] @ vt[v]``
         (``u``: (V, n_out, r), ``vt``: (V, r, n_in)), and the first layer's synaptic input
         is computed as x W^T + (x Vt^T) U^T: the base product once for all sets, and per set
-        only rank-r products, instead of one full GEMM per set.  float32 only: fixed-point
-        weights are quantised per set, which is not linear in the factors.  The summed
-        weights are still formed once, for the set grouping and the neuron parameters;
-        float rounding differs from ``evaluate`` on them unless every sum is exact."""
-        if self.model.exact:
-            raise SpecError("low-rank first layers are float32 only (quantisation is not linear)")
+        only rank-r products, instead of one full GEMM per set.  The summed weights are
+        still formed once, for the set grouping and the neuron parameters.
+
+        float32: float rounding differs from ``evaluate`` on the summed weights unless every
+        sum is exact.  loihi-fixed: quantising W + U Vt per set is not linear in the
+        factors, so the probe lives on the device's integer grid instead: ``u`` and ``vt``
+        hold integers, and set v's device weights are the loaded network's plus
+        ``2 * u[v] @ vt[v]`` (device weights are even).  Every sum is then an integer, and
+        the counts equal ``evaluate``'s on :meth:`low_rank_weights` bit for bit."""
         if "fc0.weight" in (params or {}):
             raise SpecError("fc0.weight comes from the loaded weights and the factors")
+        u, vt = self._low_rank_factors(u, vt)
+        batch = CheckedBatch.check(self.spec, params or {}, inputs)
+        sets = u.shape[0]
+        if batch.params and batch.num_sets != sets:
+            raise SpecError(f"the factors hold {sets} sets, the parameters {batch.num_sets}")
+        # The sets are grouped by their factors: equal factors, equal first-layer weights.
+        # The summed weights (V x n_out x n_in) are never formed.
+        stand_in = torch.cat([u.flatten(1), vt.flatten(1)], dim=1)
+        batch = CheckedBatch(
+            {**batch.params, "fc0.weight": stand_in}, inputs, sets, batch.batch_size
+        )
+        if self.model.exact:
+            u = u * 2.0  # halves -> device weight units
+        return self.run(batch, record=record, low_rank=(u, vt))
+
+    def _low_rank_factors(self, u: Any, vt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u`` (V, n_out, r) and ``vt`` (V, r, n_in) as float32 on the device; SpecError for
+        other shapes, and in loihi-fixed for factors that are not integers or that could move a
+        device weight out of its 8-bit range (a clipped sum is not low-rank)."""
         u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
         vt = torch.as_tensor(vt, dtype=torch.float32, device=self.device)
-        summed = self._base["fc0.weight"].float() + torch.bmm(u, vt)
-        batch = CheckedBatch.check(self.spec, {**(params or {}), "fc0.weight": summed}, inputs)
-        return self.run(batch, record=record, low_rank=(u, vt))
+        n_out, n_in = self.spec.layers[0].n_out, self.spec.layers[0].n_in
+        if u.ndim != 3 or vt.ndim != 3 or u.shape[0] != vt.shape[0] or u.shape[2] != vt.shape[1]:
+            raise SpecError(f"factors must be (V, {n_out}, r) and (V, r, {n_in}), got "
+                            f"{tuple(u.shape)} and {tuple(vt.shape)}")  # fmt: skip
+        if u.shape[1] != n_out or vt.shape[2] != n_in:
+            raise SpecError(f"factors must be (V, {n_out}, r) and (V, r, {n_in}), got "
+                            f"{tuple(u.shape)} and {tuple(vt.shape)}")  # fmt: skip
+        if not self.model.exact:
+            return u, vt
+        if not (torch.equal(u, u.round()) and torch.equal(vt, vt.round())):
+            raise SpecError("loihi-fixed low-rank factors must hold integers (device weight steps)")
+        # |(u vt)_ij| <= sum_r max|u_.r| max|vt_r.|: only where that bound could leave the
+        # range are the sums formed and checked one by one.
+        bound = (u.abs().amax(dim=1) * vt.abs().amax(dim=2)).sum(dim=1).max()
+        halves = self._loaded_halves()
+        if float(halves.abs().max() + bound) > fp.WEIGHT_MAX // 2:
+            self.low_rank_weights(u, vt)  # raises where a weight leaves the range
+        return u, vt
+
+    def _loaded_halves(self) -> torch.Tensor:
+        """The loaded first layer's device weights / 2 (float64 integers)."""
+        base = self._base["fc0.weight"][0].double().cpu().numpy()
+        halves = fp.quantize_weight(base, self.spec.layers[0]) / 2.0
+        return torch.as_tensor(halves, device=self.device)
+
+    def low_rank_weights(self, u: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
+        """The first layer's weights (V, n_out, n_in) that ``evaluate_low_rank``'s factors
+        stand for, as ``evaluate`` takes them: the loaded weights plus ``u @ vt`` in float32;
+        in loihi-fixed, the float weights that quantise exactly to the loaded device weights
+        plus ``2 * u @ vt`` (SpecError where the factors are not integers or a weight leaves
+        the device's 8-bit range: a clipped sum is not low-rank)."""
+        u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
+        vt = torch.as_tensor(vt, dtype=torch.float32, device=self.device)
+        if not self.model.exact:
+            return self._base["fc0.weight"].float() + torch.bmm(u, vt)
+        if not (torch.equal(u, u.round()) and torch.equal(vt, vt.round())):
+            raise SpecError("loihi-fixed low-rank factors must hold integers (device weight steps)")
+        moved = self._loaded_halves()[None] + torch.bmm(u.double(), vt.double())
+        if bool((moved.abs() > fp.WEIGHT_MAX // 2).any()):
+            raise SpecError(
+                "a set's first-layer weights leave the device's 8-bit range (a clipped sum is "
+                "not low-rank): smaller factors, or a calibration with room for them"
+            )
+        return (moved * (2.0 / fp.weight_factor(self.spec.layers[0]))).float()
 
     def counts(self, params: Mapping[str, Any] | None, inputs: Any) -> torch.Tensor:
         return self.evaluate(params, inputs).counts
@@ -365,8 +429,7 @@ class TorchLIF:
         low = None  # a low-rank first layer: its base product for all groups, U, Vt
         w = first.weight
         if first.low_rank is not None:
-            base = self._base["fc0.weight"].float()
-            low = (self._project(x, base, first, "l0.base"), *first.low_rank)
+            low = (self._project(x, self._low_rank_base(first), first, "l0.base"), *first.low_rank)
         elif first.in_groups == 1 and (w.shape[0] == 1 or w.shape[2] > w.shape[1]):
             w = self._weights(first, 0, w.shape[0], "all")
             shared = self._project(x, w, first, f"l{first.index}")
@@ -471,6 +534,15 @@ class TorchLIF:
         if self.int8_gemm and layer.spec.n_in < _INT8_MAX_IN:
             return self.model.int8_weights(w, layer.spec, self._work, tag)
         return self.model.weights(w, layer.spec, layer.gemm_dtype, self._work, tag)
+
+    def _low_rank_base(self, first: _Layer) -> torch.Tensor:
+        """The loaded first-layer weights as the GEMM takes them (loihi-fixed: quantised)."""
+        base = self._base["fc0.weight"].float()
+        if not self.model.exact:
+            return base
+        if first.gemm_dtype != torch.float32:
+            raise SpecError("low-rank probes need a first layer whose sums are exact in float32")
+        return self.model.weights(base, first.spec, torch.float32, self._work, "l0.lowq")
 
     def _project(self, x: torch.Tensor, w: torch.Tensor, layer: _Layer, tag: str) -> torch.Tensor:
         """W.s of ``x`` for ``layer`` in its accumulator dtype (see ``_project``)."""

@@ -116,8 +116,11 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
         results.append(roofline_bench.measure(case, torch.device("cpu"), 3 if quick else 5))
     low_rank = []
     for sizes in ((32, 64, 10),) if quick else roofline_bench.LOW_RANK_CASES:
-        progress(f"roofline: low-rank first layer, {'-'.join(map(str, sizes))}")
-        low_rank.append(roofline_bench.measure_low_rank(sizes, 8 if quick else 128))
+        for precision in roofline_bench.PRECISIONS:
+            progress(f"roofline: low-rank first layer, {'-'.join(map(str, sizes))}, {precision}")
+            low_rank.append(
+                roofline_bench.measure_low_rank(sizes, 8 if quick else 128, precision=precision)
+            )
     return Section(
         "torch-sim against a plain float32 matmul of the same FLOPs (CPU roofline)",
         [
@@ -136,8 +139,9 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
         [
             *roofline_bench.table(results),
             "",
-            "**Low-rank first layer (prototype), float32, all weights vary**: V sets whose "
-            "first-layer weights are the loaded ones plus a rank-r term U Vt, evaluated as "
+            "**Low-rank first layer (prototype), all weights vary**: V sets whose "
+            "first-layer weights are the loaded ones plus a rank-r term U Vt (loihi-fixed: "
+            "integer factors on the device's weight grid, so the sums stay exact), evaluated as "
             "materialised weight sets and as x W^T + (x Vt^T) U^T "
             "(`TorchLIF.evaluate_low_rank`); inference = the loaded network on the B "
             "samples, V calls (as many pairs).  Rounds alternate the three; ratios are medians of "

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 if __package__ in (None, ""):  # `python -m polystep_neuro.bench.roofline_bench`
@@ -35,6 +36,7 @@ if __package__ in (None, ""):  # `python -m polystep_neuro.bench.roofline_bench`
 from polystep_neuro.bench import machine  # noqa: E402
 from polystep_neuro.bench.cases import Case, perturbed_sets  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec, split_param_name  # noqa: E402
+from simulators.fixed_point import calibrate_layer  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
 
 PRECISIONS = ("float32", "loihi-fixed")
@@ -180,30 +182,44 @@ LOW_RANK_CASES = ((64, 512, 10), (784, 128, 10))
 
 
 def measure_low_rank(
-    sizes: tuple[int, ...], sets: int = 128, rank: int = 4, repeats: int = 5, batch: int = 128
+    sizes: tuple[int, ...],
+    sets: int = 128,
+    rank: int = 4,
+    repeats: int = 5,
+    batch: int = 128,
+    precision: str = "float32",
 ) -> dict:
-    """All-weights probes, float32, one CPU: (set, sample) pairs / s of V materialised
-    weight sets, of the same sets with the first layer as base + rank-r factors
+    """All-weights probes, one CPU: (set, sample) pairs / s of V materialised weight sets,
+    of the same sets with the first layer as base + rank-r factors
     (``TorchLIF.evaluate_low_rank``), and of inference (the loaded network on the B
     samples V times: as many pairs, in blocks the simulator sizes as it does sets), in
-    alternating rounds; ratios are medians of per-round ones."""
+    alternating rounds; ratios are medians of per-round ones.  loihi-fixed: the factors
+    are integers in -1..1 on the device's weight grid, the first layer calibrated with
+    room for them (its largest weight at about 90 % of the 8-bit range)."""
     steps = 25
     spec = NetworkSpec.random(
         list(sizes), steps, seed=0, du=1.0, dv=0.1, vth=1.0, weight_gain=1.0, writable="all"
     )
     gen = torch.Generator().manual_seed(0)
     n_in, n_out = sizes[0], sizes[1]
-    u = 0.05 * torch.randn(sets, n_out, rank, generator=gen)
-    vt = torch.randn(sets, rank, n_in, generator=gen) / rank**0.5
+    if precision == "float32":
+        u = 0.05 * torch.randn(sets, n_out, rank, generator=gen)
+        vt = torch.randn(sets, rank, n_in, generator=gen) / rank**0.5
+    else:
+        first = spec.layers[0]
+        scale, exp = calibrate_layer(replace(first, weight=first.weight * np.float32(1.12)))
+        spec.layers[0] = replace(first, fixed_scale=scale, fixed_weight_exp=exp)
+        u = torch.randint(-1, 2, (sets, n_out, rank), generator=gen).float()
+        vt = torch.randint(-1, 2, (sets, rank, n_in), generator=gen).float()
     base = spec.parameters()
     others = {
         f"fc{i}.weight": torch.as_tensor(base[f"fc{i}.weight"])[None]
         + 0.05 * torch.randn(sets, sizes[i + 1], sizes[i], generator=gen)
         for i in range(1, len(sizes) - 1)
     }
-    summed = torch.as_tensor(base["fc0.weight"])[None] + torch.bmm(u, vt)
     x = (torch.rand(batch, steps, n_in, generator=gen) < 0.3).float()
-    sim = TorchLIF(spec, "float32", "cpu")
+    sim = TorchLIF(spec, precision, "cpu")
+    summed = sim.low_rank_weights(u, vt)
     runs = {
         "materialised": lambda: sim.evaluate({"fc0.weight": summed, **others}, x).counts,
         "low-rank": lambda: sim.evaluate_low_rank(others, u, vt, x).counts,
@@ -218,7 +234,10 @@ def measure_low_rank(
             seconds[k].append(timed(fn))
     agree = float((runs["materialised"]() == runs["low-rank"]()).float().mean())
     pairs = sets * batch
-    out: dict = {"sizes": sizes, "sets": sets, "rank": rank, "batch": batch, "agree": agree}
+    out: dict = {
+        "sizes": sizes, "sets": sets, "rank": rank, "batch": batch, "agree": agree,
+        "precision": precision,
+    }  # fmt: skip
     for k in runs:
         out[k] = {
             "pairs_per_s": pairs / statistics.median(seconds[k]),
@@ -239,7 +258,10 @@ def low_rank_table(results: list[dict]) -> list[str]:
         "|---|---|---:|---:|---:|",
     ]
     for r in results:
-        where = f"{'-'.join(map(str, r['sizes']))}, V={r['sets']}, r={r['rank']}"
+        where = (
+            f"{'-'.join(map(str, r['sizes']))}, V={r['sets']}, r={r['rank']}, "
+            f"{r.get('precision', 'float32')}"
+        )
         for k in ("inference", "materialised", "low-rank"):
             m = r[k]
             lines.append(
@@ -248,8 +270,8 @@ def low_rank_table(results: list[dict]) -> list[str]:
             )
     lines += [
         "",
-        "spike counts equal to the materialised sets' (float32 rounding may differ): "
-        + ", ".join(f"{r['agree']:.2%}" for r in results),
+        "spike counts equal to the materialised sets' (float32 rounding may differ; "
+        "loihi-fixed must agree on all): " + ", ".join(f"{r['agree']:.2%}" for r in results),
     ]
     return lines
 
@@ -289,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.low_rank:
         cases = ((32, 64, 10),) if args.quick else LOW_RANK_CASES
         sets = 8 if args.quick else 128
-        rows = [measure_low_rank(c, sets, repeats=args.repeats) for c in cases]
+        rows = [
+            measure_low_rank(c, sets, repeats=args.repeats, precision=p)
+            for c in cases
+            for p in PRECISIONS
+        ]
         print()
         print("\n".join(low_rank_table(rows)))
 
