@@ -28,6 +28,7 @@ h5py = pytest.importorskip("h5py")
 from polystep_neuro.run.interop.netx import (  # noqa: E402
     calibrate_for_netx,
     netx_layers,
+    round_biases_for_netx,
     write_netx,
 )
 
@@ -159,6 +160,41 @@ def test_what_netx_cannot_represent_is_refused(tmp_path: Path) -> None:
         NetworkSpec([good.layers[0], zero], T), "layer 1: every weight quantises to 0", tmp_path
     )
     _refused(good, r"cannot write .*missing", Path("/nonexistent/missing"))
+
+
+def test_biases_off_netx_grid_are_rounded_on_request_and_the_change_is_reported(
+    tmp_path: Path, capsys
+) -> None:
+    """A network adapted or converted with ordinary biases was refused by netx export with
+    no way out from the command line: --round-biases rounds each bias to the nearest
+    multiple of 64 device units, says by how much (a share of the threshold), and saves
+    the network the file holds."""
+    from polystep_neuro.cli import main
+
+    spec = calibrate_for_netx(NetworkSpec.random([10, 8, 3], T, seed=3, du=0.5, dv=0.1))
+    rng = np.random.default_rng(0)
+    biased = spec.with_params({"lif0.v_bias": rng.normal(0, 0.05, 8), "lif1.v_bias":
+                               rng.normal(0, 0.05, 3)})  # fmt: skip
+    rounded, changes = round_biases_for_netx(biased)
+    before, after = fp.quantize_spec(biased), fp.quantize_spec(rounded)
+    for old, new, change in zip(before, after, changes, strict=True):
+        total = old.bias_mant.astype(np.int64) << old.bias_exp.astype(np.int64)
+        moved = new.bias_mant.astype(np.int64) << new.bias_exp.astype(np.int64)
+        np.testing.assert_array_equal(moved, np.round(total / 64).astype(np.int64) * 64)
+        assert change == np.abs(moved - total).max() / (old.vth << fp.ACT_SHIFT)
+        assert 0 < change <= 32 / (old.vth << fp.ACT_SHIFT)
+        np.testing.assert_array_equal(new.weight, old.weight)
+    write_netx(rounded, tmp_path / "ok.h5")  # what was refused now writes
+    biased.save(tmp_path / "adapted.npz")
+    args = ["export", "--spec", str(tmp_path / "adapted.npz"), "--to", "netx", "--out"]
+    assert main([*args, str(tmp_path / "x.net")]) == 2
+    assert "`polystep-neuro export --round-biases`" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "x.net"), "--round-biases"]) == 0
+    out = capsys.readouterr().out
+    assert f"layer 0 {changes[0]:.2%}, layer 1 {changes[1]:.2%}" in out
+    held = NetworkSpec.load(tmp_path / "x.net.npz")
+    for name, value in rounded.parameters().items():
+        np.testing.assert_array_equal(held.parameters()[name], value)
 
 
 # ----------------------------------------------------------------------------- in Lava

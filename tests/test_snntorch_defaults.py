@@ -139,13 +139,20 @@ def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
         np.testing.assert_allclose(again.parameters()[name], value, rtol=1e-5, atol=1e-6)
 
 
-def test_deploy_without_labels_says_whose_answers_validation_scores(trained: dict) -> None:
+def test_deploy_without_labels_says_whose_answers_validation_scores(
+    trained: dict, capsys, monkeypatch
+) -> None:
     """Spikes alone: the trained model's own answers are the labels, so its 'accuracy' on
     validation is the share of samples it does not tie on, not a measured accuracy; the
-    summary says so (a new user read 'validation: trained 94.8 %' as the model's accuracy)."""
+    summary says so (a new user read 'validation: trained 94.8 %' as the model's accuracy).
+    Without the adaptation stage no progress bar is drawn (an empty 'adapt: 0it' showed)."""
+    from polystep_neuro.run import progress
+
+    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)  # a bar, if any
     model, (x, _) = trained["model"], trained["data"]["train"]
     result = pn.deploy(model, "torch-sim-fixed", data=x, time_steps=T, time_first=True,
-                       budget=3000, progress=False)  # fmt: skip
+                       budget=3000)  # fmt: skip
+    assert "adapt" not in capsys.readouterr().err
     assert result.model_labelled_val
     (line,) = [ln for ln in result.summary().splitlines() if ln.startswith("validation")]
     assert line.startswith(

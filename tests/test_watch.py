@@ -233,8 +233,11 @@ def test_the_watcher_names_the_layout_of_unlabelled_batches(field, tmp_path: Pat
     with np.load(field["folder"] / "clean.npz") as npz:
         spikes = npz["spikes"][:BATCH]
     np.savez(tmp_path / "tf.npz", spikes=spikes.swapaxes(0, 1))  # (T, B, N_in), no labels
+    said: list[str] = []
     with pytest.raises(PolystepError, match=r"looks time-first .* pass --time-first"):
-        run_watch(field["spec"], FileStream(tmp_path / "tf.npz", BATCH), _cfg(tmp_path / "a"))
+        stream = FileStream(tmp_path / "tf.npz", BATCH)
+        run_watch(field["spec"], stream, _cfg(tmp_path / "a"), said.append)
+    assert said == []  # the error alone: no notice of what it would adapt comes before it
     folder = tmp_path / "batches"
     folder.mkdir()
     np.savez(folder / "b0.npz", spikes=spikes)  # batch-first, read as time-first
@@ -266,6 +269,44 @@ def test_a_socket_stream_takes_npz_messages_and_drops_malformed_ones(field) -> N
     push.close(linger=0)
     assert [b.index for b in got] == [0, 1] and got[0].labels is None
     assert got[0].spikes.shape == (3, T, 16) and time.monotonic() - start < 10
+
+
+def test_a_watcher_on_a_socket_logs_and_skips_what_is_no_batch_of_its_network(
+    field, tmp_path: Path
+) -> None:
+    """A live feed outlives a bad message: a message that is no .npz was dropped without a
+    word, and a batch of the wrong shape stopped the whole watcher; both are now said,
+    logged as 'dropped' events, and skipped."""
+    import io
+
+    import zmq
+
+    stream = SocketStream("tcp://127.0.0.1:*", idle_s=2.0)
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(stream.endpoint)
+
+    def npz(n_in: int) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, spikes=np.ones((BATCH, T, n_in), np.uint8))
+        return buffer.getvalue()
+
+    def send() -> None:
+        for message in (npz(16), b"not an npz", npz(32), npz(16)):
+            push.send(message)
+
+    threading.Thread(target=send).start()
+    lines: list[str] = []
+    summary = run_watch(field["spec"], stream, _cfg(tmp_path), lines.append)
+    stream.close()
+    push.close(linger=0)
+    batches, events = read_log(tmp_path)
+    assert [b["batch"] for b in batches] == [0, 2]
+    dropped = [e for e in events if e["event"] == "dropped"]
+    assert [e["batch"] for e in dropped] == [1, 1]
+    assert dropped[0]["why"].startswith("message 1 must be an .npz holding 'spikes'")
+    assert f"inputs must have shape (B, {T}, 16)" in dropped[1]["why"]
+    assert sum("dropped" in line for line in lines) == 2
+    assert summary["events"]["dropped"] == 2
 
 
 def test_the_command_refuses_a_public_address_and_watches_a_file(field, tmp_path, capsys) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
-from polystep_neuro.run.cli_args import add_backend, named_path
+from polystep_neuro.run.cli_args import add_backend, at_least, named_path
 from polystep_neuro.run.deprecation import add_renamed_flag
 from polystep_neuro.run.run_defaults import RunConfig
 
@@ -89,7 +89,8 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument("--quick", action="store_true", help="small sizes (about a minute on CPU)")
     demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps")
     demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data, drift and probes "
+                      "(default: 0)")  # fmt: skip
     _add_dataset(demo)
     _add_corruption(demo, "the input shift of stage (c) (default: noise, gain loss, dead inputs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -134,9 +135,10 @@ def _add_adapt(sub: Any) -> None:
     adapt.add_argument(
         "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
     )
-    adapt.add_argument("--out", type=Path, default=Path("runs/adapt"))
+    adapt.add_argument("--out", type=Path, default=Path("runs/adapt"),
+                       help="output folder (default: runs/adapt)")  # fmt: skip
     adapt.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    adapt.add_argument("--no-progress", action="store_true")
+    adapt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_watch(sub: Any) -> None:
@@ -163,7 +165,7 @@ def _add_watch(sub: Any) -> None:
     )
     add_backend(watch)
     _add_torch_device(watch)
-    watch.add_argument("--batch-size", type=int, default=32, help="samples per batch of a "
+    watch.add_argument("--batch-size", type=at_least(1), default=32, help="samples per batch of a "
                        "data file (default: 32)")  # fmt: skip
     watch.add_argument("--follow", action="store_true", help="a folder: wait for new files")
     watch.add_argument(
@@ -184,15 +186,17 @@ def _add_watch(sub: Any) -> None:
     )
     watch.add_argument(
         "--adapt-samples",
-        type=int,
+        type=at_least(1),
         default=defaults.adapt_samples,
         help=f"field samples collected after a drift before adapting (default: "
         f"{defaults.adapt_samples})",
     )
-    watch.add_argument("--steps", type=int, default=defaults.steps,
+    watch.add_argument("--steps", type=at_least(1), default=defaults.steps,
                        help=f"steps of each adaptation (default: {defaults.steps})")  # fmt: skip
-    watch.add_argument("--seed", type=int, default=0)
-    watch.add_argument("--out", type=Path, default=defaults.out_dir)
+    watch.add_argument("--seed", type=int, default=0, help="seed of the adaptations' probes "
+                       "and held-out split (default: 0)")  # fmt: skip
+    watch.add_argument("--out", type=Path, default=defaults.out_dir,
+                       help=f"output folder (default: {defaults.out_dir})")  # fmt: skip
     watch.add_argument("--resume", action="store_true", help="continue where --out stopped")
 
 
@@ -290,12 +294,14 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         default=defaults.optimizer,
         help=f"default: {defaults.optimizer}; the others are baselines through the same loop",
     )
-    for flag, name, what in (
-        ("--steps", "steps", "adaptation steps"),
-        ("--batch-size", "batch_size", "samples per minibatch"),
+    for flag, name, what, minimum in (
+        ("--steps", "steps", "adaptation steps", 0),
+        ("--batch-size", "batch_size", "samples per minibatch", 1),
     ):
         default = getattr(RunConfig, name)
-        adapt.add_argument(flag, type=int, default=default, help=f"{what} (default: {default})")
+        adapt.add_argument(
+            flag, type=at_least(minimum), default=default, help=f"{what} (default: {default})"
+        )
     adapt.add_argument(
         "--probe",
         type=float,

@@ -26,3 +26,21 @@ def named_path(value: str) -> tuple[str, Path]:
     if not name:
         raise argparse.ArgumentTypeError(f"expected NAME=FILE or FILE, got {value!r}")
     return name, Path(path)
+
+
+def at_least(minimum: int):  # noqa: ANN201 (an argparse type)
+    """The argparse type of an integer option that must be >= ``minimum``: a usage error
+    before anything runs (``--steps -5`` once printed what it would adapt, made its output
+    folder, then stopped)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

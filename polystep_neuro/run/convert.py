@@ -90,6 +90,13 @@ def add_parsers(sub: Any) -> None:
         help="netx only: replace the spec's fixed-point calibration by one netx can store "
         "(weight exponent 0); the device integers then differ from the old calibration's",
     )
+    export.add_argument(
+        "--round-biases",
+        action="store_true",
+        help="netx only: round every neuron bias to the multiple of 64 device units netx "
+        "stores (the largest change per layer is printed, as a share of its threshold) and "
+        "write the network the file holds beside it as OUT.npz",
+    )
 
 
 # --------------------------------------------------------------------------- convert
@@ -183,14 +190,18 @@ def _save(spec: NetworkSpec, path: Path) -> None:
 def export(args: argparse.Namespace) -> int:
     spec = NetworkSpec.load(args.spec)
     if args.to == "nir":
-        if args.recalibrate:
-            raise SpecError("--recalibrate applies to --to netx only")
+        if args.recalibrate or args.round_biases:
+            raise SpecError("--recalibrate and --round-biases apply to --to netx only")
         from polystep_neuro.run.interop.nir import write_nir
 
         write_nir(spec, args.out, dt=args.dt)
         print(f"wrote {args.out}: NIR graph of {_describe(spec)} (dt {args.dt:g} s)")
         return 0
-    from polystep_neuro.run.interop.netx import calibrate_for_netx, write_netx
+    from polystep_neuro.run.interop.netx import (
+        calibrate_for_netx,
+        round_biases_for_netx,
+        write_netx,
+    )
 
     calibrated = all(layer.fixed_scale is not None for layer in spec.layers)
     if args.recalibrate or not calibrated:
@@ -199,6 +210,16 @@ def export(args: argparse.Namespace) -> int:
         print(
             f"  note: {why}: calibrated with weight exponent 0 for netx; lava-fixed runs the "
             f"same integers from interop.netx.calibrate_for_netx(spec)"
+        )
+    if args.round_biases:
+        spec, changes = round_biases_for_netx(spec)
+        held = args.out.with_name(args.out.name + ".npz")
+        spec.save(held)
+        moved = ", ".join(f"layer {i} {c:.2%}" for i, c in enumerate(changes))
+        print(
+            f"  note: biases rounded to netx's multiples of 64 device units (largest change "
+            f"of a threshold: {moved}); the network the file holds is {held}: evaluate it "
+            f"there to see what the rounding cost"
         )
     write_netx(spec, args.out)
     print(f"wrote {args.out}: lava-dl netx network of {_describe(spec)}")

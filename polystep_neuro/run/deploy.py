@@ -288,7 +288,7 @@ def _adaptation_stage(
     adapter = Adapter.build(
         dev, sets.stream, steps=max(steps, 1), settings=options, loss=loss,
         torch_device=where, validation=sets.validation, test=sets.test,
-        out_dir=out_dir, progress=progress,
+        out_dir=out_dir, progress=progress and budget is not None,  # no bar for no steps
     )  # fmt: skip
     if budget is not None:
         say(

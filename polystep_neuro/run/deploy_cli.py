@@ -70,7 +70,7 @@ def _add_deploy(sub: Any) -> None:
     _add_deploy_stages(deploy)
     deploy.add_argument("--seed", type=int, default=0, help="seed of the split and probes")
     deploy.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    deploy.add_argument("--no-progress", action="store_true")
+    deploy.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_deploy_data(deploy: argparse.ArgumentParser) -> None:

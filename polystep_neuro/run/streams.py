@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -182,9 +182,14 @@ class DirectoryStream:
 
 
 class SocketStream:
-    """A ZeroMQ PULL socket: each message is one batch, the bytes of an ``.npz``.  Binds
-    ``endpoint`` (loopback unless told otherwise, as every server here); stops after
-    ``idle_s`` without a message (None: never)."""
+    """A ZeroMQ PULL socket (senders PUSH): each message is one batch, the bytes of an
+    ``.npz``.  Binds ``endpoint`` (loopback unless told otherwise, as every server here);
+    stops after ``idle_s`` without a message (None: never).  A live sensor feed outlives a
+    bad message: one that is not a batch is dropped and ``on_drop`` told why, and the
+    watcher drops a batch that does not fit the network the same way
+    (``drops_bad_batches``)."""
+
+    drops_bad_batches = True
 
     def __init__(
         self, endpoint: str, idle_s: float | None = None, time_first: bool = False
@@ -205,6 +210,7 @@ class SocketStream:
         self.idle_s = idle_s
         self.position = 0
         self.stop = threading.Event()
+        self.on_drop: Callable[[int, str], None] | None = None  # (next index, why)
 
     def skip(self, count: int) -> None:
         self.position = count  # a live socket has no past to skip: numbering goes on
@@ -228,8 +234,10 @@ class SocketStream:
             message = self.socket.recv()
             try:
                 spikes, labels = read_batch(message, f"message {self.position}", self.time_first)
-            except PolystepError:
-                continue  # a malformed message is dropped; the stream goes on
+            except PolystepError as exc:
+                if self.on_drop is not None:  # dropped, said and logged; the stream goes on
+                    self.on_drop(self.position, str(exc))
+                continue
             batch = StreamBatch(self.position, spikes, labels, self.time_first)
             self.position += 1
             yield batch

@@ -21,6 +21,7 @@ continue where the watcher stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -97,24 +98,34 @@ class Watcher:
         if self.cfg.resume:
             self._load()
             stream.skip(self.state.position)
-        with opened(self.spec, self.cfg, False, self.report, label_free=True) as device:
-            self.device = device
-            with ctrl_c_stops(self._stop):
-                stream.interrupt_on(self._stop)  # an idle source stops waiting too
-                for batch in stream:
-                    yield from self._one(batch)
-                    self.state.position = batch.index + 1
-                    self._save()
-                    if self._stop.is_set():
-                        self.report(f"stopped after batch {batch.index}; --resume goes on")
-                        break
+        with ctrl_c_stops(self._stop), contextlib.ExitStack() as device_open:
+            stream.interrupt_on(self._stop)  # an idle source stops waiting too
+            if hasattr(stream, "on_drop"):
+                stream.on_drop = self._dropped
+            for batch in stream:
+                what = f"'spikes' of stream batch {batch.index}"
+                try:
+                    check_layout(batch.spikes, self.spec, batch.time_first, what)
+                except PolystepError as exc:
+                    if not getattr(stream, "drops_bad_batches", False):
+                        raise  # a file or folder the user named: the error is theirs to fix
+                    self._dropped(batch.index, str(exc))
+                    continue
+                if not hasattr(self, "device"):  # opened once a batch fits the network
+                    self.device = device_open.enter_context(
+                        opened(self.spec, self.cfg, False, self.report, label_free=True)
+                    )
+                yield from self._one(batch)
+                self.state.position = batch.index + 1
+                self._save()
+                if self._stop.is_set():
+                    self.report(f"stopped after batch {batch.index}; --resume goes on")
+                    break
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def _one(self, batch: StreamBatch) -> Iterator[dict[str, Any]]:
-        what = f"'spikes' of stream batch {batch.index}"
-        check_layout(batch.spikes, self.spec, batch.time_first, what)
         spikes = torch.as_tensor(batch.spikes, dtype=torch.float32)
         counts = torch.as_tensor(self._evaluate(spikes)).to(torch.float32)
         start = counts[-1]
@@ -213,6 +224,10 @@ class Watcher:
 
     def _serve_start(self) -> None:
         self.serving, self.state.served_adapted, self.state.worse = {}, False, []
+
+    def _dropped(self, index: int, why: str) -> None:
+        """A live source's message that is no batch of this network: said, logged, skipped."""
+        self._log(self._event(index, "dropped", why=why))
 
     def _event(self, index: int, name: str, **details: Any) -> dict[str, Any]:
         event = {"batch": index, "event": name, **details}
@@ -333,7 +348,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "batches": len(batches),
         "events": {
             name: sum(e["event"] == name for e in events)
-            for name in ("drift", "adapted", "rolled_back", "cleared")
+            for name in ("drift", "adapted", "rolled_back", "cleared", "dropped")
         },  # fmt: skip
     }
     if labelled:

@@ -57,7 +57,7 @@ from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
 from simulators import fixed_point as fp
 
-__all__ = ["NetxLayer", "calibrate_for_netx", "netx_layers", "write_netx"]
+__all__ = ["NetxLayer", "calibrate_for_netx", "netx_layers", "round_biases_for_netx", "write_netx"]
 
 NETX_BIAS_EXP = 6  # netx's hdf5.Network.get_neuron_params fixes bias_exp for CUBA neurons
 BIAS_MIN, BIAS_MAX = -(1 << 12), (1 << 12) - 1  # Loihi 2's 13-bit bias mantissa
@@ -94,6 +94,30 @@ def calibrate_for_netx(spec: NetworkSpec, *, force: bool = False) -> NetworkSpec
             layer = replace(layer, fixed_scale=scale, fixed_weight_exp=0)
         layers.append(layer)
     return NetworkSpec(layers, spec.num_steps, spec.writable).validate()
+
+
+def round_biases_for_netx(spec: NetworkSpec) -> tuple[NetworkSpec, list[float]]:
+    """A copy of calibrated ``spec`` whose every neuron bias is the nearest one netx stores (a
+    multiple of 64 device units; a Dense bias folded into the neuron's), and per layer the
+    largest change as a share of the layer's threshold.  An approximation, exact only where
+    nothing moved: the returned spec is what the netx file holds, so lava-fixed and
+    torch-sim-fixed run it bit for bit."""
+    unit = 1 << NETX_BIAS_EXP
+    layers, changes = [], []
+    for layer, fixed in zip(spec.layers, fp.quantize_spec(spec), strict=True):
+        assert layer.fixed_scale is not None
+        total = fixed.bias_mant.astype(np.int64) << fixed.bias_exp.astype(np.int64)
+        rounded = np.round(total / unit).astype(np.int64) * unit
+        threshold = max(int(fixed.vth), 1) << fp.ACT_SHIFT  # v is compared in these units
+        changes.append(float(np.max(np.abs(rounded - total), initial=0)) / threshold)
+        v_bias = (rounded / (layer.fixed_scale * float(1 << fp.ACT_SHIFT))).astype(np.float32)
+        layers.append(replace(layer, bias=None, v_bias=v_bias))
+    out = NetworkSpec(layers, spec.num_steps, spec.writable).validate()
+    for i, fixed in enumerate(fp.quantize_spec(out)):
+        total = fixed.bias_mant.astype(np.int64) << fixed.bias_exp.astype(np.int64)
+        if np.any(total % unit):  # float32 could not hold a rounded bias exactly
+            raise SpecError(f"layer {i}: its rounded biases do not quantise to netx's grid")
+    return out, changes
 
 
 def _file_weight(i: int, fixed: fp.FixedLayer) -> np.ndarray:
@@ -136,7 +160,8 @@ def _file_bias(i: int, fixed: fp.FixedLayer) -> np.ndarray:
         raise SpecError(
             f"layer {i}: neuron {k}'s bias is {int(total[k])} device units, but netx fixes "
             f"bias_exp = {NETX_BIAS_EXP} and can only store multiples of {unit} "
-            f"({bad.size} neuron(s) affected)"
+            f"({bad.size} neuron(s) affected); `polystep-neuro export --round-biases` (or "
+            f"interop.netx.round_biases_for_netx) rounds them and reports the change"
         )
     mant = total // unit
     if mant.min() < BIAS_MIN or mant.max() > BIAS_MAX:
