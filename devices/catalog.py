@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 from devices.options import Option, OptionTable, count, flag, number, optional, seconds
 from polystep_neuro.core.contract import parameter_kinds
-from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
+from polystep_neuro.core.errors import DeviceError, UnknownBackend
 from simulators.lava_plan import RUNTIME_WRITABLE
 
 __all__ = [
@@ -314,7 +314,7 @@ def record(name: str) -> BackendRecord:
     try:
         return RECORDS[name]
     except KeyError:
-        raise DeviceUnavailable(
+        raise UnknownBackend(
             f"unknown backend {name!r}; choose one of: {', '.join(NAMED)}"
         ) from None
 

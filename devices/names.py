@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from devices.catalog import NAMED, RECORDS, BackendRecord
-from polystep_neuro.core.errors import DeviceUnavailable
+from polystep_neuro.core.errors import DeviceUnavailable, UnknownBackend
 
 __all__ = [
     "RAY_PREFIX",
@@ -83,7 +83,7 @@ def check_backend_name(name: str) -> None:
         )
     if name in NAMED or endpoint_list(name) is not None:
         return
-    raise DeviceUnavailable(
+    raise UnknownBackend(
         f"unknown backend {name!r}; choose one of: {', '.join(NAMED)} "
         "(or a device server address tcp://HOST:PORT, or several: tcp://A:P,tcp://B:P)"
     )

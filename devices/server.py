@@ -54,7 +54,7 @@ from devices.protocol import DEFAULT_LIMITS, Limits, wire_error_message, wire_er
 from devices.security import ServerKeys, check_bind, secure_server_socket, server_keys
 from devices.sessions import SessionLimits
 from devices.spawn import STARTUP_PREFIX
-from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, PolystepError
+from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, PolystepError, UnknownBackend
 
 __all__ = ["create_backend", "main", "serve"]
 
@@ -106,7 +106,7 @@ SERVER_OPTIONS = OptionTable(
 def create_backend(name: str, device: str = "auto") -> BaseBackend:
     """The local backend ``--backend name`` hosts; imports its stack only now (torch or Lava)."""
     if name not in served_names():
-        raise DeviceUnavailable(
+        raise UnknownBackend(
             f"unknown backend {name!r}; choose one of: {', '.join(served_names())}"
         )
     record = catalog_record(name)

@@ -33,6 +33,11 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """The API's names (loaded on first use) beside the module's own."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str):
     # torch is imported only when the API is used (the Lava env imports this package).
     if name in ("adapt", "Adaptation"):

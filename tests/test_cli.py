@@ -172,10 +172,29 @@ def test_ctrl_c_saves_and_resume_matches_an_undisturbed_run(tmp_path: Path) -> N
 
     resumed = _run(*common, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {stopped_at - 1} of 60 from {out}" in resumed.stdout
     a = NetworkSpec.load(out / "adapted.npz")
     b = NetworkSpec.load(tmp_path / "ref" / "adapted.npz")
     assert np.array_equal(a.layers[1].weight, b.layers[1].weight)
     assert len(metrics.read_text().splitlines()) == 61
+
+
+def test_a_device_lost_mid_run_says_the_checkpoint_is_kept(tmp_path: Path) -> None:
+    """A server that dies under `adapt` ended the command with the transport's error only:
+    where this run wrote a checkpoint, the line now says --resume goes on from it (and not
+    where the checkpoint is an older run's)."""
+    from polystep_neuro.core.errors import DeviceUnavailable
+    from polystep_neuro.run.cli import _with_resume_hint
+
+    lost = DeviceUnavailable("device server tcp://127.0.0.1:5555 did not answer 'evaluate'")
+    (tmp_path / "checkpoint.pt").write_bytes(b"old")
+    assert _with_resume_hint(lost, tmp_path, time.time() + 60) is lost  # an older run's
+    hinted = _with_resume_hint(lost, tmp_path, time.time() - 60)
+    assert isinstance(hinted, DeviceUnavailable)
+    assert str(hinted) == (
+        f"{lost}; this run's last checkpoint in {tmp_path} is kept: run the same command "
+        "with --resume once the device answers again"
+    )
 
 
 def test_bench_forwards_every_option_to_the_benchmarks() -> None:

@@ -9,7 +9,13 @@ import torch
 from devices.catalog import ALL_PARAMETERS
 from devices.registry import open_backend
 from polystep_neuro.core.contract import Backend, Capabilities
-from polystep_neuro.core.errors import DeviceError, DeviceUnavailable, SpecError
+from polystep_neuro.core.errors import (
+    DeviceError,
+    DeviceUnavailable,
+    SpecError,
+    UnknownBackend,
+    error_from_name,
+)
 from polystep_neuro.core.network import NetworkSpec
 from simulators.torch_lif import TorchLIF
 
@@ -70,6 +76,10 @@ def test_errors(spec: NetworkSpec) -> None:
         backend.evaluate({}, _inputs())
     with pytest.raises(DeviceUnavailable, match="unknown backend 'tpu'; choose one of: torch-sim"):
         open_backend("tpu")
+    with pytest.raises(UnknownBackend) as typo:  # a typo says so, and is a ValueError
+        open_backend("torch-sm")
+    assert isinstance(typo.value, ValueError)
+    assert error_from_name("UnknownBackend", "x").__class__ is UnknownBackend  # over the wire
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             open_backend("torch-sim", device="cuda")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import polystep_neuro as pn
 from polystep_neuro.cli import main
@@ -113,3 +114,25 @@ def test_the_hand_back_line_appears_once(task, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())["summary"]
     assert code == 0 and out.count(summary) == 1, out
+
+
+def test_an_snntorch_module_takes_its_time_steps_from_the_data() -> None:
+    """`pn.adapt(model, ...)` without time_steps stopped with 'needs time_steps' although the
+    data's shape says T; adapt, check and deploy now read it there (time-first too)."""
+    snn = pytest.importorskip("snntorch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 6), snn.Leaky(beta=0.9, init_hidden=True),
+        torch.nn.Linear(6, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True),
+    )  # fmt: skip
+    x = (np.random.default_rng(0).random((40, 7, 8)) < 0.4).astype(np.uint8)
+    y = np.arange(40) % 3
+    adapted = pn.adapt(net, "torch-sim", train=(x, y), steps=1, rank=4, progress=False)
+    assert adapted.spec.num_steps == 7
+    report = pn.check(net, "torch-sim-fixed", x, y)
+    assert report.summary().startswith("output accuracy on 40 samples: reference ")
+    assert str(report).startswith("| layer | neurons |") and report.summary() in str(report)
+    assert {"adapt", "check", "deploy", "watch", "NetworkSpec"} <= set(dir(pn))
+    deployed = pn.deploy(net, data=(x.swapaxes(0, 1), y), time_first=True, budget=400,
+                         progress=False)  # fmt: skip
+    assert deployed.spec.num_steps == 7

@@ -27,9 +27,21 @@ class DeviceUnavailable(DeviceError):
     """The backend cannot be used here (missing env, unreachable server, no chip)."""
 
 
+class UnknownBackend(DeviceUnavailable, ValueError):
+    """A backend name that names none (a typo, not a missing device); still a
+    ``DeviceUnavailable`` for the code that catches those."""
+
+
 ERROR_TYPES: dict[str, type[PolystepError]] = {
     cls.__name__: cls
-    for cls in (PolystepError, SpecError, DeviceError, CapacityError, DeviceUnavailable)
+    for cls in (
+        PolystepError,
+        SpecError,
+        DeviceError,
+        CapacityError,
+        DeviceUnavailable,
+        UnknownBackend,
+    )
 }
 
 

@@ -39,7 +39,7 @@ from polystep_neuro.run.deprecation import renamed, warn
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.recipe import prepare_data, run_adaptation
 from polystep_neuro.run.run_defaults import RunConfig
-from polystep_neuro.run.spike_layout import batch_first
+from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.writable import WritableChoice
 
 DataLike = SpikeDataset | tuple[Any, Any] | Any  # a pair, or spikes alone (no labels)
@@ -131,6 +131,7 @@ def adapt(
     """
     time_steps = renamed(settings, "num_steps", "time_steps", time_steps, "adapt")
     torch_device = renamed(settings, "device", "torch_device", torch_device, "adapt")
+    time_steps = steps_for_module(model, train, time_steps, time_first)
     spec, changes = _as_spec(model, time_steps, backend)
     cfg = RunConfig(
         backend=backend, torch_device=torch_device, steps=steps, batch_size=batch_size,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from polystep_neuro.core.errors import Interrupted, PolystepError
+from polystep_neuro.core.errors import DeviceError, Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
 from polystep_neuro.run.cli_args import add_backend, at_least, named_path
 from polystep_neuro.run.deprecation import add_renamed_flag
@@ -490,8 +491,26 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         teacher_path=args.teacher,
     )
-    run_adapt_job(job)
+    started = time.time()
+    try:
+        run_adapt_job(job)
+    except DeviceError as exc:
+        raise _with_resume_hint(exc, args.out, started) from None
     return 0
+
+
+def _with_resume_hint(exc: DeviceError, out: Path, started: float) -> DeviceError:
+    """A device that stops answering mid-run (a server gone, a chip lost) ends the command,
+    but the steps done are not lost: say so where this run wrote a checkpoint."""
+    from polystep_neuro.run.checkpoint import CHECKPOINT_NAME
+
+    saved = out / CHECKPOINT_NAME
+    if saved.exists() and saved.stat().st_mtime >= started:
+        return type(exc)(
+            f"{exc}; this run's last checkpoint in {out} is kept: run the same command with "
+            "--resume once the device answers again"
+        )
+    return exc
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

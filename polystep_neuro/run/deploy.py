@@ -46,7 +46,7 @@ from polystep_neuro.run.interop import Change, device_writable
 from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
 from polystep_neuro.run.reference import Reference, as_reference
-from polystep_neuro.run.spike_layout import batch_first
+from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.teacher import (
     TEACHER_WEIGHT,
     TeacherDataset,
@@ -178,7 +178,7 @@ def deploy(
     if budget < 1:
         raise PolystepError(f"budget must be a positive number of parameter sets, got {budget}")
     say = report or (lambda line: None)
-    reference = as_reference(model, time_steps)
+    reference = as_reference(model, steps_for_module(model, data, time_steps, time_first))
     where = resolve_device(torch_device)
     dev = open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
     try:

@@ -35,7 +35,7 @@ from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.evaluation import counts_of
 from polystep_neuro.run.losses import accuracy, decisions
 from polystep_neuro.run.reference import Reference
-from polystep_neuro.run.spike_layout import batch_first
+from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,14 @@ class ParityReport:
                 f"{p.rate_difference:.4f} ({p.relative_difference:.0%}) | {what} |"
             )
         return "\n".join(lines + [""] + self.summary_lines())
+
+    def summary(self) -> str:
+        """Two lines: both outputs' accuracy, and where the counts first and most diverge
+        (``print(report.summary())``, as for an adaptation or a deployment)."""
+        return "\n".join(self.summary_lines())
+
+    def __str__(self) -> str:
+        return self.table()
 
     def summary_lines(self) -> list[str]:
         gap = 100 * (self.device_accuracy - self.reference_accuracy)
@@ -262,7 +270,7 @@ def run_check(
     from polystep_neuro.run.reference import as_reference
     from simulators.torch_device import resolve_device
 
-    reference = as_reference(model, time_steps)
+    reference = as_reference(model, steps_for_module(model, spikes, time_steps, time_first))
     x = batch_first(
         np.asarray(torch.as_tensor(spikes).cpu()), reference.spec, time_first, "the spikes",
         "time_steps=",

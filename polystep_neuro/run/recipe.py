@@ -170,7 +170,9 @@ def run_adaptation(
         if on_ready is not None:
             on_ready(adapter, device, anchor)
         if cfg.resume:
-            adapter.resume()
+            step = adapter.resume()
+            if report is not None:
+                report(f"resuming at step {step} of {cfg.steps} from {cfg.out_dir}")
         result = adapter.run(cfg.steps)
     return Run(result, adapter.spec, device.writable, anchor)
 

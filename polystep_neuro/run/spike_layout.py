@@ -71,3 +71,23 @@ def check_layout(
         else:
             hint = ""
         raise PolystepError(f"{what}: {exc}{hint}") from None
+
+
+def steps_for_module(
+    model: object, data: object, time_steps: int | None, time_first: bool
+) -> int | None:
+    """``time_steps``, or for an snnTorch module given without it the T of ``data``'s spikes
+    (a pair, a dataset or an array; (T, B, N_in) when ``time_first``): the module itself does
+    not know how many steps it runs, the data it is given does."""
+    import torch
+
+    if time_steps is not None or not isinstance(model, torch.nn.Module):
+        return time_steps
+    spikes = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
+    spikes = getattr(spikes, "spikes", spikes)  # a SpikeDataset: batch-first already
+    shape = getattr(spikes, "shape", None)
+    if shape is None or len(shape) != 3:
+        return None  # the reference then asks for time_steps by name
+    if hasattr(data, "spikes"):
+        return int(shape[1])
+    return int(shape[0] if time_first else shape[1])
