@@ -136,7 +136,13 @@ class LoihiFixed(Precision):
     def check_inputs(self, x: torch.Tensor, batch: CheckedBatch) -> None:
         """Spikes only (the batch's own 0/1 scan, kept for whoever asks next)."""
         if not batch.binary:
-            raise SpecError("loihi-fixed inputs must be binary spikes (0 or 1)")
+            odd = x[(x != 0) & (x != 1)]
+            example = f", e.g. {float(odd[0]):g}" if odd.numel() else ""
+            raise SpecError(
+                f"loihi-fixed inputs must be binary spikes (0 or 1), these are not{example}: "
+                "rate-code values into spikes first (e.g. snntorch.spikegen.rate), or run a "
+                "float backend (torch-sim), which takes them as input currents"
+            )
 
     def gemm_dtype(self, layer: LayerSpec) -> torch.dtype:
         if layer.n_in * max(abs(fp.WEIGHT_MIN), fp.WEIGHT_MAX) >= _F32_EXACT:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -249,3 +250,14 @@ def test_resume_with_other_data_or_spec_is_refused(tmp_path: Path, capsys) -> No
     del config["data_path"]
     (out / "config.json").write_text(json.dumps(config))
     assert adapt(tmp_path / "shifted.npz", "--steps", "4", "--resume") == 0
+
+
+def test_help_keeps_the_code_it_tells_you_to_copy_whole(monkeypatch) -> None:
+    """argparse cut long words to fit: the --snntorch help's code read 's pike_grad=...'."""
+    from polystep_neuro.run.cli import _parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = sub.choices["convert"].format_help()
+    assert "spike_grad=functools.partial(snntorch.surrogate.ATan.apply," in text

@@ -83,3 +83,16 @@ def test_errors(spec: NetworkSpec) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             open_backend("torch-sim", device="cuda")
+
+
+def test_graded_inputs_on_fixed_point_name_a_value_and_the_remedy() -> None:
+    """Float-valued spikes on loihi-fixed said only 'must be binary spikes': the message now
+    shows one offending value and the two ways on."""
+    backend = open_backend("torch-sim-fixed", device="cpu")
+    backend.load(NetworkSpec.random([8, 4, 2], 5, seed=0))
+    x = np.zeros((2, 5, 8), np.float32)
+    x[1, 2, 3] = 0.37
+    with pytest.raises(SpecError, match=r"binary spikes \(0 or 1\), these are not, e\.g\. 0\.37: "
+                       r"rate-code .* or run a float backend \(torch-sim\)"):  # fmt: skip
+        backend.evaluate({}, x)
+    backend.close()

@@ -187,3 +187,21 @@ def test_unrelated_extra_arrays_still_read_as_unlabelled_data(tmp_path: Path) ->
     np.savez(path, spikes=np.zeros((7, 4, 6), np.uint8), timestamps=np.arange(7))
     spikes, labels = load_spike_data(path, SPEC, need_labels=False)
     assert spikes.shape == (7, 4, 6) and labels is None
+
+
+def test_a_network_given_as_data_and_data_given_as_a_network_name_the_flags(tmp_path) -> None:
+    """`evaluate --data model.pt` said "'spikes is not a file in the archive'" and
+    `adapt --teacher data.npz` "'__meta__ is not a file in the archive'": each now says what
+    the file is and which flag takes it."""
+    import torch
+
+    spec = NetworkSpec.random([4, 3, 2], 5)
+    spec.save(tmp_path / "net.npz")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pt")
+    np.savez(tmp_path / "data.npz", spikes=np.zeros((3, 5, 4), np.uint8), labels=np.zeros(3))
+    for name, kind in (("net.npz", "a polystep-neuro spec"),
+                       ("model.pt", "a model saved with torch.save")):  # fmt: skip
+        with pytest.raises(PolystepError, match=f"is {kind}, not data: give the network as --spec"):
+            load_spike_data(tmp_path / name, spec)
+    with pytest.raises(SpecError, match=r"data.npz is a data file \(it holds 'spikes'\), not a"):
+        NetworkSpec.load(tmp_path / "data.npz")

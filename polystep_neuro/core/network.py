@@ -325,6 +325,12 @@ class NetworkSpec:
             with data:
                 if _META_KEY not in data.files and _torch_saved(path, data.files):
                     raise _torch_save_error(path)
+                if _META_KEY not in data.files and "spikes" in data.files:
+                    raise SpecError(
+                        f"{path} is a data file (it holds 'spikes'), not a network: give it "
+                        "as --data, and the network as --spec (a trained snnTorch model as "
+                        "--snntorch or --teacher)"
+                    )
                 meta = json.loads(str(data[_META_KEY]))
                 arrays = {k: data[k] for k in data.files if k != _META_KEY}
         except FileNotFoundError:
@@ -437,6 +443,20 @@ def _validate_layer(i: int, layer: LayerSpec, prev_out: int | None) -> None:
         math.isfinite(layer.fixed_scale) and layer.fixed_scale > 0
     ):
         raise SpecError(f"layer {i}: fixed_scale must be > 0, got {layer.fixed_scale}")
+
+
+def network_file(path: str | os.PathLike[str], files: Iterable[str] = ()) -> str | None:
+    """What network ``path`` holds when it is one ("a polystep-neuro spec", "a model saved
+    with torch.save", "a NIR graph"), for a command that wanted data and got a network;
+    None otherwise.  ``files``: the members of its archive, where it is one."""
+    files = list(files)
+    if _META_KEY in files:
+        return "a polystep-neuro spec"
+    if _torch_saved(path, files):
+        return "a model saved with torch.save"
+    if _nir_file(path):
+        return "a NIR graph (or another HDF5 file)"
+    return None
 
 
 def _torch_saved(path: str | os.PathLike[str], files: Iterable[str] = ()) -> bool:

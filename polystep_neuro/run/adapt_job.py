@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from polystep_neuro.core.errors import PolystepError, SpecError
-from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec, network_file
 from polystep_neuro.run import plots
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.corruptions import Corruption
@@ -75,6 +75,17 @@ class AdaptJob(RunConfig):
     teacher_path: Path | None = None  # the trained model: its outputs replace the anchor's
 
 
+def _not_a_network(path: Path, files: list[str] | tuple[str, ...] = ()) -> None:
+    """A network given where data belongs (a spec or a saved model as --data): say which
+    flag takes it, instead of 'spikes is not a file in the archive'."""
+    kind = network_file(path, files)
+    if kind is not None:
+        raise PolystepError(
+            f"{path} is {kind}, not data: give the network as --spec (or --snntorch / --nir / "
+            "--teacher) and an .npz holding 'spikes' (and 'labels') as --data"
+        )
+
+
 def load_spike_data(
     path: Path,
     spec: NetworkSpec,
@@ -95,6 +106,8 @@ def load_spike_data(
                 "spikes=..., labels=...)"
             )
         with data:
+            if "spikes" not in data.files:
+                _not_a_network(path, data.files)
             if "labels" not in data.files:
                 _no_misnamed_labels(path, data.files, need_labels)
             if "labels" not in data.files and not need_labels and "spikes" in data.files:
@@ -106,6 +119,7 @@ def load_spike_data(
     except PolystepError:
         raise
     except Exception as exc:  # zip, zlib, npy header errors of a damaged file
+        _not_a_network(path)
         raise PolystepError(
             f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -229,7 +243,7 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
     def ready(adapter: Adapter, device: Device, anchor: float) -> None:
         _write_config(replace(job, writable=adapter.layout.names, anchor=anchor))
         _say(
-            f"adapting {', '.join(adapter.layout.names)} ({adapter.layout.dim} values) of "
+            f"adapting {', '.join(adapter.layout.names)} ({_values(adapter.layout.dim)}) of "
             f"{job.spec_path} on {job.backend} ({device.backend.capabilities.device}) with "
             f"{job.settings.optimizer} on {data.what}" + _anchored(anchor, job.teacher_path)
         )
@@ -250,6 +264,10 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         f"{job.out_dir / 'summary.json'}"
     )
     return result
+
+
+def _values(count: int) -> str:
+    return "1 value" if count == 1 else f"{count:,} values"
 
 
 def _anchored(anchor: float, teacher: Path | None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from polystep_neuro.core.errors import DeviceError, Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
-from polystep_neuro.run.cli_args import add_backend, at_least, named_path
+from polystep_neuro.run.cli_args import WholeWords, add_backend, at_least, named_path
 from polystep_neuro.run.deprecation import add_renamed_flag
 from polystep_neuro.run.run_defaults import RunConfig
 
@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_devices(sub)
     convert.add_parsers(sub)  # convert, export
     deploy_cli.add_parsers(sub)  # check, deploy
+    for command in sub.choices.values():  # (set after the fact: add_parser does not pass it on)
+        command.formatter_class = WholeWords
     return parser
 
 
@@ -87,7 +89,9 @@ def _add_demo(sub: Any) -> None:
     _add_torch_device(demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    demo.add_argument("--quick", action="store_true", help="small sizes (about a minute on CPU)")
+    demo.add_argument(
+        "--quick", action="store_true", help="small sizes (under half a minute on a 2-core CPU)"
+    )
     demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps")
     demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, drift and probes "
@@ -441,6 +445,10 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     )
     spec = NetworkSpec.load(args.spec)
     stream = open_stream(args.stream, args.batch_size, args.follow, args.time_first)
+    endpoint = getattr(stream, "endpoint", None)
+    if endpoint is not None:
+        print(f"listening on {endpoint} (a ZeroMQ PULL socket: send each batch's .npz bytes "
+              "from a PUSH socket); Ctrl-C stops")  # fmt: skip
     summary = run_watch(spec, stream, cfg, print)
     events = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["events"].items())
     print(f"{summary['batches']} batches: {events}; log and figure in {args.out}")

@@ -4,9 +4,21 @@ every command spells them, their defaults and their errors the same way."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from polystep_neuro.run.run_defaults import RunConfig
+
+
+class WholeWords(argparse.HelpFormatter):
+    """Help text wrapped between words only: argparse cuts a long word to fit, and the code
+    a help line tells you to copy (``spike_grad=functools.partial(...)``) came out as
+    ``s pike_grad=...``."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_long_words=False, break_on_hyphens=False
+        )
 
 
 def add_backend(p: argparse.ArgumentParser, what: str = "device backend") -> None:
