@@ -128,6 +128,10 @@ def test_a_run_that_does_not_improve_the_objective_is_rolled_back(
     assert rolled and rolled[0]["why"] == "the objective did not improve"
     before, after = rolled[0]["objective"]  # the log keeps the values, the line says them
     said = next(line for line in lines if "rolled back" in line)
+    drift = lines.index(next(line for line in lines if line.endswith(")") and ": drift (" in line))
+    assert lines[drift + 1] == (
+        f"collecting {4 * BATCH} field samples (from this batch on), then adapting for 6 steps"
+    )
     assert f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)" in said
     assert not any(e["event"] == "adapted" for e in events)
     # served and deployed are one network throughout
@@ -242,6 +246,8 @@ def test_the_watcher_names_the_layout_of_unlabelled_batches(field, tmp_path: Pat
     folder.mkdir()
     np.savez(folder / "b0.npz", spikes=spikes)  # batch-first, read as time-first
     stream = open_stream(str(folder), BATCH, time_first=True)
+    with pytest.raises(PolystepError, match=r"stream batch 0 \(.*b0\.npz\)"):  # the file named
+        run_watch(field["spec"], open_stream(str(folder), BATCH, time_first=True), _cfg(tmp_path))
     with pytest.raises(PolystepError, match=rf"already batch-first .*T={T}\); drop --time-first"):
         run_watch(field["spec"], stream, _cfg(tmp_path / "b"))
 

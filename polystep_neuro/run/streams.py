@@ -39,6 +39,7 @@ class StreamBatch:
     spikes: np.ndarray  # (B, T, N_in)
     labels: np.ndarray | None  # (B,) integers, or None: nobody labelled these
     time_first: bool = False  # sent as (T, B, N_in) and transposed on reading
+    name: str | None = None  # the file it came from, where it is one file (errors name it)
 
 
 class Stream(Protocol):
@@ -166,7 +167,7 @@ class DirectoryStream:
             if self.position < len(files):
                 path = files[self.position]
                 spikes, labels = read_batch(path, str(path), self.time_first)
-                batch = StreamBatch(self.position, spikes, labels, self.time_first)
+                batch = StreamBatch(self.position, spikes, labels, self.time_first, str(path))
                 self.position += 1
                 waited = 0.0
                 yield batch

@@ -103,7 +103,9 @@ class Watcher:
             if hasattr(stream, "on_drop"):
                 stream.on_drop = self._dropped
             for batch in stream:
-                what = f"'spikes' of stream batch {batch.index}"
+                what = f"'spikes' of stream batch {batch.index}" + (
+                    f" ({batch.name})" if batch.name else ""
+                )
                 try:
                     check_layout(batch.spikes, self.spec, batch.time_first, what)
                 except PolystepError as exc:
@@ -143,6 +145,10 @@ class Watcher:
         if seen.change == "drift":
             events.append(self._event(batch.index, "drift", z=record["z"]))
             self.state.phase, self.collected = "collecting", []
+            self.report(  # the console is quiet while the samples come in: say what for
+                f"collecting {self.cfg.adapt_samples} field samples (from this batch on), then "
+                f"adapting for {self.cfg.steps} steps"
+            )
         elif seen.change == "cleared":
             events.append(self._event(batch.index, "cleared"))
             self._serve_start()
