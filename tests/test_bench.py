@@ -153,6 +153,22 @@ def test_gap_sources_count_ties_and_drain_the_delay() -> None:
     assert spikes[:5].all() and not spikes[5:].any()
 
 
+def test_output_copies_keep_the_first_copy_and_sum_per_class() -> None:
+    """The doubled output layer: copy 0 fires as the original neurons do (same weights and
+    bias), copy 1 with its bias raised, and a class counts both."""
+    from polystep_neuro.bench import output_copies
+    from simulators.torch_lif import TorchLIF
+
+    spec = NetworkSpec.random([6, 5, 3], 8, seed=1, bias=True)
+    copied = output_copies.with_output_copies(spec, (0.0, 0.3))
+    assert copied.sizes == [6, 5, 6] and copied.layers[-1].bias is None
+    x = (np.random.default_rng(0).random((9, 8, 6)) < 0.5).astype(np.float32)
+    alone = TorchLIF(spec, "float32").evaluate({}, x).counts[0]
+    both = TorchLIF(copied, "float32").evaluate({}, x).counts[0]
+    assert torch.equal(both[:, :3], alone) and int((both[:, 3:] - alone).sum()) > 0
+    assert torch.equal(output_copies.summed(both, 2), both[:, :3] + both[:, 3:])
+
+
 def test_label_free_and_watch_sections_report_what_they_measured(tmp_path: Path) -> None:
     """The two label-free sections on their quick sizes: a labelled and a label-free row with
     numbers, and a watcher that detects the brightness change on a clean/bright/clean stream
