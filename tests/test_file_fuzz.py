@@ -205,3 +205,18 @@ def test_a_network_given_as_data_and_data_given_as_a_network_name_the_flags(tmp_
             load_spike_data(tmp_path / name, spec)
     with pytest.raises(SpecError, match=r"data.npz is a data file \(it holds 'spikes'\), not a"):
         NetworkSpec.load(tmp_path / "data.npz")
+
+
+def test_evaluate_says_how_a_float_backend_reads_values_that_are_not_spikes(
+    tmp_path, capsys
+) -> None:
+    """`evaluate --data floats.npz --backend torch-sim` printed an accuracy (5 %) with no word
+    that the values went in as currents."""
+    spec = NetworkSpec.random([4, 3, 2], 5)
+    spec.save(tmp_path / "net.npz")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "floats.npz", spikes=rng.random((6, 5, 4)), labels=np.zeros(6, int))
+    args = ["evaluate", "--spec", str(tmp_path / "net.npz"), "--torch-device", "cpu"]
+    assert main([*args, "--data", str(tmp_path / "floats.npz"), "--backend", "torch-sim"]) == 0
+    out = capsys.readouterr().out
+    assert "holds values other than 0 and 1: torch-sim takes them as input currents" in out

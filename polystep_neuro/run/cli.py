@@ -523,6 +523,8 @@ def _with_resume_hint(exc: DeviceError, out: Path, started: float) -> DeviceErro
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Open, decide the writable set, load (the run recipe's first half), then score."""
+    import numpy as np
+
     from polystep_neuro.core.network import NetworkSpec
     from polystep_neuro.run.adapt_job import load_spike_data
     from polystep_neuro.run.data import SpikeDataset
@@ -533,6 +535,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_backend_name(args.backend)
     spec = NetworkSpec.load(args.spec)
     spikes, labels = load_spike_data(args.data, spec, args.time_first)
+    if not np.isin(spikes, (0, 1)).all():  # a float backend takes them; say how it reads them
+        print(f"  note: {args.data} holds values other than 0 and 1: {args.backend} takes them "
+              "as input currents, not spikes (a fixed-point backend refuses them)")  # fmt: skip
     cfg = RunConfig(backend=args.backend, torch_device=args.torch_device, timeout_s=args.timeout)
     with opened(spec, cfg) as device:
         data = SpikeDataset(spikes, labels, len(labels))
