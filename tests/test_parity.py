@@ -198,3 +198,21 @@ def test_the_same_decision_reads_ties_as_accuracy_does() -> None:
         float(accuracy(dev[None].float(), labels)[0] - accuracy(ref[None].float(), labels)[0])
     )
     assert agree == 0.5 and gap <= 1 - agree + 1e-9
+
+
+def test_the_summary_says_how_often_each_side_ties() -> None:
+    """Most of a small deployment gap is samples the device's coarser counts tie on (docs/
+    benchmarks.md, section 11): the report counts ties on both sides and says so when the
+    device ties more."""
+    from polystep_neuro.run.parity import ParityReport
+
+    def report(ref: float, dev: float) -> ParityReport:
+        return ParityReport("torch-sim-fixed", "cpu", "model", 100, 8, [], 0.9, 0.88, 0.95,
+                            reference_ties=ref, device_ties=dev)  # fmt: skip
+
+    more = report(0.01, 0.03).summary().splitlines()[-1]
+    assert more.startswith(
+        "ties for the top output count (no decision, counted wrong): reference 1.0%, "
+        "torch-sim-fixed 3.0% — the device's coarser counts tie more often"
+    )
+    assert report(0.01, 0.012).summary().splitlines()[-1].endswith("torch-sim-fixed 1.2%")

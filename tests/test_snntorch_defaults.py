@@ -18,6 +18,7 @@ from polystep_neuro.cli import main
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.data import hold_out, load_digits_split
 from polystep_neuro.run.interop.snntorch import run_snntorch, snntorch_spec
+from polystep_neuro.run.losses import decisions
 from polystep_neuro.run.reference import as_reference
 
 snn = pytest.importorskip("snntorch")
@@ -105,6 +106,12 @@ def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
     report = pn.check(model, "torch-sim-fixed", *data["val"], time_steps=T, time_first=True)
     assert report.first_divergence == 0 and len(report.layers) == 3
     assert report.reference_accuracy > 0.6
+    ref_counts = torch.as_tensor(run_snntorch(model, data["val"][0].transpose(1, 0, 2)))
+    assert report.reference_ties == pytest.approx(float((decisions(ref_counts) < 0).float().mean()))
+    assert (
+        f"ties for the top output count (no decision, counted wrong): reference "
+        f"{report.reference_ties:.1%}, torch-sim-fixed {report.device_ties:.1%}" in report.summary()
+    )
 
     result = pn.deploy(
         model, "torch-sim-fixed", data=data["train"], validation=data["val"],

@@ -83,6 +83,8 @@ class ParityReport:
     device_accuracy: float
     same_prediction: float  # share of samples with the same decision (a tie: none)
     changes: list[str] = field(default_factory=list)
+    reference_ties: float = 0.0  # share of samples whose top output count is shared
+    device_ties: float = 0.0
 
     @property
     def first_divergence(self) -> int | None:
@@ -138,6 +140,14 @@ class ParityReport:
             + ("none (every count equal)" if first is None else f"layer {first}")
             + "; largest divergence of a layer's own: "
             + ("none" if largest is None else f"layer {largest}"),
+            f"ties for the top output count (no decision, counted wrong): reference "
+            f"{self.reference_ties:.1%}, {self.backend} {self.device_ties:.1%}"
+            + (
+                " — the device's coarser counts tie more often, and such ties can be most "
+                "of a small accuracy gap"
+                if self.device_ties - self.reference_ties >= 0.005
+                else ""
+            ),
         ]
 
     def to_json(self) -> dict[str, Any]:
@@ -213,6 +223,8 @@ def check_parity(
         device_accuracy=float(accuracy(dev_out[None], labels_t)[0]),
         same_prediction=float((decisions(ref_out) == decisions(dev_out)).float().mean()),
         changes=[str(c) for c in changes],
+        reference_ties=float((decisions(ref_out) < 0).float().mean()),
+        device_ties=float((decisions(dev_out) < 0).float().mean()),
     )
 
 
