@@ -73,6 +73,13 @@ class BaseBackend:
     def check_batch(self, params: Mapping[str, Any], inputs: Any) -> CheckedBatch:
         """Validate an evaluate call before any device work (DeviceError once closed)."""
         self._check_open()
+        if self.spec.output_copies != 1:  # the sum is the host's: a device gives raw counts
+            raise DeviceError(
+                f"{self.name}: this network counts each class over {self.spec.output_copies} "
+                "output neurons, a readout the host does: open the backend through "
+                "devices.readout.with_readout, or load spec.device_network() and sum the "
+                "counts with core.network.class_counts"
+            )
         return CheckedBatch.check(self.spec, params, inputs)
 
     def run_batch(self, batch: CheckedBatch) -> Any:

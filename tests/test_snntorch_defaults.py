@@ -138,11 +138,17 @@ def test_the_api_deploys_checks_and_hands_back(trained: dict) -> None:
 
     # load_into: the recovered weights in the user's own module; converted again, the module
     # is the recovered device network (the Synaptic biases come back through the same factor)
+    # (with output copies kept, the module gets the first copy of each: one neuron a class)
     mine = _model(trained["hidden"])
-    result.load_into(mine)
-    np.testing.assert_array_equal(mine[4].weight.detach().numpy(), result.spec.layers[2].weight)
+    handed = result.spec.first_output_copy()
+    if result.output_copies > 1:
+        with pytest.warns(UserWarning, match="gets the first copy of each"):
+            result.load_into(mine)
+    else:
+        result.load_into(mine)
+    np.testing.assert_array_equal(mine[4].weight.detach().numpy(), handed.layers[2].weight)
     again, _ = as_reference(mine, T).for_backend("torch-sim-fixed")
-    for name, value in result.spec.parameters().items():
+    for name, value in handed.parameters().items():
         np.testing.assert_allclose(again.parameters()[name], value, rtol=1e-5, atol=1e-6)
 
 
@@ -167,10 +173,51 @@ def test_deploy_without_labels_says_whose_answers_validation_scores(
     )
 
 
+@pytest.mark.parametrize("copies", ["identical", "mirrored"])
+def test_deploy_keeps_output_copies_only_where_validation_holds(
+    trained: dict, copies: str, monkeypatch
+) -> None:
+    """Stage 2 doubles every output neuron (a class counted over both) and keeps that only
+    where validation does not fall: identical copies change no decision and are kept; copies
+    wired to the mirrored classes (class c's copy is class C-1-c) tie classes in pairs and
+    are not."""
+    from dataclasses import replace
+
+    from polystep_neuro.core.network import NetworkSpec
+    from polystep_neuro.run import deploy as deploy_module
+    from polystep_neuro.run.output_copies import with_output_copies
+
+    def doubled(spec: NetworkSpec) -> NetworkSpec:
+        out = with_output_copies(spec, (0.0, 0.0))
+        if copies == "mirrored":
+            last, n = out.layers[-1], spec.n_out
+            weight = last.weight.copy()
+            weight[n:] = weight[:n][::-1]
+            out = NetworkSpec([*out.layers[:-1], replace(last, weight=weight)], out.num_steps)
+        return out
+
+    monkeypatch.setattr(deploy_module, "with_output_copies", doubled)
+    model, data = trained["model"], trained["data"]
+    lines: list[str] = []
+    result = pn.deploy(model, data=data["train"], validation=data["val"],
+                       test={"test": data["test"]}, time_steps=T, time_first=True,
+                       progress=False, report=lines.append)  # fmt: skip
+    if copies == "identical":
+        assert result.output_copies == 2 and result.spec.n_out == 20
+        assert result.split == result.calibrated  # doubled counts, the same decisions
+        assert any(line.startswith("output copies (each output neuron doubled") for line in lines)
+    else:
+        assert result.output_copies == 1 and result.spec.n_out == 10
+        assert "output copies: not kept (less accurate on validation)" in lines
+        assert result.split == result.calibrated
+    assert result.after == result.split  # no adaptation: what stage 2 left is handed back
+
+
 def pn_backend():
+    from devices.readout import with_readout
     from devices.registry import open_backend
 
-    return open_backend("torch-sim-fixed", device="cpu")
+    return with_readout(open_backend("torch-sim-fixed", device="cpu"))
 
 
 def _cli(capsys, *args) -> str:

@@ -78,6 +78,7 @@ class Row:
     parameter_sets: int
     train_seconds: float
     deploy_seconds: float
+    output_copies: int = 1  # output neurons a class in what deploy handed back
 
     @property
     def gap_closed(self) -> float:
@@ -172,6 +173,7 @@ def run_one(
         parameter_sets=result.parameter_sets,
         train_seconds=trained_s,
         deploy_seconds=time.perf_counter() - start,
+        output_copies=result.output_copies,
     )
     progress(
         f"deploy: {model.name} seed {seed}: trained {row.trained:.1%}, converted "
@@ -196,9 +198,9 @@ def run(
 def table(rows: list[Row]) -> list[str]:
     lines = [
         "| model | seed | backend | trained (snnTorch) | converted (gap) | calibrated | "
-        "recovered | gap closed | validation: converted -> recovered | parameter sets | "
-        "deploy s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "output neurons a class | recovered | gap closed | validation: converted -> "
+        "recovered | parameter sets | deploy s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         gap = 100 * (r.converted - r.trained)
@@ -206,6 +208,7 @@ def table(rows: list[Row]) -> list[str]:
         lines.append(
             f"| {r.model} | {r.seed} | {r.backend} | {100 * r.trained:.1f} % | "
             f"{100 * r.converted:.1f} % ({gap:+.1f}) | {100 * r.calibrated:.1f} % | "
+            f"{r.output_copies} | "
             f"{100 * r.recovered:.1f} % ({100 * (r.recovered - r.trained):+.1f}) | {closed} | "
             f"{100 * r.val_converted:.1f} -> {100 * r.val_recovered:.1f} % | "
             f"{r.parameter_sets:,} | {r.deploy_seconds:.0f} |"
@@ -213,7 +216,7 @@ def table(rows: list[Row]) -> list[str]:
     closed = [r.gap_closed for r in rows if r.gap_closed == r.gap_closed]
     if closed:
         lines.append(
-            f"| median over {len(closed)} runs with a gap | | | | | | | "
+            f"| median over {len(closed)} runs with a gap | | | | | | | | "
             f"{statistics.median(closed):.0%} | | | |"
         )
     within = sum(abs(r.recovered - r.trained) <= 0.005 or r.recovered > r.trained for r in rows)

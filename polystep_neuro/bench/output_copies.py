@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,36 +33,14 @@ from polystep_neuro.bench.deploy_bench import (  # noqa: E402
     trained,
 )
 from polystep_neuro.bench.gap_sources import test_counts, ties  # noqa: E402
-from polystep_neuro.core.network import NetworkSpec  # noqa: E402
+from polystep_neuro.core.network import NetworkSpec, class_counts  # noqa: E402
 from polystep_neuro.run.losses import accuracy  # noqa: E402
-
-OFFSETS = (0.0, 0.1)  # bias offsets of the copies, in units of the output layer's threshold
-
-
-def with_output_copies(spec: NetworkSpec, offsets: Sequence[float] = OFFSETS) -> NetworkSpec:
-    """``spec`` whose output layer holds ``len(offsets)`` copies of every neuron (copy k of
-    all neurons, then copy k + 1): the same weights, the bias plus ``offset * vth``.  Its
-    fixed-point calibration is dropped (the device picks one for the wider layer)."""
-    last = spec.layers[-1]
-    bias = last.v_bias if last.v_bias is not None else np.zeros(last.n_out, np.float32)
-    if last.bias is not None:
-        bias = bias + last.bias
-    copied = replace(
-        last,
-        weight=np.concatenate([last.weight] * len(offsets)).astype(np.float32),
-        bias=None,
-        v_bias=np.concatenate([bias + np.float32(o * last.vth) for o in offsets]).astype(
-            np.float32
-        ),
-        fixed_scale=None,
-        fixed_weight_exp=None,
-    )
-    return NetworkSpec([*spec.layers[:-1], copied], spec.num_steps).validate()
+from polystep_neuro.run.output_copies import OFFSETS, with_output_copies  # noqa: E402
 
 
 def summed(counts: torch.Tensor, copies: int) -> torch.Tensor:
     """Counts (B, copies * C) of copied outputs -> (B, C), each class over its copies."""
-    return counts.reshape(len(counts), copies, -1).sum(dim=1)
+    return class_counts(counts, copies)
 
 
 def score(spec: NetworkSpec, spikes: np.ndarray, labels: np.ndarray, copies: int) -> dict:
@@ -83,7 +59,7 @@ def run_one(model: Model, seed: int) -> dict:
     result = pn.deploy(
         net, "torch-sim-fixed", data=(x_train, y_train), validation=(x_val, y_val),
         test={"test": (x_test, y_test)}, time_steps=model.num_steps, time_first=True,
-        seed=seed, progress=False,
+        seed=seed, progress=False, output_copies=False,
     )  # fmt: skip
     copied = with_output_copies(result.spec)
     return {

@@ -55,6 +55,10 @@ class LayerSpec:
     # device activation units per float unit, and the Dense weight exponent.
     fixed_scale: float | None = None
     fixed_weight_exp: int | None = None
+    # Output layer only: its neurons are ``copies`` copies of the network's classes (copy k
+    # of every class, then copy k + 1) and a class counts over its copies, a readout the
+    # host does (``class_counts``); the device runs every copy as a neuron of its own.
+    copies: int = 1
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32)
@@ -111,6 +115,44 @@ class NetworkSpec:
     @property
     def sizes(self) -> list[int]:
         return [self.n_in] + [layer.n_out for layer in self.layers]
+
+    @property
+    def output_copies(self) -> int:
+        """Output neurons per class (1: one neuron is one class)."""
+        return int(self.layers[-1].copies)
+
+    @property
+    def n_classes(self) -> int:
+        """The classes the readout reports: output neurons over their copies."""
+        return self.n_out // self.output_copies
+
+    def device_network(self) -> NetworkSpec:
+        """The network a device runs: every output copy a neuron of its own (the readout
+        that sums a class's copies stays on the host)."""
+        if self.output_copies == 1:
+            return self
+        last = replace(self.layers[-1], copies=1)
+        return NetworkSpec([*self.layers[:-1], last], self.num_steps, self.writable)
+
+    def first_output_copy(self) -> NetworkSpec:
+        """This network with one output neuron a class: the first copy of each (where the
+        copies came from ``deploy``'s tie splitting, the network before it)."""
+        if self.output_copies == 1:
+            return self
+        last, n = self.layers[-1], self.n_classes
+        kept = replace(
+            last,
+            weight=last.weight[:n].copy(),
+            bias=None if last.bias is None else last.bias[:n].copy(),
+            v_bias=None if last.v_bias is None else last.v_bias[:n].copy(),
+            copies=1,
+        )
+        return NetworkSpec([*self.layers[:-1], kept], self.num_steps, self.writable).validate()
+
+    def with_output_copies(self, copies: int) -> NetworkSpec:
+        """This network (as a device runs it) read with ``copies`` output neurons a class."""
+        last = replace(self.layers[-1], copies=copies)
+        return NetworkSpec([*self.layers[:-1], last], self.num_steps, self.writable).validate()
 
     @property
     def total_delay(self) -> int:
@@ -183,6 +225,7 @@ class NetworkSpec:
         for i, layer in enumerate(self.layers):
             _validate_layer(i, layer, prev_out)
             prev_out = layer.n_out
+        _validate_copies(self.layers)
         if self.num_steps <= self.total_delay:
             raise SpecError(
                 f"num_steps={self.num_steps} must exceed the total synaptic delay "
@@ -253,6 +296,8 @@ class NetworkSpec:
                     "fixed_weight_exp": layer.fixed_weight_exp,
                 }
             )
+            if layer.copies != 1:  # the host's readout (a device is sent device_network())
+                layers_meta[-1]["copies"] = int(layer.copies)
         meta = {
             "format": FORMAT_VERSION,
             "num_steps": int(self.num_steps),
@@ -298,6 +343,7 @@ class NetworkSpec:
                         neuron=lm["neuron"],
                         fixed_scale=lm.get("fixed_scale"),
                         fixed_weight_exp=lm.get("fixed_weight_exp"),
+                        copies=lm.get("copies", 1),
                     )
                 )
             spec = cls(layers, int(meta["num_steps"]), tuple(meta["writable"]))
@@ -443,6 +489,39 @@ def _validate_layer(i: int, layer: LayerSpec, prev_out: int | None) -> None:
         math.isfinite(layer.fixed_scale) and layer.fixed_scale > 0
     ):
         raise SpecError(f"layer {i}: fixed_scale must be > 0, got {layer.fixed_scale}")
+
+
+def _validate_copies(layers: list[LayerSpec]) -> None:
+    for i, layer in enumerate(layers):
+        copies = layer.copies
+        if not isinstance(copies, (int, np.integer)) or isinstance(copies, bool) or copies < 1:
+            raise SpecError(f"layer {i}: copies must be a positive integer, got {copies!r}")
+        if copies > 1 and i != len(layers) - 1:
+            raise SpecError(f"layer {i}: only the output layer can hold copies of its classes")
+        if layer.n_out % copies:
+            raise SpecError(
+                f"layer {i}: {layer.n_out} output neurons are not {copies} copies of its classes"
+            )
+
+
+def refuse_output_copies(spec: NetworkSpec, where: str) -> None:
+    """SpecError where a format has no readout that sums a class's output copies."""
+    if spec.output_copies != 1:
+        raise SpecError(
+            f"this network counts each class over {spec.output_copies} output neurons, a "
+            f"readout {where} cannot express: export spec.device_network() (every copy an "
+            f"output of its own; class c is outputs c, c + {spec.n_classes}, ...), as "
+            "`polystep-neuro export` does"
+        )
+
+
+def class_counts(counts: Any, copies: int) -> Any:
+    """Output counts (..., copies * C) of a network with output copies -> (..., C), each
+    class over its copies (numpy or torch)."""
+    if copies == 1:
+        return counts
+    shape = tuple(counts.shape)
+    return counts.reshape(*shape[:-1], copies, shape[-1] // copies).sum(-2)
 
 
 def network_file(path: str | os.PathLike[str], files: Iterable[str] = ()) -> str | None:

@@ -189,6 +189,13 @@ def _save(spec: NetworkSpec, path: Path) -> None:
 # --------------------------------------------------------------------------- export
 def export(args: argparse.Namespace) -> int:
     spec = NetworkSpec.load(args.spec)
+    if spec.output_copies != 1:  # no file format has the readout that sums them
+        print(
+            f"  note: {args.spec} counts each class over {spec.output_copies} output neurons "
+            f"(deploy's output copies); the file's outputs are all {spec.n_out}: class c is "
+            f"the sum of outputs c, c + {spec.n_classes}, ..."
+        )
+        spec = spec.device_network()
     if args.to == "nir":
         if args.recalibrate or args.round_biases:
             raise SpecError("--recalibrate and --round-biases apply to --to netx only")

@@ -8,13 +8,18 @@ data are soft targets (the teacher runs on the host, :mod:`polystep_neuro.run.te
 the labels join them when given.  A fifth of the data is held out; the network handed back
 is never less accurate on it than the converted start (the loop's keep-best rule).
 
-The recipe, in two stages on the device (both forward passes only):
+The recipe, in three stages on the device (all forward passes only):
 
 1. **calibration** (:mod:`polystep_neuro.run.calibration`): layer by layer, a gain on each
    neuron's weights and an offset on its bias that bring its spike counts closest to the
    trained model's own (every neuron of a layer searched in one device call); kept only
    when the calibrated network is at least as accurate on validation as the converted one;
-2. **adaptation** (``adapt=True``, ``deploy --adapt``): PolyStep on every parameter the
+2. **output copies** (``output_copies=True``; ``--no-output-copies`` turns it off): every
+   output neuron doubled, its copy's bias raised by a tenth of the threshold, a class
+   counted over both (:mod:`polystep_neuro.run.output_copies`): the device's coarser counts
+   tie more often than the model's, and the copies split most ties; kept only when
+   validation does not fall;
+3. **adaptation** (``adapt=True``, ``deploy --adapt``): PolyStep on every parameter the
    device rewrites (weights and neuron biases), the teacher's soft targets plus the labels
    as the loss, the best network on validation handed back.  Off by default: on the
    deployment bench's networks it never raised held-out accuracy above the calibrated
@@ -45,6 +50,7 @@ from polystep_neuro.run.evaluation import counts_of
 from polystep_neuro.run.interop import Change, device_writable
 from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
+from polystep_neuro.run.output_copies import with_output_copies
 from polystep_neuro.run.reference import Reference, as_reference
 from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.teacher import (
@@ -71,6 +77,8 @@ class Deployment:
     before: dict[str, float]  # the converted device network's accuracy on the same sets
     calibration: list[LayerCalibration] = field(default_factory=list)  # empty: not kept
     calibrated: dict[str, float] = field(default_factory=dict)  # accuracy after stage 1
+    split: dict[str, float] = field(default_factory=dict)  # after the output copies (stage 2)
+    output_copies: int = 1  # output neurons a class in what is handed back
     parameter_sets: int = 0  # parameter sets sent to the device by both stages
     model_labelled_val: bool = False  # validation came without labels: the model's own answers
 
@@ -116,6 +124,8 @@ class Deployment:
             "changes": self.changes,
             "calibrated": self.calibrated,
             "calibration": [asdict(c) for c in self.calibration],
+            "split": self.split,
+            "output_copies": self.output_copies,
             "parameter_sets": self.parameter_sets,
             "steps": self.result.steps,
             "best_step": self.result.best_step,
@@ -143,6 +153,7 @@ def deploy(
     writable: Sequence[str] | str | None = None,
     budget: int = DEFAULT_BUDGET,
     calibrate: bool = True,
+    output_copies: bool = True,
     adapt: bool = False,
     teacher_weight: float = TEACHER_WEIGHT,
     batch_size: int = 128,
@@ -167,11 +178,13 @@ def deploy(
     outputs on it as targets.  ``calibrate``: stage 1; ``adapt``: stage 2 as well, on
     ``writable`` (default: what the device rewrites at run time, every weight and neuron
     bias), with what ``budget`` (parameter sets, both stages together) leaves.
+    ``output_copies``: stage 2 (module doc).
     ``settings``: :class:`~polystep_neuro.run.optimizers.Settings` fields.  ``resume``
     continues the adaptation from ``out_dir``'s checkpoint (both stages before it are
     deterministic); ``report`` gets one line per stage.
     Long because its signature and docstring are the API's documentation.
     """
+    from devices.readout import with_readout
     from devices.registry import backend_options, open_backend
     from simulators.torch_device import resolve_device
 
@@ -180,7 +193,9 @@ def deploy(
     say = report or (lambda line: None)
     reference = as_reference(model, steps_for_module(model, data, time_steps, time_first))
     where = resolve_device(torch_device)
-    dev = open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
+    dev = with_readout(
+        open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
+    )
     try:
         spec, changes = _converted(reference, backend, dev, writable, say)
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
@@ -190,6 +205,7 @@ def deploy(
         calibration, scores, used = _calibration_stage(
             dev, spec, sets, reference, before, seed, say, calibrate
         )
+        split = _copies_stage(dev, sets, scores, say) if output_copies else scores
         result = _adaptation_stage(
             dev, sets, Settings(seed=seed, **settings), loss, backend=backend,
             budget=budget - used if adapt else None, where=where, out_dir=out_dir,
@@ -206,6 +222,8 @@ def deploy(
         before=before,
         calibration=calibration,
         calibrated=scores,
+        split=split,
+        output_copies=result.spec.output_copies,
         parameter_sets=used + result.evaluations // sets.stream.batch_size,
         model_labelled_val=sets.model_labelled_val,
     )
@@ -264,6 +282,24 @@ def _calibration_stage(
         return [], before, used
     say(_line("calibrated", sets.reference_scores, scores))
     return calibration, scores, used
+
+
+def _copies_stage(
+    dev: Any, sets: _Sets, scores: dict[str, float], say: Callable[[str], None]
+) -> dict[str, float]:
+    """Stage 2 on ``dev``, which holds the network scoring ``scores``: every output neuron
+    doubled (:mod:`polystep_neuro.run.output_copies`), kept where validation does not fall
+    (else the network before it loaded again); the scores it leaves."""
+    before = dev.spec
+    dev.load(with_output_copies(before))
+    split = _scores(dev, sets, {})
+    if split["val_accuracy"] < scores["val_accuracy"]:
+        dev.load(before)
+        say("output copies: not kept (less accurate on validation)")
+        return scores
+    say(_line("output copies (each output neuron doubled, a class counted over both)",
+              sets.reference_scores, split))  # fmt: skip
+    return split
 
 
 def _adaptation_stage(

@@ -105,6 +105,13 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         "--no-calibration", action="store_true", help="skip the per-neuron calibration stage"
     )
     deploy.add_argument(
+        "--no-output-copies",
+        action="store_true",
+        help="keep one output neuron a class (by default each is doubled, a class counted "
+        "over both, where that does not lower validation accuracy: it splits the ties the "
+        "device's coarser counts make)",
+    )
+    deploy.add_argument(
         "--adapt",
         action="store_true",
         help="after the calibration, adapt every weight and neuron bias with PolyStep "
@@ -194,6 +201,7 @@ def deploy(args: argparse.Namespace) -> int:
         writable=args.writable,
         budget=args.budget,
         calibrate=not args.no_calibration,
+        output_copies=not args.no_output_copies,
         adapt=args.adapt,
         torch_device=args.torch_device,
         timeout_s=args.timeout,

@@ -195,7 +195,10 @@ def check_parity(
     ref_spikes = reference.spikes(spikes)
     ref_counts = [s.sum(axis=1, dtype=np.int64) for s in ref_spikes]
     backend.load(device_spec)
-    loaded = backend.spec  # calibrated by a fixed-point device: every cut keeps its integers
+    whole = backend.spec  # calibrated by a fixed-point device: every cut keeps its integers
+    # Doubled output neurons (deploy's copies): the rows compare each class's first copy
+    # (the neuron the model has), the outputs below what the device decides (the sums).
+    loaded = whole.first_output_copy()
     steps = loaded.num_steps
     rows = []
     for k in range(len(loaded.layers)):
@@ -208,7 +211,9 @@ def check_parity(
             by_itself = _counts(backend, ref_spikes[k - 1])
         mine = tuple(str(c) for c in changes if str(c).startswith(f"layer {k}: "))
         rows.append(_row(k, ref_counts[k], end_to_end, by_itself, steps, mine))
-    backend.load(loaded)
+    backend.load(whole)
+    if whole.output_copies != 1:
+        end_to_end = _counts(backend, spikes)  # each class over its copies
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     ref_out = torch.as_tensor(ref_counts[-1])
     dev_out = torch.as_tensor(end_to_end)  # the last cut is the whole network
@@ -278,6 +283,7 @@ def run_check(
 ) -> ParityReport:
     """Open ``backend``, convert ``model`` for it (or take ``device_spec``), and compare the
     two on ``spikes`` (B, T, N_in; ``time_first``: (T, B, N_in)) with ``labels`` (B,)."""
+    from devices.readout import with_readout
     from devices.registry import backend_options, open_backend
     from polystep_neuro.run.reference import as_reference
     from simulators.torch_device import resolve_device
@@ -289,7 +295,9 @@ def run_check(
     )  # fmt: skip
     y = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
     where = resolve_device(torch_device)
-    dev = open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
+    dev = with_readout(
+        open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))
+    )
     try:
         converted, changes = reference.for_backend(backend, dev.capabilities)
         if device_spec is None:

@@ -86,12 +86,13 @@ def opened(
 ) -> Iterator[Device]:
     """``cfg.backend`` opened, the writable set decided with what it can rewrite (the
     decision's note goes to ``report``), ``spec`` loaded; closed on the way out."""
+    from devices.readout import with_readout
     from devices.registry import backend_options, open_backend
     from simulators.torch_device import resolve_device
 
     where = resolve_device(cfg.torch_device)
     options = backend_options(cfg.backend, device=where, timeout_s=cfg.timeout_s)
-    backend = open_backend(cfg.backend, **options)
+    backend = with_readout(open_backend(cfg.backend, **options))
     try:
         caps = backend.capabilities
         writable = resolve_writable(spec, cfg.writable, caps, has_clean, label_free)

@@ -54,7 +54,7 @@ except ImportError as exc:  # an optional dependency
     ) from exc
 
 from polystep_neuro.core.errors import SpecError
-from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec, refuse_output_copies
 from simulators import fixed_point as fp
 
 __all__ = ["NetxLayer", "calibrate_for_netx", "netx_layers", "round_biases_for_netx", "write_netx"]
@@ -176,6 +176,7 @@ def netx_layers(spec: NetworkSpec) -> list[NetxLayer]:
     """The integers netx will load for ``spec`` (calibrated where needed, as
     ``quantize_spec`` does), or ``SpecError`` naming what netx cannot represent."""
     spec.validate()
+    refuse_output_copies(spec, "a netx file")
     for i, layer in enumerate(spec.layers):
         if layer.delay != 1:
             raise SpecError(

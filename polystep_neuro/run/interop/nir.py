@@ -69,7 +69,7 @@ except ImportError as exc:  # an optional dependency
     ) from exc
 
 from polystep_neuro.core.errors import SpecError
-from polystep_neuro.core.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.network import LayerSpec, NetworkSpec, refuse_output_copies
 
 __all__ = ["DEFAULT_DT", "GAIN_RTOL", "from_nir", "read_nir", "to_nir", "write_nir"]
 
@@ -464,6 +464,7 @@ def to_nir(spec: NetworkSpec, *, dt: float = DEFAULT_DT) -> Any:
     spec's ``num_steps`` and ``writable`` go into the graph's metadata, a layer's fixed-point
     calibration into its neuron node's metadata.
     """
+    refuse_output_copies(spec, "a NIR graph")
     spec.validate()
     step = _dt(dt)
     _check_exportable(spec)

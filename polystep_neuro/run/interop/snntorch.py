@@ -38,6 +38,7 @@ their mean), and :func:`load_into` copies a spec's weights and biases back into 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ except ImportError as exc:  # an optional dependency
     ) from exc
 
 from polystep_neuro.core.errors import SpecError
-from polystep_neuro.core.network import LayerSpec, NetworkSpec
+from polystep_neuro.core.network import LayerSpec, NetworkSpec, refuse_output_copies
 from polystep_neuro.run.interop import Change, device_compatibility, to_device_semantics
 
 __all__ = [
@@ -428,6 +429,7 @@ def to_snntorch(spec: NetworkSpec) -> nn.Sequential:
     calibration and ``writable`` are not part of an snnTorch model and are dropped.
     """
     spec.validate()
+    refuse_output_copies(spec, "an snnTorch model")
     modules: list[nn.Module] = []
     last = len(spec.layers) - 1
     for i, layer in enumerate(spec.layers):
@@ -481,6 +483,14 @@ def load_into(spec: NetworkSpec, model: Any) -> None:
     """
     from polystep_neuro.run.interop import mean_current_gain
 
+    if spec.output_copies != 1:
+        warnings.warn(
+            f"the device counts each class over {spec.output_copies} output neurons; your "
+            "module has one a class and gets the first copy of each (the network before "
+            "deploy's tie splitting)",
+            stacklevel=3,
+        )
+        spec = spec.first_output_copy()
     pairs = _layer_pairs(model)
     if len(pairs) != len(spec.layers):
         raise SpecError(
