@@ -132,8 +132,8 @@ def load_spike_data(
             f"'labels' in {path} must be {spikes.shape[0]} integers, got {labels.dtype} "
             f"{labels.shape}"
         )
-    if labels.min() < 0 or labels.max() >= spec.n_out:
-        raise PolystepError(f"labels in {path} must lie in [0, {spec.n_out}) for this network")
+    if labels.min() < 0 or labels.max() >= spec.n_classes:
+        raise PolystepError(f"labels in {path} must lie in [0, {spec.n_classes}) for this network")
     return spikes, labels
 
 
@@ -193,9 +193,9 @@ def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
     seed = job.seed
     split = load_split(job.dataset, seed)
     features = split.x_train.shape[1]
-    if spec.n_in != features or spec.n_out != 10:
+    if spec.n_in != features or spec.n_classes != 10:
         raise SpecError(
-            f"this network has {spec.n_in} inputs and {spec.n_out} outputs; the built-in "
+            f"this network has {spec.n_in} inputs and {spec.n_classes} classes; the built-in "
             f"{job.dataset} data needs {features} and 10 — pass your own data with --data "
             "FILE.npz"
         )
