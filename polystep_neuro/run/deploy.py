@@ -26,8 +26,8 @@ The recipe, in three stages on the device (all forward passes only):
    network's, and where validation (a few hundred samples) let it through it lowered it
    (docs/benchmarks.md, section 11).
 
-Both count against one budget of parameter sets (``budget``, each set scored on one
-minibatch of ``batch_size`` samples).
+Stages 1 and 3 count against one budget of parameter sets (``budget``, each set scored on
+one minibatch of ``batch_size`` samples); stage 2 only scores two networks.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from polystep_neuro.run.teacher import (
 )
 
 DataLike = tuple[Any, Any] | Any
-DEFAULT_BUDGET = 50_000  # parameter sets of one minibatch each, both stages together
+DEFAULT_BUDGET = 50_000  # parameter sets of one minibatch each, calibration and adaptation
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Deployment:
     calibrated: dict[str, float] = field(default_factory=dict)  # accuracy after stage 1
     split: dict[str, float] = field(default_factory=dict)  # after the output copies (stage 2)
     output_copies: int = 1  # output neurons a class in what is handed back
-    parameter_sets: int = 0  # parameter sets sent to the device by both stages
+    parameter_sets: int = 0  # parameter sets sent by the calibration and the adaptation
     model_labelled_val: bool = False  # validation came without labels: the model's own answers
 
     @property
@@ -175,12 +175,12 @@ def deploy(
     in for the label); ``validation`` (default:
     ``val_fraction`` of ``data`` held out) decides what is handed back; ``test`` sets are
     only reported; ``drifted`` data the device sees now joins the stream with the teacher's
-    outputs on it as targets.  ``calibrate``: stage 1; ``adapt``: stage 2 as well, on
+    outputs on it as targets.  ``calibrate``: stage 1; ``adapt``: stage 3 as well, on
     ``writable`` (default: what the device rewrites at run time, every weight and neuron
-    bias), with what ``budget`` (parameter sets, both stages together) leaves.
+    bias), with what ``budget`` (parameter sets of stages 1 and 3 together) leaves.
     ``output_copies``: stage 2 (module doc).
     ``settings``: :class:`~polystep_neuro.run.optimizers.Settings` fields.  ``resume``
-    continues the adaptation from ``out_dir``'s checkpoint (both stages before it are
+    continues the adaptation from ``out_dir``'s checkpoint (the stages before it are
     deterministic); ``report`` gets one line per stage.
     Long because its signature and docstring are the API's documentation.
     """

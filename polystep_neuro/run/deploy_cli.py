@@ -98,8 +98,9 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         "--budget",
         type=int,
         default=50_000,
-        help="most parameter sets sent to the device, each scored on one minibatch, for both "
-        "stages together (default: 50000; the calibration takes 13 x 13 x 4 per layer)",
+        help="most parameter sets sent to the device, each scored on one minibatch, for the "
+        "calibration and --adapt together (default: 50000; the calibration takes 13 x 13 x "
+        "4 per layer)",
     )
     deploy.add_argument(
         "--no-calibration", action="store_true", help="skip the per-neuron calibration stage"
