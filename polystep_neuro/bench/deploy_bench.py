@@ -10,8 +10,10 @@ Each model is built the way snnTorch users build them: ``nn.Linear`` layers with
 spike trains of four fifths of the training split (the seed draws the initial weights, the
 spike trains and the fifth held out).  ``deploy`` then runs with its defaults: the model
 converted for the backend (zero reset in the spiking step, one-step delay, Dense biases
-folded), a per-neuron calibration against the model's own spike counts on the four fifths
-(with ``--adapt``, PolyStep towards the model's outputs after it: soft targets plus labels),
+folded), a per-neuron calibration against the model's own spike counts on the four fifths,
+every output neuron doubled and a class counted over both where validation holds (the
+column ``output neurons a class``; with ``--adapt``, PolyStep towards the model's outputs
+after it: soft targets plus labels),
 the held-out fifth as validation (what is handed back is never less accurate on it than
 the converted network).
 The test split is never seen: its accuracy is reported for the trained model, the
