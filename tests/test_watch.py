@@ -252,6 +252,18 @@ def test_the_watcher_names_the_layout_of_unlabelled_batches(field, tmp_path: Pat
         run_watch(field["spec"], stream, _cfg(tmp_path / "b"))
 
 
+def test_a_following_folder_says_when_it_waits(tmp_path: Path) -> None:
+    """`watch --follow` went quiet between files: waiting looked like a hang."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.savez(folder / "b0.npz", spikes=np.ones((2, T, 16), np.uint8))
+    stream = DirectoryStream(folder, follow=True, poll_s=0.05, idle_s=0.2)
+    said: list[str] = []
+    stream.on_wait = said.append
+    assert [b.index for b in stream] == [0]
+    assert said == [f"waiting for batch 1 in {folder} (Ctrl-C stops)"]
+
+
 def test_a_socket_stream_takes_npz_messages_and_drops_malformed_ones(field) -> None:
     import io
 

@@ -150,6 +150,7 @@ class DirectoryStream:
         self.follow, self.poll_s, self.idle_s = follow, poll_s, idle_s
         self.position = 0
         self.stop = threading.Event()
+        self.on_wait: Callable[[str], None] | None = None  # told when it starts waiting
 
     def skip(self, count: int) -> None:
         self.position = count
@@ -174,6 +175,8 @@ class DirectoryStream:
                 continue
             if not self.follow or (self.idle_s is not None and waited >= self.idle_s):
                 return
+            if waited == 0.0 and self.on_wait is not None:  # once per wait: not a hang
+                self.on_wait(f"waiting for batch {self.position} in {self.folder} (Ctrl-C stops)")
             if self.stop.wait(self.poll_s):
                 return
             waited += self.poll_s

@@ -102,6 +102,8 @@ class Watcher:
             stream.interrupt_on(self._stop)  # an idle source stops waiting too
             if hasattr(stream, "on_drop"):
                 stream.on_drop = self._dropped
+            if hasattr(stream, "on_wait"):
+                stream.on_wait = self.report
             for batch in stream:
                 what = f"'spikes' of stream batch {batch.index}" + (
                     f" ({batch.name})" if batch.name else ""
