@@ -29,7 +29,7 @@ class Readout:
     def spec(self) -> NetworkSpec:
         """The loaded network as the device holds it (calibrated), read with the copies."""
         held = self.inner.spec
-        return held if self.copies == 1 else held.with_output_copies(self.copies)
+        return held if self.copies == 1 else held.with_readout_copies(self.copies)
 
     def evaluate(self, params: Any, inputs: Any) -> Any:
         return class_counts(self.inner.evaluate(params, inputs), self.copies)

@@ -129,10 +129,7 @@ class NetworkSpec:
     def device_network(self) -> NetworkSpec:
         """The network a device runs: every output copy a neuron of its own (the readout
         that sums a class's copies stays on the host)."""
-        if self.output_copies == 1:
-            return self
-        last = replace(self.layers[-1], copies=1)
-        return NetworkSpec([*self.layers[:-1], last], self.num_steps, self.writable)
+        return self if self.output_copies == 1 else self.with_readout_copies(1)
 
     def first_output_copy(self) -> NetworkSpec:
         """This network with one output neuron a class: the first copy of each (where the
@@ -149,8 +146,9 @@ class NetworkSpec:
         )
         return NetworkSpec([*self.layers[:-1], kept], self.num_steps, self.writable).validate()
 
-    def with_output_copies(self, copies: int) -> NetworkSpec:
-        """This network (as a device runs it) read with ``copies`` output neurons a class."""
+    def with_readout_copies(self, copies: int) -> NetworkSpec:
+        """The same neurons, read with ``copies`` output neurons a class (the readout only:
+        ``run.output_copies.with_output_copies`` is what makes the copies)."""
         last = replace(self.layers[-1], copies=copies)
         return NetworkSpec([*self.layers[:-1], last], self.num_steps, self.writable).validate()
 
