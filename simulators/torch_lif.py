@@ -232,8 +232,8 @@ class TorchLIF:
         """A prototype: set v's ``fc0.weight`` is the loaded one plus ``u[v] @ vt[v]``
         (``u``: (V, n_out, r), ``vt``: (V, r, n_in)), and the first layer's synaptic input
         is computed as x W^T + (x Vt^T) U^T: the base product once for all sets, and per set
-        only rank-r products, instead of one full GEMM per set.  The summed weights are
-        still formed once, for the set grouping and the neuron parameters.
+        only rank-r products, instead of one full GEMM per set.  The sets are grouped by
+        their factors, so the summed weights (V x n_out x n_in) are never formed.
 
         float32: float rounding differs from ``evaluate`` on the summed weights unless every
         sum is exact.  loihi-fixed: quantising W + U Vt per set is not linear in the
@@ -259,28 +259,31 @@ class TorchLIF:
         return self.run(batch, record=record, low_rank=(u, vt))
 
     def _low_rank_factors(self, u: Any, vt: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """``u`` (V, n_out, r) and ``vt`` (V, r, n_in) as float32 on the device; SpecError for
-        other shapes, and in loihi-fixed for factors that are not integers or that could move a
+        """:meth:`_as_factors`, and in loihi-fixed a SpecError for factors that could move a
         device weight out of its 8-bit range (a clipped sum is not low-rank)."""
+        u, vt = self._as_factors(u, vt)
+        if self.model.exact:
+            # |(u vt)_ij| <= sum_r max|u_.r| max|vt_r.|: only where that bound could leave
+            # the range are the sums formed and checked one by one.
+            bound = (u.abs().amax(dim=1) * vt.abs().amax(dim=2)).sum(dim=1).max()
+            if float(self._loaded_halves().abs().max() + bound) > fp.WEIGHT_MAX // 2:
+                self.low_rank_weights(u, vt)  # raises where a weight leaves the range
+        return u, vt
+
+    def _as_factors(self, u: Any, vt: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u`` (V, n_out, r) and ``vt`` (V, r, n_in) as float32 on the device; SpecError for
+        other shapes, and in loihi-fixed for factors that are not integers."""
         u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
         vt = torch.as_tensor(vt, dtype=torch.float32, device=self.device)
         n_out, n_in = self.spec.layers[0].n_out, self.spec.layers[0].n_in
-        if u.ndim != 3 or vt.ndim != 3 or u.shape[0] != vt.shape[0] or u.shape[2] != vt.shape[1]:
+        if (
+            u.ndim != 3 or vt.ndim != 3 or u.shape[0] != vt.shape[0] or u.shape[2] != vt.shape[1]
+            or u.shape[1] != n_out or vt.shape[2] != n_in
+        ):  # fmt: skip
             raise SpecError(f"factors must be (V, {n_out}, r) and (V, r, {n_in}), got "
                             f"{tuple(u.shape)} and {tuple(vt.shape)}")  # fmt: skip
-        if u.shape[1] != n_out or vt.shape[2] != n_in:
-            raise SpecError(f"factors must be (V, {n_out}, r) and (V, r, {n_in}), got "
-                            f"{tuple(u.shape)} and {tuple(vt.shape)}")  # fmt: skip
-        if not self.model.exact:
-            return u, vt
-        if not (torch.equal(u, u.round()) and torch.equal(vt, vt.round())):
+        if self.model.exact and not (torch.equal(u, u.round()) and torch.equal(vt, vt.round())):
             raise SpecError("loihi-fixed low-rank factors must hold integers (device weight steps)")
-        # |(u vt)_ij| <= sum_r max|u_.r| max|vt_r.|: only where that bound could leave the
-        # range are the sums formed and checked one by one.
-        bound = (u.abs().amax(dim=1) * vt.abs().amax(dim=2)).sum(dim=1).max()
-        halves = self._loaded_halves()
-        if float(halves.abs().max() + bound) > fp.WEIGHT_MAX // 2:
-            self.low_rank_weights(u, vt)  # raises where a weight leaves the range
         return u, vt
 
     def _loaded_halves(self) -> torch.Tensor:
@@ -295,12 +298,9 @@ class TorchLIF:
         in loihi-fixed, the float weights that quantise exactly to the loaded device weights
         plus ``2 * u @ vt`` (SpecError where the factors are not integers or a weight leaves
         the device's 8-bit range: a clipped sum is not low-rank)."""
-        u = torch.as_tensor(u, dtype=torch.float32, device=self.device)
-        vt = torch.as_tensor(vt, dtype=torch.float32, device=self.device)
+        u, vt = self._as_factors(u, vt)
         if not self.model.exact:
             return self._base["fc0.weight"].float() + torch.bmm(u, vt)
-        if not (torch.equal(u, u.round()) and torch.equal(vt, vt.round())):
-            raise SpecError("loihi-fixed low-rank factors must hold integers (device weight steps)")
         moved = self._loaded_halves()[None] + torch.bmm(u.double(), vt.double())
         if bool((moved.abs() > fp.WEIGHT_MAX // 2).any()):
             raise SpecError(
