@@ -106,7 +106,7 @@ def round_biases_for_netx(spec: NetworkSpec) -> tuple[NetworkSpec, list[float]]:
     layers, changes = [], []
     for layer, fixed in zip(spec.layers, fp.quantize_spec(spec), strict=True):
         assert layer.fixed_scale is not None
-        total = fixed.bias_mant.astype(np.int64) << fixed.bias_exp.astype(np.int64)
+        total = _device_bias(fixed)
         rounded = np.round(total / unit).astype(np.int64) * unit
         threshold = max(int(fixed.vth), 1) << fp.ACT_SHIFT  # v is compared in these units
         changes.append(float(np.max(np.abs(rounded - total), initial=0)) / threshold)
@@ -114,7 +114,7 @@ def round_biases_for_netx(spec: NetworkSpec) -> tuple[NetworkSpec, list[float]]:
         layers.append(replace(layer, bias=None, v_bias=v_bias))
     out = NetworkSpec(layers, spec.num_steps, spec.writable).validate()
     for i, fixed in enumerate(fp.quantize_spec(out)):
-        total = fixed.bias_mant.astype(np.int64) << fixed.bias_exp.astype(np.int64)
+        total = _device_bias(fixed)
         if np.any(total % unit):  # float32 could not hold a rounded bias exactly
             raise SpecError(f"layer {i}: its rounded biases do not quantise to netx's grid")
     return out, changes
@@ -151,8 +151,13 @@ def _file_weight(i: int, fixed: fp.FixedLayer) -> np.ndarray:
     return w // step
 
 
+def _device_bias(fixed: fp.FixedLayer) -> np.ndarray:
+    """Each neuron's bias in device units, ``bias_mant << bias_exp`` (int64)."""
+    return fixed.bias_mant.astype(np.int64) << fixed.bias_exp.astype(np.int64)
+
+
 def _file_bias(i: int, fixed: fp.FixedLayer) -> np.ndarray:
-    total = fixed.bias_mant.astype(np.int64) << fixed.bias_exp.astype(np.int64)
+    total = _device_bias(fixed)
     unit = 1 << NETX_BIAS_EXP
     bad = np.flatnonzero(total % unit)
     if bad.size:
