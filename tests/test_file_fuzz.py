@@ -220,3 +220,7 @@ def test_evaluate_says_how_a_float_backend_reads_values_that_are_not_spikes(
     assert main([*args, "--data", str(tmp_path / "floats.npz"), "--backend", "torch-sim"]) == 0
     out = capsys.readouterr().out
     assert "holds values other than 0 and 1: torch-sim takes them as input currents" in out
+    # a fixed-point backend refuses them, and no note says it took them
+    assert main([*args, "--data", str(tmp_path / "floats.npz")]) == 2
+    said = capsys.readouterr()
+    assert "must be binary spikes" in said.err and "input currents, not spikes" not in said.out

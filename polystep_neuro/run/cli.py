@@ -535,14 +535,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_backend_name(args.backend)
     spec = NetworkSpec.load(args.spec)
     spikes, labels = load_spike_data(args.data, spec, args.time_first)
-    if not np.isin(spikes, (0, 1)).all():  # a float backend takes them; say how it reads them
-        print(f"  note: {args.data} holds values other than 0 and 1: {args.backend} takes them "
-              "as input currents, not spikes (a fixed-point backend refuses them)")  # fmt: skip
     cfg = RunConfig(backend=args.backend, torch_device=args.torch_device, timeout_s=args.timeout)
     with opened(spec, cfg) as device:
         data = SpikeDataset(spikes, labels, len(labels))
         result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
         where = device.backend.capabilities.device
+    if not np.isin(spikes, (0, 1)).all():  # taken (a fixed-point backend refuses them): say how
+        print(f"  note: {args.data} holds values other than 0 and 1: {args.backend} takes them "
+              "as input currents, not spikes")  # fmt: skip
     print(
         f"{args.spec} on {args.backend} ({where}): accuracy {result.accuracy:.2%}, loss "
         f"{result.loss:.4f} on {len(labels)} samples of {args.data}"
