@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.core.network import NetworkSpec, class_counts
 from simulators.lif_precision import int8_gemm_exact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_output_copies_keep_the_first_copy_and_sum_per_class() -> None:
     alone = TorchLIF(spec, "float32").evaluate({}, x).counts[0]
     both = TorchLIF(copied, "float32").evaluate({}, x).counts[0]
     assert torch.equal(both[:, :3], alone) and int((both[:, 3:] - alone).sum()) > 0
-    assert torch.equal(output_copies.summed(both, 2), both[:, :3] + both[:, 3:])
+    assert torch.equal(class_counts(both, 2), both[:, :3] + both[:, 3:])
 
 
 def test_label_free_and_watch_sections_report_what_they_measured(tmp_path: Path) -> None:

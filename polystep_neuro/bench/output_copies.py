@@ -38,14 +38,9 @@ from polystep_neuro.run.losses import accuracy  # noqa: E402
 from polystep_neuro.run.output_copies import OFFSETS, with_output_copies  # noqa: E402
 
 
-def summed(counts: torch.Tensor, copies: int) -> torch.Tensor:
-    """Counts (B, copies * C) of copied outputs -> (B, C), each class over its copies."""
-    return class_counts(counts, copies)
-
-
 def score(spec: NetworkSpec, spikes: np.ndarray, labels: np.ndarray, copies: int) -> dict:
     """Test accuracy (a tie counts as wrong) and tie shares of a (copied) device network."""
-    counts = summed(test_counts(spec, spikes, "loihi-fixed"), copies)
+    counts = class_counts(test_counts(spec, spikes, "loihi-fixed"), copies)
     acc = float(accuracy(counts.to(torch.float32)[None], torch.as_tensor(labels))[0])
     tied, label_tied = ties(counts, labels)
     return {"accuracy": acc, "ties": tied, "label_tied": label_tied}
