@@ -5,12 +5,12 @@
 On the device a neuron resets to zero in the step it spikes, so its output layer fires less
 and in coarser steps than the trained model's (docs/benchmarks.md, section 11): more test
 samples end with two classes on the same top count, and a tie counts as wrong.  Here every
-output neuron of the network ``deploy`` hands back gets copies with the same weights and
-their bias offset by a fraction of the threshold (default one copy at +0.1); a class's
-count is the sum over its copies, which breaks most ties.  The copies cost one more output
-neuron per class and per copy on the chip, and the device still runs only forward passes.
-A prototype measured here, not yet a ``deploy`` stage: the readout that sums copies would
-have to reach every command that reads counts.
+output neuron of the network ``deploy`` hands back without its output-copies stage
+(``output_copies=False``) gets copies with the same weights and their bias offset by a
+fraction of the threshold (default one copy at +0.1); a class's count is the sum over its
+copies, which breaks most ties.  The same network scored with and without them, every
+run: where this measured the stage before ``deploy`` had it, it now isolates what the
+stage adds (``deploy`` keeps it only where validation holds; this scores it always).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def score(spec: NetworkSpec, spikes: np.ndarray, labels: np.ndarray, copies: int
 
 
 def run_one(model: Model, seed: int) -> dict:
-    """Deploy with the defaults, then score the recovered network with and without copies."""
+    """Deploy without the output-copies stage, then score the recovered network with and
+    without copies."""
     import polystep_neuro as pn
 
     net, (x_train, y_train), (x_val, y_val), (x_test, y_test) = trained(model, seed)
