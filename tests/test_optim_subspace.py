@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from polystep_neuro.optim import Subspace, SubspaceMap
-from polystep_neuro.optim.subspace import allocate_ranks
+from polystep_neuro.optim.subspace import allocate_ranks, search_subspace
 
 SIZES = [40, 3, 25, 5]  # tensors 1 and 3 are smaller than the rank and kept in full
 RANK = 6
@@ -187,3 +187,13 @@ def test_ranks_by_size_give_a_big_tensor_most_directions() -> None:
     assert allocate_ranks([2048, 32, 320, 10], 64, "equal") == [64] * 4
     with pytest.raises(ValueError, match="rank rule must be one of"):
         allocate_ranks([10], 4, "log")
+
+
+def test_the_joint_rule_is_one_subspace_with_the_equal_rules_coordinates() -> None:
+    joint = search_subspace([2048, 32, 320, 10], 64, "joint")
+    assert joint.sizes == (2410,) and joint.ranks == (64 + 32 + 64 + 10,)
+    assert joint.dim == search_subspace([2048, 32, 320, 10], 64, "equal").dim
+    # Tensors that all fit the rank are searched in full either way.
+    assert search_subspace([48, 24], 64, "joint").full == (True,)
+    with pytest.raises(ValueError, match="see search_subspace"):
+        allocate_ranks([10], 4, "joint")

@@ -56,8 +56,15 @@ def test_a_probe_is_never_smaller_than_the_fixed_point_step() -> None:
         step = fixed_point.resolution(spec, name)
         assert step > 0
         assert rms.numel() > 0
-        # At least min_probe_steps resolution steps per moved parameter (RMS, measured).
-        assert float(rms.min()) >= 0.9 * tiny.min_probe_steps * step, name
+        # At least min_probe_steps resolution steps per moved parameter (RMS over the
+        # candidates: the recipe's joint subspace gives each tensor a random share of a probe).
+        assert float(rms.square().mean().sqrt()) >= 0.9 * tiny.min_probe_steps * step, name
+    # Searched per tensor, every single probe moves its tensor by that much.
+    per_tensor = Settings(probe=1e-6, seed=0, rank_rule="equal")
+    for name, rms in _probe_moves(spec, per_tensor).items():
+        assert float(rms.min()) >= 0.9 * per_tensor.min_probe_steps * fixed_point.resolution(
+            spec, name
+        ), name
     # And the device integers really change: most quantised weights of a probed candidate.
     layout = make_layout(spec, tiny)
     opt = make_optimizer(tiny, layout, layout.flatten(spec), total_steps=10)
@@ -125,9 +132,31 @@ def test_an_unknown_optimizer_name_lists_the_registered_ones() -> None:
 def test_polystep_unit_gains_undo_its_subspace_spread() -> None:
     # rank-64 tensors move each parameter by 1/sqrt(64) per unit of z; tensors kept in full
     # (10 <= 64) move each of a block's two coordinates by 1/sqrt(2).
-    gains = PolyStep.unit_gains([6144, 10], rank=64)
+    gains = PolyStep.unit_gains([6144, 10], rank=64, rank_rule="equal")
     assert gains == [8.0, math.sqrt(2)]
     assert PolyStep.candidates_for([6144, 10], rank=64) == 4 * math.ceil((64 + 10) / 2)
+
+
+def test_the_joint_rule_searches_every_tensor_with_every_direction() -> None:
+    # The recipe's default: one subspace over both tensors with the 64 + 10 coordinates the
+    # equal rule gives them (as many candidates), so a probe moves both tensors, each
+    # parameter by one unit (RMS) once the gains are applied.
+    sizes = [6144, 10]
+    assert Settings().rank_rule == "joint"
+    gains = PolyStep.unit_gains(sizes, rank=64, rank_rule="joint")
+    assert gains == [math.sqrt(74)] * 2
+    assert PolyStep.candidates_for(sizes, rank=64, rank_rule="joint") == PolyStep.candidates_for(
+        sizes, rank=64, rank_rule="equal"
+    )
+    x0 = torch.zeros(sum(sizes), dtype=torch.float64)
+    opt = PolyStep.for_units(
+        x0, sizes=sizes, total_steps=10, seed=0, **Settings().options_for(PolyStep, sizes)
+    )
+    moved = (opt.ask() - x0) * gains[0]  # in parameter units
+    weights, bias = moved[:, :6144], moved[:, 6144:]
+    assert bool((weights != 0).all()) and bool((bias != 0).all())  # every set moves both
+    rms = moved.square().mean(dim=1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), atol=0.05, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from .base import AskTellOptimizer, CostsLike, as_vector
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
 from .schedules import Cosine, Schedule, as_schedule, evaluate
 from .solvers import SHAPINGS, SOLVERS, shape_costs, solve_weights
-from .subspace import Subspace, SubspaceMap, allocate_ranks
+from .subspace import Subspace, SubspaceMap, search_subspace
 
 logger = logging.getLogger(__name__)
 
@@ -233,11 +233,7 @@ class PolyStep(AskTellOptimizer):
             epsilon=epsilon,
             momentum=momentum,
             step_adapt=step_adapt,
-            subspace=Subspace(
-                sizes=sizes,
-                rank=allocate_ranks(sizes, rank, rank_rule, block_dim),
-                absorb_interval=absorb_interval,
-            ),
+            subspace=search_subspace(sizes, rank, rank_rule, block_dim, absorb_interval),
             seed=seed,
             shaping=shaping,
             update=update,
@@ -255,7 +251,7 @@ class PolyStep(AskTellOptimizer):
         **options: Any,
     ) -> int:
         """P blocks x V vertices x K probes of ``for_units``' PolyStep."""
-        dim = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule, block_dim)).dim
+        dim = search_subspace(sizes, rank, rank_rule, block_dim).dim
         return math.ceil(dim / block_dim) * num_vertices(polytope, block_dim)
 
     @classmethod
@@ -272,11 +268,12 @@ class PolyStep(AskTellOptimizer):
         r by ``1 / sqrt(r)`` (RMS) and each of the ``block_dim`` coordinates of a tensor kept
         in full by ``1 / sqrt(block_dim)``; these gains undo that, so a probe one unit from
         the current point moves every parameter by one unit whatever its tensor's size."""
-        subspace = Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rank_rule, block_dim))
-        return [
+        subspace = search_subspace(sizes, rank, rank_rule, block_dim)
+        gains = [
             math.sqrt(block_dim if full else r)
             for r, full in zip(subspace.ranks, subspace.full, strict=True)
         ]
+        return gains * len(sizes) if len(gains) < len(sizes) else gains  # joint: one for all
 
     @staticmethod
     def unit_probe_radius(num_probe: int = 1) -> float:

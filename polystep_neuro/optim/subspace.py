@@ -3,7 +3,10 @@
 ``theta = theta0 + sum_l A_l z_l`` with one Gaussian matrix ``A_l`` (``n_l x r_l``, entries
 ``N(0, 1/r_l)`` so a unit step in z has unit variance per parameter) per parameter tensor.
 Separate subspaces per tensor keep a bias vector from being mixed with a weight matrix of a
-very different scale.  Tensors with ``n_l <= r_l`` gain nothing from a projection and are
+very different scale when the parameters are raw values; once every tensor is measured in
+its own units (the adaptation recipe's probe units) one subspace over all of them
+(:func:`search_subspace`'s ``joint`` rule, the recipe's default) lets every direction move
+every tensor.  Tensors with ``n_l <= r_l`` gain nothing from a projection and are
 kept in full: their coordinates *are* the parameters (``theta_l = z_l``), so lift and project
 are exact copies there.
 
@@ -79,7 +82,7 @@ class Subspace:
         return sum(n if f else r for n, r, f in zip(self.sizes, self.ranks, self.full, strict=True))
 
 
-RANK_RULES = ("equal", "sqrt", "size")
+RANK_RULES = ("equal", "sqrt", "size", "joint")
 
 
 def allocate_ranks(
@@ -98,6 +101,8 @@ def allocate_ranks(
     sizes = [int(n) for n in sizes]
     if rule == "equal":
         return [int(rank)] * len(sizes)
+    if rule == "joint":
+        raise ValueError("the joint rule shares one subspace among tensors: see search_subspace")
     if rule not in RANK_RULES:
         raise ValueError(f"rank rule must be one of {RANK_RULES}, got {rule!r}")
     weight = [math.sqrt(n) if rule == "sqrt" else float(n) for n in sizes]
@@ -117,6 +122,26 @@ def allocate_ranks(
             ranks[i] += g
             left -= g
     return ranks
+
+
+def search_subspace(
+    sizes: Sequence[int],
+    rank: int,
+    rule: str = "equal",
+    block: int = 2,
+    absorb_interval: int | None = 50,
+) -> Subspace:
+    """The subspace of a rank rule: one per tensor (:func:`allocate_ranks`), or for
+    ``joint`` one over all the tensors together with as many coordinates as ``equal``
+    gives in all, so every search direction moves every tensor (as an evolution
+    strategy's do) instead of one."""
+    sizes = [int(n) for n in sizes]
+    if rule != "joint":
+        return Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rule, block),
+                        absorb_interval=absorb_interval)  # fmt: skip
+    total = sum(sizes)
+    return Subspace(sizes=[total], rank=min(total, sum(min(n, int(rank)) for n in sizes)),
+                    absorb_interval=absorb_interval)  # fmt: skip
 
 
 def _bad_int(value: object) -> bool:
