@@ -82,6 +82,8 @@ def load(
     if state.get("scales") != list(scales):
         raise PolystepError(
             f"checkpoint {path} was written with parameter scales {state.get('scales')}, "
-            f"this run uses {list(scales)} (different scaling or spec)"
+            f"this run uses {list(scales)}: a different network, --probe, --rank or "
+            "--rank-rule; resume with the ones the run started with (runs started before "
+            "PolyStep drew one subspace over every tensor need --rank-rule equal)"
         )
     return state

@@ -290,6 +290,7 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
 
 def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
     """`adapt`: the optimiser, its settings and the run's length."""
+    from polystep_neuro.optim.subspace import RANK_RULES
     from polystep_neuro.run.optimizers import OPTIMIZERS, Settings
 
     defaults = Settings()
@@ -318,7 +319,16 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         "--rank",
         type=int,
         default=defaults.rank,
-        help="PolyStep: search coordinates per tensor",
+        help="PolyStep: search coordinates per tensor (drawn over every tensor together "
+        "with --rank-rule joint)",
+    )
+    adapt.add_argument(
+        "--rank-rule",
+        choices=RANK_RULES,
+        default=defaults.rank_rule,
+        help=f"PolyStep: joint (one subspace over every writable tensor, each direction "
+        f"moving all of them) or per tensor: equal, or shared by sqrt / size (default: "
+        f"{defaults.rank_rule})",
     )
     adapt.add_argument(
         "--step",
@@ -466,6 +476,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         probe=args.probe,
         rank=args.rank,
+        rank_rule=args.rank_rule,
         step=args.step,
         epsilon=args.epsilon,
         seed=args.seed,
