@@ -139,9 +139,8 @@ def search_subspace(
     if rule != "joint":
         return Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rule, block),
                         absorb_interval=absorb_interval)  # fmt: skip
-    total = sum(sizes)
-    return Subspace(sizes=[total], rank=min(total, sum(min(n, int(rank)) for n in sizes)),
-                    absorb_interval=absorb_interval)  # fmt: skip
+    equal = Subspace(sizes=sizes, rank=int(rank))  # its coordinates, drawn over every tensor
+    return Subspace(sizes=[sum(sizes)], rank=equal.dim, absorb_interval=absorb_interval)
 
 
 def _bad_int(value: object) -> bool:
