@@ -288,3 +288,31 @@ def test_the_commands_convert_check_deploy_evaluate_and_export(
                  str(tmp_path / "test.npz"), "--time-first"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "`polystep-neuro convert --spec FILE --out DEVICE.npz`" in err
+
+
+def test_deploy_resume_names_and_takes_the_rank_rule_the_run_started_with(
+    trained: dict, tmp_path: Path, capsys
+) -> None:
+    model, data = trained["model"], trained["data"]
+    torch.save(model, tmp_path / "model.pt")
+    np.savez(tmp_path / "train.npz", spikes=data["train"][0], labels=data["train"][1])
+    run = tmp_path / "deploy"
+    args = ["deploy", "--snntorch", str(tmp_path / "model.pt"), "--time-steps", str(T),
+            "--data", str(tmp_path / "train.npz"), "--time-first", "--out", str(run),
+            "--no-progress", "--no-output-copies", "--adapt",
+            "--budget", str(3 * 169 * 4 + 3000)]  # fmt: skip
+    _cli(capsys, *args, "--rank-rule", "equal")
+    first = json.loads((run / "summary.json").read_text())
+    assert first["steps"] > 0
+
+    # resuming under the default (one subspace over every tensor) is refused in one line
+    code = main([*args, "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "need --rank-rule equal" in err
+
+    # with the rule it started with, it resumes (nothing left to do: the same network)
+    _cli(capsys, *args, "--rank-rule", "equal", "--resume")
+    again = json.loads((run / "summary.json").read_text())
+    assert again["steps"] == first["steps"]
+    assert again["recovered"] == first["recovered"]

@@ -14,8 +14,10 @@ from typing import Any
 
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.optim.subspace import RANK_RULES
 from polystep_neuro.run.cli_args import add_backend, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
+from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.reference import Reference
 
 
@@ -125,6 +127,14 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         help="parameters to adapt (default: every weight and neuron bias, what Lava/Loihi "
         "rewrite at run time)",
     )
+    deploy.add_argument(
+        "--rank-rule",
+        choices=RANK_RULES,
+        default=Settings.rank_rule,
+        help="with --adapt: how PolyStep shares its search directions among the tensors "
+        f"(as adapt's --rank-rule; default: {Settings.rank_rule}; a --resume of a run "
+        "started before the default was joint needs equal)",
+    )
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -211,6 +221,7 @@ def deploy(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         report=print,
+        rank_rule=args.rank_rule,
     )
     if result.result.interrupted:
         raise Interrupted(
