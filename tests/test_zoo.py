@@ -87,3 +87,17 @@ def test_adapt_bench_forwards_zoo(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert adapt_bench.main([*args, "--out", str(out)]) == 0
     assert f"| {task} | tuned |" in capsys.readouterr().out
     assert [r["task"] for r in zoo.load([out])] == [task]
+
+
+def test_zoo_runs_shipped_polystep_for_variant_default_and_refuses_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.jsonl"
+    task = "mnist-leaky-readout-drifted"
+    args = ["--quick", "--seeds", "0", "--tasks", task, "--out", str(out)]
+    assert zoo.main([*args, "--methods", "--variants", "default"]) == 0
+    assert [(r["method"], r["variant"]) for r in zoo.load([out])] == [("polystep", "default")]
+    with pytest.raises(SystemExit) as stop:
+        zoo.main([*args, "--methods"])
+    assert stop.value.code == 2
+    assert "nothing to run: name --methods, --variants" in capsys.readouterr().err

@@ -276,7 +276,10 @@ def run(
     torch.set_num_threads(1)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _done(out) if out.exists() else set()
+    methods, variants = list(methods), list(variants)
     jobs = [(m, "default", {}) for m in methods]
+    if "default" in variants and "polystep" not in methods:  # PolyStep as it ships
+        jobs.append(("polystep", "default", {}))
     jobs += [("polystep", v, VARIANTS[v]) for v in variants if v != "default"]
     records = []
     for task in tasks:
@@ -523,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"also time every method's steps side by side (JSON; default {DEFAULT_TIMING})",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report is None and not args.methods and not args.variants:
+        parser.error("nothing to run: name --methods, --variants (default: PolyStep as it "
+                     "ships) or both")  # fmt: skip
     tasks = [zoo_tasks.BY_NAME[n] for n in args.tasks]
     if args.half:
         tasks = [t for t in tasks if t.half == args.half]
