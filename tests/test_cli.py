@@ -265,8 +265,8 @@ def test_help_keeps_the_code_it_tells_you_to_copy_whole(monkeypatch) -> None:
 
 def test_resume_names_the_rank_rule_a_run_was_started_with(tmp_path: Path) -> None:
     # Two weight tensors searched per tensor (the rule before the joint default): resuming
-    # under the default (auto: joint here, neither holds 90 % of the values) is refused in one
-    # line that names --rank-rule; with the rule the run started with it resumes.
+    # under the joint default is refused in one line that names --rank-rule; with the rule
+    # the run started with it resumes.
     spec = tmp_path / "net.npz"
     NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc0.weight", "fc1.weight")).save(spec)
     common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
@@ -274,9 +274,7 @@ def test_resume_names_the_rank_rule_a_run_was_started_with(tmp_path: Path) -> No
     first = _run(*common, "--steps", "2", "--rank-rule", "equal")
     assert first.returncode == 0, first.stderr
     refused = _run(*common, "--steps", "3", "--resume")
-    _one_clean_line(
-        refused, "older default --rank-rule needs it named: joint, or before that equal"
-    )
+    _one_clean_line(refused, "need --rank-rule equal")
     resumed = _run(*common, "--steps", "3", "--resume", "--rank-rule", "equal")
     assert resumed.returncode == 0, resumed.stderr
     assert "3 steps" in resumed.stdout + resumed.stderr

@@ -14,7 +14,6 @@ from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim import REGISTRY, PolyStep, Subspace, optimizer_class
 from polystep_neuro.optim.baselines import SPSA, OpenAIES, RandomSearch, SepCMAES
-from polystep_neuro.optim.subspace import search_subspace
 from polystep_neuro.run.optimizers import (
     OPTIMIZERS,
     AskTell,
@@ -139,10 +138,11 @@ def test_polystep_unit_gains_undo_its_subspace_spread() -> None:
 
 
 def test_the_joint_rule_searches_every_tensor_with_every_direction() -> None:
-    # One subspace over both tensors with the 64 + 10 coordinates the equal rule gives them
-    # (as many candidates), so a probe moves both tensors, each parameter by one unit (RMS)
-    # once the gains are applied.
+    # The recipe's default: one subspace over both tensors with the 64 + 10 coordinates the
+    # equal rule gives them (as many candidates), so a probe moves both tensors, each
+    # parameter by one unit (RMS) once the gains are applied.
     sizes = [6144, 10]
+    assert Settings().rank_rule == "joint"
     gains = PolyStep.unit_gains(sizes, rank=64, rank_rule="joint")
     assert gains == [math.sqrt(74)] * 2
     assert PolyStep.candidates_for(sizes, rank=64, rank_rule="joint") == PolyStep.candidates_for(
@@ -150,9 +150,8 @@ def test_the_joint_rule_searches_every_tensor_with_every_direction() -> None:
     )
     x0 = torch.zeros(sum(sizes), dtype=torch.float64)
     opt = PolyStep.for_units(
-        x0, sizes=sizes, total_steps=10, seed=0,
-        **Settings(rank_rule="joint").options_for(PolyStep, sizes),
-    )  # fmt: skip
+        x0, sizes=sizes, total_steps=10, seed=0, **Settings().options_for(PolyStep, sizes)
+    )
     moved = (opt.ask() - x0) * gains[0]  # in parameter units
     weights, bias = moved[:, :6144], moved[:, 6144:]
     assert bool((weights != 0).all()) and bool((bias != 0).all())  # every set moves both
@@ -268,25 +267,3 @@ def test_baselines_resume_bit_identically(make) -> None:
     assert torch.equal(second.x, whole.x)
     with pytest.raises(ValueError, match="state_dict is of a"):
         (SPSA if not isinstance(first, SPSA) else SepCMAES)(x0, 0.1, 4).load_state_dict(state)
-
-
-def test_the_auto_rule_searches_a_dominant_tensor_on_its_own() -> None:
-    # The recipe's default: joint unless one tensor holds 90 % of the values (a readout's
-    # weights beside its bias, a 784-input layer beside the rest), then per tensor.
-    assert Settings().rank_rule == "auto"
-    dominated, shared = [6144, 10], [2048, 32, 320, 10]  # 99.8 % and 85 % in the largest
-    for sizes, rule in ((dominated, "equal"), (shared, "joint")):
-        assert search_subspace(sizes, 64, "auto") == search_subspace(sizes, 64, rule)
-        assert PolyStep.unit_gains(sizes, rank=64, rank_rule="auto") == PolyStep.unit_gains(
-            sizes, rank=64, rank_rule=rule
-        )
-    x0 = torch.zeros(sum(dominated), dtype=torch.float64)
-    opt = PolyStep.for_units(
-        x0, sizes=dominated, total_steps=10, seed=0,
-        **Settings().options_for(PolyStep, dominated),
-    )  # fmt: skip
-    moved = opt.ask() - x0
-    touches_weights = (moved[:, :6144] != 0).any(dim=1)
-    touches_bias = (moved[:, 6144:] != 0).any(dim=1)
-    assert bool((touches_weights ^ touches_bias).all())  # each set moves one tensor
-    assert int(touches_bias.sum()) == 4 * 5  # the bias's 10 coordinates: 5 blocks x 4 vertices

@@ -305,12 +305,11 @@ def test_deploy_resume_names_and_takes_the_rank_rule_the_run_started_with(
     first = json.loads((run / "summary.json").read_text())
     assert first["steps"] > 0
 
-    # resuming under the default (auto: one subspace over every tensor, as no tensor of this
-    # network holds 90 % of the values) is refused in one line
+    # resuming under the default (one subspace over every tensor) is refused in one line
     code = main([*args, "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "older default --rank-rule needs it named: joint, or before that equal" in err
+    assert "need --rank-rule equal" in err
 
     # with the rule it started with, it resumes (nothing left to do: the same network)
     _cli(capsys, *args, "--rank-rule", "equal", "--resume")

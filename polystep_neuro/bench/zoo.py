@@ -77,12 +77,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "eps-2": {"epsilon": 2.0},
     "eps-4": {"epsilon": 4.0},
     "per-tensor": {"rank_rule": "equal"},
-    "joint": {"rank_rule": "joint"},
     "slow-evidence": {"step_adapt": 0.02},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
-    "default": "the default (one subspace over every tensor, unless one holds 90 % of them)",
+    "default": "the default (one subspace over every tensor)",
     "size-ranks": "search coordinates shared among tensors in proportion to their size",
     "sqrt-ranks": "search coordinates shared by the square root of each tensor's size",
     "adam": "per-parameter normalisation of the step (Adam's moments on the direction)",
@@ -104,8 +103,7 @@ VARIANT_NOTES = {
     "eps-0.5": "half the softmax temperature on the normalised costs (sharper vertex weights)",
     "eps-2": "twice the softmax temperature (softer vertex weights)",
     "eps-4": "four times the softmax temperature",
-    "per-tensor": "each tensor through its own subspace (a set probes one tensor)",
-    "joint": "one subspace over every tensor, even where one tensor holds nearly every value",
+    "per-tensor": "each tensor through its own subspace (a set probes one tensor; the old default)",
     "slow-evidence": "the step follows the evidence at 0.02 instead of 0.05",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",

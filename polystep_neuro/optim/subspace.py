@@ -5,9 +5,8 @@
 Separate subspaces per tensor keep a bias vector from being mixed with a weight matrix of a
 very different scale when the parameters are raw values; once every tensor is measured in
 its own units (the adaptation recipe's probe units) one subspace over all of them
-(:func:`search_subspace`'s ``joint`` rule) lets every direction move every tensor; the
-recipe's default, ``auto``, does that unless one tensor holds nearly all the values.
-Tensors with ``n_l <= r_l`` gain nothing from a projection and are
+(:func:`search_subspace`'s ``joint`` rule, the recipe's default) lets every direction move
+every tensor.  Tensors with ``n_l <= r_l`` gain nothing from a projection and are
 kept in full: their coordinates *are* the parameters (``theta_l = z_l``), so lift and project
 are exact copies there.
 
@@ -83,9 +82,7 @@ class Subspace:
         return sum(n if f else r for n, r, f in zip(self.sizes, self.ranks, self.full, strict=True))
 
 
-RANK_RULES = ("equal", "sqrt", "size", "joint", "auto")
-# auto: a tensor holding at least this share of the values searches alone (see search_subspace).
-DOMINANT_SHARE = 0.9
+RANK_RULES = ("equal", "sqrt", "size", "joint")
 
 
 def allocate_ranks(
@@ -104,9 +101,8 @@ def allocate_ranks(
     sizes = [int(n) for n in sizes]
     if rule == "equal":
         return [int(rank)] * len(sizes)
-    if rule in ("joint", "auto"):
-        raise ValueError(f"the {rule} rule may share one subspace among tensors: see "
-                         "search_subspace")  # fmt: skip
+    if rule == "joint":
+        raise ValueError("the joint rule shares one subspace among tensors: see search_subspace")
     if rule not in RANK_RULES:
         raise ValueError(f"rank rule must be one of {RANK_RULES}, got {rule!r}")
     weight = [math.sqrt(n) if rule == "sqrt" else float(n) for n in sizes]
@@ -138,14 +134,8 @@ def search_subspace(
     """The subspace of a rank rule: one per tensor (:func:`allocate_ranks`), or for
     ``joint`` one over all the tensors together with as many coordinates as ``equal``
     gives in all, so every search direction moves every tensor (as an evolution
-    strategy's do) instead of one.  ``auto`` is ``joint`` unless one tensor holds
-    ``DOMINANT_SHARE`` of the values, then ``equal``: a direction drawn over all of them
-    would then be nearly all that tensor's, and the others' share of each probe's effect
-    too small to weigh (a readout's bias beside its weights, a 784-input layer's weights
-    beside everything else)."""
+    strategy's do) instead of one."""
     sizes = [int(n) for n in sizes]
-    if rule == "auto":
-        rule = "equal" if max(sizes) >= DOMINANT_SHARE * sum(sizes) else "joint"
     if rule != "joint":
         return Subspace(sizes=sizes, rank=allocate_ranks(sizes, rank, rule, block),
                         absorb_interval=absorb_interval)  # fmt: skip

@@ -83,7 +83,7 @@ def load(
         raise PolystepError(
             f"checkpoint {path} was written with parameter scales {state.get('scales')}, "
             f"this run uses {list(scales)}: a different network, --probe, --rank or "
-            "--rank-rule; resume with the ones the run started with (a run started under an "
-            "older default --rank-rule needs it named: joint, or before that equal)"
+            "--rank-rule; resume with the ones the run started with (runs started before "
+            "PolyStep drew one subspace over every tensor need --rank-rule equal)"
         )
     return state

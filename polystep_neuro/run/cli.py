@@ -320,15 +320,14 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.rank,
         help="PolyStep: search coordinates per tensor (drawn over every tensor together "
-        "by --rank-rule joint, and auto where no tensor dominates)",
+        "with --rank-rule joint)",
     )
     adapt.add_argument(
         "--rank-rule",
         choices=RANK_RULES,
         default=defaults.rank_rule,
         help=f"PolyStep: joint (one subspace over every writable tensor, each direction "
-        f"moving all of them), per tensor (equal, or shared by sqrt / size), or auto (joint "
-        f"unless one tensor holds 90%% of the values, then equal; default: "
+        f"moving all of them) or per tensor: equal, or shared by sqrt / size (default: "
         f"{defaults.rank_rule})",
     )
     adapt.add_argument(

@@ -133,7 +133,7 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         default=Settings.rank_rule,
         help="with --adapt: how PolyStep shares its search directions among the tensors "
         f"(as adapt's --rank-rule; default: {Settings.rank_rule}; a --resume of a run "
-        "started under an older default needs that one: joint, or before it equal)",
+        "started before the default was joint needs equal)",
     )
 
 

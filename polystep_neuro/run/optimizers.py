@@ -19,12 +19,10 @@ the current point) moves every parameter by one probe unit whatever the tensor's
 PolyStep's defaults (measured on the demo's adaptation, the digits benchmark and the
 tuned half of the task zoo, see docs/benchmarks.md): a fresh random subspace every step,
 as many search coordinates as ``rank`` per tensor gives, in one subspace over every writable
-tensor together (``rank_rule="auto"``: as ``"joint"``, each direction moves every tensor, as
-an evolution strategy's do, so each parameter set informs every tensor; searched per tensor, a
-set informs one, and the zoo's every-weight tasks lost to OpenAI-ES, docs/benchmarks.md
-section 14; but where one tensor holds 90 % of the values, per tensor, since the others'
-share of a joint direction's effect is then too small to weigh; sharing per-tensor
-coordinates by tensor size measured no better), heavy-ball momentum 0.9 on the
+tensor together (``rank_rule="joint"``: each direction moves every tensor, as an evolution
+strategy's do, so each parameter set informs every tensor; searched per tensor, a set informs
+one, and the zoo's every-weight tasks lost to OpenAI-ES, docs/benchmarks.md section 14;
+sharing per-tensor coordinates by tensor size measured no better), heavy-ball momentum 0.9 on the
 parameters (which averages the directions of successive subspaces and the minibatch noise),
 softmax temperature 1 on the normalised costs, probes of half each tensor's typical magnitude,
 and a step that starts at 15 % of a probe per step along a consistent direction, lengthens
@@ -95,7 +93,7 @@ class Settings:
     absorb_interval: int = 1  # PolyStep: steps between subspace redraws
     shaping: str = "shift"  # PolyStep: how the costs are normalised (optim.solvers.shape_costs)
     update: str = "heavy-ball"  # PolyStep: how a direction becomes a move (optim.moves)
-    rank_rule: str = "auto"  # PolyStep: how search coordinates are shared among tensors
+    rank_rule: str = "joint"  # PolyStep: how search coordinates are shared among tensors
     polytope: str = "orthoplex"  # PolyStep: the probes around each block (optim.polytopes)
     block_dim: int = 2  # PolyStep: coordinates of z per block
     popsize: int | None = None  # baselines: candidates per step (default: PolyStep's count)
