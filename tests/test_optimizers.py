@@ -267,3 +267,28 @@ def test_baselines_resume_bit_identically(make) -> None:
     assert torch.equal(second.x, whole.x)
     with pytest.raises(ValueError, match="state_dict is of a"):
         (SPSA if not isinstance(first, SPSA) else SepCMAES)(x0, 0.1, 4).load_state_dict(state)
+
+
+@pytest.mark.parametrize("rank_rule", ["joint", "equal"])
+@pytest.mark.parametrize("update", ["adam", "adan"])
+def test_normalised_updates_move_step_probe_units_whatever_the_gains(
+    update: str, rank_rule: str
+) -> None:
+    # x is in probe units times the subspace gains (sqrt(74) joint; 8 and sqrt(2) per
+    # tensor), so Adam's per-parameter unit move must be divided by them: its first move is
+    # +-1 per parameter of x before that, which was `step` times the gain in probe units.
+    sizes = [6144, 10]
+    settings = Settings(update=update, rank_rule=rank_rule, step=0.1, step_adapt=0.0)
+    options = settings.options_for(PolyStep, sizes)
+    gains = PolyStep.unit_gains(sizes, **options)
+    x0 = torch.zeros(sum(sizes), dtype=torch.float64)
+    opt = PolyStep.for_units(x0, sizes=sizes, total_steps=10, seed=0, **options)
+    candidates = opt.ask()
+    target = torch.linspace(-1.0, 1.0, sum(sizes), dtype=torch.float64)
+    opt.tell((candidates - target).square().sum(dim=1))
+    per_param = torch.cat(
+        [torch.full((n,), g, dtype=torch.float64) for n, g in zip(sizes, gains, strict=True)]
+    )
+    moved = ((opt.x - x0) * per_param).abs()  # in probe units
+    assert float(moved.max()) <= 0.1 + 1e-9
+    assert float(moved.median()) > 0.05  # a full step for most parameters, not 1/gain of one

@@ -82,7 +82,11 @@ class PolyStep(AskTellOptimizer):
         update: how the weighted direction becomes a move (:mod:`polystep_neuro.optim.moves`:
             ``"heavy-ball"`` with ``momentum``, ``"torque"``, ``"adam"`` with ``momentum`` as
             its first-moment decay, ``"adan"``); for ``adam`` and ``adan`` ``step_radius``
-            is the move per parameter along a steady direction.
+            is the move per parameter along a steady direction, times ``unit_scale``.
+        unit_scale: for ``adam`` and ``adan``, the length of one unit of each parameter of
+            ``x`` (a scalar or an ``(n,)`` tensor; default 1).  The recipe in units measures
+            ``x`` in probe units times its subspace gains (:meth:`unit_gains`), so its
+            normalised moves must be divided by them to be ``step_radius`` probe units.
 
     ``step_radius``, ``probe_radius`` and ``epsilon`` accept a float (constant) or a schedule
     (callable of the step index, e.g. :class:`Cosine`).
@@ -118,6 +122,7 @@ class PolyStep(AskTellOptimizer):
         sinkhorn_max_iter: int = 100,
         shaping: str = "shift",
         update: str = "heavy-ball",
+        unit_scale: float | torch.Tensor = 1.0,
     ) -> None:
         """Long only because it checks every argument before building the search state."""
         x0 = as_vector(x0)
@@ -186,6 +191,13 @@ class PolyStep(AskTellOptimizer):
         if update == "adan":
             self._diff = torch.zeros_like(self._x)
         self.step_scale = 1.0  # step_adapt's multiplier on step_radius
+        self._unit_scale = torch.as_tensor(unit_scale, dtype=self.dtype, device=self.device)
+        if (
+            self._unit_scale.ndim not in (0, 1)
+            or (self._unit_scale.ndim == 1 and self._unit_scale.numel() != x0.numel())
+            or not bool((self._unit_scale > 0).all())
+        ):
+            raise ValueError("unit_scale must be a positive number or one per parameter")
         # self._pending: the directions (P, V, p) of the open ask
         self._pending_x: torch.Tensor | None = None  # candidates, kept only for keep_best
         self.best_x: torch.Tensor | None = None
@@ -221,9 +233,17 @@ class PolyStep(AskTellOptimizer):
         step, ``step`` units along a steady direction, is ``step * (1 - momentum)`` per
         move, following the evidence at ``step_adapt`` and decaying on a half cosine to
         ``final_step`` of itself by ``total_steps``.  With ``update="adam"`` or ``"adan"``
-        the step is per parameter already (normalised), so it is ``step`` per move."""
+        the step is per parameter already (normalised), so it is ``step`` probe units per
+        move: the normalised move is divided by the gains that scale ``x``."""
         total = max(int(total_steps), 1)
-        move = step if update in ("adam", "adan") else step * (1 - momentum)
+        normalised = update in ("adam", "adan")
+        move = step if normalised else step * (1 - momentum)
+        unit_scale: float | torch.Tensor = 1.0
+        if normalised:  # x is in probe units times the gains: a unit move is 1 / gain there
+            gains = cls.unit_gains(sizes, rank=rank, rank_rule=rank_rule, block_dim=block_dim)
+            counts = torch.as_tensor([int(n) for n in sizes], device=x0.device)
+            per_tensor = 1.0 / torch.as_tensor(gains, dtype=x0.dtype, device=x0.device)
+            unit_scale = per_tensor.repeat_interleave(counts)
         return cls(
             x0,
             polytope=polytope,
@@ -237,6 +257,7 @@ class PolyStep(AskTellOptimizer):
             seed=seed,
             shaping=shaping,
             update=update,
+            unit_scale=unit_scale,
         )
 
     @classmethod
@@ -386,7 +407,7 @@ class PolyStep(AskTellOptimizer):
                 self._velocity, self._diff, self._second, self._last_dir, direction, t
             )
             self._last_dir = direction
-        self._x = self._x + radius * unit
+        self._x = self._x + radius * unit * self._unit_scale
         self._z = self._map.rebase(self._x, self._z)
 
     def _follow_evidence(self, move: torch.Tensor, previous: torch.Tensor | None = None) -> None:
