@@ -78,6 +78,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "eps-4": {"epsilon": 4.0},
     "per-tensor": {"rank_rule": "equal"},
     "slow-evidence": {"step_adapt": 0.02},
+    "adam-es": {"update": "adam", "step": 0.1, "step_adapt": 0.0},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -105,6 +106,7 @@ VARIANT_NOTES = {
     "eps-4": "four times the softmax temperature",
     "per-tensor": "each tensor through its own subspace (a set probes one tensor; the old default)",
     "slow-evidence": "the step follows the evidence at 0.02 instead of 0.05",
+    "adam-es": "Adam at OpenAI-ES's constant 0.1 probe units a step, no evidence rule",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip
