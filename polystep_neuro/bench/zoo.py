@@ -79,6 +79,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "per-tensor": {"rank_rule": "equal"},
     "slow-evidence": {"step_adapt": 0.02},
     "adam-es": {"update": "adam", "step": 0.1, "step_adapt": 0.0},
+    "adam-decay": {"update": "adam", "final_step": 0.1},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -107,6 +108,7 @@ VARIANT_NOTES = {
     "per-tensor": "each tensor through its own subspace (a set probes one tensor; the old default)",
     "slow-evidence": "the step follows the evidence at 0.02 instead of 0.05",
     "adam-es": "Adam at OpenAI-ES's constant 0.1 probe units a step, no evidence rule",
+    "adam-decay": "Adam, its step decayed on a half cosine to a tenth by the last step",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip
