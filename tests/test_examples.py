@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from devices.lava_env import ENV_VAR, find_lava_env
@@ -116,3 +117,21 @@ def test_04_remote_device() -> None:
     # the readout starts random (chance is 10 %); a few steps on the device must help
     assert s["after"] >= s["before"] + 0.1, s
     assert s["server_exit_code"] == 0, s  # SIGTERM stops the server cleanly
+
+
+def test_05_field_stream(tmp_path: Path) -> None:
+    """The stream the README's watch command reads: written for the demo's network, the
+    drift found within a few batches of its onset, the labels reported only."""
+    from polystep_neuro.cli import main
+
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    spec = tmp_path / "demo" / "adapted_network.npz"
+    stream = tmp_path / "field.npz"
+    proc = _run("05_field_stream.py", "--small", "--spec", str(spec), "--out", str(stream))
+    s = _summary(proc)
+    with np.load(stream) as data:
+        assert data["spikes"].shape == (30 * 32, 16, 64) and data["labels"].shape == (30 * 32,)
+    assert (s["onset"], s["end"], s["batches"]) == (12, 24, 30), s
+    assert s["first_drift"] is not None and 12 <= s["first_drift"] <= 16, s
+    assert _is_accuracy(s["served"]) and _is_accuracy(s["deployed"]), s
+    assert f"over the fog stretch: served {s['served']:.1%}" in proc.stdout

@@ -129,10 +129,10 @@ def test_the_api_adapts_spikes_alone_with_a_label_free_objective(field_data, cap
         progress=True,
     )
     out = capsys.readouterr().out
-    assert "no labels: adapting to the label-free objective 'im'" in out
+    assert "without labels: adapting to the label-free objective 'im'" in out
     assert "the label-free objective 'im' on the device's outputs (lower is better);" in out
     assert result.result.adapted == ("lif0.v_bias", "lif0.vth")  # hidden biases, thresholds
-    assert "no labels: adapting the hidden neurons' biases and thresholds" in out
+    assert "without labels: adapting the hidden neurons' biases and thresholds" in out
     start, end = result.result.start, result.result.end
     assert "val_accuracy" not in start and "val_loss" in start  # held out, unlabelled
     assert "drifted_accuracy" in start and "drifted_accuracy" in end

@@ -133,6 +133,7 @@ def test_a_run_that_does_not_improve_the_objective_is_rolled_back(
         f"collecting {4 * BATCH} field samples (from this batch on), then adapting for 6 steps"
     )
     assert f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)" in said
+    assert ": rolled back (the objective did not improve, objective" in said  # no "why" key
     assert not any(e["event"] == "adapted" for e in events)
     # served and deployed are one network throughout
     assert all(b["serving_accuracy"] == b["start_accuracy"] for b in batches)
@@ -338,3 +339,22 @@ def test_the_command_refuses_a_public_address_and_watches_a_file(field, tmp_path
     assert code == 0
     out = capsys.readouterr().out
     assert f"{2 * CLEAN + DRIFTED} batches: 1 drift" in out and "1 cleared" in out
+    summary = json.loads((tmp_path / "w" / "watch_summary.json").read_text())
+    assert (  # the stream's labels: reported on the console, never used
+        "on the batches with labels (never used to adapt): served network "
+        f"{summary['serving_accuracy']:.1%}, deployed network {summary['start_accuracy']:.1%}"
+    ) in out
+    assert "without labels: adapting" in out
+
+
+def test_an_empty_folder_is_watched_to_its_end_without_a_traceback(
+    field, tmp_path: Path, capsys
+) -> None:
+    field["spec"].save(tmp_path / "net.npz")
+    (tmp_path / "empty").mkdir()
+    code = main(["watch", "--spec", str(tmp_path / "net.npz"), "--stream",
+                 str(tmp_path / "empty"), "--out", str(tmp_path / "w")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    assert "0 batches: 0 drift" in captured.out
+    assert json.loads((tmp_path / "w" / "watch_summary.json").read_text())["batches"] == 0

@@ -142,7 +142,7 @@ def run_adaptation(
     loss = None if data.stream.labelled else make_objective(cfg.objective)
     if loss is not None and report is not None:
         report(
-            f"no labels: adapting to the label-free objective {cfg.objective!r} on the "
+            f"without labels: adapting to the label-free objective {cfg.objective!r} on the "
             "device's outputs (lower is better); held-out data decides on it which network "
             "is handed back"
         )

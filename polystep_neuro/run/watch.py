@@ -342,8 +342,9 @@ def _truncate_log(path: Path, position: int) -> None:
 
 
 def read_log(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(batch records, events) of a watcher's log."""
-    lines = (out_dir / LOG_NAME).read_text(encoding="utf-8").splitlines()
+    """(batch records, events) of a watcher's log (none when nothing was logged yet)."""
+    path = out_dir / LOG_NAME
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     records = [json.loads(line) for line in lines if line.strip()]
     return [r for r in records if "event" not in r], [r for r in records if "event" in r]
 
@@ -423,6 +424,8 @@ def _said(key: str, value: Any) -> str:
     if key == "objective":
         before, after = value
         return f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)"
+    if key == "why":  # a reason reads as itself: "rolled back (worse than ...)"
+        return str(value)
     if isinstance(value, float):
         return f"{key} {value:.3g}"
     if isinstance(value, list) and all(isinstance(v, float) for v in value):

@@ -122,9 +122,9 @@ def _label_free(spec: NetworkSpec, loaded: tuple[str, ...], device: _DeviceRules
     return Writable(
         loaded + tuple(t for t in thresholds if t not in loaded),
         adapted,
-        f"no labels: adapting the hidden neurons' biases and thresholds ({', '.join(adapted)}), "
-        "which re-centre and re-scale how each layer fires without re-mapping what it "
-        "computes (naming the writable set overrides this)",
+        "without labels: adapting the hidden neurons' biases and thresholds "
+        f"({', '.join(adapted)}), which re-centre and re-scale how each layer fires "
+        "without re-mapping what it computes (naming the writable set overrides this)",
     )
 
 
