@@ -41,6 +41,9 @@ def test_bad_spec_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npz"
     bad.write_text("not a network")
     _one_clean_line(_run("adapt", "--spec", str(bad)), "is not a polystep-neuro spec")
+    _one_clean_line(  # numpy's own guess ("pickled (object) data") would mislead
+        _run("adapt", "--spec", str(bad)), "it is not an .npz archive (nor any array file"
+    )
     _one_clean_line(_run("adapt", "--spec", str(tmp_path / "nope.npz")), "spec file not found")
 
 
@@ -278,3 +281,20 @@ def test_resume_names_the_rank_rule_a_run_was_started_with(tmp_path: Path) -> No
     resumed = _run(*common, "--steps", "3", "--resume", "--rank-rule", "equal")
     assert resumed.returncode == 0, resumed.stderr
     assert "3 steps" in resumed.stdout + resumed.stderr
+
+
+def test_files_that_go_with_data_are_refused_without_it(tmp_path: Path, capsys) -> None:
+    """--val, --replay and --test were once ignored (missing files too) when the run used
+    the built-in data; now they are refused in one line, before anything is written."""
+    from polystep_neuro.cli import main
+
+    NetworkSpec.random([64, 8, 10], 4, seed=0).save(tmp_path / "net.npz")
+    code = main(["adapt", "--spec", str(tmp_path / "net.npz"), "--steps", "0",
+                 "--test", f"foo={tmp_path / 'none.npz'}", "--replay", str(tmp_path / "r.npz"),
+                 "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (
+        "polystep-neuro: error: --replay, --test need --data FILE: without it the run adapts "
+        "on the built-in digits data with its own validation, clean and test sets"
+    )
+    assert not (tmp_path / "run").exists()

@@ -97,7 +97,8 @@ def test_the_python_snippet_runs_as_written(tmp_path, monkeypatch) -> None:
         scope[f"x_{name}"], scope[f"y_{name}"] = _time_first(rng, t, n)
     before = model[0].bias.detach().clone()
     monkeypatch.chdir(tmp_path)
-    exec(compile(snippet.group(1), "README.md", "exec"), scope)
+    above = README[: snippet.start(1)].count("\n")  # warnings then name the README's lines
+    exec(compile("\n" * above + snippet.group(1), "README.md", "exec"), scope)
     deployed, result = scope["deployed"], scope["result"]
     assert set(deployed.reference) == {"val_accuracy", "clean_accuracy"}
     assert deployed.after["val_accuracy"] >= deployed.before["val_accuracy"]

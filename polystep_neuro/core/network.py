@@ -387,6 +387,8 @@ class NetworkSpec:
             if _nir_file(path):  # numpy reads HDF5 as "pickled (object) data"
                 raise _nir_error(path) from None
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "pickled" in detail:  # numpy's guess for any file that is no array at all
+                detail = "it is not an .npz archive (nor any array file numpy reads)"
             raise SpecError(f"{what}: {detail}") from None
         if not isinstance(meta, dict):
             raise SpecError(f"{what}: its metadata is a JSON {type(meta).__name__}, not an object")

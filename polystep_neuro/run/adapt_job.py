@@ -235,6 +235,7 @@ def _dataset(spikes: np.ndarray, labels: np.ndarray | None, job: AdaptJob) -> Sp
 
 
 def run_adapt_job(job: AdaptJob) -> AdaptResult:
+    _check_files_need_data(job)
     if job.resume:
         _resumes_the_same_files(job)
     spec = NetworkSpec.load(job.spec_path)
@@ -302,6 +303,18 @@ _FILE_FLAGS = {
     "replay_path": "--replay",
     "test_paths": "--test",
 }
+
+
+def _check_files_need_data(job: AdaptJob) -> None:
+    """--val, --replay and --test belong to a --data file: the built-in data brings its own
+    validation, clean and test sets, so named without --data they would be ignored."""
+    named = [flag for key, flag in _FILE_FLAGS.items()
+             if key not in ("spec_path", "data_path") and getattr(job, key)]  # fmt: skip
+    if job.data_path is None and named:
+        raise PolystepError(
+            f"{', '.join(named)} need --data FILE: without it the run adapts on the built-in "
+            f"{job.dataset} data with its own validation, clean and test sets"
+        )
 
 
 def _resumes_the_same_files(job: AdaptJob) -> None:

@@ -126,14 +126,22 @@ def _add_adapt(sub: Any) -> None:
     _add_adapt_hold(adapt)
     _add_dataset(adapt)
     adapt.add_argument(
-        "--shift-noise", type=float, default=0.0, help="built-in data: additive input noise"
+        "--shift-noise",
+        type=float,
+        default=0.0,
+        help="built-in data: additive input noise (default 0: none; the demo uses 0.1)",
     )
-    adapt.add_argument("--shift-gain", type=float, default=1.0, help="built-in data: input gain")
+    adapt.add_argument(
+        "--shift-gain",
+        type=float,
+        default=1.0,
+        help="built-in data: input gain (default 1: none; the demo uses 0.6)",
+    )
     adapt.add_argument(
         "--shift-dead",
         type=float,
         default=0.0,
-        help="built-in data: fraction of dead input channels",
+        help="built-in data: fraction of dead input channels (default 0; the demo uses 0.1)",
     )
     _add_corruption(adapt, "built-in data, instead of the --shift-* drift")
     _add_adapt_optimizer(adapt)
@@ -231,7 +239,8 @@ def _add_adapt_data(adapt: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         help="training data: what the device sees now (default: digits, for 64-input "
-        "10-output networks, with the --shift-* drift)",
+        "10-output networks, under the --shift-* drift or --corruption you name; none is "
+        "applied unless named, and the run then adapts to clean digits)",
     )
     adapt.add_argument("--val", type=Path, help="validation data (default: held out of --data)")
     adapt.add_argument(
@@ -462,6 +471,11 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     summary = run_watch(spec, stream, cfg, print)
     events = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["events"].items())
     print(f"{summary['batches']} batches: {events}; log and figure in {args.out}")
+    if "serving_accuracy" in summary:  # labels in the stream: reported, never used
+        print(
+            f"on the batches with labels (never used to adapt): served network "
+            f"{summary['serving_accuracy']:.1%}, deployed network {summary['start_accuracy']:.1%}"
+        )
     if summary["interrupted"]:
         raise Interrupted("stopped; run the same command with --resume to continue")
     return 0
@@ -565,15 +579,17 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     from devices.registry import describe_backends
 
     if args.devices_command == "list":
-        for name, usable, why in describe_backends():
-            print(f"{name:18s} {'usable' if usable else 'unavailable':12s} {why}")
+        rows = describe_backends()
+        width = max(18, *(len(name) + 1 for name, _, _ in rows))  # long remote addresses
+        for name, usable, why in rows:
+            print(f"{name:{width}s} {'usable' if usable else 'unavailable':12s} {why}")
     elif args.devices_command == "setup-lava":
         from devices.lava_env import setup_lava_env
 
-        venv = setup_lava_env(
+        # it says where the env is ("... is up to date" or "Lava env ready in N s: ...")
+        setup_lava_env(
             args.python, args.venv, print, force=args.force, with_lava_dl=args.with_lava_dl
         )
-        print(f"Lava env ready: {venv}")
     elif args.devices_command == "keygen":
         _cmd_keygen(args.dir, args.force)
     return 0
