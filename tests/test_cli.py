@@ -283,6 +283,24 @@ def test_resume_names_the_rank_rule_a_run_was_started_with(tmp_path: Path) -> No
     assert "3 steps" in resumed.stdout + resumed.stderr
 
 
+def test_resume_names_the_update_rule_a_run_was_started_with(tmp_path: Path) -> None:
+    # A weight run started with heavy-ball (the rule before the auto default): resuming
+    # under auto (Adam where weights move) is refused in one line that names --update;
+    # with the rule the run started with it resumes.
+    spec = tmp_path / "net.npz"
+    NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc1.weight",)).save(spec)
+    common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
+              "16", "--torch-device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    first = _run(*common, "--steps", "2", "--update", "heavy-ball")
+    assert first.returncode == 0, first.stderr
+    refused = _run(*common, "--steps", "3", "--resume")
+    _one_clean_line(refused, "--update heavy-ball")
+    assert "'update': ('heavy-ball', 'adam')" in refused.stderr
+    resumed = _run(*common, "--steps", "3", "--resume", "--update", "heavy-ball")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 steps" in resumed.stdout + resumed.stderr
+
+
 def test_files_that_go_with_data_are_refused_without_it(tmp_path: Path, capsys) -> None:
     """--val, --replay and --test were once ignored (missing files too) when the run used
     the built-in data; now they are refused in one line, before anything is written."""

@@ -292,3 +292,22 @@ def test_normalised_updates_move_step_probe_units_whatever_the_gains(
     moved = ((opt.x - x0) * per_param).abs()  # in probe units
     assert float(moved.max()) <= 0.1 + 1e-9
     assert float(moved.median()) > 0.05  # a full step for most parameters, not 1/gain of one
+
+
+def test_auto_moves_weights_with_adam_and_neuron_parameters_with_heavy_ball() -> None:
+    # The default: Adam's per-parameter normalisation wherever a weight matrix moves (it kept
+    # clean accuracy on the zoo's every-weight tasks), heavy-ball where only biases and
+    # thresholds do (the drifted-only and label-free recipes); a named rule is kept.
+    spec = NetworkSpec.random([12, 8, 4], 4, seed=0, writable="all")
+    assert Settings().update == "auto"
+    built = {}
+    for names in (("fc1.weight",), ("fc0.weight", "lif0.v_bias"), ("lif0.v_bias", "lif0.vth")):
+        settings = Settings(seed=0, rank=4)
+        layout = make_layout(spec, settings, names)
+        built[names] = make_optimizer(settings, layout, layout.flatten(spec), 5).update
+    assert list(built.values()) == ["adam", "adam", "heavy-ball"]
+    layout = make_layout(spec, Settings(rank=4), ("fc1.weight",))
+    named = make_optimizer(Settings(rank=4, update="heavy-ball"), layout, layout.flatten(spec), 5)
+    assert named.update == "heavy-ball"
+    with pytest.raises(PolystepError, match="update must be one of auto, heavy-ball, torque"):
+        Settings(update="nesterov")

@@ -80,10 +80,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "slow-evidence": {"step_adapt": 0.02},
     "adam-es": {"update": "adam", "step": 0.1, "step_adapt": 0.0},
     "adam-decay": {"update": "adam", "final_step": 0.1},
+    "heavy-ball": {"update": "heavy-ball"},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
-    "default": "the default (one subspace over every tensor)",
+    "default": "the default (one subspace over every tensor; Adam where weights move)",
     "size-ranks": "search coordinates shared among tensors in proportion to their size",
     "sqrt-ranks": "search coordinates shared by the square root of each tensor's size",
     "adam": "per-parameter normalisation of the step (Adam's moments on the direction)",
@@ -109,6 +110,7 @@ VARIANT_NOTES = {
     "slow-evidence": "the step follows the evidence at 0.02 instead of 0.05",
     "adam-es": "Adam at OpenAI-ES's constant 0.1 probe units a step, no evidence rule",
     "adam-decay": "Adam, its step decayed on a half cosine to a tenth by the last step",
+    "heavy-ball": "heavy-ball momentum wherever weights move too (the default until auto)",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip

@@ -300,7 +300,7 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
 def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
     """`adapt`: the optimiser, its settings and the run's length."""
     from polystep_neuro.optim.subspace import RANK_RULES
-    from polystep_neuro.run.optimizers import OPTIMIZERS, Settings
+    from polystep_neuro.run.optimizers import OPTIMIZERS, UPDATES, Settings
 
     defaults = Settings()
     adapt.add_argument(
@@ -338,6 +338,15 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         help=f"PolyStep: joint (one subspace over every writable tensor, each direction "
         f"moving all of them) or per tensor: equal, or shared by sqrt / size (default: "
         f"{defaults.rank_rule})",
+    )
+    adapt.add_argument(
+        "--update",
+        choices=UPDATES,
+        default=defaults.update,
+        help="PolyStep: how a step's direction becomes a move: auto (Adam where a weight "
+        "matrix moves, heavy-ball where only biases and thresholds do), or that rule for "
+        f"every run (default: {defaults.update}; a --resume of a run started before the "
+        "default was auto may need heavy-ball)",
     )
     adapt.add_argument(
         "--step",
@@ -491,6 +500,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         probe=args.probe,
         rank=args.rank,
         rank_rule=args.rank_rule,
+        update=args.update,
         step=args.step,
         epsilon=args.epsilon,
         seed=args.seed,

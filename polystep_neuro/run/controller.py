@@ -367,8 +367,14 @@ class Adapter:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError) as exc:
+            hint = (  # the default went from heavy-ball to auto (Adam where weights move)
+                "; resume with the update rule it was started with (runs started before "
+                "the default was auto: --update heavy-ball, update='heavy-ball')"
+                if "'update'" in str(exc)
+                else ""
+            )
             raise PolystepError(
-                f"checkpoint {path} was written by a different optimiser or settings: {exc}"
+                f"checkpoint {path} was written by a different optimiser or settings: {exc}" + hint
             ) from None
         self.step = int(state["step"])
         self.evaluations = int(state["evaluations"])

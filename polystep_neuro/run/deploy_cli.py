@@ -17,7 +17,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim.subspace import RANK_RULES
 from polystep_neuro.run.cli_args import add_backend, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
-from polystep_neuro.run.optimizers import Settings
+from polystep_neuro.run.optimizers import UPDATES, Settings
 from polystep_neuro.run.reference import Reference
 
 
@@ -135,6 +135,14 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         f"(as adapt's --rank-rule; default: {Settings.rank_rule}; a --resume of a run "
         "started before the default was joint needs equal)",
     )
+    deploy.add_argument(
+        "--update",
+        choices=UPDATES,
+        default=Settings.update,
+        help="with --adapt: how PolyStep turns a step's direction into a move (as adapt's "
+        f"--update; default: {Settings.update}; a --resume of a run started before the "
+        "default was auto may need heavy-ball)",
+    )
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -222,6 +230,7 @@ def deploy(args: argparse.Namespace) -> int:
         resume=args.resume,
         report=print,
         rank_rule=args.rank_rule,
+        update=args.update,
     )
     if result.result.interrupted:
         raise Interrupted(

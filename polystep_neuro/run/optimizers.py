@@ -22,14 +22,21 @@ as many search coordinates as ``rank`` per tensor gives, in one subspace over ev
 tensor together (``rank_rule="joint"``: each direction moves every tensor, as an evolution
 strategy's do, so each parameter set informs every tensor; searched per tensor, a set informs
 one, and the zoo's every-weight tasks lost to OpenAI-ES, docs/benchmarks.md section 14;
-sharing per-tensor coordinates by tensor size measured no better), heavy-ball momentum 0.9 on the
-parameters (which averages the directions of successive subspaces and the minibatch noise),
-softmax temperature 1 on the normalised costs, probes of half each tensor's typical magnitude,
-and a step that starts at 15 % of a probe per step along a consistent direction, lengthens
-while successive moves agree and shortens when they turn back (``step_adapt``; a turn back
-counts more, so on minibatch noise alone the step shrinks and the run settles).  No fixed
-decay on top (``final_step=1``): a half-cosine decay to a tenth by the last step, the earlier
-default, measured worse on both benchmark tasks once ``step_adapt`` was in.
+sharing per-tensor coordinates by tensor size measured no better), softmax temperature 1 on
+the normalised costs, probes of half each tensor's typical magnitude, and a step of 15 % of a
+probe per step along a consistent direction that lengthens while successive moves agree and
+shortens when they turn back (``step_adapt``; a turn back counts more, so on minibatch noise
+alone the step shrinks and the run settles).  How a step's direction becomes a move
+(``update="auto"``): where a weight matrix moves, Adam's per-parameter normalisation (its
+first moment decaying at ``momentum`` 0.9), each parameter ``step`` probe units a step along
+a steady direction, as OpenAI-ES moves; where only neuron parameters move (the hidden biases
+and thresholds of the drifted-only and label-free recipes), heavy-ball momentum 0.9 on the
+parameters, which averages the directions of successive subspaces and the minibatch noise.
+On the task zoo Adam kept clean accuracy where every weight of a deeper network moved and
+heavy-ball did not (docs/benchmarks.md section 14), and heavy-ball recovered more on a few
+dozen biases (section 4).  No fixed decay on top (``final_step=1``): a half-cosine decay to
+a tenth by the last step measured worse with heavy-ball once ``step_adapt`` was in, and no
+better with Adam.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ from polystep_neuro.run.params import ParamVector, typical_scale
 from simulators.fixed_point import resolution
 
 OPTIMIZERS = tuple(REGISTRY)
+# PolyStep's update rules, and "auto": Adam where a weight matrix moves, heavy-ball where
+# only neuron parameters (biases, thresholds) do (module docstring; resolved_update)
+UPDATES = ("auto", *RULES)
 
 
 @runtime_checkable
@@ -92,7 +102,7 @@ class Settings:
     epsilon: float = 1.0  # PolyStep: softmax temperature on the normalised costs
     absorb_interval: int = 1  # PolyStep: steps between subspace redraws
     shaping: str = "shift"  # PolyStep: how the costs are normalised (optim.solvers.shape_costs)
-    update: str = "heavy-ball"  # PolyStep: how a direction becomes a move (optim.moves)
+    update: str = "auto"  # PolyStep: how a direction becomes a move (UPDATES, optim.moves)
     rank_rule: str = "joint"  # PolyStep: how search coordinates are shared among tensors
     polytope: str = "orthoplex"  # PolyStep: the probes around each block (optim.polytopes)
     block_dim: int = 2  # PolyStep: coordinates of z per block
@@ -118,7 +128,7 @@ class Settings:
         for name in ("rank", "absorb_interval", "block_dim"):
             if int(getattr(self, name)) < 1:
                 raise PolystepError(f"{name} must be a positive integer")
-        choices_of = {"shaping": SHAPINGS, "update": RULES, "rank_rule": RANK_RULES,
+        choices_of = {"shaping": SHAPINGS, "update": UPDATES, "rank_rule": RANK_RULES,
                       "polytope": POLYTOPES}  # fmt: skip
         for name, choices in choices_of.items():
             if getattr(self, name) not in choices:
@@ -132,12 +142,17 @@ class Settings:
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
-    def options_for(self, cls: type[AskTellOptimizer], sizes: Sequence[int]) -> dict[str, Any]:
+    def options_for(
+        self, cls: type[AskTellOptimizer], sizes: Sequence[int], names: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """The settings ``cls`` takes (its ``options``), by name; a population left unset is
-        PolyStep's count, so every method evaluates as many parameter sets per step."""
+        PolyStep's count, so every method evaluates as many parameter sets per step; an
+        ``update`` of ``"auto"`` resolved for the tensors ``names`` (:func:`resolved_update`)."""
         options = {name: getattr(self, name) for name in cls.options}
         if "popsize" in options and options["popsize"] is None:
             options["popsize"] = polystep_candidates(sizes, self)
+        if "update" in options:
+            options["update"] = resolved_update(self, names)
         return options
 
 
@@ -165,17 +180,23 @@ def make_layout(
     return ParamVector(spec, names, scales=probes)
 
 
+def resolved_update(settings: Settings, names: Sequence[str]) -> str:
+    """PolyStep's update rule for a run that adapts ``names``: the one named, or for
+    ``"auto"`` Adam when a weight matrix is among them and heavy-ball when only neuron
+    parameters are, or none is named (module docstring)."""
+    if settings.update != "auto":
+        return settings.update
+    return "adam" if any(name.endswith(".weight") for name in names) else "heavy-ball"
+
+
 def make_optimizer(
     settings: Settings, layout: ParamVector, x0: torch.Tensor, total_steps: int
 ) -> AskTellOptimizer:
     """The optimiser named by ``settings`` over ``x0 = layout.flatten(spec)``."""
     cls = optimizer_class(settings.optimizer)
+    options = settings.options_for(cls, layout.sizes, layout.names)
     return cls.for_units(
-        x0,
-        sizes=layout.sizes,
-        total_steps=total_steps,
-        seed=settings.seed,
-        **settings.options_for(cls, layout.sizes),
+        x0, sizes=layout.sizes, total_steps=total_steps, seed=settings.seed, **options
     )
 
 
