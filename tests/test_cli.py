@@ -266,37 +266,29 @@ def test_help_keeps_the_code_it_tells_you_to_copy_whole(monkeypatch) -> None:
     assert "spike_grad=functools.partial(snntorch.surrogate.ATan.apply," in text
 
 
-def test_resume_names_the_rank_rule_a_run_was_started_with(tmp_path: Path) -> None:
-    # Two weight tensors searched per tensor (the rule before the joint default): resuming
-    # under the joint default is refused in one line that names --rank-rule; with the rule
-    # the run started with it resumes.
+@pytest.mark.parametrize(
+    ("writable", "flag", "value", "named"),
+    [
+        # two weight tensors searched per tensor (the rule before the joint default)
+        (("fc0.weight", "fc1.weight"), "--rank-rule", "equal", "need --rank-rule equal"),
+        # a weight run with heavy-ball (the rule before auto, which moves weights with Adam)
+        (("fc1.weight",), "--update", "heavy-ball", "--update heavy-ball"),
+    ],
+)
+def test_resume_names_the_setting_a_run_was_started_with(
+    tmp_path: Path, writable: tuple[str, ...], flag: str, value: str, named: str
+) -> None:
+    # Resuming under today's default is refused in one line that names the setting; with
+    # the setting the run started with it resumes.
     spec = tmp_path / "net.npz"
-    NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc0.weight", "fc1.weight")).save(spec)
+    NetworkSpec.random([64, 16, 10], 8, seed=0, writable=writable).save(spec)
     common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
               "16", "--torch-device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
-    first = _run(*common, "--steps", "2", "--rank-rule", "equal")
+    first = _run(*common, "--steps", "2", flag, value)
     assert first.returncode == 0, first.stderr
     refused = _run(*common, "--steps", "3", "--resume")
-    _one_clean_line(refused, "need --rank-rule equal")
-    resumed = _run(*common, "--steps", "3", "--resume", "--rank-rule", "equal")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "3 steps" in resumed.stdout + resumed.stderr
-
-
-def test_resume_names_the_update_rule_a_run_was_started_with(tmp_path: Path) -> None:
-    # A weight run started with heavy-ball (the rule before the auto default): resuming
-    # under auto (Adam where weights move) is refused in one line that names --update;
-    # with the rule the run started with it resumes.
-    spec = tmp_path / "net.npz"
-    NetworkSpec.random([64, 16, 10], 8, seed=0, writable=("fc1.weight",)).save(spec)
-    common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
-              "16", "--torch-device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
-    first = _run(*common, "--steps", "2", "--update", "heavy-ball")
-    assert first.returncode == 0, first.stderr
-    refused = _run(*common, "--steps", "3", "--resume")
-    _one_clean_line(refused, "--update heavy-ball")
-    assert "'update': ('heavy-ball', 'adam')" in refused.stderr
-    resumed = _run(*common, "--steps", "3", "--resume", "--update", "heavy-ball")
+    _one_clean_line(refused, named)
+    resumed = _run(*common, "--steps", "3", "--resume", flag, value)
     assert resumed.returncode == 0, resumed.stderr
     assert "3 steps" in resumed.stdout + resumed.stderr
 
