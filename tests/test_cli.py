@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def test_the_old_device_flag_still_works_and_says_its_new_name(tmp_path: Path) -
         "polystep-neuro: --device is now --torch-device; --device goes in the next release"
     ]
     assert "accuracy" in proc.stdout and "on 20 samples" in proc.stdout
+    assert re.search(r"accuracy \d+\.\d%, loss", proc.stdout), proc.stdout  # as other commands
     proc = _run("adapt", "--help")
     assert "--torch-device" in proc.stdout and "--device " not in proc.stdout
 

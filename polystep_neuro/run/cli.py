@@ -579,7 +579,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  note: {args.data} holds values other than 0 and 1: {args.backend} takes them "
               "as input currents, not spikes")  # fmt: skip
     print(
-        f"{args.spec} on {args.backend} ({where}): accuracy {result.accuracy:.2%}, loss "
+        f"{args.spec} on {args.backend} ({where}): accuracy {result.accuracy:.1%}, loss "
         f"{result.loss:.4f} on {len(labels)} samples of {args.data}"
     )
     return 0
