@@ -279,7 +279,7 @@ def test_the_commands_convert_check_deploy_evaluate_and_export(
 
     report = _cli(capsys, "evaluate", "--spec", run / "adapted.npz", "--data",
                   tmp_path / "test.npz", "--time-first", "--torch-device", "cpu")  # fmt: skip
-    assert f"accuracy {summary['recovered']['test_accuracy']:.2%}" in report
+    assert f"accuracy {summary['recovered']['test_accuracy']:.1%}" in report
 
     # a spec in snnTorch's semantics on the fixed-point device: the error names the remedy
     _cli(capsys, "convert", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
