@@ -97,11 +97,14 @@ def test_the_writable_set_is_decided_with_the_device(tmp_path: Path) -> None:
         "fc1.weight", "fc1.bias", "lif1.dv", "lif1.vth", "lif1.v_bias",
     ]  # fmt: skip
     assert NetworkSpec.load(tmp_path / "b" / "adapted.npz").writable == tuple(config["writable"])
+    refused = tmp_path / "refused"
+    du = ["--writable", "lif0.du", "--out", str(refused)]
     _one_clean_line(
-        _run("adapt", "--spec", str(frozen), *one_step, "--writable", "lif0.du"),
+        _run("adapt", "--spec", str(frozen), *one_step, *du),
         "the run asks to adapt lif0.du, but torch-sim-fixed cannot rewrite lif0.du of this "
         "network: layer 0 has a Dense bias (fc0.bias)",
     )
+    assert not refused.exists()  # a run that fails leaves no empty folder of its own behind
     path = tmp_path / "other.npz"
     NetworkSpec.random([20, 5], 8, seed=0, writable="all").save(path)
     _one_clean_line(_run("adapt", "--spec", str(path)), "pass your own data with --data")

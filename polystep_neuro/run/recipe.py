@@ -130,7 +130,27 @@ def run_adaptation(
     """Adapt ``spec`` on ``cfg.backend`` with ``data``: open, decide the writable set, load,
     build, resume (``cfg.resume``), run, close.  ``report`` gets the notes and, unless
     ``report_summary`` is False (the caller prints ``result.summary()`` itself), the one-line
-    summary; ``on_ready(adapter, device, anchor)`` runs once the loop is built."""
+    summary; ``on_ready(adapter, device, anchor)`` runs once the loop is built.  A run that
+    fails leaves no empty output folder behind that it created itself."""
+    fresh = cfg.out_dir is not None and not cfg.out_dir.exists()
+    try:
+        return _adapt(spec, data, cfg, report, on_ready, report_summary)
+    except BaseException:
+        if fresh:
+            with contextlib.suppress(OSError):  # only an empty folder: what it holds stays
+                cfg.out_dir.rmdir()
+        raise
+
+
+def _adapt(
+    spec: NetworkSpec,
+    data: RunData,
+    cfg: RunConfig,
+    report: Report | None,
+    on_ready: OnReady | None,
+    report_summary: bool,
+) -> Run:
+    """:func:`run_adaptation`'s steps, in order."""
     if cfg.out_dir is not None:
         ensure_writable_dir(cfg.out_dir)
         if cfg.resume and not (cfg.out_dir / CHECKPOINT_NAME).exists():
