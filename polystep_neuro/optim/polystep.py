@@ -238,9 +238,10 @@ class PolyStep(AskTellOptimizer):
         total = max(int(total_steps), 1)
         normalised = update in ("adam", "adan")
         move = step if normalised else step * (1 - momentum)
+        subspace = search_subspace(sizes, rank, rank_rule, block_dim, absorb_interval)
         unit_scale: float | torch.Tensor = 1.0
         if normalised:  # x is in probe units times the gains: a unit move is 1 / gain there
-            gains = cls.unit_gains(sizes, rank=rank, rank_rule=rank_rule, block_dim=block_dim)
+            gains = _gains_of(subspace, len(sizes), block_dim)
             counts = torch.as_tensor([int(n) for n in sizes], device=x0.device)
             per_tensor = 1.0 / torch.as_tensor(gains, dtype=x0.dtype, device=x0.device)
             unit_scale = per_tensor.repeat_interleave(counts)
@@ -253,7 +254,7 @@ class PolyStep(AskTellOptimizer):
             epsilon=epsilon,
             momentum=momentum,
             step_adapt=step_adapt,
-            subspace=search_subspace(sizes, rank, rank_rule, block_dim, absorb_interval),
+            subspace=subspace,
             seed=seed,
             shaping=shaping,
             update=update,
@@ -289,12 +290,7 @@ class PolyStep(AskTellOptimizer):
         r by ``1 / sqrt(r)`` (RMS) and each of the ``block_dim`` coordinates of a tensor kept
         in full by ``1 / sqrt(block_dim)``; these gains undo that, so a probe one unit from
         the current point moves every parameter by one unit whatever its tensor's size."""
-        subspace = search_subspace(sizes, rank, rank_rule, block_dim)
-        gains = [
-            math.sqrt(block_dim if full else r)
-            for r, full in zip(subspace.ranks, subspace.full, strict=True)
-        ]
-        return gains * len(sizes) if len(gains) < len(sizes) else gains  # joint: one for all
+        return _gains_of(search_subspace(sizes, rank, rank_rule, block_dim), len(sizes), block_dim)
 
     @staticmethod
     def unit_probe_radius(num_probe: int = 1) -> float:
@@ -499,6 +495,15 @@ class PolyStep(AskTellOptimizer):
             "absorb_interval": spec.absorb_interval,
             "update": self.update,
         }
+
+
+def _gains_of(subspace: Subspace, tensors: int, block_dim: int) -> list[float]:
+    """:meth:`PolyStep.unit_gains` of a subspace already built, one gain per tensor."""
+    gains = [
+        math.sqrt(block_dim if full else r)
+        for r, full in zip(subspace.ranks, subspace.full, strict=True)
+    ]
+    return gains * tensors if len(gains) < tensors else gains  # joint: one for all
 
 
 def _check_positive_int(value: object, name: str) -> None:

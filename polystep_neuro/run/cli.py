@@ -590,7 +590,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
     if args.devices_command == "list":
         rows = describe_backends()
-        width = max(18, *(len(name) + 1 for name, _, _ in rows))  # long remote addresses
+        width = max([18, *(len(name) + 1 for name, _, _ in rows)])  # long remote addresses
         for name, usable, why in rows:
             print(f"{name:{width}s} {'usable' if usable else 'unavailable':12s} {why}")
     elif args.devices_command == "setup-lava":
