@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from polystep_neuro.optim import NonFiniteCostError, PolyStep, Subspace
+from polystep_neuro.optim import NonFiniteCostError, PolyStep, StateMismatchError, Subspace
 from polystep_neuro.optim.testfunctions import rosenbrock
 
 
@@ -256,8 +256,9 @@ def test_checkpoint_resume_is_bit_identical(subspace: bool, mid_ask: bool) -> No
 
 def test_load_state_dict_rejects_mismatched_optimiser() -> None:
     state = PolyStep(torch.zeros(6), block_dim=2).state_dict()
-    with pytest.raises(ValueError, match="does not match this optimiser.*block_dim"):
+    with pytest.raises(StateMismatchError, match="does not match this optimiser.*block_dim") as exc:
         PolyStep(torch.zeros(6), block_dim=3).load_state_dict(state)
+    assert exc.value.keys == ("block_dim",)  # what a caller reads to name the setting
 
 
 def test_subspace_candidates_are_full_space_and_absorb_keeps_point() -> None:

@@ -4,7 +4,7 @@ Self-contained: nothing here imports the rest of the project, so it can optimise
 function of a parameter vector.
 """
 
-from .base import AskTellOptimizer
+from .base import AskTellOptimizer, StateMismatchError
 from .polystep import NonFiniteCostError, PolyStep
 from .polytopes import num_vertices, polytope_vertices, random_rotations
 from .registry import REGISTRY, optimizer_class
@@ -19,6 +19,7 @@ __all__ = [
     "Cosine",
     "NonFiniteCostError",
     "PolyStep",
+    "StateMismatchError",
     "Subspace",
     "SubspaceMap",
     "as_schedule",

@@ -24,6 +24,15 @@ import torch
 CostsLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
+class StateMismatchError(ValueError):
+    """A saved state from an optimiser built with other settings; ``keys`` names them, so a
+    caller can say which setting to pass without reading the message."""
+
+    def __init__(self, message: str, keys: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
 class AskTellOptimizer:
     """Base of the ask/tell optimisers (see the module docstring).
 

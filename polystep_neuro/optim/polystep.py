@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import moves
-from .base import AskTellOptimizer, CostsLike, as_vector
+from .base import AskTellOptimizer, CostsLike, StateMismatchError, as_vector
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
 from .schedules import Cosine, Schedule, as_schedule, evaluate
 from .solvers import SHAPINGS, SOLVERS, shape_costs, solve_weights
@@ -481,7 +481,9 @@ class PolyStep(AskTellOptimizer):
         mine, theirs = self._config(), {"update": "heavy-ball", **state["config"]}
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
-            raise ValueError(f"state_dict does not match this optimiser (saved, current): {diff}")
+            raise StateMismatchError(
+                f"state_dict does not match this optimiser (saved, current): {diff}", list(diff)
+            )
 
     def _config(self) -> dict[str, Any]:
         spec = self._map.spec

@@ -370,7 +370,7 @@ class Adapter:
             hint = (  # the default went from heavy-ball to auto (Adam where weights move)
                 "; resume with the update rule it was started with (runs started before "
                 "the default was auto: --update heavy-ball, update='heavy-ball')"
-                if "'update'" in str(exc)
+                if "update" in getattr(exc, "keys", ())
                 else ""
             )
             raise PolystepError(
