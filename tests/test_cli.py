@@ -133,6 +133,8 @@ def test_bad_optimiser_settings(tmp_path: Path) -> None:
     for flag, name in (("--step", "step"), ("--epsilon", "epsilon"), ("--probe", "probe")):
         proc = _run("adapt", "--spec", str(spec), flag, "0", "--out", str(tmp_path / "o"))
         _one_clean_line(proc, f"{name} must be a positive number, got 0.0")
+    proc = _run("adapt", "--spec", str(spec), "--average", "2", "--out", str(tmp_path / "o"))
+    _one_clean_line(proc, "average must be in [0, 1], got 2.0")
     proc = _run("adapt", "--spec", str(spec), "--resume", "--out", str(tmp_path / "none"))
     _one_clean_line(proc, "--resume: no checkpoint in")
 

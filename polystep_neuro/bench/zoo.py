@@ -81,6 +81,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "adam-es": {"update": "adam", "step": 0.1, "step_adapt": 0.0},
     "adam-decay": {"update": "adam", "final_step": 0.1},
     "heavy-ball": {"update": "heavy-ball"},
+    "average": {"average": 0.2},
+    "average-step-0.2": {"average": 0.2, "step": 0.2},
+    "average-step-0.25": {"average": 0.2, "step": 0.25},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -111,6 +114,9 @@ VARIANT_NOTES = {
     "adam-es": "Adam at OpenAI-ES's constant 0.1 probe units a step, no evidence rule",
     "adam-decay": "Adam, its step decayed on a half cosine to a tenth by the last step",
     "heavy-ball": "heavy-ball momentum wherever weights move too (the default until auto)",
+    "average": "the mean of the points of the last fifth of the steps reported, not the last",
+    "average-step-0.2": "that mean, the step 0.2 probe units (default 0.15)",
+    "average-step-0.25": "that mean, the step 0.25 probe units",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip

@@ -352,7 +352,17 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         "--step",
         type=float,
         default=defaults.step,
-        help="PolyStep: initial step, as a fraction of a probe (it then follows the evidence)",
+        help="PolyStep: initial step, as a fraction of a probe (it then follows the evidence; "
+        f"default: {defaults.step:g})",
+    )
+    adapt.add_argument(
+        "--average",
+        type=float,
+        default=defaults.average,
+        help="PolyStep: report and hand back the mean of the points of this last fraction of "
+        "the steps, which smooths the minibatch noise out at no cost in forward passes (e.g. "
+        f"0.2 with --step 0.25 when training from scratch; default: {defaults.average:g}, "
+        "the last point)",
     )
     adapt.add_argument(
         "--epsilon",
@@ -502,6 +512,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         rank_rule=args.rank_rule,
         update=args.update,
         step=args.step,
+        average=args.average,
         epsilon=args.epsilon,
         seed=args.seed,
     )
