@@ -115,3 +115,19 @@ def test_the_running_average_smooths_the_noise_out_of_what_x_reports() -> None:
     assert float(_sphere(averaged.x)) < 0.3 * float(_sphere(plain.x))  # 0.14 against 0.60
     with pytest.raises(ValueError, match="average must be in"):
         PolyStep(torch.zeros(4), average=1.5)
+
+
+def test_a_run_resumed_with_averaging_starts_its_mean_at_the_resumed_point() -> None:
+    """A state saved without averaging holds no mean: resumed with ``average``, the mean
+    starts at the point the run had reached, not at the run's start."""
+    x0 = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    plain = _make({}, x0)
+    for _ in range(10):
+        plain.step(_sphere)
+    state = plain.state_dict()
+    assert state["average"] is None  # nothing kept that nothing reads
+    averaged = _make({"average": 0.5}, torch.zeros(50, dtype=torch.float64))
+    averaged.load_state_dict(state)
+    assert torch.equal(averaged.x, plain.x) and not torch.equal(averaged.x, x0)
+    averaged.step(_sphere)
+    assert float(_sphere(averaged.x)) < float(_sphere(x0))

@@ -310,7 +310,6 @@ def test_auto_moves_weights_with_adam_and_neuron_parameters_with_heavy_ball() ->
     averaged = make_optimizer(Settings(rank=4, average=0.2), layout, layout.flatten(spec), 5)
     assert averaged.average == 0.2  # opt-in: the default reports the last point
     assert make_optimizer(Settings(rank=4), layout, layout.flatten(spec), 5).average == 0.0
-    layout = make_layout(spec, Settings(rank=4), ("fc1.weight",))
     named = make_optimizer(Settings(rank=4, update="heavy-ball"), layout, layout.flatten(spec), 5)
     assert named.update == "heavy-ball"
     with pytest.raises(PolystepError, match="update must be one of auto, heavy-ball, torque"):

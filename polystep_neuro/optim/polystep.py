@@ -190,7 +190,8 @@ class PolyStep(AskTellOptimizer):
         self._z = self._map.initial_z()
         self._x = self._map.lift(self._z)
         self._velocity = torch.zeros_like(self._x)  # in parameter space
-        self._average = self._x.clone()  # what x reports when averaging
+        # what x reports when averaging (the mean of the probed points); None otherwise
+        self._average = self._x.clone() if self.average > 0 else None
         self._last_move = torch.zeros_like(self._x)  # for step_adapt without momentum
         # adam / adan: the second moment; adan: the moment of the change and the last direction
         self._second: torch.Tensor | None = None
@@ -322,8 +323,9 @@ class PolyStep(AskTellOptimizer):
 
     @property
     def x(self) -> torch.Tensor:
-        """Current parameters ``(n,)`` in the full space (a copy)."""
-        return (self._average if self.average > 0 else self._x).clone()
+        """Current parameters ``(n,)`` in the full space (a copy): the mean of the last
+        points when averaging."""
+        return (self._x if self._average is None else self._average).clone()
 
     @property
     def z(self) -> torch.Tensor:
@@ -380,7 +382,7 @@ class PolyStep(AskTellOptimizer):
         done = self.steps + 1
         if self._absorb_interval is not None and done % self._absorb_interval == 0:
             self._absorb()
-        if self.average > 0:  # a running mean over the last `average` of the steps
+        if self._average is not None:  # a running mean over the last `average` of the steps
             window = max(1.0, self.average * done)  # grows with them
             self._average = self._average + (self._x - self._average) / window
 
@@ -480,9 +482,11 @@ class PolyStep(AskTellOptimizer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into an optimiser built with the same settings."""
-        if "average" not in state:  # saved before the running average existed
-            state = {**state, "average": state["x"]}
-        super().load_state_dict(state)
+        super().load_state_dict({"average": None, **state})  # older states have no mean
+        if self.average == 0:
+            self._average = None
+        elif self._average is None:  # saved without averaging: the mean starts here
+            self._average = self._x.clone()
         self._map.load_state_dict(state["subspace"])
         self.steps = int(self.steps)
         self.best_cost = float(self.best_cost)
