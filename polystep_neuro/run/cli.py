@@ -360,9 +360,9 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.average,
         help="PolyStep: report and hand back the mean of the points of this last fraction of "
-        "the steps, which smooths the minibatch noise out at no cost in forward passes (e.g. "
-        f"0.2 with --step 0.25 when training from scratch; default: {defaults.average:g}, "
-        "the last point)",
+        "the steps, which smooths the minibatch noise out at no cost in forward passes "
+        f"(default: {defaults.average:g}, the last point; docs/benchmarks.md section 14 says "
+        "where it helped and where it did not)",
     )
     adapt.add_argument(
         "--epsilon",
