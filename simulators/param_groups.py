@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 _MIX_SEED = 0x5EED
+_SAMPLE_COLUMNS = 16  # per value, for the all-distinct shortcut
 
 
 def distinct_sets(
@@ -23,6 +24,9 @@ def distinct_sets(
     """
     num_sets = group.shape[0]
     bits = [_as_bits(value, num_sets) for value in values]
+    every = torch.arange(num_sets, device=group.device)
+    if _distinct_on_a_sample(group, bits):
+        return every, every
     keys = torch.stack([group, *(_fingerprint(b) for b in bits)], dim=1)
     rep, inverse = _first_of_each(keys)
     if not all(_same_as_rep(b, rep[inverse]) for b in bits):  # a fingerprint collision:
@@ -30,6 +34,21 @@ def distinct_sets(
         keys = torch.cat([group.view(-1, 1), *(b.to(torch.int64) for b in bits)], dim=1)
         rep, inverse = _first_of_each(keys)
     return rep, inverse
+
+
+def _distinct_on_a_sample(group: torch.Tensor, bits: list[torch.Tensor]) -> bool:
+    """Whether the sets already differ pairwise on a few columns of each value: rows that
+    differ anywhere differ, so then every set is its own group, found without reading
+    the rest (sets that move every tensor, as a joint subspace's do, differ everywhere;
+    fingerprinting 128 x 784 weights of 400 sets took a third of a step)."""
+    if group.shape[0] < 2:
+        return True
+    sample = []
+    for b in bits:
+        step = max(1, b.shape[1] // _SAMPLE_COLUMNS)
+        sample.append(b[:, ::step][:, :_SAMPLE_COLUMNS].to(torch.int64))
+    keys = torch.cat([group.view(-1, 1), *sample], dim=1)
+    return torch.unique(keys, dim=0).shape[0] == group.shape[0]
 
 
 def _same_as_rep(bits: torch.Tensor, rep_of_set: torch.Tensor) -> bool:

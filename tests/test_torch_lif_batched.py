@@ -152,6 +152,13 @@ def test_bad_inputs_raise_typed_errors() -> None:
         sim.evaluate({"fc9.weight": np.ones((1, 3, 4))}, good_x)
     with pytest.raises(SpecError, match="non-finite"):
         sim.evaluate({"fc0.weight": np.full((1, 3, 4), np.nan)}, good_x)
+    one_inf = np.zeros((1, 3, 4), dtype=np.float32)
+    one_inf[0, 2, 1] = -np.inf
+    with pytest.raises(SpecError, match=r"'fc0.weight' contains 1 non-finite value"):
+        sim.evaluate({"fc0.weight": one_inf}, good_x)
+    # finite weights whose float32 sum overflows are still finite (checked value by value)
+    huge = np.full((1, 3, 4), 3e38, dtype=np.float32)
+    assert sim.evaluate({"fc0.weight": huge}, good_x).counts.shape == (1, 2, 3)
     with pytest.raises(SpecError, match="binary spikes"):
         TorchLIF(spec, "loihi-fixed").evaluate(None, np.full((2, 6, 4), 0.5))
     with pytest.raises(SpecError, match="precision must be one of"):

@@ -224,6 +224,29 @@ def test_grouping_is_exact_even_when_fingerprints_collide(
     assert torch.equal(inverse[rep], torch.arange(rep.numel()))
 
 
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_sets_that_differ_off_the_sampled_columns_are_grouped_exactly(duplicate: bool) -> None:
+    # 30 sets of 200 values that differ only in column 1, which the all-distinct shortcut's
+    # sample (every 12th column) never reads: the shortcut must not decide, and with two
+    # equal sets the full comparison must merge them
+    w = torch.zeros(30, 200)
+    w[:, 1] = torch.arange(30, dtype=torch.float32)
+    if duplicate:
+        w[7, 1] = w[3, 1]
+    group = torch.zeros(30, dtype=torch.long)
+    rep, inverse = param_groups.distinct_sets(group, [w])
+    found = sorted([torch.nonzero(inverse == g)[:, 0].tolist() for g in range(rep.numel())])
+    assert found == _exact_groups(group, [w])
+    assert rep.numel() == (29 if duplicate else 30)
+
+
+def test_sets_distinct_on_the_sample_are_each_their_own_group() -> None:
+    w = torch.randn(50, 4, 100)
+    group = torch.as_tensor(np.random.default_rng(0).integers(0, 3, size=50))
+    rep, inverse = param_groups.distinct_sets(group, [w])
+    assert torch.equal(rep, torch.arange(50)) and torch.equal(inverse, torch.arange(50))
+
+
 needs_int8 = pytest.mark.skipif(
     not int8_gemm_exact("cpu"), reason="torch._int_mm is not exact on this CPU"
 )
