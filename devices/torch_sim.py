@@ -6,6 +6,7 @@ and PolyStep update never copy them to the host.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from devices.base import BaseBackend
 from devices.catalog import BackendRecord, torch_record
 from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
 from simulators.torch_device import resolve_device
 from simulators.torch_lif import TorchLIF
@@ -61,6 +63,39 @@ class TorchSimBackend(BaseBackend):
             part = batch.sets(start, min(start + chunk, num_sets))
             parts.append(self._sim.run(part).counts)
         return torch.cat(parts)
+
+    @property
+    def low_rank_probes(self) -> bool:
+        """Whether ``evaluate_low_rank`` takes a first layer moved from any base: float32
+        only (in loihi-fixed a moved float matrix rounds to device weights that are not
+        the base's plus a low-rank term)."""
+        return self.precision == "float32"
+
+    def evaluate_low_rank(
+        self, params: Mapping[str, Any], base: Any, u: Any, vt: Any, inputs: Any
+    ) -> torch.Tensor:
+        """Counts of V sets whose ``fc0.weight`` is ``base`` plus ``u[v] @ vt[v]`` and whose
+        other writable parameters are ``params`` (TorchLIF.evaluate_low_rank), V split as
+        ``run_batch`` splits it."""
+        self._check_open()
+        assert self._sim is not None
+        if not self.low_rank_probes:
+            raise SpecError(f"{self.name}: low-rank probes need the float32 simulator")
+        u = torch.as_tensor(u, device=self.device)
+        vt = torch.as_tensor(vt, device=self.device)
+        num_sets = u.shape[0]
+        spec = self.spec
+        per_set = spec.num_steps * len(inputs) * max(spec.sizes)
+        chunk = max(1, self.chunk_elements // max(per_set, 1))
+        parts = []
+        for start in range(0, num_sets, chunk):
+            stop = min(start + chunk, num_sets)
+            part = {name: value[start:stop] for name, value in params.items()}
+            result = self._sim.evaluate_low_rank(
+                part, u[start:stop], vt[start:stop], inputs, base=base
+            )
+            parts.append(result.counts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def close(self) -> None:
         self._sim = None

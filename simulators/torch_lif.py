@@ -125,6 +125,7 @@ class _Layer:
     source: torch.Tensor | None  # input group of each group; None: the same index, or shared
     set_group: torch.Tensor  # (V,) group of every parameter set after this layer
     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None  # (U, Vt) per group: W = base + U Vt
+    low_rank_base: torch.Tensor | None = None  # float32 (1, n_out, n_in); None: the loaded W
 
     @property
     def continues(self) -> bool:
@@ -179,9 +180,10 @@ class TorchLIF:
         *,
         record: bool = False,
         low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
+        low_rank_base: torch.Tensor | None = None,
     ) -> SimResult:
         """Counts (and traces with ``record``) of a batch checked against ``self.spec``.
-        ``low_rank``: see ``evaluate_low_rank``."""
+        ``low_rank``, ``low_rank_base``: see ``evaluate_low_rank``."""
         layers = self._plan(batch.params, batch.num_sets)
         if low_rank is not None:
             first = layers[0]
@@ -189,6 +191,7 @@ class TorchLIF:
             rep = torch.full((first.groups,), batch.num_sets, device=self.device)
             rep = rep.scatter_reduce(0, first.set_group, sets, "amin")
             first.low_rank = (low_rank[0][rep], low_rank[1][rep])
+            first.low_rank_base = low_rank_base
         x = self._prepare_inputs(batch)
         traces: list[tuple[torch.Tensor, ...]] = []
         with self.model.matmul():
@@ -228,12 +231,14 @@ class TorchLIF:
         inputs: Any,
         *,
         record: bool = False,
+        base: Any | None = None,
     ) -> SimResult:
-        """A prototype: set v's ``fc0.weight`` is the loaded one plus ``u[v] @ vt[v]``
-        (``u``: (V, n_out, r), ``vt``: (V, r, n_in)), and the first layer's synaptic input
-        is computed as x W^T + (x Vt^T) U^T: the base product once for all sets, and per set
-        only rank-r products, instead of one full GEMM per set.  The sets are grouped by
-        their factors, so the summed weights (V x n_out x n_in) are never formed.
+        """Set v's ``fc0.weight`` is ``base`` (float32 only; default: the loaded one) plus
+        ``u[v] @ vt[v]`` (``u``: (V, n_out, r), ``vt``: (V, r, n_in)), and the first layer's
+        synaptic input is computed as x W^T + (x Vt^T) U^T: the base product once for all
+        sets, and per set only rank-r products, instead of one full GEMM per set.  The sets
+        are grouped by their factors, so the summed weights (V x n_out x n_in) are never
+        formed.
 
         float32: float rounding differs from ``evaluate`` on the summed weights unless every
         sum is exact.  loihi-fixed: quantising W + U Vt per set is not linear in the
@@ -256,7 +261,23 @@ class TorchLIF:
         )
         if self.model.exact:
             u = u * 2.0  # halves -> device weight units
-        return self.run(batch, record=record, low_rank=(u, vt))
+        return self.run(batch, record=record, low_rank=(u, vt), low_rank_base=self._base_of(base))
+
+    def _base_of(self, base: Any | None) -> torch.Tensor | None:
+        """``base`` as float32 (1, n_out, n_in) on the device; SpecError for another shape,
+        non-finite values, or any base in loihi-fixed (its factors are device weight steps
+        from the loaded network's device weights)."""
+        if base is None:
+            return None
+        if self.model.exact:
+            raise SpecError("loihi-fixed low-rank probes start from the loaded weights (no base)")
+        n_out, n_in = self.spec.layers[0].n_out, self.spec.layers[0].n_in
+        w = torch.as_tensor(base, device=self.device).to(torch.float32)
+        if w.shape not in ((n_out, n_in), (1, n_out, n_in)):
+            raise SpecError(f"the base must be ({n_out}, {n_in}), got {tuple(w.shape)}")
+        if not _all_finite(w):
+            raise SpecError("the base contains non-finite values")
+        return w.reshape(1, n_out, n_in)
 
     def _low_rank_factors(self, u: Any, vt: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_as_factors`, and in loihi-fixed a SpecError for factors that could move a
@@ -542,7 +563,7 @@ class TorchLIF:
         """The loaded first-layer weights as the GEMM takes them (loihi-fixed: quantised)."""
         base = self._base["fc0.weight"].float()
         if not self.model.exact:
-            return base
+            return base if first.low_rank_base is None else first.low_rank_base
         if first.gemm_dtype != torch.float32:
             raise SpecError("low-rank probes need a first layer whose sums are exact in float32")
         return self.model.weights(base, first.spec, torch.float32, self._work, "l0.lowq")

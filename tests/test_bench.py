@@ -48,6 +48,7 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
         "**Low-rank first layer"
     )
     assert re.search(r"\| low-rank \| [\d,]+ \| \d+\.\d\dx \| \d+% \|", low_rank)
+    assert re.search(r"\| low-rank probes \| [\d,]+ \| \d+\.\d\dx \| \d+% \|", low_rank)
     fractions = re.findall(r"\| (\d+)% \|", roofline)
     rows = 3 if int8_gemm_exact("cpu") else 2  # the float-GEMM fixed-point path beside int8
     assert len(fractions) == 2 * rows and all(0 < int(f) < 1000 for f in fractions)

@@ -53,6 +53,18 @@ def test_parse_claims_no_extension_the_flags_lack() -> None:
     assert machine.parse_cpuinfo(ARM).isa == ("ASIMD",)
 
 
+def test_parse_tells_x86_generations_apart_by_family_and_model() -> None:
+    # a virtual machine may name only "AMD EPYC"; Zen 4 (family 25) and Zen 5 (family 26)
+    # then differ in their numbers (and Zen 5 has the VEX-coded AVX-VNNI)
+    zen5 = (
+        "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fma avx2 avx_vnni avx512f avx512_vnni\n"
+    )
+    facts = machine.parse_cpuinfo(zen5)
+    assert facts.model == "AMD EPYC (family 26, model 2)"
+    assert facts.isa == ("FMA", "AVX2", "AVX-VNNI", "AVX-512F", "AVX-512 VNNI")
+
+
 def test_describe_line_names_model_isa_threads_and_gpu() -> None:
     line = machine.describe(machine.parse_cpuinfo(XEON))
     assert line.startswith("CPU: Intel(R) Xeon(R) Platinum 8480+ (FMA, AVX2, AVX-512F, ")

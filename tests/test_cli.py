@@ -300,6 +300,30 @@ def test_resume_names_the_setting_a_run_was_started_with(
     assert "3 steps" in resumed.stdout + resumed.stderr
 
 
+def test_low_rank_probes_say_what_they_do_and_resume_only_as_started(
+    tmp_path: Path, capsys
+) -> None:
+    from polystep_neuro.cli import main
+
+    spec = tmp_path / "net.npz"
+    NetworkSpec.random([64, 16, 10], 8, seed=0, writable="all").save(spec)
+    common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
+              "16", "--torch-device", "cpu", "--steps", "2"]  # fmt: skip
+    floats = [*common, "--backend", "torch-sim", "--low-rank-probes"]
+    assert main([*floats, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "low-rank probes: the simulator shares the first layer's product among all sets" in out
+    fixed = [*common, "--backend", "torch-sim-fixed", "--low-rank-probes"]
+    assert main([*fixed, "--out", str(tmp_path / "b")]) == 0
+    assert "--low-rank-probes: torch-sim-fixed takes full weight sets" in capsys.readouterr().out
+    resume = [*common, "--backend", "torch-sim", "--resume", "--out", str(tmp_path / "a")]
+    code = main(resume)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.endswith("it was started with --low-rank-probes: resume it so"), err
+    assert main([*resume, "--low-rank-probes", "--steps", "3"]) == 0
+    assert "3 steps" in capsys.readouterr().out
+
+
 def test_files_that_go_with_data_are_refused_without_it(tmp_path: Path, capsys) -> None:
     """--val, --replay and --test were once ignored (missing files too) when the run used
     the built-in data; now they are refused in one line, before anything is written."""

@@ -54,6 +54,21 @@ def test_low_rank_first_layer_equals_materialised_sets_bit_for_bit(
     _assert_same_traces(sim, summed, u, vt, others, x)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_low_rank_sets_around_another_base_equal_materialised_sets(seed: int) -> None:
+    # the adaptation loop's case: the factors move the current point's weights, not the
+    # loaded ones; dyadic values keep both paths exact, so they must agree bit for bit
+    spec, u, vt, others, x = _dyadic_case(seed)
+    rng = np.random.default_rng(seed + 10)
+    base = torch.as_tensor(rng.integers(-8, 9, size=(40, 24)) / 8, dtype=torch.float32)
+    sim = TorchLIF(spec, "float32", time_block=4)
+    ref = sim.evaluate({"fc0.weight": base[None] + torch.bmm(u, vt), **others}, x)
+    got = sim.evaluate_low_rank(others, u, vt, x, base=base)
+    loaded = sim.evaluate_low_rank(others, u, vt, x)
+    assert torch.equal(got.counts, ref.counts)
+    assert not torch.equal(loaded.counts, ref.counts)  # the base really was used
+
+
 def _fixed_case(seed: int, sets: int = 7, rank: int = 3):
     """A loihi-fixed network calibrated with room for the probes (the largest weight maps
     to about 90 % of the 8-bit range), integer factors of -1, 0 and 1."""

@@ -107,7 +107,7 @@ def section_sim(quick: bool, progress: Progress) -> Section:
 def section_roofline(quick: bool, progress: Progress) -> Section:
     import torch
 
-    from polystep_neuro.bench import roofline_bench
+    from polystep_neuro.bench import low_rank_bench, roofline_bench
 
     cases = roofline_bench.QUICK_CASES if quick else roofline_bench.CASES
     results = []
@@ -121,6 +121,11 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
             low_rank.append(
                 roofline_bench.measure_low_rank(sizes, 8 if quick else 128, precision=precision)
             )
+    adapting = []
+    for sizes in ((16, 24, 4),) if quick else low_rank_bench.CASES:
+        progress(f"roofline: adaptation with low-rank probes, {'-'.join(map(str, sizes))}")
+        shape = {"steps": 6, "batch": 8, "rounds": 1} if quick else {}
+        adapting.append(low_rank_bench.measure(sizes, **shape))
     return Section(
         "torch-sim against a plain float32 matmul of the same FLOPs (CPU roofline)",
         [
@@ -139,7 +144,7 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
         [
             *roofline_bench.table(results),
             "",
-            "**Low-rank first layer (prototype), all weights vary**: V sets whose "
+            "**Low-rank first layer, all weights vary**: V sets whose "
             "first-layer weights are the loaded ones plus a rank-r term U Vt (loihi-fixed: "
             "integer factors on the device's weight grid, so the sums stay exact), evaluated as "
             "materialised weight sets and as x W^T + (x Vt^T) U^T "
@@ -148,6 +153,14 @@ def section_roofline(quick: bool, progress: Progress) -> Section:
             "per-round ratios.",
             "",
             *roofline_bench.low_rank_table(low_rank),
+            "",
+            "**Adaptation with low-rank probes** (`--low-rank-probes`, float32 torch-sim, "
+            "every weight and bias, the recipe's defaults, random labels): whole steps (ask, "
+            "simulate, tell) with the first layer's probes as factors against full weight "
+            "sets, taken in turn, beside inference (the start network on the same minibatch, "
+            "once per set).  `polystep_neuro/bench/low_rank_bench.py`.",
+            "",
+            *low_rank_bench.table(adapting),
         ],
     )
 

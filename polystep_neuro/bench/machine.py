@@ -50,8 +50,10 @@ class CpuFacts:
 
 
 def parse_cpuinfo(text: str) -> CpuFacts:
-    """Model name and ISA extensions from the text of ``/proc/cpuinfo`` (x86 or Arm)."""
-    model, flags = "", set()
+    """Model name and ISA extensions from the text of ``/proc/cpuinfo`` (x86 or Arm); on
+    x86 the family and model numbers too, which tell CPU generations apart where the name
+    does not (a virtual machine may show only "AMD EPYC": family 25 is Zen 3/4, 26 Zen 5)."""
+    model, flags, numbers = "", set(), {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
@@ -61,8 +63,13 @@ def parse_cpuinfo(text: str) -> CpuFacts:
             model = value.strip()
         elif not flags and key in ("flags", "features"):
             flags = set(value.split())
+        elif key in ("cpu family", "model") and key not in numbers and value.strip().isdigit():
+            numbers[key] = value.strip()
     isa = tuple(name for flag, name in ISA_FLAGS if flag in flags)
-    return CpuFacts(model or platform.processor() or platform.machine() or "unknown CPU", isa)
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    if len(numbers) == 2:
+        model += f" (family {numbers['cpu family']}, model {numbers['model']})"
+    return CpuFacts(model, isa)
 
 
 def cpu_facts(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFacts:

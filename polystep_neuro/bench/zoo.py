@@ -84,6 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "average": {"average": 0.2},
     "average-step-0.2": {"average": 0.2, "step": 0.2},
     "average-step-0.25": {"average": 0.2, "step": 0.25},
+    "low-rank-probes": {"low_rank_probes": True},
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
@@ -117,6 +118,7 @@ VARIANT_NOTES = {
     "average": "the mean of the points of the last fifth of the steps reported, not the last",
     "average-step-0.2": "that mean, the step 0.2 probe units (default 0.15)",
     "average-step-0.25": "that mean, the step 0.25 probe units",
+    "low-rank-probes": "first-layer directions as outer products (rank-2 probes)",
 }
 ABLATIONS = ("size-ranks", "sqrt-ranks", "adam", "rank", "tensor", "simplex", "two-point",
              "adan", "torque")  # fmt: skip

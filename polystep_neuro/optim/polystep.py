@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,7 @@ class PolyStep(AskTellOptimizer):
         polytope: str = "orthoplex",
         block_dim: int = BLOCK_DIM,
         average: float = 0.0,
+        outer: Sequence[tuple[int, int, int]] = (),
         **options: Any,
     ) -> PolyStep:
         """PolyStep on ``x0`` scaled by :meth:`unit_gains`: one probe per vertex one unit
@@ -251,6 +253,8 @@ class PolyStep(AskTellOptimizer):
         normalised = update in ("adam", "adan")
         move = step if normalised else step * (1 - momentum)
         subspace = search_subspace(sizes, rank, rank_rule, block_dim, absorb_interval)
+        if outer:  # the matrices whose directions are outer products (Subspace.outer)
+            subspace = replace(subspace, outer=tuple(outer))
         unit_scale: float | torch.Tensor = 1.0
         if normalised:  # x is in probe units times the gains: a unit move is 1 / gain there
             gains = _gains_of(subspace, len(sizes), block_dim)
@@ -351,11 +355,24 @@ class PolyStep(AskTellOptimizer):
         return candidates, directions
 
     def _candidates(self, directions: torch.Tensor) -> torch.Tensor:
+        return self._map.lift_block_deltas(self._x, self._deltas(directions))
+
+    def _deltas(self, directions: torch.Tensor) -> torch.Tensor:
+        """(P, V * K, p): probe k of vertex v at radius * s_k along d[i, v]."""
         radius = evaluate(self.probe_radius, self.steps, "probe_radius")
-        # (P, V, K, p) -> (P, V * K, p): probe k of vertex v at radius * s_k along d[i, v].
         deltas = radius * self._probe_scales.view(1, 1, -1, 1) * directions.unsqueeze(2)
-        deltas = deltas.reshape(self.num_blocks, -1, self.block_dim)
-        return self._map.lift_block_deltas(self._x, deltas)
+        return deltas.reshape(self.num_blocks, -1, self.block_dim)
+
+    def probe_factors(self, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The open ask's candidates on the ``outer`` matrix at ``offset`` (see
+        :class:`Subspace`) as ``(base, u, vt)``: candidate c's matrix is ``base`` (the
+        current point's, rows x cols) plus ``u[c] @ vt[c]`` (rank ``block_dim``), so a
+        simulator can share the base's product among all of them."""
+        if self._pending is None:
+            raise RuntimeError("probe_factors describes the candidates of an open ask")
+        u, vt = self._map.probe_factors(offset, self._deltas(self._pending))
+        base = self._x[offset : offset + u.shape[1] * vt.shape[2]].view(u.shape[1], -1)
+        return base, u, vt
 
     def _update(self, costs: torch.Tensor, directions: torch.Tensor) -> None:
         """Softmax-OT weights of every block's vertices, the move to their weighted mean."""
@@ -499,7 +516,7 @@ class PolyStep(AskTellOptimizer):
     def _check_header(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported PolyStep state version {state.get('version')!r}")
-        mine, theirs = self._config(), {"update": "heavy-ball", **state["config"]}
+        mine, theirs = self._config(), {"update": "heavy-ball", "outer": (), **state["config"]}
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise StateMismatchError(
@@ -517,6 +534,7 @@ class PolyStep(AskTellOptimizer):
             "ranks": tuple(spec.ranks),
             "absorb_interval": spec.absorb_interval,
             "update": self.update,
+            "outer": tuple(spec.outer),
         }
 
 

@@ -10,6 +10,11 @@ every tensor.  Tensors with ``n_l <= r_l`` gain nothing from a projection and ar
 kept in full: their coordinates *are* the parameters (``theta_l = z_l``), so lift and project
 are exact copies there.
 
+A weight matrix named in ``Subspace.outer`` gets directions that are outer products
+``u v^T`` instead: every probe then moves it by a low-rank term, which a simulator whose
+input to that matrix is shared among the candidates (the first layer's) evaluates from the
+factors without forming the moved matrix.
+
 Every ``absorb_interval`` steps the current point is absorbed into ``theta0``, the low-rank
 coordinates are reset to zero and fresh matrices are drawn, so over time the search covers
 new directions.  The matrices are regenerated from ``(seed, epoch, tensor)`` with a generator
@@ -37,12 +42,19 @@ class Subspace:
         rank: subspace rank, one int for every tensor or one per tensor.
         absorb_interval: absorb and redraw every this many steps (``None``: never).
         seed: seed of the random matrices; ``None`` derives it from the optimiser's seed.
+        outer: weight matrices, as ``(offset, rows, cols)`` in ``x0``, whose part of every
+            direction is drawn as an outer product ``u v^T`` (entries of unit variance, as
+            the Gaussian ones): a probe then moves such a matrix by a term of rank
+            ``block_dim``, which a simulator evaluates without forming the moved matrix
+            (``SubspaceMap.probe_factors``).  Each must lie inside one tensor searched in a
+            subspace (not kept in full).
     """
 
     sizes: Sequence[int]
     rank: int | Sequence[int]
     absorb_interval: int | None = 50
     seed: int | None = None
+    outer: Sequence[tuple[int, int, int]] = ()
     ranks: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +78,7 @@ class Subspace:
             )
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "ranks", ranks)
+        object.__setattr__(self, "outer", _checked_outer(self.outer, sizes, self.full))
 
     @property
     def num_params(self) -> int:
@@ -143,6 +156,26 @@ def search_subspace(
     return Subspace(sizes=[sum(sizes)], rank=equal.dim, absorb_interval=absorb_interval)
 
 
+def _checked_outer(
+    outer: Sequence[tuple[int, int, int]], sizes: tuple[int, ...], full: tuple[bool, ...]
+) -> tuple[tuple[int, int, int], ...]:
+    """``outer`` as a tuple of int triples; ValueError for a matrix that is empty, overlaps
+    another, or does not lie inside one tensor searched in a subspace."""
+    checked = tuple((int(o), int(r), int(c)) for o, r, c in outer)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    end_of_last = 0
+    for offset, rows, cols in sorted(checked):
+        tensor = int(np.searchsorted(starts, offset, side="right")) - 1
+        inside = 0 <= tensor < len(sizes) and offset + rows * cols <= starts[tensor + 1]
+        if rows < 1 or cols < 1 or offset < end_of_last or not inside or full[tensor]:
+            raise ValueError(
+                f"outer matrix (offset {offset}, {rows} x {cols}) must lie inside one tensor "
+                "searched in a subspace, without overlapping another"
+            )
+        end_of_last = offset + rows * cols
+    return checked
+
+
 def _bad_int(value: object) -> bool:
     return isinstance(value, bool) or not isinstance(value, (int, np.integer))
 
@@ -192,6 +225,7 @@ class SubspaceMap:
         """
         p = self.block_dim
         self._bases = []
+        self._factors: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
         for idx, ((a, b), (s, e), full) in enumerate(
             zip(self.z_ranges, self.param_ranges, self.spec.full, strict=True)
         ):
@@ -209,9 +243,49 @@ class SubspaceMap:
             padded[: a - i0 * p] = 0
             padded[b - i0 * p :] = 0
             rows = padded[a - i0 * p : b - i0 * p]
-            torch.randn(rank, e - s, generator=gen, dtype=self.dtype, device=self.device, out=rows)
-            rows /= math.sqrt(rank)
+            matrices = [m for m in self.spec.outer if s <= m[0] < e]
+            if not matrices:
+                torch.randn(rank, e - s, generator=gen, dtype=self.dtype, device=self.device,
+                            out=rows)  # fmt: skip
+                rows /= math.sqrt(rank)
+            else:
+                self._draw_with_outer(idx, rows, s, matrices, gen)
             self._bases.append(padded.view(i1 - i0, p, e - s))
+
+    def _draw_with_outer(
+        self,
+        tensor: int,
+        rows: torch.Tensor,
+        s: int,
+        matrices: list[tuple[int, int, int]],
+        gen: torch.Generator,
+    ) -> None:
+        """Tensor ``tensor``'s basis ``rows`` (rank x n_l) with its ``outer`` matrices'
+        columns drawn as outer products (their factors kept for ``probe_factors``) and the
+        other columns Gaussian, all of unit variance over the rank."""
+        rank = rows.shape[0]
+        scale = 1.0 / math.sqrt(rank)
+        start = 0
+        pieces = []
+        for offset, n_rows, n_cols in sorted(matrices):
+            pieces.append((start, offset - s))
+            start = offset - s + n_rows * n_cols
+        pieces.append((start, rows.shape[1]))
+        width = sum(b - a for a, b in pieces)
+        if width:
+            other = torch.randn(rank, width, generator=gen, dtype=self.dtype, device=self.device)
+            other *= scale
+            at = 0
+            for a, b in pieces:
+                rows[:, a:b] = other[:, at : at + b - a]
+                at += b - a
+        for offset, n_rows, n_cols in sorted(matrices):
+            left = torch.randn(rank, n_rows, generator=gen, dtype=self.dtype, device=self.device)
+            right = torch.randn(rank, n_cols, generator=gen, dtype=self.dtype, device=self.device)
+            left *= scale
+            product = left.unsqueeze(2) * right.unsqueeze(1)
+            rows[:, offset - s : offset - s + n_rows * n_cols] = product.view(rank, -1)
+            self._factors[offset] = (tensor, left, right)
 
     def basis(self, tensor: int) -> torch.Tensor | None:
         """``A_l`` (``n_l x r_l``) of tensor ``l``; ``None`` for tensors kept in full."""
@@ -318,6 +392,23 @@ class SubspaceMap:
             for j in range(p):
                 target.addcmul_(deltas[i0:i1, :, j : j + 1], padded[:, j : j + 1, :])
         return out
+
+    def probe_factors(self, offset: int, deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What ``lift_block_deltas(x, deltas)`` adds to the ``outer`` matrix at ``offset``,
+        as factors: candidate c's matrix is x's plus ``u[c] @ vt[c]``, with ``u``
+        (N, rows, p) and ``vt`` (N, p, cols); zero for the blocks that do not reach it."""
+        if offset not in self._factors:
+            raise ValueError(f"no outer matrix at offset {offset}: {list(self._factors)}")
+        tensor, left, right = self._factors[offset]
+        n_blocks, per_block, p = deltas.shape
+        a, b = self.z_ranges[tensor]
+        coord = torch.arange(n_blocks * p, device=self.device).view(n_blocks, p) - a
+        reach = ((coord >= 0) & (coord < b - a)).to(self.dtype).unsqueeze(2)
+        index = coord.clamp(0, b - a - 1)
+        lefts, rights = left[index] * reach, right[index] * reach  # (P, p, rows | cols)
+        u = torch.einsum("imj,ijr->imrj", deltas, lefts).reshape(-1, left.shape[1], p)
+        vt = rights.unsqueeze(1).expand(-1, per_block, -1, -1).reshape(-1, p, right.shape[1])
+        return u, vt
 
     def rebase(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Move the origin so that ``z`` lifts to ``theta`` (a point off the current subspace,

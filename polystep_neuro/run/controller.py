@@ -51,6 +51,7 @@ from polystep_neuro.run.losses import (
     make_loss,
     outside_trust_region,
 )
+from polystep_neuro.run.low_rank import LowRankProbes
 from polystep_neuro.run.optimizers import AskTell, Settings, make_layout, make_optimizer
 from polystep_neuro.run.params import ParamVector
 from polystep_neuro.run.progress import ProgressBar, StageClock, ctrl_c_stops
@@ -168,6 +169,7 @@ class Adapter:
         self.log = MetricsLog(self.out_dir)
         self.clock = StageClock()
         self._stop = threading.Event()
+        self._low_rank = LowRankProbes.plan(optimizer, self.layout, backend)
 
     @classmethod
     def build(
@@ -253,6 +255,12 @@ class Adapter:
             adapted=tuple(self.layout.names),
         )
 
+    @property
+    def low_rank_probes(self) -> bool:
+        """Whether the backend takes the first layer's candidates as factors
+        (:mod:`~polystep_neuro.run.low_rank`)."""
+        return self._low_rank is not None
+
     def result_x(self) -> torch.Tensor:
         """The parameters handed back (see :mod:`~polystep_neuro.run.selection`)."""
         return self._choice()[1]
@@ -295,10 +303,18 @@ class Adapter:
         device ran for it (the start rides along as one more set when anchored)."""
         anchor = self.regularization.anchor_weight
         asked = candidates
-        if anchor > 0:
-            asked = torch.cat([candidates, self.x0.to(candidates).reshape(1, -1)])
-        counts = self.backend.evaluate(self.layout.unflatten(asked), inputs)
-        counts = torch.as_tensor(counts, device=candidates.device)
+        if self._low_rank is not None:  # the first layer as factors; the start on its own
+            counts = torch.as_tensor(self._low_rank.counts(candidates, inputs),
+                                     device=candidates.device)  # fmt: skip
+            if anchor > 0:
+                start = self.layout.unflatten(self.x0.to(candidates).reshape(1, -1))
+                teacher = torch.as_tensor(self.backend.evaluate(start, inputs))
+                counts = torch.cat([counts, teacher.to(counts.device)])
+        else:
+            if anchor > 0:
+                asked = torch.cat([candidates, self.x0.to(candidates).reshape(1, -1)])
+            counts = self.backend.evaluate(self.layout.unflatten(asked), inputs)
+            counts = torch.as_tensor(counts, device=candidates.device)
         targets = targets.to(candidates.device)
         if anchor > 0:
             teacher, counts = counts[-1], counts[:-1]
@@ -308,7 +324,7 @@ class Adapter:
         radius = self.regularization.trust_radius
         if radius is not None:
             losses = losses + outside_trust_region(candidates, self.x0, radius)
-        return losses, int(asked.shape[0])
+        return losses, int(candidates.shape[0]) + (1 if anchor > 0 else 0)
 
     def _scores(self, x: torch.Tensor) -> dict[str, float]:
         """Flat metrics of ``x`` on the validation and test sets (evaluation.flat_scores)."""
@@ -367,12 +383,16 @@ class Adapter:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError) as exc:
+            keys = getattr(exc, "keys", ())
             hint = (  # the default went from heavy-ball to auto (Adam where weights move)
                 "; resume with the update rule it was started with (runs started before "
                 "the default was auto: --update heavy-ball, update='heavy-ball')"
-                if "update" in getattr(exc, "keys", ())
+                if "update" in keys
                 else ""
             )
+            if "outer" in keys:
+                started = "without" if getattr(self.optimizer.subspace, "outer", ()) else "with"
+                hint += f"; it was started {started} --low-rank-probes: resume it so"
             raise PolystepError(
                 f"checkpoint {path} was written by a different optimiser or settings: {exc}" + hint
             ) from None

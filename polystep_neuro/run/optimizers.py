@@ -109,6 +109,7 @@ class Settings:
     average: float = 0.0  # PolyStep: report the mean of the points of this last fraction of steps
     polytope: str = "orthoplex"  # PolyStep: the probes around each block (optim.polytopes)
     block_dim: int = 2  # PolyStep: coordinates of z per block
+    low_rank_probes: bool = False  # PolyStep: first-layer directions as outer products
     popsize: int | None = None  # baselines: candidates per step (default: PolyStep's count)
     lr: float = 0.1  # OpenAI-ES: Adam step per parameter, in probe units
     seed: int = 0
@@ -200,9 +201,23 @@ def make_optimizer(
     """The optimiser named by ``settings`` over ``x0 = layout.flatten(spec)``."""
     cls = optimizer_class(settings.optimizer)
     options = settings.options_for(cls, layout.sizes, layout.names)
+    if settings.low_rank_probes:
+        options["outer"] = first_layer_matrix(layout)
     return cls.for_units(
         x0, sizes=layout.sizes, total_steps=total_steps, seed=settings.seed, **options
     )
+
+
+LOW_RANK_NAME = "fc0.weight"  # the one weight matrix whose input every parameter set shares
+
+
+def first_layer_matrix(layout: ParamVector) -> tuple[tuple[int, int, int], ...]:
+    """``(offset, rows, cols)`` of the first layer's weights in ``layout``'s vector (empty
+    when they are not writable): the matrix low-rank probes move by outer products."""
+    if LOW_RANK_NAME not in layout.names:
+        return ()
+    rows, cols = layout.shapes[LOW_RANK_NAME]
+    return ((int(layout.offsets[layout.names.index(LOW_RANK_NAME)]), int(rows), int(cols)),)
 
 
 def polystep_candidates(sizes: ParamVector | Sequence[int], settings: Settings) -> int:

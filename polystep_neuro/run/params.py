@@ -13,7 +13,7 @@ and for a threshold.  ``scaling="none"`` optimises the raw values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -104,13 +104,16 @@ class ParamVector:
         ]
         return torch.cat(parts).to(device)
 
-    def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(N, dim) candidates -> {name: (N, *shape)}, clamped into valid ranges."""
+    def unflatten(self, x: torch.Tensor, skip: Collection[str] = ()) -> dict[str, torch.Tensor]:
+        """(N, dim) candidates -> {name: (N, *shape)}, clamped into valid ranges; the
+        tensors in ``skip`` left out (a caller that hands them over in another form)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise SpecError(f"candidates must be (N, {self.dim}), got {tuple(x.shape)}")
         out = {}
         bounds = zip(self.names, self.scales, self.offsets[:-1], self.offsets[1:], strict=True)
         for name, scale, start, stop in bounds:
+            if name in skip:
+                continue
             value = x[:, start:stop].reshape(x.shape[0], *self.shapes[name])
             if scale != 1.0:
                 value = value * scale
