@@ -315,11 +315,20 @@ def test_low_rank_probes_say_what_they_do_and_resume_only_as_started(
     assert "low-rank probes: the simulator shares the first layer's product among all sets" in out
     fixed = [*common, "--backend", "torch-sim-fixed", "--low-rank-probes"]
     assert main([*fixed, "--out", str(tmp_path / "b")]) == 0
-    assert "--low-rank-probes: torch-sim-fixed takes full weight sets" in capsys.readouterr().out
+    assert "low-rank probes: torch-sim-fixed takes full weight sets" in capsys.readouterr().out
     resume = [*common, "--backend", "torch-sim", "--resume", "--out", str(tmp_path / "a")]
     code = main(resume)
-    err = capsys.readouterr().err.strip()
-    assert code != 0 and err.endswith("it was started with --low-rank-probes: resume it so"), err
+    captured = capsys.readouterr()
+    assert code != 0 and "low-rank probes:" not in captured.out  # nothing said of a run refused
+    assert captured.err.strip() == (
+        f"polystep-neuro: error: checkpoint {tmp_path / 'a' / 'checkpoint.pt'} was written by a "
+        "run with low-rank probes: resume it with --low-rank-probes (low_rank_probes=True)"
+    )
+    code = main([*common, "--optimizer", "spsa", "--low-rank-probes", "--out", str(tmp_path / "c")])
+    assert code != 0 and capsys.readouterr().err.strip() == (
+        "polystep-neuro: error: low-rank probes are PolyStep's directions; spsa draws its own "
+        "(drop --low-rank-probes / low_rank_probes=True, or use polystep)"
+    )
     assert main([*resume, "--low-rank-probes", "--steps", "3"]) == 0
     assert "3 steps" in capsys.readouterr().out
 

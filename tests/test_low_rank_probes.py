@@ -175,3 +175,17 @@ def test_a_base_is_refused_in_fixed_point_and_checked_in_float() -> None:
         backend.evaluate_low_rank({}, torch.zeros(5, 6), u, vt, x)
     with pytest.raises(SpecError, match="the base contains non-finite values"):
         backend.evaluate_low_rank({}, torch.full((6, 5), float("nan")), u, vt, x)
+
+
+def test_the_api_says_what_low_rank_probes_do_on_its_backend(train, capsys) -> None:
+    import polystep_neuro as pn
+
+    spec = NetworkSpec.random([64, 24, 10], T, seed=1, writable="all")
+    data = (train.spikes[:128], train.labels[:128])
+    pn.adapt(spec, "torch-sim-fixed", train=data, steps=1, rank=4, low_rank_probes=True,
+             writable="all", torch_device="cpu")  # fmt: skip
+    out = capsys.readouterr().out
+    assert (
+        "low-rank probes: torch-sim-fixed takes full weight sets (only the float32 torch "
+        "simulator, torch-sim, takes factors)" in out
+    )

@@ -111,7 +111,7 @@ def table(results: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds (default 4)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cases = ((16, 24, 4),) if args.quick else CASES
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     print(describe(gpu=False))
     results = [measure(c, steps, batch, rounds=1 if args.quick else args.rounds) for c in cases]
     print("\n".join(table(results)))
+    print(
+        "inference: the start network on the same minibatch, called once per set (as many "
+        "pairs); pairs / s of whole steps (ask, simulate, tell)"
+    )
 
 
 if __name__ == "__main__":

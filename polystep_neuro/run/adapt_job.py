@@ -41,7 +41,6 @@ from polystep_neuro.run.data import (
     hold_out,
     load_split,
 )
-from polystep_neuro.run.optimizers import LOW_RANK_NAME
 from polystep_neuro.run.recipe import (
     Device,
     Run,
@@ -249,8 +248,6 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
             f"{job.spec_path} on {job.backend} ({device.backend.capabilities.device}) with "
             f"{job.settings.optimizer} on {data.what}" + _anchored(anchor, job.teacher_path)
         )
-        if job.settings.low_rank_probes:
-            _say(_low_rank_line(adapter, job.backend))
 
     if job.teacher_path is not None:  # the trained model's outputs as the targets
         from polystep_neuro.run.teacher import taught
@@ -268,18 +265,6 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
         f"{job.out_dir / 'summary.json'}"
     )
     return result
-
-
-def _low_rank_line(adapter: Adapter, backend: str) -> str:
-    """What ``--low-rank-probes`` does on this run."""
-    if adapter.low_rank_probes:
-        return "low-rank probes: the simulator shares the first layer's product among all sets"
-    if LOW_RANK_NAME not in adapter.layout.names:
-        return f"--low-rank-probes: {LOW_RANK_NAME} is not adapted, so it changes nothing"
-    return (
-        f"--low-rank-probes: {backend} takes full weight sets (only the float32 torch "
-        "simulator takes factors), so the directions are outer products without the speed-up"
-    )
 
 
 def _values(count: int) -> str:

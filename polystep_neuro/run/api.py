@@ -126,8 +126,9 @@ def adapt(
     ``teacher`` (the trained model, run on the host) takes the start's place: its outputs on
     every sample are the soft targets the run holds on to (:mod:`polystep_neuro.run.teacher`).
     ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
-    step, ...).  ``num_steps=`` and ``device=`` still work for one release (renamed
-    ``time_steps=`` and ``torch_device=``).
+    step, ``low_rank_probes=True`` for the float simulator's faster first layer, ...).
+    ``num_steps=`` and ``device=`` still work for one release (renamed ``time_steps=`` and
+    ``torch_device=``).
     """
     time_steps = renamed(settings, "num_steps", "time_steps", time_steps, "adapt")
     torch_device = renamed(settings, "device", "torch_device", torch_device, "adapt")

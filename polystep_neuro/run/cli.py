@@ -369,7 +369,7 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         action="store_true",
         help="PolyStep: draw the first layer's search directions as outer products, so the "
         "float32 torch simulator evaluates every probe as the current weights plus a rank-2 "
-        "term (5.3x the sets per second on 784-128-10, 1.3x on 64-512-10; on the task zoo "
+        "term (5.3x the sets per second on 784-128-10, 1.4x on 64-512-10; on the task zoo "
         "better on three every-weight tasks, worse on a Synaptic one: docs/concepts.md); "
         "other backends take full weight sets of the same directions",
     )

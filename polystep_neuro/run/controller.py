@@ -384,15 +384,14 @@ class Adapter:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError) as exc:
             keys = getattr(exc, "keys", ())
+            if "outer" in keys:
+                raise PolystepError(_low_rank_mismatch(path, self.optimizer)) from None
             hint = (  # the default went from heavy-ball to auto (Adam where weights move)
                 "; resume with the update rule it was started with (runs started before "
                 "the default was auto: --update heavy-ball, update='heavy-ball')"
                 if "update" in keys
                 else ""
             )
-            if "outer" in keys:
-                started = "without" if getattr(self.optimizer.subspace, "outer", ()) else "with"
-                hint += f"; it was started {started} --low-rank-probes: resume it so"
             raise PolystepError(
                 f"checkpoint {path} was written by a different optimiser or settings: {exc}" + hint
             ) from None
@@ -412,3 +411,12 @@ def _label(key: str) -> str:
     """``val_accuracy`` -> "validation", ``clean_accuracy`` -> "clean test"."""
     name = key.removesuffix("_accuracy")
     return "validation" if name == "val" else f"{name} test"
+
+
+def _low_rank_mismatch(path: os.PathLike[str], optimizer: AskTell) -> str:
+    """The one line for a checkpoint whose low-rank probes setting differs from the run's."""
+    was = "without" if getattr(getattr(optimizer, "subspace", None), "outer", ()) else "with"
+    return (
+        f"checkpoint {path} was written by a run {was} low-rank probes: resume it {was} "
+        f"--low-rank-probes (low_rank_probes={was == 'with'})"
+    )

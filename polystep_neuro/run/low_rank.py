@@ -49,3 +49,15 @@ class LowRankProbes:
         base, u, vt = self.optimizer.probe_factors(self.offset)
         return self.backend.evaluate_low_rank(params, base * self.scale, u * self.scale, vt,
                                               inputs)  # fmt: skip
+
+
+def describe(adapter: Any, backend: str) -> str:
+    """One line on what ``low_rank_probes`` does in this run (the user asked for it)."""
+    if adapter.low_rank_probes:
+        return "low-rank probes: the simulator shares the first layer's product among all sets"
+    if LOW_RANK_NAME not in adapter.layout.names:
+        return f"low-rank probes: {LOW_RANK_NAME} is not adapted, so they change nothing"
+    return (
+        f"low-rank probes: {backend} takes full weight sets (only the float32 torch simulator, "
+        "torch-sim, takes factors), so the directions are outer products without the speed-up"
+    )

@@ -141,6 +141,11 @@ class Settings:
                 raise PolystepError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
+        if self.low_rank_probes and self.optimizer != "polystep":
+            raise PolystepError(
+                f"low-rank probes are PolyStep's directions; {self.optimizer} draws its own "
+                "(drop --low-rank-probes / low_rank_probes=True, or use polystep)"
+            )
         if self.popsize is not None and self.popsize < 2:
             raise PolystepError(f"popsize must be at least 2, got {self.popsize}")
 

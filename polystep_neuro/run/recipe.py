@@ -20,6 +20,7 @@ import torch
 from polystep_neuro.core.contract import Backend
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run import low_rank
 from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, ensure_writable_dir
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, concat, hold_out
@@ -194,6 +195,8 @@ def _adapt(
             step = adapter.resume()
             if report is not None:
                 report(f"resuming at step {step} of {cfg.steps} from {cfg.out_dir}")
+        if cfg.settings.low_rank_probes and report is not None:
+            report(low_rank.describe(adapter, cfg.backend))
         result = adapter.run(cfg.steps)
     return Run(result, adapter.spec, device.writable, anchor)
 
