@@ -333,6 +333,26 @@ def test_low_rank_probes_say_what_they_do_and_resume_only_as_started(
     assert "3 steps" in capsys.readouterr().out
 
 
+def test_a_resume_on_another_backend_is_refused(tmp_path: Path, capsys) -> None:
+    # the start was scored on the first backend: a summary on another would mix the two
+    from polystep_neuro.cli import main
+
+    spec = tmp_path / "net.npz"
+    NetworkSpec.random([64, 16, 10], 8, seed=0).save(spec)
+    out = tmp_path / "run"
+    common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
+              "16", "--torch-device", "cpu", "--out", str(out)]  # fmt: skip
+    assert main([*common, "--steps", "2", "--backend", "torch-sim"]) == 0
+    capsys.readouterr()
+    code = main([*common, "--steps", "3", "--resume", "--backend", "torch-sim-fixed"])
+    assert code != 0 and capsys.readouterr().err.strip() == (
+        f"polystep-neuro: error: --resume: the run in {out} was started on --backend torch-sim "
+        "(its start was scored there), this command names torch-sim-fixed; resume with "
+        "--backend torch-sim, or start a new run from its adapted.npz"
+    )
+    assert main([*common, "--steps", "3", "--resume", "--backend", "torch-sim"]) == 0
+
+
 def test_files_that_go_with_data_are_refused_without_it(tmp_path: Path, capsys) -> None:
     """--val, --replay and --test were once ignored (missing files too) when the run used
     the built-in data; now they are refused in one line, before anything is written."""

@@ -324,6 +324,13 @@ def _resumes_the_same_files(job: AdaptJob) -> None:
     if saved is not None:
         now = {key: _jsonable(getattr(job, key)) for key in _FILE_FLAGS}
         refuse_other_files(job.out_dir, saved, now, _FILE_FLAGS)
+        if saved.get("backend", job.backend) != job.backend:  # the start was scored there
+            raise PolystepError(
+                f"--resume: the run in {job.out_dir} was started on --backend "
+                f"{saved['backend']} (its start was scored there), this command names "
+                f"{job.backend}; resume with --backend {saved['backend']}, or start a new run "
+                "from its adapted.npz"
+            )
 
 
 def _write_config(job: AdaptJob) -> None:
