@@ -343,7 +343,9 @@ def test_a_resume_on_another_backend_is_refused(tmp_path: Path, capsys) -> None:
     common = ["adapt", "--spec", str(spec), "--rank", "4", "--no-progress", "--batch-size",
               "16", "--torch-device", "cpu", "--out", str(out)]  # fmt: skip
     assert main([*common, "--steps", "2", "--backend", "torch-sim"]) == 0
-    capsys.readouterr()
+    # a short run's loop time to a tenth of a second, not "0 s"
+    assert re.search(r"^2 steps, [\d,]+ single-sample forward passes, \d+\.\d s adapting; ",
+                     capsys.readouterr().out, flags=re.M)  # fmt: skip
     code = main([*common, "--steps", "3", "--resume", "--backend", "torch-sim-fixed"])
     assert code != 0 and capsys.readouterr().err.strip() == (
         f"polystep-neuro: error: --resume: the run in {out} was started on --backend torch-sim "

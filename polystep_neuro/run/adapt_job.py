@@ -261,10 +261,16 @@ def run_adapt_job(job: AdaptJob) -> AdaptResult:
     plots.adapt_figure(job.out_dir / "adapt.png", result.history)
     _say(
         f"{result.steps} steps, {result.evaluations:,} single-sample forward passes, "
-        f"{result.wall_seconds:.0f} s; network in {job.out_dir / 'adapted.npz'}, report in "
+        f"{_seconds(result.wall_seconds)} adapting; network in {job.out_dir / 'adapted.npz'}, "
+        "report in "
         f"{job.out_dir / 'summary.json'}"
     )
     return result
+
+
+def _seconds(seconds: float) -> str:
+    """The loop's wall time, to a tenth under ten seconds (a short run is not "0 s")."""
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def _values(count: int) -> str:
