@@ -35,6 +35,7 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text(encoding="utf-8")
+    assert proc.stdout.strip() == text.strip()  # the report on the console too
     assert f"`polystep-neuro bench {' '.join(args)}`" in text  # the command that produced it
     assert "- CPU: " in text and "- GPU: " in text and "torch " in text  # the machine
     sections = _sections(text)

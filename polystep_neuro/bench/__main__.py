@@ -7,7 +7,8 @@
 Sections (``--only`` picks some): sim, roofline, adapt, drifted, deploy, labelfree, watch,
 memory, lava, protocol, ray.  Every
 comparison is a ratio of two measurements taken side by side in this run; the report
-records the command, the date and the machine.  GPU rows are added where
+records the command, the date and the machine, goes to ``--out`` and to standard output
+(progress lines go to standard error).  GPU rows are added where
 ``torch.cuda.is_available()``.  ``--quick`` uses tiny sizes (a smoke test of the harness:
 its numbers mean little).  ``--device cuda`` runs ``gpu_check`` (see there): it fails
 at once, exit status 2, where there is no CUDA.
@@ -532,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(command, done, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
+    print(text, flush=True)
     progress(f"wrote {args.out}")
     return 0
 
