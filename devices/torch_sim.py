@@ -53,9 +53,7 @@ class TorchSimBackend(BaseBackend):
         ``chunk_elements``.  Binary inputs reach the simulator in the dtype given (uint8,
         bool or float), which converts them once on its device."""
         assert self._sim is not None
-        spec, num_sets = self.spec, batch.num_sets
-        per_set = spec.num_steps * batch.batch_size * max(spec.sizes)
-        chunk = max(1, self.chunk_elements // max(per_set, 1))
+        num_sets, chunk = batch.num_sets, self._sets_per_piece(batch.batch_size)
         if num_sets <= chunk:
             return self._sim.run(batch).counts
         parts = []
@@ -63,6 +61,13 @@ class TorchSimBackend(BaseBackend):
             part = batch.sets(start, min(start + chunk, num_sets))
             parts.append(self._sim.run(part).counts)
         return torch.cat(parts)
+
+    def _sets_per_piece(self, batch_size: int) -> int:
+        """How many parameter sets one simulator call takes: the state of a piece (T x B x
+        widest layer per set) stays under ``chunk_elements``."""
+        spec = self.spec
+        per_set = spec.num_steps * batch_size * max(spec.sizes)
+        return max(1, self.chunk_elements // max(per_set, 1))
 
     @property
     def low_rank_probes(self) -> bool:
@@ -83,10 +88,7 @@ class TorchSimBackend(BaseBackend):
             raise SpecError(f"{self.name}: low-rank probes need the float32 simulator")
         u = torch.as_tensor(u, device=self.device)
         vt = torch.as_tensor(vt, device=self.device)
-        num_sets = u.shape[0]
-        spec = self.spec
-        per_set = spec.num_steps * len(inputs) * max(spec.sizes)
-        chunk = max(1, self.chunk_elements // max(per_set, 1))
+        num_sets, chunk = u.shape[0], self._sets_per_piece(len(inputs))
         parts = []
         for start in range(0, num_sets, chunk):
             stop = min(start + chunk, num_sets)

@@ -265,9 +265,10 @@ class SubspaceMap:
         other columns Gaussian, all of unit variance over the rank."""
         rank = rows.shape[0]
         scale = 1.0 / math.sqrt(rank)
+        matrices = sorted(matrices)
         start = 0
         pieces = []
-        for offset, n_rows, n_cols in sorted(matrices):
+        for offset, n_rows, n_cols in matrices:
             pieces.append((start, offset - s))
             start = offset - s + n_rows * n_cols
         pieces.append((start, rows.shape[1]))
@@ -279,7 +280,7 @@ class SubspaceMap:
             for a, b in pieces:
                 rows[:, a:b] = other[:, at : at + b - a]
                 at += b - a
-        for offset, n_rows, n_cols in sorted(matrices):
+        for offset, n_rows, n_cols in matrices:
             left = torch.randn(rank, n_rows, generator=gen, dtype=self.dtype, device=self.device)
             right = torch.randn(rank, n_cols, generator=gen, dtype=self.dtype, device=self.device)
             left *= scale

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from polystep_neuro.run.optimizers import LOW_RANK_NAME
+from polystep_neuro.run.optimizers import LOW_RANK_NAME, first_layer_matrix
 from polystep_neuro.run.params import ParamVector
 
 
@@ -34,14 +34,14 @@ class LowRankProbes:
     def plan(cls, optimizer: Any, layout: ParamVector, backend: Any) -> LowRankProbes | None:
         """The plan where the optimiser draws the first layer's directions as outer
         products and the backend takes factors; None otherwise (weights as always)."""
-        if LOW_RANK_NAME not in layout.names or not getattr(backend, "low_rank_probes", False):
+        matrix = first_layer_matrix(layout)
+        if not matrix or not getattr(backend, "low_rank_probes", False):
             return None
-        index = layout.names.index(LOW_RANK_NAME)
-        offset = int(layout.offsets[index])
         outer = getattr(getattr(optimizer, "subspace", None), "outer", ())
-        if not any(o == offset for o, _, _ in outer) or not hasattr(optimizer, "probe_factors"):
+        if matrix[0] not in outer or not hasattr(optimizer, "probe_factors"):
             return None
-        return cls(optimizer, layout, backend, offset, float(layout.scales[index]))
+        scale = layout.scales[layout.names.index(LOW_RANK_NAME)]
+        return cls(optimizer, layout, backend, matrix[0][0], float(scale))
 
     def counts(self, candidates: torch.Tensor, inputs: torch.Tensor) -> Any:
         """The backend's counts for the open ask's ``candidates`` (N, dim)."""
