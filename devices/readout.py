@@ -34,6 +34,11 @@ class Readout:
     def evaluate(self, params: Any, inputs: Any) -> Any:
         return class_counts(self.inner.evaluate(params, inputs), self.copies)
 
+    def evaluate_low_rank(self, params: Any, base: Any, u: Any, vt: Any, inputs: Any) -> Any:
+        """The inner simulator's factored evaluation, read per class like ``evaluate``."""
+        return class_counts(self.inner.evaluate_low_rank(params, base, u, vt, inputs),
+                            self.copies)  # fmt: skip
+
     def close(self) -> None:
         self.inner.close()
 

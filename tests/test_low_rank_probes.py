@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from devices.readout import with_readout
 from devices.registry import open_backend
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
@@ -19,6 +20,7 @@ from polystep_neuro.optim.subspace import search_subspace
 from polystep_neuro.run.controller import Adapter
 from polystep_neuro.run.data import SpikeDataset, load_digits_split, rate_encode
 from polystep_neuro.run.optimizers import Settings
+from polystep_neuro.run.output_copies import with_output_copies
 
 SIZES = [6 * 5, 6, 4 * 6, 4]  # a 5-6-4 network's weights and biases
 MATRIX = (0, 6, 5)  # the first layer's weights: offset 0, 6 x 5
@@ -116,17 +118,24 @@ def train() -> SpikeDataset:
     return SpikeDataset(rate_encode(split.x_train[:256], T), split.y_train[:256], 64, seed=0)
 
 
-def _adapter(train: SpikeDataset, backend_name: str, low_rank: bool) -> Adapter:
+def _adapter(
+    train: SpikeDataset, backend_name: str, low_rank: bool, copies: bool = False
+) -> Adapter:
     spec = NetworkSpec.random([64, 24, 10], T, seed=1, writable="all")
     backend = open_backend(backend_name, device="cpu")
+    if copies:  # every class read from two output neurons, summed by the host's readout
+        spec, backend = with_output_copies(spec), with_readout(backend)
     backend.load(spec)
     settings = Settings(low_rank_probes=low_rank, rank=8, seed=4)
     return Adapter.build(backend, train, steps=6, settings=settings, anchor_weight=0.5,
                          eval_every=0, progress=False)  # fmt: skip
 
 
-def test_the_float_simulator_takes_factors_and_gives_the_full_sets_losses(train) -> None:
-    adapter = _adapter(train, "torch-sim", low_rank=True)
+@pytest.mark.parametrize("copies", [False, True])
+def test_the_float_simulator_takes_factors_and_gives_the_full_sets_losses(train, copies) -> None:
+    """Also through the readout of output copies (its factored counts were per copy, so a
+    network from ``deploy``'s tie splitting failed deep in the loss)."""
+    adapter = _adapter(train, "torch-sim", low_rank=True, copies=copies)
     assert adapter.low_rank_probes
     inputs, targets = adapter.train.batch(0)
     candidates = adapter.optimizer.ask()
