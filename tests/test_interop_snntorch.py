@@ -314,6 +314,12 @@ UNSUPPORTED: list[tuple[str, Callable[[], object], str]] = [
     ),
     ("subclass", lambda: _seq(LIN(4, 3), _MyLeaky(0.9)), r"layer 1 \(_MyLeaky\): a subclass"),
     (
+        "dropout",
+        lambda: _seq(LIN(4, 3), nn.Dropout(0.2), snn.Leaky(0.9)),
+        r"layer 1 \(Dropout\): a dropout layer; it does nothing once trained, so pass the model "
+        r"without it, e\.g\. \[\(net\.fc1, net\.lif1\)",
+    ),
+    (
         "per-neuron beta",
         lambda: _seq(LIN(4, 3), snn.Leaky(beta=torch.tensor([0.5, 0.7, 0.9]))),
         r"layer 1 \(Leaky\): per-neuron beta \(values from 0.5 to 0.9\)",

@@ -166,17 +166,22 @@ def test_evaluate_still_needs_labels(field_data, tmp_path: Path, capsys) -> None
     code = main(["evaluate", "--spec", str(tmp_path / "spec.npz"), "--data",
                  str(tmp_path / "field.npz"), "--torch-device", "cpu"])  # fmt: skip
     assert code == 2
-    assert "'labels' (n,)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "field.npz holds no 'labels' (unlabelled data), and this command scores accuracy" in err
+    assert "not a file in the archive" not in err
 
 
 @pytest.mark.parametrize(
-    ("backend", "adapted"),
+    ("backend", "adapted", "said"),
     [
-        ("torch-sim-fixed", ("lif0.v_bias", "lif1.v_bias", "lif0.vth", "lif1.vth")),
-        ("lava-fixed", ("lif0.v_bias", "lif1.v_bias")),  # Lava caches thresholds: biases only
+        ("torch-sim-fixed", ("lif0.v_bias", "lif1.v_bias", "lif0.vth", "lif1.vth"),
+         "biases and thresholds (lif0.v_bias, lif1.v_bias, lif0.vth, lif1.vth)"),
+        # Lava caches thresholds: biases only, and the line says so
+        ("lava-fixed", ("lif0.v_bias", "lif1.v_bias"),
+         "biases (lava-fixed cannot rewrite thresholds) (lif0.v_bias, lif1.v_bias)"),
     ],
-)
-def test_without_labels_the_hidden_biases_and_rewritable_thresholds_adapt(backend, adapted):
+)  # fmt: skip
+def test_without_labels_the_hidden_biases_and_rewritable_thresholds_adapt(backend, adapted, said):
     from devices.catalog import RECORDS
     from polystep_neuro.core.contract import Capabilities
     from polystep_neuro.run.writable import resolve_writable
@@ -186,6 +191,7 @@ def test_without_labels_the_hidden_biases_and_rewritable_thresholds_adapt(backen
     spec = NetworkSpec.random([16, 12, 8, 4], T, seed=0)
     chosen = resolve_writable(spec, None, caps, has_clean=False, label_free=True)
     assert chosen.adapted == adapted
+    assert f"without labels: adapting the hidden neurons' {said}, which" in chosen.note
     assert set(adapted) <= set(chosen.loaded)  # the network handed back keeps them writable
     assert "lif2.vth" not in chosen.adapted  # never the output layer's
     named = resolve_writable(spec, ["lif0.v_bias"], caps, has_clean=False, label_free=True)

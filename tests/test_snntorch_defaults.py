@@ -169,7 +169,8 @@ def test_deploy_without_labels_says_whose_answers_validation_scores(
     assert result.model_labelled_val
     (line,) = [ln for ln in result.summary().splitlines() if ln.startswith("validation")]
     assert line.startswith(
-        "validation (no labels given: scored against the trained model's own answers): trained "
+        "validation (no labels given: scored against the trained model's own answers, on which "
+        "its own ties count as wrong): trained "
     )
 
 

@@ -113,6 +113,12 @@ def load_spike_data(
             if "labels" not in data.files and not need_labels and "spikes" in data.files:
                 spikes = _checked_spikes(path, data["spikes"], spec, time_first, time_steps_flag)
                 return spikes, None
+            if "labels" not in data.files:
+                raise PolystepError(
+                    f"{path} holds no 'labels' (unlabelled data), and this command scores "
+                    "accuracy: save the labels beside the spikes (np.savez(path, spikes=..., "
+                    "labels=...))"
+                )
             spikes, labels = data["spikes"], data["labels"]
     except FileNotFoundError:
         raise PolystepError(f"data file not found: {path}") from None

@@ -3,7 +3,9 @@
 The model may be an snnTorch module, a NIR graph (or a path to a ``.nir`` file) or a
 :class:`~polystep_neuro.core.network.NetworkSpec`; the data are ``(spikes, labels)`` pairs of
 arrays (spikes batch-first ``(n, T, N_in)``, or time-first with ``time_first=True`` as
-snnTorch's ``spikegen`` makes them) or :class:`~polystep_neuro.run.data.SpikeDataset`.  The result
+snnTorch's ``spikegen`` makes them), :class:`~polystep_neuro.run.data.SpikeDataset`, or the
+other containers :mod:`~polystep_neuro.run.user_data` reads (an ``.npz`` or its path, a
+dict, a ``TensorDataset`` or ``DataLoader``).  The result
 holds the adapted network, the run's history and the scores of the start and of the network
 handed back, and goes back to snnTorch (:meth:`Adaptation.to_snntorch`,
 :meth:`Adaptation.load_into`).  The run is the one recipe (:mod:`polystep_neuro.run.recipe`)
@@ -31,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run import user_data
 from polystep_neuro.run.controller import AdaptResult
 from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.deprecation import renamed, warn
@@ -42,7 +44,8 @@ from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.writable import WritableChoice
 
-DataLike = SpikeDataset | tuple[Any, Any] | Any  # a pair, or spikes alone (no labels)
+# a pair, spikes alone (no labels), an .npz (loaded or its path), ... (run.user_data)
+DataLike = SpikeDataset | tuple[Any, Any] | Any
 
 
 @dataclass
@@ -144,7 +147,8 @@ def adapt(
     def ds(data: DataLike) -> SpikeDataset:
         return _dataset(data, spec, batch_size, seed, time_first)
 
-    if validation is None or isinstance(validation, Mapping):
+    named = isinstance(validation, Mapping) and "spikes" not in validation  # not one set's
+    if validation is None or named:
         checks = None if validation is None else {k: ds(v) for k, v in validation.items()}
     else:
         checks = {"drifted": ds(validation)}
@@ -184,17 +188,10 @@ def _dataset(
 ) -> SpikeDataset:
     if isinstance(data, SpikeDataset):
         return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        spikes, labels = data
-    elif hasattr(data, "shape") and len(data.shape) == 3:  # spikes alone: unlabelled
-        spikes, labels = data, None
-    else:
-        raise PolystepError(
-            "data must be a SpikeDataset, a (spikes, labels) pair, or spikes alone (unlabelled)"
-        )
+    spikes, labels = user_data.split(data, need_labels=False)
     spikes = batch_first(
         np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first, "the spikes", "time_steps="
     )
     if labels is not None:
-        labels = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
+        labels = user_data.labels_for(labels, len(spikes), spec.n_classes)
     return SpikeDataset(spikes, labels, batch_size, seed)

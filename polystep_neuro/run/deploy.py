@@ -32,8 +32,10 @@ one minibatch of ``batch_size`` samples); stage 2 only scores two networks.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,8 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run import user_data
 from polystep_neuro.run.calibration import SAMPLES, LayerCalibration, calibrate_neurons
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, hold_out
@@ -51,7 +54,7 @@ from polystep_neuro.run.interop import Change, device_writable
 from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
 from polystep_neuro.run.output_copies import with_output_copies
-from polystep_neuro.run.reference import Reference, as_reference
+from polystep_neuro.run.reference import Reference, as_reference, silent_note, silent_outputs
 from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.teacher import (
     TEACHER_WEIGHT,
@@ -63,6 +66,7 @@ from polystep_neuro.run.teacher import (
 
 DataLike = tuple[Any, Any] | Any
 DEFAULT_BUDGET = 50_000  # parameter sets of one minibatch each, calibration and adaptation
+SHARE_FROM = 0.02  # the smallest accuracy gap whose closed share a summary gives
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Deployment:
     output_copies: int = 1  # output neurons a class in what is handed back
     parameter_sets: int = 0  # parameter sets sent by the calibration and the adaptation
     model_labelled_val: bool = False  # validation came without labels: the model's own answers
+    reference_silent: float = 0.0  # share of the data with no output spike from the model
 
     @property
     def after(self) -> dict[str, float]:
@@ -96,15 +101,21 @@ class Deployment:
 
     def summary(self) -> str:
         """One line per scored set: trained model, device after conversion, after recovery."""
-        lines = []
+        silent = silent_note(self.reference_silent)
+        lines = [] if silent is None else [silent]
         for key in self.reference:
             name = key.removesuffix("_accuracy")
             ref, start, end = self.reference[key], self.before[key], self.after[key]
             closed = self.gap_closed(name)
-            tail = f", {closed:.0%} of the gap closed" if math.isfinite(closed) else ""
+            tail = ""
+            if ref - start >= SHARE_FROM:  # a share of a gap of a sample or two means little
+                tail = f", {closed:.0%} of the gap closed"
+            elif math.isfinite(closed):
+                tail = f" (a gap under {100 * SHARE_FROM:.0f} points: no share of it given)"
             label = "validation" if name == "val" else f"{name} test"
             if name == "val" and self.model_labelled_val:
-                label += " (no labels given: scored against the trained model's own answers)"
+                label += (" (no labels given: scored against the trained model's own answers, "
+                          "on which its own ties count as wrong)")  # fmt: skip
             lines.append(
                 f"{label}: trained {ref:.1%}, on the device {start:.1%} "
                 f"({100 * (start - ref):+.1f} points), recovered {end:.1%}{tail}"
@@ -172,13 +183,13 @@ def deploy(
 
     ``time_steps``: the T an snnTorch model runs per sample.  ``data``: the user's clean
     data, ``(spikes, labels)`` or spikes alone (the teacher's top output neuron then stands
-    in for the label); ``validation`` (default:
-    ``val_fraction`` of ``data`` held out) decides what is handed back; ``test`` sets are
-    only reported; ``drifted`` data the device sees now joins the stream with the teacher's
-    outputs on it as targets.  ``calibrate``: stage 1; ``adapt``: stage 3 as well, on
-    ``writable`` (default: what the device rewrites at run time, every weight and neuron
-    bias), with what ``budget`` (parameter sets of stages 1 and 3 together) leaves.
-    ``output_copies``: stage 2 (module doc).
+    in for the label), or another container :mod:`~polystep_neuro.run.user_data` reads;
+    ``validation`` (default: ``val_fraction`` of ``data`` held out) decides what is handed
+    back; ``test`` sets are only reported; ``drifted`` data the device sees now joins the
+    stream with the teacher's outputs on it as targets.  ``calibrate``: stage 1; ``adapt``:
+    stage 3 as well, on ``writable`` (default: what the device rewrites at run time, every
+    weight and neuron bias), with what ``budget`` (parameter sets of stages 1 and 3
+    together) leaves.  ``output_copies``: stage 2 (module doc).
     ``settings``: :class:`~polystep_neuro.run.optimizers.Settings` fields.  ``resume``
     continues the adaptation from ``out_dir``'s checkpoint (the stages before it are
     deterministic); ``report`` gets one line per stage.
@@ -200,6 +211,9 @@ def deploy(
         spec, changes = _converted(reference, backend, dev, writable, say)
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
+        silent = silent_note(sets.reference_silent)
+        if silent is not None:
+            say(silent)
         loss = teacher_loss(teacher_weight)
         converted, before = _loaded(dev, spec, sets, say)
         calibration, scores, used = _calibration_stage(
@@ -213,6 +227,9 @@ def deploy(
         )  # fmt: skip
     finally:
         dev.close()
+    note = _load_into_note(reference, result.spec)
+    if note is not None:
+        say(note)
     return Deployment(
         spec=result.spec,
         start=converted,
@@ -226,7 +243,26 @@ def deploy(
         output_copies=result.spec.output_copies,
         parameter_sets=used + result.evaluations // sets.stream.batch_size,
         model_labelled_val=sets.model_labelled_val,
+        reference_silent=sets.reference_silent,
     )
+
+
+def _load_into_note(reference: Reference, spec: NetworkSpec) -> str | None:
+    """What ``Deployment.load_into`` would refuse for the user's own module (a layer built
+    with ``bias=False`` that the recovery gave neuron biases), said when the run ends rather
+    than when the user tries it."""
+    if reference.module is None:
+        return None
+    from polystep_neuro.run.interop.snntorch import load_into
+
+    try:
+        with warnings.catch_warnings():  # the output-copies warning belongs to the real call
+            warnings.simplefilter("ignore")
+            load_into(spec, copy.deepcopy(reference.module))
+    except SpecError as exc:
+        return (f"note: the network handed back cannot go back into your module as it is "
+                f"built: {exc} (the device network itself is complete)")  # fmt: skip
+    return None
 
 
 def _converted(
@@ -364,6 +400,7 @@ class _Sets:
     test: dict[str, SpikeDataset]
     reference_scores: dict[str, float]
     model_labelled_val: bool  # validation's labels are the trained model's own answers
+    reference_silent: float  # share of the data on which the model's output never spiked
 
     @classmethod
     def build(
@@ -382,13 +419,19 @@ class _Sets:
     ) -> _Sets:
         """Long only because it names each set it builds."""
 
-        def arrays(value: DataLike, need_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
-            spikes, labels = _split_pair(value, need_labels)
+        model_labelled: list[str] = []  # the sets whose labels are the model's own answers
+
+        def arrays(
+            value: DataLike, need_labels: bool = False, what: str = "the data"
+        ) -> tuple[np.ndarray, np.ndarray]:
+            spikes, labels = user_data.split(value, need_labels=need_labels, what=what)
             spikes = np.asarray(torch.as_tensor(spikes).cpu())
             spikes = batch_first(spikes, spec, time_first, "the spikes", "time_steps=")
             if labels is None:  # the model's own answers stand in
+                model_labelled.append(what)
                 return spikes, teacher_labels(reference.counts(spikes))
-            return spikes, _labels(labels, spikes)
+            return spikes, user_data.labels_for(labels, len(spikes), spec.n_classes,
+                                                f"the labels of {what}")  # fmt: skip
 
         window = reference.window(spec)  # the teacher's counts over what the device sees
         x, y = arrays(data)
@@ -398,13 +441,14 @@ class _Sets:
             val = {"val": (x[held], y[held])}
             x, y, teacher = x[kept], y[kept], teacher[kept]
         else:
-            val = {"val": arrays(validation)}
+            val = {"val": arrays(validation, what="validation")}
         parts = [TeacherDataset(x, y, teacher, batch_size, seed)]
         if drifted is not None:
-            dx, dy = arrays(drifted)
+            dx, dy = arrays(drifted, what="drifted")
             parts.append(TeacherDataset(dx, dy, reference.counts(dx, window), batch_size, seed))
         stream = parts[0] if len(parts) == 1 else teacher_concat(parts, batch_size, seed)
-        tests = {name: arrays(value, need_labels=True) for name, value in (test or {}).items()}
+        tests = {name: arrays(value, need_labels=True, what=f"test set {name!r}")
+                 for name, value in (test or {}).items()}  # fmt: skip
         scores = {"val_accuracy": _accuracy(reference.counts(val["val"][0]), val["val"][1])}
         for name, (tx, ty) in tests.items():
             scores[f"{name}_accuracy"] = _accuracy(reference.counts(tx), ty)
@@ -417,30 +461,9 @@ class _Sets:
             {"val": ds(val["val"])},
             {name: ds(pair) for name, pair in tests.items()},
             scores,
-            not _labelled(data if validation is None else validation),
+            ("the data" if validation is None else "validation") in model_labelled,
+            silent_outputs(teacher),
         )
-
-
-def _labelled(value: DataLike) -> bool:
-    """Whether ``value`` brings labels (:func:`_split_pair` takes them from it)."""
-    return isinstance(value, SpikeDataset) or (isinstance(value, (tuple, list)) and len(value) == 2)
-
-
-def _split_pair(value: DataLike, need_labels: bool) -> tuple[Any, Any]:
-    if isinstance(value, SpikeDataset):
-        return value.spikes.cpu().numpy(), value.labels.cpu().numpy()
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return value[0], value[1]
-    if need_labels:
-        raise PolystepError("a test set must be a (spikes, labels) pair or a SpikeDataset")
-    return value, None
-
-
-def _labels(labels: Any, spikes: np.ndarray) -> np.ndarray:
-    out = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
-    if out.shape != (len(spikes),):
-        raise PolystepError(f"labels must be ({len(spikes)},), got {out.shape}")
-    return out
 
 
 def _accuracy(counts: np.ndarray, labels: np.ndarray) -> float:

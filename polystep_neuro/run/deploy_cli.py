@@ -32,11 +32,12 @@ def _add_check(sub: Any) -> None:
     check = sub.add_parser(
         "check",
         help="a deployed network against the trained model, layer by layer, on any backend",
-        description="Run labelled data through the trained model (its own semantics, float32, "
+        description="Run data through the trained model (its own semantics, float32, "
         "on this host) and through the device network on a backend; report per layer how many "
-        "spike counts agree, the rate difference and where they first diverge, and both "
-        "outputs' accuracy (a table, and summary.json in --out).  The device network is the "
-        "model converted for --backend, or --device-spec.",
+        "spike counts agree, the rate difference and where they first diverge, how often the "
+        "two decide the same, and both outputs' accuracy when the file holds labels (a table, "
+        "and summary.json in --out).  The device network is the model converted for "
+        "--backend, or --device-spec.",
     )
     add_model_arguments(check, required=True)
     check.add_argument(
@@ -177,13 +178,14 @@ def check(args: argparse.Namespace) -> int:
     reference = read_model(args)
     device_spec = None if args.device_spec is None else NetworkSpec.load(args.device_spec)
     spikes, labels = load_spike_data(
-        args.data, reference.spec, args.time_first, time_steps_flag=_time_steps_flag(args)
-    )
-    assert labels is not None
+        args.data, reference.spec, args.time_first, need_labels=False,
+        time_steps_flag=_time_steps_flag(args),
+    )  # fmt: skip
     if args.samples is not None:
         if args.samples < 1:
             raise PolystepError(f"--samples must be >= 1, got {args.samples}")
-        spikes, labels = spikes[: args.samples], labels[: args.samples]
+        spikes = spikes[: args.samples]
+        labels = None if labels is None else labels[: args.samples]
     report = run_check(
         reference, args.backend, spikes, labels, device_spec=device_spec,
         torch_device=args.torch_device, timeout_s=args.timeout,

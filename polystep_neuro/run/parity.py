@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run import user_data
 from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.evaluation import counts_of
 from polystep_neuro.run.losses import accuracy, decisions
-from polystep_neuro.run.reference import Reference
+from polystep_neuro.run.reference import Reference, silent_note, silent_outputs
 from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 
 
@@ -79,12 +80,13 @@ class ParityReport:
     samples: int
     num_steps: int
     layers: list[LayerParity]
-    reference_accuracy: float
-    device_accuracy: float
+    reference_accuracy: float | None  # None: the data had no labels
+    device_accuracy: float | None
     same_prediction: float  # share of samples with the same decision (a tie: none)
     changes: list[str] = field(default_factory=list)
     reference_ties: float = 0.0  # share of samples whose top output count is shared
     device_ties: float = 0.0
+    reference_silent: float = 0.0  # share of samples without one output spike (reference)
 
     @property
     def first_divergence(self) -> int | None:
@@ -129,13 +131,21 @@ class ParityReport:
         return self.table()
 
     def summary_lines(self) -> list[str]:
-        gap = 100 * (self.device_accuracy - self.reference_accuracy)
         first, largest = self.first_divergence, self.largest_divergence
+        if self.reference_accuracy is None or self.device_accuracy is None:
+            scores = f"no labels, so no accuracy scored on {self.samples} samples"
+        else:
+            gap = 100 * (self.device_accuracy - self.reference_accuracy)
+            scores = (
+                f"output accuracy on {self.samples} samples: reference "
+                f"{self.reference_accuracy:.1%}, {self.backend} {self.device_accuracy:.1%} "
+                f"({gap:+.1f} points)"
+            )
+        silent = silent_note(self.reference_silent)
         return [
-            f"output accuracy on {self.samples} samples: reference {self.reference_accuracy:.1%}"
-            f", {self.backend} {self.device_accuracy:.1%} ({gap:+.1f} points); the same "
-            f"decision on {self.same_prediction:.1%} of samples (a tie between output neurons "
-            "is no decision and counts as wrong)",
+            *([] if silent is None else [silent]),
+            f"{scores}; the same decision on {self.same_prediction:.1%} of samples (a tie "
+            "between output neurons is no decision and counts as wrong)",
             "first divergence: "
             + ("none (every count equal)" if first is None else f"layer {first}")
             + "; largest divergence of a layer's own: "
@@ -184,7 +194,7 @@ def check_parity(
     backend: Any,
     device_spec: NetworkSpec,
     spikes: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     *,
     backend_name: str = "",
     changes: Sequence[str] = (),
@@ -214,21 +224,27 @@ def check_parity(
     backend.load(whole)
     if whole.output_copies != 1:
         end_to_end = _counts(backend, spikes)  # each class over its copies
-    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     ref_out = torch.as_tensor(ref_counts[-1])
     dev_out = torch.as_tensor(end_to_end)  # the last cut is the whole network
+
+    def scored(counts: torch.Tensor) -> float | None:
+        if labels is None:
+            return None
+        return float(accuracy(counts[None], torch.as_tensor(labels, dtype=torch.int64))[0])
+
     return ParityReport(
         backend=backend_name or backend.capabilities.name,
         device=backend.capabilities.describe(),
         reference=reference.label,
-        samples=int(len(labels_t)),
+        samples=int(len(spikes)),
         num_steps=int(steps),
         layers=rows,
-        reference_accuracy=float(accuracy(ref_out[None], labels_t)[0]),
-        device_accuracy=float(accuracy(dev_out[None], labels_t)[0]),
+        reference_accuracy=scored(ref_out),
+        device_accuracy=scored(dev_out),
         same_prediction=float((decisions(ref_out) == decisions(dev_out)).float().mean()),
         changes=[str(c) for c in changes],
         reference_ties=float((decisions(ref_out) < 0).float().mean()),
+        reference_silent=silent_outputs(ref_counts[-1]),
         device_ties=float((decisions(dev_out) < 0).float().mean()),
     )
 
@@ -282,18 +298,22 @@ def run_check(
     timeout_s: float | None = None,
 ) -> ParityReport:
     """Open ``backend``, convert ``model`` for it (or take ``device_spec``), and compare the
-    two on ``spikes`` (B, T, N_in; ``time_first``: (T, B, N_in)) with ``labels`` (B,)."""
+    two on ``spikes`` (B, T, N_in; ``time_first``: (T, B, N_in)) with ``labels`` (B,);
+    ``spikes`` may be any data form :mod:`~polystep_neuro.run.user_data` reads, and without
+    labels the report compares the decisions and scores no accuracy."""
     from devices.readout import with_readout
     from devices.registry import backend_options, open_backend
     from polystep_neuro.run.reference import as_reference
     from simulators.torch_device import resolve_device
 
+    if labels is None:  # spikes alone, or a container that holds the labels too
+        spikes, labels = user_data.split(spikes, need_labels=False)
     reference = as_reference(model, steps_for_module(model, spikes, time_steps, time_first))
     x = batch_first(
         np.asarray(torch.as_tensor(spikes).cpu()), reference.spec, time_first, "the spikes",
         "time_steps=",
     )  # fmt: skip
-    y = np.asarray(torch.as_tensor(labels).cpu()).astype(np.int64)
+    y = None if labels is None else user_data.labels_for(labels, len(x), reference.spec.n_classes)
     where = resolve_device(torch_device)
     dev = with_readout(
         open_backend(backend, **backend_options(backend, device=where, timeout_s=timeout_s))

@@ -25,6 +25,27 @@ from polystep_neuro.run.interop import Change, for_backend
 
 # Samples the host runs through the reference at once (bounds its memory on large sets).
 REFERENCE_CHUNK = 1024
+# From this share of samples without a single output spike on, a report says why its
+# accuracies mean nothing (a model read out by its membrane potential, not by spikes).
+SILENT_SHARE = 0.5
+
+
+def silent_outputs(counts: np.ndarray) -> float:
+    """The share of samples (rows of output ``counts``) on which no output neuron spiked."""
+    return float((np.asarray(counts).sum(axis=1) == 0).mean()) if len(counts) else 0.0
+
+
+def silent_note(share: float) -> str | None:
+    """What a report says when the trained model's output layer stays silent (None: it
+    spikes on most samples)."""
+    if share < SILENT_SHARE:
+        return None
+    return (
+        f"the trained model's output layer fired no spike on {share:.0%} of the samples: a "
+        "device decides by output spike counts, so a model read out by its membrane "
+        "potential scores near 0 % here; train the output layer to spike (e.g. "
+        "snntorch.functional.ce_rate_loss or ce_count_loss) and deploy that model"
+    )
 
 
 @dataclass

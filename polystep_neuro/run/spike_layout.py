@@ -83,11 +83,15 @@ def steps_for_module(
 
     if time_steps is not None or not isinstance(model, torch.nn.Module):
         return time_steps
-    spikes = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
-    spikes = getattr(spikes, "spikes", spikes)  # a SpikeDataset: batch-first already
+    from polystep_neuro.run import user_data
+
+    if hasattr(data, "spikes") and hasattr(data, "batch"):  # a SpikeDataset: batch-first
+        return int(data.spikes.shape[1])
+    try:
+        spikes, _ = user_data.split(data, need_labels=False)
+    except PolystepError:
+        return None  # said where the data are read; the reference asks for time_steps
     shape = getattr(spikes, "shape", None)
     if shape is None or len(shape) != 3:
         return None  # the reference then asks for time_steps by name
-    if hasattr(data, "spikes"):
-        return int(shape[1])
     return int(shape[0] if time_first else shape[1])

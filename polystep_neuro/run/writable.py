@@ -119,11 +119,16 @@ def _label_free(spec: NetworkSpec, loaded: tuple[str, ...], device: _DeviceRules
     adapted = hidden_biases(spec, loaded) + thresholds
     if not adapted:
         return Writable(loaded, loaded)
+    if thresholds:
+        what = "biases and thresholds"
+        why = "which re-centre and re-scale how each layer fires"
+    else:  # e.g. Lava caches thresholds when a network is built: biases alone
+        what = f"biases ({device.name} cannot rewrite thresholds)"
+        why = "which re-centre how each layer fires"
     return Writable(
         loaded + tuple(t for t in thresholds if t not in loaded),
         adapted,
-        "without labels: adapting the hidden neurons' biases and thresholds "
-        f"({', '.join(adapted)}), which re-centre and re-scale how each layer fires "
+        f"without labels: adapting the hidden neurons' {what} ({', '.join(adapted)}), {why} "
         "without re-mapping what it computes (naming the writable set overrides this)",
     )
 

@@ -74,7 +74,9 @@ __all__ = [
 SUPPORTED = (
     "supported: an nn.Sequential (or an iterable of (nn.Linear, neuron) pairs) of nn.Linear "
     "layers each followed by snn.Leaky or snn.Synaptic, float32, with one beta/alpha/threshold "
-    "value per layer, reset_mechanism 'subtract'/'zero'/'none', reset_delay True or False, "
+    "value per layer (per-neuron values are mapped and reported by the commands and "
+    "polystep_neuro.adapt/deploy/check; from_snntorch alone refuses them), "
+    "reset_mechanism 'subtract'/'zero'/'none', reset_delay True or False, "
     "graded_spikes_factor 1, no inhibition, no state_quant, and a Heaviside spike_grad "
     "(every snntorch.surrogate function)"
 )
@@ -178,6 +180,12 @@ def _layer_pairs(model: Any) -> list[tuple[_Entry, _Entry]]:
             raise _unsupported(
                 name, module, "a subclass of snn.Leaky/snn.Synaptic (its update may differ)"
             )
+        elif isinstance(module, nn.Dropout):
+            raise _unsupported(
+                name, module, "a dropout layer; it does nothing once trained, so pass the model "
+                "without it, e.g. [(net.fc1, net.lif1), (net.fc2, net.lif2)] (its weights are "
+                "the same)"
+            )  # fmt: skip
         else:
             raise _unsupported(name, module, "this layer type is not supported")
         previous = (name, module)

@@ -1,0 +1,124 @@
+"""What the Python API accepts as data, checked once for ``adapt``, ``deploy`` and ``check``.
+
+Users hold their spikes in many containers: a ``(spikes, labels)`` pair of arrays or
+tensors, the ``.npz`` the commands read (loaded, or its path), a dict of the same names, a
+``TensorDataset`` or a ``DataLoader`` over one.  Each becomes ``(spikes, labels or None)``
+here, and labels are checked against the network (whole numbers, finite, one per sample,
+below the number of classes), so a bad label is one message naming the fix instead of an
+index error deep in the loss, or a fractional label silently cut to an integer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polystep_neuro.core.errors import PolystepError
+
+ACCEPTED = (
+    "a (spikes, labels) pair, spikes alone (unlabelled), a SpikeDataset, a dict or loaded "
+    ".npz with 'spikes' (and 'labels'), the path of such an .npz, or a TensorDataset / "
+    "DataLoader over (spikes, labels) tensors"
+)
+
+
+def split(value: Any, *, need_labels: bool, what: str = "the data") -> tuple[Any, Any | None]:
+    """``(spikes, labels)`` of ``value`` in any accepted form (labels None: unlabelled);
+    one PolystepError naming the accepted forms otherwise, or when labels are needed and
+    ``value`` has none."""
+    spikes, labels = _parts(value, what)
+    if labels is None and need_labels:
+        raise PolystepError(
+            f"{what} needs labels: give a (spikes, labels) pair or an .npz holding 'labels'"
+        )
+    return spikes, labels
+
+
+def _parts(value: Any, what: str) -> tuple[Any, Any | None]:
+    from polystep_neuro.run.data import SpikeDataset
+
+    if isinstance(value, SpikeDataset):
+        return value.spikes.cpu().numpy(), (value.labels.cpu().numpy() if value.labelled
+                                           else None)  # fmt: skip
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return value[0], value[1]
+    if isinstance(value, (str, os.PathLike)):
+        return _npz(Path(value), what)
+    if isinstance(value, (Mapping, np.lib.npyio.NpzFile)):
+        return _named(value, what)
+    dataset = getattr(value, "dataset", value)  # a DataLoader reads its dataset
+    tensors = getattr(dataset, "tensors", None)  # torch.utils.data.TensorDataset
+    if isinstance(tensors, tuple) and len(tensors) in (1, 2):
+        return tensors[0], (tensors[1] if len(tensors) == 2 else None)
+    if hasattr(value, "shape") and len(value.shape) == 3:
+        return value, None
+    if isinstance(value, torch.utils.data.DataLoader):
+        raise PolystepError(
+            f"{what}: a DataLoader over {type(dataset).__name__} cannot be read as a whole; "
+            "collect it first, e.g. x = torch.cat([b[0] for b in loader]) and "
+            "y = torch.cat([b[1] for b in loader]), and pass (x, y)"
+        )
+    shape = getattr(value, "shape", None)
+    got = f"an array of shape {tuple(shape)}" if shape is not None else type(value).__name__
+    raise PolystepError(f"{what} must be {ACCEPTED}; got {got}")
+
+
+def _named(value: Any, what: str) -> tuple[Any, Any | None]:
+    names = list(getattr(value, "files", None) or value.keys())
+    if "spikes" not in names:
+        raise PolystepError(f"{what} holds {names}, not 'spikes' (and 'labels')")
+    return value["spikes"], (value["labels"] if "labels" in names else None)
+
+
+def _npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise PolystepError(f"{path} is a single .npy array; save an .npz with "
+                                    "np.savez(path, spikes=..., labels=...)")  # fmt: skip
+            spikes, labels = _named(data, f"{what} ({path})")
+            return np.asarray(spikes), (None if labels is None else np.asarray(labels))
+    except FileNotFoundError:
+        raise PolystepError(f"data file not found: {path}") from None
+    except PolystepError:
+        raise
+    except Exception as exc:  # not a zip, a damaged header, a pickled array
+        raise PolystepError(f"{path} must be an .npz holding 'spikes' (and 'labels'): "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None  # fmt: skip
+
+
+def labels_for(labels: Any, samples: int, classes: int, what: str = "the labels") -> np.ndarray:
+    """``labels`` as class indices (int64, one per sample), or one PolystepError naming what
+    is wrong: one-hot rows, the wrong count, NaN, fractions, or a class the network lacks."""
+    out = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+    if out.ndim == 2 and out.shape == (samples, classes):
+        raise PolystepError(
+            f"{what} look one-hot ({samples}, {classes}): give class indices, labels.argmax(1)"
+        )
+    if out.shape != (samples,):
+        raise PolystepError(f"{what} must be one class index per sample, ({samples},); "
+                            f"got shape {out.shape}")  # fmt: skip
+    if out.dtype == bool or not np.issubdtype(out.dtype, np.number):
+        raise PolystepError(f"{what} must be integer class indices, got {out.dtype}")
+    if not np.issubdtype(out.dtype, np.integer):
+        if not np.isfinite(out).all():
+            raise PolystepError(f"{what} contain NaN or infinite values")
+        fractional = out[out != np.round(out)]
+        if fractional.size:
+            raise PolystepError(
+                f"{what} must be whole class indices; {fractional.size} are not (e.g. "
+                f"{fractional[0]:g})"
+            )
+    out = out.astype(np.int64)
+    if out.size and (out.min() < 0 or out.max() >= classes):
+        raise PolystepError(
+            f"{what} must lie in [0, {classes}) for this network's {classes} classes; "
+            f"got {out.min()} to {out.max()}"
+        )
+    return out
