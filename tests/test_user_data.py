@@ -200,3 +200,41 @@ def test_deploy_says_at_once_when_its_network_cannot_go_back_into_a_biasless_mod
     )
     with pytest.raises(Exception, match="layer 0 has no bias"):
         result.load_into(net)
+
+
+def test_a_validation_set_too_small_to_choose_is_said(capsys) -> None:
+    x, y = _data(40)
+    pn.adapt(_spec(), "torch-sim", train=(x, y), steps=1, torch_device="cpu")
+    out = capsys.readouterr().out
+    assert (
+        "validation 'drifted' holds 8 samples: one sample moves its accuracy by 12 points, too "
+        "coarse to tell networks apart" in out
+    )
+    lines: list[str] = []
+    pn.deploy(_spec(), "torch-sim-fixed", data=(x, y), budget=200, progress=False,
+              torch_device="cpu", report=lines.append)  # fmt: skip
+    assert any(line.startswith("validation 'val' holds 8 samples") for line in lines)
+    x, y = _data(200)
+    pn.adapt(_spec(), "torch-sim", train=(x, y), steps=1, torch_device="cpu")
+    assert "holds 40 samples" not in capsys.readouterr().out
+
+
+def test_a_test_file_that_is_the_training_file_is_said(tmp_path: Path, capsys) -> None:
+    from polystep_neuro.cli import main
+
+    x, y = _data(60)
+    np.savez(tmp_path / "d.npz", spikes=x, labels=y)
+    np.savez(tmp_path / "t.npz", spikes=x, labels=y)  # the same values, another file
+    _spec().save(tmp_path / "spec.npz")
+    code = main(["adapt", "--spec", str(tmp_path / "spec.npz"), "--data", str(tmp_path / "d.npz"),
+                 "--test", f"clean={tmp_path / 'd.npz'}", "--test",
+                 f"other={tmp_path / 't.npz'}", "--steps", "1", "--backend", "torch-sim",
+                 "--torch-device", "cpu", "--out", str(tmp_path / "run"),
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert (
+        f"note: --test clean is {tmp_path / 'd.npz'}, the data the run adapts on: its accuracy "
+        "is not a held-out score"
+    ) in out
+    assert "--test other" not in out

@@ -21,6 +21,7 @@ Writes ``config.json`` (at the start), ``metrics.jsonl``, ``checkpoint.pt``, ``a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,26 @@ def load_spike_data(
     if labels.min() < 0 or labels.max() >= spec.n_classes:
         raise PolystepError(f"labels in {path} must lie in [0, {spec.n_classes}) for this network")
     return spikes, labels
+
+
+def reused_file_notes(trained_on: Path | None, tests: Mapping[str, Path]) -> list[str]:
+    """One line per ``--test`` file that is the training data file itself: its accuracy is
+    then not held out (easy to do by accident with one data file)."""
+    if trained_on is None:
+        return []
+    same = [name for name, path in tests.items() if _same_file(path, trained_on)]
+    return [
+        f"note: --test {name} is {trained_on}, the data the run adapts on: its accuracy is not "
+        "a held-out score"
+        for name in same
+    ]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 _LABEL_LIKE = ("label", "labels", "y", "target", "targets", "class", "classes", "digit", "digits")

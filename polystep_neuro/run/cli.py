@@ -510,7 +510,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from polystep_neuro.run.adapt_job import AdaptJob, run_adapt_job
+    from polystep_neuro.run.adapt_job import AdaptJob, reused_file_notes, run_adapt_job
     from polystep_neuro.run.optimizers import Settings
 
     _check_backend_name(args.backend)
@@ -555,6 +555,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         teacher_path=args.teacher,
     )
+    for note in reused_file_notes(args.data, dict(args.test)):
+        print(note)
     started = time.time()
     try:
         run_adapt_job(job)

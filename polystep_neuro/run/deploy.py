@@ -55,6 +55,7 @@ from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
 from polystep_neuro.run.output_copies import with_output_copies
 from polystep_neuro.run.reference import Reference, as_reference, silent_note, silent_outputs
+from polystep_neuro.run.selection import few_samples_note
 from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.teacher import (
     TEACHER_WEIGHT,
@@ -211,9 +212,10 @@ def deploy(
         spec, changes = _converted(reference, backend, dev, writable, say)
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
-        silent = silent_note(sets.reference_silent)
-        if silent is not None:
-            say(silent)
+        for note in (silent_note(sets.reference_silent),
+                     few_samples_note("val", len(sets.validation["val"]))):  # fmt: skip
+            if note is not None:
+                say(note)
         loss = teacher_loss(teacher_weight)
         converted, before = _loaded(dev, spec, sets, say)
         calibration, scores, used = _calibration_stage(

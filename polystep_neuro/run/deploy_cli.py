@@ -198,7 +198,7 @@ def check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- deploy
 def deploy(args: argparse.Namespace) -> int:
-    from polystep_neuro.run.adapt_job import load_spike_data
+    from polystep_neuro.run.adapt_job import load_spike_data, reused_file_notes
     from polystep_neuro.run.deploy import deploy as run_deploy
 
     _record_or_check_files(args)
@@ -212,6 +212,8 @@ def deploy(args: argparse.Namespace) -> int:
         )  # fmt: skip
         return spikes if labels is None else (spikes, labels)
 
+    for note in reused_file_notes(args.data, dict(args.test)):
+        print(note)
     result = run_deploy(
         reference,
         args.backend,

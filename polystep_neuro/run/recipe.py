@@ -27,6 +27,7 @@ from polystep_neuro.run.data import SpikeDataset, concat, hold_out
 from polystep_neuro.run.label_free import make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
+from polystep_neuro.run.selection import few_samples_note
 from polystep_neuro.run.writable import Writable, resolve_writable
 
 Report = Callable[[str], None]
@@ -159,6 +160,10 @@ def _adapt(
                 f"--resume: no checkpoint in {cfg.out_dir}; run without --resume to start"
             )
     anchor = anchor_weight(data.has_clean, cfg.anchor)
+    for name, held in data.validation.items():
+        note = few_samples_note(name, len(held))
+        if note is not None and report is not None:
+            report(note)
     # Unlabelled field data: a label-free objective on the device's outputs (run/label_free)
     loss = None if data.stream.labelled else make_objective(cfg.objective)
     if loss is not None and report is not None:

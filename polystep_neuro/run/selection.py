@@ -23,6 +23,22 @@ from typing import Any
 
 import torch
 
+# Below this many samples one sample moves a validation accuracy by more than 3 points, too
+# coarse to choose between networks: a run says so (it still runs).
+FEW_VALIDATION_SAMPLES = 30
+
+
+def few_samples_note(name: str, samples: int) -> str | None:
+    """One line when validation set ``name`` is too small to choose what is handed back."""
+    if samples >= FEW_VALIDATION_SAMPLES:
+        return None
+    return (
+        f"validation {name!r} holds {samples} samples: one sample moves its accuracy by "
+        f"{100 / max(samples, 1):.0f} points, too coarse to tell networks apart; give more "
+        "data (a fifth of it validates) or a validation set of its own"
+    )
+
+
 # How much lower than the start's the label-free objective on validation must be before a
 # point counts as better (docs/benchmarks.md, label-free section, chose it).
 PROXY_MARGIN = 0.01
