@@ -160,6 +160,25 @@ def test_the_adapt_command_takes_a_data_file_without_labels(field_data, tmp_path
     assert "drifted_accuracy" in summary["end"]
 
 
+def test_the_objective_is_chosen_by_name_in_the_api_and_the_command(
+    field_data, tmp_path: Path, capsys
+) -> None:
+    x_drift, _ = field_data["drifted"]
+    pn.adapt(field_data["spec"], train=x_drift, steps=1, rank=4, torch_device="cpu",
+             objective="entropy")  # fmt: skip
+    assert "the label-free objective 'entropy' on the device's outputs" in capsys.readouterr().out
+    np.savez(tmp_path / "field.npz", spikes=x_drift)
+    field_data["spec"].save(tmp_path / "spec.npz")
+    args = ["adapt", "--spec", str(tmp_path / "spec.npz"), "--data", str(tmp_path / "field.npz"),
+            "--steps", "1", "--rank", "4", "--torch-device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main([*args, "--objective", "entropy"]) == 0
+    assert "the label-free objective 'entropy'" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--objective", "bogus"])
+    assert "argument --objective: invalid choice: 'bogus'" in capsys.readouterr().err
+
+
 def test_evaluate_still_needs_labels(field_data, tmp_path: Path, capsys) -> None:
     np.savez(tmp_path / "field.npz", spikes=field_data["drifted"][0])
     field_data["spec"].save(tmp_path / "spec.npz")
@@ -196,3 +215,11 @@ def test_without_labels_the_hidden_biases_and_rewritable_thresholds_adapt(backen
     assert "lif2.vth" not in chosen.adapted  # never the output layer's
     named = resolve_writable(spec, ["lif0.v_bias"], caps, has_clean=False, label_free=True)
     assert named.adapted == ("lif0.v_bias",)  # naming the set overrides the default
+    if backend == "torch-sim-fixed":  # a network whose spec makes no bias writable
+        fixed = spec.with_writable(["fc2.weight"])
+        only = resolve_writable(fixed, None, caps, has_clean=False, label_free=True)
+        assert only.adapted == ("lif0.vth", "lif1.vth")
+        assert only.note is not None and only.note.startswith(
+            "without labels: adapting the hidden neurons' thresholds (no hidden bias is "
+            "writable in this network) (lif0.vth, lif1.vth), which re-scale how"
+        )

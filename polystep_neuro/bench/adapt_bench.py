@@ -439,7 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         from polystep_neuro.bench import zoo
 
         return zoo.main([a for a in argv if a != "--zoo"])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="--zoo (first or anywhere) runs the task zoo instead, with its own options: "
+        "python -m polystep_neuro.bench.adapt_bench --zoo --help",
+    )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
     parser.add_argument("--methods", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)

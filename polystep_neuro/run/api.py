@@ -108,6 +108,7 @@ def adapt(
     time_first: bool = False,
     val_fraction: float = RunConfig.val_fraction,
     anchor: float | None = None,
+    objective: str = RunConfig.objective,
     teacher: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -117,17 +118,17 @@ def adapt(
     """Adapt ``model`` on ``backend`` with forward passes only; see the module docstring.
 
     ``time_steps`` is the T an snnTorch model runs per sample.  ``train`` is what the device
-    sees now (spikes alone, without labels, run a label-free objective:
-    :mod:`polystep_neuro.run.label_free`); ``validation`` (default: ``val_fraction`` of
-    ``train`` held out) decides which
-    network is handed back; ``replay`` (clean data) is mixed into the stream and a share of
-    it validates too; ``test`` sets are only reported.  ``writable`` defaults to the model's
-    writable set, else every weight and neuron bias the device can rewrite; ``"all"`` is
-    every parameter the device can rewrite (:mod:`polystep_neuro.run.writable`).  Without
-    replay the run adapts only the hidden neurons' biases among them and the start's own
-    outputs anchor it (``anchor``, default 2; :mod:`polystep_neuro.run.run_defaults`).
-    ``teacher`` (the trained model, run on the host) takes the start's place: its outputs on
-    every sample are the soft targets the run holds on to (:mod:`polystep_neuro.run.teacher`).
+    sees now (spikes alone, without labels, run the label-free ``objective``, ``"im"`` or
+    ``"entropy"``: :mod:`polystep_neuro.run.label_free`); ``validation`` (default:
+    ``val_fraction`` of ``train`` held out) decides which network is handed back; ``replay``
+    (clean data) is mixed into the stream and a share of it validates too; ``test`` sets are
+    only reported.  ``writable`` defaults to the model's writable set, else every weight and
+    neuron bias the device can rewrite; ``"all"`` is every parameter the device can rewrite
+    (:mod:`polystep_neuro.run.writable`).  Without replay the run adapts only the hidden
+    neurons' biases among them and the start's own outputs anchor it (``anchor``, default 2;
+    :mod:`polystep_neuro.run.run_defaults`). ``teacher`` (the trained model, run on the
+    host) takes the start's place: its outputs on every sample are the soft targets the run
+    holds on to (:mod:`polystep_neuro.run.teacher`).
     ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
     step, ``low_rank_probes=True`` for the float simulator's faster first layer, ...).
     ``num_steps=`` and ``device=`` still work for one release (renamed ``time_steps=`` and
@@ -139,7 +140,7 @@ def adapt(
     spec, changes = _as_spec(model, time_steps, backend)
     cfg = RunConfig(
         backend=backend, torch_device=torch_device, steps=steps, batch_size=batch_size,
-        val_fraction=val_fraction, writable=writable, anchor=anchor,
+        val_fraction=val_fraction, writable=writable, anchor=anchor, objective=objective,
         settings=Settings(optimizer=optimizer, seed=seed, **settings),
         out_dir=None if out_dir is None else Path(out_dir), progress=progress,
     )  # fmt: skip

@@ -18,6 +18,7 @@ from polystep_neuro.core.errors import DeviceError, Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
 from polystep_neuro.run.cli_args import WholeWords, add_backend, at_least, named_path
 from polystep_neuro.run.deprecation import add_renamed_flag
+from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, OBJECTIVES
 from polystep_neuro.run.run_defaults import RunConfig
 
 EXIT_ERROR = 2
@@ -282,6 +283,14 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
         f"{DRIFTED_ONLY_ANCHOR:g} without clean data, 0 with --replay)",
     )
     adapt.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=DEFAULT_OBJECTIVE,
+        help="without labels in --data: the label-free objective (im: confident predictions "
+        "that still use every class; entropy: confidence alone, which can collapse onto one "
+        "class)",
+    )
+    adapt.add_argument(
         "--trust-radius",
         type=float,
         help="how far (RMS per parameter, in probe units) the parameters may move from the "
@@ -538,6 +547,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         time_first=args.time_first,
         anchor=args.anchor,
+        objective=args.objective,
         trust_radius=args.trust_radius,
         shift_noise=args.shift_noise,
         shift_gain=args.shift_gain,

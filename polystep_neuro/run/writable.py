@@ -116,15 +116,19 @@ def _label_free(spec: NetworkSpec, loaded: tuple[str, ...], device: _DeviceRules
     """The hidden biases among ``loaded`` and the hidden thresholds the device can rewrite
     (loaded writable too, so the network handed back keeps them)."""
     thresholds = device.rewritable(f"lif{i}.vth" for i in range(len(spec.layers) - 1))
-    adapted = hidden_biases(spec, loaded) + thresholds
+    biases = hidden_biases(spec, loaded)
+    adapted = biases + thresholds
     if not adapted:
         return Writable(loaded, loaded)
-    if thresholds:
+    if biases and thresholds:
         what = "biases and thresholds"
         why = "which re-centre and re-scale how each layer fires"
-    else:  # e.g. Lava caches thresholds when a network is built: biases alone
+    elif biases:  # e.g. Lava caches thresholds when a network is built: biases alone
         what = f"biases ({device.name} cannot rewrite thresholds)"
         why = "which re-centre how each layer fires"
+    else:  # no bias is writable in this network (its spec says so)
+        what = "thresholds (no hidden bias is writable in this network)"
+        why = "which re-scale how each layer fires"
     return Writable(
         loaded + tuple(t for t in thresholds if t not in loaded),
         adapted,
