@@ -194,3 +194,26 @@ def test_label_free_and_watch_sections_report_what_they_measured(tmp_path: Path)
     assert re.search(r"False alarms on clean streams: 0 drift events in 60 batches", watch)
     row = re.search(r"^\| brightness \| tuned \| 1 of 1 \| (\d+) \|", watch, flags=re.M)
     assert row is not None and int(row.group(1)) <= 10  # detected within 10 batches
+
+
+def test_the_deploy_gap_bench_draws_fixed_classes_and_reports_where_the_stage_ran() -> None:
+    """Its classes are the same prototypes for every seed (only samples and jitter move),
+    and its summary counts the gain of deploy's default over stages 1-2 where stage 3 ran."""
+    from polystep_neuro.bench import deploy_gap_bench as gap
+
+    (a, ya), (b, yb) = gap.rates(200, 0), gap.rates(200, 1)
+    assert a.shape == (200, gap.CHANNELS) and not np.array_equal(ya, yb)
+    for c in range(gap.CLASSES):  # class means agree across seeds: the same prototypes
+        np.testing.assert_allclose(a[ya == c].mean(0), b[yb == c].mean(0), atol=0.02)
+    assert np.array_equal(gap.rates(200, 0)[0], a)
+
+    def row(seed: int, base: float, default: float, steps: int) -> dict:
+        runs = {"stages 1-2": base, "default": default, "always": default}
+        return {"model": "m", "seed": seed, "trained": 0.9, "converted": 0.8,
+                "val_trained": 0.9, "val_calibrated": 0.85,
+                **{k: {"test": v, "val": v, "steps": steps if k != "stages 1-2" else 0,
+                       "seconds": 1.0} for k, v in runs.items()}}  # fmt: skip
+
+    lines = gap.table([row(0, 0.80, 0.85, 10), row(1, 0.80, 0.79, 10), row(2, 0.8, 0.8, 0)])
+    assert lines[-2] == ("default over stages 1-2, test points: median +0.0 over 3 networks; "
+                         "where stage 3 ran (2): median +2.0, worst -1.0")  # fmt: skip

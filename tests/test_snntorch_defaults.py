@@ -164,7 +164,7 @@ def test_deploy_without_labels_says_whose_answers_validation_scores(
     monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)  # a bar, if any
     model, (x, _) = trained["model"], trained["data"]["train"]
     result = pn.deploy(model, "torch-sim-fixed", data=x, time_steps=T, time_first=True,
-                       budget=3000)  # fmt: skip
+                       budget=3000, adapt=False)  # fmt: skip
     assert "adapt" not in capsys.readouterr().err
     assert result.model_labelled_val
     (line,) = [ln for ln in result.summary().splitlines() if ln.startswith("validation")]
@@ -172,6 +172,31 @@ def test_deploy_without_labels_says_whose_answers_validation_scores(
         "validation (no labels given: scored against the trained model's own answers, on which "
         "its own ties count as wrong): trained "
     )
+
+
+def test_deploy_adapts_by_default_only_where_a_gap_is_left(trained: dict) -> None:
+    """adapt=None: stage 3 runs where validation is 2 or more points below the trained model
+    after stages 1-2 (said, with the flag that skips it), and is skipped, saying so, where it
+    is within 2 points; adapt=True / False decide without a word."""
+    from polystep_neuro.run.deploy import ADAPT_FROM
+
+    model, (x, _) = trained["model"], trained["data"]["train"]
+    runs = {}
+    for adapt in (None, False):
+        lines: list[str] = []
+        runs[adapt] = (pn.deploy(model, "torch-sim-fixed", data=x, time_steps=T,
+                                 time_first=True, budget=3000, adapt=adapt, progress=False,
+                                 report=lines.append), lines)  # fmt: skip
+    result, lines = runs[None]
+    gap = result.reference["val_accuracy"] - result.split["val_accuracy"]
+    assert gap >= ADAPT_FROM  # this network leaves a gap: the stage runs
+    said = [ln for ln in lines if ln.startswith("adaptation: ")]
+    assert said == [f"adaptation: validation is {100 * gap:.1f} points below the trained model, "
+                    "so PolyStep adapts the device network (adapt=False / --no-adapt skips "
+                    "it)"]  # fmt: skip
+    assert result.result.steps > 0 and runs[False][0].result.steps == 0
+    assert not any(ln.startswith("adaptation: ") for ln in runs[False][1])
+    assert result.after["val_accuracy"] >= runs[False][0].after["val_accuracy"]
 
 
 @pytest.mark.parametrize("copies", ["identical", "mirrored"])
@@ -202,7 +227,7 @@ def test_deploy_keeps_output_copies_only_where_validation_holds(
     lines: list[str] = []
     result = pn.deploy(model, data=data["train"], validation=data["val"],
                        test={"test": data["test"]}, time_steps=T, time_first=True,
-                       progress=False, report=lines.append)  # fmt: skip
+                       progress=False, report=lines.append, adapt=False)  # fmt: skip
     if copies == "identical":
         assert result.output_copies == 2 and result.spec.n_out == 20
         assert result.split == result.calibrated  # doubled counts, the same decisions
@@ -254,10 +279,10 @@ def test_the_commands_convert_check_deploy_evaluate_and_export(
     out = _cli(capsys, "deploy", "--snntorch", tmp_path / "model.pt", "--time-steps", T,
                "--data", tmp_path / "train.npz", "--val", tmp_path / "val.npz",
                "--test", f"test={tmp_path / 'test.npz'}", "--time-first",
-               "--out", run, "--no-progress")  # fmt: skip
+               "--out", run, "--no-progress", "--no-adapt")  # fmt: skip
     summary = json.loads((run / "summary.json").read_text())
     assert summary["recovered"]["val_accuracy"] >= summary["converted"]["val_accuracy"]
-    assert summary["parameter_sets"] == 3 * 169 * 4  # the calibration alone, by default
+    assert summary["parameter_sets"] == 3 * 169 * 4  # the calibration alone
     assert summary["steps"] == 0
     assert "test test: trained" in out
     adapted = NetworkSpec.load(run / "adapted.npz")

@@ -55,7 +55,7 @@ def run_one(model: Model, seed: int) -> dict:
     result = pn.deploy(
         net, "torch-sim-fixed", data=(x_train, y_train), validation=(x_val, y_val),
         test={"test": (x_test, y_test)}, time_steps=model.num_steps, time_first=True,
-        seed=seed, progress=False, output_copies=False,
+        seed=seed, progress=False, output_copies=False, adapt=False,
     )  # fmt: skip
     copied = with_output_copies(result.spec)
     return {

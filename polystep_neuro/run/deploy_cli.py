@@ -115,12 +115,23 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         "over both, where that does not lower validation accuracy: it splits the ties the "
         "device's coarser counts make)",
     )
-    deploy.add_argument(
+    stage3 = deploy.add_mutually_exclusive_group()
+    stage3.add_argument(
         "--adapt",
-        action="store_true",
-        help="after the calibration, adapt every weight and neuron bias with PolyStep "
-        "towards the model's outputs, within --budget (measured on the deployment bench: "
-        "no gain on held-out data; docs/benchmarks.md)",
+        dest="adapt",
+        action="store_const",
+        const=True,
+        default=None,
+        help="after the calibration, always adapt every weight and neuron bias with PolyStep "
+        "towards the model's outputs, within --budget (default: only where the calibrated "
+        "network is still 2 or more points below the trained model on validation)",
+    )
+    stage3.add_argument(
+        "--no-adapt",
+        dest="adapt",
+        action="store_const",
+        const=False,
+        help="never run the adaptation stage (calibration and output copies only)",
     )
     deploy.add_argument(
         "--writable",
