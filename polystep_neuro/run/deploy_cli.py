@@ -61,8 +61,9 @@ def _add_deploy(sub: Any) -> None:
         "passes only)",
         description="Convert the model for --backend, then recover the accuracy the "
         "conversion cost: a per-neuron calibration against the model's own spike counts on "
-        "--data (and, with --adapt, PolyStep adaptation with the model's outputs as soft "
-        "targets and the labels when the file has them).  A fifth of --data is held out for "
+        "--data (and, where validation is then still 2 or more points below the model, or "
+        "always with --adapt, PolyStep adaptation with the model's outputs as soft targets "
+        "and the labels when the file has them).  A fifth of --data is held out for "
         "validation: the network handed back is never less accurate on it than the "
         "converted one.  Writes config.json (the files it read), converted.npz, adapted.npz, "
         "summary.json, metrics.jsonl and checkpoint.pt.",
