@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # `python -m polystep_neuro.bench.deploy_bench`
     sys.path.insert(0, str(ROOT))
 
 from polystep_neuro.bench.bptt import train_bptt  # noqa: E402
+from polystep_neuro.run.cli_args import add_adapt_switch  # noqa: E402
 from polystep_neuro.run.data import hold_out, load_split  # noqa: E402
 
 
@@ -259,18 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch-sim-fixed")
     parser.add_argument("--budget", type=int, default=50_000, help="parameter sets per model")
     parser.add_argument("--quick", action="store_true", help="one tiny model, a small budget")
-    stage3 = parser.add_mutually_exclusive_group()
-    stage3.add_argument(
-        "--adapt",
-        dest="adapt",
-        action="store_const",
-        const=True,
-        default=None,
-        help="deploy --adapt: the PolyStep stage always",
+    add_adapt_switch(
+        parser,
+        always="deploy --adapt: the PolyStep stage always",
+        never="deploy --no-adapt: calibration and output copies only (default: deploy's own "
+        "rule, the stage where a gap is left)",
     )
-    stage3.add_argument("--no-adapt", dest="adapt", action="store_const", const=False,
-                        help="deploy --no-adapt: calibration and output copies only "
-                        "(default: deploy's own rule, the stage where a gap is left)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     if args.quick:

@@ -56,3 +56,13 @@ def at_least(minimum: int):  # noqa: ANN201 (an argparse type)
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def add_adapt_switch(p: argparse.ArgumentParser, always: str, never: str) -> None:
+    """``--adapt`` / ``--no-adapt`` into ``adapt``: True, False, or None (deploy's own rule:
+    its adaptation stage where a gap is left); ``always`` and ``never`` are their helps."""
+    stage3 = p.add_mutually_exclusive_group()
+    stage3.add_argument(
+        "--adapt", dest="adapt", action="store_const", const=True, default=None, help=always
+    )
+    stage3.add_argument("--no-adapt", dest="adapt", action="store_const", const=False, help=never)

@@ -15,7 +15,7 @@ from typing import Any
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim.subspace import RANK_RULES
-from polystep_neuro.run.cli_args import add_backend, named_path
+from polystep_neuro.run.cli_args import add_adapt_switch, add_backend, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
 from polystep_neuro.run.optimizers import UPDATES, Settings
 from polystep_neuro.run.reference import Reference
@@ -116,23 +116,12 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         "over both, where that does not lower validation accuracy: it splits the ties the "
         "device's coarser counts make)",
     )
-    stage3 = deploy.add_mutually_exclusive_group()
-    stage3.add_argument(
-        "--adapt",
-        dest="adapt",
-        action="store_const",
-        const=True,
-        default=None,
-        help="after the calibration, always adapt every weight and neuron bias with PolyStep "
+    add_adapt_switch(
+        deploy,
+        always="after the calibration, always adapt every weight and neuron bias with PolyStep "
         "towards the model's outputs, within --budget (default: only where the calibrated "
         "network is still 2 or more points below the trained model on validation)",
-    )
-    stage3.add_argument(
-        "--no-adapt",
-        dest="adapt",
-        action="store_const",
-        const=False,
-        help="never run the adaptation stage (calibration and output copies only)",
+        never="never run the adaptation stage (calibration and output copies only)",
     )
     deploy.add_argument(
         "--writable",
