@@ -141,7 +141,7 @@ def test_data_with_other_time_steps_names_where_the_networks_come_from(tmp_path:
 def test_time_first_on_batch_first_data_says_to_drop_the_flag(tmp_path: Path) -> None:
     path = tmp_path / "batch_first.npz"
     np.savez(path, spikes=np.zeros((7, 4, 6), np.uint8), labels=np.zeros(7, np.int64))
-    with pytest.raises(PolystepError, match=r"is \(7, 4, 6\) as given: that is already "
+    with pytest.raises(PolystepError, match=r": \(7, 4, 6\) as given, which is already "
                        r"batch-first .*T=4\); drop --time-first"):  # fmt: skip
         load_spike_data(path, SPEC, time_first=True)
 

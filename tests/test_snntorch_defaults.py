@@ -177,7 +177,7 @@ def test_deploy_without_labels_says_whose_answers_validation_scores(
 def test_deploy_adapts_by_default_only_where_a_gap_is_left(trained: dict) -> None:
     """adapt=None: stage 3 runs where validation is 2 or more points below the trained model
     after stages 1-2 (said, with the flag that skips it), and is skipped, saying so, where it
-    is within 2 points; adapt=True / False decide without a word."""
+    is within 2 points; adapt=True / False decide, and say so too."""
     from polystep_neuro.run.deploy import ADAPT_FROM
 
     model, (x, _) = trained["model"], trained["data"]["train"]
@@ -195,7 +195,11 @@ def test_deploy_adapts_by_default_only_where_a_gap_is_left(trained: dict) -> Non
                     "so PolyStep adapts the device network (adapt=False / --no-adapt skips "
                     "it)"]  # fmt: skip
     assert result.result.steps > 0 and runs[False][0].result.steps == 0
-    assert not any(ln.startswith("adaptation: ") for ln in runs[False][1])
+    assert [ln for ln in runs[False][1] if ln.startswith("adaptation: ")] == [
+        "adaptation: skipped because it was turned off (adapt=False / --no-adapt)"
+    ]
+    assert result.adaptation == said[0] and said[0] in result.summary().splitlines()
+    assert result.to_json()["adaptation"] == said[0]
     assert result.after["val_accuracy"] >= runs[False][0].after["val_accuracy"]
 
 

@@ -55,6 +55,23 @@ def test_every_container_gives_the_same_spikes_and_labels(tmp_path: Path) -> Non
         user_data.split(x, need_labels=True)
 
 
+def test_a_subset_is_its_own_samples_not_its_parents() -> None:
+    """random_split's pieces (Subsets, nested too, and DataLoaders over them) give their own
+    samples: reading the parent would put the validation samples into training."""
+    x, y = _data(30)
+    whole = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
+    train, held = torch.utils.data.random_split(
+        whole, [20, 10], generator=torch.Generator().manual_seed(0)
+    )
+    for form in (train, DataLoader(train, batch_size=4, shuffle=True)):
+        spikes, labels = user_data.split(form, need_labels=True)
+        assert np.array_equal(np.asarray(spikes), x[train.indices])
+        assert np.array_equal(np.asarray(labels), y[train.indices])
+    inner = torch.utils.data.Subset(held, [2, 0])  # a Subset of a Subset
+    spikes, labels = user_data.split(inner, need_labels=True)
+    assert np.array_equal(np.asarray(labels), y[[held.indices[2], held.indices[0]]])
+
+
 def test_what_cannot_be_read_is_named_with_the_forms_that_can(tmp_path: Path) -> None:
     x, _ = _data()
 
@@ -65,9 +82,15 @@ def test_what_cannot_be_read_is_named_with_the_forms_that_can(tmp_path: Path) ->
         def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
             return torch.as_tensor(x[i]), 0
 
-    with pytest.raises(PolystepError, match=r"a DataLoader over Samples cannot be read as a "
-                       r"whole; collect it first, e\.g\. x = torch\.cat"):  # fmt: skip
-        user_data.split(DataLoader(Samples()), need_labels=False)
+    for form in (Samples(), DataLoader(Samples())):
+        with pytest.raises(PolystepError, match=r"a Samples cannot be read as a whole; collect "
+                           r"its samples first, e\.g\. x = torch\.stack"):  # fmt: skip
+            user_data.split(form, need_labels=False)
+    tensors = TensorDataset(torch.as_tensor(x), torch.zeros(len(x)))
+    some = torch.utils.data.SubsetRandomSampler(range(10))
+    with pytest.raises(PolystepError, match="a DataLoader with a SubsetRandomSampler picks some "
+                       "samples, not the whole dataset"):  # fmt: skip
+        user_data.split(DataLoader(tensors, sampler=some), need_labels=False)
     with pytest.raises(PolystepError, match="must be a \\(spikes, labels\\) pair, .*; got tuple"):
         user_data.split((x,), need_labels=False)
     with pytest.raises(PolystepError, match=r"got an array of shape \(40, 96\)"):
@@ -106,9 +129,12 @@ def test_deploy_and_adapt_refuse_a_label_the_network_lacks_before_any_work() -> 
     with pytest.raises(PolystepError, match=r"the labels of the data must lie in \[0, 4\)"):
         pn.deploy(_spec(), "torch-sim-fixed", data=(x, bad), budget=100, progress=False,
                   torch_device="cpu")  # fmt: skip
-    with pytest.raises(PolystepError, match=r"the labels must lie in \[0, 4\)"):
+    with pytest.raises(PolystepError, match=r"the labels of train must lie in \[0, 4\)"):
         pn.adapt(_spec(), "torch-sim", train=(x, bad), steps=1, progress=False,
                  torch_device="cpu")  # fmt: skip
+    with pytest.raises(PolystepError, match=r"the labels of test set 'clean' must lie in"):
+        pn.adapt(_spec(), "torch-sim", train=(x, y), test={"clean": (x, bad)}, steps=1,
+                 progress=False, torch_device="cpu")  # fmt: skip
     with pytest.raises(PolystepError, match=r"the labels of test set 'clean' .*one-hot"):
         pn.deploy(_spec(), "torch-sim-fixed", data=x, test={"clean": (x, np.eye(4)[y])},
                   budget=100, progress=False, torch_device="cpu")  # fmt: skip
@@ -195,7 +221,7 @@ def test_deploy_says_at_once_when_its_network_cannot_go_back_into_a_biasless_mod
                        progress=False, torch_device="cpu", report=lines.append)  # fmt: skip
     assert lines[-1] == (
         "note: the network handed back cannot go back into your module as it is built: layer "
-        "0 has no bias, but the adapted network biases its neurons; build it with "
+        "0 has no bias, but the network to load biases its neurons; build it with "
         "nn.Linear(..., bias=True) (the device network itself is complete)"
     )
     with pytest.raises(Exception, match="layer 0 has no bias"):
@@ -234,7 +260,61 @@ def test_a_test_file_that_is_the_training_file_is_said(tmp_path: Path, capsys) -
     assert code == 0
     out = capsys.readouterr().out
     assert (
-        f"note: --test clean is {tmp_path / 'd.npz'}, the data the run adapts on: its accuracy "
-        "is not a held-out score"
-    ) in out
+        "note: --test clean is the data the run adapts on: its accuracy is not a held-out "
+        "score" in out
+    )
     assert "--test other" not in out
+    # the same in the API: the same array, or the same file by path
+    pn.adapt(_spec(), "torch-sim", train=(x, y), test={"same": (x, y)}, steps=1,
+             torch_device="cpu")  # fmt: skip
+    assert "note: test set 'same'" not in capsys.readouterr().out  # two tuples: not caught
+    pair = (x, y)
+    pn.adapt(_spec(), "torch-sim", train=pair, test={"same": pair}, steps=1, torch_device="cpu")
+    assert "note: test set 'same' is the data the run adapts on" in capsys.readouterr().out
+    lines: list[str] = []
+    pn.deploy(_spec(), "torch-sim-fixed", data=tmp_path / "d.npz",
+              test={"clean": str(tmp_path / "d.npz")}, budget=200, torch_device="cpu",
+              report=lines.append, progress=False)  # fmt: skip
+    assert (
+        "note: test set 'clean' is the data the run adapts on: its accuracy is not a "
+        "held-out score" in lines
+    )
+
+
+def test_deploy_prints_its_lines_with_progress_as_adapt_does(capsys) -> None:
+    x, y = _data(60)
+    pn.deploy(_spec(), "torch-sim-fixed", data=(x, y), budget=200, torch_device="cpu",
+              adapt=False)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "adaptation: skipped because it was turned off (adapt=False / --no-adapt)" in out
+    assert "converted: val " in out
+    pn.deploy(_spec(), "torch-sim-fixed", data=(x, y), budget=200, torch_device="cpu",
+              adapt=False, progress=False)  # fmt: skip
+    assert capsys.readouterr().out == ""
+
+
+def test_the_command_line_checks_labels_as_the_api_does(tmp_path: Path, capsys) -> None:
+    from polystep_neuro.cli import main
+
+    x, y = _data(60)
+    _spec().save(tmp_path / "spec.npz")
+    np.savez(tmp_path / "float.npz", spikes=x, labels=y.astype(np.float64))
+    np.savez(tmp_path / "onehot.npz", spikes=x, labels=np.eye(CLASSES)[y])
+    args = ["evaluate", "--spec", str(tmp_path / "spec.npz"), "--torch-device", "cpu", "--data"]
+    assert main([*args, str(tmp_path / "float.npz")]) == 0  # whole numbers in floats: taken
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "onehot.npz")]) == 2
+    assert (
+        f"the labels in {tmp_path / 'onehot.npz'} look one-hot (60, 4): give class "
+        "indices, labels.argmax(1)" in capsys.readouterr().err
+    )
+
+
+def test_a_label_free_objective_named_for_labelled_data_is_said(capsys) -> None:
+    x, y = _data(60)
+    pn.adapt(_spec(), "torch-sim", train=(x, y), steps=1, torch_device="cpu",
+             objective="entropy")  # fmt: skip
+    assert (
+        "note: the label-free objective 'entropy' is for data without labels; these have "
+        "labels, so the run adapts to them" in capsys.readouterr().out
+    )

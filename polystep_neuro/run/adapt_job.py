@@ -21,7 +21,6 @@ Writes ``config.json`` (at the start), ``metrics.jsonl``, ``checkpoint.pt``, ``a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from polystep_neuro.run.recipe import (
 from polystep_neuro.run.resume_files import read_saved, refuse_other_files
 from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.spike_layout import batch_first
+from polystep_neuro.run.user_data import labels_for
 
 
 @dataclass(kw_only=True)
@@ -134,34 +134,9 @@ def load_spike_data(
     if not np.issubdtype(labels.dtype, np.number):
         raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
     spikes = _checked_spikes(path, spikes, spec, time_first, time_steps_flag)
-    if labels.shape != (spikes.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise PolystepError(
-            f"'labels' in {path} must be {spikes.shape[0]} integers, got {labels.dtype} "
-            f"{labels.shape}"
-        )
-    if labels.min() < 0 or labels.max() >= spec.n_classes:
-        raise PolystepError(f"labels in {path} must lie in [0, {spec.n_classes}) for this network")
+    # the same checks and words as the Python API's (run.user_data)
+    labels = labels_for(labels, spikes.shape[0], spec.n_classes, f"the labels in {path}")
     return spikes, labels
-
-
-def reused_file_notes(trained_on: Path | None, tests: Mapping[str, Path]) -> list[str]:
-    """One line per ``--test`` file that is the training data file itself: its accuracy is
-    then not held out (easy to do by accident with one data file)."""
-    if trained_on is None:
-        return []
-    same = [name for name, path in tests.items() if _same_file(path, trained_on)]
-    return [
-        f"note: --test {name} is {trained_on}, the data the run adapts on: its accuracy is not "
-        "a held-out score"
-        for name in same
-    ]
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 _LABEL_LIKE = ("label", "labels", "y", "target", "targets", "class", "classes", "digit", "digits")

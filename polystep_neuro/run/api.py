@@ -145,20 +145,24 @@ def adapt(
         out_dir=None if out_dir is None else Path(out_dir), progress=progress,
     )  # fmt: skip
 
-    def ds(data: DataLike) -> SpikeDataset:
-        return _dataset(data, spec, batch_size, seed, time_first)
+    def ds(data: DataLike, what: str) -> SpikeDataset:
+        return _dataset(data, spec, batch_size, seed, time_first, what)
 
     named = isinstance(validation, Mapping) and "spikes" not in validation  # not one set's
     if validation is None or named:
-        checks = None if validation is None else {k: ds(v) for k, v in validation.items()}
+        checks = (None if validation is None
+                  else {k: ds(v, f"validation {k!r}") for k, v in validation.items()})  # fmt: skip
     else:
-        checks = {"drifted": ds(validation)}
+        checks = {"drifted": ds(validation, "validation")}
+    for note in user_data.reused_notes(train, test or {}):
+        if progress:
+            _say(note)
     data = prepare_data(
-        ds(train),
+        ds(train, "train"),
         cfg,
         validation=checks,
-        replay=None if replay is None else ds(replay),
-        test={k: ds(v) for k, v in (test or {}).items()},
+        replay=None if replay is None else ds(replay, "replay"),
+        test={k: ds(v, f"test set {k!r}") for k, v in (test or {}).items()},
     )
     on_ready = None
     if teacher is not None:
@@ -185,14 +189,15 @@ def _as_spec(model: Any, time_steps: int | None, backend: str) -> tuple[NetworkS
 
 
 def _dataset(
-    data: DataLike, spec: NetworkSpec, batch_size: int, seed: int, time_first: bool
+    data: DataLike, spec: NetworkSpec, batch_size: int, seed: int, time_first: bool, what: str
 ) -> SpikeDataset:
     if isinstance(data, SpikeDataset):
         return data
-    spikes, labels = user_data.split(data, need_labels=False)
+    spikes, labels = user_data.split(data, need_labels=False, what=what)
     spikes = batch_first(
-        np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first, "the spikes", "time_steps="
-    )
+        np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first, f"the spikes of {what}",
+        "time_steps=",
+    )  # fmt: skip
     if labels is not None:
-        labels = user_data.labels_for(labels, len(spikes), spec.n_classes)
+        labels = user_data.labels_for(labels, len(spikes), spec.n_classes, f"the labels of {what}")
     return SpikeDataset(spikes, labels, batch_size, seed)

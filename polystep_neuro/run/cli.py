@@ -519,8 +519,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
-    from polystep_neuro.run.adapt_job import AdaptJob, reused_file_notes, run_adapt_job
+    from polystep_neuro.run.adapt_job import AdaptJob, run_adapt_job
     from polystep_neuro.run.optimizers import Settings
+    from polystep_neuro.run.user_data import reused_notes
 
     _check_backend_name(args.backend)
     settings = Settings(
@@ -565,7 +566,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         teacher_path=args.teacher,
     )
-    for note in reused_file_notes(args.data, dict(args.test)):
+    for note in reused_notes(args.data, dict(args.test), lambda name: f"--test {name}"):
         print(note)
     started = time.time()
     try:

@@ -91,6 +91,7 @@ class Deployment:
     parameter_sets: int = 0  # parameter sets sent by the calibration and the adaptation
     model_labelled_val: bool = False  # validation came without labels: the model's own answers
     reference_silent: float = 0.0  # share of the data with no output spike from the model
+    adaptation: str = ""  # whether stage 3 ran, and why (the line the run printed)
 
     @property
     def after(self) -> dict[str, float]:
@@ -125,7 +126,7 @@ class Deployment:
                 f"{label}: trained {ref:.1%}, on the device {start:.1%} "
                 f"({100 * (start - ref):+.1f} points), recovered {end:.1%}{tail}"
             )
-        return "\n".join(lines)
+        return "\n".join([*lines, *([self.adaptation] if self.adaptation else [])])
 
     def to_json(self) -> dict[str, Any]:
         """What summary.json holds: accuracies, gap closed per set, stages and changes."""
@@ -147,6 +148,7 @@ class Deployment:
             "best_step": self.result.best_step,
             "kept_start": self.result.kept_start,
             "wall_seconds": self.result.wall_seconds,
+            "adaptation": self.adaptation,
         }
 
     def load_into(self, model: Any) -> None:
@@ -197,7 +199,7 @@ def deploy(
     (parameter sets of stages 1 and 3 together) leaves.  ``output_copies``: stage 2 (module doc).
     ``settings``: :class:`~polystep_neuro.run.optimizers.Settings` fields.  ``resume``
     continues the adaptation from ``out_dir``'s checkpoint (the stages before it are
-    deterministic); ``report`` gets one line per stage.
+    deterministic); ``report`` gets one line per stage (default: printed when ``progress``).
     Long because its signature and docstring are the API's documentation.
     """
     from devices.readout import with_readout
@@ -206,7 +208,7 @@ def deploy(
 
     if budget < 1:
         raise PolystepError(f"budget must be a positive number of parameter sets, got {budget}")
-    say = report or (lambda line: None)
+    say = report if report is not None else (_print if progress else lambda line: None)
     reference = as_reference(model, steps_for_module(model, data, time_steps, time_first))
     where = resolve_device(torch_device)
     dev = with_readout(
@@ -217,7 +219,8 @@ def deploy(
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
         for note in (silent_note(sets.reference_silent),
-                     few_samples_note("val", len(sets.validation["val"]))):  # fmt: skip
+                     few_samples_note("val", len(sets.validation["val"])),
+                     *user_data.reused_notes(data, test or {})):  # fmt: skip
             if note is not None:
                 say(note)
         loss = teacher_loss(teacher_weight)
@@ -226,7 +229,8 @@ def deploy(
             dev, spec, sets, reference, before, seed, say, calibrate
         )
         split = _copies_stage(dev, sets, scores, say) if output_copies else scores
-        run_stage = _adapts(adapt, sets.reference_scores, split, say)
+        run_stage, why = _adapts(adapt, sets.reference_scores, split)
+        say(why)
         result = _adaptation_stage(
             dev, sets, Settings(seed=seed, **settings), loss, backend=backend,
             budget=budget - used if run_stage else None, where=where, out_dir=out_dir,
@@ -251,6 +255,7 @@ def deploy(
         parameter_sets=used + result.evaluations // sets.stream.batch_size,
         model_labelled_val=sets.model_labelled_val,
         reference_silent=sets.reference_silent,
+        adaptation=why,
     )
 
 
@@ -346,23 +351,26 @@ def _copies_stage(
 
 
 def _adapts(
-    adapt: bool | None,
-    reference: Mapping[str, float],
-    scores: Mapping[str, float],
-    say: Callable[[str], None],
-) -> bool:
-    """Whether stage 3 runs: as ``adapt`` says, or (None) where the network after stages
-    1-2 is at least ``ADAPT_FROM`` below the trained model on validation (said either way)."""
-    if adapt is not None:
-        return adapt
+    adapt: bool | None, reference: Mapping[str, float], scores: Mapping[str, float]
+) -> tuple[bool, str]:
+    """Whether stage 3 runs, and the line that says why: as ``adapt`` says, or (None) where
+    the network after stages 1-2 is at least ``ADAPT_FROM`` below the trained model on
+    validation."""
+    if adapt is True:
+        return True, "adaptation: runs because it was asked for (adapt=True / --adapt)"
+    if adapt is False:
+        return False, "adaptation: skipped because it was turned off (adapt=False / --no-adapt)"
     gap = reference["val_accuracy"] - scores["val_accuracy"]
     if gap >= ADAPT_FROM - 1e-6:  # accuracies are float32 shares: 0.79 - 0.77 may be 0.0199..
-        say(f"adaptation: validation is {100 * gap:.1f} points below the trained model, so "
-            "PolyStep adapts the device network (adapt=False / --no-adapt skips it)")  # fmt: skip
-        return True
-    say(f"adaptation: skipped, validation is within {100 * ADAPT_FROM:.0f} points of the "
-        "trained model (adapt=True / --adapt runs it anyway)")  # fmt: skip
-    return False
+        return True, (f"adaptation: validation is {100 * gap:.1f} points below the trained "
+                      "model, so PolyStep adapts the device network (adapt=False / --no-adapt "
+                      "skips it)")  # fmt: skip
+    return False, (f"adaptation: skipped, validation is within {100 * ADAPT_FROM:.0f} points "
+                   "of the trained model (adapt=True / --adapt runs it anyway)")  # fmt: skip
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def _adaptation_stage(

@@ -103,8 +103,8 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         type=int,
         default=50_000,
         help="most parameter sets sent to the device, each scored on one minibatch, for the "
-        "calibration and --adapt together (default: 50000; the calibration takes 13 x 13 x "
-        "4 per layer)",
+        "calibration and the adaptation together (default: 50000; the calibration takes "
+        "13 x 13 per layer on each minibatch of its samples, at most 4: 676 per layer)",
     )
     deploy.add_argument(
         "--no-calibration", action="store_true", help="skip the per-neuron calibration stage"
@@ -199,8 +199,9 @@ def check(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- deploy
 def deploy(args: argparse.Namespace) -> int:
-    from polystep_neuro.run.adapt_job import load_spike_data, reused_file_notes
+    from polystep_neuro.run.adapt_job import load_spike_data
     from polystep_neuro.run.deploy import deploy as run_deploy
+    from polystep_neuro.run.user_data import reused_notes
 
     _record_or_check_files(args)
     reference: Reference = read_model(args)
@@ -213,7 +214,7 @@ def deploy(args: argparse.Namespace) -> int:
         )  # fmt: skip
         return spikes if labels is None else (spikes, labels)
 
-    for note in reused_file_notes(args.data, dict(args.test)):
+    for note in reused_notes(args.data, dict(args.test), lambda name: f"--test {name}"):
         print(note)
     result = run_deploy(
         reference,

@@ -142,10 +142,11 @@ class ParityReport:
                 f"({gap:+.1f} points)"
             )
         silent = silent_note(self.reference_silent)
+        wrong = "" if self.reference_accuracy is None else " and counts as wrong"
         return [
             *([] if silent is None else [silent]),
             f"{scores}; the same decision on {self.same_prediction:.1%} of samples (a tie "
-            "between output neurons is no decision and counts as wrong)",
+            f"between output neurons is no decision{wrong})",
             "first divergence: "
             + ("none (every count equal)" if first is None else f"layer {first}")
             + "; largest divergence of a layer's own: "

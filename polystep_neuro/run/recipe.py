@@ -24,7 +24,7 @@ from polystep_neuro.run import low_rank
 from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, ensure_writable_dir
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, concat, hold_out
-from polystep_neuro.run.label_free import make_objective
+from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.selection import few_samples_note
@@ -166,6 +166,9 @@ def _adapt(
             report(note)
     # Unlabelled field data: a label-free objective on the device's outputs (run/label_free)
     loss = None if data.stream.labelled else make_objective(cfg.objective)
+    if loss is None and cfg.objective != DEFAULT_OBJECTIVE and report is not None:
+        report(f"note: the label-free objective {cfg.objective!r} is for data without labels; "
+               "these have labels, so the run adapts to them")  # fmt: skip
     if loss is not None and report is not None:
         report(
             f"without labels: adapting to the label-free objective {cfg.objective!r} on the "

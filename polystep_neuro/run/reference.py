@@ -43,7 +43,8 @@ def silent_note(share: float) -> str | None:
     return (
         f"the trained model's output layer fired no spike on {share:.0%} of the samples: a "
         "device decides by output spike counts, so a model read out by its membrane "
-        "potential scores near 0 % here; train the output layer to spike (e.g. "
+        "potential (or whose output neurons never reach their threshold) scores near 0 % "
+        "here; train the output layer to spike (e.g. "
         "snntorch.functional.ce_rate_loss or ce_count_loss) and deploy that model"
     )
 

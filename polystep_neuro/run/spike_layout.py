@@ -51,7 +51,7 @@ def check_layout(
         other_layout = spikes.ndim == 3 and shape[0] == t and shape[1] != t
         if other_layout and time_first:
             raise PolystepError(
-                f"{what} is {(shape[1], shape[0], shape[2])} as given: that is already "
+                f"{what}: {(shape[1], shape[0], shape[2])} as given, which is already "
                 f"batch-first (n, T, N_in) for this network (T={t}); drop --time-first "
                 "(time_first=False)"
             ) from None

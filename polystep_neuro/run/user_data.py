@@ -11,7 +11,7 @@ index error deep in the loss, or a fractional label silently cut to an integer.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from polystep_neuro.core.errors import PolystepError
 
 ACCEPTED = (
     "a (spikes, labels) pair, spikes alone (unlabelled), a SpikeDataset, a dict or loaded "
-    ".npz with 'spikes' (and 'labels'), the path of such an .npz, or a TensorDataset / "
+    ".npz with 'spikes' (and 'labels'), the path of such an .npz, or a TensorDataset (a "
+    "Subset of one) / "
     "DataLoader over (spikes, labels) tensors"
 )
 
@@ -51,21 +52,49 @@ def _parts(value: Any, what: str) -> tuple[Any, Any | None]:
         return _npz(Path(value), what)
     if isinstance(value, (Mapping, np.lib.npyio.NpzFile)):
         return _named(value, what)
-    dataset = getattr(value, "dataset", value)  # a DataLoader reads its dataset
-    tensors = getattr(dataset, "tensors", None)  # torch.utils.data.TensorDataset
-    if isinstance(tensors, tuple) and len(tensors) in (1, 2):
-        return tensors[0], (tensors[1] if len(tensors) == 2 else None)
+    if isinstance(value, torch.utils.data.DataLoader):
+        return _loader(value, what)
+    if isinstance(value, torch.utils.data.Dataset) and not hasattr(value, "shape"):
+        return _dataset(value, what)
     if hasattr(value, "shape") and len(value.shape) == 3:
         return value, None
-    if isinstance(value, torch.utils.data.DataLoader):
-        raise PolystepError(
-            f"{what}: a DataLoader over {type(dataset).__name__} cannot be read as a whole; "
-            "collect it first, e.g. x = torch.cat([b[0] for b in loader]) and "
-            "y = torch.cat([b[1] for b in loader]), and pass (x, y)"
-        )
     shape = getattr(value, "shape", None)
     got = f"an array of shape {tuple(shape)}" if shape is not None else type(value).__name__
     raise PolystepError(f"{what} must be {ACCEPTED}; got {got}")
+
+
+def _dataset(value: Any, what: str) -> tuple[Any, Any | None]:
+    """A TensorDataset, or Subsets of one (``random_split``'s pieces): their samples only."""
+    index: Any = slice(None)
+    while isinstance(value, torch.utils.data.Subset):  # a Subset of a Subset of ...
+        index = torch.as_tensor(value.indices, dtype=torch.long)[index]
+        value = value.dataset
+    tensors = getattr(value, "tensors", None)
+    if not (isinstance(tensors, tuple) and len(tensors) in (1, 2)):
+        raise PolystepError(
+            f"{what}: a {type(value).__name__} cannot be read as a whole; collect its samples "
+            "first, e.g. x = torch.stack([value[i][0] for i in range(len(value))]) (batch-first, "
+            "(n, T, N_in), unless your samples are time-first) and the labels likewise, and "
+            "pass (x, y)"
+        )
+    return tensors[0][index], (tensors[1][index] if len(tensors) == 2 else None)
+
+
+def _loader(loader: torch.utils.data.DataLoader, what: str) -> tuple[Any, Any | None]:
+    """A DataLoader whose sampler visits every sample of its dataset once (in order or
+    shuffled: the set is the same); any other sampler picks samples the whole set is not."""
+    sampler = loader.sampler
+    if not isinstance(sampler, (torch.utils.data.SequentialSampler,
+                                torch.utils.data.RandomSampler)) or (
+        isinstance(sampler, torch.utils.data.RandomSampler)
+        and (sampler.replacement or sampler.num_samples != len(loader.dataset))
+    ):  # fmt: skip
+        raise PolystepError(
+            f"{what}: a DataLoader with a {type(sampler).__name__} picks some samples, not "
+            "the whole dataset; pass the samples it should see, e.g. a Subset of the dataset, "
+            "or (x, y)"
+        )
+    return _dataset(loader.dataset, what)
 
 
 def _named(value: Any, what: str) -> tuple[Any, Any | None]:
@@ -112,8 +141,8 @@ def labels_for(labels: Any, samples: int, classes: int, what: str = "the labels"
         fractional = out[out != np.round(out)]
         if fractional.size:
             raise PolystepError(
-                f"{what} must be whole class indices; {fractional.size} are not (e.g. "
-                f"{fractional[0]:g})"
+                f"{what} must be whole class indices; {fractional.size} "
+                f"{'is' if fractional.size == 1 else 'are'} not (e.g. {fractional[0]:g})"
             )
     out = out.astype(np.int64)
     if out.size and (out.min() < 0 or out.max() >= classes):
@@ -122,3 +151,28 @@ def labels_for(labels: Any, samples: int, classes: int, what: str = "the labels"
             f"got {out.min()} to {out.max()}"
         )
     return out
+
+
+def same_source(a: Any, b: Any) -> bool:
+    """Whether two data arguments are the same data: the same object, or paths to the same
+    file (a copy under another name is not caught)."""
+    if a is b:
+        return True
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        try:
+            return Path(a).resolve() == Path(b).resolve()
+        except OSError:
+            return False
+    return False
+
+
+def reused_notes(
+    train: Any, tests: Mapping[str, Any], name: Callable[[str], str] = lambda n: f"test set {n!r}"
+) -> list[str]:
+    """One line per test set that is the training data itself: its accuracy is then not a
+    held-out score (easy to do by accident with one data file)."""
+    return [
+        f"note: {name(k)} is the data the run adapts on: its accuracy is not a held-out score"
+        for k, value in tests.items()
+        if train is not None and same_source(value, train)
+    ]

@@ -525,7 +525,7 @@ def load_into(spec: NetworkSpec, model: Any) -> None:
             bias = (bias * factor).astype(np.float32)
         if linear.bias is None and np.any(bias != 0):
             raise SpecError(
-                f"layer {name} has no bias, but the adapted network biases its neurons; "
+                f"layer {name} has no bias, but the network to load biases its neurons; "
                 "build it with nn.Linear(..., bias=True)"
             )
         with torch.no_grad():
