@@ -308,3 +308,36 @@ def test_progress_into_a_log_file_is_plain_lines(capsys) -> None:
     assert steps == [f"adapt: step {n}/20" for n in range(2, 21, 2)]
     assert lines[-1].startswith("adapt: step 20/20, loss 0.050, val 50.0%, ")
     assert lines[-1].endswith(" s this run")
+
+
+def test_the_summary_says_why_that_step_is_handed_back() -> None:
+    """The end is preferred while it holds up on validation, so an earlier step with a higher
+    validation accuracy is not what comes back: the line says which rule chose."""
+    from polystep_neuro.run.controller import AdaptResult
+
+    def result(best: int, end: dict[str, float]) -> AdaptResult:
+        return AdaptResult(spec=None, steps=20, evaluations=0, interrupted=False,  # type: ignore[arg-type]
+                           wall_seconds=0.0, history=[], start={"val_accuracy": 0.8,
+                           "val_loss": 0.5}, end=end, best_step=best)  # fmt: skip
+
+    labelled = {"val_accuracy": 0.85, "val_loss": 0.4}
+    assert (
+        result(20, labelled)
+        .summary()
+        .startswith(
+            "handing back the network of step 20 of 20 (the last step: at least as accurate on "
+            "validation as the start); validation 80.0% -> 85.0%"
+        )
+    )
+    assert (
+        result(12, labelled)
+        .summary()
+        .startswith(
+            "handing back the network of step 12 of 20 (the last step fell below the start on "
+            "validation; of the steps that did not, the one with the lowest validation loss)"
+        )
+    )
+    assert (
+        "(the last step: its validation objective beat the start's)"
+        in result(20, {"val_loss": 0.4}).summary()
+    )

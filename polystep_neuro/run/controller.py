@@ -95,6 +95,7 @@ class AdaptResult:
             )
         else:
             head = f"handing back the network of step {self.best_step} of {self.steps}"
+            head += self._why()
         changes = [
             f"{_label(key)} {self.start[key]:.1%} -> {self.end[key]:.1%}"
             for key in self.end
@@ -107,6 +108,20 @@ class AdaptResult:
             changes.insert(0, f"validation objective (no labels) {self.start['val_loss']:.3f} "
                               f"-> {self.end['val_loss']:.3f}")  # fmt: skip
         return head + ("; " + ", ".join(changes) if changes else "")
+
+    def _why(self) -> str:
+        """Why that step (selection.py's rule), so a step with a higher validation accuracy
+        earlier in the run is not a surprise: the end is preferred while it holds up."""
+        if "val_accuracy" in self.end:
+            if self.best_step == self.steps:
+                return " (the last step: at least as accurate on validation as the start)"
+            return (" (the last step fell below the start on validation; of the steps that "
+                    "did not, the one with the lowest validation loss)")  # fmt: skip
+        if "val_loss" in self.end:  # unlabelled validation: the label-free objective
+            if self.best_step == self.steps:
+                return " (the last step: its validation objective beat the start's)"
+            return " (the step whose validation objective beat the start's most)"
+        return ""
 
 
 class Adapter:
