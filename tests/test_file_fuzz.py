@@ -199,9 +199,15 @@ def test_a_network_given_as_data_and_data_given_as_a_network_name_the_flags(tmp_
     spec.save(tmp_path / "net.npz")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pt")
     np.savez(tmp_path / "data.npz", spikes=np.zeros((3, 5, 4), np.uint8), labels=np.zeros(3))
-    for name, kind in (("net.npz", "a polystep-neuro spec"),
-                       ("model.pt", "a model saved with torch.save")):  # fmt: skip
-        with pytest.raises(PolystepError, match=f"is {kind}, not data: give the network as --spec"):
+    with pytest.raises(PolystepError, match="is a polystep-neuro spec, not data: give the "
+                       "network as --spec"):  # fmt: skip
+        load_spike_data(tmp_path / "net.npz", spec)
+    # a torch.save file may hold a model or the user's tensors: both ways out are named
+    torch.save({"spikes": torch.zeros(3, 5, 4), "labels": torch.zeros(3)}, tmp_path / "d.pt")
+    for name in ("model.pt", "d.pt"):
+        with pytest.raises(PolystepError, match=r"is a torch.save file: a model goes in as "
+                           r"--snntorch \(or --teacher\), and data are read from an \.npz "
+                           r"holding 'spikes' \(and 'labels'\): np\.savez"):  # fmt: skip
             load_spike_data(tmp_path / name, spec)
     with pytest.raises(SpecError, match=r"data.npz is a data file \(it holds 'spikes'\), not a"):
         NetworkSpec.load(tmp_path / "data.npz")

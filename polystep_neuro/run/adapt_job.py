@@ -80,6 +80,12 @@ def _not_a_network(path: Path, files: list[str] | tuple[str, ...] = ()) -> None:
     """A network given where data belongs (a spec or a saved model as --data): say which
     flag takes it, instead of 'spikes is not a file in the archive'."""
     kind = network_file(path, files)
+    if kind == "a model saved with torch.save":  # or tensors saved so: say both ways out
+        raise PolystepError(
+            f"{path} is a torch.save file: a model goes in as --snntorch (or --teacher), and "
+            "data are read from an .npz holding 'spikes' (and 'labels'): np.savez(path, "
+            "spikes=x.numpy(), labels=y.numpy())"
+        )
     if kind is not None:
         raise PolystepError(
             f"{path} is {kind}, not data: give the network as --spec (or --snntorch / --nir / "
