@@ -318,3 +318,19 @@ def test_a_label_free_objective_named_for_labelled_data_is_said(capsys) -> None:
         "note: the label-free objective 'entropy' is for data without labels; these have "
         "labels, so the run adapts to them" in capsys.readouterr().out
     )
+
+
+def test_a_file_is_read_alike_by_the_api_and_the_commands(tmp_path: Path) -> None:
+    """One reader serves both: labels saved under another name are refused in the API too
+    (it ran label-free on them), and a file without 'spikes' is never called unlabelled."""
+    from polystep_neuro.run.adapt_job import load_spike_data
+
+    x, y = _data()
+    np.savez(tmp_path / "y.npz", spikes=x, y=y)
+    np.savez(tmp_path / "other.npz", x=x)
+    with pytest.raises(PolystepError, match="y.npz has no 'labels' but has 'y': name it"):
+        user_data.split(tmp_path / "y.npz", need_labels=False)
+    for need in (False, True):
+        with pytest.raises(PolystepError, match=r"other.npz must be an \.npz holding 'spikes' "
+                           r"\(n, T, N_in\) and 'labels' \(n,\)"):  # fmt: skip
+            load_spike_data(tmp_path / "other.npz", _spec(), need_labels=need)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from polystep_neuro.core.errors import PolystepError, SpecError
-from polystep_neuro.core.network import NetworkSpec, network_file
+from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import plots
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.corruptions import Corruption
@@ -52,7 +52,7 @@ from polystep_neuro.run.recipe import (
 from polystep_neuro.run.resume_files import read_saved, refuse_other_files
 from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.spike_layout import batch_first
-from polystep_neuro.run.user_data import labels_for
+from polystep_neuro.run.user_data import labels_for, read_file
 
 
 @dataclass(kw_only=True)
@@ -76,23 +76,6 @@ class AdaptJob(RunConfig):
     teacher_path: Path | None = None  # the trained model: its outputs replace the anchor's
 
 
-def _not_a_network(path: Path, files: list[str] | tuple[str, ...] = ()) -> None:
-    """A network given where data belongs (a spec or a saved model as --data): say which
-    flag takes it, instead of 'spikes is not a file in the archive'."""
-    kind = network_file(path, files)
-    if kind == "a model saved with torch.save":  # or tensors saved so: say both ways out
-        raise PolystepError(
-            f"{path} is a torch.save file: a model goes in as --snntorch (or --teacher), and "
-            "data are read from an .npz holding 'spikes' (and 'labels'): np.savez(path, "
-            "spikes=x.numpy(), labels=y.numpy())"
-        )
-    if kind is not None:
-        raise PolystepError(
-            f"{path} is {kind}, not data: give the network as --spec (or --snntorch / --nir / "
-            "--teacher) and an .npz holding 'spikes' (and 'labels') as --data"
-        )
-
-
 def load_spike_data(
     path: Path,
     spec: NetworkSpec,
@@ -105,69 +88,12 @@ def load_spike_data(
     integer 'labels' (n,); no pickle.  Any unreadable file is one PolystepError.  Without
     ``need_labels`` a file may hold no 'labels' (unlabelled field data: labels None);
     ``time_steps_flag`` is what a T mismatch names (:func:`batch_first`)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise PolystepError(
-                f"{path} is a single .npy array; save an .npz with np.savez(path, "
-                "spikes=..., labels=...)"
-            )
-        with data:
-            if "spikes" not in data.files:
-                _not_a_network(path, data.files)
-            if "labels" not in data.files:
-                _no_misnamed_labels(path, data.files, need_labels)
-            if "labels" not in data.files and not need_labels and "spikes" in data.files:
-                spikes = _checked_spikes(path, data["spikes"], spec, time_first, time_steps_flag)
-                return spikes, None
-            if "labels" not in data.files:
-                raise PolystepError(
-                    f"{path} holds no 'labels' (unlabelled data), and this command scores "
-                    "accuracy: save the labels beside the spikes (np.savez(path, spikes=..., "
-                    "labels=...))"
-                )
-            spikes, labels = data["spikes"], data["labels"]
-    except FileNotFoundError:
-        raise PolystepError(f"data file not found: {path}") from None
-    except PolystepError:
-        raise
-    except Exception as exc:  # zip, zlib, npy header errors of a damaged file
-        _not_a_network(path)
-        raise PolystepError(
-            f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
-    if not np.issubdtype(labels.dtype, np.number):
-        raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
-    spikes = _checked_spikes(path, spikes, spec, time_first, time_steps_flag)
+    spikes, labels = read_file(path, need_labels)
+    spikes = batch_first(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
+    if labels is None:
+        return spikes, None
     # the same checks and words as the Python API's (run.user_data)
-    labels = labels_for(labels, spikes.shape[0], spec.n_classes, f"the labels in {path}")
-    return spikes, labels
-
-
-_LABEL_LIKE = ("label", "labels", "y", "target", "targets", "class", "classes", "digit", "digits")
-
-
-def _no_misnamed_labels(path: Path, names: list[str], need_labels: bool) -> None:
-    """A file with no 'labels' but an array named like labels ('label', 'y', 'targets', ...)
-    is a typo, not unlabelled data: one PolystepError naming it, never a silent label-free
-    run."""
-    found = [name for name in names if name.lower() in _LABEL_LIKE]
-    if not found:
-        return
-    remedy = "name it 'labels' (np.savez(path, spikes=..., labels=...))"
-    if not need_labels:
-        remedy += " to adapt with labels, or leave it out to adapt without"
-    raise PolystepError(f"{path} has no 'labels' but has '{found[0]}': {remedy}")
-
-
-def _checked_spikes(
-    path: Path, spikes: np.ndarray, spec: NetworkSpec, time_first: bool, time_steps_flag: str
-) -> np.ndarray:
-    """The file's 'spikes', batch-first and checked against the network."""
-    if not np.issubdtype(spikes.dtype, np.number):
-        raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
-    return batch_first(spikes, spec, time_first, f"'spikes' in {path}", time_steps_flag)
+    return spikes, labels_for(labels, spikes.shape[0], spec.n_classes, f"the labels in {path}")
 
 
 def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:

@@ -136,6 +136,9 @@ def adapt(
     """
     time_steps = renamed(settings, "num_steps", "time_steps", time_steps, "adapt")
     torch_device = renamed(settings, "device", "torch_device", torch_device, "adapt")
+    notes = user_data.reused_notes(train, test or {})  # by the objects the caller passed
+    if not isinstance(train, SpikeDataset):  # read once (a path): T comes from it, then data
+        train = user_data.split(train, need_labels=False, what="train")
     time_steps = steps_for_module(model, train, time_steps, time_first)
     spec, changes = _as_spec(model, time_steps, backend)
     cfg = RunConfig(
@@ -154,9 +157,8 @@ def adapt(
                   else {k: ds(v, f"validation {k!r}") for k, v in validation.items()})  # fmt: skip
     else:
         checks = {"drifted": ds(validation, "validation")}
-    for note in user_data.reused_notes(train, test or {}):
-        if progress:
-            _say(note)
+    for note in notes if progress else ():
+        _say(note)
     data = prepare_data(
         ds(train, "train"),
         cfg,

@@ -209,6 +209,9 @@ def deploy(
     if budget < 1:
         raise PolystepError(f"budget must be a positive number of parameter sets, got {budget}")
     say = report if report is not None else (_print if progress else lambda line: None)
+    notes = user_data.reused_notes(data, test or {})  # by the objects the caller passed
+    if not isinstance(data, SpikeDataset):  # read once (a path): T comes from it, then data
+        data = user_data.split(data, need_labels=False)
     reference = as_reference(model, steps_for_module(model, data, time_steps, time_first))
     where = resolve_device(torch_device)
     dev = with_readout(
@@ -219,8 +222,7 @@ def deploy(
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
         for note in (silent_note(sets.reference_silent),
-                     few_samples_note("val", len(sets.validation["val"])),
-                     *user_data.reused_notes(data, test or {})):  # fmt: skip
+                     few_samples_note("val", len(sets.validation["val"])), *notes):  # fmt: skip
             if note is not None:
                 say(note)
         loss = teacher_loss(teacher_weight)
@@ -454,35 +456,34 @@ class _Sets:
     ) -> _Sets:
         """Long only because it names each set it builds."""
 
-        model_labelled: list[str] = []  # the sets whose labels are the model's own answers
-
         def arrays(
             value: DataLike, need_labels: bool = False, what: str = "the data"
-        ) -> tuple[np.ndarray, np.ndarray]:
+        ) -> tuple[np.ndarray, np.ndarray, bool]:
+            """Spikes, labels, and whether the labels are the model's own answers."""
             spikes, labels = user_data.split(value, need_labels=need_labels, what=what)
             spikes = np.asarray(torch.as_tensor(spikes).cpu())
             spikes = batch_first(spikes, spec, time_first, "the spikes", "time_steps=")
             if labels is None:  # the model's own answers stand in
-                model_labelled.append(what)
-                return spikes, teacher_labels(reference.counts(spikes))
+                return spikes, teacher_labels(reference.counts(spikes)), True
             return spikes, user_data.labels_for(labels, len(spikes), spec.n_classes,
-                                                f"the labels of {what}")  # fmt: skip
+                                                f"the labels of {what}"), False  # fmt: skip
 
         window = reference.window(spec)  # the teacher's counts over what the device sees
-        x, y = arrays(data)
+        x, y, own_answers = arrays(data)
         teacher = reference.counts(x, window)
         if validation is None:
             kept, held = hold_out(len(y), val_fraction, seed)
             val = {"val": (x[held], y[held])}
             x, y, teacher = x[kept], y[kept], teacher[kept]
         else:
-            val = {"val": arrays(validation, what="validation")}
+            vx, vy, own_answers = arrays(validation, what="validation")
+            val = {"val": (vx, vy)}
         parts = [TeacherDataset(x, y, teacher, batch_size, seed)]
         if drifted is not None:
-            dx, dy = arrays(drifted, what="drifted")
+            dx, dy, _ = arrays(drifted, what="drifted")
             parts.append(TeacherDataset(dx, dy, reference.counts(dx, window), batch_size, seed))
         stream = parts[0] if len(parts) == 1 else teacher_concat(parts, batch_size, seed)
-        tests = {name: arrays(value, need_labels=True, what=f"test set {name!r}")
+        tests = {name: arrays(value, need_labels=True, what=f"test set {name!r}")[:2]
                  for name, value in (test or {}).items()}  # fmt: skip
         scores = {"val_accuracy": _accuracy(reference.counts(val["val"][0]), val["val"][1])}
         for name, (tx, ty) in tests.items():
@@ -496,7 +497,7 @@ class _Sets:
             {"val": ds(val["val"])},
             {name: ds(pair) for name, pair in tests.items()},
             scores,
-            ("the data" if validation is None else "validation") in model_labelled,
+            own_answers,  # of the set that validates
             silent_outputs(teacher),
         )
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.network import network_file
 
 ACCEPTED = (
     "a (spikes, labels) pair, spikes alone (unlabelled), a SpikeDataset, a dict or loaded "
@@ -49,7 +50,7 @@ def _parts(value: Any, what: str) -> tuple[Any, Any | None]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return value[0], value[1]
     if isinstance(value, (str, os.PathLike)):
-        return _npz(Path(value), what)
+        return read_file(Path(value), need_labels=False)
     if isinstance(value, (Mapping, np.lib.npyio.NpzFile)):
         return _named(value, what)
     if isinstance(value, torch.utils.data.DataLoader):
@@ -104,22 +105,79 @@ def _named(value: Any, what: str) -> tuple[Any, Any | None]:
     return value["spikes"], (value["labels"] if "labels" in names else None)
 
 
-def _npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def read_file(path: Path, need_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A user's data file, as the commands and the API read it: the arrays 'spikes' and
+    'labels' (None where the file has none and ``need_labels`` is False) of an ``.npz``,
+    no pickle; any file that is not one is one PolystepError saying what it is instead (a
+    network, a torch.save file, an ``.npy``, a damaged archive, labels saved under another
+    name)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise PolystepError(f"{path} is a single .npy array; save an .npz with "
-                                    "np.savez(path, spikes=..., labels=...)")  # fmt: skip
-            spikes, labels = _named(data, f"{what} ({path})")
-            return np.asarray(spikes), (None if labels is None else np.asarray(labels))
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise PolystepError(
+                f"{path} is a single .npy array; save an .npz with np.savez(path, "
+                "spikes=..., labels=...)"
+            )
+        with data:
+            if "spikes" not in data.files:
+                _not_data(path, data.files)
+            if "labels" not in data.files:
+                _no_misnamed_labels(path, data.files, need_labels)
+                if need_labels and "spikes" in data.files:
+                    raise PolystepError(
+                        f"{path} holds no 'labels' (unlabelled data), and this command scores "
+                        "accuracy: save the labels beside the spikes (np.savez(path, "
+                        "spikes=..., labels=...))"
+                    )
+            spikes = data["spikes"]
+            labels = data["labels"] if "labels" in data.files else None
     except FileNotFoundError:
         raise PolystepError(f"data file not found: {path}") from None
     except PolystepError:
         raise
-    except Exception as exc:  # not a zip, a damaged header, a pickled array
-        raise PolystepError(f"{path} must be an .npz holding 'spikes' (and 'labels'): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                            ) from None  # fmt: skip
+    except Exception as exc:  # zip, zlib, npy header errors of a damaged file
+        _not_data(path)
+        raise PolystepError(
+            f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    for array in (labels, spikes):
+        if array is not None and not np.issubdtype(array.dtype, np.number):
+            raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
+    return spikes, labels
+
+
+def _not_data(path: Path, files: list[str] | tuple[str, ...] = ()) -> None:
+    """A network given where data belongs (a spec or a saved model as --data): say which
+    flag takes it, instead of 'spikes is not a file in the archive'."""
+    kind = network_file(path, files)
+    if kind == "a model saved with torch.save":  # or tensors saved so: say both ways out
+        raise PolystepError(
+            f"{path} is a torch.save file: a model goes in as --snntorch (or --teacher), and "
+            "data are read from an .npz holding 'spikes' (and 'labels'): np.savez(path, "
+            "spikes=x.numpy(), labels=y.numpy())"
+        )
+    if kind is not None:
+        raise PolystepError(
+            f"{path} is {kind}, not data: give the network as --spec (or --snntorch / --nir / "
+            "--teacher) and an .npz holding 'spikes' (and 'labels') as --data"
+        )
+
+
+_LABEL_LIKE = ("label", "labels", "y", "target", "targets", "class", "classes", "digit", "digits")
+
+
+def _no_misnamed_labels(path: Path, names: list[str], need_labels: bool) -> None:
+    """A file with no 'labels' but an array named like labels ('label', 'y', 'targets', ...)
+    is a typo, not unlabelled data: one PolystepError naming it, never a silent label-free
+    run."""
+    found = [name for name in names if name.lower() in _LABEL_LIKE]
+    if not found:
+        return
+    remedy = "name it 'labels' (np.savez(path, spikes=..., labels=...))"
+    if not need_labels:
+        remedy += " to adapt with labels, or leave it out to adapt without"
+    raise PolystepError(f"{path} has no 'labels' but has '{found[0]}': {remedy}")
 
 
 def labels_for(labels: Any, samples: int, classes: int, what: str = "the labels") -> np.ndarray:
