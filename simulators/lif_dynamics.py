@@ -18,14 +18,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from polystep_neuro.core.network import LayerSpec
 from simulators import fixed_point as fp
+from simulators import lif_kernels as kernels
 
 _INT32_SPAN = 1 << 32
 
 Buffer = Callable[[str, tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+@dataclass
+class LowRankRows:
+    """A low-rank first layer's synaptic input for some rows, left as its parts: the shared
+    base product x W^T (rows, 1, B, n), the factors' products x Vt^T (sets, rows, B, r) and
+    U^T (sets, r, n).  The fused float32 update sums them as it reads them (no pass writes
+    the sum); everything else takes ``materialise()``, the summed (rows, sets, B, n)."""
+
+    base: torch.Tensor
+    xv: torch.Tensor
+    ut: torch.Tensor
+    materialise: Callable[[], torch.Tensor]
 
 
 @dataclass
@@ -149,6 +164,7 @@ class FloatLIF:
         # never look at the previous step's reset; the others keep it in ``self.reset``.
         self.simple = layer.reset == "none" or (layer.reset == "zero" and not layer.reset_delay)
         self.reset = None if self.simple else like(buffer, "reset", template, torch.float32)
+        self._kernel_args: dict[tuple, tuple] = {}  # see _fused
 
     def steps(
         self,
@@ -163,6 +179,16 @@ class FloatLIF:
         """Steps [start, stop).  ``acc[r - row0]`` is W.s of input row r, which reaches the
         neurons at step r + delay (Lava's Dense sends last step's buffer); ``spikes``,
         ``volts`` and ``currs`` are indexed from ``start``."""
+        if isinstance(acc, LowRankRows):
+            rank = acc.ut.shape[1]
+            parts = (acc.base, acc.xv, acc.ut)
+            if rank <= kernels.MAX_FUSED_RANK and kernels.usable(*parts, spikes, volts, currs):
+                self._fused(start, stop, acc, row0, spikes, volts, currs)
+                return
+            acc = acc.materialise()
+        if kernels.usable(acc, spikes, volts, currs, self.u, self.v):
+            self._fused(start, stop, acc, row0, spikes, volts, currs)
+            return
         layer, q, u, v = self.layer, self.q, self.u, self.v
         delay, sets = layer.delay, spikes.shape[1]
         recording = volts is not None or currs is not None
@@ -207,6 +233,49 @@ class FloatLIF:
                 volts[t - start] = v
             if currs is not None:
                 currs[t - start] = cur
+
+    def _fused(
+        self,
+        start: int,
+        stop: int,
+        acc: torch.Tensor | None,
+        row0: int,
+        spikes: torch.Tensor,
+        volts: torch.Tensor | None,
+        currs: torch.Tensor | None,
+    ) -> None:
+        """``steps`` in one pass per neuron row (simulators.lif_kernels, bit for bit)."""
+        sets, batch, n = spikes.shape[1:]
+        low = acc if isinstance(acc, LowRankRows) else None
+        rank = 0 if low is None else low.ut.shape[1]
+        record = (volts is not None, currs is not None, rank)
+        static = self._kernel_args.get(record)
+        if static is None:  # what stays the same from chunk to chunk
+            layer, q = self.layer, self.q
+            kernel = kernels.float_kernel(
+                self.simple, kernels.RESET_CODES[layer.reset], layer.reset_delay,
+                layer.neuron == "leaky", q.has_memory, q.bias is not None, q.has_v_bias, *record,
+            )  # fmt: skip
+            params = (
+                kernels.per_set(q.alpha), kernels.per_set(q.beta), kernels.per_set(q.vth),
+                kernels.per_neuron(q.bias, n), kernels.per_neuron(q.v_bias, n),
+            )  # fmt: skip
+            static = self._kernel_args[record] = (
+                kernel,
+                (*kernels.flat(self.v), *kernels.flat(self.u)),
+                params,
+            )
+        kernel, state, params = static
+        if low is None:
+            factors = (*kernels.flat(None), kernels.flat(None)[0])
+        else:  # the base product, x.Vt^T as (rows, sets, B, r), U^T flat
+            factors = (*kernels.flat(low.xv.permute(1, 0, 2, 3)), low.ut.reshape(-1).numpy())
+            acc = low.base
+        kernel(
+            start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
+            1 if acc is None else acc.shape[1], *state, *kernels.flat(spikes),
+            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch, n, *factors,
+        )  # fmt: skip
 
     def _reset_step(self, cur: torch.Tensor, spikes: torch.Tensor) -> None:
         """One membrane step with snnTorch's reset rules (see LOIHI_FIXED_POINT.md), in
@@ -281,6 +350,7 @@ class FixedLIF:
             )
         self.vth = self.q.vth.to(dtype)
         self.bias = self.q.bias.to(dtype)
+        self._kernel_args: dict[tuple, tuple] = {}  # see _fused
 
     def _update_bounds(self, acc: torch.Tensor | None, stop: int) -> None:
         """Worst-case magnitudes up to step ``stop`` decide which wraps and clips can
@@ -318,6 +388,8 @@ class FixedLIF:
         are written as device integers.
 
         Long because it is the inner loop: splitting it would cost a call per step per block."""
+        if isinstance(acc, LowRankRows):
+            acc = acc.materialise()
         layer, q = self.layer, self.q
         delay, exp = layer.delay, self.exp
         if acc is not None:
@@ -326,6 +398,9 @@ class FixedLIF:
         else:
             self._update_bounds(None, stop)
         bounds = self.bounds
+        if self.scratch is not None and kernels.usable(acc, spikes, volts, currs, self.u, self.v):
+            self._fused(start, stop, acc, row0, spikes, volts, currs)
+            return
         # Lava: a = acc << exp (or >> -exp, flooring), sent as int32, then a << 6 in int32.
         # Scaling by powers of two is exact in floating point, so this stays in acc's dtype.
         gain = float(2**exp) * (1 << fp.ACT_SHIFT) if exp >= 0 else float(1 << fp.ACT_SHIFT)
@@ -381,6 +456,46 @@ class FixedLIF:
             if currs is not None:
                 currs[t - start] = u
         self.u, self.v = u, v
+
+    def _fused(
+        self,
+        start: int,
+        stop: int,
+        acc: torch.Tensor | None,
+        row0: int,
+        spikes: torch.Tensor,
+        volts: torch.Tensor | None,
+        currs: torch.Tensor | None,
+    ) -> None:
+        """``steps`` for a float32 state inside its bounds, one pass per neuron row
+        (simulators.lif_kernels, bit for bit)."""
+        assert self.u is not None and self.v is not None
+        sets, batch, n = spikes.shape[1:]
+        record = (volts is not None, currs is not None)
+        static = self._kernel_args.get(record)
+        if static is None:  # what stays the same from chunk to chunk (until _use)
+            q, exp = self.q, self.exp
+            gain = float(2**exp) * (1 << fp.ACT_SHIFT) if exp >= 0 else float(1 << fp.ACT_SHIFT)
+            kernel = kernels.fixed_kernel(
+                q.has_memory, q.has_memory or record[1], q.v_decays, q.has_bias, exp < 0, *record
+            )
+            params = (
+                kernels.per_set(q.u_scale), kernels.per_set(q.v_scale), kernels.per_set(self.vth),
+                kernels.per_neuron(self.bias, n),
+            )  # fmt: skip
+            scaling = (np.float32(2.0**exp), np.float32(gain))
+            static = self._kernel_args[record] = (
+                kernel,
+                scaling,
+                (*kernels.flat(self.v), *kernels.flat(self.u)),
+                params,
+            )
+        kernel, scaling, state, params = static
+        kernel(
+            start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
+            1 if acc is None else acc.shape[1], *scaling, *state, *kernels.flat(spikes),
+            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch, n,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from polystep_neuro.core.network import NetworkSpec, class_counts
+from simulators import lif_kernels
 from simulators.lif_precision import int8_gemm_exact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +53,13 @@ def test_quick_report_has_tables_and_ratios(tmp_path: Path) -> None:
     assert re.search(r"\| low-rank probes \| [\d,]+ \| \d+\.\d\dx \| \d+% \|", low_rank)
     fractions = re.findall(r"\| (\d+)% \|", roofline)
     rows = 3 if int8_gemm_exact("cpu") else 2  # the float-GEMM fixed-point path beside int8
+    fused = lif_kernels.active()  # both precisions again with the reference neuron update
+    rows += 2 if fused else 0
     assert len(fractions) == 2 * rows and all(0 < int(f) < 1000 for f in fractions)
-    assert ("| loihi-fixed, float GEMMs |" in roofline) == (rows == 3)
+    assert ("| loihi-fixed, float GEMMs |" in roofline) == int8_gemm_exact("cpu")
+    assert ("| float32, reference update |" in roofline) == fused
+    assert ("| loihi-fixed, reference update |" in roofline) == fused
+    assert ("| low-rank probes, reference update |" in low_rank) == fused
     assert "; CPU: " in low_rank and "GPU: " in low_rank  # the machine beside the tables
     memory = next(b for t, b in sections.items() if t.startswith("Memory"))
     assert "forward counts identical: yes" in memory

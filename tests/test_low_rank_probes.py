@@ -145,7 +145,12 @@ def test_the_float_simulator_takes_factors_and_gives_the_full_sets_losses(train,
     adapter._low_rank = plan
     assert asked == asked_full == len(candidates) + 1  # the start rides along either way
     assert float(full.std()) > 0  # the candidates differ
-    torch.testing.assert_close(factored, full, rtol=0, atol=1e-5)
+    # float32 sums the first layer in another order (x W^T + (x Vt^T) U^T against one GEMM
+    # of W + U Vt), so a membrane within rounding of its threshold may spike on one side
+    # only: one candidate in 76 here, 1e-3 of its loss.  Wrong factors move them all.
+    gap = (factored - full).abs()
+    assert float((gap <= 1e-5).float().mean()) >= 0.95, gap
+    assert float(gap.max()) < 0.01, gap
 
 
 def test_other_backends_take_full_sets_of_the_same_directions(train) -> None:

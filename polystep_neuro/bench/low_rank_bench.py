@@ -7,7 +7,9 @@ in turn, ``chunk`` at a time, for ``rounds`` rounds after a warm-up, beside infe
 start network on the same minibatch, called once per candidate, so as many (set, sample)
 pairs).  Rates are (set, sample) pairs per second of whole steps (ask, simulate, tell);
 ratios are medians of the per-round ones.  Random labels: this measures speed, not learning
-(the zoo's ``low-rank-probes`` variant measures that).
+(the zoo's ``low-rank-probes`` variant measures that).  Where the fused CPU neuron update is
+active (simulators.lif_kernels), both adaptations are also run with the reference torch
+passes, in the same rounds.
 
     OMP_NUM_THREADS=1 python -m polystep_neuro.bench.low_rank_bench
 """
@@ -15,6 +17,7 @@ ratios are medians of the per-round ones.  Random labels: this measures speed, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -31,8 +34,10 @@ from polystep_neuro.core.network import NetworkSpec  # noqa: E402
 from polystep_neuro.run.controller import Adapter  # noqa: E402
 from polystep_neuro.run.data import SpikeDataset  # noqa: E402
 from polystep_neuro.run.optimizers import Settings  # noqa: E402
+from simulators import lif_kernels  # noqa: E402
 
 CASES = ((64, 512, 10), (784, 128, 10))
+REFERENCE_UPDATE = ", reference update"  # the torch passes instead of the fused CPU update
 
 
 def measure(
@@ -46,6 +51,9 @@ def measure(
     train = SpikeDataset(x, y, batch, seed=0)
     backend = open_backend("torch-sim", device="cpu")
     backend.load(spec)
+    kinds = [("full sets", False), ("low-rank probes", True)]
+    if lif_kernels.active():  # the same steps with the reference neuron update, beside
+        kinds += [(name + REFERENCE_UPDATE, low_rank) for name, low_rank in kinds]
     adapters = {
         name: Adapter.build(
             backend,
@@ -55,7 +63,7 @@ def measure(
             eval_every=0,
             progress=False,
         )  # fmt: skip
-        for name, low_rank in (("full sets", False), ("low-rank probes", True))
+        for name, low_rank in kinds
     }
     sets = adapters["full sets"].optimizer.num_candidates + 1  # the start rides along
     inputs = train.batch(0)[0]
@@ -67,8 +75,10 @@ def measure(
     seconds: dict[str, list[float]] = {name: [] for name in (*adapters, "inference")}
     for r in range(rounds + 1):
         for name, adapter in adapters.items():
+            reference = name.endswith(REFERENCE_UPDATE)
             start = time.perf_counter()
-            adapter.run((r + 1) * chunk)
+            with lif_kernels.reference_updates() if reference else contextlib.nullcontext():
+                adapter.run((r + 1) * chunk)
             if r:
                 seconds[name].append((time.perf_counter() - start) / chunk)
         start = time.perf_counter()
@@ -99,7 +109,9 @@ def table(results: list[dict]) -> list[str]:
     ]
     for r in results:
         where = f"{'-'.join(map(str, r['sizes']))}, T={r['steps']}, B={r['batch']}, V={r['sets']}"
-        for name in ("inference", "full sets", "low-rank probes"):
+        names = ["inference", "full sets", "low-rank probes"]
+        names += [n + REFERENCE_UPDATE for n in names[1:] if n + REFERENCE_UPDATE in r]
+        for name in names:
             m = r[name]
             lines.append(
                 f"| {where} | {name} | {m['pairs_per_s']:,.0f} | {m['over_full']:.2f}x "

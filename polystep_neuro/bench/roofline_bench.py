@@ -12,7 +12,9 @@ TF32 off), timed in the same run: rounds alternate [mm, float32 sim, fixed-point
 every ratio is the median of the per-round ratios, so drift on a shared machine cancels.
 Where the fixed-point sim uses int8 GEMMs (a CPU whose torch sums int8 exactly), its float
 GEMM reference path is timed in the same rounds as a third row: the yardstick stays the
-float32 mm, so an int8 row can pass 100 %.
+float32 mm, so an int8 row can pass 100 %.  On CPU with the fused neuron update
+(simulators.lif_kernels) both precisions are also timed with the reference torch passes
+(rows "..., reference update"), in the same rounds.
 "roofline fraction" = mm time / simulator time: 1.0 would mean the simulator ran as fast as
 a single well-shaped GEMM of its size, neuron updates and all.
 """
@@ -36,11 +38,13 @@ if __package__ in (None, ""):  # `python -m polystep_neuro.bench.roofline_bench`
 from polystep_neuro.bench import machine  # noqa: E402
 from polystep_neuro.bench.cases import Case, perturbed_sets  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec, split_param_name  # noqa: E402
+from simulators import lif_kernels  # noqa: E402
 from simulators.fixed_point import calibrate_layer  # noqa: E402
 from simulators.torch_lif import TorchLIF  # noqa: E402
 
 PRECISIONS = ("float32", "loihi-fixed")
 FIXED_FLOAT_GEMM = "loihi-fixed, float GEMMs"  # the reference path beside int8 GEMMs
+REFERENCE_UPDATE = ", reference update"  # the torch passes beside the fused CPU update
 
 
 def all_weights(sizes: tuple[int, ...]) -> tuple[str, ...]:
@@ -134,6 +138,9 @@ def measure(case: Case, device: torch.device, repeats: int = 5) -> dict:
     if sims["loihi-fixed"].int8_gemm:
         sims[FIXED_FLOAT_GEMM] = TorchLIF(spec, "loihi-fixed", device, int8_gemm=False)
     runs = {p: (lambda s=sim: s.evaluate(params, x).counts) for p, sim in sims.items()}
+    if device.type == "cpu" and lif_kernels.active():  # the fused update against the passes
+        for p in PRECISIONS:
+            runs[f"{p}{REFERENCE_UPDATE}"] = _with_reference_updates(runs[p])
     flops = gemm_flops(case)
     mm = square_mm(flops, device)
     timed = _timer(device)
@@ -167,10 +174,23 @@ def measure(case: Case, device: torch.device, repeats: int = 5) -> dict:
         }
     out["fixed_over_float"] = out["loihi-fixed"]["over_float"]
     counts = {p: runs[p]() for p in runs}
-    if not all(torch.equal(c, counts["loihi-fixed"]) for p, c in counts.items() if p != "float32"):
+    fixed = [c for p, c in counts.items() if not p.startswith("float32")]
+    if not all(torch.equal(c, counts["loihi-fixed"]) for c in fixed):
         raise RuntimeError("the fixed-point paths disagree: benchmark invalid")
+    if f"float32{REFERENCE_UPDATE}" in counts and not torch.equal(
+        counts[f"float32{REFERENCE_UPDATE}"], counts["float32"]
+    ):
+        raise RuntimeError("the fused float32 update disagrees with the reference: invalid")
     out["mean_output_spikes"] = float(counts["float32"].float().mean())
     return out
+
+
+def _with_reference_updates(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        with lif_kernels.reference_updates():
+            return fn()
+
+    return run
 
 
 def run(device: str = "cpu", quick: bool = False, repeats: int = 5) -> list[dict]:
@@ -279,7 +299,7 @@ def low_rank_table(results: list[dict]) -> list[str]:
 def table(results: list[dict]) -> list[str]:
     lines = [
         "| network, T, B, V | sets vary | precision | (set, sample) pairs / s | GEMM GFLOP/s "
-        "| mm GFLOP/s | roofline fraction | fixed / float time |",
+        "| mm GFLOP/s | roofline fraction | time / float32's |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:

@@ -1,0 +1,176 @@
+"""The fused CPU neuron updates give the reference torch passes' results bit for bit, on
+every neuron kind, reset rule, delay, bias and recording, in float32 and loihi-fixed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polystep_neuro.core.network import NetworkSpec
+from simulators import lif_kernels
+from simulators.torch_lif import TorchLIF
+
+pytestmark = pytest.mark.skipif(not lif_kernels.active(), reason="numba is not installed")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _case(seed: int, precision: str):
+    """A random 1-3 layer network of either neuron kind, 6 sets (some repeated), spikes."""
+    rng = np.random.default_rng(seed)
+    sizes = [int(rng.integers(2, 40)) for _ in range(int(rng.integers(2, 5)))]
+    delay = int(rng.integers(0, 2))
+    steps = int(rng.integers(3, 12)) + delay * len(sizes)
+    neuron = str(rng.choice(["leaky", "synaptic"]))
+    du = 1.0 if neuron == "leaky" else float(rng.choice([1.0, 0.5, 0.1]))
+    options: dict = {"du": du, "dv": float(rng.choice([0.0, 0.2, 0.1]))}
+    if precision == "float32":
+        options["reset"] = str(rng.choice(["zero", "subtract", "none"]))
+        options["reset_delay"] = bool(rng.integers(0, 2))
+        options["bias"] = bool(rng.integers(0, 2))
+    names = list(NetworkSpec.random(sizes, steps, delay=0).param_shapes())
+    if precision == "loihi-fixed":
+        names = [n for n in names if not n.endswith((".du", ".bias"))]
+    if neuron == "leaky":
+        names = [n for n in names if not n.endswith(".du")]
+    writable = tuple(rng.choice(names, size=min(4, len(names)), replace=False).tolist())
+    spec = NetworkSpec.random(
+        sizes, steps, seed=seed, weight_gain=3.0, delay=delay, writable=writable, **options
+    )
+    for layer in spec.layers:
+        layer.neuron = neuron
+        if rng.random() < 0.5:
+            layer.v_bias = rng.normal(0, 0.2, size=layer.n_out).astype(np.float32)
+    sets = 6
+    params = {}
+    for name in writable:
+        base = torch.as_tensor(spec.parameters()[name])
+        values = base[None].repeat(sets, *([1] * base.dim()))
+        for v in range(1, sets):
+            if v % 3 == 2:
+                values[v] = values[v - 1]
+            else:
+                values[v] += torch.as_tensor(rng.normal(0, 0.3, size=base.shape)).float()
+        if name.endswith((".du", ".dv")):
+            values = values.clamp(0, 1)
+        if name.endswith(".vth"):
+            values = values.abs() + 0.05
+        params[name] = values
+    x = (rng.random((3, steps, sizes[0])) < 0.5).astype(np.float32)
+    return spec, params, x
+
+
+def _calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count the kernels' calls (so a test cannot pass by never taking the fused path)."""
+    seen: list[str] = []
+    for name in ("float_kernel", "fixed_kernel"):
+        factory = getattr(lif_kernels, name)
+
+        def spy(*flags, _factory=factory, _name=name):
+            seen.append(_name)
+            return _factory(*flags)
+
+        monkeypatch.setattr(lif_kernels, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
+@pytest.mark.parametrize("seed", range(16))
+def test_fused_updates_equal_the_reference(
+    precision: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, params, x = _case(seed, precision)
+    calls = _calls(monkeypatch)
+    for block, steps in ((1, 2), (1 << 30, 100)):
+        sim = TorchLIF(spec, precision, block_elements=block, time_block=steps)
+        before = len(calls)
+        with lif_kernels.reference_updates():
+            ref = sim.evaluate(params, x, record=True)
+            ref_counts = sim.counts(params, x)
+        assert len(calls) == before
+        fused = sim.evaluate(params, x, record=True)
+        assert torch.equal(sim.counts(params, x), ref_counts)
+        assert torch.equal(fused.counts, ref.counts)
+        assert ref.spikes and ref.voltages and ref.currents
+        assert fused.spikes and fused.voltages and fused.currents
+        for ours, theirs in zip(
+            fused.spikes + fused.voltages + fused.currents,
+            ref.spikes + ref.voltages + ref.currents,
+            strict=True,
+        ):
+            assert torch.equal(ours, theirs)
+    kind = "float_kernel" if precision == "float32" else "fixed_kernel"
+    assert kind in calls
+
+
+def test_fused_updates_follow_snntorch_defaults_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """snnTorch's default Leaky (subtract reset, reset_delay) over many steps, where float
+    rounding differences would show in the voltages at once."""
+    spec = NetworkSpec.random(
+        [64, 96, 10], 40, seed=3, bias=True, reset="subtract", reset_delay=True, dv=0.1,
+        writable="all",
+    )  # fmt: skip
+    for layer in spec.layers:
+        layer.neuron = "leaky"
+    x = (np.random.default_rng(0).random((16, 40, 64)) < 0.3).astype(np.float32)
+    calls = _calls(monkeypatch)
+    sim = TorchLIF(spec, "float32", block_elements=1 << 14, time_block=5)
+    with lif_kernels.reference_updates():
+        ref = sim.evaluate({}, x, record=True)
+    fused = sim.evaluate({}, x, record=True)
+    assert calls
+    assert ref.voltages is not None and fused.voltages is not None
+    assert int(ref.counts.sum()) > 100  # the network spikes
+    for ours, theirs in zip(fused.voltages, ref.voltages, strict=True):
+        assert torch.equal(ours, theirs)
+    assert torch.equal(fused.counts, ref.counts)
+
+
+def test_reference_updates_switch_is_restored() -> None:
+    assert lif_kernels.active()
+    with lif_kernels.reference_updates():
+        assert not lif_kernels.active()
+        assert not lif_kernels.usable(torch.zeros(2, 3))
+    assert lif_kernels.active()
+    assert lif_kernels.usable(torch.zeros(2, 3), None)
+    assert not lif_kernels.usable(torch.zeros(3, 2).T)  # neurons not at unit stride
+    assert not lif_kernels.usable(torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 4, 5])
+def test_low_rank_first_layer_summed_in_the_kernel(
+    rank: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to MAX_FUSED_RANK the float kernel sums the base product and the factors itself
+    (no pass writes the sum); dyadic values keep every sum exact, so it must equal the
+    reference bit for bit.  A larger rank takes the summed input."""
+    rng = np.random.default_rng(rank)
+    spec = NetworkSpec.random([24, 40, 6], 9, seed=rank, dv=0.25, bias=True, writable="all")
+    spec.layers[0].weight = rng.integers(-8, 9, size=(40, 24)).astype(np.float32) / 8
+    sets = 5
+    u = torch.as_tensor(rng.integers(-2, 3, size=(sets, 40, rank)) / 4, dtype=torch.float32)
+    vt = torch.as_tensor(rng.integers(-1, 2, size=(sets, rank, 24)), dtype=torch.float32)
+    x = torch.as_tensor(rng.random((4, 9, 24)) < 0.4, dtype=torch.float32)
+    ranks: list[int] = []
+    factory = lif_kernels.float_kernel
+    monkeypatch.setattr(
+        lif_kernels, "float_kernel", lambda *flags: ranks.append(flags[-1]) or factory(*flags)
+    )
+    sim = TorchLIF(spec, "float32", block_elements=40 * 4, time_block=4)
+    with lif_kernels.reference_updates():
+        ref = sim.evaluate_low_rank({}, u, vt, x, record=True)
+    got = sim.evaluate_low_rank({}, u, vt, x, record=True)
+    assert (rank in ranks) == (rank <= lif_kernels.MAX_FUSED_RANK)
+    assert ref.voltages is not None and got.voltages is not None
+    assert torch.equal(got.counts, ref.counts) and int(ref.counts.sum()) > 0
+    for ours, theirs in zip(got.voltages, ref.voltages, strict=True):
+        assert torch.equal(ours, theirs)
