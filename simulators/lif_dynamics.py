@@ -182,11 +182,12 @@ class FloatLIF:
         if isinstance(acc, LowRankRows):
             rank = acc.ut.shape[1]
             parts = (acc.base, acc.xv, acc.ut)
-            if rank <= kernels.MAX_FUSED_RANK and kernels.usable(*parts, spikes, volts, currs):
+            fits = rank <= kernels.MAX_FUSED_RANK and kernels.pays(spikes)
+            if fits and kernels.usable(*parts, spikes, volts, currs):
                 self._fused(start, stop, acc, row0, spikes, volts, currs)
                 return
             acc = acc.materialise()
-        if kernels.usable(acc, spikes, volts, currs, self.u, self.v):
+        if kernels.pays(spikes) and kernels.usable(acc, spikes, volts, currs, self.u, self.v):
             self._fused(start, stop, acc, row0, spikes, volts, currs)
             return
         layer, q, u, v = self.layer, self.q, self.u, self.v
@@ -398,7 +399,8 @@ class FixedLIF:
         else:
             self._update_bounds(None, stop)
         bounds = self.bounds
-        if self.scratch is not None and kernels.usable(acc, spikes, volts, currs, self.u, self.v):
+        fused = self.scratch is not None and kernels.pays(spikes)
+        if fused and kernels.usable(acc, spikes, volts, currs, self.u, self.v):
             self._fused(start, stop, acc, row0, spikes, volts, currs)
             return
         # Lava: a = acc << exp (or >> -exp, flooring), sent as int32, then a << 6 in int32.

@@ -52,6 +52,23 @@ def reference_updates() -> Iterator[None]:
         _enabled = was
 
 
+# Where the fused update pays (one CPU thread, AMD EPYC Zen 5, a 5-step chunk): a row of n
+# neurons costs about 20 ns of loop overhead per step, so narrow rows lose to the
+# reference's whole-block passes (n = 10 in blocks of 4 sets: 0.47x its rate, of 16:
+# 0.20x; n = 64, 4 sets: 0.79x), while rows of 128 or more win (1.1-2.2x), as do rows of
+# 32-64 in blocks too small for the passes' per-call cost (up to 8 Ki neurons: 1.1-1.3x).
+WIDE_ROW = 128
+NARROW_ROW = 32
+SMALL_BLOCK = 8192
+
+
+def pays(spikes: torch.Tensor) -> bool:
+    """Whether the fused update is expected to beat the reference on this block of
+    ``spikes`` (steps, sets, B, n)."""
+    sets, batch, n = spikes.shape[1:]
+    return n >= WIDE_ROW or (n >= NARROW_ROW and sets * batch * n <= SMALL_BLOCK)
+
+
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the fused path can take these tensors (CPU, unit stride along neurons)."""
     if not _enabled:

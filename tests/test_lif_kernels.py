@@ -68,7 +68,9 @@ def _case(seed: int, precision: str):
 
 
 def _calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Count the kernels' calls (so a test cannot pass by never taking the fused path)."""
+    """Count the kernels' calls (so a test cannot pass by never taking the fused path), and
+    take it on every block, however narrow (where it would not pay, it must still agree)."""
+    monkeypatch.setattr(lif_kernels, "pays", lambda spikes: True)
     seen: list[str] = []
     for name in ("float_kernel", "fixed_kernel"):
         factory = getattr(lif_kernels, name)
@@ -161,6 +163,7 @@ def test_low_rank_first_layer_summed_in_the_kernel(
     vt = torch.as_tensor(rng.integers(-1, 2, size=(sets, rank, 24)), dtype=torch.float32)
     x = torch.as_tensor(rng.random((4, 9, 24)) < 0.4, dtype=torch.float32)
     ranks: list[int] = []
+    monkeypatch.setattr(lif_kernels, "pays", lambda spikes: True)
     factory = lif_kernels.float_kernel
     monkeypatch.setattr(
         lif_kernels, "float_kernel", lambda *flags: ranks.append(flags[-1]) or factory(*flags)
@@ -174,3 +177,12 @@ def test_low_rank_first_layer_summed_in_the_kernel(
     assert torch.equal(got.counts, ref.counts) and int(ref.counts.sum()) > 0
     for ours, theirs in zip(got.voltages, ref.voltages, strict=True):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("sets", "n", "fused"),
+    [(1, 512, True), (4, 128, True), (1, 64, True), (4, 64, False), (1, 10, False),
+     (51, 10, False)],
+)  # fmt: skip
+def test_the_fused_update_runs_where_it_was_measured_to_pay(sets: int, n: int, fused: bool) -> None:
+    assert lif_kernels.pays(torch.zeros(5, sets, 128, n)) == fused
