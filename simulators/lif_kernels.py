@@ -64,7 +64,11 @@ SMALL_BLOCK = 8192
 
 def pays(spikes: torch.Tensor) -> bool:
     """Whether the fused update is expected to beat the reference on this block of
-    ``spikes`` (steps, sets, B, n)."""
+    ``spikes`` (steps, sets, B, n).  Only with one torch thread: the loop is serial, and
+    with several threads the reference passes run in parallel over one block of every set
+    (not measured against each other yet)."""
+    if torch.get_num_threads() > 1:
+        return False
     sets, batch, n = spikes.shape[1:]
     return n >= WIDE_ROW or (n >= NARROW_ROW and sets * batch * n <= SMALL_BLOCK)
 
