@@ -187,8 +187,10 @@ class FloatLIF:
                 self._fused(start, stop, acc, row0, spikes, volts, currs)
                 return
             acc = acc.materialise()
-        if kernels.pays(spikes) and kernels.usable(acc, spikes, volts, currs, self.u, self.v):
-            self._fused(start, stop, acc, row0, spikes, volts, currs)
+        tensors = (acc, volts, currs, self.u, self.v)
+        merged = kernels.merges(spikes, *tensors)
+        if kernels.pays(spikes, merged) and kernels.usable(spikes, *tensors):
+            self._fused(start, stop, acc, row0, spikes, volts, currs, merged)
             return
         layer, q, u, v = self.layer, self.q, self.u, self.v
         delay, sets = layer.delay, spikes.shape[1]
@@ -244,13 +246,16 @@ class FloatLIF:
         spikes: torch.Tensor,
         volts: torch.Tensor | None,
         currs: torch.Tensor | None,
+        merged: bool = False,
     ) -> None:
-        """``steps`` in one pass per neuron row (simulators.lif_kernels, bit for bit)."""
+        """``steps`` in one pass per neuron row (simulators.lif_kernels, bit for bit);
+        ``merged``: each set's B rows as one (kernels.merges)."""
         sets, batch, n = spikes.shape[1:]
+        copies = batch if merged else 1
         low = acc if isinstance(acc, LowRankRows) else None
         rank = 0 if low is None else low.ut.shape[1]
         record = (volts is not None, currs is not None, rank)
-        static = self._kernel_args.get(record)
+        static = self._kernel_args.get((*record, merged))
         if static is None:  # what stays the same from chunk to chunk
             layer, q = self.layer, self.q
             kernel = kernels.float_kernel(
@@ -259,9 +264,9 @@ class FloatLIF:
             )  # fmt: skip
             params = (
                 kernels.per_set(q.alpha), kernels.per_set(q.beta), kernels.per_set(q.vth),
-                kernels.per_neuron(q.bias, n), kernels.per_neuron(q.v_bias, n),
+                kernels.per_neuron(q.bias, n, copies), kernels.per_neuron(q.v_bias, n, copies),
             )  # fmt: skip
-            static = self._kernel_args[record] = (
+            static = self._kernel_args[(*record, merged)] = (
                 kernel,
                 (*kernels.flat(self.v), *kernels.flat(self.u)),
                 params,
@@ -275,7 +280,8 @@ class FloatLIF:
         kernel(
             start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
             1 if acc is None else acc.shape[1], *state, *kernels.flat(spikes),
-            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch, n, *factors,
+            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch // copies,
+            n * copies, *factors,
         )  # fmt: skip
 
     def _reset_step(self, cur: torch.Tensor, spikes: torch.Tensor) -> None:
@@ -399,9 +405,11 @@ class FixedLIF:
         else:
             self._update_bounds(None, stop)
         bounds = self.bounds
-        fused = self.scratch is not None and kernels.pays(spikes)
-        if fused and kernels.usable(acc, spikes, volts, currs, self.u, self.v):
-            self._fused(start, stop, acc, row0, spikes, volts, currs)
+        tensors = (acc, volts, currs, self.u, self.v)
+        merged = kernels.merges(spikes, *tensors)
+        fused = self.scratch is not None and kernels.pays(spikes, merged)
+        if fused and kernels.usable(spikes, *tensors):
+            self._fused(start, stop, acc, row0, spikes, volts, currs, merged)
             return
         # Lava: a = acc << exp (or >> -exp, flooring), sent as int32, then a << 6 in int32.
         # Scaling by powers of two is exact in floating point, so this stays in acc's dtype.
@@ -468,13 +476,15 @@ class FixedLIF:
         spikes: torch.Tensor,
         volts: torch.Tensor | None,
         currs: torch.Tensor | None,
+        merged: bool = False,
     ) -> None:
         """``steps`` for a float32 state inside its bounds, one pass per neuron row
-        (simulators.lif_kernels, bit for bit)."""
+        (simulators.lif_kernels, bit for bit); ``merged`` as in FloatLIF._fused."""
         assert self.u is not None and self.v is not None
         sets, batch, n = spikes.shape[1:]
+        copies = batch if merged else 1
         record = (volts is not None, currs is not None)
-        static = self._kernel_args.get(record)
+        static = self._kernel_args.get((*record, merged))
         if static is None:  # what stays the same from chunk to chunk (until _use)
             q, exp = self.q, self.exp
             gain = float(2**exp) * (1 << fp.ACT_SHIFT) if exp >= 0 else float(1 << fp.ACT_SHIFT)
@@ -483,10 +493,10 @@ class FixedLIF:
             )
             params = (
                 kernels.per_set(q.u_scale), kernels.per_set(q.v_scale), kernels.per_set(self.vth),
-                kernels.per_neuron(self.bias, n),
+                kernels.per_neuron(self.bias, n, copies),
             )  # fmt: skip
             scaling = (np.float32(2.0**exp), np.float32(gain))
-            static = self._kernel_args[record] = (
+            static = self._kernel_args[(*record, merged)] = (
                 kernel,
                 scaling,
                 (*kernels.flat(self.v), *kernels.flat(self.u)),
@@ -496,7 +506,8 @@ class FixedLIF:
         kernel(
             start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
             1 if acc is None else acc.shape[1], *scaling, *state, *kernels.flat(spikes),
-            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch, n,
+            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch // copies,
+            n * copies,
         )  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def _case(seed: int, precision: str):
 def _calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count the kernels' calls (so a test cannot pass by never taking the fused path), and
     take it on every block, however narrow (where it would not pay, it must still agree)."""
-    monkeypatch.setattr(lif_kernels, "pays", lambda spikes: True)
+    monkeypatch.setattr(lif_kernels, "pays", lambda spikes, merged=False: True)
     seen: list[str] = []
     for name in ("float_kernel", "fixed_kernel"):
         factory = getattr(lif_kernels, name)
@@ -163,7 +163,7 @@ def test_low_rank_first_layer_summed_in_the_kernel(
     vt = torch.as_tensor(rng.integers(-1, 2, size=(sets, rank, 24)), dtype=torch.float32)
     x = torch.as_tensor(rng.random((4, 9, 24)) < 0.4, dtype=torch.float32)
     ranks: list[int] = []
-    monkeypatch.setattr(lif_kernels, "pays", lambda spikes: True)
+    monkeypatch.setattr(lif_kernels, "pays", lambda spikes, merged=False: True)
     factory = lif_kernels.float_kernel
     monkeypatch.setattr(
         lif_kernels, "float_kernel", lambda *flags: ranks.append(flags[-1]) or factory(*flags)
@@ -188,3 +188,30 @@ def test_the_fused_update_runs_where_it_was_measured_to_pay(sets: int, n: int, f
     assert lif_kernels.pays(torch.zeros(5, sets, 128, n)) == fused
     torch.set_num_threads(2)  # the serial loop against the parallel passes: not measured
     assert not lif_kernels.pays(torch.zeros(5, sets, 128, n))
+
+
+def test_narrow_rows_merge_where_samples_lie_back_to_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set's B rows of a narrow layer go as one row (their parameters tiled B times) only
+    where every tensor holds the samples back to back; a merged run equals the reference."""
+    set_major = torch.zeros(2, 5, 16, 10).permute(1, 0, 2, 3)  # (steps, sets, B, n)
+    sample_major = torch.zeros(5, 16, 2, 10).permute(0, 2, 1, 3)  # sets inside samples
+    assert lif_kernels.merges(set_major, set_major)
+    assert not lif_kernels.merges(set_major, sample_major)
+    assert not lif_kernels.merges(torch.zeros(5, 2, 128, 512))  # too long to stay in cache
+    merged: list[bool] = []
+    original = lif_kernels.merges
+    monkeypatch.setattr(lif_kernels, "merges", lambda *t: merged.append(original(*t)) or merged[-1])
+    spec = NetworkSpec.random([20, 12, 6], 12, seed=5, dv=0.2, writable=("fc1.weight",))
+    spec.layers[1].v_bias = np.linspace(-0.3, 0.3, 6).astype(np.float32)
+    x = (np.random.default_rng(5).random((16, 12, 20)) < 0.4).astype(np.float32)
+    params = {"fc1.weight": torch.as_tensor(spec.layers[1].weight)[None].repeat(3, 1, 1)}
+    params["fc1.weight"][1:] += 0.3 * torch.randn(
+        2, 6, 12, generator=torch.Generator().manual_seed(0)
+    )
+    for precision in ("float32", "loihi-fixed"):
+        sim = TorchLIF(spec, precision, block_elements=1 << 12, time_block=3)
+        with lif_kernels.reference_updates():
+            ref = sim.evaluate(params, x)
+        assert torch.equal(sim.evaluate(params, x).counts, ref.counts)
+        assert int(ref.counts.sum()) > 0
+    assert True in merged
