@@ -6,8 +6,10 @@ state.  Here each neuron row (one set, one sample) is walked through every step 
 chunk while it sits in L1, with the same operations in the same order, so the results are
 bit for bit the reference's (tests/test_lif_kernels.py compares every variant).
 
-Used on CPU where numba is installed and every tensor has unit stride along the neurons;
-elsewhere (CUDA, other layouts, loihi-fixed states held in float64) the reference runs.
+Used on CPU with one torch thread where numba is installed, every tensor has unit stride
+along the neurons and the rows are long enough to pay (``pays``; a set's rows merge into one
+where its samples lie back to back, ``merges``); elsewhere (CUDA, several threads, other
+layouts, loihi-fixed states held in float64) the reference runs.
 ``reference_updates()`` forces the reference path (parity tests, A/B benchmarks), as does
 ``POLYSTEP_FUSED_LIF=0`` in the environment.
 """
