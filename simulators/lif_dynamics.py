@@ -187,9 +187,8 @@ class FloatLIF:
                 self._fused(start, stop, acc, row0, spikes, volts, currs)
                 return
             acc = acc.materialise()
-        tensors = (acc, volts, currs, self.u, self.v)
-        merged = kernels.merges(spikes, *tensors)
-        if kernels.pays(spikes, merged) and kernels.usable(spikes, *tensors):
+        merged = kernels.route(spikes, acc, volts, currs, self.u, self.v)
+        if merged is not None:
             self._fused(start, stop, acc, row0, spikes, volts, currs, merged)
             return
         layer, q, u, v = self.layer, self.q, self.u, self.v
@@ -273,7 +272,7 @@ class FloatLIF:
             )
         kernel, state, params = static
         if low is None:
-            factors = (*kernels.flat(None), kernels.flat(None)[0])
+            factors = kernels.NO_FACTORS
         else:  # the base product, x.Vt^T as (rows, sets, B, r), U^T flat
             factors = (*kernels.flat(low.xv.permute(1, 0, 2, 3)), low.ut.reshape(-1).numpy())
             acc = low.base
@@ -331,6 +330,10 @@ class FixedLIF:
     ) -> None:
         self.layer, self.q, self.template, self.buffer = layer, q, template, buffer
         self.exp = int(layer.fixed_weight_exp or 0)
+        # Lava: a = acc << exp (or >> -exp, flooring), sent as int32, then a << 6 in int32.
+        # Scaling by powers of two is exact in floating point, so this stays in acc's dtype.
+        exp = self.exp
+        self.gain = float(2**exp) * (1 << fp.ACT_SHIFT) if exp >= 0 else float(1 << fp.ACT_SHIFT)
         self.amax = 0.0  # largest |W.s| seen so far
         self.bounds = _Bounds(False, False, False)
         self.u: torch.Tensor | None = None
@@ -405,15 +408,11 @@ class FixedLIF:
         else:
             self._update_bounds(None, stop)
         bounds = self.bounds
-        tensors = (acc, volts, currs, self.u, self.v)
-        merged = kernels.merges(spikes, *tensors)
-        fused = self.scratch is not None and kernels.pays(spikes, merged)
-        if fused and kernels.usable(spikes, *tensors):
+        merged = kernels.route(spikes, acc, volts, currs, self.u, self.v)
+        if self.scratch is not None and merged is not None:  # a float32 state (the bounds hold)
             self._fused(start, stop, acc, row0, spikes, volts, currs, merged)
             return
-        # Lava: a = acc << exp (or >> -exp, flooring), sent as int32, then a << 6 in int32.
-        # Scaling by powers of two is exact in floating point, so this stays in acc's dtype.
-        gain = float(2**exp) * (1 << fp.ACT_SHIFT) if exp >= 0 else float(1 << fp.ACT_SHIFT)
+        gain = self.gain  # (see __init__)
         vmax = float(fp.UV_MAX)
         # u is only needed as a tensor when it has memory, may wrap or is recorded.
         keep_u = q.has_memory or bounds.may_wrap or currs is not None
@@ -487,7 +486,6 @@ class FixedLIF:
         static = self._kernel_args.get((*record, merged))
         if static is None:  # what stays the same from chunk to chunk (until _use)
             q, exp = self.q, self.exp
-            gain = float(2**exp) * (1 << fp.ACT_SHIFT) if exp >= 0 else float(1 << fp.ACT_SHIFT)
             kernel = kernels.fixed_kernel(
                 q.has_memory, q.has_memory or record[1], q.v_decays, q.has_bias, exp < 0, *record
             )
@@ -495,7 +493,7 @@ class FixedLIF:
                 kernels.per_set(q.u_scale), kernels.per_set(q.v_scale), kernels.per_set(self.vth),
                 kernels.per_neuron(self.bias, n, copies),
             )  # fmt: skip
-            scaling = (np.float32(2.0**exp), np.float32(gain))
+            scaling = (np.float32(2.0**exp), np.float32(self.gain))
             static = self._kernel_args[(*record, merged)] = (
                 kernel,
                 scaling,

@@ -95,6 +95,16 @@ def pays(spikes: torch.Tensor, merged: bool = False) -> bool:
     return row >= WIDE_ROW or (row >= NARROW_ROW and sets * batch * n <= SMALL_BLOCK)
 
 
+def route(spikes: torch.Tensor, *tensors: torch.Tensor | None) -> bool | None:
+    """How a block's update goes: None for the reference passes, else the fused loop with
+    its rows merged (True) or not (False); ``tensors`` are the block's others (input,
+    state, traces)."""
+    merged = merges(spikes, *tensors)
+    if pays(spikes, merged) and usable(spikes, *tensors):
+        return merged
+    return None
+
+
 def usable(*tensors: torch.Tensor | None) -> bool:
     """Whether the fused path can take these tensors (CPU, unit stride along neurons)."""
     if not _enabled:
@@ -109,6 +119,7 @@ def usable(*tensors: torch.Tensor | None) -> bool:
 
 _NO_ARRAY = np.zeros(1, dtype=np.float32)
 _NO_STRIDES = (0, 0, 0, 0)
+NO_FACTORS = (_NO_ARRAY, _NO_STRIDES, _NO_ARRAY)  # the float kernel's xv, its strides, ut
 
 
 def flat(t: torch.Tensor | None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -170,8 +181,8 @@ def float_kernel(simple, reset, reset_delay, leaky, has_memory, has_bias, has_v_
     so no branch stays inside the neuron loop (one kept it from vectorising).  The closure
     holds nothing but these constants, so numba's cache key for it is stable."""
 
-    opts = _options(simple, reset, reset_delay, leaky, has_memory, has_bias, has_v_bias,
-                    record_v, record_c, rank)  # fmt: skip
+    opts = _options((simple, reset, reset_delay, leaky, has_memory, has_bias, has_v_bias,
+                     record_v, record_c, rank), (1, 2, 1, 1, 1, 1, 1, 1, 1, 4))  # fmt: skip
 
     def float_chunk(start, stop, delay, row0, has_acc, acc, ast, acc_sets, v, vst, u, ust,
                     spk, sst, volts, volst, currs, curst, alpha, beta, vth, bias, v_bias,
@@ -213,14 +224,11 @@ def float_kernel(simple, reset, reset_delay, leaky, has_memory, has_bias, has_v_
     return _jit()(float_chunk)
 
 
-def _options(*flags: bool | int) -> int:
-    """The kernels' options as one integer, bit by bit in the order given; the last flag
-    (a rank or a reset kind) may take several bits: (simple, reset (2 bits), reset_delay,
-    leaky, has_memory, has_bias, has_v_bias, record_v, record_c, rank) for the float kernel.
-    """
-    widths = (1, 2, 1, 1, 1, 1, 1, 1, 1, 4) if len(flags) == 10 else (1,) * len(flags)
+def _options(flags: tuple[bool | int, ...], widths: tuple[int, ...] | None = None) -> int:
+    """The kernels' options as one integer, flag after flag from bit 0, each ``widths[i]``
+    bits wide (default one); the row functions take them apart with the same layout."""
     opts, shift = 0, 0
-    for flag, width in zip(flags, widths, strict=True):
+    for flag, width in zip(flags, widths or (1,) * len(flags), strict=True):
         opts |= int(flag) << shift
         shift += width
     return opts
@@ -307,7 +315,7 @@ def _float_row(acc, a0, v, v0, u, u0, spk, s0, volts, w0, currs, c0, al, be, th,
 def fixed_kernel(has_memory, keep_u, v_decays, has_bias, negative_exp, record_v, record_c):  # type: ignore[no-untyped-def]  # fmt: skip
     """FixedLIF.steps compiled for one layer's options (see float_kernel)."""
 
-    opts = _options(has_memory, keep_u, v_decays, has_bias, negative_exp, record_v, record_c)
+    opts = _options((has_memory, keep_u, v_decays, has_bias, negative_exp, record_v, record_c))
 
     def fixed_chunk(start, stop, delay, row0, has_acc, acc, ast, acc_sets, shift, gain, v,
                     vst, u, ust, spk, sst, volts, volst, currs, curst, u_scale, v_scale, vth,

@@ -41,6 +41,7 @@ from simulators.lif_dynamics import (
     like,
     physical_order,
 )
+from simulators.lif_kernels import MAX_FUSED_RANK
 from simulators.lif_precision import (
     PRECISIONS as _MODELS,
 )
@@ -63,8 +64,6 @@ CPU_BLOCK_ELEMENTS = 1 << 16
 CPU_TIME_BLOCK = 5
 # An int8 GEMM of 0/1 spikes sums fewer than this many weights (|w| <= 128) within int32.
 _INT8_MAX_IN = (1 << 31) // 128
-# Low-rank first layers up to this rank add their factors' products pass by pass.
-_RANK_BY_PASSES = 4
 _NARROW = 32  # layers narrower than this GEMM as W.x^T where the sums are exact
 
 __all__ = [
@@ -761,9 +760,10 @@ def _project_low_rank(
     sets, t, b, rank = xv.shape
     n_out = ut.shape[2]
     out = work.get(f"{tag}.lr", (sets, t * b, n_out), xv.dtype)
-    if rank <= _RANK_BY_PASSES:
+    if rank <= MAX_FUSED_RANK:
         # One pass over the output per rank: MKL's batched GEMM with 2-4 inner columns ran
-        # at a third of this rate (163 vs 56 us on a 640 x 512 block at rank 2).
+        # at a third of this rate (163 vs 56 us on a 640 x 512 block at rank 2); the fused
+        # update sums up to the same rank itself, in the same order and rounding.
         view = out.view(sets, t, b, n_out)
         rows, cols = xv.unsqueeze(-1), ut[:, None, None]  # (S, T, B, r, 1), (S, 1, 1, r, n)
         torch.addcmul(base[:, 0].unsqueeze(0), rows[..., 0, :], cols[..., 0, :], out=view)

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from devices.registry import open_backend  # noqa: E402
 from polystep_neuro.bench.machine import describe  # noqa: E402
+from polystep_neuro.bench.roofline_bench import REFERENCE_UPDATE  # noqa: E402
 from polystep_neuro.core.network import NetworkSpec  # noqa: E402
 from polystep_neuro.run.controller import Adapter  # noqa: E402
 from polystep_neuro.run.data import SpikeDataset  # noqa: E402
@@ -37,7 +38,6 @@ from polystep_neuro.run.optimizers import Settings  # noqa: E402
 from simulators import lif_kernels  # noqa: E402
 
 CASES = ((64, 512, 10), (784, 128, 10))
-REFERENCE_UPDATE = ", reference update"  # the torch passes instead of the fused CPU update
 
 
 def measure(
