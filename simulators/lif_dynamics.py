@@ -187,7 +187,7 @@ class FloatLIF:
                 self._fused(start, stop, acc, row0, spikes, volts, currs)
                 return
             acc = acc.materialise()
-        merged = kernels.route(spikes, acc, volts, currs, self.u, self.v)
+        merged = kernels.route(spikes, acc, volts, currs, self.u, self.v, shared=False)
         if merged is not None:
             self._fused(start, stop, acc, row0, spikes, volts, currs, merged)
             return
@@ -276,12 +276,13 @@ class FloatLIF:
         else:  # the base product, x.Vt^T as (rows, sets, B, r), U^T flat
             factors = (*kernels.flat(low.xv.permute(1, 0, 2, 3)), low.ut.reshape(-1).numpy())
             acc = low.base
-        kernel(
+        head = (
             start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
             1 if acc is None else acc.shape[1], *state, *kernels.flat(spikes),
-            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch // copies,
-            n * copies, *factors,
+            *kernels.flat(volts), *kernels.flat(currs), *params,
         )  # fmt: skip
+        tail = (batch // copies, n * copies, *factors)
+        kernels.over_sets(lambda first, last: kernel(*head, first, last, *tail), sets)
 
     def _reset_step(self, cur: torch.Tensor, spikes: torch.Tensor) -> None:
         """One membrane step with snnTorch's reset rules (see LOIHI_FIXED_POINT.md), in
@@ -408,7 +409,7 @@ class FixedLIF:
         else:
             self._update_bounds(None, stop)
         bounds = self.bounds
-        merged = kernels.route(spikes, acc, volts, currs, self.u, self.v)
+        merged = kernels.route(spikes, acc, volts, currs, self.u, self.v, shared=True)
         if self.scratch is not None and merged is not None:  # a float32 state (the bounds hold)
             self._fused(start, stop, acc, row0, spikes, volts, currs, merged)
             return
@@ -501,12 +502,13 @@ class FixedLIF:
                 params,
             )
         kernel, scaling, state, params = static
-        kernel(
+        head = (
             start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
             1 if acc is None else acc.shape[1], *scaling, *state, *kernels.flat(spikes),
-            *kernels.flat(volts), *kernels.flat(currs), *params, sets, batch // copies,
-            n * copies,
+            *kernels.flat(volts), *kernels.flat(currs), *params,
         )  # fmt: skip
+        tail = (batch // copies, n * copies)
+        kernels.over_sets(lambda first, last: kernel(*head, first, last, *tail), sets)
 
 
 @dataclass(frozen=True)

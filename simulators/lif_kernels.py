@@ -6,20 +6,23 @@ state.  Here each neuron row (one set, one sample) is walked through every step 
 chunk while it sits in L1, with the same operations in the same order, so the results are
 bit for bit the reference's (tests/test_lif_kernels.py compares every variant).
 
-Used on CPU with one torch thread where numba is installed, every tensor has unit stride
-along the neurons and the rows are long enough to pay (``pays``; a set's rows merge into one
-where its samples lie back to back, ``merges``); elsewhere (CUDA, several threads, other
-layouts, loihi-fixed states held in float64) the reference runs.
+Used on CPU where numba is installed, every tensor has unit stride along the neurons and
+the rows are long enough to pay (``pays``; a set's rows merge into one where its samples lie
+back to back, ``merges``); with several torch threads the sets of a block are shared among
+them (``over_sets``), for loihi-fixed and the low-rank sums only.  Elsewhere (CUDA, plain
+float32 with several threads, other layouts, loihi-fixed states held in float64) the
+reference runs.
 ``reference_updates()`` forces the reference path (parity tests, A/B benchmarks), as does
 ``POLYSTEP_FUSED_LIF=0`` in the environment.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -83,24 +86,26 @@ def merges(spikes: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
     )
 
 
-def pays(spikes: torch.Tensor, merged: bool = False) -> bool:
+def pays(spikes: torch.Tensor, merged: bool = False, shared: bool = True) -> bool:
     """Whether the fused update is expected to beat the reference on this block of
-    ``spikes`` (steps, sets, B, n), its rows ``merged`` or not.  Only with one torch
-    thread: the loop is serial, and with several threads the reference passes run in
-    parallel over one block of every set (on 2 cores those won for full weight sets)."""
-    if torch.get_num_threads() > 1:
-        return False
+    ``spikes`` (steps, sets, B, n), its rows ``merged`` or not.  With several torch threads
+    the block's sets are shared among them (over_sets), so it needs a set for each, and
+    pays only where ``shared`` says sharing was measured to win: loihi-fixed and the
+    low-rank sums (2 threads: 1.04-1.57x the reference), not plain float32 (0.92-1.05x)."""
     sets, batch, n = spikes.shape[1:]
+    threads = torch.get_num_threads()
+    if threads > 1 and (not shared or sets < threads):
+        return False
     row = batch * n if merged else n
     return row >= WIDE_ROW or (row >= NARROW_ROW and sets * batch * n <= SMALL_BLOCK)
 
 
-def route(spikes: torch.Tensor, *tensors: torch.Tensor | None) -> bool | None:
+def route(spikes: torch.Tensor, *tensors: torch.Tensor | None, shared: bool) -> bool | None:
     """How a block's update goes: None for the reference passes, else the fused loop with
     its rows merged (True) or not (False); ``tensors`` are the block's others (input,
-    state, traces)."""
+    state, traces); ``shared`` as in ``pays``."""
     merged = merges(spikes, *tensors)
-    if pays(spikes, merged) and usable(spikes, *tensors):
+    if pays(spikes, merged, shared) and usable(spikes, *tensors):
         return merged
     return None
 
@@ -115,6 +120,34 @@ def usable(*tensors: torch.Tensor | None) -> bool:
         if t.device.type != "cpu" or t.dtype != torch.float32 or t.stride(-1) != 1:
             return False
     return True
+
+
+# The helper threads that take a share of a block's sets (see over_sets), with the process
+# that made them: a forked child finds the threads gone and makes its own.
+_pool: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _helpers(count: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] != count:
+        _pool = (os.getpid(), count, concurrent.futures.ThreadPoolExecutor(count, "fused-lif"))
+    return _pool[2]
+
+
+def over_sets(call: Callable[[int, int], None], sets: int) -> None:
+    """``call(first, last)`` over ``[0, sets)`` in as many shares as torch has threads: the
+    kernels release the GIL, so the shares run at once, each on its own sets (no two touch
+    the same memory).  The calling thread takes the first share."""
+    parts = min(torch.get_num_threads(), sets)
+    if parts <= 1:
+        call(0, sets)
+        return
+    bounds = [sets * i // parts for i in range(parts + 1)]
+    pool = _helpers(parts - 1)
+    shares = [pool.submit(call, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    call(bounds[0], bounds[1])
+    for share in shares:
+        share.result()
 
 
 _NO_ARRAY = np.zeros(1, dtype=np.float32)
@@ -186,7 +219,7 @@ def float_kernel(simple, reset, reset_delay, leaky, has_memory, has_bias, has_v_
 
     def float_chunk(start, stop, delay, row0, has_acc, acc, ast, acc_sets, v, vst, u, ust,
                     spk, sst, volts, volst, currs, curst, alpha, beta, vth, bias, v_bias,
-                    sets, batch, n, xv, xst, ut):  # fmt: skip
+                    first_set, last_set, batch, n, xv, xst, ut):  # fmt: skip
         """Steps [start, stop) of every (set, sample) row, in FloatLIF.steps' order of
         operations (``cur`` is zero where the reference adds its zero state).  Arrays are
         flat and indexed by offsets (a slice per row and step costs reference counting that
@@ -194,7 +227,7 @@ def float_kernel(simple, reset, reset_delay, leaky, has_memory, has_bias, has_v_
         parts (lif_dynamics.LowRankRows: ``acc`` the shared base product, ``xv`` and ``ut``
         the factors), summed in the reference's order, each product added with one rounding
         as the reference's addcmul does on CPU."""
-        for s in range(sets):
+        for s in range(first_set, last_set):
             a_set = s if acc_sets > 1 else 0
             al = alpha[s if alpha.shape[0] > 1 else 0]
             be = beta[s if beta.shape[0] > 1 else 0]
@@ -319,11 +352,11 @@ def fixed_kernel(has_memory, keep_u, v_decays, has_bias, negative_exp, record_v,
 
     def fixed_chunk(start, stop, delay, row0, has_acc, acc, ast, acc_sets, shift, gain, v,
                     vst, u, ust, spk, sst, volts, volst, currs, curst, u_scale, v_scale, vth,
-                    bias, sets, batch, n):  # fmt: skip
+                    bias, first_set, last_set, batch, n):  # fmt: skip
         """Float32 states inside their bounds (no wrap, no clip: every value an integer
         below 2**24), the decays' products exact in float64 and truncated toward zero as
         the reference's int32 cast does."""
-        for s in range(sets):
+        for s in range(first_set, last_set):
             a_set = s if acc_sets > 1 else 0
             us = u_scale[s if u_scale.shape[0] > 1 else 0]
             vs = v_scale[s if v_scale.shape[0] > 1 else 0]

@@ -70,7 +70,7 @@ def _case(seed: int, precision: str):
 def _calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count the kernels' calls (so a test cannot pass by never taking the fused path), and
     take it on every block, however narrow (where it would not pay, it must still agree)."""
-    monkeypatch.setattr(lif_kernels, "pays", lambda spikes, merged=False: True)
+    monkeypatch.setattr(lif_kernels, "pays", lambda *block, **how: True)
     seen: list[str] = []
     for name in ("float_kernel", "fixed_kernel"):
         factory = getattr(lif_kernels, name)
@@ -83,13 +83,39 @@ def _calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+def _shares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many shares each fused call was split into, checking they cover its sets."""
+    split = lif_kernels.over_sets
+    seen: list[int] = []
+
+    def spy(call, sets):  # type: ignore[no-untyped-def]
+        ranges: list[tuple[int, int]] = []
+
+        def record(first: int, last: int) -> None:
+            ranges.append((first, last))
+            call(first, last)
+
+        split(record, sets)
+        ranges.sort()
+        assert ranges[0][0] == 0 and ranges[-1][1] == sets
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        seen.append(len(ranges))
+
+    monkeypatch.setattr(lif_kernels, "over_sets", spy)
+    return seen
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
 @pytest.mark.parametrize("seed", range(16))
 def test_fused_updates_equal_the_reference(
-    precision: str, seed: int, monkeypatch: pytest.MonkeyPatch
+    precision: str, seed: int, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With two threads each block's sets are shared between two of them (over_sets)."""
+    torch.set_num_threads(threads)
     spec, params, x = _case(seed, precision)
     calls = _calls(monkeypatch)
+    shares = _shares(monkeypatch)
     for block, steps in ((1, 2), (1 << 30, 100)):
         sim = TorchLIF(spec, precision, block_elements=block, time_block=steps)
         before = len(calls)
@@ -110,6 +136,7 @@ def test_fused_updates_equal_the_reference(
             assert torch.equal(ours, theirs)
     kind = "float_kernel" if precision == "float32" else "fixed_kernel"
     assert kind in calls
+    assert max(shares) <= threads
 
 
 def test_fused_updates_follow_snntorch_defaults_bit_for_bit(
@@ -148,13 +175,16 @@ def test_reference_updates_switch_is_restored() -> None:
     assert not lif_kernels.usable(torch.zeros(2, 3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize(("threads", "block"), [(1, 40 * 4), (2, 1 << 20)])
 @pytest.mark.parametrize("rank", [1, 2, 4, 5])
 def test_low_rank_first_layer_summed_in_the_kernel(
-    rank: int, monkeypatch: pytest.MonkeyPatch
+    rank: int, threads: int, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Up to MAX_FUSED_RANK the float kernel sums the base product and the factors itself
     (no pass writes the sum); dyadic values keep every sum exact, so it must equal the
-    reference bit for bit.  A larger rank takes the summed input."""
+    reference bit for bit.  A larger rank takes the summed input.  With two threads, all
+    sets in one block, shared between them."""
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(rank)
     spec = NetworkSpec.random([24, 40, 6], 9, seed=rank, dv=0.25, bias=True, writable="all")
     spec.layers[0].weight = rng.integers(-8, 9, size=(40, 24)).astype(np.float32) / 8
@@ -163,16 +193,18 @@ def test_low_rank_first_layer_summed_in_the_kernel(
     vt = torch.as_tensor(rng.integers(-1, 2, size=(sets, rank, 24)), dtype=torch.float32)
     x = torch.as_tensor(rng.random((4, 9, 24)) < 0.4, dtype=torch.float32)
     ranks: list[int] = []
-    monkeypatch.setattr(lif_kernels, "pays", lambda spikes, merged=False: True)
+    monkeypatch.setattr(lif_kernels, "pays", lambda *block, **how: True)
     factory = lif_kernels.float_kernel
     monkeypatch.setattr(
         lif_kernels, "float_kernel", lambda *flags: ranks.append(flags[-1]) or factory(*flags)
     )
-    sim = TorchLIF(spec, "float32", block_elements=40 * 4, time_block=4)
+    shares = _shares(monkeypatch)
+    sim = TorchLIF(spec, "float32", block_elements=block, time_block=4)
     with lif_kernels.reference_updates():
         ref = sim.evaluate_low_rank({}, u, vt, x, record=True)
     got = sim.evaluate_low_rank({}, u, vt, x, record=True)
     assert (rank in ranks) == (rank <= lif_kernels.MAX_FUSED_RANK)
+    assert max(shares, default=threads) == threads
     assert ref.voltages is not None and got.voltages is not None
     assert torch.equal(got.counts, ref.counts) and int(ref.counts.sum()) > 0
     for ours, theirs in zip(got.voltages, ref.voltages, strict=True):
@@ -185,9 +217,12 @@ def test_low_rank_first_layer_summed_in_the_kernel(
      (51, 10, False)],
 )  # fmt: skip
 def test_the_fused_update_runs_where_it_was_measured_to_pay(sets: int, n: int, fused: bool) -> None:
-    assert lif_kernels.pays(torch.zeros(5, sets, 128, n)) == fused
-    torch.set_num_threads(2)  # the serial loop against the parallel passes: not measured
-    assert not lif_kernels.pays(torch.zeros(5, sets, 128, n))
+    block = torch.zeros(5, sets, 128, n)
+    assert lif_kernels.pays(block) == fused
+    assert lif_kernels.pays(block, shared=False) == fused  # one thread: no sharing
+    torch.set_num_threads(2)  # a set for each thread, and only where sharing won
+    assert lif_kernels.pays(block) == (fused and sets >= 2)
+    assert not lif_kernels.pays(block, shared=False)
 
 
 def test_narrow_rows_merge_where_samples_lie_back_to_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,3 +250,45 @@ def test_narrow_rows_merge_where_samples_lie_back_to_back(monkeypatch: pytest.Mo
         assert torch.equal(sim.evaluate(params, x).counts, ref.counts)
         assert int(ref.counts.sum()) > 0
     assert True in merged
+
+
+def test_a_share_that_fails_fails_the_update() -> None:
+    """over_sets waits for every share and raises what a helper thread raised."""
+    torch.set_num_threads(2)
+    done: list[tuple[int, int]] = []
+
+    def call(first: int, last: int) -> None:
+        if first > 0:
+            raise RuntimeError(f"share {first}-{last} failed")
+        done.append((first, last))
+
+    with pytest.raises(RuntimeError, match="share 2-5 failed"):
+        lif_kernels.over_sets(call, 5)
+    assert done == [(0, 2)]
+
+
+@pytest.mark.parametrize("precision", ["float32", "loihi-fixed"])
+def test_two_threads_share_the_sets_bit_for_bit(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every layer's 5 sets in one block, split between two threads, give the reference's
+    counts and (float32; loihi-fixed records its integers through the reference) voltages."""
+    torch.set_num_threads(2)
+    spec = NetworkSpec.random([48, 80, 10], 20, seed=5, weight_gain=1.0, dv=0.2, writable="all")
+    rng = np.random.default_rng(1)
+    base = torch.as_tensor(spec.parameters()["fc0.weight"])
+    noise = torch.as_tensor(rng.normal(0, 0.3, size=(5, *base.shape))).float()
+    params = {"fc0.weight": base[None] + noise}
+    x = (rng.random((4, 20, 48)) < 0.4).astype(np.float32)
+    _calls(monkeypatch)
+    shares = _shares(monkeypatch)
+    sim = TorchLIF(spec, precision, block_elements=1 << 30, time_block=100)
+    record = precision == "float32"
+    with lif_kernels.reference_updates():
+        ref = sim.evaluate(params, x, record=record)
+    fused = sim.evaluate(params, x, record=record)
+    assert shares and min(shares) == 2
+    assert int(ref.counts.sum()) > 100
+    assert torch.equal(fused.counts, ref.counts)
+    for ours, theirs in zip(fused.voltages or [], ref.voltages or [], strict=True):
+        assert torch.equal(ours, theirs)

@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds (default 4)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     cases = ((16, 24, 4),) if args.quick else CASES
     steps, batch = (6, 8) if args.quick else (25, 128)
     print(describe(gpu=False))
