@@ -13,7 +13,12 @@ from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.interop import device_writable as interop_device_writable
-from polystep_neuro.run.writable import device_writable, hidden_biases, resolve_writable
+from polystep_neuro.run.writable import (
+    device_writable,
+    hidden_biases,
+    resolve_writable,
+    scoring_writable,
+)
 
 WEIGHTS_AND_BIASES = ("fc0.weight", "lif0.v_bias", "fc1.weight", "lif1.v_bias")
 EVERY = (
@@ -152,3 +157,16 @@ def test_without_a_device_all_is_every_parameter() -> None:
     assert resolve_writable(_net(), "all", None).loaded == EVERY
     assert resolve_writable(_net(), None, None).loaded == WEIGHTS_AND_BIASES
     assert ALL_PARAMETERS == RECORDS["torch-sim"].writable
+
+
+def test_scoring_leaves_out_what_the_device_cannot_rewrite_instead_of_refusing() -> None:
+    """A label-free run hands back a network that marks thresholds writable; evaluating it
+    on Lava rewrites nothing, so the thresholds are dropped from the loaded set, not refused
+    (a run that adapts still refuses them, above)."""
+    net = _net(writable=("fc1.weight", "lif0.vth", "lif0.v_bias"))
+    scored = scoring_writable(net, _caps("lava-fixed"))
+    assert scored.loaded == ("fc1.weight", "lif0.v_bias") and scored.adapted == ()
+    with pytest.raises(SpecError, match="lava-fixed cannot rewrite lif<i>.vth"):
+        resolve_writable(net, None, _caps("lava-fixed"))
+    thresholds_only = scoring_writable(_net(writable=("lif0.vth",)), _caps("lava-fixed"))
+    assert thresholds_only.loaded == ()

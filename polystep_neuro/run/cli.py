@@ -605,7 +605,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     spec = NetworkSpec.load(args.spec)
     spikes, labels = load_spike_data(args.data, spec, args.time_first)
     cfg = RunConfig(backend=args.backend, torch_device=args.torch_device, timeout_s=args.timeout)
-    with opened(spec, cfg) as device:
+    with opened(spec, cfg, scoring=True) as device:
         data = SpikeDataset(spikes, labels, len(labels))
         result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
         where = device.backend.capabilities.device

@@ -28,7 +28,7 @@ from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.selection import few_samples_note
-from polystep_neuro.run.writable import Writable, resolve_writable
+from polystep_neuro.run.writable import Writable, resolve_writable, scoring_writable
 
 Report = Callable[[str], None]
 
@@ -85,9 +85,11 @@ def opened(
     has_clean: bool = True,
     report: Report | None = None,
     label_free: bool = False,
+    scoring: bool = False,
 ) -> Iterator[Device]:
     """``cfg.backend`` opened, the writable set decided with what it can rewrite (the
-    decision's note goes to ``report``), ``spec`` loaded; closed on the way out."""
+    decision's note goes to ``report``; ``scoring``: nothing will be adapted, see
+    ``scoring_writable``), ``spec`` loaded; closed on the way out."""
     from devices.readout import with_readout
     from devices.registry import backend_options, open_backend
     from simulators.torch_device import resolve_device
@@ -97,7 +99,10 @@ def opened(
     backend = with_readout(open_backend(cfg.backend, **options))
     try:
         caps = backend.capabilities
-        writable = resolve_writable(spec, cfg.writable, caps, has_clean, label_free)
+        if scoring:
+            writable = scoring_writable(spec, caps)
+        else:
+            writable = resolve_writable(spec, cfg.writable, caps, has_clean, label_free)
         if writable.note and report is not None:
             report(writable.note)
         # a fixed-point device calibrates the network; Adapter.build reads it back

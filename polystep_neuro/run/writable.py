@@ -71,6 +71,14 @@ def chosen_names(choice: WritableChoice) -> tuple[str, ...] | None:
     return (choice,) if isinstance(choice, str) else tuple(choice)
 
 
+def scoring_writable(spec: NetworkSpec, capabilities: Capabilities | None) -> Writable:
+    """What a device loads to score ``spec`` only (``evaluate``): nothing is rewritten, so
+    the names it marks writable that this device cannot rewrite (a label-free run's
+    thresholds on Lava) are left out instead of refused; none need remain."""
+    kept = _DeviceRules(spec, capabilities).rewritable(spec.writable)
+    return Writable(kept, ())
+
+
 def resolve_writable(
     spec: NetworkSpec,
     choice: WritableChoice,
