@@ -197,6 +197,25 @@ def test_biases_off_netx_grid_are_rounded_on_request_and_the_change_is_reported(
         np.testing.assert_array_equal(held.parameters()[name], value)
 
 
+def test_the_rounded_side_file_keeps_the_readout_of_output_copies(tmp_path: Path, capsys) -> None:
+    """A deployed network with output copies is written to netx with every copy a neuron of
+    its own (no file format sums them); the network saved beside it for ``evaluate`` must
+    still count each class over its copies, or it scores its 2 x n outputs against n labels
+    (a user's export read 0 % there)."""
+    from polystep_neuro.cli import main
+    from polystep_neuro.run.output_copies import with_output_copies
+
+    spec = calibrate_for_netx(NetworkSpec.random([10, 8, 3], T, seed=3, du=0.5, dv=0.1))
+    copied = with_output_copies(spec)
+    copied.save(tmp_path / "deployed.npz")
+    out = tmp_path / "x.net"
+    assert main(["export", "--spec", str(tmp_path / "deployed.npz"), "--to", "netx",
+                 "--recalibrate", "--round-biases", "--out", str(out)]) == 0  # fmt: skip
+    assert "counts each class over 2 output neurons" in capsys.readouterr().out
+    held = NetworkSpec.load(tmp_path / "x.net.npz")
+    assert (held.output_copies, held.n_classes, held.n_out) == (2, 3, 6)
+
+
 # ----------------------------------------------------------------------------- in Lava
 def _lava_dl_env() -> Path:
     venv = find_lava_env()

@@ -189,7 +189,8 @@ def _save(spec: NetworkSpec, path: Path) -> None:
 # --------------------------------------------------------------------------- export
 def export(args: argparse.Namespace) -> int:
     spec = NetworkSpec.load(args.spec)
-    if spec.output_copies != 1:  # no file format has the readout that sums them
+    copies = spec.output_copies  # the side file of --round-biases keeps the host's readout
+    if copies != 1:  # no file format has the readout that sums them
         print(
             f"  note: {args.spec} counts each class over {spec.output_copies} output neurons "
             f"(deploy's output copies); the file's outputs are all {spec.n_out}: class c is "
@@ -221,7 +222,7 @@ def export(args: argparse.Namespace) -> int:
     if args.round_biases:
         spec, changes = round_biases_for_netx(spec)
         held = args.out.with_name(args.out.name + ".npz")
-        spec.save(held)
+        spec.with_readout_copies(copies).save(held)
         moved = ", ".join(f"layer {i} {c:.2%}" for i, c in enumerate(changes))
         print(
             f"  note: biases rounded to netx's multiples of 64 device units (largest change "
