@@ -138,6 +138,25 @@ def test_data_with_other_time_steps_names_where_the_networks_come_from(tmp_path:
     )
 
 
+def test_nan_in_the_data_is_named_where_the_file_is_read(tmp_path: Path, capsys) -> None:
+    """NaN reached the simulator, which called it a non-spike (fixed point) or failed
+    without the file's name (float), after the run had started."""
+    spikes = np.zeros((7, 4, 6), np.float32)
+    spikes[3, 2, 5] = np.nan
+    spikes[5, 0, 1] = np.inf
+    path = tmp_path / "nan.npz"
+    np.savez(path, spikes=spikes, labels=np.zeros(7, np.int64))
+    with pytest.raises(PolystepError) as info:
+        load_spike_data(path, SPEC)
+    assert str(info.value) == (
+        f"'spikes' in {path}: 2 values are NaN or infinite (the first: sample 3, step 2, "
+        "input 5); spike data must be finite"
+    )
+    SPEC.save(tmp_path / "net.npz")
+    code = main(["evaluate", "--spec", str(tmp_path / "net.npz"), "--data", str(path)])
+    assert code == 2 and "2 values are NaN or infinite" in capsys.readouterr().err
+
+
 def test_time_first_on_batch_first_data_says_to_drop_the_flag(tmp_path: Path) -> None:
     path = tmp_path / "batch_first.npz"
     np.savez(path, spikes=np.zeros((7, 4, 6), np.uint8), labels=np.zeros(7, np.int64))

@@ -71,6 +71,21 @@ def check_layout(
         else:
             hint = ""
         raise PolystepError(f"{what}: {exc}{hint}") from None
+    _check_finite(spikes, what)
+
+
+def _check_finite(spikes: np.ndarray, what: str) -> None:
+    """NaN or infinite inputs, said where they are read: deeper, a fixed-point device calls
+    them non-spikes and a float one fails without naming the file."""
+    if not np.issubdtype(spikes.dtype, np.floating):
+        return
+    bad = ~np.isfinite(spikes)
+    if bad.any():
+        sample, step, channel = (int(i[0]) for i in np.nonzero(bad))
+        raise PolystepError(
+            f"{what}: {int(bad.sum())} values are NaN or infinite (the first: sample "
+            f"{sample}, step {step}, input {channel}); spike data must be finite"
+        )
 
 
 def steps_for_module(
