@@ -7,6 +7,7 @@ importing the registry that opens it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +84,9 @@ def check_backend_name(name: str) -> None:
         )
     if name in NAMED or endpoint_list(name) is not None:
         return
+    close = difflib.get_close_matches(name.replace("_", "-").lower(), NAMED, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
     raise UnknownBackend(
-        f"unknown backend {name!r}; choose one of: {', '.join(NAMED)} "
+        f"unknown backend {name!r}; {guess}choose one of: {', '.join(NAMED)} "
         "(or a device server address tcp://HOST:PORT, or several: tcp://A:P,tcp://B:P)"
     )

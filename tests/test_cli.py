@@ -370,3 +370,23 @@ def test_files_that_go_with_data_are_refused_without_it(tmp_path: Path, capsys) 
         "on the built-in digits data with its own validation, clean and test sets"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_small_slips_name_the_fix(tmp_path: Path, capsys) -> None:
+    """A backend spelt with underscores, a negative anchor and a --test without NAME= each
+    give one line that says what was meant, before anything runs."""
+    from polystep_neuro.cli import main
+
+    spec = _small_spec(tmp_path)
+    assert main(["evaluate", "--spec", str(spec), "--data", "x.npz",
+                 "--backend", "torch_sim_fixed"]) == 2  # fmt: skip
+    assert "unknown backend 'torch_sim_fixed'; did you mean 'torch-sim-fixed'?" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main(["adapt", "--spec", str(spec), "--anchor", "-1"])
+    assert "argument --anchor: must be >= 0, got -1" in capsys.readouterr().err
+    assert main(["evaluate", "--spec", str(spec), "--data", "shifted"]) == 2
+    assert "data file not found: shifted (a data file is an .npz; --test takes NAME=FILE" in (
+        capsys.readouterr().err
+    )

@@ -16,7 +16,7 @@ from typing import Any
 
 from polystep_neuro.core.errors import DeviceError, Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
-from polystep_neuro.run.cli_args import WholeWords, add_backend, at_least, named_path
+from polystep_neuro.run.cli_args import WholeWords, add_backend, at_least, named_path, non_negative
 from polystep_neuro.run.deprecation import add_renamed_flag
 from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, OBJECTIVES
 from polystep_neuro.run.run_defaults import RunConfig
@@ -275,12 +275,14 @@ def _add_adapt_data(adapt: argparse.ArgumentParser) -> None:
 def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
     """`adapt`: what holds the run near its start."""
     from polystep_neuro.run.run_defaults import DRIFTED_ONLY_ANCHOR
+    from polystep_neuro.run.teacher import TEACHER_WEIGHT
 
     adapt.add_argument(
         "--anchor",
-        type=float,
+        type=non_negative,
         help="weight of the pull towards the starting network's own outputs (default: "
-        f"{DRIFTED_ONLY_ANCHOR:g} without clean data, 0 with --replay)",
+        f"{DRIFTED_ONLY_ANCHOR:g} without clean data, 0 with --replay; with --teacher, the "
+        f"teacher's outputs take its place, at {TEACHER_WEIGHT:g} where it would be 0)",
     )
     adapt.add_argument(
         "--objective",
@@ -378,7 +380,7 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         action="store_true",
         help="PolyStep: draw the first layer's search directions as outer products, so the "
         "float32 torch simulator evaluates every probe as the current weights plus a rank-2 "
-        "term (5.3x the sets per second on 784-128-10, 1.4x on 64-512-10; on the task zoo "
+        "term (5.7x the sets per second on 784-128-10, 2.2x on 64-512-10; on the task zoo "
         "better on three every-weight tasks, worse on a Synaptic one: docs/concepts.md); "
         "other backends take full weight sets of the same directions",
     )

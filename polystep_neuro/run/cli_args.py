@@ -40,6 +40,21 @@ def named_path(value: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def non_negative(value: str) -> float:
+    """The argparse type of a weight that must be >= 0 (``--anchor -1`` reached the loop's
+    own check, which names its field, not the flag)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
+non_negative.__name__ = "number >= 0"
+
+
 def at_least(minimum: int):  # noqa: ANN201 (an argparse type)
     """The argparse type of an integer option that must be >= ``minimum``: a usage error
     before anything runs (``--steps -5`` once printed what it would adapt, made its output

@@ -29,6 +29,10 @@ ACCEPTED = (
 )
 
 
+# A data path without a suffix is often a --test name given without its =FILE.
+NO_SUFFIX_HINT = " (a data file is an .npz; --test takes NAME=FILE or FILE)"
+
+
 def split(value: Any, *, need_labels: bool, what: str = "the data") -> tuple[Any, Any | None]:
     """``(spikes, labels)`` of ``value`` in any accepted form (labels None: unlabelled);
     one PolystepError naming the accepted forms otherwise, or when labels are needed and
@@ -132,7 +136,8 @@ def read_file(path: Path, need_labels: bool) -> tuple[np.ndarray, np.ndarray | N
             spikes = data["spikes"]
             labels = data["labels"] if "labels" in data.files else None
     except FileNotFoundError:
-        raise PolystepError(f"data file not found: {path}") from None
+        hint = "" if Path(path).suffix else NO_SUFFIX_HINT
+        raise PolystepError(f"data file not found: {path}{hint}") from None
     except PolystepError:
         raise
     except Exception as exc:  # zip, zlib, npy header errors of a damaged file
