@@ -260,6 +260,13 @@ def test_resume_with_other_data_or_spec_is_refused(tmp_path: Path, capsys) -> No
     del config["data_path"]
     (out / "config.json").write_text(json.dumps(config))
     assert adapt(tmp_path / "shifted.npz", "--steps", "4", "--resume") == 0
+    # a new run into the same folder says it replaces the earlier one (it did so silently)
+    capsys.readouterr()
+    assert adapt(tmp_path / "drifted.npz") == 0
+    assert (
+        f"note: {out} holds an earlier run (checkpoint.pt, adapted.npz); this run replaces "
+        "it (--resume continues it; another --out keeps it)" in capsys.readouterr().out
+    )
 
 
 def test_help_keeps_the_code_it_tells_you_to_copy_whole(monkeypatch) -> None:

@@ -21,7 +21,7 @@ from polystep_neuro.core.contract import Backend
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import low_rank
-from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, ensure_writable_dir
+from polystep_neuro.run.checkpoint import CHECKPOINT_NAME, SPEC_NAME, ensure_writable_dir
 from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, concat, hold_out
 from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, make_objective
@@ -164,6 +164,10 @@ def _adapt(
             raise PolystepError(
                 f"--resume: no checkpoint in {cfg.out_dir}; run without --resume to start"
             )
+        earlier = [n for n in (CHECKPOINT_NAME, SPEC_NAME) if (cfg.out_dir / n).exists()]
+        if earlier and not cfg.resume and report is not None:
+            report(f"note: {cfg.out_dir} holds an earlier run ({', '.join(earlier)}); this "
+                   "run replaces it (--resume continues it; another --out keeps it)")  # fmt: skip
     anchor = anchor_weight(data.has_clean, cfg.anchor)
     for name, held in data.validation.items():
         note = few_samples_note(name, len(held))
