@@ -323,6 +323,26 @@ def test_check_on_data_of_another_t_names_the_datas_t(tmp_path: Path, capsys) ->
     )  # fmt: skip
 
 
+def test_check_reads_an_snntorch_models_t_from_its_data(tmp_path: Path, capsys) -> None:
+    """`pn.adapt` takes T from the data; `check` and `deploy` asked for --time-steps.  Now
+    they read it from --data too, and say so and in which layout."""
+    torch.save(_model(), tmp_path / "model.pt")
+    np.savez(tmp_path / "data.npz", spikes=_inputs(), labels=np.zeros(12, np.int64))
+    code, out, err = _cli(capsys, "check", "--snntorch", tmp_path / "model.pt", "--data",
+                          tmp_path / "data.npz", "--out", tmp_path / "check")  # fmt: skip
+    assert code == 0, err
+    assert (
+        f"note: T = {T} time steps per sample, from {tmp_path / 'data.npz'}'s spikes read (n, "
+        "T, N_in) (spikegen makes (T, n, N_in): --time-first); --time-steps sets it" in out
+    )
+    np.savez(tmp_path / "tfirst.npz", spikes=_inputs()[:8].transpose(1, 0, 2))  # (T, 8, 8)
+    code, out, err = _cli(capsys, "check", "--snntorch", tmp_path / "model.pt", "--data",
+                          tmp_path / "tfirst.npz", "--time-first", "--out",
+                          tmp_path / "c2")  # fmt: skip
+    assert code == 0 and f"note: T = {T} time steps per sample, from" in out, err
+    assert "read (T, n, N_in); --time-steps sets it" in out
+
+
 def test_console_command_end_to_end(tmp_path: Path) -> None:
     """The installed entry point, as a user runs it (exit codes through a real process)."""
     NetworkSpec.random([6, 4], 8, seed=1).save(tmp_path / "s.npz")

@@ -111,8 +111,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument(
         "--time-steps",
         type=int,
-        help="T, the time steps per sample (needed for an snnTorch model and for NIR files "
-        "not written by `export`)",
+        help="T, the time steps per sample, for an snnTorch model (default: the T of --data "
+        "where the command takes one) and for NIR files not written by `export`",
     )
     add_renamed_flag(parser, "--num-steps", "--time-steps", type=int)
     parser.add_argument(
@@ -129,7 +129,7 @@ def read_model(args: argparse.Namespace) -> Reference:
         raise SpecError("--dt applies to NIR files only")
     if args.snntorch is not None:
         if args.time_steps is None:
-            raise SpecError("--time-steps is needed for an snnTorch model (time steps per sample)")
+            args.time_steps = _steps_of_data(args)
         module = load_snntorch_module(args.snntorch)
         return snntorch_reference(module, args.time_steps, f"snnTorch model {args.snntorch}")
     if args.nir is not None:
@@ -141,6 +141,28 @@ def read_model(args: argparse.Namespace) -> Reference:
             f"snnTorch and NIR models only"
         )
     return Reference(spec, f"spec {args.spec}")
+
+
+def _steps_of_data(args: argparse.Namespace) -> int:
+    """An snnTorch model does not know its T; the command's --data does (as ``pn.adapt``
+    reads it), where the command has one."""
+    from polystep_neuro.run.user_data import read_file
+
+    data = getattr(args, "data", None)
+    if data is None:
+        raise SpecError("--time-steps is needed for an snnTorch model (time steps per sample)")
+    spikes, _ = read_file(data, need_labels=False)
+    if spikes.ndim != 3:
+        raise SpecError(
+            f"--time-steps is needed for an snnTorch model: 'spikes' in {data} is not 3-D "
+            f"({spikes.shape}), so T cannot be read from it"
+        )
+    steps = int(spikes.shape[0] if args.time_first else spikes.shape[1])
+    layout = "(T, n, N_in)" if args.time_first else "(n, T, N_in)"
+    print(f"  note: T = {steps} time steps per sample, from {data}'s spikes read {layout}"
+          f"{'' if args.time_first else ' (spikegen makes (T, n, N_in): --time-first)'}; "
+          "--time-steps sets it")  # fmt: skip
+    return steps
 
 
 def convert(args: argparse.Namespace) -> int:
