@@ -129,7 +129,8 @@ def test_what_netx_cannot_represent_is_refused(tmp_path: Path) -> None:
     _refused(
         default,
         rf"layer 0: calibrated with weight exponent {exp0}, the device weights reach .* netx "
-        r"stores exponent-0 weights in \[-256, 254\] .*calibrate_for_netx",
+        r"stores exponent-0 weights in \[-256, 254\] .*recalibrate: export --recalibrate \(Python: "
+        r"interop.netx.calibrate_for_netx\)",
         tmp_path,
     )
     good = calibrate_for_netx(spec)

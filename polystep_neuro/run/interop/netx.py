@@ -137,8 +137,8 @@ def _file_weight(i: int, fixed: fp.FixedLayer) -> np.ndarray:
             raise SpecError(
                 f"layer {i}: calibrated with weight exponent {e}, the device weights reach "
                 f"[{out.min()}, {out.max()}], but netx stores exponent-0 weights in [{lo}, {hi}] "
-                f"(it derives the exponent from the stored 8-bit values); recalibrate with "
-                f"interop.netx.calibrate_for_netx"
+                f"(it derives the exponent from the stored 8-bit values); recalibrate: export "
+                f"--recalibrate (Python: interop.netx.calibrate_for_netx)"
             )
         return out
     step = 1 << -e
@@ -146,7 +146,8 @@ def _file_weight(i: int, fixed: fp.FixedLayer) -> np.ndarray:
         raise SpecError(
             f"layer {i}: calibrated with weight exponent {e}, which floors W·s / 2**{-e} on the "
             f"device, but netx stores exponent-0 weights and these are not all multiples of "
-            f"{step}; recalibrate with interop.netx.calibrate_for_netx"
+            f"{step}; recalibrate: export --recalibrate (Python: "
+            f"interop.netx.calibrate_for_netx)"
         )
     return w // step
 
