@@ -110,7 +110,8 @@ def watch(spec: NetworkSpec, args: argparse.Namespace, onset: int, end: int) -> 
     from dataclasses import replace
 
     from polystep_neuro.run.streams import FileStream
-    from polystep_neuro.run.watch import WatchConfig, read_log, run_watch
+    from polystep_neuro.run.watch import WatchConfig, run_watch
+    from polystep_neuro.run.watch_log import read_log
 
     out_dir = args.out.with_suffix("")
     cfg = WatchConfig(torch_device="cpu", out_dir=out_dir / "watch")

@@ -53,7 +53,7 @@ def __getattr__(name: str):
 
         return parity.run_check if name == "check" else parity.ParityReport
     if name == "watch":
-        from polystep_neuro.run.watch import watch
+        from polystep_neuro.run.watch_api import watch
 
         return watch
     if name == "Settings":

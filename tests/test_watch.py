@@ -20,7 +20,8 @@ from polystep_neuro.run import selection
 from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.streams import DirectoryStream, FileStream, SocketStream, open_stream
-from polystep_neuro.run.watch import WatchConfig, Watcher, read_log, run_watch
+from polystep_neuro.run.watch import WatchConfig, Watcher, run_watch
+from polystep_neuro.run.watch_log import read_log
 
 T = 6
 BATCH = 16
@@ -125,15 +126,20 @@ def test_a_run_that_does_not_improve_the_objective_is_rolled_back(
     run_watch(field["spec"], stream, _cfg(tmp_path), lines.append)
     batches, events = read_log(tmp_path)
     rolled = [e for e in events if e["event"] == "rolled_back"]
-    assert rolled and rolled[0]["why"] == "the objective did not improve"
-    before, after = rolled[0]["objective"]  # the log keeps the values, the line says them
+    assert rolled and rolled[0]["why"] == "the objective did not improve by 1e+09 or more"
+    # the start and the run's best point (the network handed back is the start: its own
+    # objective said nothing), and how the collected samples were split
+    before, best = rolled[0]["objective"]  # the log keeps the values, the line says them
+    assert best <= before and (rolled[0]["samples"], rolled[0]["held_out"]) == (51, 13)
     said = next(line for line in lines if "rolled back" in line)
     drift = lines.index(next(line for line in lines if line.endswith(")") and ": drift (" in line))
     assert lines[drift + 1] == (
-        f"collecting {4 * BATCH} field samples (from this batch on), then adapting for 6 steps"
+        f"collecting {4 * BATCH} field samples (from this batch on), then adapting for 6 steps "
+        "(20% of them held out, unlabelled, to decide whether the adapted network is served)"
     )
-    assert f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)" in said
-    assert ": rolled back (the objective did not improve, objective" in said  # no "why" key
+    assert f"objective {before:.3f} -> {best:.3f} (held-out samples; lower is better)" in said
+    assert ": rolled back (the objective did not improve by 1e+09 or more, objective" in said
+    assert said.endswith(", on 51 samples, 13 held out)")
     assert not any(e["event"] == "adapted" for e in events)
     # served and deployed are one network throughout
     assert all(b["serving_accuracy"] == b["start_accuracy"] for b in batches)
@@ -242,7 +248,9 @@ def test_the_watcher_names_the_layout_of_unlabelled_batches(field, tmp_path: Pat
     with pytest.raises(PolystepError, match=r"looks time-first .* pass --time-first"):
         stream = FileStream(tmp_path / "tf.npz", BATCH)
         run_watch(field["spec"], stream, _cfg(tmp_path / "a"), said.append)
-    assert said == []  # the error alone: no notice of what it would adapt comes before it
+    # the batch is dropped, then the stream ends with none that fit: an error; no notice of
+    # what it would adapt comes before it (the device opens for a batch that fits)
+    assert len(said) == 1 and said[0].startswith("batch 0: dropped ('spikes' of stream batch 0")
     folder = tmp_path / "batches"
     folder.mkdir()
     np.savez(folder / "b0.npz", spikes=spikes)  # batch-first, read as time-first
@@ -341,9 +349,12 @@ def test_the_command_refuses_a_public_address_and_watches_a_file(field, tmp_path
     assert f"{2 * CLEAN + DRIFTED} batches: 1 drift" in out and "1 cleared" in out
     summary = json.loads((tmp_path / "w" / "watch_summary.json").read_text())
     assert (  # the stream's labels: reported on the console, never used
-        "on the batches with labels (never used to adapt): served network "
+        "on all the batches with labels (never used to adapt): served network "
         f"{summary['serving_accuracy']:.1%}, deployed network {summary['start_accuracy']:.1%}"
     ) in out
+    assert (
+        "accuracy from the stream's labels (never used to adapt): while drift was flagged (" in out
+    )
     assert "without labels: adapting" in out
 
 
@@ -358,3 +369,265 @@ def test_an_empty_folder_is_watched_to_its_end_without_a_traceback(
     assert code == 0 and "Traceback" not in captured.err
     assert "0 batches: 0 drift" in captured.out
     assert json.loads((tmp_path / "w" / "watch_summary.json").read_text())["batches"] == 0
+
+
+def _folder_of_batches(field, folder: Path, count: int) -> list[np.ndarray]:
+    """``count`` clean batches of the field stream, one .npz each (batch_0000.npz, ...)."""
+    folder.mkdir()
+    with np.load(field["folder"] / "stream.npz") as npz:
+        spikes, labels = npz["spikes"], npz["labels"]
+    parts = []
+    for i in range(count):
+        part = spikes[i * BATCH : (i + 1) * BATCH]
+        np.savez(
+            folder / f"batch_{i:04d}.npz", spikes=part, labels=labels[i * BATCH : (i + 1) * BATCH]
+        )
+        parts.append(part)
+    return parts
+
+
+def test_a_bad_batch_in_a_folder_is_dropped_and_the_watch_goes_on(field, tmp_path: Path) -> None:
+    """One bad file in a folder stream ended the watcher (a wrong input width), or ended it
+    with a device message naming no batch (NaN, values that are no spikes on loihi-fixed):
+    each is now said, logged as 'dropped' with the batch, its file and why, and skipped."""
+    folder = tmp_path / "in"
+    good = _folder_of_batches(field, folder, 24)
+    np.savez(folder / "batch_0005.npz", spikes=np.ones((BATCH, T, 15), np.uint8))
+    nan = good[8].astype(np.float32)
+    nan[2, 3, 4] = np.nan
+    np.savez(folder / "batch_0008.npz", spikes=nan)
+    half = good[11].astype(np.float32)
+    half[0, 0, 0] = 0.5
+    np.savez(folder / "batch_0011.npz", spikes=half)
+    (folder / "batch_0013.npz").write_bytes(b"not an npz")
+    lines: list[str] = []
+    summary = run_watch(field["spec"], open_stream(str(folder), BATCH), _cfg(tmp_path / "w"),
+                        lines.append)  # fmt: skip
+    batches, events = read_log(tmp_path / "w")
+    dropped = {e["batch"]: e for e in events if e["event"] == "dropped"}
+    assert sorted(dropped) == [5, 8, 11, 13] and summary["events"]["dropped"] == 4
+    assert [b["batch"] for b in batches] == [i for i in range(24) if i not in dropped]
+    assert summary["batches"] == 20
+    name = str(folder / "batch_0005.npz")
+    assert dropped[5]["file"] == name
+    assert dropped[5]["why"] == (
+        f"'spikes' of stream batch 5 ({name}): inputs must have shape (B, {T}, 16) (batch, "
+        f"time, inputs), got ({BATCH}, {T}, 15)"
+    )
+    assert dropped[8]["why"] == (
+        f"'spikes' of stream batch 8 ({folder / 'batch_0008.npz'}): 1 values are NaN or "
+        "infinite (the first: sample 2, step 3, input 4); spike data must be finite"
+    )
+    assert dropped[11]["why"].startswith(
+        f"'spikes' of stream batch 11 ({folder / 'batch_0011.npz'}): torch-sim-fixed "
+        "(loihi-fixed) takes binary spikes (0 or 1), these are not (e.g. 0.5)"
+    )
+    assert dropped[13]["file"] == str(folder / "batch_0013.npz")
+    assert dropped[13]["why"].startswith(
+        f"batch 13 ({folder / 'batch_0013.npz'}) must be an .npz holding 'spikes'"
+    )
+    said = [line for line in lines if ": dropped (" in line]
+    assert said == [f"batch {i}: dropped ({dropped[i]['why']})" for i in (5, 8, 11, 13)]
+
+
+def test_a_float_backend_takes_currents_but_not_nan_from_a_file(field, tmp_path: Path) -> None:
+    """The 0/1 check is the fixed-point device's; non-finite values are refused on any, and
+    a file stream's batch is named by its index."""
+    with np.load(field["folder"] / "stream.npz") as npz:
+        spikes = npz["spikes"][: 6 * BATCH].astype(np.float32)
+    spikes[BATCH : 2 * BATCH] *= 0.5  # batch 1: currents
+    spikes[3 * BATCH, 0, 0] = np.inf  # batch 3
+    np.savez(tmp_path / "x.npz", spikes=spikes)
+    cfg = _cfg(tmp_path / "w", backend="torch-sim")
+    summary = run_watch(field["spec"], FileStream(tmp_path / "x.npz", BATCH), cfg)
+    batches, events = read_log(tmp_path / "w")
+    assert [b["batch"] for b in batches] == [0, 1, 2, 4, 5] and summary["batches"] == 5
+    assert [(e["batch"], e["event"]) for e in events] == [(3, "dropped")]
+    assert "file" not in events[0]
+    assert events[0]["why"] == (
+        "'spikes' of stream batch 3: 1 values are NaN or infinite (the first: sample 0, step "
+        "0, input 0); spike data must be finite"
+    )
+
+
+def test_a_stream_of_bad_batches_stops_with_an_error(field, tmp_path: Path) -> None:
+    """A stream where every batch is bad is not this network's: it does not consume itself
+    in silence; `max_bad_batches` in a row stop the watcher with an error."""
+    folder = tmp_path / "in"
+    _folder_of_batches(field, folder, 2)
+    for i in range(2, 8):
+        np.savez(folder / f"batch_{i:04d}.npz", spikes=np.ones((BATCH, T, 32), np.uint8))
+    lines: list[str] = []
+    stream = open_stream(str(folder), BATCH)
+    with pytest.raises(PolystepError) as caught:
+        run_watch(field["spec"], stream, _cfg(tmp_path / "w", max_bad_batches=3), lines.append)
+    last = folder / "batch_0004.npz"
+    assert str(caught.value) == (
+        "3 batches in a row did not fit the network (max_bad_batches), the last because "
+        f"'spikes' of stream batch 4 ({last}): inputs must have shape (B, {T}, 16) (batch, "
+        f"time, inputs), got ({BATCH}, {T}, 32); is this the stream of this network? (every "
+        f"one is logged as 'dropped' in {tmp_path / 'w' / 'watch.jsonl'})"
+    )
+    batches, events = read_log(tmp_path / "w")
+    assert [b["batch"] for b in batches] == [0, 1]
+    assert [e["batch"] for e in events if e["event"] == "dropped"] == [2, 3, 4]
+    assert sum(": dropped (" in line for line in lines) == 3
+
+
+def test_serving_npz_is_the_served_network_and_resume_reads_it(
+    field, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """serving.npz held the adapted values as bare arrays (an empty archive while nothing
+    adapted was served): `evaluate --spec` refused it.  It is now the network served, as
+    the device runs it, and a watch stopped while an adapted network is served resumes
+    from it to the log of an unbroken run."""
+    monkeypatch.setattr(selection, "PROXY_MARGIN", -1e9)  # accept what the run hands back
+    path = field["folder"] / "stream.npz"
+    watcher = Watcher(field["spec"], _cfg(tmp_path / "parts"))
+    stopped_at = None
+    for record in watcher.watch(FileStream(path, BATCH)):
+        if record.get("event") == "adapted":
+            stopped_at = record["batch"] + 2
+        if record.get("batch") == stopped_at and "event" not in record:
+            watcher.request_stop()
+    serving = tmp_path / "parts" / "serving.npz"
+    served = NetworkSpec.load(serving)
+    state = json.loads((tmp_path / "parts" / "watch_state.json").read_text())
+    assert state["served_adapted"] and state["serving"] == ["lif0.v_bias", "lif0.vth"]
+    values, start = served.parameters(), watcher.device.backend.spec.parameters()
+    for name in state["serving"]:
+        np.testing.assert_array_equal(values[name], watcher.serving[name])
+    assert not np.array_equal(values["lif0.v_bias"], start["lif0.v_bias"])
+    np.testing.assert_array_equal(values["fc0.weight"], start["fc0.weight"])
+    with np.load(path) as npz:
+        np.savez(tmp_path / "few.npz", spikes=npz["spikes"][:64], labels=npz["labels"][:64])
+    capsys.readouterr()
+    assert main(["evaluate", "--spec", str(serving), "--data", str(tmp_path / "few.npz"),
+                 "--torch-device", "cpu"]) == 0  # fmt: skip
+    assert "accuracy" in capsys.readouterr().out
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "whole"))
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts", resume=True))
+    whole = (tmp_path / "whole" / "watch.jsonl").read_text()
+    assert (tmp_path / "parts" / "watch.jsonl").read_text() == whole
+    # cleared at the end: the deployed network is served again, and serving.npz says so
+    np.testing.assert_array_equal(
+        NetworkSpec.load(serving).parameters()["lif0.v_bias"], start["lif0.v_bias"]
+    )
+
+
+def test_the_api_checks_its_arguments_when_called(field, tmp_path: Path) -> None:
+    """pn.watch checked nothing until the first record was asked for, took no detector
+    setting (reference_batches=...: a TypeError about WatchConfig) and no str out_dir."""
+    import polystep_neuro as pn
+
+    path = field["folder"] / "stream.npz"
+    spec = field["spec"]
+    with pytest.raises(TypeError, match=r"unexpected option 'reference_batch' \(did you mean "
+                       r"'reference_batches'\?\); it takes .*z_limit"):  # fmt: skip
+        pn.watch(spec, str(path), reference_batch=20)
+    with pytest.raises(PolystepError, match="adapt_samples must be an integer >= 2, got 1"):
+        pn.watch(spec, str(path), adapt_samples=1)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PolystepError, match="output folder .*a_file/w is not writable"):
+        pn.watch(spec, str(path), out_dir=str(tmp_path / "a_file" / "w"))
+    with pytest.raises(PolystepError, match="votes must be in 1..window"):
+        pn.watch(spec, path, votes=9)
+    with pytest.raises(PolystepError, match="stream 'nowhere' is neither"):
+        pn.watch(spec, "nowhere")
+    out = str(tmp_path / "w")  # a str, as users write it
+    records = pn.watch(spec, path, batch_size=BATCH, out_dir=out, reference_batches=5,
+                       torch_device="cpu", seed=3)  # fmt: skip
+    first = [next(records) for _ in range(7)]
+    records.close()
+    assert [r["batch"] for r in first] == list(range(7))
+    assert [r["z"] is None for r in first] == [True] * 5 + [False] * 2  # 5 reference batches
+    assert records.watcher.cfg.settings.seed == 3 and records.watcher.cfg.out_dir == Path(out)
+    assert len(read_log(out)[0]) == 7
+
+
+def test_the_api_takes_t_from_the_stream_for_an_snntorch_model(tmp_path: Path) -> None:
+    """pn.adapt takes T from the data for an snnTorch model; pn.watch now does too (a file's
+    or folder's first batch), and says what to pass where it cannot (a socket)."""
+    import snntorch as snn
+    import torch
+
+    import polystep_neuro as pn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 8), snn.Leaky(beta=0.9, init_hidden=True),
+        torch.nn.Linear(8, 4), snn.Leaky(beta=0.9, init_hidden=True, output=True),
+    )  # fmt: skip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    spikes = (np.random.default_rng(0).random((T, BATCH, 16)) < 0.3).astype(np.uint8)
+    np.savez(folder / "b0.npz", spikes=spikes)  # time-first, as spikegen makes them
+    records = pn.watch(model, folder, time_first=True, out_dir=tmp_path / "w",
+                       torch_device="cpu", reference_batches=5)  # fmt: skip
+    assert records.watcher.spec.num_steps == T
+    assert [r["batch"] for r in records] == [0]
+    with pytest.raises(PolystepError, match="an snnTorch model needs time_steps .* pass "
+                       "time_steps=T"):  # fmt: skip
+        pn.watch(model, "tcp://127.0.0.1:*", out_dir=tmp_path / "s")
+
+
+def test_a_network_with_no_writable_hidden_bias_adapts_them_too(
+    field, tmp_path: Path, monkeypatch
+) -> None:
+    """The README's showcase: the demo's network marks only fc1.weight writable, so the
+    watcher adapted lif0.vth alone, which moved its objective by less than the margin, and
+    it rolled back every time.  The hidden biases are added (and said), unless the caller
+    names the writable set."""
+    monkeypatch.setattr(selection, "PROXY_MARGIN", -1e9)  # accept what the run hands back
+    spec = field["spec"].with_writable(("fc1.weight",))
+    lines: list[str] = []
+    path = field["folder"] / "stream.npz"
+    run_watch(spec, FileStream(path, BATCH), _cfg(tmp_path / "a"), lines.append)
+    assert lines[0] == (
+        "the network marks fc1.weight writable but no hidden neuron bias: the watcher adapts "
+        "lif0.v_bias too, which torch-sim-fixed rewrites at run time (writable= names the "
+        "set instead)"
+    )
+    assert "(lif0.v_bias, lif0.vth)" in lines[1]
+    assert json.loads((tmp_path / "a" / "watch_state.json").read_text())["adaptations"] == 1
+    assert NetworkSpec.load(tmp_path / "a" / "adapt-1" / "adapted.npz").writable == (
+        "fc1.weight", "lif0.v_bias", "lif0.vth",
+    )  # fmt: skip
+    lines.clear()
+    cfg = _cfg(tmp_path / "b", writable=("lif0.vth",))
+    run_watch(spec, FileStream(path, BATCH), cfg, lines.append)
+    assert not any("hidden neuron bias" in line for line in lines)
+
+
+def test_the_summary_gives_the_accuracy_while_drift_was_flagged(
+    field, tmp_path: Path, monkeypatch
+) -> None:
+    """Averaged over the whole stream, the clean batches hid what adapting did on the
+    drifted ones: the summary and the report split them."""
+    monkeypatch.setattr(selection, "PROXY_MARGIN", -1e9)
+    lines: list[str] = []
+    stream = FileStream(field["folder"] / "stream.npz", BATCH)
+    summary = run_watch(field["spec"], stream, _cfg(tmp_path), lines.append)
+    batches, _ = read_log(tmp_path)
+    parts = summary["stretches"]
+    adapted = [b for b in batches if b["served"] == "adapted"]
+    flagged = [b for b in batches if b["phase"] != "watching" or b in adapted]
+    assert {b["batch"] for b in adapted} - {b["batch"] for b in batches if b["phase"] != "watching"}
+    elsewhere = [b for b in batches if b not in flagged]  # the deployed network served them
+    assert all(b["serving_accuracy"] == b["start_accuracy"] for b in elsewhere)
+    assert parts["drift_flagged"]["batches"] == len(flagged) > 0
+    assert parts["adapted_served"]["batches"] == len(adapted) > 0
+    assert parts["elsewhere"]["batches"] == len(batches) - len(flagged)
+    served = np.mean([b["serving_accuracy"] for b in flagged])
+    assert parts["drift_flagged"]["serving_accuracy"] == pytest.approx(served)
+    p = parts
+    assert lines[-1] == (
+        "accuracy from the stream's labels (never used to adapt): while drift was flagged "
+        f"({len(flagged)} batches): served {p['drift_flagged']['serving_accuracy']:.1%}, "
+        f"deployed {p['drift_flagged']['start_accuracy']:.1%} (with an adapted network served "
+        f"({len(adapted)} batches): served {p['adapted_served']['serving_accuracy']:.1%}, "
+        f"deployed {p['adapted_served']['start_accuracy']:.1%}); elsewhere "
+        f"({len(batches) - len(flagged)} batches): served "
+        f"{p['elsewhere']['serving_accuracy']:.1%}, deployed "
+        f"{p['elsewhere']['start_accuracy']:.1%}"
+    )

@@ -60,7 +60,8 @@ def _draw(spikes: np.ndarray, labels: np.ndarray, batches: int, rng: np.random.G
 def _watch(spec, spikes, labels, out: Path, seed: int):
     from polystep_neuro.run.optimizers import Settings
     from polystep_neuro.run.streams import FileStream
-    from polystep_neuro.run.watch import WatchConfig, read_log, run_watch
+    from polystep_neuro.run.watch import WatchConfig, run_watch
+    from polystep_neuro.run.watch_log import read_log
 
     np.savez(out / "stream.npz", spikes=spikes, labels=labels)
     cfg = WatchConfig(torch_device="cpu", settings=Settings(seed=seed), out_dir=out / "watch")

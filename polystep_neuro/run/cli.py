@@ -167,8 +167,11 @@ def _add_watch(sub: Any) -> None:
         "roll back",
         description="Reads the stream batch by batch, tests the deployed network's outputs "
         "for drift, adapts without labels when it drifts, rolls back when that does not help, "
-        "and serves the deployed network again once the drift clears.  Writes watch.jsonl, "
-        "watch.png and watch_summary.json into --out.",
+        "and serves the deployed network again once the drift clears.  A batch that does "
+        "not fit the network is logged as dropped and skipped.  --out holds watch.jsonl (every "
+        "batch and event), watch.png, watch_summary.json, serving.npz (the network being "
+        "served: evaluate --spec takes it), adapt-N/ (each label-free run), and "
+        "watch_state.json with collected.npz (what --resume continues from).",
     )
     watch.add_argument("--spec", type=Path, required=True, help="the deployed network (.npz)")
     watch.add_argument(
@@ -200,7 +203,7 @@ def _add_watch(sub: Any) -> None:
     )
     watch.add_argument(
         "--adapt-samples",
-        type=at_least(1),
+        type=at_least(2),
         default=defaults.adapt_samples,
         help=f"field samples collected after a drift before adapting (default: "
         f"{defaults.adapt_samples})",
@@ -212,6 +215,10 @@ def _add_watch(sub: Any) -> None:
     watch.add_argument("--out", type=Path, default=defaults.out_dir,
                        help=f"output folder (default: {defaults.out_dir})")  # fmt: skip
     watch.add_argument("--resume", action="store_true", help="continue where --out stopped")
+    watch.add_argument("--max-bad-batches", type=at_least(1), default=defaults.max_bad_batches,
+                       help="batches in a row that do not fit the network (each logged as "
+                       "dropped) before the watch stops with an error (default: "
+                       f"{defaults.max_bad_batches})")  # fmt: skip
 
 
 def _add_corruption(p: argparse.ArgumentParser, what: str) -> None:
@@ -500,6 +507,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         adapt_samples=args.adapt_samples,
         out_dir=args.out,
         resume=args.resume,
+        max_bad_batches=args.max_bad_batches,
     )
     spec = NetworkSpec.load(args.spec)
     stream = open_stream(args.stream, args.batch_size, args.follow, args.time_first)
@@ -512,7 +520,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     print(f"{summary['batches']} batches: {events}; log and figure in {args.out}")
     if "serving_accuracy" in summary:  # labels in the stream: reported, never used
         print(
-            f"on the batches with labels (never used to adapt): served network "
+            f"on all the batches with labels (never used to adapt): served network "
             f"{summary['serving_accuracy']:.1%}, deployed network {summary['start_accuracy']:.1%}"
         )
     if summary["interrupted"]:

@@ -132,7 +132,11 @@ class FileStream:
 
 class DirectoryStream:
     """Every ``.npz`` in ``folder`` in name order, one batch each; with ``follow``, new files
-    are waited for (``poll_s`` apart) until ``idle_s`` pass without one (None: forever)."""
+    are waited for (``poll_s`` apart) until ``idle_s`` pass without one (None: forever).
+
+    A file that is no batch (not an .npz, no 'spikes', labels that do not match) is an
+    error, unless ``on_drop`` listens: then it is told ``(index, why, file)`` and the file
+    is skipped, as the watcher does, since one bad file a sensor wrote must not end a watch."""
 
     def __init__(
         self,
@@ -151,6 +155,8 @@ class DirectoryStream:
         self.position = 0
         self.stop = threading.Event()
         self.on_wait: Callable[[str], None] | None = None  # told when it starts waiting
+        # (index, why, file): told of a file that is no batch, which is then skipped
+        self.on_drop: Callable[[int, str, str], None] | None = None
 
     def skip(self, count: int) -> None:
         self.position = count
@@ -167,10 +173,18 @@ class DirectoryStream:
             files = self._files()
             if self.position < len(files):
                 path = files[self.position]
-                spikes, labels = read_batch(path, str(path), self.time_first)
+                waited = 0.0
+                try:
+                    spikes, labels = read_batch(path, f"batch {self.position} ({path})",
+                                                self.time_first)  # fmt: skip
+                except PolystepError as exc:
+                    if self.on_drop is None:
+                        raise
+                    self.position += 1
+                    self.on_drop(self.position - 1, str(exc), str(path))
+                    continue
                 batch = StreamBatch(self.position, spikes, labels, self.time_first, str(path))
                 self.position += 1
-                waited = 0.0
                 yield batch
                 continue
             if not self.follow or (self.idle_s is not None and waited >= self.idle_s):
@@ -189,11 +203,8 @@ class SocketStream:
     """A ZeroMQ PULL socket (senders PUSH): each message is one batch, the bytes of an
     ``.npz``.  Binds ``endpoint`` (loopback unless told otherwise, as every server here);
     stops after ``idle_s`` without a message (None: never).  A live sensor feed outlives a
-    bad message: one that is not a batch is dropped and ``on_drop`` told why, and the
-    watcher drops a batch that does not fit the network the same way
-    (``drops_bad_batches``)."""
-
-    drops_bad_batches = True
+    bad message: one that is not a batch is dropped and ``on_drop`` told why (the watcher
+    drops a batch that does not fit the network the same way, from any stream)."""
 
     def __init__(
         self, endpoint: str, idle_s: float | None = None, time_first: bool = False

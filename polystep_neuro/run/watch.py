@@ -7,16 +7,42 @@ and the network as deployed (the start).  The start's outputs feed the drift det
 - **watching**: after the reference batches, each batch is tested;
 - **drift**: the detector fired; the field batches are collected (``adapt_samples``);
 - **adapted** or **rolled back**: a label-free run (:mod:`~polystep_neuro.run.label_free`)
-  from the deployed network on the collected samples, a held-out fifth choosing what is
-  handed back; if it hands back the start, nothing changes ("rolled back"); otherwise the
-  adapted network is served.  While served, its label-free objective on each batch is
-  compared with the start's: worse over ``window`` batches and it is rolled back;
+  from the deployed network on the collected samples, a held-out fifth (``val_fraction``)
+  choosing what is handed back; if it hands back the start, nothing changes ("rolled
+  back"); otherwise the adapted network is served.  While served, its label-free objective
+  on each batch is compared with the start's: worse over ``window`` batches and it is
+  rolled back;
 - **cleared**: the detector sees clean data again; the deployed network is served again.
 
-Labels are never used to decide anything; where a batch has them, both networks' accuracy
-is logged.  Every batch and event goes to ``watch.jsonl``; ``watch.png`` plots them; the
-state is saved after every batch, so Ctrl-C (finish the batch, save, stop) and ``resume``
-continue where the watcher stopped.
+What adapts: the writable set of a label-free run (:mod:`~polystep_neuro.run.writable`),
+the hidden neurons' biases and thresholds.  A network that marks some parameters writable
+but no hidden neuron bias (``lif<i>.v_bias``) would have only its thresholds adapted, too
+little to follow a drift; the watcher adds the hidden biases the device can rewrite
+(``writable=`` names the set instead).
+
+A batch that does not fit the network (its shape, non-finite values, values other than 0/1
+on a fixed-point device, a file that is no batch) is said, logged as a ``dropped`` event
+naming the batch, its file and why, and skipped, whatever the stream; ``max_bad_batches``
+in a row, or a stream that ends before one batch fit, stop the watcher with an error (the
+stream is then not this network's).
+
+Labels are never used to decide anything; where a batch has them, both networks'
+accuracy is logged, and the summary gives it while drift was flagged and elsewhere.  The
+output folder (``out_dir``) holds:
+
+- ``watch.jsonl``: one JSON line per batch (``z``, ``phase``, accuracies) and per event
+  (``drift``, ``adapted``, ``rolled_back``, ``cleared``, ``dropped``); ``watch.png`` plots
+  it and ``watch_summary.json`` sums it up at the end;
+- ``serving.npz``: the network being served, as the device runs it (the deployed one
+  while nothing adapted is served): a spec ``evaluate --spec`` and ``NetworkSpec.load``
+  read, rewritten whenever what is served changes;
+- ``adapt-N/``: the N-th label-free run (``metrics.jsonl``, ``checkpoint.pt`` and
+  ``adapted.npz``, the network it handed back, served only after an ``adapted`` event);
+- ``watch_state.json`` and ``collected.npz``: what ``--resume`` continues from (position,
+  phase, detector statistics; the field samples collected for the next adaptation).
+
+The state is saved after every batch, so Ctrl-C (finish the batch, save, stop) and
+``resume`` continue where the watcher stopped.
 """
 
 from __future__ import annotations
@@ -27,14 +53,16 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run import selection
 from polystep_neuro.run.checkpoint import ensure_writable_dir
 from polystep_neuro.run.controller import Adapter
 from polystep_neuro.run.data import SpikeDataset, hold_out
@@ -47,12 +75,14 @@ from polystep_neuro.run.recipe import Device, opened
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.spike_layout import check_layout
 from polystep_neuro.run.streams import Stream, StreamBatch
+from polystep_neuro.run.watch_log import LOG_NAME, read_log, stretches_line, summarize
+from polystep_neuro.run.writable import FIXED_POINT, hidden_biases
 
-LOG_NAME = "watch.jsonl"
 STATE_NAME = "watch_state.json"
-SERVING_NAME = "serving.npz"
+SERVING_NAME = "serving.npz"  # the served network (a spec); version 1 kept bare arrays
 BUFFER_NAME = "collected.npz"
-STATE_VERSION = 1
+STATE_VERSION = 2
+MAX_BAD_BATCHES = 10  # batches in a row that do not fit the network before the watch stops
 Report = Callable[[str], None]
 
 
@@ -65,6 +95,22 @@ class WatchConfig(RunConfig):
     steps: int = 150  # adaptation steps of each label-free run
     out_dir: Path = Path("runs/watch")
     progress: bool = False  # one line per event instead of bars
+    max_bad_batches: int = MAX_BAD_BATCHES  # dropped in a row: the stream is not this network's
+
+    def __post_init__(self) -> None:
+        """Checked when made, not when the first batch arrives; ``out_dir`` may be a str."""
+        self.out_dir = Path(self.out_dir)
+        if not isinstance(self.detector, DetectorSettings):
+            raise PolystepError(
+                f"detector must be DetectorSettings(...), got {type(self.detector).__name__}"
+            )
+        for name, low in (("adapt_samples", 2), ("steps", 1), ("batch_size", 1),
+                          ("max_bad_batches", 1)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+                raise PolystepError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise PolystepError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -89,15 +135,23 @@ class Watcher:
         self.objective = make_objective(cfg.objective)
         self._network = spec.fingerprint()  # what a resumed watch must be given again
         self._stream: dict[str, Any] = {}
+        self._serving_saved = False  # serving.npz holds what is served now
+        self._dropped_events: list[dict[str, Any]] = []  # not yet yielded
+        self._bad_in_a_row = 0
+        self._first_bad: str | None = None  # why the first dropped batch was dropped
         ensure_writable_dir(cfg.out_dir)
 
     # ------------------------------------------------------------------ the loop
     def watch(self, stream: Stream) -> Iterator[dict[str, Any]]:
-        """One record per batch (and one per event), until the stream ends or Ctrl-C."""
+        """One record per batch (and one per event), until the stream ends or Ctrl-C.  A
+        resume's state is read and checked here, before the first record is asked for."""
         self._stream = _stream_record(stream)
         if self.cfg.resume:
             self._load()
             stream.skip(self.state.position)
+        return self._loop(stream)
+
+    def _loop(self, stream: Stream) -> Iterator[dict[str, Any]]:
         with ctrl_c_stops(self._stop), contextlib.ExitStack() as device_open:
             stream.interrupt_on(self._stop)  # an idle source stops waiting too
             if hasattr(stream, "on_drop"):
@@ -105,29 +159,87 @@ class Watcher:
             if hasattr(stream, "on_wait"):
                 stream.on_wait = self.report
             for batch in stream:
-                what = f"'spikes' of stream batch {batch.index}" + (
-                    f" ({batch.name})" if batch.name else ""
-                )
-                try:
-                    check_layout(batch.spikes, self.spec, batch.time_first, what)
-                except PolystepError as exc:
-                    if not getattr(stream, "drops_bad_batches", False):
-                        raise  # a file or folder the user named: the error is theirs to fix
-                    self._dropped(batch.index, str(exc))
+                yield from self._flush_dropped()
+                why = self._misfit(batch)
+                if why is None and not hasattr(self, "device"):  # opened once a batch fits
+                    self.device = self._open(device_open)
+                if why is None:
+                    why = self._not_spikes(batch)
+                if why is not None:
+                    self._dropped(batch.index, why, batch.name)
+                    yield from self._flush_dropped()
                     continue
-                if not hasattr(self, "device"):  # opened once a batch fits the network
-                    self.device = device_open.enter_context(
-                        opened(self.spec, self.cfg, False, self.report, label_free=True)
-                    )
+                self._bad_in_a_row = 0
                 yield from self._one(batch)
                 self.state.position = batch.index + 1
                 self._save()
                 if self._stop.is_set():
                     self.report(f"stopped after batch {batch.index}; --resume goes on")
                     break
+            yield from self._flush_dropped()
+        if self._first_bad is not None and self.state.position == 0 and not self._stop.is_set():
+            raise PolystepError(
+                f"the stream ended before one batch fit the network; the first was dropped "
+                f"because {self._first_bad}"
+            )
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _open(self, stack: contextlib.ExitStack) -> Device:
+        """The device, with the watcher's writable set (module docstring): the hidden neuron
+        biases added where the network marks some parameters writable but none of them; a
+        device that cannot rewrite them gets the network's own set."""
+        spec, cfg = self.spec, self.cfg
+        hidden = [f"lif{i}.v_bias" for i in range(len(spec.layers) - 1)]
+        if (
+            cfg.writable is None
+            and spec.writable
+            and hidden
+            and not hidden_biases(spec, spec.writable)
+        ):
+            notes: list[str] = []
+            wider = spec.with_writable((*spec.writable, *hidden))
+            try:
+                device = stack.enter_context(opened(wider, cfg, False, notes.append, True))
+            except SpecError:
+                pass  # the device cannot rewrite them: the network's own set, said below
+            else:
+                self.report(
+                    f"the network marks {', '.join(spec.writable)} writable but no hidden "
+                    f"neuron bias: the watcher adapts {', '.join(hidden)} too, which "
+                    f"{device.backend.capabilities.name} rewrites at run time (writable= "
+                    "names the set instead)"
+                )
+                for note in notes:
+                    self.report(note)
+                return device
+        return stack.enter_context(opened(spec, cfg, False, self.report, label_free=True))
+
+    def _misfit(self, batch: StreamBatch) -> str | None:
+        """Why ``batch`` cannot run on this network (its layout, non-finite values), said
+        with the batch and its file; None when it can."""
+        try:
+            check_layout(batch.spikes, self.spec, batch.time_first, _batch_what(batch))
+        except PolystepError as exc:
+            return str(exc)
+        return None
+
+    def _not_spikes(self, batch: StreamBatch) -> str | None:
+        """Why a fixed-point device cannot take ``batch`` (values other than 0 and 1), said
+        before the device says it without the batch; None when it can."""
+        caps = self.device.backend.capabilities
+        if caps.precision != FIXED_POINT:
+            return None
+        x = batch.spikes
+        odd = x[(x != 0) & (x != 1)]
+        if odd.size == 0:
+            return None
+        return (
+            f"{_batch_what(batch)}: {caps.name} ({FIXED_POINT}) takes binary spikes (0 or 1), "
+            f"these are not (e.g. {float(odd.flat[0]):g}): rate-code the values into spikes first "
+            "(e.g. snntorch.spikegen.rate), or watch on a float backend (torch-sim)"
+        )
 
     def _one(self, batch: StreamBatch) -> Iterator[dict[str, Any]]:
         spikes = torch.as_tensor(batch.spikes, dtype=torch.float32)
@@ -138,6 +250,7 @@ class Watcher:
             "batch": batch.index,
             "z": _finite(seen.z),
             "out": seen.out_of_range,
+            "served": "adapted" if self.state.served_adapted else "deployed",  # this batch
         }
         if batch.labels is not None:
             labels = torch.as_tensor(batch.labels)
@@ -149,7 +262,8 @@ class Watcher:
             self.state.phase, self.collected = "collecting", []
             self.report(  # the console is quiet while the samples come in: say what for
                 f"collecting {self.cfg.adapt_samples} field samples (from this batch on), then "
-                f"adapting for {self.cfg.steps} steps"
+                f"adapting for {self.cfg.steps} steps ({self.cfg.val_fraction:.0%} of them held "
+                "out, unlabelled, to decide whether the adapted network is served)"
             )
         elif seen.change == "cleared":
             events.append(self._event(batch.index, "cleared"))
@@ -220,26 +334,52 @@ class Watcher:
         )
         result = adapter.run(cfg.steps)
         before, after = result.start["val_loss"], result.end["val_loss"]
+        sizes = {"samples": int(len(kept)), "held_out": int(len(held))}
         if result.best_step == 0:
+            # the end is the start again: say how far the run's best point got instead
+            tried = [(h["val_loss"], h["step"]) for h in result.history
+                     if "val_loss" in h and h.get("step", 0) > 0]  # fmt: skip
+            best, step = min(tried, default=(before, 0))
             self.state.phase = "drifted"
-            return self._event(index, "rolled_back", why="the objective did not improve",
-                               objective=[before, after])  # fmt: skip
+            return self._event(
+                index, "rolled_back",
+                why=f"the objective did not improve by {selection.PROXY_MARGIN:g} or more",
+                objective=[before, best], best_step=step, **sizes,
+            )  # fmt: skip
         values = result.spec.parameters()
         self.serving = {n: values[n] for n in adapter.layout.names}
         self.state.served_adapted, self.state.phase, self.state.worse = True, "adapted", []
+        self._serving_saved = False
         return self._event(index, "adapted", step=result.best_step, objective=[before, after],
-                           samples=int(len(kept)))  # fmt: skip
+                           **sizes)  # fmt: skip
 
     def _serve_start(self) -> None:
         self.serving, self.state.served_adapted, self.state.worse = {}, False, []
+        self._serving_saved = False
 
-    def _dropped(self, index: int, why: str) -> None:
-        """A live source's message that is no batch of this network: said, logged, skipped."""
-        self._log(self._event(index, "dropped", why=why))
+    def _dropped(self, index: int, why: str, name: str | None = None) -> None:
+        """A batch that is no batch of this network: said, logged, skipped; too many in a
+        row and the stream is not this network's (an error)."""
+        self._bad_in_a_row += 1
+        self._first_bad = self._first_bad or why
+        event = self._event(index, "dropped", why=why, **({"file": name} if name else {}))
+        self._log(event)
+        self._dropped_events.append(event)
+        limit = self.cfg.max_bad_batches
+        if self._bad_in_a_row >= limit:
+            raise PolystepError(
+                f"{limit} batches in a row did not fit the network (max_bad_batches), the last "
+                f"because {why}; is this the stream of this network? (every one is logged as "
+                f"'dropped' in {self.cfg.out_dir / LOG_NAME})"
+            )
+
+    def _flush_dropped(self) -> Iterator[dict[str, Any]]:
+        events, self._dropped_events = self._dropped_events, []
+        yield from events
 
     def _event(self, index: int, name: str, **details: Any) -> dict[str, Any]:
         event = {"batch": index, "event": name, **details}
-        words = ", ".join(_said(k, v) for k, v in details.items())
+        words = ", ".join(w for k, v in details.items() if (w := _said(k, v)))
         self.report(f"batch {index}: {name.replace('_', ' ')}" + (f" ({words})" if words else ""))
         return event
 
@@ -247,6 +387,12 @@ class Watcher:
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.cfg.out_dir / LOG_NAME, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def served_network(self) -> NetworkSpec:
+        """The network being served, as the device runs it (the deployed one unless an
+        adapted one is served)."""
+        loaded = self.device.backend.spec
+        return loaded.with_params(self.serving) if self.serving else loaded
 
     def _save(self) -> None:
         out = self.cfg.out_dir
@@ -256,12 +402,17 @@ class Watcher:
             "phase": self.state.phase,
             "adaptations": self.state.adaptations,
             "served_adapted": self.state.served_adapted,
+            "serving": sorted(self.serving),  # the names adapted; their values: serving.npz
             "worse": self.state.worse,
             "detector": self.detector.state_dict(),
             "network": self._network,
             **self._stream,
         }
-        _atomic_npz(out / SERVING_NAME, self.serving)
+        if not self._serving_saved:  # only when what is served changed: a whole network
+            tmp = out / (SERVING_NAME + ".tmp")
+            self.served_network().save(tmp)
+            os.replace(tmp, out / SERVING_NAME)
+            self._serving_saved = True
         collected = np.concatenate(self.collected) if self.collected else np.zeros((0, 1, 1))
         _atomic_npz(out / BUFFER_NAME, {"spikes": collected})
         tmp = out / (STATE_NAME + ".tmp")
@@ -293,7 +444,8 @@ class Watcher:
         if not path.exists():
             raise PolystepError(f"--resume: no watcher state in {out}; run without --resume")
         state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("version") != STATE_VERSION:
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
             raise PolystepError(f"{path} was written by another version of the watcher")
         self._refuse_another_run(state)
         self.state = _State(
@@ -301,13 +453,22 @@ class Watcher:
             bool(state["served_adapted"]), [float(v) for v in state["worse"]],
         )  # fmt: skip
         self.detector.load_state_dict(state["detector"])
-        with np.load(out / SERVING_NAME, allow_pickle=False) as npz:
-            self.serving = {k: npz[k] for k in npz.files}
+        if version == 1:  # serving.npz held the adapted values themselves
+            with np.load(out / SERVING_NAME, allow_pickle=False) as npz:
+                self.serving = {k: npz[k] for k in npz.files}
+        elif self.state.served_adapted:
+            values = NetworkSpec.load(out / SERVING_NAME).parameters()
+            self.serving = {n: values[n] for n in state["serving"]}
         with np.load(out / BUFFER_NAME, allow_pickle=False) as npz:
             spikes = npz["spikes"]
         self.collected = [spikes] if len(spikes) else []
         _truncate_log(out / LOG_NAME, self.state.position)
         self.report(f"resuming at batch {self.state.position} ({self.state.phase})")
+
+
+def _batch_what(batch: StreamBatch) -> str:
+    """How a message names a batch: its index and, where it is one, its file."""
+    return f"'spikes' of stream batch {batch.index}" + (f" ({batch.name})" if batch.name else "")
 
 
 def _stream_record(stream: Any) -> dict[str, Any]:
@@ -341,37 +502,13 @@ def _truncate_log(path: Path, position: int) -> None:
     path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
-def read_log(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(batch records, events) of a watcher's log (none when nothing was logged yet)."""
-    path = out_dir / LOG_NAME
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    records = [json.loads(line) for line in lines if line.strip()]
-    return [r for r in records if "event" not in r], [r for r in records if "event" in r]
-
-
-def summarize(out_dir: Path) -> dict[str, Any]:
-    """Counts of events and, over the batches that had labels, both networks' accuracy."""
-    batches, events = read_log(out_dir)
-    labelled = [b for b in batches if "serving_accuracy" in b]
-    summary: dict[str, Any] = {
-        "batches": len(batches),
-        "events": {
-            name: sum(e["event"] == name for e in events)
-            for name in ("drift", "adapted", "rolled_back", "cleared", "dropped")
-        },  # fmt: skip
-    }
-    if labelled:
-        summary["serving_accuracy"] = float(np.mean([b["serving_accuracy"] for b in labelled]))
-        summary["start_accuracy"] = float(np.mean([b["start_accuracy"] for b in labelled]))
-    return summary
-
-
 def run_watch(
     spec: NetworkSpec, stream: Stream, cfg: WatchConfig, report: Report | None = None
 ) -> dict[str, Any]:
     """Watch ``stream`` to its end (or Ctrl-C); write ``watch.png`` and
     ``watch_summary.json`` beside the log; returns the summary (``interrupted`` says whether
-    Ctrl-C stopped it)."""
+    Ctrl-C stopped it).  ``report`` gets the events and, where the stream has labels, the
+    accuracy while drift was flagged and elsewhere (:func:`stretches_line`)."""
     from polystep_neuro.run import plots
 
     watcher = Watcher(spec, cfg, report)
@@ -384,48 +521,28 @@ def run_watch(
     plots.watch_figure(cfg.out_dir / "watch.png", batches, events, cfg.detector.z_limit)
     summary = {**summarize(cfg.out_dir), "interrupted": watcher._stop.is_set()}
     (cfg.out_dir / "watch_summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
+    line = stretches_line(summary)
+    if line is not None and report is not None:
+        report(line)
     return summary
 
 
-def watch(
-    model: Any,
-    stream: Stream | str,
-    backend: str = RunConfig.backend,
-    *,
-    time_steps: int | None = None,
-    batch_size: int = 32,
-    time_first: bool = False,
-    report: Report | None = None,
-    **options: Any,
-) -> Iterator[dict[str, Any]]:
-    """The watcher as an iterator: one record per batch and per event (see the module
-    docstring).  ``model`` as for :func:`polystep_neuro.adapt`; ``stream`` a
-    :mod:`~polystep_neuro.run.streams` source or what ``open_stream`` takes (a file, a
-    folder, ``tcp://127.0.0.1:PORT``; ``time_first``: its spikes are (T, B, N_in));
-    ``options`` are :class:`WatchConfig` fields."""
-    from polystep_neuro.run.api import _as_spec
-    from polystep_neuro.run.streams import open_stream
-
-    spec, _ = _as_spec(model, time_steps, backend)
-    cfg = WatchConfig(backend=backend, **options)
-    source = (
-        open_stream(stream, batch_size, time_first=time_first)
-        if isinstance(stream, str)
-        else stream
-    )
-    try:
-        yield from Watcher(spec, cfg, report).watch(source)
-    finally:
-        source.close()
-
-
 def _said(key: str, value: Any) -> str:
-    """An event detail as the console line says it (the log keeps the raw values)."""
+    """An event detail as the console line says it (the log keeps the raw values; "" for
+    what the line says otherwise)."""
     if key == "objective":
         before, after = value
         return f"objective {before:.3f} -> {after:.3f} (held-out samples; lower is better)"
     if key == "why":  # a reason reads as itself: "rolled back (worse than ...)"
         return str(value)
+    if key == "file":  # the reason names it already
+        return ""
+    if key == "samples":
+        return f"on {value} samples"
+    if key == "held_out":
+        return f"{value} held out"
+    if key == "best_step":
+        return f"the run's best at step {value}"
     if isinstance(value, float):
         return f"{key} {value:.3g}"
     if isinstance(value, list) and all(isinstance(v, float) for v in value):
