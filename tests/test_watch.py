@@ -576,19 +576,17 @@ def test_a_network_with_no_writable_hidden_bias_adapts_them_too(
 ) -> None:
     """The README's showcase: the demo's network marks only fc1.weight writable, so the
     watcher adapted lif0.vth alone, which moved its objective by less than the margin, and
-    it rolled back every time.  The hidden biases are added (and said), unless the caller
-    names the writable set."""
+    it rolled back every time.  The hidden biases are added (and said, by the label-free
+    writable set every label-free run uses), unless the caller names the writable set."""
     monkeypatch.setattr(selection, "PROXY_MARGIN", -1e9)  # accept what the run hands back
     spec = field["spec"].with_writable(("fc1.weight",))
     lines: list[str] = []
     path = field["folder"] / "stream.npz"
     run_watch(spec, FileStream(path, BATCH), _cfg(tmp_path / "a"), lines.append)
-    assert lines[0] == (
-        "the network marks fc1.weight writable but no hidden neuron bias: the watcher adapts "
-        "lif0.v_bias too, which torch-sim-fixed rewrites at run time (writable= names the "
-        "set instead)"
+    assert lines[0].startswith(
+        "without labels: adapting the hidden neurons' biases and thresholds (the biases "
+        "added: the network marks none writable) (lif0.v_bias, lif0.vth), which"
     )
-    assert "(lif0.v_bias, lif0.vth)" in lines[1]
     assert json.loads((tmp_path / "a" / "watch_state.json").read_text())["adaptations"] == 1
     assert NetworkSpec.load(tmp_path / "a" / "adapt-1" / "adapted.npz").writable == (
         "fc1.weight", "lif0.v_bias", "lif0.vth",
@@ -596,7 +594,7 @@ def test_a_network_with_no_writable_hidden_bias_adapts_them_too(
     lines.clear()
     cfg = _cfg(tmp_path / "b", writable=("lif0.vth",))
     run_watch(spec, FileStream(path, BATCH), cfg, lines.append)
-    assert not any("hidden neuron bias" in line for line in lines)
+    assert not any("biases added" in line for line in lines)
 
 
 def test_the_summary_gives_the_accuracy_while_drift_was_flagged(

@@ -15,10 +15,7 @@ and the network as deployed (the start).  The start's outputs feed the drift det
 - **cleared**: the detector sees clean data again; the deployed network is served again.
 
 What adapts: the writable set of a label-free run (:mod:`~polystep_neuro.run.writable`),
-the hidden neurons' biases and thresholds.  A network that marks some parameters writable
-but no hidden neuron bias (``lif<i>.v_bias``) would have only its thresholds adapted, too
-little to follow a drift; the watcher adds the hidden biases the device can rewrite
-(``writable=`` names the set instead).
+the hidden neurons' biases and thresholds (``writable=`` names the set instead).
 
 A batch that does not fit the network (its shape, non-finite values, values other than 0/1
 on a fixed-point device, a file that is no batch) is said, logged as a ``dropped`` event
@@ -60,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polystep_neuro.core.errors import PolystepError, SpecError
+from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import selection
 from polystep_neuro.run.checkpoint import ensure_writable_dir
@@ -76,7 +73,7 @@ from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.spike_layout import check_layout
 from polystep_neuro.run.streams import Stream, StreamBatch
 from polystep_neuro.run.watch_log import LOG_NAME, read_log, stretches_line, summarize
-from polystep_neuro.run.writable import FIXED_POINT, hidden_biases
+from polystep_neuro.run.writable import FIXED_POINT
 
 STATE_NAME = "watch_state.json"
 SERVING_NAME = "serving.npz"  # the served network (a spec); version 1 kept bare arrays
@@ -187,34 +184,8 @@ class Watcher:
         self._stop.set()
 
     def _open(self, stack: contextlib.ExitStack) -> Device:
-        """The device, with the watcher's writable set (module docstring): the hidden neuron
-        biases added where the network marks some parameters writable but none of them; a
-        device that cannot rewrite them gets the network's own set."""
-        spec, cfg = self.spec, self.cfg
-        hidden = [f"lif{i}.v_bias" for i in range(len(spec.layers) - 1)]
-        if (
-            cfg.writable is None
-            and spec.writable
-            and hidden
-            and not hidden_biases(spec, spec.writable)
-        ):
-            notes: list[str] = []
-            wider = spec.with_writable((*spec.writable, *hidden))
-            try:
-                device = stack.enter_context(opened(wider, cfg, False, notes.append, True))
-            except SpecError:
-                pass  # the device cannot rewrite them: the network's own set, said below
-            else:
-                self.report(
-                    f"the network marks {', '.join(spec.writable)} writable but no hidden "
-                    f"neuron bias: the watcher adapts {', '.join(hidden)} too, which "
-                    f"{device.backend.capabilities.name} rewrites at run time (writable= "
-                    "names the set instead)"
-                )
-                for note in notes:
-                    self.report(note)
-                return device
-        return stack.enter_context(opened(spec, cfg, False, self.report, label_free=True))
+        """The device, with a label-free run's writable set (run.writable)."""
+        return stack.enter_context(opened(self.spec, self.cfg, False, self.report, label_free=True))
 
     def _misfit(self, batch: StreamBatch) -> str | None:
         """Why ``batch`` cannot run on this network (its layout, non-finite values), said

@@ -121,10 +121,16 @@ def resolve_writable(
 
 
 def _label_free(spec: NetworkSpec, loaded: tuple[str, ...], device: _DeviceRules) -> Writable:
-    """The hidden biases among ``loaded`` and the hidden thresholds the device can rewrite
-    (loaded writable too, so the network handed back keeps them)."""
-    thresholds = device.rewritable(f"lif{i}.vth" for i in range(len(spec.layers) - 1))
+    """The hidden biases and thresholds the device can rewrite (loaded writable too, so the
+    network handed back keeps them): the biases among ``loaded``, or where the network marks
+    none writable, every hidden bias the device rewrites (thresholds alone barely move the
+    objective: the demo's network -1.768 -> -1.771, under the rollback margin, against -1.869
+    with its biases)."""
+    hidden = range(len(spec.layers) - 1)
+    thresholds = device.rewritable(f"lif{i}.vth" for i in hidden)
     biases = hidden_biases(spec, loaded)
+    added = () if biases else device.rewritable(f"lif{i}.v_bias" for i in hidden)
+    biases = biases or added
     adapted = biases + thresholds
     if not adapted:
         return Writable(loaded, loaded)
@@ -134,11 +140,13 @@ def _label_free(spec: NetworkSpec, loaded: tuple[str, ...], device: _DeviceRules
     elif biases:  # e.g. Lava caches thresholds when a network is built: biases alone
         what = f"biases ({device.name} cannot rewrite thresholds)"
         why = "which re-centre how each layer fires"
-    else:  # no bias is writable in this network (its spec says so)
-        what = "thresholds (no hidden bias is writable in this network)"
+    else:  # no hidden bias the device can rewrite
+        what = f"thresholds ({device.name} rewrites no hidden bias of this network)"
         why = "which re-scale how each layer fires"
+    if added:
+        what += " (the biases added: the network marks none writable)"
     return Writable(
-        loaded + tuple(t for t in thresholds if t not in loaded),
+        loaded + tuple(n for n in adapted if n not in loaded),
         adapted,
         f"without labels: adapting the hidden neurons' {what} ({', '.join(adapted)}), {why} "
         "without re-mapping what it computes (naming the writable set overrides this)",
