@@ -249,13 +249,17 @@ class RemoteBackend(BaseBackend):
         raise AssertionError("unreachable")
 
     def _send_load(self, spec: NetworkSpec) -> None:
-        meta, arrays = spec.to_arrays()
+        # A device runs every output copy as a neuron of its own (the wire has no readout);
+        # the copies stay on this side, so evaluate says what a local backend says.
+        meta, arrays = spec.device_network().to_arrays()
         header, out = self._in_session("load", {"spec": meta}, arrays)
         effective = header.get("spec")
         if not isinstance(effective, dict):
             raise ProtocolError(f"{self.endpoint} answered load without the loaded 'spec'")
         # the backend's own spec (e.g. fixed-point calibrated), as a local backend exposes it
         self._spec = NetworkSpec.from_arrays(effective, {k: np.array(v) for k, v in out.items()})
+        if spec.output_copies != 1:
+            self._spec = self._spec.with_readout_copies(spec.output_copies)
         self._set_capabilities(header.get("capabilities"))
 
     def _evaluate_once(self, batch: CheckedBatch) -> np.ndarray:

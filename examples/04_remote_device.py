@@ -37,6 +37,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devices.readout import with_readout
 from devices.registry import open_backend
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.controller import Adapter
@@ -57,7 +58,12 @@ def parse_args() -> argparse.Namespace:
         help="what the server hosts: torch-sim, torch-sim-fixed (lava, lava-fixed: start the "
         "server with the Lava env's python instead, see docs/backends.md)",
     )
-    p.add_argument("--spec", type=Path, help="adapt this NetworkSpec .npz (64 in, 10 out)")
+    p.add_argument(
+        "--spec",
+        type=Path,
+        help="adapt this NetworkSpec .npz (64 inputs, 10 classes; "
+        "what `polystep-neuro deploy` writes)",
+    )
     p.add_argument("--hidden", type=int, default=128, help="hidden neurons (no --spec)")
     p.add_argument(
         "--time-steps", type=int, default=16, help="T: time steps per sample (no --spec)"
@@ -112,7 +118,9 @@ def make_spec(args: argparse.Namespace) -> NetworkSpec:
 
 def adapt(args: argparse.Namespace, endpoint: str) -> dict[str, float | int]:
     # The remote backend: the same contract as an in-process one.
-    backend = open_backend(endpoint, timeout_s=60)
+    # with_readout: a network `deploy` wrote may count each class over several output
+    # neurons; the device runs them as neurons of their own and the host sums them.
+    backend = with_readout(open_backend(endpoint, timeout_s=60))
     try:
         caps = backend.capabilities
         print(

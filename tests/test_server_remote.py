@@ -287,6 +287,35 @@ def test_remote_counts_equal_local_float32(server: ServerProcess) -> None:
             remote.evaluate({"lif0.vth": np.ones((2,), np.float32)}, inputs)
 
 
+def test_a_network_with_output_copies_loads_remotely_as_locally(server: ServerProcess) -> None:
+    """What `deploy` writes (output copies) failed over tcp:// with the server's
+    "layer 1 has unknown field(s) ['copies']"; now the client sends the device network and
+    says at evaluate what a local backend says, and the host's readout works through it."""
+    from devices.readout import with_readout
+    from polystep_neuro.run.output_copies import with_output_copies
+
+    spec = with_output_copies(NetworkSpec.random([8, 12, 3], 10, seed=4, writable=("fc0.weight",)))
+    params, inputs = {"fc0.weight": _params(_spec())["fc0.weight"]}, _inputs()
+    local = TorchSimBackend(precision="float32", device="cpu")
+    local.load(spec)
+    with RemoteBackend(server.endpoint, timeout_s=20) as remote:
+        remote.load(spec)
+        assert remote.spec.output_copies == 2 and remote.spec.n_out == 6
+        with pytest.raises(DeviceError) as raised:
+            remote.evaluate(params, inputs)
+        with pytest.raises(DeviceError) as said_locally:
+            local.evaluate(params, inputs)
+        assert str(raised.value).split(": ", 1)[1] == str(said_locally.value).split(": ", 1)[1]
+    readout = with_readout(local)
+    readout.load(spec)
+    expected = readout.evaluate(params, inputs)
+    with with_readout(RemoteBackend(server.endpoint, timeout_s=20)) as read:
+        read.load(spec)
+        got = read.evaluate(params, inputs)
+    np.testing.assert_array_equal(got, np.asarray(expected))
+    assert got.shape == (4, 5, 3) and got.sum() > 0
+
+
 def test_inputs_for_the_wire() -> None:
     """Binary spikes travel as uint8 (4x smaller than float32), anything else as float32."""
     spec = _spec()
