@@ -4,7 +4,8 @@
 :mod:`polystep_neuro.run.api`); ``polystep_neuro.deploy(model, backend, data=...)`` puts a
 trained model on a device and recovers what the conversion cost
 (:mod:`polystep_neuro.run.deploy`); ``polystep_neuro.check(model, backend, x, y)`` compares
-them layer by layer (:mod:`polystep_neuro.run.parity`).  The parts they are built from live
+them layer by layer (:mod:`polystep_neuro.run.parity`); ``polystep_neuro.evaluate(model, data,
+backend)`` scores one (:mod:`polystep_neuro.run.evaluate_api`).  The parts they are built from live
 in the submodules.
 """
 
@@ -29,6 +30,8 @@ __all__ = [
     "adapt",
     "check",
     "deploy",
+    "evaluate",
+    "Evaluation",
     "watch",
 ]
 
@@ -52,6 +55,10 @@ def __getattr__(name: str):
         from polystep_neuro.run import parity
 
         return parity.run_check if name == "check" else parity.ParityReport
+    if name in ("evaluate", "Evaluation"):
+        from polystep_neuro.run import evaluate_api
+
+        return getattr(evaluate_api, name)
     if name == "watch":
         from polystep_neuro.run.watch_api import watch
 

@@ -180,6 +180,22 @@ def test_the_cli_pipeline_converts_adapts_evaluates_and_exports(
                   tmp_path / "shifted_test.npz", "--time-first",
                   "--torch-device", "cpu")  # fmt: skip
     assert f"accuracy {summary['end']['shifted_accuracy']:.1%}" in report
+    # the same from Python (there was no pn.evaluate): the file, and the snnTorch model itself
+    import polystep_neuro as pn
+
+    scored = pn.evaluate(run / "adapted.npz", tmp_path / "shifted_test.npz", "torch-sim-fixed",
+                         time_first=True)  # fmt: skip
+    assert scored.accuracy == pytest.approx(summary["end"]["shifted_accuracy"], abs=1e-6)
+    assert (
+        scored.samples == len(y["shifted_test"])
+        and str(scored) in report.replace(f"{run / 'adapted.npz'} on torch-sim-fixed (", "")
+        or f"accuracy {scored.accuracy:.1%}" in report
+    )
+    model_float = pn.evaluate(model, (x["clean_test"], y["clean_test"]), "torch-sim")
+    counts = run_snntorch(model, x["clean_test"]).numpy()
+    assert model_float.accuracy == pytest.approx(
+        float((counts.argmax(1) == y["clean_test"]).mean()), abs=0.05
+    )  # ties count as wrong here, argmax picks the first: a few samples apart at most
 
     _cli(capsys, "export", "--spec", run / "adapted.npz", "--to", "nir",
          "--out", tmp_path / "adapted.nir")  # fmt: skip

@@ -1,0 +1,100 @@
+"""``polystep_neuro.evaluate``: a network's accuracy and loss on labelled spikes, on any
+backend, as the ``evaluate`` command scores it (the loaded network, nothing rewritten)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from polystep_neuro.core.network import NetworkSpec
+from polystep_neuro.run.data import SpikeDataset
+from polystep_neuro.run.run_defaults import RunConfig
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` measured: accuracy (a fraction), mean loss (cross-entropy of the
+    class counts, as adaptation scores), the samples, and where it ran."""
+
+    accuracy: float
+    loss: float
+    samples: int
+    backend: str
+    device: str  # what the backend says it runs on
+
+    def __str__(self) -> str:
+        return (
+            f"accuracy {self.accuracy:.1%}, loss {self.loss:.4f} on {self.samples} samples "
+            f"({self.backend}: {self.device})"
+        )
+
+
+def score_network(
+    spec: NetworkSpec, spikes: np.ndarray, labels: np.ndarray, cfg: RunConfig
+) -> Evaluation:
+    """``spec`` loaded on ``cfg.backend`` and scored on batch-first ``spikes`` (the command
+    and the API share it)."""
+    from polystep_neuro.run.evaluation import score
+    from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, make_loss
+    from polystep_neuro.run.recipe import opened
+
+    with opened(spec, cfg, scoring=True) as device:
+        data = SpikeDataset(spikes, labels, len(labels))
+        result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
+        where = device.backend.capabilities.device
+    return Evaluation(result.accuracy, result.loss, len(labels), cfg.backend, where)
+
+
+def evaluate(
+    model: Any,
+    data: Any,
+    backend: str = RunConfig.backend,
+    *,
+    time_steps: int | None = None,
+    time_first: bool = False,
+    torch_device: str = RunConfig.torch_device,
+    timeout_s: float | None = RunConfig.timeout_s,
+) -> Evaluation:
+    """Accuracy and loss of ``model`` on ``data`` (a (spikes, labels) pair, an ``.npz`` path
+    with both, a SpikeDataset, ...) on ``backend``; ``time_first``: spikes are (T, n,
+    N_in).  A NetworkSpec (or its ``.npz``) is scored as it is, as ``polystep-neuro
+    evaluate --spec`` does: it is what a device ran.  An snnTorch module or a NIR graph is
+    converted for ``backend`` first, as :func:`polystep_neuro.adapt` converts it (an
+    snnTorch module without ``time_steps`` runs the data's T)."""
+    import torch
+
+    from polystep_neuro.core.errors import PolystepError
+    from polystep_neuro.run import user_data
+    from polystep_neuro.run.api import _as_spec
+    from polystep_neuro.run.reference import as_reference
+    from polystep_neuro.run.spike_layout import batch_first, steps_for_module
+
+    if isinstance(data, SpikeDataset):
+        spikes = data.spikes.cpu().numpy()
+        labels = None if data.labels is None else data.labels.cpu().numpy()
+    else:
+        spikes, labels = user_data.split(data, need_labels=True, what="data")
+    if labels is None:
+        raise PolystepError("evaluate scores accuracy: the data need labels")
+    if isinstance(data, SpikeDataset):
+        time_first = False  # a SpikeDataset is batch-first
+    time_steps = steps_for_module(model, (spikes, labels), time_steps, time_first)
+    reference = as_reference(model, time_steps)
+    spec = reference.spec if _is_spec(model) else _as_spec(reference, time_steps, backend)[0]
+    spikes = batch_first(np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first,
+                         "the spikes of data", "time_steps=")  # fmt: skip
+    labels = user_data.labels_for(labels, len(spikes), spec.n_classes, "the labels of data")
+    cfg = RunConfig(backend=backend, torch_device=torch_device, timeout_s=timeout_s)
+    return score_network(spec, spikes, labels, cfg)
+
+
+def _is_spec(model: Any) -> bool:
+    """A NetworkSpec or a spec file: the network as a device runs it, scored unchanged."""
+    import os
+    from pathlib import Path
+
+    if isinstance(model, NetworkSpec):
+        return True
+    return isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".npz"
