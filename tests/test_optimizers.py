@@ -314,3 +314,23 @@ def test_auto_moves_weights_with_adam_and_neuron_parameters_with_heavy_ball() ->
     assert named.update == "heavy-ball"
     with pytest.raises(PolystepError, match="update must be one of auto, heavy-ball, torque"):
         Settings(update="nesterov")
+
+
+def test_a_setting_the_chosen_optimizer_would_ignore_is_refused() -> None:
+    """pn.adapt(model, train=..., lr=50.0, popsize=7) ran PolyStep unchanged: the baselines'
+    settings were taken and ignored.  Each optimizer now refuses the others' settings when
+    they differ from their defaults; those that size every population (rank, ...) stay."""
+    with pytest.raises(PolystepError) as raised:
+        Settings(lr=50.0, popsize=7)
+    assert str(raised.value) == (
+        "lr, popsize are not settings of polystep, which would ignore them (openai-es / "
+        "sep-cma take them): drop them or choose the optimizer"
+    )
+    with pytest.raises(PolystepError, match=r"^step is not a setting of sep-cma, which would "
+                       r"ignore it \(polystep takes it\)"):  # fmt: skip
+        Settings(optimizer="sep-cma", step=0.3)
+    with pytest.raises(PolystepError, match="^popsize is not a setting of spsa"):
+        Settings(optimizer="spsa", popsize=4)
+    kept = Settings(optimizer="openai-es", lr=0.2, popsize=8, rank=8)  # its own, and the rank
+    assert (kept.lr, kept.popsize, kept.rank) == (0.2, 8, 8)
+    assert Settings(optimizer="sep-cma").step == Settings().step  # defaults are never refused

@@ -85,6 +85,10 @@ class AskTell(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+# PolyStep's settings that also size every method's population (its candidate count).
+POPULATION = ("rank", "rank_rule", "polytope", "block_dim")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Optimiser settings; every default is meant to work without tuning.
@@ -148,6 +152,26 @@ class Settings:
             )
         if self.popsize is not None and self.popsize < 2:
             raise PolystepError(f"popsize must be at least 2, got {self.popsize}")
+        self._refuse_what_the_optimizer_ignores()
+
+    def _refuse_what_the_optimizer_ignores(self) -> None:
+        """A setting of another optimizer, changed from its default, would be ignored
+        (``pn.adapt(..., lr=50, popsize=7)`` ran PolyStep unchanged, without a word)."""
+        taken = set(optimizer_class(self.optimizer).options) | set(POPULATION)
+        others = sorted({o for cls in REGISTRY.values() for o in cls.options} - taken)
+        defaults = {f.name: f.default for f in fields(self)}
+        ignored = [n for n in others if n in defaults and getattr(self, n) != defaults[n]]
+        if ignored:
+            owners = sorted({name for name, cls in REGISTRY.items()
+                             if set(ignored) & set(cls.options)})  # fmt: skip
+            one = len(ignored) == 1
+            raise PolystepError(
+                f"{', '.join(ignored)} {'is not a setting' if one else 'are not settings'} of "
+                f"{self.optimizer}, which would ignore {'it' if one else 'them'} ("
+                f"{' / '.join(owners)} {'takes' if len(owners) == 1 else 'take'} "
+                f"{'it' if one else 'them'}): drop {'it' if one else 'them'} or choose the "
+                "optimizer"
+            )
 
     @classmethod
     def names(cls) -> list[str]:
