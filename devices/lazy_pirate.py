@@ -94,7 +94,7 @@ class LazyPirate:
                 f"Check that the server is running (python -m devices.server --backend NAME "
                 f"--bind {self.endpoint}), that the host, port and any ssh tunnel are right, "
                 f"that both sides agree on CurveZMQ keys ({self._keys_note()}), and for a slow "
-                f"device raise timeout_s."
+                f"device allow longer answers (--timeout SECONDS; timeout_s= from Python)"
             )
         )
         return DeviceUnavailable(

@@ -53,7 +53,7 @@ from devices.protocol import (
     encode,
     error_from_wire,
 )
-from devices.security import client_keys, port_problem
+from devices.security import client_keys, host_problem, port_problem
 from polystep_neuro.core.batch import CheckedBatch
 from polystep_neuro.core.contract import Capabilities
 from polystep_neuro.core.errors import CapacityError, DeviceError, DeviceUnavailable
@@ -97,7 +97,7 @@ class RemoteBackend(BaseBackend):
             raise DeviceUnavailable(
                 f"bad device server address {endpoint!r}; expected tcp://HOST:PORT"
             )
-        if problem := port_problem(endpoint, bind=False):
+        if problem := port_problem(endpoint, bind=False) or host_problem(endpoint):
             raise DeviceUnavailable(f"bad device server address {endpoint!r}: {problem}")
         resolved = self._adopt(RECORDS["remote"], options)
         keys = resolved["curve_keys"]
@@ -236,13 +236,13 @@ class RemoteBackend(BaseBackend):
                     raise
                 if isinstance(exc, SessionError):
                     self._session = None
-                log.warning(
-                    "%s: %s: %s; %s",
+                log.warning(  # handled: said as what happens next, not as a failure
+                    "%s: %s; %s (handled, the run goes on)",
                     self.endpoint,
-                    type(exc).__name__,
                     exc,
-                    "re-loading, retrying" if again else "opening a new session, retrying",
-                )
+                    "re-loading the network and retrying" if again
+                    else "opening a new session and retrying",
+                )  # fmt: skip
                 if again:
                     assert self._user_spec is not None
                     self._send_load(self._user_spec)

@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -127,6 +128,21 @@ def port_problem(endpoint: str, *, bind: bool) -> str:
         return ""
     free = " (0: any free port)" if bind else ""
     return f"the port must be a number from {lowest} to 65535{free}, got {port or 'none'!r}"
+
+
+def host_problem(endpoint: str) -> str:
+    """Why a client's ``tcp://HOST:PORT`` host cannot be reached by name ("" when it
+    resolves, is an address, or for ipc): libzmq resolves it in the background and keeps
+    trying, so a misspelt name only showed as no reply after every try."""
+    transport, _, address = endpoint.partition("://")
+    host = address.rpartition(":")[0].strip("[]")
+    if transport != "tcp" or not host or host == "*":
+        return ""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return f"the host name {host!r} does not resolve ({exc.strerror})"
+    return ""
 
 
 def check_bind(endpoint: str, insecure: bool, curve_keys: Any = None) -> None:
@@ -318,6 +334,10 @@ class _KeyCheck:
         return False
 
 
+# Handshakes failed without detail on one socket before that counts as a refusal.
+REPEATED_FAILURES = 3
+
+
 class HandshakeWatch:
     """The socket monitor of a client's current socket: the handshake events that say why
     no reply came (key rejected, keys missing, wrong server key)."""
@@ -354,7 +374,13 @@ class HandshakeWatch:
 
     @property
     def fatal(self) -> bool:
-        return any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self.events)
+        """A refusal no retry fixes: a fatal event, or a handshake that failed without
+        detail again and again (a wrong pinned server key: libzmq reconnects every 100 ms
+        and fails the same way, so waiting out every try only cost 30 s)."""
+        if any(event in FATAL_HANDSHAKE_EVENTS for event, _ in self.events):
+            return True
+        failed = sum(event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL for event, _ in self.events)
+        return failed >= REPEATED_FAILURES
 
     def hint(self) -> str:
         return handshake_hint(self.events, self.keys)

@@ -157,6 +157,11 @@ def test_wrong_server_key_gets_no_answer(server: ServerProcess, keys: Path, stra
     }
     message = _unanswered(server.endpoint, curve_keys=pinned_elsewhere)
     assert "does not match the server's secret key" in message
+    # with the default patience it is a refusal at once, not three tries of 10 s each
+    start = time.monotonic()
+    with pytest.raises(DeviceUnavailable, match="refused the connection .* does not match"):
+        RemoteBackend(server.endpoint, curve_keys=pinned_elsewhere, connect_timeout_s=10.0)
+    assert time.monotonic() - start < 5.0
 
 
 def test_keyed_client_to_plain_server_is_told_why(keys: Path) -> None:

@@ -31,7 +31,7 @@ from devices.protocol import (
     encode,
 )
 from devices.remote import RemoteBackend
-from devices.security import is_local_endpoint
+from devices.security import host_problem, is_local_endpoint
 from devices.spawn import ServerProcess, start_server_process
 from devices.torch_sim import TorchSimBackend
 from polystep_neuro.core.batch import CheckedBatch
@@ -400,6 +400,13 @@ def test_unreachable_endpoint_fails_fast_at_open() -> None:
     assert time.monotonic() - start < 2.0
     with pytest.raises(DeviceUnavailable, match="expected tcp://HOST:PORT"):
         RemoteBackend("127.0.0.1:5555")
+    # a host name that does not resolve is said at once (it read as no reply after 30 s)
+    start = time.monotonic()
+    with pytest.raises(DeviceUnavailable, match=r"address 'tcp://nosuchhost\.invalid:5555': "
+                       r"the host name 'nosuchhost\.invalid' does not resolve"):  # fmt: skip
+        RemoteBackend("tcp://nosuchhost.invalid:5555")
+    assert time.monotonic() - start < 5.0
+    assert host_problem("tcp://localhost:5555") == host_problem("tcp://[::1]:5555") == ""
 
 
 # ----------------------------------------------------------------------- startup
