@@ -50,7 +50,8 @@ from polystep_neuro.core.errors import DeviceUnavailable
 def parse_args() -> argparse.Namespace:
     p = digits_parser(
         __doc__.split("\n\n")[0],
-        "parameters to adapt (default: fc1.bias; lava-fixed can write fc<i>.weight, "
+        "parameters to adapt (default: fc1.bias, which the device semantics fold into "
+        "lif1.v_bias, the name the run then prints; lava-fixed can write fc<i>.weight, "
         "fc<i>.bias and lif<i>.v_bias)",
     )
     return parse(p, small_steps=20)

