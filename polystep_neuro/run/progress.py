@@ -58,9 +58,9 @@ class ProgressBar:
     def _line(self, postfix: dict[str, str]) -> None:
         elapsed = time.perf_counter() - self._started
         shown = ", ".join(f"{k} {v}" for k, v in postfix.items())
+        took = f"{elapsed:.1f}" if elapsed < 10 else f"{elapsed:.0f}"  # a short run read "0 s"
         print(
-            f"{self._description}: step {self._done}/{self._total}, {shown}, "
-            f"{elapsed:.0f} s this run",
+            f"{self._description}: step {self._done}/{self._total}, {shown}, {took} s this run",
             file=sys.stderr,
             flush=True,
         )
