@@ -141,3 +141,12 @@ def test_check_compares_the_first_copy_per_layer_and_decides_on_the_sums() -> No
         float(accuracy(summed[None], torch.as_tensor(y))[0])
     )
     assert report.device_ties == pytest.approx(float((decisions(summed) < 0).float().mean()))
+
+
+def test_the_networks_one_line_says_its_output_copies() -> None:
+    """repr showed 64 -> 128 -> 20 for a 10-class network deploy had doubled."""
+    from polystep_neuro.run.output_copies import with_output_copies
+
+    plain = NetworkSpec.random([6, 5, 3], 4, seed=0)
+    assert "output neurons each" not in repr(plain)
+    assert repr(with_output_copies(plain)).endswith(", 3 classes of 2 output neurons each)")

@@ -100,8 +100,14 @@ class NetworkSpec:
             f"NetworkSpec({' -> '.join(map(str, self.sizes))}, T={self.num_steps}, "
             f"{'/'.join(kinds)} LIF, delay {'/'.join(map(str, delays))}, "
             f"writable=[{', '.join(self.writable)}]"
-            f"{', calibrated for Loihi 2 fixed point' if fixed else ''})"
+            f"{', calibrated for Loihi 2 fixed point' if fixed else ''}{self._copies_note()})"
         )
+
+    def _copies_note(self) -> str:
+        copies = self.output_copies
+        if copies == 1:
+            return ""
+        return f", {self.n_classes} classes of {copies} output neurons each"
 
     # ----------------------------------------------------------------- shape facts
     @property
