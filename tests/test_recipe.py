@@ -136,3 +136,24 @@ def test_an_snntorch_module_takes_its_time_steps_from_the_data() -> None:
     deployed = pn.deploy(net, data=(x.swapaxes(0, 1), y), time_first=True, budget=400,
                          progress=False)  # fmt: skip
     assert deployed.spec.num_steps == 7
+
+
+def test_a_lava_run_adapting_the_first_layer_is_told_it_is_the_slow_case() -> None:
+    """A user's drifted-only run on lava-fixed adapted lif0.v_bias at about 30 s a step and
+    nothing said why; later layers, or another backend, get no note."""
+    from types import SimpleNamespace
+
+    from polystep_neuro.run.recipe import Device, _first_layer_on_lava
+    from polystep_neuro.run.writable import Writable
+
+    def device(name: str, adapted: tuple[str, ...]) -> Device:
+        backend = SimpleNamespace(capabilities=SimpleNamespace(name=name))
+        return Device(backend, Writable(adapted, adapted), torch.device("cpu"))  # type: ignore[arg-type]
+
+    note = _first_layer_on_lava(device("lava-fixed", ("lif0.v_bias", "fc1.weight")))
+    assert note is not None and note.startswith(
+        "note: on lava-fixed, adapting layer 0 (lif0.v_bias) runs every layer for every "
+        "parameter set, its slowest case"
+    )
+    assert _first_layer_on_lava(device("lava-fixed", ("fc1.weight", "lif1.v_bias"))) is None
+    assert _first_layer_on_lava(device("torch-sim-fixed", ("lif0.v_bias",))) is None

@@ -112,6 +112,22 @@ def opened(
         backend.close()
 
 
+def _first_layer_on_lava(device: Device) -> str | None:
+    """The note a Lava run adapting layer 0 gets: every parameter set then runs every layer,
+    the slowest choice there (a user's 64-128-10, lif0.v_bias: about 30 s a step, where
+    fc1.weight ran two steps in 11 s), and the printed steps do not say why."""
+    caps = device.backend.capabilities
+    first = [n for n in device.writable.adapted if n.split(".", 1)[0] in ("fc0", "lif0")]
+    if not caps.name.startswith("lava") or not first:
+        return None
+    return (
+        f"note: on {caps.name}, adapting layer 0 ({', '.join(first)}) runs every layer for "
+        "every parameter set, its slowest case; later layers share what comes before them "
+        "(e.g. --writable fc1.weight), or adapt on torch-sim-fixed, whose counts are the "
+        "same bit for bit, and check the result here"
+    )
+
+
 @dataclass
 class Run:
     """What :func:`run_adaptation` hands back."""
@@ -185,6 +201,9 @@ def _adapt(
             "is handed back"
         )
     with opened(spec, cfg, data.has_clean, report, label_free=loss is not None) as device:
+        note = _first_layer_on_lava(device)
+        if note is not None and report is not None:
+            report(note)
         adapter = Adapter.build(
             device.backend,
             data.stream.to(device.torch_device),
