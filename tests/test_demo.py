@@ -125,3 +125,31 @@ def test_demo_adaptation_on_lava_fixed_equals_torch_sim_fixed(tmp_path: Path) ->
             lava_run.spec.parameters()[name], torch_run.spec.parameters()[name]
         )
     assert lava_run.accuracies == torch_run.accuracies
+
+
+def test_latency_coding_gets_a_hidden_layer_that_fires() -> None:
+    """At the rate demo's weights, latency coding (one spike per input) drove the fixed
+    hidden layer on 0.06 % of steps and no output neuron ever spiked: 0 % at every stage.
+    The projection is scaled up until it fires; rate coding keeps its gain of 1 (the
+    README's numbers)."""
+    import torch
+
+    from polystep_neuro.run.data import encode, load_digits_split
+    from polystep_neuro.run.demo import HIDDEN_FIRING, hidden_gain
+
+    cfg = DemoConfig.quick()
+    x = load_digits_split(0).x_train[:256]
+    gains = {}
+    for encoding in ("rate", "latency"):
+        spikes = torch.as_tensor(encode(x, cfg.time_steps, encoding))
+        gains[encoding], firing = hidden_gain(cfg, spikes)
+        assert firing >= HIDDEN_FIRING
+    assert gains["rate"] == 1.0 and gains["latency"] > 1.0
+
+
+def test_the_recovered_share_reads_as_what_happened() -> None:
+    from polystep_neuro.run.demo import _recovered_words
+
+    assert _recovered_words(0.84) == "adaptation recovered 84% of the accuracy the shift took"
+    assert "(more than it took:" in _recovered_words(2.12)
+    assert _recovered_words(float("nan")).startswith("adaptation: the shift cost no accuracy")
