@@ -115,7 +115,17 @@ def test_exports_say_what_the_outputs_are(tmp_path: Path, capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "counts each class over 2 output neurons" in out
-    assert "class c is the sum of outputs c, c + 3" in out
+    assert "class c is the sum of outputs c, c + 3, ... (convert --nir reads the classes" in out
+    # the round trip brings the classes back (convert --nir gave 6 outputs for 3 labels: 0 %)
+    assert main(["convert", "--nir", str(tmp_path / "net.nir"), "--out",
+                 str(tmp_path / "back.npz")]) == 0  # fmt: skip
+    back = NetworkSpec.load(tmp_path / "back.npz")
+    assert (back.output_copies, back.n_classes) == (2, 3)
+    x = _inputs()
+    same = [
+        TorchLIF(net.device_network(), "float32").evaluate({}, x).counts for net in (copied, back)
+    ]
+    assert torch.equal(*same) and int(same[0].sum()) > 0
 
 
 def test_check_compares_the_first_copy_per_layer_and_decides_on_the_sums() -> None:

@@ -213,10 +213,11 @@ def export(args: argparse.Namespace) -> int:
     spec = NetworkSpec.load(args.spec)
     copies = spec.output_copies  # the side file of --round-biases keeps the host's readout
     if copies != 1:  # no file format has the readout that sums them
+        back = " (convert --nir reads the classes back)" if args.to == "nir" else ""
         print(
             f"  note: {args.spec} counts each class over {spec.output_copies} output neurons "
             f"(deploy's output copies); the file's outputs are all {spec.n_out}: class c is "
-            f"the sum of outputs c, c + {spec.n_classes}, ..."
+            f"the sum of outputs c, c + {spec.n_classes}, ...{back}"
         )
         spec = spec.device_network()
     if args.to == "nir":
@@ -224,7 +225,7 @@ def export(args: argparse.Namespace) -> int:
             raise SpecError("--recalibrate and --round-biases apply to --to netx only")
         from polystep_neuro.run.interop.nir import write_nir
 
-        write_nir(spec, args.out, dt=args.dt)
+        write_nir(spec, args.out, dt=args.dt, output_copies=copies)
         print(f"wrote {args.out}: NIR graph of {_describe(spec)} (dt {args.dt:g} s)")
         return 0
     from polystep_neuro.run.interop.netx import (

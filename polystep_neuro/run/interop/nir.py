@@ -80,6 +80,9 @@ _META_SCALE = "polystep_fixed_scale"
 _META_EXP = "polystep_fixed_weight_exp"
 _META_STEPS = "polystep_num_steps"
 _META_WRITABLE = "polystep_writable"
+# A deployed network's output copies (every copy an output of its own in the graph, which
+# has no readout that sums them); from_nir restores the host's readout from it.
+_META_COPIES = "polystep_output_copies"
 _META_V_BIAS = "polystep_v_bias"  # the spec's v_bias, moved into the Affine's bias
 _META_FC_BIAS = "polystep_fc_bias"  # the spec's own Dense bias beside it
 _WEIGHT_NODES = (nir.Affine, nir.Linear)
@@ -152,7 +155,9 @@ def from_nir(
         raise SpecError(
             f"the first weight node has {layers[0].n_in} inputs but the Input node gives {n_in}"
         )
-    return NetworkSpec(layers, int(num_steps)).validate().with_writable(writable)
+    spec = NetworkSpec(layers, int(num_steps)).validate().with_writable(writable)
+    copies = int(meta.get(_META_COPIES, 1))
+    return spec if copies == 1 else spec.with_readout_copies(copies)
 
 
 def _dt(value: Any) -> float:
@@ -457,14 +462,18 @@ def _check_exportable(spec: NetworkSpec) -> None:
                 )
 
 
-def to_nir(spec: NetworkSpec, *, dt: float = DEFAULT_DT) -> Any:
+def to_nir(spec: NetworkSpec, *, dt: float = DEFAULT_DT, output_copies: int = 1) -> Any:
     """The NIR graph (``nir.NIRGraph``) of ``spec``; see the module docstring for the mapping.
 
     Nodes are named ``input``, ``delay{i}``, ``fc{i}``, ``lif{i}``, ``output``.  ``dt``, the
     spec's ``num_steps`` and ``writable`` go into the graph's metadata, a layer's fixed-point
-    calibration into its neuron node's metadata.
+    calibration into its neuron node's metadata.  ``output_copies``: ``spec`` is a device
+    network whose outputs are that many copies a class (``NetworkSpec.device_network``), said
+    in the metadata so that :func:`from_nir` reads the classes back.
     """
     refuse_output_copies(spec, "a NIR graph")
+    if output_copies < 1 or spec.n_out % output_copies:
+        raise SpecError(f"{spec.n_out} outputs are not {output_copies} copies of each class")
     spec.validate()
     step = _dt(dt)
     _check_exportable(spec)
@@ -516,15 +525,22 @@ def to_nir(spec: NetworkSpec, *, dt: float = DEFAULT_DT) -> Any:
         "dt": step,
         _META_STEPS: int(spec.num_steps),
         _META_WRITABLE: ",".join(spec.writable),
+        **({_META_COPIES: int(output_copies)} if output_copies != 1 else {}),
     }
     return nir.NIRGraph(
         nodes=nodes, edges=list(zip(order[:-1], order[1:], strict=True)), metadata=metadata
     )
 
 
-def write_nir(spec: NetworkSpec, path: str | os.PathLike[str], *, dt: float = DEFAULT_DT) -> None:
-    """Write ``to_nir(spec, dt=dt)`` to a NIR (HDF5) file."""
-    graph = to_nir(spec, dt=dt)
+def write_nir(
+    spec: NetworkSpec,
+    path: str | os.PathLike[str],
+    *,
+    dt: float = DEFAULT_DT,
+    output_copies: int = 1,
+) -> None:
+    """Write ``to_nir(spec, dt=dt, output_copies=...)`` to a NIR (HDF5) file."""
+    graph = to_nir(spec, dt=dt, output_copies=output_copies)
     try:
         nir.write(path, graph)
     except OSError as exc:
