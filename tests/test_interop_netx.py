@@ -130,7 +130,8 @@ def test_what_netx_cannot_represent_is_refused(tmp_path: Path) -> None:
         default,
         rf"layer 0: calibrated with weight exponent {exp0}, the device weights reach .* netx "
         r"stores exponent-0 weights in \[-256, 254\] .*recalibrate: export --recalibrate \(Python: "
-        r"interop.netx.calibrate_for_netx\)",
+        r"interop.netx.calibrate_for_netx; a network calibrated by deploy usually needs "
+        r"--round-biases too\)",
         tmp_path,
     )
     good = calibrate_for_netx(spec)
@@ -190,6 +191,14 @@ def test_biases_off_netx_grid_are_rounded_on_request_and_the_change_is_reported(
     args = ["export", "--spec", str(tmp_path / "adapted.npz"), "--to", "netx", "--out"]
     assert main([*args, str(tmp_path / "x.net")]) == 2
     assert "`polystep-neuro export --round-biases`" in capsys.readouterr().err
+    unfit = tmp_path / "unfit.npz"  # weights netx cannot hold: refused, and nothing written
+    replace(
+        biased, layers=[replace(biased.layers[0], fixed_weight_exp=5), *biased.layers[1:]]
+    ).save(unfit)
+    assert main(["export", "--spec", str(unfit), "--to", "netx", "--round-biases", "--out",
+                 str(tmp_path / "y.net")]) == 2  # fmt: skip
+    assert not (tmp_path / "y.net.npz").exists() and not (tmp_path / "y.net").exists()
+    capsys.readouterr()
     assert main([*args, str(tmp_path / "x.net"), "--round-biases"]) == 0
     out = capsys.readouterr().out
     assert f"layer 0 {changes[0]:.2%}, layer 1 {changes[1]:.2%}" in out

@@ -242,10 +242,10 @@ def export(args: argparse.Namespace) -> int:
             f"  note: {why}: calibrated with weight exponent 0 for netx; lava-fixed runs the "
             f"same integers from interop.netx.calibrate_for_netx(spec)"
         )
+    held = None
     if args.round_biases:
         spec, changes = round_biases_for_netx(spec)
         held = args.out.with_name(args.out.name + ".npz")
-        spec.with_readout_copies(copies).save(held)
         moved = ", ".join(f"layer {i} {c:.2%}" for i, c in enumerate(changes))
         print(
             f"  note: biases rounded to netx's multiples of 64 device units (largest change "
@@ -253,5 +253,7 @@ def export(args: argparse.Namespace) -> int:
             f"there to see what the rounding cost"
         )
     write_netx(spec, args.out)
+    if held is not None:  # only beside a file that was written (a refused export left one)
+        spec.with_readout_copies(copies).save(held)
     print(f"wrote {args.out}: lava-dl netx network of {_describe(spec)}")
     return 0

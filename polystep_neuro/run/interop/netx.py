@@ -138,7 +138,8 @@ def _file_weight(i: int, fixed: fp.FixedLayer) -> np.ndarray:
                 f"layer {i}: calibrated with weight exponent {e}, the device weights reach "
                 f"[{out.min()}, {out.max()}], but netx stores exponent-0 weights in [{lo}, {hi}] "
                 f"(it derives the exponent from the stored 8-bit values); recalibrate: export "
-                f"--recalibrate (Python: interop.netx.calibrate_for_netx)"
+                f"--recalibrate (Python: interop.netx.calibrate_for_netx; a network calibrated "
+                f"by deploy usually needs --round-biases too)"
             )
         return out
     step = 1 << -e
