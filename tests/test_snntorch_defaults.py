@@ -346,3 +346,31 @@ def test_deploy_resume_names_and_takes_the_rank_rule_the_run_started_with(
     again = json.loads((run / "summary.json").read_text())
     assert again["steps"] == first["steps"]
     assert again["recovered"] == first["recovered"]
+
+
+def test_an_adaptation_that_hands_back_the_start_says_so(monkeypatch) -> None:
+    """`deploy --adapt` whose every step fell below the calibrated network on validation
+    handed it back unchanged, and the last line was only why the stage ran."""
+    from types import SimpleNamespace
+
+    from polystep_neuro.run import deploy as deploy_module
+
+    stub = SimpleNamespace(
+        layout=SimpleNamespace(names=("fc0.weight",)),
+        resume=lambda: 4,
+        run=lambda steps: SimpleNamespace(kept_start=True, steps=steps),
+    )
+    monkeypatch.setattr(deploy_module.Adapter, "build", lambda *a, **k: stub)
+    monkeypatch.setattr(deploy_module, "make_layout", lambda spec, options: None)
+    monkeypatch.setattr(deploy_module, "polystep_candidates", lambda layout, options: 10)
+    said: list[str] = []
+    sets = SimpleNamespace(stream=None, validation={}, test={})
+    deploy_module._adaptation_stage(
+        SimpleNamespace(spec=None), sets, deploy_module.Settings(), None, backend="torch-sim",
+        budget=80, where=None, out_dir="runs/x", progress=False, resume=True, say=said.append,
+    )  # fmt: skip
+    assert said[1] == "resuming the adaptation at step 4 of 8 from runs/x"
+    assert said[-1] == (
+        "adaptation: no step beat the calibrated network on validation in 8 steps; it is "
+        "handed back unchanged"
+    )

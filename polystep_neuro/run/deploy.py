@@ -405,8 +405,15 @@ def _adaptation_stage(
             f"{per_step} parameter sets, the trained model's outputs as soft targets"
         )
     if resume:
-        adapter.resume()
-    return adapter.run(steps)
+        step = adapter.resume()
+        say(f"resuming the adaptation at step {step} of {steps} from {out_dir}")
+    result = adapter.run(steps)
+    if budget is not None and result.kept_start and result.steps > 0:  # say what came of it
+        say(
+            f"adaptation: no step beat the calibrated network on validation in {result.steps} "
+            "steps; it is handed back unchanged"
+        )
+    return result
 
 
 def _line(what: str, reference: Mapping[str, float], scores: Mapping[str, float]) -> str:
