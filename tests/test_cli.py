@@ -397,3 +397,17 @@ def test_small_slips_name_the_fix(tmp_path: Path, capsys) -> None:
     assert "data file not found: shifted (a data file is an .npz; --test takes NAME=FILE" in (
         capsys.readouterr().err
     )
+
+
+def test_a_lava_backend_without_the_lava_env_fails_before_any_work(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """`demo --backend lava-fixed` without the Lava env pretrained for 15 s, then failed."""
+    import devices.lava_env
+    from polystep_neuro.cli import main
+
+    monkeypatch.setattr(devices.lava_env, "find_lava_env", lambda *a, **k: None)
+    started = time.monotonic()
+    assert main(["demo", "--quick", "--backend", "lava-fixed", "--out", str(tmp_path)]) == 2
+    assert "lava backend needs the Lava env" in capsys.readouterr().err
+    assert time.monotonic() - started < 5 and not (tmp_path / "pretrain").exists()
