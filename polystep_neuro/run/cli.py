@@ -416,7 +416,11 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
 def _add_evaluate(sub: Any) -> None:
     """`polystep-neuro evaluate`."""
     evaluate = sub.add_parser(
-        "evaluate", help="accuracy and loss of a network on labelled spike data, on any backend"
+        "evaluate",
+        help="accuracy and loss of a network on labelled spike data, on any backend",
+        description="Loads the network as it is on the backend (nothing is adapted or "
+        "rewritten) and scores it on --data, its spikes and labels; a network with output "
+        "copies is read one count a class.  From Python: polystep_neuro.evaluate.",
     )
     evaluate.add_argument("--spec", type=Path, required=True, help="network (.npz)")
     evaluate.add_argument(

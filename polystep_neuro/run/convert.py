@@ -226,6 +226,12 @@ def export(args: argparse.Namespace) -> int:
         from polystep_neuro.run.interop.nir import write_nir
 
         write_nir(spec, args.out, dt=args.dt, output_copies=copies)
+        if any(layer.delay for layer in spec.layers):  # said before a user tries to import it
+            print(
+                "  note: the graph holds Delay nodes (the device's one-step synaptic delay), "
+                "which snnTorch 1.0's import_from_nir (snntorch.import_nir) and Sinabs do not "
+                "read; `polystep-neuro convert --nir` and NIR tools that take Delay do"
+            )
         print(f"wrote {args.out}: NIR graph of {_describe(spec)} (dt {args.dt:g} s)")
         return 0
     from polystep_neuro.run.interop.netx import (

@@ -154,7 +154,7 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
         "--data",
         type=Path,
         required=True,
-        help=".npz with 'spikes' (n, T, N_in) and 'labels' (n,) (deploy: labels optional)",
+        help=".npz with 'spikes' (n, T, N_in) and, optionally, 'labels' (n,)",
     )
     p.add_argument("--time-first", action="store_true", help="'spikes' arrays are (T, n, N_in)")
     p.add_argument(

@@ -452,7 +452,8 @@ def _check_exportable(spec: NetworkSpec) -> None:
             raise SpecError(
                 f"layer {i}: reset={layer.reset!r}, reset_delay={layer.reset_delay}; NIR neurons "
                 f"reset to v_reset in the spiking step (reset='zero', reset_delay=False), so "
-                f"this layer has no NIR equivalent (interop.to_device_semantics converts it)"
+                f"this layer has no NIR equivalent (convert --device-semantics converts it; "
+                f"Python: interop.to_device_semantics)"
             )
         for name in ("du", "dv"):
             if float(np.float32(getattr(layer, name))) == 0.0:
