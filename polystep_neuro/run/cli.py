@@ -93,7 +93,10 @@ def _add_demo(sub: Any) -> None:
                       help="output folder (default: runs/demo)")  # fmt: skip
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
     demo.add_argument(
-        "--quick", action="store_true", help="small sizes (under half a minute on a 2-core CPU)"
+        "--quick",
+        action="store_true",
+        help="small sizes (under half a minute on a 2-core CPU "
+        "with digits, about 40 s with --dataset mnist5k)",
     )
     demo.add_argument("--pretrain-steps", type=int, help="override the pretraining steps "
                       "(default: 1200, 250 with --quick)")  # fmt: skip
