@@ -157,3 +157,44 @@ def test_a_lava_run_adapting_the_first_layer_is_told_it_is_the_slow_case() -> No
     )
     assert _first_layer_on_lava(device("lava-fixed", ("fc1.weight", "lif1.v_bias"))) is None
     assert _first_layer_on_lava(device("torch-sim-fixed", ("lif0.v_bias",))) is None
+
+
+def test_the_api_resumes_a_run_and_a_new_one_starts_its_log_afresh(task, tmp_path: Path) -> None:
+    """pn.adapt had no resume=, and the same call again started at step 0 and appended to
+    the earlier run's metrics.jsonl (steps 35, 36, 37, 38, 0, 1, ...)."""
+    out = tmp_path / "run"
+
+    def adapt(steps: int, **extra) -> pn.Adaptation:
+        return pn.adapt(task["spec"], train=task["drifted"], steps=steps, rank=4,
+                        torch_device="cpu", out_dir=out, progress=False, **extra)  # fmt: skip
+
+    def logged() -> list[int]:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["step"] for line in lines]
+
+    first = adapt(3)
+    assert not first.interrupted and logged() == [0, 1, 2, 3]
+    whole = pn.adapt(task["spec"], train=task["drifted"], steps=5, rank=4, torch_device="cpu",
+                     progress=False)  # fmt: skip
+    resumed = adapt(5, resume=True)
+    assert logged() == [0, 1, 2, 3, 4, 5] and resumed.result.steps == 5
+    for ours, theirs in zip(resumed.spec.layers, whole.spec.layers, strict=True):
+        np.testing.assert_array_equal(ours.weight, theirs.weight)  # as one undisturbed run
+    adapt(2)  # a new run into the same folder: its own log only
+    assert logged() == [0, 1, 2]
+    with pytest.raises(PolystepError, match="resume=True continues a run from its out_dir"):
+        pn.adapt(task["spec"], train=task["drifted"], steps=2, resume=True)
+    said = r"adapt\(\) got an unexpected option 'probe_radius'; besides .* optimizer, probe,"
+    with pytest.raises(TypeError, match=said):
+        pn.adapt(task["spec"], train=task["drifted"], steps=2, probe_radius=0.1)
+    with pytest.raises(TypeError, match=r"'step_adapts' \(did you mean 'step_adapt'\?\)"):
+        pn.adapt(task["spec"], train=task["drifted"], steps=2, step_adapts=0.1)
+
+
+def test_an_interrupted_run_says_so_in_its_summary() -> None:
+    from polystep_neuro.run.controller import AdaptResult
+
+    cut = AdaptResult(NetworkSpec.random([4, 3], 4), 38, 0, True, 1.0, [], best_step=30)
+    assert cut.summary().startswith(
+        "interrupted after step 38 (resume continues it); handing back the network of step 30"
+    )

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import user_data
 from polystep_neuro.run.controller import AdaptResult
@@ -73,6 +74,11 @@ class Adaptation:
         warn("Adaptation.after is now Adaptation.result.end; after goes in the next release")
         return self.result.end
 
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C stopped the run before its last step (``resume=True`` continues it)."""
+        return self.result.interrupted
+
     def summary(self) -> str:
         return self.result.summary()
 
@@ -111,6 +117,7 @@ def adapt(
     objective: str = RunConfig.objective,
     teacher: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
     progress: bool = True,
     seed: int = Settings.seed,
     **settings: Any,
@@ -131,11 +138,16 @@ def adapt(
     holds on to (:mod:`polystep_neuro.run.teacher`).
     ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
     step, ``low_rank_probes=True`` for the float simulator's faster first layer, ...).
+    ``out_dir`` keeps the checkpoint and the metrics; after Ctrl-C (``result.interrupted``)
+    the same call with ``resume=True`` continues from it.
     ``num_steps=`` and ``device=`` still work for one release (renamed ``time_steps=`` and
     ``torch_device=``).
     """
     time_steps = renamed(settings, "num_steps", "time_steps", time_steps, "adapt")
     torch_device = renamed(settings, "device", "torch_device", torch_device, "adapt")
+    _refuse_unknown(settings)
+    if resume and out_dir is None:
+        raise PolystepError("resume=True continues a run from its out_dir: give out_dir")
     notes = user_data.reused_notes(train, test or {})  # by the objects the caller passed
     if not isinstance(train, SpikeDataset):  # read once (a path): T comes from it, then data
         train = user_data.split(train, need_labels=False, what="train")
@@ -145,7 +157,7 @@ def adapt(
         backend=backend, torch_device=torch_device, steps=steps, batch_size=batch_size,
         val_fraction=val_fraction, writable=writable, anchor=anchor, objective=objective,
         settings=Settings(optimizer=optimizer, seed=seed, **settings),
-        out_dir=None if out_dir is None else Path(out_dir), progress=progress,
+        out_dir=None if out_dir is None else Path(out_dir), progress=progress, resume=resume,
     )  # fmt: skip
 
     def ds(data: DataLike, what: str) -> SpikeDataset:
@@ -176,6 +188,23 @@ def adapt(
         spec, data, cfg, report=_say if progress else None, on_ready=on_ready, report_summary=False
     )
     return Adaptation(run.result.spec, run.start, run.result, changes)
+
+
+def _refuse_unknown(settings: Mapping[str, Any]) -> None:
+    """A misspelt option said with the closest name and the list (``probe_radius=`` read
+    "Settings.__init__() got an unexpected keyword argument", a class the caller never
+    named)."""
+    import difflib
+
+    known = Settings.names()
+    for name in settings:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise TypeError(
+                f"adapt() got an unexpected option {name!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; besides its named arguments it takes the settings {', '.join(known)}"
+            )
 
 
 def _say(line: str) -> None:

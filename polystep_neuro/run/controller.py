@@ -96,6 +96,8 @@ class AdaptResult:
         else:
             head = f"handing back the network of step {self.best_step} of {self.steps}"
             head += self._why()
+        if self.interrupted:  # a script reading this line must not take it for a whole run
+            head = f"interrupted after step {self.steps} (resume continues it); {head}"
         changes = [
             f"{_label(key)} {self.start[key]:.1%} -> {self.end[key]:.1%}"
             for key in self.end
@@ -227,6 +229,7 @@ class Adapter:
             raise PolystepError(f"steps must be >= 0, got {total_steps}")
         self.clock.start()
         if not self.start_scores:  # a fresh run (a resumed one restored them)
+            self.log.truncate(-1)  # an earlier run's lines in out_dir are not this run's
             self._score_start()
         interrupted = False
         bar = ProgressBar(total_steps, self.step, self.output.description, self.output.progress)
