@@ -334,3 +334,15 @@ def test_a_file_is_read_alike_by_the_api_and_the_commands(tmp_path: Path) -> Non
         with pytest.raises(PolystepError, match=r"other.npz must be an \.npz holding 'spikes' "
                            r"\(n, T, N_in\) and 'labels' \(n,\)"):  # fmt: skip
             load_spike_data(tmp_path / "other.npz", _spec(), need_labels=need)
+
+
+def test_a_tensor_that_requires_grad_is_data_and_a_meta_tensor_is_refused() -> None:
+    """Spikes straight from a training script (requires_grad=True) raised torch's "Can't call
+    numpy() on Tensor that requires grad" from deep inside every API call."""
+    from polystep_neuro.run.user_data import split
+
+    x = torch.ones(4, 3, 2, requires_grad=True)
+    spikes, labels = split((x, torch.zeros(4, dtype=torch.long)), need_labels=True)
+    assert not spikes.requires_grad and np.asarray(spikes.numpy()).sum() == 24
+    with pytest.raises(PolystepError, match="the spikes of the data are a tensor on the 'meta'"):
+        split(torch.empty(4, 3, 2, device="meta"), need_labels=False)

@@ -42,7 +42,18 @@ def split(value: Any, *, need_labels: bool, what: str = "the data") -> tuple[Any
         raise PolystepError(
             f"{what} needs labels: give a (spikes, labels) pair or an .npz holding 'labels'"
         )
-    return spikes, labels
+    return _plain(spikes, f"the spikes of {what}"), _plain(labels, f"the labels of {what}")
+
+
+def _plain(x: Any, what: str) -> Any:
+    """A tensor as data: detached from autograd (a tensor that requires grad raised torch's
+    "Can't call numpy() on Tensor that requires grad" deep inside), refused on the meta
+    device, which holds no values."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.is_meta:
+        raise PolystepError(f"{what} are a tensor on the 'meta' device, which holds no values")
+    return x.detach()
 
 
 def _parts(value: Any, what: str) -> tuple[Any, Any | None]:
