@@ -61,3 +61,20 @@ def test_spsa_reduces_a_quadratic_ten_thousand_fold(seed: int) -> None:
     start, final = float(_quadratic(x0)), float(_quadratic(opt.x))
     print(f"\nSPSA seed {seed}: {start:.4g} -> {final:.3g} (factor {start / final:.3g})")
     assert final * 1e4 <= start, f"SPSA only went from {start:.4g} to {final:.4g}"
+
+
+@pytest.mark.parametrize("name", ["openai-es", "sep-cma", "spsa"])
+def test_a_batch_with_no_finite_cost_is_refused_as_polystep_refuses_it(name: str) -> None:
+    """OpenAI-ES moved its point by 0.05 and sep-CMA-ES by 0.23 on all-NaN costs, silently;
+    the batch stays open, so the caller can tell it again."""
+    from polystep_neuro.optim import REGISTRY, NonFiniteCostError
+
+    opt = REGISTRY[name].for_units(torch.zeros(DIM), sizes=[DIM], total_steps=10, seed=0,
+                                   popsize=8, lr=0.1)  # fmt: skip
+    batch = opt.ask()
+    before = opt.x
+    with pytest.raises(NonFiniteCostError, match=f"all {len(batch)} costs were non-finite"):
+        opt.tell(torch.full((len(batch),), float("nan")))
+    assert torch.equal(opt.x, before) and opt.steps == 0
+    opt.tell(torch.arange(len(batch), dtype=torch.float32))  # the same batch, told again
+    assert opt.steps == 1

@@ -4,8 +4,9 @@ Self-contained: nothing here imports the rest of the project, so it can optimise
 function of a parameter vector.
 """
 
-from .base import AskTellOptimizer, StateMismatchError
-from .polystep import NonFiniteCostError, PolyStep
+from .base import AskTellOptimizer, NonFiniteCostError, StateMismatchError
+from .baselines import CMAES, SPSA, OpenAIES, RandomSearch, SepCMAES
+from .polystep import PolyStep
 from .polytopes import num_vertices, polytope_vertices, random_rotations
 from .registry import REGISTRY, optimizer_class
 from .schedules import Constant, Cosine, as_schedule
@@ -13,12 +14,17 @@ from .solvers import normalise_costs, sinkhorn_weights, softmax_weights, solve_w
 from .subspace import Subspace, SubspaceMap
 
 __all__ = [
+    "CMAES",
     "REGISTRY",
+    "SPSA",
     "AskTellOptimizer",
     "Constant",
     "Cosine",
     "NonFiniteCostError",
+    "OpenAIES",
     "PolyStep",
+    "RandomSearch",
+    "SepCMAES",
     "StateMismatchError",
     "Subspace",
     "SubspaceMap",

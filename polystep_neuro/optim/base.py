@@ -33,6 +33,10 @@ class StateMismatchError(ValueError):
         self.keys = tuple(keys)
 
 
+class NonFiniteCostError(ValueError):
+    """Every cost of a batch was NaN or infinite, so no direction can be preferred."""
+
+
 class AskTellOptimizer:
     """Base of the ask/tell optimisers (see the module docstring).
 
@@ -101,7 +105,13 @@ class AskTellOptimizer:
         raise NotImplementedError
 
     def _finite(self, costs: torch.Tensor) -> torch.Tensor:
-        """Non-finite costs lose every comparison (PolyStep has its own rule)."""
+        """Non-finite costs lose every comparison (PolyStep has its own rule); a batch with
+        no finite cost is refused, as PolyStep refuses it (the baselines moved on one)."""
+        finite = torch.isfinite(costs)
+        if not bool(finite.any()):
+            raise NonFiniteCostError(
+                f"all {costs.numel()} costs were non-finite (NaN or inf); cannot take a step"
+            )
         return torch.nan_to_num(costs, nan=math.inf, posinf=math.inf, neginf=math.inf)
 
     # ------------------------------------------------------------------ units recipe

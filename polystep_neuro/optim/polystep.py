@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import moves
-from .base import AskTellOptimizer, CostsLike, StateMismatchError, as_vector
+from .base import AskTellOptimizer, CostsLike, NonFiniteCostError, StateMismatchError, as_vector
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
 from .schedules import Cosine, Schedule, as_schedule, evaluate
 from .solvers import SHAPINGS, SOLVERS, shape_costs, solve_weights
@@ -42,10 +42,6 @@ BLOCK_DIM = 2
 # step_adapt: a move that turns back counts this much more than one that continues, so when
 # successive moves only show noise (agreement as often negative as positive) the step decays.
 _TURN_BACK_WEIGHT = 1.5
-
-
-class NonFiniteCostError(ValueError):
-    """Every cost of a batch was NaN or infinite, so no direction can be preferred."""
 
 
 class PolyStep(AskTellOptimizer):
