@@ -314,12 +314,6 @@ UNSUPPORTED: list[tuple[str, Callable[[], object], str]] = [
     ),
     ("subclass", lambda: _seq(LIN(4, 3), _MyLeaky(0.9)), r"layer 1 \(_MyLeaky\): a subclass"),
     (
-        "dropout",
-        lambda: _seq(LIN(4, 3), nn.Dropout(0.2), snn.Leaky(0.9)),
-        r"layer 1 \(Dropout\): a dropout layer; it does nothing once trained, so pass the model "
-        r"without it, e\.g\. \[\(net\.fc1, net\.lif1\)",
-    ),
-    (
         "per-neuron beta",
         lambda: _seq(LIN(4, 3), snn.Leaky(beta=torch.tensor([0.5, 0.7, 0.9]))),
         r"layer 1 \(Leaky\): per-neuron beta \(values from 0.5 to 0.9\)",
@@ -602,3 +596,28 @@ def test_per_neuron_and_learnable_values_are_mapped_and_reported() -> None:
     assert [(n.layer, n.exact) for n in notes] == [(0, False)]
     assert "per-neuron beta (0.7 to 0.9) -> their mean 0.8" in notes[0]
     assert spec.layers[0].dv == pytest.approx(0.2, abs=1e-7)
+
+
+def test_a_dropout_layer_is_left_out_and_said() -> None:
+    """A trained model with nn.Dropout was refused with a 600-character message (even at
+    p=0); it passes its input unchanged once trained, so it is left out, with a note, and
+    the model's own run skips it too (in train mode it would drop spikes at random)."""
+    from polystep_neuro.run.interop.snntorch import run_snntorch, snntorch_spec
+
+    torch.manual_seed(0)
+    fc0, fc1 = nn.Linear(6, 5), nn.Linear(5, 3)
+    with torch.no_grad():
+        fc0.weight.mul_(3.0)
+        fc1.weight.mul_(3.0)
+    kw = {"beta": 0.9, "init_hidden": True}
+    with_dropout = nn.Sequential(fc0, nn.Dropout(0.5), snn.Leaky(**kw), fc1,
+                                 snn.Leaky(output=True, **kw))  # fmt: skip
+    plain = nn.Sequential(fc0, snn.Leaky(**kw), fc1, snn.Leaky(output=True, **kw))
+    spec, notes = snntorch_spec(with_dropout, 8)
+    assert notes[0] == (
+        "layer 0: nn.Dropout '1' left out: it passes its input unchanged once trained"
+    )
+    x = (np.random.default_rng(0).random((10, 8, 6)) < 0.5).astype(np.float32)
+    counts = run_snntorch(with_dropout, x)
+    assert torch.equal(counts, run_snntorch(plain, x)) and int(counts.sum()) > 0
+    np.testing.assert_array_equal(TorchLIF(spec).counts({}, x)[0].numpy(), counts.numpy())

@@ -150,6 +150,17 @@ def _flatten(model: Any) -> list[_Entry]:
     return entries
 
 
+def _dropouts(model: Any) -> list[tuple[int, str]]:
+    """(the layer a Dropout sits in, its name): what the conversion leaves out."""
+    out, layer = [], 0
+    for name, module in _flatten(model):
+        if isinstance(module, nn.Dropout):
+            out.append((max(layer - 1, 0), name))
+        elif type(module) in _NEURON_TYPES:
+            layer += 1
+    return out
+
+
 def _layer_pairs(model: Any) -> list[tuple[_Entry, _Entry]]:
     """The model as [((name, Linear), (name, neuron)), ...], or a SpecError naming the layer."""
     entries = _flatten(model)
@@ -181,11 +192,7 @@ def _layer_pairs(model: Any) -> list[tuple[_Entry, _Entry]]:
                 name, module, "a subclass of snn.Leaky/snn.Synaptic (its update may differ)"
             )
         elif isinstance(module, nn.Dropout):
-            raise _unsupported(
-                name, module, "a dropout layer; it does nothing once trained, so pass the model "
-                "without it, e.g. [(net.fc1, net.lif1), (net.fc2, net.lif2)] (its weights are "
-                "the same)"
-            )  # fmt: skip
+            continue  # the identity once trained: left out, and said (_dropouts)
         else:
             raise _unsupported(name, module, "this layer type is not supported")
         previous = (name, module)
@@ -408,7 +415,10 @@ def snntorch_spec(model: Any, num_steps: int) -> tuple[NetworkSpec, list[Change]
     to a device's.
     """
     layers: list[LayerSpec] = []
-    notes: list[Change] = []
+    notes: list[Change] = [
+        Change(i, f"nn.Dropout {name!r} left out: it passes its input unchanged once trained", True)
+        for i, name in _dropouts(model)
+    ]
     prev_out: int | None = None
     for i, (fc_entry, lif_entry) in enumerate(_layer_pairs(model)):
         layer, changed = _lenient_layer(i, fc_entry, lif_entry, prev_out)
