@@ -334,3 +334,10 @@ def test_a_setting_the_chosen_optimizer_would_ignore_is_refused() -> None:
     kept = Settings(optimizer="openai-es", lr=0.2, popsize=8, rank=8)  # its own, and the rank
     assert (kept.lr, kept.popsize, kept.rank) == (0.2, 8, 8)
     assert Settings(optimizer="sep-cma").step == Settings().step  # defaults are never refused
+
+
+def test_a_polystep_state_given_to_a_baseline_is_named() -> None:
+    """It read "state_dict is of a None, not a OpenAIES"."""
+    x0 = torch.zeros(6)
+    with pytest.raises(ValueError, match="^state_dict is of a PolyStep, not a OpenAIES$"):
+        OpenAIES(x0, 0.1, 0.1, 4).load_state_dict(PolyStep(x0).state_dict())

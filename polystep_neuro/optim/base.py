@@ -165,7 +165,8 @@ class AskTellOptimizer:
 
     def _check_header(self, state: Mapping[str, Any]) -> None:
         if state.get("kind") != type(self).__name__:
-            raise ValueError(f"state_dict is of a {state.get('kind')}, not a {type(self).__name__}")
+            kind = state.get("kind") or ("PolyStep" if "subspace" in state else "another kind")
+            raise ValueError(f"state_dict is of a {kind}, not a {type(self).__name__}")
 
     # ------------------------------------------------------------------ helpers
     def _shaped(self, costs: CostsLike) -> torch.Tensor:

@@ -26,6 +26,7 @@ from polystep_neuro.run.controller import Adapter, AdaptResult
 from polystep_neuro.run.data import SpikeDataset, concat, hold_out
 from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
+from polystep_neuro.run.optimizers import Settings, polystep_candidates
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.selection import few_samples_note
 from polystep_neuro.run.writable import Writable, resolve_writable, scoring_writable
@@ -110,6 +111,20 @@ def opened(
         yield Device(backend, writable, where)
     finally:
         backend.close()
+
+
+def _fewer_sets_note(adapter: Adapter, settings: Settings) -> str | None:
+    """An optimiser that evaluates fewer sets a step than PolyStep (SPSA: 2) compared at equal
+    steps spends a fraction of the forward passes: said, with the steps that would match."""
+    sets = adapter.optimizer.num_candidates
+    full = polystep_candidates(adapter.layout, settings)
+    if sets >= full:
+        return None
+    return (
+        f"note: {settings.optimizer} evaluates {sets} parameter sets a step where polystep, "
+        f"openai-es and sep-cma evaluate {full}: at equal forward passes it needs {full // sets}"
+        " times the steps"
+    )
 
 
 def _first_layer_on_lava(device: Device) -> str | None:
@@ -233,6 +248,9 @@ def _adapt(
                 report(f"resuming at step {step} of {cfg.steps} from {cfg.out_dir}")
         if cfg.settings.low_rank_probes and report is not None:
             report(low_rank.describe(adapter, cfg.backend))
+        note = _fewer_sets_note(adapter, cfg.settings)
+        if note is not None and report is not None:
+            report(note)
         result = adapter.run(cfg.steps)
     return Run(result, adapter.spec, device.writable, anchor)
 
