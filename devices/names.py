@@ -74,7 +74,10 @@ def check_backend_name(name: str) -> None:
         for one in inners:
             if one == "ray" or ray_inner(one) is not None:
                 raise DeviceUnavailable(f"{name!r}: a ray actor cannot run another ray backend")
-            check_backend_name(one)
+            try:
+                check_backend_name(one)
+            except UnknownBackend as exc:  # say it is the name inside ray: that is wrong
+                raise UnknownBackend(f"{name!r}, what its actors run: {exc}") from None
         if inners:
             return
     if name in ("ray", RAY_PREFIX):

@@ -97,7 +97,8 @@ def test_names_options_and_listing_need_no_ray_runtime(monkeypatch: pytest.Monke
             DeviceUnavailable, match=r"name it ray:NAME, e\.g\. ray:torch-sim-fixed"
         ):
             check_backend_name(bare)
-    with pytest.raises(DeviceUnavailable, match="unknown backend 'nope'"):
+    with pytest.raises(DeviceUnavailable, match="^'ray:nope', what its actors run: unknown "
+                       "backend 'nope'"):  # fmt: skip
         check_backend_name("ray:nope")
     with pytest.raises(DeviceUnavailable, match="cannot run another ray backend"):
         check_backend_name("ray:ray:torch-sim")
