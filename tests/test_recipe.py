@@ -209,3 +209,25 @@ def test_spsa_says_it_evaluates_fewer_sets_a_step(task, capsys) -> None:
     assert "note: spsa evaluates 2 parameter sets a step where polystep, openai-es" in out
     pn.adapt(task["spec"], train=task["drifted"], steps=1, rank=4, torch_device="cpu")
     assert "parameter sets a step where" not in capsys.readouterr().out
+
+
+def test_a_run_in_a_worker_thread_stops_on_its_event(task, tmp_path: Path) -> None:
+    """A SIGINT reaches the main thread only: a pn.adapt in a worker ran to its end."""
+    import threading
+
+    stop = threading.Event()
+    results: list[pn.Adaptation] = []
+    worker = threading.Thread(target=lambda: results.append(pn.adapt(
+        task["spec"], train=task["drifted"], steps=400, rank=4, torch_device="cpu",
+        out_dir=tmp_path, progress=False, stop=stop,
+    )))  # fmt: skip
+    worker.start()
+    stop.set()
+    worker.join(120)
+    assert not worker.is_alive()
+    (result,) = results
+    assert result.interrupted and result.result.steps < 400
+    resumed = pn.adapt(task["spec"], train=task["drifted"], steps=result.result.steps + 1,
+                       rank=4, torch_device="cpu", out_dir=tmp_path, progress=False,
+                       resume=True)  # fmt: skip
+    assert not resumed.interrupted and resumed.result.steps == result.result.steps + 1

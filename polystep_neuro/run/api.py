@@ -25,6 +25,7 @@ adaptation steps; ``backend`` is the device backend; ``torch_device`` is where t
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,7 @@ def adapt(
     teacher: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    stop: threading.Event | None = None,
     progress: bool = True,
     seed: int = Settings.seed,
     **settings: Any,
@@ -139,7 +141,8 @@ def adapt(
     ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
     step, ``low_rank_probes=True`` for the float simulator's faster first layer, ...).
     ``out_dir`` keeps the checkpoint and the metrics; after Ctrl-C (``result.interrupted``)
-    the same call with ``resume=True`` continues from it.
+    the same call with ``resume=True`` continues from it.  ``stop``: an event that stops the
+    run as Ctrl-C does once set (a run in a worker thread gets no Ctrl-C).
     ``num_steps=`` and ``device=`` still work for one release (renamed ``time_steps=`` and
     ``torch_device=``).
     """
@@ -183,11 +186,24 @@ def adapt(
         from polystep_neuro.run.teacher import taught
 
         data, on_ready = taught(teacher, data, spec, cfg)
+    if stop is not None:
+        on_ready = _stopping(on_ready, stop)
     # the notes as the run goes; the summary is result.summary(), which callers print
     run = run_adaptation(
         spec, data, cfg, report=_say if progress else None, on_ready=on_ready, report_summary=False
     )
     return Adaptation(run.result.spec, run.start, run.result, changes)
+
+
+def _stopping(then: Any, stop: threading.Event) -> Any:
+    """The recipe's ``on_ready`` hook that also ties the loop to ``stop``."""
+
+    def ready(adapter: Any, device: Any, anchor: float) -> None:
+        adapter.stop_on(stop)
+        if then is not None:
+            then(adapter, device, anchor)
+
+    return ready
 
 
 def _refuse_unknown(settings: Mapping[str, Any]) -> None:

@@ -373,6 +373,11 @@ class Adapter:
         """Finish the step in flight, checkpoint, and return from ``run``."""
         self._stop.set()
 
+    def stop_on(self, event: threading.Event) -> None:
+        """Stop as on Ctrl-C once ``event`` is set: a run in a worker thread gets no
+        KeyboardInterrupt, so its caller sets this instead."""
+        self._stop = event
+
     # ------------------------------------------------------------------ persistence
     def save_checkpoint(self) -> os.PathLike[str] | None:
         """Write the loop's state and the network to hand back into ``out_dir``."""
