@@ -249,7 +249,7 @@ class FloatLIF:
     ) -> None:
         """``steps`` in one pass per neuron row (simulators.lif_kernels, bit for bit);
         ``merged``: each set's B rows as one (kernels.merges)."""
-        sets, batch, n = spikes.shape[1:]
+        batch, n = spikes.shape[2:]
         copies = batch if merged else 1
         low = acc if isinstance(acc, LowRankRows) else None
         rank = 0 if low is None else low.ut.shape[1]
@@ -276,13 +276,10 @@ class FloatLIF:
         else:  # the base product, x.Vt^T as (rows, sets, B, r), U^T flat
             factors = (*kernels.flat(low.xv.permute(1, 0, 2, 3)), low.ut.reshape(-1).numpy())
             acc = low.base
-        head = (
-            start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
-            1 if acc is None else acc.shape[1], *state, *kernels.flat(spikes),
-            *kernels.flat(volts), *kernels.flat(currs), *params,
+        kernels.launch(
+            kernel, start, stop, self.layer.delay, row0, acc, (), state, spikes, volts, currs,
+            params, (batch // copies, n * copies, *factors),
         )  # fmt: skip
-        tail = (batch // copies, n * copies, *factors)
-        kernels.over_sets(lambda first, last: kernel(*head, first, last, *tail), sets)
 
     def _reset_step(self, cur: torch.Tensor, spikes: torch.Tensor) -> None:
         """One membrane step with snnTorch's reset rules (see LOIHI_FIXED_POINT.md), in
@@ -481,7 +478,7 @@ class FixedLIF:
         """``steps`` for a float32 state inside its bounds, one pass per neuron row
         (simulators.lif_kernels, bit for bit); ``merged`` as in FloatLIF._fused."""
         assert self.u is not None and self.v is not None
-        sets, batch, n = spikes.shape[1:]
+        batch, n = spikes.shape[2:]
         copies = batch if merged else 1
         record = (volts is not None, currs is not None)
         static = self._kernel_args.get((*record, merged))
@@ -502,13 +499,10 @@ class FixedLIF:
                 params,
             )
         kernel, scaling, state, params = static
-        head = (
-            start, stop, self.layer.delay, row0, acc is not None, *kernels.flat(acc),
-            1 if acc is None else acc.shape[1], *scaling, *state, *kernels.flat(spikes),
-            *kernels.flat(volts), *kernels.flat(currs), *params,
+        kernels.launch(
+            kernel, start, stop, self.layer.delay, row0, acc, scaling, state, spikes, volts,
+            currs, params, (batch // copies, n * copies),
         )  # fmt: skip
-        tail = (batch // copies, n * copies)
-        kernels.over_sets(lambda first, last: kernel(*head, first, last, *tail), sets)
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,33 @@ def over_sets(call: Callable[[int, int], None], sets: int) -> None:
         share.result()
 
 
+def launch(
+    kernel: Callable[..., None],
+    start: int,
+    stop: int,
+    delay: int,
+    row0: int,
+    acc: torch.Tensor | None,
+    extra: tuple,
+    state: tuple,
+    spikes: torch.Tensor,
+    volts: torch.Tensor | None,
+    currs: torch.Tensor | None,
+    params: tuple,
+    tail: tuple,
+) -> None:
+    """A chunk kernel (float_kernel's or fixed_kernel's) on one block, its sets shared among
+    the threads: the arguments both kernels take in the same order around what differs
+    (``extra``: fixed point's shift and gain; ``tail``: the row counts and, for float, the
+    low-rank factors)."""
+    head = (
+        start, stop, delay, row0, acc is not None, *flat(acc),
+        1 if acc is None else acc.shape[1], *extra, *state, *flat(spikes), *flat(volts),
+        *flat(currs), *params,
+    )  # fmt: skip
+    over_sets(lambda first, last: kernel(*head, first, last, *tail), spikes.shape[1])
+
+
 _NO_ARRAY = np.zeros(1, dtype=np.float32)
 _NO_STRIDES = (0, 0, 0, 0)
 NO_FACTORS = (_NO_ARRAY, _NO_STRIDES, _NO_ARRAY)  # the float kernel's xv, its strides, ut
