@@ -10,6 +10,7 @@ import torch
 from polystep_neuro.core.network import NetworkSpec
 from simulators import lif_kernels
 from simulators.torch_lif import TorchLIF
+from tests._param_sets import varied_sets
 
 pytestmark = pytest.mark.skipif(not lif_kernels.active(), reason="numba is not installed")
 
@@ -48,21 +49,7 @@ def _case(seed: int, precision: str):
         layer.neuron = neuron
         if rng.random() < 0.5:
             layer.v_bias = rng.normal(0, 0.2, size=layer.n_out).astype(np.float32)
-    sets = 6
-    params = {}
-    for name in writable:
-        base = torch.as_tensor(spec.parameters()[name])
-        values = base[None].repeat(sets, *([1] * base.dim()))
-        for v in range(1, sets):
-            if v % 3 == 2:
-                values[v] = values[v - 1]
-            else:
-                values[v] += torch.as_tensor(rng.normal(0, 0.3, size=base.shape)).float()
-        if name.endswith((".du", ".dv")):
-            values = values.clamp(0, 1)
-        if name.endswith(".vth"):
-            values = values.abs() + 0.05
-        params[name] = values
+    params = varied_sets(spec, writable, rng, vth_floor=0.05)
     x = (rng.random((3, steps, sizes[0])) < 0.5).astype(np.float32)
     return spec, params, x
 

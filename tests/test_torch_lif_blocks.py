@@ -19,6 +19,7 @@ from simulators.torch_lif import (
     _Workspace,
     quantized_weight,
 )
+from tests._param_sets import varied_sets
 from tests.lava_reference import run_sample
 
 
@@ -59,21 +60,7 @@ def _random_case(seed: int, precision: str):
     spec = NetworkSpec.random(
         sizes, steps, seed=seed, weight_gain=3.0, delay=delay, writable=writable, **options
     )
-    sets = 6
-    params = {}
-    for name in writable:
-        base = torch.as_tensor(spec.parameters()[name])
-        values = base[None].repeat(sets, *([1] * base.dim()))
-        for v in range(1, sets):  # set 0 keeps the loaded values; some sets repeat others
-            if v % 3 == 2:
-                values[v] = values[v - 1]
-            else:
-                values[v] += torch.as_tensor(rng.normal(0, 0.3, size=base.shape)).float()
-        if name.endswith((".du", ".dv")):
-            values = values.clamp(0, 1)
-        if name.endswith(".vth"):
-            values = values.abs()
-        params[name] = values
+    params = varied_sets(spec, writable, rng)
     x = (rng.random((3, steps, sizes[0])) < 0.5).astype(np.float32)
     return spec, params, x
 
