@@ -39,7 +39,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import user_data
 from polystep_neuro.run.controller import AdaptResult
 from polystep_neuro.run.data import SpikeDataset
-from polystep_neuro.run.deprecation import renamed, warn
+from polystep_neuro.run.deprecation import renamed, unexpected_option, warn
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.recipe import prepare_data, run_adaptation
 from polystep_neuro.run.run_defaults import RunConfig
@@ -207,20 +207,12 @@ def _stopping(then: Any, stop: threading.Event) -> Any:
 
 
 def _refuse_unknown(settings: Mapping[str, Any]) -> None:
-    """A misspelt option said with the closest name and the list (``probe_radius=`` read
-    "Settings.__init__() got an unexpected keyword argument", a class the caller never
-    named)."""
-    import difflib
-
+    """A misspelt option said with the closest name and the list."""
     known = Settings.names()
     for name in settings:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            raise TypeError(
-                f"adapt() got an unexpected option {name!r}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; besides its named arguments it takes the settings {', '.join(known)}"
-            )
+            takes = f"besides its named arguments it takes the settings {', '.join(known)}"
+            raise unexpected_option("adapt", name, known, takes)
 
 
 def _say(line: str) -> None:

@@ -1,12 +1,14 @@
-"""Renamed keywords and flags keep working for one release, with a warning that names the
-new one, so a user's script never breaks between two releases without a word."""
+"""Keywords a caller passes by name: renamed keywords and flags keep working for one
+release, with a warning that names the new one, so a user's script never breaks between two
+releases without a word; an unknown one is said with the closest known name."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 
@@ -17,6 +19,15 @@ def renamed(options: MutableMapping[str, Any], old: str, new: str, value: Any, w
         return value
     warn(f"{where}: {old}= is now {new}=; {old}= goes in the next release", stacklevel=4)
     return options.pop(old)
+
+
+def unexpected_option(call: str, name: str, known: Sequence[str], takes: str) -> TypeError:
+    """The error for an option ``call`` does not take: the closest of ``known`` where one
+    is close, then ``takes`` (what it does take); Python's own named a class the caller
+    never saw ("Settings.__init__() got an unexpected keyword argument")."""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return TypeError(f"{call}() got an unexpected option {name!r}{hint}; {takes}")
 
 
 def warn(message: str, stacklevel: int = 3) -> None:

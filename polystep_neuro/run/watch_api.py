@@ -4,7 +4,6 @@ iterator, its options taken and checked the way the ``watch`` command takes them
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 from collections.abc import Iterator
 from dataclasses import fields, replace
@@ -13,6 +12,7 @@ from typing import Any
 import torch
 
 from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.run.deprecation import unexpected_option
 from polystep_neuro.run.drift_detector import DetectorSettings
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.run_defaults import RunConfig
@@ -106,12 +106,7 @@ def _watch_config(backend: str, seed: int | None, options: dict[str, Any]) -> Wa
     unknown = [k for k in options if k not in known and k not in DETECTOR_OPTIONS]
     if unknown:
         choices = sorted(known | set(DETECTOR_OPTIONS))
-        close = difflib.get_close_matches(unknown[0], choices, n=1)
-        raise TypeError(
-            f"watch() got an unexpected option {unknown[0]!r}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f"; it takes {', '.join(choices)}"
-        )
+        raise unexpected_option("watch", unknown[0], choices, f"it takes {', '.join(choices)}")
     tuned = {k: options.pop(k) for k in DETECTOR_OPTIONS if k in options}
     detector = options.pop("detector", None) or DetectorSettings()
     if tuned:
