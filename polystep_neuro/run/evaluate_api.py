@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.run_defaults import RunConfig
@@ -31,20 +29,22 @@ class Evaluation:
         )
 
 
-def score_network(
-    spec: NetworkSpec, spikes: np.ndarray, labels: np.ndarray, cfg: RunConfig
-) -> Evaluation:
-    """``spec`` loaded on ``cfg.backend`` and scored on batch-first ``spikes`` (the command
+def score_network(spec: NetworkSpec, data: SpikeDataset, cfg: RunConfig) -> Evaluation:
+    """``spec`` loaded on ``cfg.backend`` and scored on all of labelled ``data`` (the command
     and the API share it)."""
     from polystep_neuro.run.evaluation import score
     from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, make_loss
     from polystep_neuro.run.recipe import opened
 
     with opened(spec, cfg, scoring=True) as device:
-        data = SpikeDataset(spikes, labels, len(labels))
         result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
         where = device.backend.capabilities.device
-    return Evaluation(result.accuracy, result.loss, len(labels), cfg.backend, where)
+    return Evaluation(result.accuracy, result.loss, len(data), cfg.backend, where)
+
+
+# Scoring reads the whole dataset in chunks of its own (evaluation.EVAL_CHUNK); the dataset's
+# minibatch size is not used.
+EVALUATE_BATCH = 128
 
 
 def evaluate(
@@ -63,31 +63,22 @@ def evaluate(
     evaluate --spec`` does: it is what a device ran.  An snnTorch module or a NIR graph is
     converted for ``backend`` first, as :func:`polystep_neuro.adapt` converts it (an
     snnTorch module without ``time_steps`` runs the data's T)."""
-    import torch
-
     from polystep_neuro.core.errors import PolystepError
     from polystep_neuro.run import user_data
-    from polystep_neuro.run.api import _as_spec
+    from polystep_neuro.run.api import _as_spec, _dataset
     from polystep_neuro.run.reference import as_reference
-    from polystep_neuro.run.spike_layout import batch_first, steps_for_module
+    from polystep_neuro.run.spike_layout import steps_for_module
 
-    if isinstance(data, SpikeDataset):
-        spikes = data.spikes.cpu().numpy()
-        labels = None if data.labels is None else data.labels.cpu().numpy()
-    else:
-        spikes, labels = user_data.split(data, need_labels=True, what="data")
-    if labels is None:
-        raise PolystepError("evaluate scores accuracy: the data need labels")
-    if isinstance(data, SpikeDataset):
-        time_first = False  # a SpikeDataset is batch-first
-    time_steps = steps_for_module(model, (spikes, labels), time_steps, time_first)
+    if not isinstance(data, SpikeDataset):  # read once (a path): T comes from it
+        data = user_data.split(data, need_labels=True, what="data")
+    time_steps = steps_for_module(model, data, time_steps, time_first)
     reference = as_reference(model, time_steps)
     spec = reference.spec if _is_spec(model) else _as_spec(reference, time_steps, backend)[0]
-    spikes = batch_first(np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first,
-                         "the spikes of data", "time_steps=")  # fmt: skip
-    labels = user_data.labels_for(labels, len(spikes), spec.n_classes, "the labels of data")
+    scored = _dataset(data, spec, EVALUATE_BATCH, 0, time_first, "data")
+    if not scored.labelled:
+        raise PolystepError("evaluate scores accuracy: the data need labels")
     cfg = RunConfig(backend=backend, torch_device=torch_device, timeout_s=timeout_s)
-    return score_network(spec, spikes, labels, cfg)
+    return score_network(spec, scored, cfg)
 
 
 def _is_spec(model: Any) -> bool:
