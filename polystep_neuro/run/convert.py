@@ -128,9 +128,9 @@ def read_model(args: argparse.Namespace) -> Reference:
     if args.dt is not None and args.nir is None:
         raise SpecError("--dt applies to NIR files only")
     if args.snntorch is not None:
-        if args.time_steps is None:
-            args.time_steps = _steps_of_data(args)
         module = load_snntorch_module(args.snntorch)
+        if args.time_steps is None:
+            args.time_steps = _steps_of_data(module, args)
         return snntorch_reference(module, args.time_steps, f"snnTorch model {args.snntorch}")
     if args.nir is not None:
         return nir_reference(args.nir, args.time_steps, args.dt)
@@ -143,21 +143,20 @@ def read_model(args: argparse.Namespace) -> Reference:
     return Reference(spec, f"spec {args.spec}")
 
 
-def _steps_of_data(args: argparse.Namespace) -> int:
-    """An snnTorch model does not know its T; the command's --data does (as ``pn.adapt``
-    reads it), where the command has one."""
-    from polystep_neuro.run.user_data import read_file
+def _steps_of_data(module: Any, args: argparse.Namespace) -> int:
+    """An snnTorch model does not know its T; the command's --data does (read as
+    ``pn.adapt`` reads it, :func:`~polystep_neuro.run.spike_layout.steps_for_module`), where
+    the command has one."""
+    from polystep_neuro.run.spike_layout import steps_for_module
+    from polystep_neuro.run.user_data import split
 
     data = getattr(args, "data", None)
-    if data is None:
+    steps = None
+    if data is not None:  # a file that cannot be read says so here, in its own words
+        spikes = split(data, need_labels=False, what=str(data))[0]
+        steps = steps_for_module(module, spikes, None, args.time_first)
+    if steps is None:
         raise SpecError("--time-steps is needed for an snnTorch model (time steps per sample)")
-    spikes, _ = read_file(data, need_labels=False)
-    if spikes.ndim != 3:
-        raise SpecError(
-            f"--time-steps is needed for an snnTorch model: 'spikes' in {data} is not 3-D "
-            f"({spikes.shape}), so T cannot be read from it"
-        )
-    steps = int(spikes.shape[0] if args.time_first else spikes.shape[1])
     layout = "(T, n, N_in)" if args.time_first else "(n, T, N_in)"
     print(f"  note: T = {steps} time steps per sample, from {data}'s spikes read {layout}"
           f"{'' if args.time_first else ' (spikegen makes (T, n, N_in): --time-first)'}; "
