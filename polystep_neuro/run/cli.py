@@ -679,14 +679,17 @@ def _check_backend_name(name: str) -> None:
     """A backend that cannot open fails here, before any work (``demo --backend
     lava-fixed`` without the Lava env pretrained for 15 s first)."""
     from devices.catalog import RECORDS
-    from devices.lava import NEEDS_ENV
-    from devices.lava_env import find_lava_env
     from devices.registry import check_backend_name
-    from polystep_neuro.core.errors import DeviceUnavailable
 
     check_backend_name(name)
     record = RECORDS.get(name)
-    if record is not None and record.lava_mode is not None and find_lava_env() is None:
+    if record is None or record.lava_mode is None:
+        return  # (the Lava modules load only for a Lava backend)
+    from devices.lava import NEEDS_ENV
+    from devices.lava_env import find_lava_env
+    from polystep_neuro.core.errors import DeviceUnavailable
+
+    if find_lava_env() is None:
         raise DeviceUnavailable(NEEDS_ENV)
 
 
