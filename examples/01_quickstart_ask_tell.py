@@ -6,7 +6,7 @@ weights as small integers) and then scores the result, so the cost is piecewise 
 its gradient is zero almost everywhere, and gradient descent cannot move.  PolyStep only
 needs costs:
 
-    opt = PolyStep(x0, step_radius=..., probe_radius=..., epsilon=...)
+    opt = PolyStep.for_units(x0, total_steps=steps, unit=...)  # unit: a sensible probe
     for _ in range(steps):
         candidates = opt.ask()            # (N, dim): perturbed copies of the parameters
         opt.tell(black_box(candidates))   # (N,) costs, one per candidate, same order
@@ -29,7 +29,7 @@ import json
 
 import torch
 
-from polystep_neuro.optim import Cosine, PolyStep
+from polystep_neuro.optim import PolyStep
 
 
 def make_black_box(dim: int, seed: int):
@@ -69,15 +69,9 @@ def main() -> None:
         f"autograd gradient norm at x0 {float(probe.grad.norm()):.1f}"
     )
 
-    # Radii are distances in the search space; a cosine decay lets it settle on the grid.
-    opt = PolyStep(
-        x0,
-        step_radius=Cosine(0.3, 0.02, args.steps),
-        probe_radius=Cosine(0.6, 0.04, args.steps),
-        epsilon=0.1,
-        seed=args.seed,
-        keep_best=True,
-    )
+    # The recipe in one call: `unit` is a sensible probe for each parameter (here one step
+    # of the device's grid, the smallest change the black box can see).
+    opt = PolyStep.for_units(x0, total_steps=args.steps, unit=1 / 8, seed=args.seed)
     print(f"PolyStep: {opt.num_candidates} candidates per step (one batch for the black box)")
     initial = float(black_box(x0[None])[0])
     for step in range(1, args.steps + 1):
@@ -86,7 +80,7 @@ def main() -> None:
         opt.tell(costs)
         if step % max(1, args.steps // 6) == 0 or step == args.steps:
             current = float(black_box(opt.x[None])[0])
-            print(f"step {step:4d}  cost {current:8.3f}  best seen {opt.best_cost:8.3f}")
+            print(f"step {step:4d}  cost {current:8.3f}")
 
     final = float(black_box(opt.x[None])[0])
     evaluations = opt.steps * opt.num_candidates
@@ -97,7 +91,6 @@ def main() -> None:
     summary = {
         "initial_cost": initial,
         "final_cost": final,
-        "best_cost": opt.best_cost,
         "steps": opt.steps,
         "evaluations": evaluations,
     }

@@ -70,7 +70,6 @@ def test_01_quickstart_ask_tell() -> None:
     assert s["initial_cost"] > 1.0
     # PolyStep reaches the optimum (or next to it) where the gradient is zero everywhere
     assert s["final_cost"] <= 0.1 * s["initial_cost"], s
-    assert s["best_cost"] <= s["final_cost"], s
     assert s["evaluations"] == s["steps"] * 40  # 20 parameters: 10 blocks x 4 vertices
 
 

@@ -308,3 +308,53 @@ def test_cuda_end_to_end() -> None:
         opt.step(sphere)
         twin.step(sphere)
     assert torch.equal(opt.x, twin.x)
+
+
+# --------------------------------------------------------------------- the recipe in units
+
+
+def test_for_units_defaults_are_the_adaptation_recipes_settings() -> None:
+    """A black-box user gets the values the adaptation recipe runs with; the two cannot drift
+    apart silently."""
+    import inspect
+
+    from polystep_neuro.run.optimizers import Settings
+
+    defaults = inspect.signature(PolyStep.for_units).parameters
+    for name, value in PolyStep.RECIPE.items():
+        assert defaults[name].default == value == getattr(Settings(), name), name
+    # The one call a user needs: a start and a length of run.
+    opt = PolyStep.for_units(torch.zeros(10), total_steps=5)
+    assert opt.num_candidates == 20 and opt.update == "adam"
+    assert PolyStep.for_units(torch.zeros(10), total_steps=5, keep_best=True).keep_best
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['keep_bset'\]"):
+        PolyStep.for_units(torch.zeros(10), total_steps=5, keep_bset=True)
+
+
+def test_for_units_unit_is_one_probe_per_parameter_in_the_callers_coordinates() -> None:
+    """``unit=u`` probes every parameter by u (RMS), and on a problem measured in u's it is
+    the ``unit=1`` run with every point times u."""
+    target = torch.linspace(-3, 3, 300, dtype=torch.float64)
+
+    def cost(x: torch.Tensor) -> torch.Tensor:
+        return ((x - target) ** 2).sum(-1)
+
+    u, x0, sizes = 0.25, torch.zeros(300, dtype=torch.float64), [200, 90, 10]
+    plain = PolyStep.for_units(x0, sizes=sizes, total_steps=20, seed=3, rank=16, unit=1.0)
+    scaled = PolyStep.for_units(x0, sizes=sizes, total_steps=20, seed=3, rank=16, unit=u)
+    probes = scaled.ask()
+    rms = (probes - x0).square().mean(dim=1).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, u), rtol=0.2, atol=0)
+    scaled.tell(cost(probes / u))
+    plain.tell(cost(plain.ask()))
+    for _ in range(19):
+        a, b = plain.ask(), scaled.ask()
+        torch.testing.assert_close(b, a * u, rtol=1e-9, atol=1e-12)
+        plain.tell(cost(a))
+        scaled.tell(cost(b / u))
+    torch.testing.assert_close(scaled.x, plain.x * u, rtol=1e-9, atol=1e-12)
+    assert float(cost(plain.x[None])[0]) < 0.5 * float(cost(x0[None])[0])
+    with pytest.raises(ValueError, match="unit must be a positive number, got -1"):
+        PolyStep.for_units(x0, total_steps=2, unit=-1)
+    with pytest.raises(ValueError, match="rank_rule 'equal' gives 2: use rank_rule='joint'"):
+        PolyStep.for_units(x0, sizes=sizes, total_steps=2, rank=16, rank_rule="equal", unit=u)

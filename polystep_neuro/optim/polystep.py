@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +39,12 @@ __all__ = ["CostsLike", "NonFiniteCostError", "PolyStep"]
 _STATE_VERSION = 2
 # Blocks of z the recipe in units uses (``for_units``): two coordinates, four vertices each.
 BLOCK_DIM = 2
+# The adaptation recipe's values (``for_units``' defaults; the run floor's Settings use
+# the same), chosen on the tuned half of the task zoo (docs/benchmarks.md, section 14).
+RECIPE: dict[str, Any] = {
+    "rank": 64, "step": 0.15, "final_step": 1.0, "momentum": 0.9, "step_adapt": 0.05,
+    "epsilon": 1.0, "absorb_interval": 1,
+}  # fmt: skip
 # step_adapt: a move that turns back counts this much more than one that continues, so when
 # successive moves only show noise (agreement as often negative as positive) the step decays.
 _TURN_BACK_WEIGHT = 1.5
@@ -94,6 +100,7 @@ class PolyStep(AskTellOptimizer):
     """
 
     name = "polystep"
+    RECIPE: ClassVar[dict[str, Any]] = RECIPE
     options = (
         "rank", "step", "final_step", "momentum", "step_adapt", "epsilon", "absorb_interval",
         "shaping", "update", "rank_rule", "polytope", "block_dim", "average",
@@ -216,44 +223,70 @@ class PolyStep(AskTellOptimizer):
     @classmethod
     def for_units(
         cls,
-        x0: torch.Tensor,
+        x0: torch.Tensor | np.ndarray,
         *,
-        sizes: Sequence[int],
+        sizes: Sequence[int] | None = None,
         total_steps: int,
-        seed: int,
-        rank: int,
-        step: float,
-        final_step: float,
-        momentum: float,
-        step_adapt: float,
-        epsilon: float,
-        absorb_interval: int,
+        seed: int = 0,
+        rank: int = RECIPE["rank"],
+        step: float = RECIPE["step"],
+        final_step: float = RECIPE["final_step"],
+        momentum: float = RECIPE["momentum"],
+        step_adapt: float = RECIPE["step_adapt"],
+        epsilon: float = RECIPE["epsilon"],
+        absorb_interval: int = RECIPE["absorb_interval"],
         shaping: str = "shift",
-        update: str = "heavy-ball",
-        rank_rule: str = "equal",
+        update: str = "adam",
+        rank_rule: str = "joint",
         polytope: str = "orthoplex",
         block_dim: int = BLOCK_DIM,
         average: float = 0.0,
         outer: Sequence[tuple[int, int, int]] = (),
+        unit: float | None = None,
+        keep_best: bool = False,
         **options: Any,
     ) -> PolyStep:
         """PolyStep on ``x0`` scaled by :meth:`unit_gains`: one probe per vertex one unit
-        from the current point; every tensor of ``sizes`` through its own rank-``rank``
-        subspace, redrawn every ``absorb_interval`` steps; heavy-ball ``momentum``, so the
-        step, ``step`` units along a steady direction, is ``step * (1 - momentum)`` per
-        move, following the evidence at ``step_adapt`` and decaying on a half cosine to
-        ``final_step`` of itself by ``total_steps``.  With ``update="adam"`` or ``"adan"``
-        the step is per parameter already (normalised), so it is ``step`` probe units per
-        move: the normalised move is divided by the gains that scale ``x``."""
+        from the current point; every tensor of ``sizes`` (default: ``x0`` as one tensor)
+        through its own rank-``rank`` subspace, redrawn every ``absorb_interval`` steps;
+        heavy-ball ``momentum``, so the step, ``step`` units along a steady direction, is
+        ``step * (1 - momentum)`` per move, following the evidence at ``step_adapt`` and
+        decaying on a half cosine to ``final_step`` of itself by ``total_steps``.  With
+        ``update="adam"`` or ``"adan"`` the step is per parameter already (normalised), so
+        it is ``step`` probe units per move: the normalised move is divided by the gains
+        that scale ``x``.  The defaults are the adaptation recipe's (``RECIPE``).
+
+        ``x0`` is measured in probe units times the gains (what the adaptation recipe's
+        parameter layout does), unless ``unit`` is given: then ``x0`` is in your own
+        coordinates and ``unit`` is one probe per parameter there (a sensible probe
+        distance on a black box of your own), which needs one gain for every tensor (one
+        tensor, or ``rank_rule="joint"``)."""
+        if options:  # silently dropping e.g. keep_best= would cost a user their best point
+            raise TypeError(f"PolyStep.for_units got unknown option(s) {sorted(options)}")
+        x0 = as_vector(x0)
+        sizes = [x0.numel()] if sizes is None else sizes
+        if unit is not None and not (
+            isinstance(unit, (int, float)) and math.isfinite(unit) and unit > 0
+        ):
+            raise ValueError(f"unit must be a positive number, got {unit!r}")
         total = max(int(total_steps), 1)
         normalised = update in ("adam", "adan")
-        move = step if normalised else step * (1 - momentum)
         subspace = search_subspace(sizes, rank, rank_rule, block_dim, absorb_interval)
         if outer:  # the matrices whose directions are outer products (Subspace.outer)
             subspace = replace(subspace, outer=tuple(outer))
+        gains = _gains_of(subspace, len(sizes), block_dim)
+        length = 1.0  # in z, of one probe unit (x already holds the gains: 1)
+        if unit is not None:
+            if len(set(gains)) > 1:
+                raise ValueError(
+                    f"unit= needs one search gain for every tensor, and rank_rule "
+                    f"{rank_rule!r} gives {len(set(gains))}: use rank_rule='joint' (the "
+                    "default), or measure each tensor in its own units and leave unit out"
+                )
+            length = unit * gains[0]
+        move = length * (step if normalised else step * (1 - momentum))
         unit_scale: float | torch.Tensor = 1.0
         if normalised:  # x is in probe units times the gains: a unit move is 1 / gain there
-            gains = _gains_of(subspace, len(sizes), block_dim)
             counts = torch.as_tensor([int(n) for n in sizes], device=x0.device)
             per_tensor = 1.0 / torch.as_tensor(gains, dtype=x0.dtype, device=x0.device)
             unit_scale = per_tensor.repeat_interleave(counts)
@@ -262,7 +295,7 @@ class PolyStep(AskTellOptimizer):
             polytope=polytope,
             block_dim=block_dim,
             step_radius=Cosine(move, move * final_step, total),
-            probe_radius=cls.unit_probe_radius(),
+            probe_radius=length * cls.unit_probe_radius(),
             epsilon=epsilon,
             momentum=momentum,
             step_adapt=step_adapt,
@@ -272,6 +305,7 @@ class PolyStep(AskTellOptimizer):
             update=update,
             unit_scale=unit_scale,
             average=average,
+            keep_best=keep_best,
         )
 
     @classmethod
@@ -280,7 +314,7 @@ class PolyStep(AskTellOptimizer):
         sizes: Sequence[int],
         *,
         rank: int,
-        rank_rule: str = "equal",
+        rank_rule: str = "joint",
         polytope: str = "orthoplex",
         block_dim: int = BLOCK_DIM,
         **options: Any,
@@ -295,7 +329,7 @@ class PolyStep(AskTellOptimizer):
         sizes: Sequence[int],
         *,
         rank: int,
-        rank_rule: str = "equal",
+        rank_rule: str = "joint",
         block_dim: int = BLOCK_DIM,
         **options: Any,
     ) -> list[float]:
