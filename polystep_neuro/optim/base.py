@@ -37,6 +37,15 @@ class NonFiniteCostError(ValueError):
     """Every cost of a batch was NaN or infinite, so no direction can be preferred."""
 
 
+def refuse_all_non_finite(finite: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteCostError` when no cost of a batch (``finite``: its mask) is
+    finite: every optimiser's one rule, whatever it does with the finite ones."""
+    if not bool(finite.any()):
+        raise NonFiniteCostError(
+            f"all {finite.numel()} costs were non-finite (NaN or inf); cannot take a step"
+        )
+
+
 class AskTellOptimizer:
     """Base of the ask/tell optimisers (see the module docstring).
 
@@ -107,11 +116,7 @@ class AskTellOptimizer:
     def _finite(self, costs: torch.Tensor) -> torch.Tensor:
         """Non-finite costs lose every comparison (PolyStep has its own rule); a batch with
         no finite cost is refused, as PolyStep refuses it (the baselines moved on one)."""
-        finite = torch.isfinite(costs)
-        if not bool(finite.any()):
-            raise NonFiniteCostError(
-                f"all {costs.numel()} costs were non-finite (NaN or inf); cannot take a step"
-            )
+        refuse_all_non_finite(torch.isfinite(costs))
         return torch.nan_to_num(costs, nan=math.inf, posinf=math.inf, neginf=math.inf)
 
     # ------------------------------------------------------------------ units recipe

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 RULES = ("heavy-ball", "torque", "adam", "adan")
+NORMALISED = ("adam", "adan")  # the rules that move every parameter by the step itself
 ADAM_BETAS = (0.9, 0.999)
 # Adan's defaults (its weights on the new values, not the decays).
 ADAN_BETAS = (0.02, 0.08, 0.01)

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from . import moves
-from .base import AskTellOptimizer, CostsLike, NonFiniteCostError, StateMismatchError, as_vector
+from .base import (
+    AskTellOptimizer,
+    CostsLike,
+    NonFiniteCostError,
+    StateMismatchError,
+    as_vector,
+    refuse_all_non_finite,
+)
 from .polytopes import POLYTOPES, num_vertices, polytope_vertices, random_rotations
 from .schedules import Cosine, Schedule, as_schedule, evaluate
 from .solvers import SHAPINGS, SOLVERS, shape_costs, solve_weights
@@ -211,7 +218,7 @@ class PolyStep(AskTellOptimizer):
         self._second: torch.Tensor | None = None
         self._diff: torch.Tensor | None = None
         self._last_dir: torch.Tensor | None = None
-        if update in ("adam", "adan"):
+        if update in moves.NORMALISED:
             self._second = torch.zeros_like(self._x)
         if update == "adan":
             self._diff = torch.zeros_like(self._x)
@@ -280,7 +287,7 @@ class PolyStep(AskTellOptimizer):
         ):
             raise ValueError(f"unit must be a positive number, got {unit!r}")
         total = max(int(total_steps), 1)
-        normalised = update in ("adam", "adan")
+        normalised = update in moves.NORMALISED
         subspace = search_subspace(sizes, rank, rank_rule, block_dim, absorb_interval)
         if outer:  # the matrices whose directions are outer products (Subspace.outer)
             subspace = replace(subspace, outer=tuple(outer))
@@ -488,7 +495,7 @@ class PolyStep(AskTellOptimizer):
         norms = float(move.norm()) * float(previous.norm())
         if norms > 0:
             agreement = float(move @ previous) / norms * math.sqrt(move.numel())
-            if self.update in ("adam", "adan"):  # see _AGREEMENT_CAP
+            if self.update in moves.NORMALISED:  # see _AGREEMENT_CAP
                 agreement = min(max(agreement, -_AGREEMENT_CAP), _AGREEMENT_CAP)
             if agreement < 0:
                 agreement *= _TURN_BACK_WEIGHT
@@ -510,10 +517,7 @@ class PolyStep(AskTellOptimizer):
         n_bad = int((~finite).sum())
         if n_bad == 0:
             return costs
-        if n_bad == costs.numel():
-            raise NonFiniteCostError(
-                f"all {n_bad} costs were non-finite (NaN or inf); cannot take a step"
-            )
+        refuse_all_non_finite(finite)
         good = costs[finite]
         worst, best = good.max(), good.min()
         margin = torch.maximum(worst - best, worst.abs() * 1e-3).clamp_min(1e-6)
