@@ -102,10 +102,12 @@ def _median(values: list[float]) -> float:
 
 
 def tables(
-    names: list[str], methods: list[str], results: dict[tuple[str, str], list[tuple[float, float]]]
+    problems: dict[str, Problem],
+    methods: list[str],
+    results: dict[tuple[str, str], list[tuple[float, float]]],
 ) -> list[str]:
-    """The per-problem table and the count of problems where PolyStep is at or below the best
-    baseline, per half."""
+    """The per-problem table (``problems``: one built copy of each, for what it is) and the
+    count of problems where PolyStep is at or below the best baseline, per half."""
     baselines = [m for m in methods if m in BASELINES]
     lines = [
         "| problem | half | what | parameters | evaluations | "
@@ -113,8 +115,7 @@ def tables(
         "|---|---|---|---:|---:|" + "---:|" * len(methods) + "---:|",
     ]  # fmt: skip
     wins: dict[str, list[tuple[bool, bool]]] = {TUNED: [], HELD_OUT: []}
-    for name in names:
-        problem = PROBLEMS[name](0)
+    for name, problem in problems.items():
         med = {m: _median([s for s, _ in results.get((name, m), [])]) for m in methods}
         secs = {m: _median([t for _, t in results.get((name, m), [])]) for m in methods}
         cells = [f"{med[m]:.4g} ({secs[m]:.1f} s)" for m in methods]
@@ -146,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args(argv)
-    names = [n for n in args.problems if not args.half or PROBLEMS[n](0).half == args.half]
+    built = {n: PROBLEMS[n](args.seeds[0]) for n in args.problems}  # for their half and size
+    problems = {n: p for n, p in built.items() if not args.half or p.half == args.half}
     print(f"{describe(gpu=False)}; medians over seeds {', '.join(map(str, args.seeds))}",
           flush=True)  # fmt: skip
-    results = run(names, args.seeds, args.methods, lambda s: print(s, flush=True))
-    print("\n".join(["", *tables(names, args.methods, results)]))
+    results = run(list(problems), args.seeds, args.methods, lambda s: print(s, flush=True))
+    print("\n".join(["", *tables(problems, args.methods, results)]))
     return 0
 
 
