@@ -39,7 +39,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import user_data
 from polystep_neuro.run.controller import AdaptResult
 from polystep_neuro.run.data import SpikeDataset
-from polystep_neuro.run.deprecation import renamed, unexpected_option, warn
+from polystep_neuro.run.deprecation import renamed, warn
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.recipe import prepare_data, run_adaptation
 from polystep_neuro.run.run_defaults import RunConfig
@@ -148,7 +148,7 @@ def adapt(
     """
     time_steps = renamed(settings, "num_steps", "time_steps", time_steps, "adapt")
     torch_device = renamed(settings, "device", "torch_device", torch_device, "adapt")
-    _refuse_unknown(settings)
+    Settings.refuse_unknown("adapt", settings)
     if resume and out_dir is None:
         raise PolystepError("resume=True continues a run from its out_dir: give out_dir")
     notes = user_data.reused_notes(train, test or {})  # by the objects the caller passed
@@ -204,15 +204,6 @@ def _stopping(then: Any, stop: threading.Event) -> Any:
             then(adapter, device, anchor)
 
     return ready
-
-
-def _refuse_unknown(settings: Mapping[str, Any]) -> None:
-    """A misspelt option said with the closest name and the list."""
-    known = Settings.names()
-    for name in settings:
-        if name not in known:
-            takes = f"besides its named arguments it takes the settings {', '.join(known)}"
-            raise unexpected_option("adapt", name, known, takes)
 
 
 def _say(line: str) -> None:

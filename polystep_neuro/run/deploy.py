@@ -208,6 +208,7 @@ def deploy(
 
     if budget < 1:
         raise PolystepError(f"budget must be a positive number of parameter sets, got {budget}")
+    Settings.refuse_unknown("deploy", settings)
     say = report if report is not None else (_print if progress else lambda line: None)
     notes = user_data.reused_notes(data, test or {})  # by the objects the caller passed
     if not isinstance(data, SpikeDataset):  # read once (a path): T comes from it, then data

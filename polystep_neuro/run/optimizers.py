@@ -57,6 +57,7 @@ from polystep_neuro.optim.moves import RULES
 from polystep_neuro.optim.polytopes import POLYTOPES
 from polystep_neuro.optim.solvers import SHAPINGS
 from polystep_neuro.optim.subspace import RANK_RULES
+from polystep_neuro.run.deprecation import unexpected_option
 from polystep_neuro.run.params import ParamVector, typical_scale
 from simulators.fixed_point import resolution
 
@@ -176,6 +177,16 @@ class Settings:
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    @classmethod
+    def refuse_unknown(cls, call: str, options: Sequence[str]) -> None:
+        """A misspelt option of ``call`` (``adapt``, ``deploy``) said before any work, with
+        the closest name and the list (Python's own error named this class, late)."""
+        known = cls.names()
+        for name in options:
+            if name not in known:
+                takes = f"besides its named arguments it takes the settings {', '.join(known)}"
+                raise unexpected_option(call, name, known, takes)
 
     def options_for(
         self, cls: type[AskTellOptimizer], sizes: Sequence[int], names: Sequence[str] = ()

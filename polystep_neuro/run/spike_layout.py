@@ -68,6 +68,11 @@ def check_layout(
             )
             if not time_first:
                 hint += "; spikes made time-first (T, n, N_in) need --time-first (time_first=True)"
+        elif spikes.ndim == 3 and shape[2] != spec.n_in:
+            hint = (
+                f" — the network takes {spec.n_in} inputs per time step, the data have "
+                f"{shape[2]}: data made for another network?"
+            )
         else:
             hint = ""
         raise PolystepError(f"{what}: {exc}{hint}") from None
@@ -109,4 +114,29 @@ def steps_for_module(
     shape = getattr(spikes, "shape", None)
     if shape is None or len(shape) != 3:
         return None  # the reference then asks for time_steps by name
-    return int(shape[0] if time_first else shape[1])
+    samples, steps = (
+        (int(shape[1]), int(shape[0])) if time_first else (int(shape[0]), int(shape[1]))
+    )
+    if steps > samples:
+        _refuse_more_steps_than_samples(tuple(shape), samples, steps, time_first)
+    return steps
+
+
+def _refuse_more_steps_than_samples(
+    shape: tuple[int, ...], samples: int, steps: int, time_first: bool
+) -> None:
+    """Data read as more time steps than samples are nearly always in the other layout
+    (spikegen's (T, n, N_in) read batch-first), and a module does not know its own T, so
+    nothing downstream would notice: say so, with both ways out."""
+    if time_first:
+        remedy = "they look batch-first (n, T, N_in): drop time_first"
+    else:
+        remedy = (
+            "they look time-first (T, n, N_in), as snnTorch's spikegen makes them: pass "
+            "time_first=True"
+        )
+    raise PolystepError(
+        f"the data's spikes {shape}, read {'time-first' if time_first else 'batch-first'}, "
+        f"are {samples} samples of {steps} time steps, more steps than samples: {remedy}; "
+        f"if they are {samples} samples of {steps} steps, pass time_steps={steps}"
+    )

@@ -1,0 +1,83 @@
+"""The Python API given an snnTorch module and spikegen's time-first spikes without
+``time_first=True``: a module does not know its own T, so the data's shape decides it, and
+spikegen's (25, 1347, 64) read batch-first would be 25 samples of 1347 steps that every
+later check accepts (a user trial saw "trained 100 %, on the device 100 %").  Refused,
+naming both ways out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import polystep_neuro as pn
+from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.run.spike_layout import steps_for_module
+
+snn = pytest.importorskip("snntorch")
+
+# spikegen's layout: T=5 steps of n=12 samples, 6 inputs; labels for the 12 samples
+TIME_FIRST = (np.random.default_rng(0).random((5, 12, 6)) < 0.3).astype(np.float32)
+LABELS = np.arange(12) % 3
+
+
+def _module() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True)
+    )
+
+
+def test_steps_for_module_reads_t_in_the_layout_given() -> None:
+    module = _module()
+    assert steps_for_module(module, TIME_FIRST, None, time_first=True) == 5
+    assert steps_for_module(module, TIME_FIRST.transpose(1, 0, 2), None, time_first=False) == 5
+    assert steps_for_module(module, TIME_FIRST, 12, time_first=False) == 12  # told: no guess
+
+
+@pytest.mark.parametrize("call", ["deploy", "check", "adapt"])
+def test_time_first_spikes_without_time_first_are_refused_with_both_remedies(call: str) -> None:
+    model = _module()
+    with pytest.raises(PolystepError) as info:
+        if call == "deploy":
+            pn.deploy(model, "torch-sim-fixed", data=TIME_FIRST)
+        elif call == "check":
+            pn.check(model, "torch-sim-fixed", TIME_FIRST, LABELS)
+        else:
+            pn.adapt(model, "torch-sim", train=(TIME_FIRST, LABELS), steps=1, progress=False)
+    assert str(info.value) == (
+        "the data's spikes (5, 12, 6), read batch-first, are 5 samples of 12 time steps, more "
+        "steps than samples: they look time-first (T, n, N_in), as snnTorch's spikegen makes "
+        "them: pass time_first=True; if they are 5 samples of 12 steps, pass time_steps=12"
+    )
+
+
+def test_time_first_given_to_batch_first_data_says_drop_it() -> None:
+    with pytest.raises(PolystepError, match=r"read time-first, are 5 samples of 12 time steps"
+                       r".*drop time_first"):  # fmt: skip
+        steps_for_module(_module(), TIME_FIRST.transpose(1, 0, 2), None, time_first=True)
+
+
+def test_time_first_spikes_with_time_first_deploy_over_their_own_t() -> None:
+    deployment = pn.deploy(_module(), "torch-sim-fixed", data=(TIME_FIRST, LABELS),
+                           time_first=True, adapt=False, progress=False)  # fmt: skip
+    assert deployment.spec.num_steps == 5
+
+
+def test_deploy_refuses_a_misspelt_setting_before_any_work() -> None:
+    """Settings go to deploy by keyword; a typo used to surface after the calibration as
+    'Settings.__init__() got an unexpected keyword argument'."""
+    with pytest.raises(TypeError, match=r"^deploy\(\) got an unexpected option 'stepz' \(did "
+                       r"you mean 'step'\?\); besides its named arguments it takes the settings "
+                       r"optimizer, probe,"):  # fmt: skip
+        pn.deploy(_module(), "torch-sim-fixed", data=(TIME_FIRST, LABELS), time_first=True,
+                  stepz=3, progress=False)  # fmt: skip
+
+
+def test_data_of_another_input_width_say_both_widths() -> None:
+    from polystep_neuro.core.network import NetworkSpec
+    from polystep_neuro.run.spike_layout import check_layout
+
+    spec = NetworkSpec.random([10, 3], 5, seed=0)
+    with pytest.raises(PolystepError, match=r"the network takes 10 inputs per time step, the "
+                       r"data have 6: data made for another network\?$"):  # fmt: skip
+        check_layout(TIME_FIRST.transpose(1, 0, 2), spec, False, "x")
