@@ -368,6 +368,8 @@ def test_an_empty_folder_is_watched_to_its_end_without_a_traceback(
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err
     assert "0 batches: 0 drift" in captured.out
+    assert ("note: the first 50 batches are the drift test's clean reference and this stream "
+            "held 0, so no batch was tested for drift") in captured.out  # fmt: skip
     assert json.loads((tmp_path / "w" / "watch_summary.json").read_text())["batches"] == 0
 
 
@@ -532,7 +534,7 @@ def test_the_api_checks_its_arguments_when_called(field, tmp_path: Path) -> None
         pn.watch(spec, str(path), out_dir=str(tmp_path / "a_file" / "w"))
     with pytest.raises(PolystepError, match="votes must be in 1..window"):
         pn.watch(spec, path, votes=9)
-    with pytest.raises(PolystepError, match="stream 'nowhere' is neither"):
+    with pytest.raises(PolystepError, match=r"^stream 'nowhere' not found: no such file or "):
         pn.watch(spec, "nowhere")
     out = str(tmp_path / "w")  # a str, as users write it
     records = pn.watch(spec, path, batch_size=BATCH, out_dir=out, reference_batches=5,
@@ -543,6 +545,22 @@ def test_the_api_checks_its_arguments_when_called(field, tmp_path: Path) -> None
     assert [r["z"] is None for r in first] == [True] * 5 + [False] * 2  # 5 reference batches
     assert records.watcher.cfg.settings.seed == 3 and records.watcher.cfg.out_dir == Path(out)
     assert len(read_log(out)[0]) == 7
+
+
+def test_the_api_writes_the_summary_and_plot_the_command_writes(field, tmp_path: Path) -> None:
+    """pn.watch wrote the log but not watch_summary.json and watch.png, which the README
+    says the command and the API both leave in the out folder."""
+    import polystep_neuro as pn
+
+    out = tmp_path / "w"
+    watching = pn.watch(field["spec"], field["folder"] / "stream.npz", batch_size=BATCH,
+                        out_dir=out, reference_batches=5, torch_device="cpu")  # fmt: skip
+    records = list(watching)
+    batches = [r for r in records if "event" not in r]
+    written = json.loads((out / "watch_summary.json").read_text())
+    assert watching.summary == written and written["batches"] == len(batches) > 5
+    assert written["interrupted"] is False
+    assert (out / "watch.png").stat().st_size > 1000
 
 
 def test_the_api_takes_t_from_the_stream_for_an_snntorch_model(tmp_path: Path) -> None:

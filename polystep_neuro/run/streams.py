@@ -281,5 +281,6 @@ def open_stream(
     if path.exists():
         return FileStream(path, batch_size, time_first)
     raise PolystepError(
-        f"stream {source!r} is neither a data file, a folder of them, nor tcp://ADDR:PORT"
+        f"stream {source!r} not found: no such file or folder (a stream is a data file, a "
+        "folder of them, or tcp://ADDR:PORT)"
     )

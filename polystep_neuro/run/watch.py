@@ -480,21 +480,36 @@ def run_watch(
     ``watch_summary.json`` beside the log; returns the summary (``interrupted`` says whether
     Ctrl-C stopped it).  ``report`` gets the events and, where the stream has labels, the
     accuracy while drift was flagged and elsewhere (:func:`stretches_line`)."""
-    from polystep_neuro.run import plots
-
     watcher = Watcher(spec, cfg, report)
     try:
         for _ in watcher.watch(stream):
             pass
     finally:
         stream.close()
+    summary = write_summary(watcher)
+    reference = cfg.detector.reference_batches
+    if summary["batches"] <= reference and report is not None:
+        report(
+            f"note: the first {reference} batches are the drift test's clean reference and "
+            f"this stream held {summary['batches']}, so no batch was tested for drift "
+            "(--reference-batches / reference_batches sets how many)"
+        )
+    line = stretches_line(summary)
+    if line is not None and report is not None:
+        report(line)
+    return summary
+
+
+def write_summary(watcher: Watcher) -> dict[str, Any]:
+    """``watch.png`` and ``watch_summary.json`` beside the watcher's log, for the command and
+    the API alike once a watch ends; returns the summary."""
+    from polystep_neuro.run import plots
+
+    cfg = watcher.cfg
     batches, events = read_log(cfg.out_dir)
     plots.watch_figure(cfg.out_dir / "watch.png", batches, events, cfg.detector.z_limit)
     summary = {**summarize(cfg.out_dir), "interrupted": watcher._stop.is_set()}
     (cfg.out_dir / "watch_summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
-    line = stretches_line(summary)
-    if line is not None and report is not None:
-        report(line)
     return summary
 
 

@@ -17,17 +17,20 @@ from polystep_neuro.run.drift_detector import DetectorSettings
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.run_defaults import RunConfig
 from polystep_neuro.run.streams import Stream
-from polystep_neuro.run.watch import Report, WatchConfig, Watcher
+from polystep_neuro.run.watch import Report, WatchConfig, Watcher, write_summary
 
 DETECTOR_OPTIONS = tuple(f.name for f in fields(DetectorSettings))
 
 
 class Watching:
     """What :func:`watch` hands back: an iterator of records that closes its stream at the
-    end; ``stop()`` finishes the batch at hand, saves and ends the iteration (as Ctrl-C)."""
+    end and then writes ``watch.png`` and ``watch_summary.json`` as the command does
+    (:attr:`summary` holds it); ``stop()`` finishes the batch at hand, saves and ends the
+    iteration (as Ctrl-C)."""
 
     def __init__(self, watcher: Watcher, records: Iterator[dict[str, Any]], source: Stream):
         self.watcher, self._records, self._source = watcher, records, source
+        self.summary: dict[str, Any] | None = None  # once the iteration has ended
 
     def __iter__(self) -> Watching:
         return self
@@ -35,6 +38,11 @@ class Watching:
     def __next__(self) -> dict[str, Any]:
         try:
             return next(self._records)
+        except StopIteration:
+            self.close()
+            if self.summary is None:
+                self.summary = write_summary(self.watcher)
+            raise
         except BaseException:
             self.close()
             raise
