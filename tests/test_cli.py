@@ -48,6 +48,17 @@ def test_bad_spec_file(tmp_path: Path) -> None:
     _one_clean_line(_run("adapt", "--spec", str(tmp_path / "nope.npz")), "spec file not found")
 
 
+def test_a_text_file_as_data_is_not_called_pickled(tmp_path: Path) -> None:
+    """numpy's last guess for a file it cannot read ("contains pickled (object) data ...
+    allow_pickle=") invited unpickling a data file: said plainly instead."""
+    spec = _small_spec(tmp_path)
+    bad = tmp_path / "data.npz"
+    bad.write_text("not data")
+    proc = _run("evaluate", "--spec", str(spec), "--data", str(bad))
+    _one_clean_line(proc, "it is not an .npz archive (nor any array file numpy reads)")
+    assert "pickle" not in proc.stderr
+
+
 def test_missing_backend(tmp_path: Path) -> None:
     spec = _small_spec(tmp_path)
     _one_clean_line(

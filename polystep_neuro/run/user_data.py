@@ -153,9 +153,11 @@ def read_file(path: Path, need_labels: bool) -> tuple[np.ndarray, np.ndarray | N
         raise
     except Exception as exc:  # zip, zlib, npy header errors of a damaged file
         _not_data(path)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "pickled" in reason:  # numpy's last guess for any other file: never followed here
+            reason = "it is not an .npz archive (nor any array file numpy reads)"
         raise PolystepError(
-            f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): {reason}"
         ) from None
     for array in (labels, spikes):
         if array is not None and not np.issubdtype(array.dtype, np.number):
