@@ -160,6 +160,50 @@ def test_the_adapt_command_takes_a_data_file_without_labels(field_data, tmp_path
     assert "drifted_accuracy" in summary["end"]
 
 
+def test_label_free_ignores_the_labels_a_file_has(field_data, tmp_path: Path) -> None:
+    """``--label-free`` on a labelled file is the run on the same spikes without labels, to
+    the bit: the labels are not read (a user measures the label-free recipe on data they can
+    score it with)."""
+    x_drift, y_drift = field_data["drifted"]
+    np.savez(tmp_path / "field.npz", spikes=x_drift)
+    np.savez(tmp_path / "labelled.npz", spikes=x_drift, labels=y_drift)
+    field_data["spec"].save(tmp_path / "spec.npz")
+    common = ["--steps", "4", "--rank", "4", "--torch-device", "cpu", "--no-progress"]
+    spec = ["adapt", "--spec", str(tmp_path / "spec.npz")]
+    assert main([*spec, "--data", str(tmp_path / "field.npz"), *common,
+                 "--out", str(tmp_path / "plain")]) == 0  # fmt: skip
+    assert main([*spec, "--data", str(tmp_path / "labelled.npz"), "--label-free", *common,
+                 "--out", str(tmp_path / "ignored")]) == 0  # fmt: skip
+    plain = NetworkSpec.load(tmp_path / "plain" / "adapted.npz").parameters()
+    ignored = NetworkSpec.load(tmp_path / "ignored" / "adapted.npz").parameters()
+    assert plain.keys() == ignored.keys()
+    for name in plain:
+        np.testing.assert_array_equal(plain[name], ignored[name])
+    summary = json.loads((tmp_path / "ignored" / "summary.json").read_text())
+    assert summary["adapted"] == ["lif0.v_bias", "lif0.vth"]
+    assert "val_loss" in summary["start"] and "val_accuracy" not in summary["start"]
+
+
+def test_label_free_on_the_built_in_data_adapts_to_the_named_corruption(
+    tmp_path: Path, capsys
+) -> None:
+    spec = NetworkSpec.random([64, 16, 10], T, seed=2)
+    spec.save(tmp_path / "spec.npz")
+    args = ["adapt", "--spec", str(tmp_path / "spec.npz"), "--label-free", "--steps", "2",
+            "--rank", "4", "--torch-device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(args) == 2
+    assert ("--label-free on the built-in data adapts to a drift: name one with --corruption "
+            "NAME") in capsys.readouterr().err  # fmt: skip
+    assert main([*args, "--corruption", "fog"]) == 0
+    out = capsys.readouterr().out
+    assert "digits under fog, severity 3, without labels" in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["adapted"] == ["lif0.v_bias", "lif0.vth"] and summary["anchor"] == 2.0
+    assert "val_loss" in summary["start"] and "val_accuracy" not in summary["start"]
+    assert {"clean_accuracy", "shifted_accuracy"} <= summary["end"].keys()
+
+
 def test_the_objective_is_chosen_by_name_in_the_api_and_the_command(
     field_data, tmp_path: Path, capsys
 ) -> None:

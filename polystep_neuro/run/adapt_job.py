@@ -21,6 +21,7 @@ Writes ``config.json`` (at the start), ``metrics.jsonl``, ``checkpoint.pt``, ``a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class AdaptJob(RunConfig):
     shift_gain: float = 1.0
     shift_dead: float = 0.0
     corruption: str | None = None  # built-in data: a corruption of the suite instead
+    label_free: bool = False  # adapt without the training data's labels (tests keep theirs)
     severity: int = 3
     dataset: str = "digits"  # the built-in data when no --data is given
     encoding: str = "rate"
@@ -105,13 +107,15 @@ def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
 
     assert job.data_path is not None
     train = load(job.data_path, need_labels=False)  # without labels: a label-free run
+    if job.label_free:
+        train = train.unlabelled()
     replay = None if job.replay_path is None else load(job.replay_path)
     data = prepare_data(
         train,
         job,
         validation=None
         if job.val_path is None
-        else {"drifted": load(job.val_path, need_labels=False)},
+        else {"drifted": _maybe_unlabelled(load(job.val_path, need_labels=False), job)},
         replay=replay,
         test={name: load(path) for name, path in job.test_paths.items()},
     )
@@ -145,6 +149,8 @@ def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
     def spikes(x: np.ndarray, y: np.ndarray, drift: Drift | None = None) -> SpikeDataset:
         return _dataset(encode_drifted(x, spec.num_steps, job.encoding, drift), y, job)
 
+    if job.label_free:
+        return _builtin_label_free(job, split, (kept, held), shift, spikes)
     if shift.describe() == "none":
         return RunData(
             spikes(x_train, y_train),
@@ -162,6 +168,37 @@ def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
         has_clean=True,
         what=f"{job.dataset}, clean + input shift ({shift.describe()})",
     )
+
+
+def _builtin_label_free(
+    job: AdaptJob,
+    split: Any,
+    parts: tuple[np.ndarray, np.ndarray],
+    shift: Drift,
+    spikes: Callable[..., SpikeDataset],
+) -> RunData:
+    """``--label-free`` on the built-in data: the drifted training images alone, unlabelled
+    (the field's situation), validated on a held-out drifted part without labels; the clean
+    and shifted test sets keep their labels to report what the run recovered."""
+    if shift.describe() == "none":
+        raise PolystepError(
+            "--label-free on the built-in data adapts to a drift: name one with --corruption "
+            "NAME (or the --shift-* flags)"
+        )
+    kept, held = parts
+    x, y = split.x_train, split.y_train
+    both = {"clean": None, "shifted": shift}
+    return RunData(
+        spikes(x[kept], y[kept], shift).unlabelled(),
+        {"drifted": spikes(x[held], y[held], shift).unlabelled()},
+        {name: spikes(split.x_test, split.y_test, d) for name, d in both.items()},
+        has_clean=False,
+        what=f"{job.dataset} under {shift.describe()}, without labels",
+    )
+
+
+def _maybe_unlabelled(data: SpikeDataset, job: AdaptJob) -> SpikeDataset:
+    return data.unlabelled() if job.label_free else data
 
 
 def _dataset(spikes: np.ndarray, labels: np.ndarray | None, job: AdaptJob) -> SpikeDataset:

@@ -309,6 +309,14 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
         f"class; default: {DEFAULT_OBJECTIVE})",
     )
     adapt.add_argument(
+        "--label-free",
+        action="store_true",
+        help="adapt as without labels even where the data have them, which then only score "
+        "the --test sets: drifted --data's labels are not read; on the built-in data the "
+        "run sees only the --corruption (or --shift-*) drifted images, unlabelled, and the "
+        "clean and shifted test sets report what it recovered",
+    )
+    adapt.add_argument(
         "--trust-radius",
         type=float,
         help="how far (RMS per parameter, in probe units) the parameters may move from the "
@@ -574,6 +582,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         time_first=args.time_first,
         anchor=args.anchor,
         objective=args.objective,
+        label_free=args.label_free,
         trust_radius=args.trust_radius,
         shift_noise=args.shift_noise,
         shift_gain=args.shift_gain,

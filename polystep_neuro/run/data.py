@@ -271,6 +271,12 @@ class SpikeDataset:
         )
         return part.to(self.spikes.device)
 
+    def unlabelled(self) -> SpikeDataset:
+        """The same spikes without their labels (``adapt --label-free``): same batch size,
+        seed and device, so the stream's batches are the labelled set's."""
+        part = SpikeDataset(self.spikes.cpu().numpy(), None, self.batch_size, self.seed)
+        return part.to(self.spikes.device)
+
     def to(self, device: torch.device | str) -> SpikeDataset:
         self.spikes = self.spikes.to(device)
         self.labels = self.labels.to(device)
