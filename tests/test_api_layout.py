@@ -81,3 +81,16 @@ def test_data_of_another_input_width_say_both_widths() -> None:
     with pytest.raises(PolystepError, match=r"the network takes 10 inputs per time step, the "
                        r"data have 6: data made for another network\?$"):  # fmt: skip
         check_layout(TIME_FIRST.transpose(1, 0, 2), spec, False, "x")
+
+
+def test_the_time_first_hint_says_the_flag_reads_every_file_so() -> None:
+    """A batch-first data file beside a time-first test file: the hint to pass --time-first
+    says it turns every file, so the user makes their layouts agree."""
+    from polystep_neuro.core.network import NetworkSpec
+    from polystep_neuro.run.spike_layout import check_layout
+
+    spec = NetworkSpec.random([6, 3], 5, seed=0)
+    with pytest.raises(PolystepError, match=r"looks time-first .* pass --time-first "
+                       r"\(time_first=True\), which reads every data file or array of the call "
+                       r"that way, so give them all in one layout$"):  # fmt: skip
+        check_layout(TIME_FIRST, spec, False, "'spikes' in test.npz")

@@ -58,7 +58,8 @@ def check_layout(
         if other_layout:
             hint = (
                 " — it looks time-first (T, n, N_in), as snnTorch's spikegen makes it; "
-                "pass --time-first (time_first=True)"
+                "pass --time-first (time_first=True), which reads every data file or array "
+                "of the call that way, so give them all in one layout"
             )
         elif spikes.ndim == 3 and shape[1] != t and shape[2] == spec.n_in:
             hint = (
