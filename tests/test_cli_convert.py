@@ -327,7 +327,8 @@ def test_check_reads_an_snntorch_models_t_from_its_data(tmp_path: Path, capsys) 
     """`pn.adapt` takes T from the data; `check` and `deploy` asked for --time-steps.  Now
     they read it from --data too, and say so and in which layout."""
     torch.save(_model(), tmp_path / "model.pt")
-    np.savez(tmp_path / "data.npz", spikes=_inputs(), labels=np.zeros(12, np.int64))
+    spikes = np.concatenate([_inputs(), _inputs()])  # 24 samples of T=20: more samples than T
+    np.savez(tmp_path / "data.npz", spikes=spikes, labels=np.zeros(24, np.int64))
     code, out, err = _cli(capsys, "check", "--snntorch", tmp_path / "model.pt", "--data",
                           tmp_path / "data.npz", "--out", tmp_path / "check")  # fmt: skip
     assert code == 0, err
@@ -335,12 +336,24 @@ def test_check_reads_an_snntorch_models_t_from_its_data(tmp_path: Path, capsys) 
         f"note: T = {T} time steps per sample, from {tmp_path / 'data.npz'}'s spikes read (n, "
         "T, N_in) (spikegen makes (T, n, N_in): --time-first); --time-steps sets it" in out
     )
-    np.savez(tmp_path / "tfirst.npz", spikes=_inputs()[:8].transpose(1, 0, 2))  # (T, 8, 8)
+    np.savez(tmp_path / "tfirst.npz", spikes=spikes.transpose(1, 0, 2))  # (T, 24, 8)
     code, out, err = _cli(capsys, "check", "--snntorch", tmp_path / "model.pt", "--data",
                           tmp_path / "tfirst.npz", "--time-first", "--out",
                           tmp_path / "c2")  # fmt: skip
     assert code == 0 and f"note: T = {T} time steps per sample, from" in out, err
     assert "read (T, n, N_in); --time-steps sets it" in out
+    # fewer samples than steps read this way is nearly always the other layout: refused
+    np.savez(tmp_path / "few.npz", spikes=_inputs(), labels=np.zeros(12, np.int64))
+    _error(
+        capsys, f"the data's spikes (12, {T}, 8), read batch-first, are 12 samples of {T} time "
+        f"steps, more steps than samples: they look time-first",
+        "check", "--snntorch", tmp_path / "model.pt", "--data", tmp_path / "few.npz",
+        "--out", tmp_path / "c3",
+    )  # fmt: skip
+    code, out, err = _cli(capsys, "check", "--snntorch", tmp_path / "model.pt", "--data",
+                          tmp_path / "few.npz", "--time-steps", T, "--out",
+                          tmp_path / "c4")  # fmt: skip
+    assert code == 0, err  # told T: 12 samples of 20 steps, as given
 
 
 def test_console_command_end_to_end(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def test_the_adapt_command_takes_a_data_file_without_labels(field_data, tmp_path
     assert "drifted_accuracy" in summary["end"]
 
 
-def test_label_free_ignores_the_labels_a_file_has(field_data, tmp_path: Path) -> None:
+def test_label_free_ignores_the_labels_a_file_has(field_data, tmp_path: Path, capsys) -> None:
     """``--label-free`` on a labelled file is the run on the same spikes without labels, to
     the bit: the labels are not read (a user measures the label-free recipe on data they can
     score it with)."""
@@ -181,7 +181,27 @@ def test_label_free_ignores_the_labels_a_file_has(field_data, tmp_path: Path) ->
         np.testing.assert_array_equal(plain[name], ignored[name])
     summary = json.loads((tmp_path / "ignored" / "summary.json").read_text())
     assert summary["adapted"] == ["lif0.v_bias", "lif0.vth"]
+    np.savez(tmp_path / "clean.npz", spikes=field_data["clean"][0], labels=field_data["clean"][1])
+    capsys.readouterr()
+    code = main([*spec, "--data", str(tmp_path / "labelled.npz"), "--label-free", "--replay",
+                 str(tmp_path / "clean.npz"), *common, "--out", str(tmp_path / "r")])  # fmt: skip
+    assert code == 2
+    assert "a label-free run takes no replay" in capsys.readouterr().err
     assert "val_loss" in summary["start"] and "val_accuracy" not in summary["start"]
+
+
+def test_the_api_label_free_is_the_run_without_labels_and_takes_no_replay(field_data) -> None:
+    x_drift, y_drift = field_data["drifted"]
+    common = dict(steps=4, rank=4, torch_device="cpu", progress=False)
+    plain = pn.adapt(field_data["spec"], train=x_drift, **common)
+    ignored = pn.adapt(field_data["spec"], train=(x_drift, y_drift), label_free=True, **common)
+    for name, value in plain.spec.parameters().items():
+        np.testing.assert_array_equal(value, ignored.spec.parameters()[name])
+    assert "val_accuracy" not in ignored.result.start
+    with pytest.raises(PolystepError, match=r"^a label-free run takes no replay: clean replay "
+                       r"comes with labels"):  # fmt: skip
+        pn.adapt(field_data["spec"], train=x_drift, label_free=True,
+                 replay=field_data["clean"], **common)  # fmt: skip
 
 
 def test_label_free_on_the_built_in_data_adapts_to_the_named_corruption(

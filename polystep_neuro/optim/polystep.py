@@ -272,6 +272,8 @@ class PolyStep(AskTellOptimizer):
         ``update="adam"`` or ``"adan"`` the step is per parameter already (normalised), so
         it is ``step`` probe units per move: the normalised move is divided by the gains
         that scale ``x``.  The defaults are the adaptation recipe's (``RECIPE``).
+        ``total_steps`` only shapes that decay (none by default): nothing stops the
+        optimiser there, and past it every schedule keeps its last value.
 
         ``x0`` is measured in probe units times the gains (what the adaptation recipe's
         parameter layout does), unless ``unit`` is given: then ``x0`` is in your own

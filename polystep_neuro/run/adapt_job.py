@@ -42,6 +42,7 @@ from polystep_neuro.run.data import (
     hold_out,
     load_split,
 )
+from polystep_neuro.run.label_free import NO_REPLAY
 from polystep_neuro.run.recipe import (
     Device,
     Run,
@@ -106,6 +107,8 @@ def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
         return _dataset(*load_spike_data(path, spec, job.time_first, need_labels=need_labels), job)
 
     assert job.data_path is not None
+    if job.label_free and job.replay_path is not None:
+        raise PolystepError(NO_REPLAY)
     train = load(job.data_path, need_labels=False)  # without labels: a label-free run
     if job.label_free:
         train = train.unlabelled()

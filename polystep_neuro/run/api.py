@@ -40,6 +40,7 @@ from polystep_neuro.run import user_data
 from polystep_neuro.run.controller import AdaptResult
 from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.deprecation import renamed, warn
+from polystep_neuro.run.label_free import NO_REPLAY
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.recipe import prepare_data, run_adaptation
 from polystep_neuro.run.run_defaults import RunConfig
@@ -116,6 +117,7 @@ def adapt(
     val_fraction: float = RunConfig.val_fraction,
     anchor: float | None = None,
     objective: str = RunConfig.objective,
+    label_free: bool = False,
     teacher: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
@@ -128,7 +130,8 @@ def adapt(
 
     ``time_steps`` is the T an snnTorch model runs per sample.  ``train`` is what the device
     sees now (spikes alone, without labels, run the label-free ``objective``, ``"im"`` or
-    ``"entropy"``: :mod:`polystep_neuro.run.label_free`); ``validation`` (default:
+    ``"entropy"``: :mod:`polystep_neuro.run.label_free`; ``label_free=True`` runs it on
+    labelled ``train`` and ``validation`` without reading their labels); ``validation`` (default:
     ``val_fraction`` of ``train`` held out) decides which network is handed back; ``replay``
     (clean data) is mixed into the stream and a share of it validates too; ``test`` sets are
     only reported.  ``writable`` defaults to the model's writable set, else every weight and
@@ -151,9 +154,14 @@ def adapt(
     Settings.refuse_unknown("adapt", settings)
     if resume and out_dir is None:
         raise PolystepError("resume=True continues a run from its out_dir: give out_dir")
+    if label_free and replay is not None:
+        raise PolystepError(NO_REPLAY)
     notes = user_data.reused_notes(train, test or {})  # by the objects the caller passed
     if not isinstance(train, SpikeDataset):  # read once (a path): T comes from it, then data
         train = user_data.split(train, need_labels=False, what="train")
+        train = (train[0], None) if label_free else train
+    elif label_free:
+        train = train.unlabelled()
     time_steps = steps_for_module(model, train, time_steps, time_first)
     spec, changes = _as_spec(model, time_steps, backend)
     cfg = RunConfig(
@@ -166,12 +174,18 @@ def adapt(
     def ds(data: DataLike, what: str) -> SpikeDataset:
         return _dataset(data, spec, batch_size, seed, time_first, what)
 
+    def held(data: DataLike, what: str) -> SpikeDataset:  # validation: no labels if label_free
+        return ds(data, what).unlabelled() if label_free else ds(data, what)
+
     named = isinstance(validation, Mapping) and "spikes" not in validation  # not one set's
     if validation is None or named:
-        checks = (None if validation is None
-                  else {k: ds(v, f"validation {k!r}") for k, v in validation.items()})  # fmt: skip
+        checks = (
+            None
+            if validation is None
+            else {k: held(v, f"validation {k!r}") for k, v in validation.items()}
+        )
     else:
-        checks = {"drifted": ds(validation, "validation")}
+        checks = {"drifted": held(validation, "validation")}
     for note in notes if progress else ():
         _say(note)
     data = prepare_data(

@@ -22,6 +22,11 @@ from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, LossFn
 
 OBJECTIVES = ("im", "entropy")
 DEFAULT_OBJECTIVE = "im"
+# adapt --label-free / label_free=True with clean replay: refused, since replay brings labels
+NO_REPLAY = (
+    "a label-free run takes no replay: clean replay comes with labels, and a run that has "
+    "labels adapts to them (drop --label-free / label_free=True, or the replay)"
+)
 
 
 def _probabilities(counts: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
