@@ -414,7 +414,8 @@ def test_a_bad_batch_in_a_folder_is_dropped_and_the_watch_goes_on(field, tmp_pat
     assert dropped[5]["file"] == name
     assert dropped[5]["why"] == (
         f"'spikes' of stream batch 5 ({name}): inputs must have shape (B, {T}, 16) (batch, "
-        f"time, inputs), got ({BATCH}, {T}, 15)"
+        f"time, inputs), got ({BATCH}, {T}, 15) — the network takes 16 inputs per time step, "
+        "the data have 15"
     )
     assert dropped[8]["why"] == (
         f"'spikes' of stream batch 8 ({folder / 'batch_0008.npz'}): 1 values are NaN or "
@@ -467,7 +468,8 @@ def test_a_stream_of_bad_batches_stops_with_an_error(field, tmp_path: Path) -> N
     assert str(caught.value) == (
         "3 batches in a row did not fit the network (max_bad_batches), the last because "
         f"'spikes' of stream batch 4 ({last}): inputs must have shape (B, {T}, 16) (batch, "
-        f"time, inputs), got ({BATCH}, {T}, 32); is this the stream of this network? (every "
+        f"time, inputs), got ({BATCH}, {T}, 32) — the network takes 16 inputs per time step, "
+        "the data have 32; is this the stream of this network? (every "
         f"one is logged as 'dropped' in {tmp_path / 'w' / 'watch.jsonl'})"
     )
     batches, events = read_log(tmp_path / "w")

@@ -71,8 +71,7 @@ def check_layout(
                 hint += "; spikes made time-first (T, n, N_in) need --time-first (time_first=True)"
         elif spikes.ndim == 3 and shape[2] != spec.n_in:
             hint = (
-                f" — the network takes {spec.n_in} inputs per time step, the data have "
-                f"{shape[2]}: data made for another network?"
+                f" — the network takes {spec.n_in} inputs per time step, the data have {shape[2]}"
             )
         else:
             hint = ""
