@@ -515,6 +515,7 @@ def load_into(spec: NetworkSpec, model: Any) -> None:
             f"the model has {len(pairs)} Linear + neuron layers, the adapted network "
             f"{len(spec.layers)}"
         )
+    _warn_other_neurons(spec, pairs)
     for i, ((name, linear), (lif_name, neuron)) in enumerate(pairs):
         layer = spec.layers[i]
         assert isinstance(linear, nn.Linear) and layer.v_bias is not None
@@ -542,6 +543,32 @@ def load_into(spec: NetworkSpec, model: Any) -> None:
             linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
             if linear.bias is not None:
                 linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+
+
+def _warn_other_neurons(spec: NetworkSpec, pairs: list[Any]) -> None:
+    """Values adapted on a device's neurons go into a module whose neurons reset otherwise:
+    the module then computes its own version of the network, which a user measured 12
+    points less accurate than the device's; said once, so they score it before use."""
+    differ = []
+    for i, (_, (_, neuron)) in enumerate(pairs):
+        code = int(getattr(neuron, "reset_mechanism_val", -1))
+        reset = _RESETS[code][0] if code in _RESETS else None
+        layer = spec.layers[i]
+        own_delay = bool(getattr(neuron, "reset_delay", layer.reset_delay))
+        if reset is not None and (reset, own_delay) != (layer.reset, bool(layer.reset_delay)):
+            differ.append(i)
+    if differ:
+        layer, neuron = spec.layers[differ[0]], pairs[differ[0]][1][1]
+        warnings.warn(
+            f"the adapted values were fitted to neurons that reset {layer.reset!r}"
+            f"{' one step late' if layer.reset_delay else ' in the spiking step'}, and your "
+            f"module's layers {', '.join(map(str, differ))} reset "
+            f"{_RESETS[int(neuron.reset_mechanism_val)][0]!r}"
+            f"{' one step late' if neuron.reset_delay else ' in the spiking step'}: it computes "
+            "its own version of the adapted network, which can be less accurate than the "
+            "device's; score the module on your data before you use it",
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------- running models
