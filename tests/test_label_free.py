@@ -183,6 +183,11 @@ def test_label_free_ignores_the_labels_a_file_has(field_data, tmp_path: Path, ca
     assert summary["adapted"] == ["lif0.v_bias", "lif0.vth"]
     np.savez(tmp_path / "clean.npz", spikes=field_data["clean"][0], labels=field_data["clean"][1])
     capsys.readouterr()
+    code = main([*spec, "--data", str(tmp_path / "labelled.npz"), *common, "--resume",
+                 "--out", str(tmp_path / "ignored")])  # fmt: skip
+    assert code == 2
+    assert ("was started with --label-free, which decides its objective; resume it with "
+            "--label-free") in capsys.readouterr().err  # fmt: skip
     code = main([*spec, "--data", str(tmp_path / "labelled.npz"), "--label-free", "--replay",
                  str(tmp_path / "clean.npz"), *common, "--out", str(tmp_path / "r")])  # fmt: skip
     assert code == 2

@@ -304,6 +304,13 @@ def _resumes_the_same_files(job: AdaptJob) -> None:
     if saved is not None:
         now = {key: _jsonable(getattr(job, key)) for key in _FILE_FLAGS}
         refuse_other_files(job.out_dir, saved, now, _FILE_FLAGS)
+        if bool(saved.get("label_free", False)) != job.label_free:  # another objective
+            started = "with" if saved.get("label_free") else "without"
+            raise PolystepError(
+                f"--resume: the run in {job.out_dir} was started {started} --label-free, "
+                f"which decides its objective; resume it {started} --label-free, or start a "
+                "new run without --resume (or with another --out)"
+            )
         if saved.get("backend", job.backend) != job.backend:  # the start was scored there
             raise PolystepError(
                 f"--resume: the run in {job.out_dir} was started on --backend "
