@@ -40,7 +40,10 @@ from simulators.loihi2_capacity import ChipLimits, check_device_layers, check_on
 
 log = logging.getLogger(__name__)
 
-NEEDS_ENV = "lava backend needs the Lava env: run `polystep-neuro devices setup-lava`"
+NEEDS_ENV = (
+    "lava backend needs the Lava env: run `polystep-neuro devices setup-lava` (or set "
+    "POLYSTEP_LAVA_VENV to a Lava env already set up, e.g. another checkout's .venv-lava)"
+)
 
 
 def spawn_server(

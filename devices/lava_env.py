@@ -219,6 +219,16 @@ def lava_env_status() -> tuple[bool, str]:
         dl = f", lava-dl {versions['lava-dl']}" if "lava-dl" in versions else ""
         lava = versions.get("lava-nc", "?")
         return True, f"Lava env {venv} (Python {marker.get('python', '?')}, lava-nc {lava}{dl})"
+    if find_lava_env() is not None:  # the backends run it anyway (they need marker + python)
+        return True, (
+            f"Lava env {venv}, out of date: {why}; the backends use it as it is; "
+            "`polystep-neuro devices setup-lava` brings it up to date"
+            + (
+                f" (it rewrites {venv}: unset {ENV_VAR} for a venv of this checkout's own)"
+                if os.environ.get(ENV_VAR)
+                else ""
+            )
+        )
     return False, (
         f"Lava env {venv}: {why}; run `polystep-neuro devices setup-lava` "
         "(needs Python 3.10; --python PATH to choose one)"

@@ -170,6 +170,30 @@ def test_env_location_and_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert root is not None and lava_env.default_venv() == root / ".venv-lava"
 
 
+def test_a_venv_set_up_for_another_checkout_is_usable_and_said_out_of_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second clone pointed at the first one's Lava env runs its backends (marker and
+    python are all they need), so `devices list` called it 'unavailable' wrongly; and its
+    fix, setup-lava, would rewrite the env the variable names: both said."""
+    import json
+
+    venv = tmp_path / "venv"
+    python = lava_env.venv_python(venv)
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    marker = {"format": lava_env.MARKER_FORMAT, "project": "/elsewhere",
+              "requirements": list(lava_env.requirements(False)), "versions": {}}  # fmt: skip
+    (venv / lava_env.MARKER).write_text(json.dumps(marker))
+    monkeypatch.setenv(lava_env.ENV_VAR, str(venv))
+    assert lava_env.find_lava_env() == venv
+    usable, why = lava_env.lava_env_status()
+    assert usable
+    assert why.startswith(f"Lava env {venv}, out of date: it runs the project from /elsewhere, ")
+    assert why.endswith(f"(it rewrites {venv}: unset {lava_env.ENV_VAR} for a venv of this "
+                        "checkout's own)")  # fmt: skip
+
+
 def test_backend_without_env_says_what_to_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
