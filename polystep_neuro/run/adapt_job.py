@@ -106,19 +106,19 @@ def _file_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
     def load(path: Path, need_labels: bool = True) -> SpikeDataset:
         return _dataset(*load_spike_data(path, spec, job.time_first, need_labels=need_labels), job)
 
+    def drifted(path: Path) -> SpikeDataset:  # without labels: a label-free run
+        data = load(path, need_labels=False)
+        return data.unlabelled() if job.label_free else data
+
     assert job.data_path is not None
     if job.label_free and job.replay_path is not None:
         raise PolystepError(NO_REPLAY)
-    train = load(job.data_path, need_labels=False)  # without labels: a label-free run
-    if job.label_free:
-        train = train.unlabelled()
+    train = drifted(job.data_path)
     replay = None if job.replay_path is None else load(job.replay_path)
     data = prepare_data(
         train,
         job,
-        validation=None
-        if job.val_path is None
-        else {"drifted": _maybe_unlabelled(load(job.val_path, need_labels=False), job)},
+        validation=None if job.val_path is None else {"drifted": drifted(job.val_path)},
         replay=replay,
         test={name: load(path) for name, path in job.test_paths.items()},
     )
@@ -149,7 +149,7 @@ def _builtin_data(job: AdaptJob, spec: NetworkSpec) -> RunData:
     x_train, y_train = split.x_train[kept], split.y_train[kept]
     x_val, y_val = split.x_train[held], split.y_train[held]
 
-    def spikes(x: np.ndarray, y: np.ndarray, drift: Drift | None = None) -> SpikeDataset:
+    def spikes(x: np.ndarray, y: np.ndarray | None, drift: Drift | None = None) -> SpikeDataset:
         return _dataset(encode_drifted(x, spec.num_steps, job.encoding, drift), y, job)
 
     if job.label_free:
@@ -189,19 +189,14 @@ def _builtin_label_free(
             "NAME (or the --shift-* flags)"
         )
     kept, held = parts
-    x, y = split.x_train, split.y_train
     both = {"clean": None, "shifted": shift}
     return RunData(
-        spikes(x[kept], y[kept], shift).unlabelled(),
-        {"drifted": spikes(x[held], y[held], shift).unlabelled()},
+        spikes(split.x_train[kept], None, shift),
+        {"drifted": spikes(split.x_train[held], None, shift)},
         {name: spikes(split.x_test, split.y_test, d) for name, d in both.items()},
         has_clean=False,
         what=f"{job.dataset} under {shift.describe()}, without labels",
     )
-
-
-def _maybe_unlabelled(data: SpikeDataset, job: AdaptJob) -> SpikeDataset:
-    return data.unlabelled() if job.label_free else data
 
 
 def _dataset(spikes: np.ndarray, labels: np.ndarray | None, job: AdaptJob) -> SpikeDataset:

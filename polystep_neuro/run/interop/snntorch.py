@@ -549,22 +549,24 @@ def _warn_other_neurons(spec: NetworkSpec, pairs: list[Any]) -> None:
     """Values adapted on a device's neurons go into a module whose neurons reset otherwise:
     the module then computes its own version of the network, which a user measured 12
     points less accurate than the device's; said once, so they score it before use."""
-    differ = []
+
+    def said(reset: str, delay: bool) -> str:
+        return f"{reset!r}{' one step late' if delay else ' in the spiking step'}"
+
+    differ = []  # (layer, the module's reset, its delay) where they are not the spec's
     for i, (_, (_, neuron)) in enumerate(pairs):
         code = int(getattr(neuron, "reset_mechanism_val", -1))
-        reset = _RESETS[code][0] if code in _RESETS else None
         layer = spec.layers[i]
-        own_delay = bool(getattr(neuron, "reset_delay", layer.reset_delay))
-        if reset is not None and (reset, own_delay) != (layer.reset, bool(layer.reset_delay)):
-            differ.append(i)
+        delay = bool(getattr(neuron, "reset_delay", layer.reset_delay))
+        if code in _RESETS and (_RESETS[code][0], delay) != (layer.reset, bool(layer.reset_delay)):
+            differ.append((i, _RESETS[code][0], delay))
     if differ:
-        layer, neuron = spec.layers[differ[0]], pairs[differ[0]][1][1]
+        first, reset, delay = differ[0]
+        layer = spec.layers[first]
         warnings.warn(
-            f"the adapted values were fitted to neurons that reset {layer.reset!r}"
-            f"{' one step late' if layer.reset_delay else ' in the spiking step'}, and your "
-            f"module's layers {', '.join(map(str, differ))} reset "
-            f"{_RESETS[int(neuron.reset_mechanism_val)][0]!r}"
-            f"{' one step late' if neuron.reset_delay else ' in the spiking step'}: it computes "
+            f"the adapted values were fitted to neurons that reset "
+            f"{said(layer.reset, layer.reset_delay)}, and your module's layers "
+            f"{', '.join(str(d[0]) for d in differ)} reset {said(reset, delay)}: it computes "
             "its own version of the adapted network, which can be less accurate than the "
             "device's; score the module on your data before you use it",
             stacklevel=3,
