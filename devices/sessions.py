@@ -60,9 +60,8 @@ class Session:
 
     def describe(self, now: float) -> str:
         held = f"holding a {self.network} network" if self.loaded else "holding no network"
-        return (
-            f"session {self.id[:8]} of {self.client!r}, {held}, idle {now - self.last_used:.0f} s"
-        )
+        ago = now - self.last_used  # since its last request, not how long it has done nothing
+        return f"session {self.id[:8]} of {self.client!r}, {held}, last request {ago:.0f} s ago"
 
 
 class Sessions:

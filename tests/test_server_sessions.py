@@ -118,8 +118,9 @@ def test_a_full_server_is_busy_and_names_who_holds_it() -> None:
     assert kind == "Busy"
     assert message == (
         "device server busy: all 2 session slots are held: session "
-        f"{alice[:8]} of 'alice@lab pid 1', holding a 6-10-4, T=8 network, idle 8 s; session "
-        f"{carol[:8]} of 'carol@lab pid 3', holding a 6-10-4, T=8 network, idle 3 s. A slot "
+        f"{alice[:8]} of 'alice@lab pid 1', holding a 6-10-4, T=8 network, last request 8 s "
+        f"ago; session {carol[:8]} of 'carol@lab pid 3', holding a 6-10-4, T=8 network, last "
+        "request 3 s ago. A slot "
         "frees when its client closes or after 600 s without a request; try again then, or "
         "use another server"
     )
