@@ -5,6 +5,8 @@ as a run that was never stopped."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -17,6 +19,7 @@ from polystep_neuro.cli import main
 from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from polystep_neuro.run import selection
+from polystep_neuro.run import watch as watch_module
 from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.streams import DirectoryStream, FileStream, SocketStream, open_stream
@@ -649,3 +652,36 @@ def test_the_summary_gives_the_accuracy_while_drift_was_flagged(
         f"{p['elsewhere']['serving_accuracy']:.1%}, deployed "
         f"{p['elsewhere']['start_accuracy']:.1%}"
     )
+
+
+def test_ctrl_c_during_an_adaptation_stops_the_watch_and_resume_adapts_again(
+    field, tmp_path: Path, monkeypatch
+) -> None:
+    """A user's Ctrl-C lands in the adaptation's own handler: the watch must stop too (not
+    serve the cut-short network and read on), and the resume must match an unbroken run."""
+    monkeypatch.setattr(selection, "PROXY_MARGIN", -1e9)  # accept what the run hands back
+    path = field["folder"] / "stream.npz"
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "whole"))
+    real_build = watch_module.Adapter.build
+
+    def interrupted_build(*args, **kwargs):
+        def ctrl_c(adapter, record) -> None:
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return real_build(*args, on_step=ctrl_c, **kwargs)
+
+    monkeypatch.setattr(watch_module.Adapter, "build", staticmethod(interrupted_build))
+    lines: list[str] = []
+    summary = run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts"),
+                        lines.append)  # fmt: skip
+    assert summary["interrupted"] is True
+    _, events = read_log(tmp_path / "parts")
+    assert [e["event"] for e in events] == ["drift"]  # nothing served: no "adapted"
+    stop = next(line for line in lines if line.startswith("stopped during the adaptation"))
+    assert stop.endswith("which is not served; --resume reads this batch again and adapts "
+                         "from the start")  # fmt: skip
+    monkeypatch.setattr(watch_module.Adapter, "build", real_build)
+    run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts", resume=True))
+    whole = (tmp_path / "whole" / "watch.jsonl").read_text()
+    assert (tmp_path / "parts" / "watch.jsonl").read_text() == whole

@@ -39,7 +39,9 @@ output folder (``out_dir``) holds:
   phase, detector statistics; the field samples collected for the next adaptation).
 
 The state is saved after every batch, so Ctrl-C (finish the batch, save, stop) and
-``resume`` continue where the watcher stopped.
+``resume`` continue where the watcher stopped.  Ctrl-C during an adaptation stops it after
+its current step and the watch with it; the cut-short network is not served, and ``resume``
+reads that batch again and adapts from the start, as an unbroken watch would have.
 """
 
 from __future__ import annotations
@@ -167,7 +169,15 @@ class Watcher:
                     yield from self._flush_dropped()
                     continue
                 self._bad_in_a_row = 0
-                yield from self._one(batch)
+                try:
+                    yield from self._one(batch)
+                except _AdaptationStopped:  # nothing of this batch was kept: read it again
+                    self._stop.set()
+                    self.report(
+                        f"stopped during the adaptation at batch {batch.index}, which is not "
+                        "served; --resume reads this batch again and adapts from the start"
+                    )
+                    break
                 self.state.position = batch.index + 1
                 self._save()
                 if self._stop.is_set():
@@ -304,6 +314,8 @@ class Watcher:
             ),
         )
         result = adapter.run(cfg.steps)
+        if result.interrupted:  # Ctrl-C reached the run's own handler: the watch stops too
+            raise _AdaptationStopped
         before, after = result.start["val_loss"], result.end["val_loss"]
         sizes = {"samples": int(len(kept)), "held_out": int(len(held))}
         if result.best_step == 0:
@@ -435,6 +447,11 @@ class Watcher:
         self.collected = [spikes] if len(spikes) else []
         _truncate_log(out / LOG_NAME, self.state.position)
         self.report(f"resuming at batch {self.state.position} ({self.state.phase})")
+
+
+class _AdaptationStopped(Exception):
+    """Ctrl-C cut an adaptation short: its network is not served, and the batch that
+    started it is left unsaved so that a resume adapts as an unbroken watch would."""
 
 
 def _batch_what(batch: StreamBatch) -> str:
