@@ -238,6 +238,14 @@ def test_time_first_streams_read_as_batch_first_and_the_mistake_is_named(
         T,
         16,
     )
+    # the other way: a batch-first file read with --time-first, its labels telling
+    np.savez(tmp_path / "bf.npz", spikes=spikes[:BATCH], labels=labels[:BATCH])
+    with pytest.raises(PolystepError) as caught:
+        list(open_stream(str(tmp_path / "bf.npz"), BATCH, time_first=True))
+    assert str(caught.value).endswith(
+        f"— its spikes ({BATCH}, {T}, 16) are batch-first (B, T, N_in) already, as its "
+        f"{BATCH} labels say: drop --time-first (time_first=False)"
+    )
 
 
 def test_the_watcher_names_the_layout_of_unlabelled_batches(field, tmp_path: Path) -> None:
@@ -685,3 +693,16 @@ def test_ctrl_c_during_an_adaptation_stops_the_watch_and_resume_adapts_again(
     run_watch(field["spec"], FileStream(path, BATCH), _cfg(tmp_path / "parts", resume=True))
     whole = (tmp_path / "whole" / "watch.jsonl").read_text()
     assert (tmp_path / "parts" / "watch.jsonl").read_text() == whole
+
+
+def test_a_time_first_shape_error_says_the_shape_as_given(field, tmp_path: Path) -> None:
+    """Read time-first, a batch's shape is the transposed one: the message says both, so
+    the user recognises the (T, B, N_in) array they sent."""
+    np.savez(tmp_path / "wide.npz", spikes=np.zeros((T, BATCH, 20), np.uint8))
+    with pytest.raises(PolystepError) as caught:
+        run_watch(field["spec"], open_stream(str(tmp_path / "wide.npz"), BATCH, time_first=True),
+                  _cfg(tmp_path / "out"))  # fmt: skip
+    assert (
+        f"got ({BATCH}, {T}, 20) (read time-first from ({T}, {BATCH}, 20) as given) — the "
+        "network takes 16 inputs per time step, the data have 20" in str(caught.value)
+    )

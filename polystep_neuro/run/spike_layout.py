@@ -75,6 +75,8 @@ def check_layout(
             )
         else:
             hint = ""
+        if time_first and spikes.ndim == 3:  # the shape said is the transposed one
+            hint = f" (read time-first from {(shape[1], shape[0], shape[2])} as given){hint}"
         raise PolystepError(f"{what}: {exc}{hint}") from None
     _check_finite(spikes, what)
 

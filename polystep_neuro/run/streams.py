@@ -90,6 +90,12 @@ def read_batch(
                 f" — its spikes {spikes.shape} look time-first (T, B, N_in), as snnTorch's "
                 "spikegen makes them: pass --time-first (time_first=True)"
             )
+        elif time_first and labels.shape == (spikes.shape[1],):
+            given = (spikes.shape[1], spikes.shape[0], spikes.shape[2])
+            hint = (
+                f" — its spikes {given} are batch-first (B, T, N_in) already, as its "
+                f"{spikes.shape[1]} labels say: drop --time-first (time_first=False)"
+            )
         raise PolystepError(
             f"{what}: 'labels' must be {spikes.shape[0]} integers, one per sample{hint}"
         )
