@@ -203,6 +203,21 @@ def test_deploy_adapts_by_default_only_where_a_gap_is_left(trained: dict) -> Non
     assert result.after["val_accuracy"] >= runs[False][0].after["val_accuracy"]
 
 
+def test_a_gap_of_one_validation_sample_does_not_start_the_adaptation() -> None:
+    """A user deploying on 200 samples got a 40-sample validation split, on which one sample
+    is 2.5 points: the 2-point rule started a 3-minute adaptation on that one sample."""
+    from polystep_neuro.run.deploy import _adapts
+
+    runs, why = _adapts(None, {"val_accuracy": 0.9}, {"val_accuracy": 0.875}, 40)
+    assert not runs and why == (
+        "adaptation: skipped, validation is 2.5 points below the trained model, but that is "
+        "one sample of 40: too few to tell (adapt=True / --adapt runs it anyway)"
+    )
+    assert _adapts(None, {"val_accuracy": 0.9}, {"val_accuracy": 0.85}, 40)[0]  # two samples
+    assert _adapts(None, {"val_accuracy": 0.9}, {"val_accuracy": 0.87}, 269)[0]  # 3 points
+    assert _adapts(True, {"val_accuracy": 0.9}, {"val_accuracy": 0.875}, 40)[0]
+
+
 @pytest.mark.parametrize("copies", ["identical", "mirrored"])
 def test_deploy_keeps_output_copies_only_where_validation_holds(
     trained: dict, copies: str, monkeypatch

@@ -23,11 +23,12 @@ The recipe, in three stages on the device (all forward passes only):
    biases), the teacher's soft targets plus the labels as the loss, the best network on
    validation handed back.  By default (``adapt=None``, ``deploy`` without ``--adapt`` /
    ``--no-adapt``) it runs only where stages 1 and 2 leave the device network
-   ``ADAPT_FROM`` (2 points) or more below the trained model on validation: where they left
-   under a point (the deployment bench's digits networks) it never raised held-out
-   accuracy; on networks whose conversion cost 3 to 16 points (``bench.deploy_gap_bench``)
-   it ran on 7 of 9 and raised test accuracy by a median 2.5 points, worst -1.5
-   (benchmarks section 11).  ``adapt=True`` runs it always, ``adapt=False`` never.
+   ``ADAPT_FROM`` (2 points) or more, and more than one sample, below the trained model on
+   validation: where they left under a point (the deployment bench's digits networks) it
+   never raised held-out accuracy; on networks whose conversion cost 3 to 16 points
+   (``bench.deploy_gap_bench``) it ran on 7 of 9 and raised test accuracy by a median 2.5
+   points, worst -1.5 (benchmarks section 11).  ``adapt=True`` runs it always,
+   ``adapt=False`` never.
 
 Stages 1 and 3 count against one budget of parameter sets (``budget``, each set scored on
 one minibatch of ``batch_size`` samples); stage 2 only scores two networks.
@@ -232,7 +233,7 @@ def deploy(
             dev, spec, sets, reference, before, seed, say, calibrate
         )
         split = _copies_stage(dev, sets, scores, say) if output_copies else scores
-        run_stage, why = _adapts(adapt, sets.reference_scores, split)
+        run_stage, why = _adapts(adapt, sets.reference_scores, split, len(sets.validation["val"]))
         say(why)
         result = _adaptation_stage(
             dev, sets, Settings(seed=seed, **settings), loss, backend=backend,
@@ -354,16 +355,25 @@ def _copies_stage(
 
 
 def _adapts(
-    adapt: bool | None, reference: Mapping[str, float], scores: Mapping[str, float]
+    adapt: bool | None,
+    reference: Mapping[str, float],
+    scores: Mapping[str, float],
+    n_val: int,
 ) -> tuple[bool, str]:
     """Whether stage 3 runs, and the line that says why: as ``adapt`` says, or (None) where
     the network after stages 1-2 is at least ``ADAPT_FROM`` below the trained model on
-    validation."""
+    validation, by more than one of its ``n_val`` samples (one sample is no evidence, and on
+    40 samples it is 2.5 points)."""
     if adapt is True:
         return True, "adaptation: runs because it was asked for (adapt=True / --adapt)"
     if adapt is False:
         return False, "adaptation: skipped because it was turned off (adapt=False / --no-adapt)"
     gap = reference["val_accuracy"] - scores["val_accuracy"]
+    samples = round(gap * n_val)
+    if gap >= ADAPT_FROM - 1e-6 and samples < 2:
+        return False, (f"adaptation: skipped, validation is {100 * gap:.1f} points below the "
+                       f"trained model, but that is one sample of {n_val}: too few to tell "
+                       "(adapt=True / --adapt runs it anyway)")  # fmt: skip
     if gap >= ADAPT_FROM - 1e-6:  # accuracies are float32 shares: 0.79 - 0.77 may be 0.0199..
         return True, (f"adaptation: validation is {100 * gap:.1f} points below the trained "
                       "model, so PolyStep adapts the device network (adapt=False / --no-adapt "
