@@ -639,3 +639,22 @@ def test_load_into_says_when_the_modules_neurons_reset_otherwise() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_into(own, model)  # the same neurons: nothing to say
+
+
+def test_load_into_a_model_of_other_sizes_says_both_sizes_and_warns_of_nothing() -> None:
+    """A user's wrong-size module got the reset warning first, then 'layer 0: weight (64,
+    784) vs adapted (100, 784)': one error naming both networks, before any warning."""
+    from polystep_neuro.run.interop.snntorch import load_into
+
+    model = _model(["leaky", "leaky"], "subtract", True, True, seed=0)
+    device, _ = interop.to_device_semantics(interop.from_snntorch(model, T))
+    sizes = device.sizes
+    other = NetworkSpec.random([sizes[0], sizes[1] + 3, sizes[2]], num_steps=T, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(SpecError) as caught:
+            load_into(other, model)
+    assert str(caught.value) == (
+        f"the model is {'-'.join(map(str, sizes))}, the adapted network "
+        f"{sizes[0]}-{sizes[1] + 3}-{sizes[2]}: load into a model of the adapted network's sizes"
+    )

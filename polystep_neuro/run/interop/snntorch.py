@@ -515,14 +515,17 @@ def load_into(spec: NetworkSpec, model: Any) -> None:
             f"the model has {len(pairs)} Linear + neuron layers, the adapted network "
             f"{len(spec.layers)}"
         )
+    sizes = [pairs[0][0][1].in_features] + [linear.out_features for (_, linear), _ in pairs]
+    if any(tuple(linear.weight.shape) != layer.weight.shape
+           for ((_, linear), _), layer in zip(pairs, spec.layers, strict=True)):  # fmt: skip
+        raise SpecError(  # before any warning about its neurons: it is another network
+            f"the model is {'-'.join(map(str, sizes))}, the adapted network "
+            f"{'-'.join(map(str, spec.sizes))}: load into a model of the adapted network's sizes"
+        )
     _warn_other_neurons(spec, pairs)
     for i, ((name, linear), (lif_name, neuron)) in enumerate(pairs):
         layer = spec.layers[i]
         assert isinstance(linear, nn.Linear) and layer.v_bias is not None
-        if tuple(linear.weight.shape) != layer.weight.shape:
-            raise SpecError(
-                f"layer {name}: weight {tuple(linear.weight.shape)} vs adapted {layer.weight.shape}"
-            )
         v_bias = np.asarray(layer.v_bias, dtype=np.float32)
         if np.float32(layer.du) != 1:
             gain = mean_current_gain(layer.du, spec.num_steps)
