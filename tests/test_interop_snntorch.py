@@ -304,7 +304,11 @@ def _seq(*modules: nn.Module) -> nn.Sequential:
 
 LIN = nn.Linear
 UNSUPPORTED: list[tuple[str, Callable[[], object], str]] = [
-    ("flatten", lambda: _seq(nn.Flatten(), LIN(4, 3), snn.Leaky(0.9)), r"layer 0 \(Flatten\)"),
+    (
+        "flatten folding the batch",
+        lambda: _seq(nn.Flatten(0), LIN(4, 3), snn.Leaky(0.9)),
+        r"layer 0 \(Flatten\)",
+    ),
     ("conv", lambda: _seq(nn.Conv2d(1, 2, 3), snn.Leaky(0.9)), r"layer 0 \(Conv2d\)"),
     ("alpha", lambda: _seq(LIN(4, 3), snn.Alpha(alpha=0.9, beta=0.8)), r"layer 1 \(Alpha\)"),
     (
@@ -621,6 +625,33 @@ def test_a_dropout_layer_is_left_out_and_said() -> None:
     counts = run_snntorch(with_dropout, x)
     assert torch.equal(counts, run_snntorch(plain, x)) and int(counts.sum()) > 0
     np.testing.assert_array_equal(TorchLIF(spec).counts({}, x)[0].numpy(), counts.numpy())
+
+
+def test_a_flatten_layer_is_left_out_and_said() -> None:
+    """snnTorch's tutorials start image models with nn.Flatten: on the flat per-step inputs
+    the device takes it is the identity, so it is left out with a note (it was refused);
+    one that folds the batch too is refused, naming it."""
+    from polystep_neuro.run.interop.snntorch import run_snntorch, snntorch_spec
+
+    torch.manual_seed(0)
+    fc0, fc1 = nn.Linear(6, 5), nn.Linear(5, 3)
+    with torch.no_grad():
+        fc0.weight.mul_(3.0)
+        fc1.weight.mul_(3.0)
+    kw = {"beta": 0.9, "init_hidden": True}
+    flat = nn.Sequential(nn.Flatten(), fc0, snn.Leaky(**kw), fc1, snn.Leaky(output=True, **kw))
+    spec, notes = snntorch_spec(flat, 8)
+    assert notes == [
+        "layer 0: nn.Flatten '0' left out: the device takes every time step's inputs as one "
+        "flat vector already (give spikes (n, T, N_in))"
+    ]
+    x = (np.random.default_rng(0).random((10, 8, 6)) < 0.5).astype(np.float32)
+    counts = run_snntorch(flat, x)
+    assert int(counts.sum()) > 0
+    np.testing.assert_array_equal(TorchLIF(spec).counts({}, x)[0].numpy(), counts.numpy())
+    folding = nn.Sequential(nn.Flatten(0), fc0, snn.Leaky(**kw), fc1, snn.Leaky(output=True, **kw))
+    with pytest.raises(SpecError, match=r"folds the batch too \(start_dim=0, not 1\)"):
+        snntorch_spec(folding, 8)
 
 
 def test_load_into_says_when_the_modules_neurons_reset_otherwise() -> None:

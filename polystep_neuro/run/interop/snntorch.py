@@ -78,7 +78,7 @@ SUPPORTED = (
     "polystep_neuro.adapt/deploy/check; from_snntorch alone refuses them), "
     "reset_mechanism 'subtract'/'zero'/'none', reset_delay True or False, "
     "graded_spikes_factor 1, no inhibition, no state_quant, and a Heaviside spike_grad "
-    "(every snntorch.surrogate function)"
+    "(every snntorch.surrogate function); nn.Dropout and nn.Flatten are left out"
 )
 # snnTorch's reset_mechanism_val -> (our reset name, the state function __init__ binds).
 _RESETS = {0: ("subtract", "_base_sub"), 1: ("zero", "_base_zero"), 2: ("none", "_base_int")}
@@ -150,12 +150,18 @@ def _flatten(model: Any) -> list[_Entry]:
     return entries
 
 
-def _dropouts(model: Any) -> list[tuple[int, str]]:
-    """(the layer a Dropout sits in, its name): what the conversion leaves out."""
+def _left_out(model: Any) -> list[tuple[int, str]]:
+    """(the layer it sits in, what the conversion says of it) for each nn.Dropout and
+    nn.Flatten: the identity on what the device computes, so left out."""
     out, layer = [], 0
     for name, module in _flatten(model):
         if isinstance(module, nn.Dropout):
-            out.append((max(layer - 1, 0), name))
+            why = f"nn.Dropout {name!r} left out: it passes its input unchanged once trained"
+            out.append((max(layer - 1, 0), why))
+        elif isinstance(module, nn.Flatten):
+            why = (f"nn.Flatten {name!r} left out: the device takes every time step's inputs "
+                   "as one flat vector already (give spikes (n, T, N_in))")  # fmt: skip
+            out.append((max(layer - 1, 0), why))
         elif type(module) in _NEURON_TYPES:
             layer += 1
     return out
@@ -192,7 +198,12 @@ def _layer_pairs(model: Any) -> list[tuple[_Entry, _Entry]]:
                 name, module, "a subclass of snn.Leaky/snn.Synaptic (its update may differ)"
             )
         elif isinstance(module, nn.Dropout):
-            continue  # the identity once trained: left out, and said (_dropouts)
+            continue  # the identity once trained: left out, and said (_left_out)
+        elif isinstance(module, nn.Flatten):
+            if module.start_dim != 1:
+                raise _unsupported(name, module, "an nn.Flatten that folds the batch too "
+                                   f"(start_dim={module.start_dim}, not 1)")  # fmt: skip
+            continue  # the identity on flat (batch, features) inputs: left out, and said
         else:
             raise _unsupported(name, module, "this layer type is not supported")
         previous = (name, module)
@@ -415,10 +426,7 @@ def snntorch_spec(model: Any, num_steps: int) -> tuple[NetworkSpec, list[Change]
     to a device's.
     """
     layers: list[LayerSpec] = []
-    notes: list[Change] = [
-        Change(i, f"nn.Dropout {name!r} left out: it passes its input unchanged once trained", True)
-        for i, name in _dropouts(model)
-    ]
+    notes: list[Change] = [Change(i, why, True) for i, why in _left_out(model)]
     prev_out: int | None = None
     for i, (fc_entry, lif_entry) in enumerate(_layer_pairs(model)):
         layer, changed = _lenient_layer(i, fc_entry, lif_entry, prev_out)
