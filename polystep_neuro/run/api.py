@@ -140,7 +140,8 @@ def adapt(
     neurons' biases among them and the start's own outputs anchor it (``anchor``, default 2;
     :mod:`polystep_neuro.run.run_defaults`). ``teacher`` (the trained model, run on the
     host) takes the start's place: its outputs on every sample are the soft targets the run
-    holds on to (:mod:`polystep_neuro.run.teacher`).
+    holds on to (:mod:`polystep_neuro.run.teacher`); on drifted data alone that cost 3-5
+    clean points where the start's anchor cost under 1 (docs/benchmarks.md, section 4).
     ``settings`` are :class:`~polystep_neuro.run.optimizers.Settings` fields (probe, rank,
     step, ``low_rank_probes=True`` for the float simulator's faster first layer, ...).
     ``out_dir`` keeps the checkpoint and the metrics; after Ctrl-C (``result.interrupted``)
