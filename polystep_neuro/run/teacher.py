@@ -10,6 +10,9 @@ validation accuracy, as in every run).
 
 With drifted data the same targets are the anchor: the teacher's outputs on the drifted
 inputs replace the starting device network's own outputs, which carry the deployment gap.
+On drifted data alone that measured worse than the start's own anchor (3-5 clean points
+lost on a user's two networks, docs/benchmarks.md section 4): the teacher's outputs on
+drifted inputs carry the drift too.
 """
 
 from __future__ import annotations
