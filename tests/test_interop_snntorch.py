@@ -602,18 +602,23 @@ def test_per_neuron_and_learnable_values_are_mapped_and_reported() -> None:
     assert spec.layers[0].dv == pytest.approx(0.2, abs=1e-7)
 
 
+def _two_spiking_linears() -> tuple[nn.Linear, nn.Linear, dict]:
+    """A 6-5-3 pair of Linear layers strong enough to spike, and tutorial-style Leaky kwargs."""
+    torch.manual_seed(0)
+    fc0, fc1 = nn.Linear(6, 5), nn.Linear(5, 3)
+    with torch.no_grad():
+        fc0.weight.mul_(3.0)
+        fc1.weight.mul_(3.0)
+    return fc0, fc1, {"beta": 0.9, "init_hidden": True}
+
+
 def test_a_dropout_layer_is_left_out_and_said() -> None:
     """A trained model with nn.Dropout was refused with a 600-character message (even at
     p=0); it passes its input unchanged once trained, so it is left out, with a note, and
     the model's own run skips it too (in train mode it would drop spikes at random)."""
     from polystep_neuro.run.interop.snntorch import run_snntorch, snntorch_spec
 
-    torch.manual_seed(0)
-    fc0, fc1 = nn.Linear(6, 5), nn.Linear(5, 3)
-    with torch.no_grad():
-        fc0.weight.mul_(3.0)
-        fc1.weight.mul_(3.0)
-    kw = {"beta": 0.9, "init_hidden": True}
+    fc0, fc1, kw = _two_spiking_linears()
     with_dropout = nn.Sequential(fc0, nn.Dropout(0.5), snn.Leaky(**kw), fc1,
                                  snn.Leaky(output=True, **kw))  # fmt: skip
     plain = nn.Sequential(fc0, snn.Leaky(**kw), fc1, snn.Leaky(output=True, **kw))
@@ -633,12 +638,7 @@ def test_a_flatten_layer_is_left_out_and_said() -> None:
     one that folds the batch too is refused, naming it."""
     from polystep_neuro.run.interop.snntorch import run_snntorch, snntorch_spec
 
-    torch.manual_seed(0)
-    fc0, fc1 = nn.Linear(6, 5), nn.Linear(5, 3)
-    with torch.no_grad():
-        fc0.weight.mul_(3.0)
-        fc1.weight.mul_(3.0)
-    kw = {"beta": 0.9, "init_hidden": True}
+    fc0, fc1, kw = _two_spiking_linears()
     flat = nn.Sequential(nn.Flatten(), fc0, snn.Leaky(**kw), fc1, snn.Leaky(output=True, **kw))
     spec, notes = snntorch_spec(flat, 8)
     assert notes == [
