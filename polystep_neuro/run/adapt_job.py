@@ -252,12 +252,9 @@ def _anchored(anchor: float, teacher: Path | None, has_clean: bool) -> str:
     the starting network's own outputs when ``anchor`` > 0; with drifted data alone, what a
     teacher measured to cost (its outputs on drifted inputs carry the drift)."""
     if teacher is not None:
-        from polystep_neuro.run.teacher import teacher_weight
+        from polystep_neuro.run.teacher import DRIFTED_ONLY_NOTE, teacher_weight
 
-        cost = "" if has_clean else (
-            "; note: on drifted data alone a teacher cost 2.9-5.2 clean points on the networks "
-            "measured, the starting network as the anchor (no --teacher) under 1"
-        )  # fmt: skip
+        cost = "" if has_clean else f"; {DRIFTED_ONLY_NOTE}"
         return (
             f"; anchored to the outputs of the teacher {teacher} (the trained model), not to "
             f"the starting network (weight {teacher_weight(anchor):g}){cost}"

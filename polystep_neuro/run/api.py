@@ -198,9 +198,11 @@ def adapt(
     )
     on_ready = None
     if teacher is not None:
-        from polystep_neuro.run.teacher import taught
+        from polystep_neuro.run.teacher import DRIFTED_ONLY_NOTE, taught
 
         data, on_ready = taught(teacher, data, spec, cfg)
+        if progress and not data.has_clean:
+            _say(f"teacher: {DRIFTED_ONLY_NOTE}")
     if stop is not None:
         on_ready = _stopping(on_ready, stop)
     # the notes as the run goes; the summary is result.summary(), which callers print
