@@ -235,6 +235,7 @@ class Watcher:
         }
         if batch.labels is not None:
             labels = torch.as_tensor(batch.labels)
+            record["labelled"] = int(len(labels))  # what the summary weighs this batch by
             record["start_accuracy"] = float(accuracy(start[None], labels)[0])
             record["serving_accuracy"] = float(accuracy(counts[:1], labels)[0])
         events = []

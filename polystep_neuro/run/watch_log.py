@@ -65,9 +65,13 @@ def summarize(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _accuracies(batches: list[dict[str, Any]]) -> dict[str, float]:
+    """Over the samples, not the batches: a stream's short last batch (or a folder's
+    batches of other sizes) must not weigh as much as a full one.  Logs written before the
+    records held their sample count weigh every batch alike."""
+    weights = [b.get("labelled", 1) for b in batches]
     return {
-        "serving_accuracy": float(np.mean([b["serving_accuracy"] for b in batches])),
-        "start_accuracy": float(np.mean([b["start_accuracy"] for b in batches])),
+        key: float(np.average([b[key] for b in batches], weights=weights))
+        for key in ("serving_accuracy", "start_accuracy")
     }
 
 
