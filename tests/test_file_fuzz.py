@@ -192,7 +192,7 @@ def test_a_misnamed_labels_array_is_named_instead_of_ignored(tmp_path: Path, nam
     )
     with pytest.raises(PolystepError) as info:
         load_spike_data(path, SPEC, need_labels=False)
-    assert str(info.value) == message + " to adapt with labels, or leave it out to adapt without"
+    assert str(info.value) == message + " to use them, or leave it out for unlabelled data"
     with pytest.raises(PolystepError) as info:
         load_spike_data(path, SPEC, need_labels=False, time_steps_flag="--time-steps")  # deploy
     assert str(info.value).startswith(message)
@@ -249,3 +249,28 @@ def test_evaluate_says_how_a_float_backend_reads_values_that_are_not_spikes(
     assert main([*args, "--data", str(tmp_path / "floats.npz")]) == 2
     said = capsys.readouterr()
     assert "must be binary spikes" in said.err and "input currents, not spikes" not in said.out
+
+
+def test_spikes_under_another_name_are_named_with_every_array(tmp_path: Path) -> None:
+    """A file of 'x' and 'y' got numpy's "'spikes is not a file in the archive'", then,
+    renamed, the labels' message: one message naming both arrays and the save call."""
+    path = tmp_path / "xy.npz"
+    np.savez(path, x=np.zeros((7, 4, 6), np.uint8), y=np.zeros(7, np.int64))
+    with pytest.raises(PolystepError) as info:
+        load_spike_data(path, SPEC, need_labels=False)
+    assert str(info.value) == (
+        f"{path} holds ['x', 'y'], not 'spikes' (and 'labels'): save it as np.savez(path, "
+        "spikes=<(n, T, N_in) spikes>, labels=<(n,) class indices>)"
+    )
+
+
+def test_boolean_spikes_are_spikes_and_a_text_array_is_named(tmp_path: Path) -> None:
+    """0/1 spikes stored as booleans were refused as 'must be numeric arrays' (which one?)."""
+    rng = np.random.default_rng(0)
+    spikes = rng.random((7, 4, 6)) < 0.3
+    np.savez(tmp_path / "b.npz", spikes=spikes, labels=np.arange(7) % 3)
+    read, labels = load_spike_data(tmp_path / "b.npz", SPEC)
+    np.testing.assert_array_equal(read, spikes.astype(np.uint8))
+    np.savez(tmp_path / "s.npz", spikes=spikes, labels=np.array(list("abcdefg")))
+    with pytest.raises(PolystepError, match=r"'labels' must be a numeric array, got <U1$"):
+        load_spike_data(tmp_path / "s.npz", SPEC)

@@ -331,8 +331,8 @@ def test_a_file_is_read_alike_by_the_api_and_the_commands(tmp_path: Path) -> Non
     with pytest.raises(PolystepError, match="y.npz has no 'labels' but has 'y': name it"):
         user_data.split(tmp_path / "y.npz", need_labels=False)
     for need in (False, True):
-        with pytest.raises(PolystepError, match=r"other.npz must be an \.npz holding 'spikes' "
-                           r"\(n, T, N_in\) and 'labels' \(n,\)"):  # fmt: skip
+        with pytest.raises(PolystepError, match=r"other.npz holds \['x'\], not 'spikes' "
+                           r"\(and 'labels'\): save it as np.savez"):  # fmt: skip
             load_spike_data(tmp_path / "other.npz", _spec(), need_labels=need)
 
 

@@ -136,6 +136,12 @@ def read_file(path: Path, need_labels: bool) -> tuple[np.ndarray, np.ndarray | N
         with data:
             if "spikes" not in data.files:
                 _not_data(path, data.files)
+                if data.files:  # arrays under other names ('x', 'y'): name them all at once
+                    raise PolystepError(
+                        f"{path} holds {sorted(data.files)}, not 'spikes' (and 'labels'): save "
+                        "it as np.savez(path, spikes=<(n, T, N_in) spikes>, labels=<(n,) class "
+                        "indices>)"
+                    )
             if "labels" not in data.files:
                 _no_misnamed_labels(path, data.files, need_labels)
                 if need_labels and "spikes" in data.files:
@@ -159,9 +165,11 @@ def read_file(path: Path, need_labels: bool) -> tuple[np.ndarray, np.ndarray | N
         raise PolystepError(
             f"{path} must be an .npz holding 'spikes' (n, T, N_in) and 'labels' (n,): {reason}"
         ) from None
-    for array in (labels, spikes):
+    if spikes.dtype == bool:  # 0/1 spikes stored as booleans: the same spikes
+        spikes = spikes.astype(np.uint8)
+    for name, array in (("labels", labels), ("spikes", spikes)):
         if array is not None and not np.issubdtype(array.dtype, np.number):
-            raise PolystepError(f"{path}: 'spikes' and 'labels' must be numeric arrays")
+            raise PolystepError(f"{path}: '{name}' must be a numeric array, got {array.dtype}")
     return spikes, labels
 
 
@@ -194,7 +202,7 @@ def _no_misnamed_labels(path: Path, names: list[str], need_labels: bool) -> None
         return
     remedy = "name it 'labels' (np.savez(path, spikes=..., labels=...))"
     if not need_labels:
-        remedy += " to adapt with labels, or leave it out to adapt without"
+        remedy += " to use them, or leave it out for unlabelled data"
     raise PolystepError(f"{path} has no 'labels' but has '{found[0]}': {remedy}")
 
 
