@@ -251,14 +251,14 @@ def export(args: argparse.Namespace) -> int:
     if args.round_biases:
         spec, changes = round_biases_for_netx(spec)
         held = args.out.with_name(args.out.name + ".npz")
+    write_netx(spec, args.out)
+    if held is not None:  # said and saved only beside a file that was written
+        spec.with_readout_copies(copies).save(held)
         moved = ", ".join(f"layer {i} {c:.2%}" for i, c in enumerate(changes))
         print(
             f"  note: biases rounded to netx's multiples of 64 device units (largest change "
             f"of a threshold: {moved}); the network the file holds is {held}: evaluate it "
             f"there to see what the rounding cost"
         )
-    write_netx(spec, args.out)
-    if held is not None:  # only beside a file that was written (a refused export left one)
-        spec.with_readout_copies(copies).save(held)
     print(f"wrote {args.out}: lava-dl netx network of {_describe(spec)}")
     return 0
