@@ -423,3 +423,22 @@ def test_a_lava_backend_without_the_lava_env_fails_before_any_work(
     assert main(["demo", "--quick", "--backend", "lava-fixed", "--out", str(tmp_path)]) == 2
     assert "lava backend needs the Lava env" in capsys.readouterr().err
     assert time.monotonic() - started < 5 and not (tmp_path / "pretrain").exists()
+
+
+def test_a_mistyped_flag_is_refused_by_its_command_with_the_closest_flag(capsys) -> None:
+    """`adapt --time-frist` got the whole program's usage block and no hint; a backend typo
+    already got "did you mean": flags get it too, under the command's own usage."""
+    from polystep_neuro.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["adapt", "--spec", "net.npz", "--time-frist", "--replays", "clean.npz"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: polystep-neuro adapt ")
+    assert err.rstrip().endswith(
+        "polystep-neuro adapt: error: unrecognized arguments: --time-frist (did you mean "
+        "--time-first?) --replays (did you mean --replay?) clean.npz"
+    )
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--spec", "net.npz", "--data", "d.npz", "--zzz"])
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --zzz")

@@ -78,7 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     deploy_cli.add_parsers(sub)  # check, deploy
     for command in sub.choices.values():  # (set after the fact: add_parser does not pass it on)
         command.formatter_class = WholeWords
+    parser.set_defaults(_commands=sub.choices)  # for _parse's error with the command's usage
     return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments; a flag no command has is refused by that command's parser (its usage,
+    not the whole program's) with the closest of its flags, as a backend name is."""
+    import difflib
+
+    args, extra = _parser().parse_known_args(argv)
+    if extra:
+        command = args._commands[args.command]
+        flags = [f for action in command._actions for f in action.option_strings]
+        words = []
+        for word in extra:
+            close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.75)
+            words.append(f"{word} (did you mean {close[0]}?)" if word[:1] == "-" and close
+                         else word)  # fmt: skip
+        command.error("unrecognized arguments: " + " ".join(words))
+    del args._commands
+    return args
 
 
 def _add_demo(sub: Any) -> None:
@@ -703,7 +723,7 @@ def _check_backend_name(name: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     handlers = {
         "demo": _cmd_demo,
         "adapt": _cmd_adapt,
