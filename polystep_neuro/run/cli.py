@@ -78,7 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     deploy_cli.add_parsers(sub)  # check, deploy
     for command in sub.choices.values():  # (set after the fact: add_parser does not pass it on)
         command.formatter_class = WholeWords
-    parser.set_defaults(_commands=sub.choices)  # for _parse's error with the command's usage
     return parser
 
 
@@ -87,17 +86,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     not the whole program's) with the closest of its flags, as a backend name is."""
     import difflib
 
-    args, extra = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
     if extra:
-        command = args._commands[args.command]
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
         flags = [f for action in command._actions for f in action.option_strings]
         words = []
         for word in extra:
-            close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.75)
-            words.append(f"{word} (did you mean {close[0]}?)" if word[:1] == "-" and close
-                         else word)  # fmt: skip
+            close = word.startswith("-") and difflib.get_close_matches(
+                word.split("=")[0], flags, n=1, cutoff=0.75
+            )
+            words.append(f"{word} (did you mean {close[0]}?)" if close else word)
         command.error("unrecognized arguments: " + " ".join(words))
-    del args._commands
     return args
 
 

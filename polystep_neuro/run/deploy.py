@@ -369,12 +369,11 @@ def _adapts(
     if adapt is False:
         return False, "adaptation: skipped because it was turned off (adapt=False / --no-adapt)"
     gap = reference["val_accuracy"] - scores["val_accuracy"]
-    samples = round(gap * n_val)
-    if gap >= ADAPT_FROM - 1e-6 and samples < 2:
-        return False, (f"adaptation: skipped, validation is {100 * gap:.1f} points below the "
-                       f"trained model, but that is one sample of {n_val}: too few to tell "
-                       "(adapt=True / --adapt runs it anyway)")  # fmt: skip
     if gap >= ADAPT_FROM - 1e-6:  # accuracies are float32 shares: 0.79 - 0.77 may be 0.0199..
+        if round(gap * n_val) < 2:
+            return False, (f"adaptation: skipped, validation is {100 * gap:.1f} points below "
+                           f"the trained model, but that is one sample of {n_val}: too few to "
+                           "tell (adapt=True / --adapt runs it anyway)")  # fmt: skip
         return True, (f"adaptation: validation is {100 * gap:.1f} points below the trained "
                       "model, so PolyStep adapts the device network (adapt=False / --no-adapt "
                       "skips it)")  # fmt: skip

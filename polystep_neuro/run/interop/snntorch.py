@@ -157,13 +157,14 @@ def _left_out(model: Any) -> list[tuple[int, str]]:
     for name, module in _flatten(model):
         if isinstance(module, nn.Dropout):
             why = f"nn.Dropout {name!r} left out: it passes its input unchanged once trained"
-            out.append((max(layer - 1, 0), why))
         elif isinstance(module, nn.Flatten):
             why = (f"nn.Flatten {name!r} left out: the device takes every time step's inputs "
                    "as one flat vector already (give spikes (n, T, N_in))")  # fmt: skip
-            out.append((max(layer - 1, 0), why))
-        elif type(module) in _NEURON_TYPES:
-            layer += 1
+        else:
+            if type(module) in _NEURON_TYPES:
+                layer += 1
+            continue
+        out.append((max(layer - 1, 0), why))
     return out
 
 
@@ -523,9 +524,9 @@ def load_into(spec: NetworkSpec, model: Any) -> None:
             f"the model has {len(pairs)} Linear + neuron layers, the adapted network "
             f"{len(spec.layers)}"
         )
-    sizes = [pairs[0][0][1].in_features] + [linear.out_features for (_, linear), _ in pairs]
     if any(tuple(linear.weight.shape) != layer.weight.shape
            for ((_, linear), _), layer in zip(pairs, spec.layers, strict=True)):  # fmt: skip
+        sizes = [pairs[0][0][1].in_features] + [linear.out_features for (_, linear), _ in pairs]
         raise SpecError(  # before any warning about its neurons: it is another network
             f"the model is {'-'.join(map(str, sizes))}, the adapted network "
             f"{'-'.join(map(str, spec.sizes))}: load into a model of the adapted network's sizes"
