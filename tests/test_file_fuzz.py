@@ -251,6 +251,27 @@ def test_evaluate_says_how_a_float_backend_reads_values_that_are_not_spikes(
     assert "must be binary spikes" in said.err and "input currents, not spikes" not in said.out
 
 
+def test_adapt_refuses_values_before_announcing_the_run(tmp_path: Path, capsys) -> None:
+    """`adapt` on float values and a fixed-point backend printed its 'adapting ...' banner,
+    wrote config.json into a new --out, then failed at the first step: the refusal now comes
+    first, names the set, and leaves no folder behind."""
+    spec = NetworkSpec.random([4, 3, 2], 5)
+    spec.save(tmp_path / "net.npz")
+    rng = np.random.default_rng(0)
+    spikes = (rng.random((30, 5, 4)) < 0.3).astype(np.float32)
+    np.savez(tmp_path / "train.npz", spikes=spikes, labels=np.zeros(30, int))
+    np.savez(tmp_path / "test.npz", spikes=spikes * 0.5, labels=np.zeros(30, int))
+    out = tmp_path / "run"
+    args = ["adapt", "--spec", str(tmp_path / "net.npz"), "--torch-device", "cpu",
+            "--data", str(tmp_path / "train.npz"), "--test", f"t={tmp_path / 'test.npz'}",
+            "--steps", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    said = capsys.readouterr()
+    assert "test set 't' holds values other than 0 and 1 (e.g. 0.5)" in said.err
+    assert "adapting lif0.v_bias" not in said.out and not out.exists()
+    assert main([*args, "--backend", "torch-sim"]) == 0  # a float backend takes them
+
+
 def test_spikes_under_another_name_are_named_with_every_array(tmp_path: Path) -> None:
     """A file of 'x' and 'y' got numpy's "'spikes is not a file in the archive'", then,
     renamed, the labels' message: one message naming both arrays and the save call."""

@@ -29,7 +29,12 @@ from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.optimizers import Settings, polystep_candidates
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.selection import few_samples_note
-from polystep_neuro.run.writable import Writable, resolve_writable, scoring_writable
+from polystep_neuro.run.writable import (
+    FIXED_POINT,
+    Writable,
+    resolve_writable,
+    scoring_writable,
+)
 
 Report = Callable[[str], None]
 
@@ -143,6 +148,27 @@ def _first_layer_on_lava(device: Device) -> str | None:
     )
 
 
+def _refuse_values(data: RunData, caps: Any) -> None:
+    """A fixed-point device takes 0/1 spikes only: values said before the run's banner, with
+    the set that holds them (the device said it at the first step, after the banner had
+    announced the run)."""
+    if caps.precision != FIXED_POINT:
+        return
+    named = {"the training data": data.stream}
+    named |= {f"validation set '{k}'": v for k, v in data.validation.items()}
+    named |= {f"test set '{k}'": v for k, v in data.test.items()}
+    for what, held in named.items():
+        x = held.spikes
+        odd = x[(x != 0) & (x != 1)]
+        if odd.numel():
+            raise PolystepError(
+                f"{what} holds values other than 0 and 1 (e.g. {float(odd[0]):g}), and "
+                f"{caps.name} ({FIXED_POINT}) takes binary spikes: rate-code the values into "
+                "spikes first (e.g. snntorch.spikegen.rate), or adapt on a float backend "
+                "(torch-sim), which takes them as input currents"
+            )
+
+
 @dataclass
 class Run:
     """What :func:`run_adaptation` hands back."""
@@ -216,6 +242,7 @@ def _adapt(
             "is handed back"
         )
     with opened(spec, cfg, data.has_clean, report, label_free=loss is not None) as device:
+        _refuse_values(data, device.backend.capabilities)
         note = _first_layer_on_lava(device)
         if note is not None and report is not None:
             report(note)
