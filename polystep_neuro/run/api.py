@@ -165,6 +165,9 @@ def adapt(
         train = train.unlabelled()
     time_steps = steps_for_module(model, train, time_steps, time_first)
     spec, changes = _as_spec(model, time_steps, backend)
+    note = conversion_note(model, backend, changes, "adapt")
+    if note is not None and progress:
+        _say(note)
     cfg = RunConfig(
         backend=backend, torch_device=torch_device, steps=steps, batch_size=batch_size,
         val_fraction=val_fraction, writable=writable, anchor=anchor, objective=objective,
@@ -233,6 +236,26 @@ def _as_spec(model: Any, time_steps: int | None, backend: str) -> tuple[NetworkS
 
     spec, changes = as_reference(model, time_steps).for_backend(backend)
     return spec, [str(c) for c in changes]
+
+
+def conversion_note(model: Any, backend: str, changes: list[str], call: str) -> str | None:
+    """What a call that converts ``model`` for ``backend`` by itself says it changed: the
+    caller saw nothing of it, and the network run is uncalibrated (a model) or not the file
+    as given (a spec, which ``polystep-neuro adapt --spec`` runs as it is)."""
+    approximate = [c.removesuffix(" [approximate]") for c in changes if "[approximate]" in c]
+    if not approximate:
+        return None
+    shown = "; ".join(approximate[:2]) + ("; ..." if len(approximate) > 2 else "")
+    if isinstance(model, (NetworkSpec, str, os.PathLike)):
+        return (
+            f"note: {call} runs the spec converted for {backend} (the command runs the file as "
+            f"given), with {len(approximate)} approximate change(s): {shown}"
+        )
+    return (
+        f"note: {call} runs the model converted for {backend}, uncalibrated, with "
+        f"{len(approximate)} approximate change(s) ({shown}); pn.deploy(model, backend, "
+        "data=...) calibrates it on your data first: pass its .spec here instead"
+    )
 
 
 def _dataset(

@@ -72,7 +72,7 @@ from polystep_neuro.run.losses import accuracy
 from polystep_neuro.run.progress import ctrl_c_stops
 from polystep_neuro.run.recipe import Device, opened
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
-from polystep_neuro.run.spike_layout import check_layout
+from polystep_neuro.run.spike_layout import check_layout, either_layout
 from polystep_neuro.run.streams import Stream, StreamBatch
 from polystep_neuro.run.watch_log import LOG_NAME, read_log, stretches_line, summarize
 from polystep_neuro.run.writable import FIXED_POINT
@@ -126,6 +126,8 @@ class Watcher:
 
     def __init__(self, spec: NetworkSpec, cfg: WatchConfig, report: Report | None = None):
         self.spec, self.cfg, self.report = spec, cfg, report or (lambda line: None)
+        self._warn = report or print  # what must be said even to a silent iterator
+        self._layout_said = False  # the note of a batch that fits both layouts, said once
         self.detector = DriftDetector(cfg.detector)
         self.state = _State()
         self.serving: dict[str, np.ndarray] = {}  # adapted values of the writable set
@@ -204,6 +206,12 @@ class Watcher:
             check_layout(batch.spikes, self.spec, batch.time_first, _batch_what(batch))
         except PolystepError as exc:
             return str(exc)
+        note = either_layout(
+            batch.spikes.shape, self.spec.num_steps, batch.time_first, _batch_what(batch)
+        )
+        if note is not None and not self._layout_said:
+            self._warn(f"{note} (said once for the stream)")
+            self._layout_said = True
         return None
 
     def _not_spikes(self, batch: StreamBatch) -> str | None:

@@ -86,7 +86,7 @@ def watch(
     detector's settings (``reference_batches``, ``z_limit``, ``window``, ``votes``), as the
     command's flags; ``seed`` seeds the adaptations.  Everything is checked here, before the
     first record is asked for; the out folder's files are in the module docstring."""
-    from polystep_neuro.run.api import _as_spec
+    from polystep_neuro.run.api import _as_spec, conversion_note
     from polystep_neuro.run.streams import open_stream
 
     cfg = _watch_config(backend, seed, options)
@@ -98,7 +98,10 @@ def watch(
     try:
         if time_steps is None and isinstance(model, torch.nn.Module):
             time_steps = _first_batch_steps(source)
-        spec, _ = _as_spec(model, time_steps, backend)
+        spec, changes = _as_spec(model, time_steps, backend)
+        note = conversion_note(model, backend, changes, "watch")
+        if note is not None:
+            (report or print)(note)
         watcher = Watcher(spec, cfg, report)
         records = watcher.watch(source)
     except BaseException:
