@@ -137,6 +137,12 @@ def test_the_old_device_flag_still_works_and_says_its_new_name(tmp_path: Path) -
     assert re.search(r"accuracy \d+\.\d%, loss", proc.stdout), proc.stdout  # as other commands
     proc = _run("adapt", "--help")
     assert "--torch-device" in proc.stdout and "--device " not in proc.stdout
+    # check and deploy too (argparse took check's --device for --device-spec: "spec file not
+    # found: cpu")
+    out = str(tmp_path / "check")
+    proc = _run("check", "--spec", str(spec), "--data", str(data), "--device", "cpu", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "--device is now --torch-device" in proc.stderr
 
 
 def test_bad_optimiser_settings(tmp_path: Path) -> None:

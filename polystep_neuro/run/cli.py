@@ -16,32 +16,19 @@ from typing import Any
 
 from polystep_neuro.core.errors import DeviceError, Interrupted, PolystepError
 from polystep_neuro.run import convert, deploy_cli
-from polystep_neuro.run.cli_args import WholeWords, add_backend, at_least, named_path, non_negative
-from polystep_neuro.run.deprecation import add_renamed_flag
+from polystep_neuro.run.cli_args import (
+    WholeWords,
+    add_backend,
+    add_torch_device,
+    at_least,
+    named_path,
+    non_negative,
+)
 from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, OBJECTIVES
 from polystep_neuro.run.run_defaults import RunConfig
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def _torch_device(value: str) -> str:
-    """auto, cpu, cuda or cuda:N (checked here, so a typo is an argparse error)."""
-    index = value.removeprefix("cuda:")
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()):
-        return value
-    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
-
-
-def _add_torch_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--torch-device",
-        default=RunConfig.torch_device,
-        type=_torch_device,
-        help="where torch runs (the torch simulators and the optimiser): auto (CUDA when "
-        "present), cpu, cuda or cuda:N; the device backend is --backend",
-    )
-    add_renamed_flag(p, "--device", "--torch-device", type=_torch_device)
 
 
 def _add_dataset(p: argparse.ArgumentParser) -> None:
@@ -109,7 +96,7 @@ def _add_demo(sub: Any) -> None:
         help="the main job: pretrain on digits, quantise, shift the input, adapt on a device",
     )
     add_backend(demo, "device backend for the adaptation stage")
-    _add_torch_device(demo)
+    add_torch_device(demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"),
                       help="output folder (default: runs/demo)")  # fmt: skip
     demo.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -142,7 +129,7 @@ def _add_adapt(sub: Any) -> None:
     )
     adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
     add_backend(adapt)
-    _add_torch_device(adapt)
+    add_torch_device(adapt)
     adapt.add_argument(
         "--writable",
         nargs="+",
@@ -211,7 +198,7 @@ def _add_watch(sub: Any) -> None:
         "name order), or tcp://127.0.0.1:PORT to listen on (each message one .npz's bytes)",
     )
     add_backend(watch)
-    _add_torch_device(watch)
+    add_torch_device(watch)
     watch.add_argument("--batch-size", type=at_least(1), default=32, help="samples per batch of a "
                        "data file (default: 32)")  # fmt: skip
     watch.add_argument("--follow", action="store_true", help="a folder: wait for new files")
@@ -459,7 +446,7 @@ def _add_evaluate(sub: Any) -> None:
         "--data", type=Path, required=True, help=".npz with 'spikes' and 'labels'"
     )
     add_backend(evaluate)
-    _add_torch_device(evaluate)
+    add_torch_device(evaluate)
     evaluate.add_argument("--time-first", action="store_true", help="spikes are (T, n, N_in)")
     evaluate.add_argument("--timeout", type=float, help="seconds to wait for a remote device "
                           "(default: 60 a try, 3 tries)")  # fmt: skip

@@ -7,6 +7,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from polystep_neuro.run.deprecation import add_renamed_flag
 from polystep_neuro.run.run_defaults import RunConfig
 
 
@@ -28,6 +29,26 @@ def add_backend(p: argparse.ArgumentParser, what: str = "device backend") -> Non
         default=RunConfig.backend,
         help=f"{what} (default: {RunConfig.backend}; see `polystep-neuro devices list`)",
     )
+
+
+def _torch_device(value: str) -> str:
+    """auto, cpu, cuda or cuda:N (checked here, so a typo is an argparse error)."""
+    index = value.removeprefix("cuda:")
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and index.isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def add_torch_device(p: argparse.ArgumentParser) -> None:
+    """``--torch-device`` (checked), and the old ``--device`` as its hidden alias."""
+    p.add_argument(
+        "--torch-device",
+        default=RunConfig.torch_device,
+        type=_torch_device,
+        help="where torch runs (the torch simulators and the optimiser): auto (CUDA when "
+        "present), cpu, cuda or cuda:N; the device backend is --backend",
+    )
+    add_renamed_flag(p, "--device", "--torch-device", type=_torch_device)
 
 
 def named_path(value: str) -> tuple[str, Path]:

@@ -15,7 +15,7 @@ from typing import Any
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim.subspace import RANK_RULES
-from polystep_neuro.run.cli_args import add_adapt_switch, add_backend, named_path
+from polystep_neuro.run.cli_args import add_adapt_switch, add_backend, add_torch_device, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
 from polystep_neuro.run.optimizers import UPDATES, Settings
 from polystep_neuro.run.reference import Reference
@@ -157,11 +157,7 @@ def _common(p: argparse.ArgumentParser, default_out: str) -> None:
         help=".npz with 'spikes' (n, T, N_in) and, optionally, 'labels' (n,)",
     )
     p.add_argument("--time-first", action="store_true", help="'spikes' arrays are (T, n, N_in)")
-    p.add_argument(
-        "--torch-device",
-        default="auto",
-        help="where torch runs (the torch simulator, the optimiser): auto, cpu, cuda or cuda:N",
-    )
+    add_torch_device(p)
     p.add_argument("--timeout", type=float, help="seconds to wait for a remote device's answer "
                    "(default: 60 a try, 3 tries)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path(default_out),
