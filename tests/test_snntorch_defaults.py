@@ -389,3 +389,21 @@ def test_an_adaptation_that_hands_back_the_start_says_so(monkeypatch) -> None:
         "adaptation: no step beat the calibrated network on validation in 8 steps; it is "
         "handed back unchanged"
     )
+
+
+def test_a_gap_of_two_points_gets_its_share_whatever_the_rounding() -> None:
+    """'trained 62.6%, on the device 60.6% (-2.0 points), recovered 66.0% (a gap under 2
+    points: no share of it given)': float32 shares put the gap a hair under 0.02."""
+    from types import SimpleNamespace
+
+    from polystep_neuro.run.deploy import Deployment
+
+    share = {"shifted_accuracy": np.float32(0.626)}
+    deployed = Deployment(
+        spec=None, start=None, result=SimpleNamespace(end={"shifted_accuracy": np.float32(0.66)}),
+        changes=[], reference=share, before={"shifted_accuracy": np.float32(0.606)},
+    )  # fmt: skip
+    assert deployed.summary() == (
+        "shifted test: trained 62.6%, on the device 60.6% (-2.0 points), recovered 66.0%, "
+        "270% of the gap closed"
+    )
