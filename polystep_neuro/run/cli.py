@@ -123,9 +123,11 @@ def _add_adapt(sub: Any) -> None:
         "adapt",
         help="adapt your own network (a NetworkSpec .npz) on a device",
         description="Adapt the writable parameters of a network on a device, forward passes "
-        "only.  Data files are .npz with 'spikes' (n, T, N_in) and integer 'labels' (n,).  A "
+        "only.  Data files are .npz with 'spikes' (n, T, N_in) and integer 'labels' (n,); a "
+        "--data file without 'labels' runs a label-free adaptation (--objective).  A "
         "validation set decides which network is handed back (never one less accurate on it "
-        "than the start); test sets are only reported.",
+        "than the start; without labels, none the objective scores worse); test sets are only "
+        "reported.",
     )
     adapt.add_argument("--spec", type=Path, required=True, help="network saved by NetworkSpec.save")
     add_backend(adapt)
