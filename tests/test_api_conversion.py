@@ -43,3 +43,15 @@ def test_a_model_is_said_to_run_uncalibrated_with_the_way_to_calibrate_it(capsys
     said = _adapt(model, capsys)
     assert "note: adapt runs the model converted for torch-sim-fixed, uncalibrated, with " in said
     assert "pn.deploy(model, backend, data=...) calibrates it on your data first" in said
+
+
+def test_a_spec_at_another_t_names_what_sets_its_t() -> None:
+    """pn.evaluate(spec, data_at_T70, time_steps=70) said '(time_steps=70 sets it)', the
+    argument already given: a spec runs the T it was converted with."""
+    from polystep_neuro.core.errors import PolystepError
+
+    spec = NetworkSpec.random([6, 4, 3], 5, seed=0)
+    longer = (RNG.random((8, 7, 6)) < 0.3).astype(np.uint8)
+    with pytest.raises(PolystepError, match=r"the data 7 \(converting the trained model again "
+                       r"with time_steps=7 sets it\)"):  # fmt: skip
+        pn.evaluate(spec, (longer, np.zeros(8, int)), "torch-sim", time_steps=7)

@@ -654,6 +654,19 @@ def test_a_flatten_layer_is_left_out_and_said() -> None:
         snntorch_spec(folding, 8)
 
 
+@pytest.mark.parametrize("kind", ["RLeaky", "RSynaptic"])
+def test_a_recurrent_neuron_is_refused_as_recurrent(kind: str) -> None:
+    """snn.RLeaky got 'this layer type is not supported' and the supported list: what it is
+    (a recurrent neuron, which no conversion keeps) is said first."""
+    from polystep_neuro.run.interop.snntorch import snntorch_spec
+
+    extra = {"alpha": 0.8} if kind == "RSynaptic" else {}
+    neuron = getattr(snn, kind)(beta=0.9, linear_features=3, init_hidden=True, output=True, **extra)
+    with pytest.raises(SpecError, match=rf"layer 1 \({kind}\): a recurrent neuron \(its spikes "
+                       "feed back through its own weights\)"):  # fmt: skip
+        snntorch_spec(nn.Sequential(nn.Linear(4, 3), neuron), 5)
+
+
 def test_load_into_says_when_the_modules_neurons_reset_otherwise() -> None:
     """Values fitted to the device's zero reset, loaded into snnTorch's default (subtract,
     one step late) neurons, compute another network (a user measured 12 points less clean

@@ -176,7 +176,7 @@ def adapt(
     )  # fmt: skip
 
     def ds(data: DataLike, what: str) -> SpikeDataset:
-        return _dataset(data, spec, batch_size, seed, time_first, what)
+        return _dataset(data, spec, batch_size, seed, time_first, what, steps_flag(model))
 
     def held(data: DataLike, what: str) -> SpikeDataset:  # validation: no labels if label_free
         return ds(data, what).unlabelled() if label_free else ds(data, what)
@@ -258,16 +258,30 @@ def conversion_note(model: Any, backend: str, changes: list[str], call: str) -> 
     )
 
 
+def steps_flag(model: Any) -> str:
+    """What sets the T a call's network runs, for the data's T mismatch: ``time_steps=`` for
+    a model it converts; a spec runs the T it was converted with (``time_steps=`` is not
+    read for it: a user passed time_steps=70 and was told the same again)."""
+    if isinstance(model, (NetworkSpec, str, os.PathLike)):
+        return "converting the trained model again with time_steps="
+    return "time_steps="
+
+
 def _dataset(
-    data: DataLike, spec: NetworkSpec, batch_size: int, seed: int, time_first: bool, what: str
+    data: DataLike,
+    spec: NetworkSpec,
+    batch_size: int,
+    seed: int,
+    time_first: bool,
+    what: str,
+    flag: str = "time_steps=",
 ) -> SpikeDataset:
     if isinstance(data, SpikeDataset):
         return data
     spikes, labels = user_data.split(data, need_labels=False, what=what)
     spikes = batch_first(
-        np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first, f"the spikes of {what}",
-        "time_steps=",
-    )  # fmt: skip
+        np.asarray(torch.as_tensor(spikes).cpu()), spec, time_first, f"the spikes of {what}", flag
+    )
     if labels is not None:
         labels = user_data.labels_for(labels, len(spikes), spec.n_classes, f"the labels of {what}")
     return SpikeDataset(spikes, labels, batch_size, seed)

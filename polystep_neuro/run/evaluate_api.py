@@ -65,7 +65,7 @@ def evaluate(
     snnTorch module without ``time_steps`` runs the data's T)."""
     from polystep_neuro.core.errors import PolystepError
     from polystep_neuro.run import user_data
-    from polystep_neuro.run.api import _as_spec, _dataset
+    from polystep_neuro.run.api import _as_spec, _dataset, steps_flag
     from polystep_neuro.run.reference import as_reference
     from polystep_neuro.run.spike_layout import steps_for_module
 
@@ -74,7 +74,7 @@ def evaluate(
     time_steps = steps_for_module(model, data, time_steps, time_first)
     reference = as_reference(model, time_steps)
     spec = reference.spec if _is_spec(model) else _as_spec(reference, time_steps, backend)[0]
-    scored = _dataset(data, spec, EVALUATE_BATCH, 0, time_first, "data")
+    scored = _dataset(data, spec, EVALUATE_BATCH, 0, time_first, "data", steps_flag(model))
     if not scored.labelled:
         raise PolystepError("evaluate scores accuracy: the data need labels")
     cfg = RunConfig(backend=backend, torch_device=torch_device, timeout_s=timeout_s)

@@ -83,6 +83,9 @@ SUPPORTED = (
 # snnTorch's reset_mechanism_val -> (our reset name, the state function __init__ binds).
 _RESETS = {0: ("subtract", "_base_sub"), 1: ("zero", "_base_zero"), 2: ("none", "_base_int")}
 _NEURON_TYPES = (snn.Leaky, snn.Synaptic)
+# Neurons whose spikes feed back through weights of their own: a NetworkSpec (and the
+# devices' feed-forward layers here) has no place for that loop, so they are named as such.
+_RECURRENT_TYPES = tuple(getattr(snn, n) for n in ("RLeaky", "RSynaptic") if hasattr(snn, n))
 _Entry = tuple[str, nn.Module]
 
 
@@ -205,6 +208,10 @@ def _layer_pairs(model: Any) -> list[tuple[_Entry, _Entry]]:
                 raise _unsupported(name, module, "an nn.Flatten that folds the batch too "
                                    f"(start_dim={module.start_dim}, not 1)")  # fmt: skip
             continue  # the identity on flat (batch, features) inputs: left out, and said
+        elif isinstance(module, _RECURRENT_TYPES):
+            raise _unsupported(name, module, "a recurrent neuron (its spikes feed back through "
+                               "its own weights), which this project's feed-forward networks "
+                               "cannot hold: no conversion keeps the loop")  # fmt: skip
         else:
             raise _unsupported(name, module, "this layer type is not supported")
         previous = (name, module)
