@@ -663,7 +663,7 @@ def test_a_recurrent_neuron_is_refused_as_recurrent(kind: str) -> None:
     extra = {"alpha": 0.8} if kind == "RSynaptic" else {}
     neuron = getattr(snn, kind)(beta=0.9, linear_features=3, init_hidden=True, output=True, **extra)
     with pytest.raises(SpecError, match=rf"layer 1 \({kind}\): a recurrent neuron \(its spikes "
-                       "feed back through its own weights\)"):  # fmt: skip
+                       r"feed back through its own weights\)"):  # fmt: skip
         snntorch_spec(nn.Sequential(nn.Linear(4, 3), neuron), 5)
 
 

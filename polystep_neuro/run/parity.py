@@ -82,11 +82,12 @@ class ParityReport:
     layers: list[LayerParity]
     reference_accuracy: float | None  # None: the data had no labels
     device_accuracy: float | None
-    same_prediction: float  # share of samples with the same decision (a tie: none)
+    same_prediction: float  # share of samples both decide, the same way (a tie: no decision)
     changes: list[str] = field(default_factory=list)
     reference_ties: float = 0.0  # share of samples whose top output count is shared
     device_ties: float = 0.0
     reference_silent: float = 0.0  # share of samples without one output spike (reference)
+    both_undecided: float = 0.0  # share of samples on which both tie (neither decides)
 
     @property
     def first_divergence(self) -> int | None:
@@ -146,7 +147,9 @@ class ParityReport:
         return [
             *([] if silent is None else [silent]),
             f"{scores}; the same decision on {self.same_prediction:.1%} of samples (a tie "
-            f"between output neurons is no decision{wrong})",
+            f"between output neurons is no decision{wrong}"
+            + (f"; neither decides on {self.both_undecided:.1%}" if self.both_undecided else "")
+            + ")",
             "first divergence: "
             + ("none (every count equal)" if first is None else f"layer {first}")
             + "; largest divergence of a layer's own: "
@@ -233,6 +236,7 @@ def check_parity(
             return None
         return float(accuracy(counts[None], torch.as_tensor(labels, dtype=torch.int64))[0])
 
+    ref_said, dev_said = decisions(ref_out), decisions(dev_out)  # a tie: -1, no decision
     return ParityReport(
         backend=backend_name or backend.capabilities.name,
         device=backend.capabilities.describe(),
@@ -242,11 +246,12 @@ def check_parity(
         layers=rows,
         reference_accuracy=scored(ref_out),
         device_accuracy=scored(dev_out),
-        same_prediction=float((decisions(ref_out) == decisions(dev_out)).float().mean()),
+        same_prediction=float(((ref_said == dev_said) & (ref_said >= 0)).float().mean()),
+        both_undecided=float(((ref_said < 0) & (dev_said < 0)).float().mean()),
         changes=[str(c) for c in changes],
-        reference_ties=float((decisions(ref_out) < 0).float().mean()),
+        reference_ties=float((ref_said < 0).float().mean()),
         reference_silent=silent_outputs(ref_counts[-1]),
-        device_ties=float((decisions(dev_out) < 0).float().mean()),
+        device_ties=float((dev_said < 0).float().mean()),
     )
 
 
