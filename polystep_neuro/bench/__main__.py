@@ -480,7 +480,8 @@ def render(command: str, sections: list[tuple[str, Section]], total: float) -> s
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench_parser() -> argparse.ArgumentParser:
+    """``polystep-neuro bench``'s flags (docs/cli.md is written from it too)."""
     parser = argparse.ArgumentParser(
         prog="polystep-neuro bench", description=__doc__.splitlines()[0]
     )
@@ -505,7 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads for every section (default 1: on a shared or loaded machine "
         "more threads mostly add OpenMP barrier waits; the adapt section always uses 1)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = bench_parser().parse_args(argv)
     if args.device == "cuda":
         from polystep_neuro.bench import gpu_check
 
