@@ -66,6 +66,15 @@ def endpoint_list(name: str | Sequence[str]) -> list[str] | None:
     return None
 
 
+# Names users reach for that spelling distance maps elsewhere ('lava-sim' is closest to
+# 'lava-fixed' by characters, but means Lava's float simulator).
+MEANT = {
+    "lava-sim": "lava", "lava-float": "lava", "lava-cpu": "lava", "loihi": "loihi2",
+    "loihi-2": "loihi2", "torch": "torch-sim", "torch-fixed": "torch-sim-fixed",
+    "sim": "torch-sim", "simulator": "torch-sim",
+}  # fmt: skip
+
+
 def check_backend_name(name: str) -> None:
     """Fail fast (before any training) on a backend name that cannot be opened."""
     inner = ray_inner(name)
@@ -87,7 +96,8 @@ def check_backend_name(name: str) -> None:
         )
     if name in NAMED or endpoint_list(name) is not None:
         return
-    close = difflib.get_close_matches(name.replace("_", "-").lower(), NAMED, n=1)
+    key = name.replace("_", "-").lower()
+    close = [MEANT[key]] if key in MEANT else difflib.get_close_matches(key, NAMED, n=1)
     guess = f"did you mean {close[0]!r}? " if close else ""
     raise UnknownBackend(
         f"unknown backend {name!r}; {guess}choose one of: {', '.join(NAMED)} "

@@ -448,3 +448,14 @@ def test_a_mistyped_flag_is_refused_by_its_command_with_the_closest_flag(capsys)
     with pytest.raises(SystemExit):
         main(["evaluate", "--spec", "net.npz", "--data", "d.npz", "--zzz"])
     assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --zzz")
+
+
+def test_a_backend_name_users_reach_for_is_pointed_at_what_it_means() -> None:
+    """'lava-sim' got "did you mean 'lava-fixed'?" (closest by characters), where Lava's
+    float simulator is 'lava'."""
+    from devices.names import check_backend_name
+    from polystep_neuro.core.errors import UnknownBackend
+
+    for name, meant in (("lava-sim", "lava"), ("Loihi", "loihi2"), ("torch_simm", "torch-sim")):
+        with pytest.raises(UnknownBackend, match=rf"'{name}'; did you mean '{meant}'\?"):
+            check_backend_name(name)
