@@ -94,7 +94,9 @@ class LazyPirate:
                 f"Check that the server is running (python -m devices.server --backend NAME "
                 f"--bind {self.endpoint}), that the host, port and any ssh tunnel are right, "
                 f"that both sides agree on CurveZMQ keys ({self._keys_note()}), and for a slow "
-                f"device allow longer answers (--timeout SECONDS; timeout_s= from Python)"
+                f"device allow longer answers (--timeout SECONDS; timeout_s= from Python): a "
+                f"server answers one request at a time, so one busy with another client's long "
+                f"evaluate answers late too"
             )
         )
         return DeviceUnavailable(

@@ -176,5 +176,6 @@ class Sessions:
         return (
             f"device server busy: {what} {holders}. A slot frees when its client closes or "
             f"after {self.limits.idle_s:g} s without a request; try again then, or use "
-            "another server"
+            "another server. A client that was killed never closes its slot: restarting the "
+            "server frees it at once (a shorter --session-idle-s frees such slots sooner)"
         )

@@ -291,5 +291,9 @@ def test_a_second_client_of_a_lava_server_is_told_who_holds_it(lava_fixed) -> No
     assert message.startswith("device server busy: the device is held by session ")
     assert f"pid {os.getpid()}'" in message and "holding a 8-12-3, T=10 network" in message
     assert "try again then, or use another server" in message
+    # a killed client never closes its slot (a user's kill -9 locked the device for 600 s,
+    # its own restart included): the way out is named
+    assert message.endswith("restarting the server frees it at once (a shorter "
+                            "--session-idle-s frees such slots sooner)")  # fmt: skip
     counts = lava_fixed.evaluate({}, (np.random.default_rng(0).random((2, 10, 8)) < 0.5) * 1.0)
     assert counts.shape == (1, 2, 3)  # the holder is undisturbed
