@@ -407,3 +407,25 @@ def test_a_gap_of_two_points_gets_its_share_whatever_the_rounding() -> None:
         "shifted test: trained 62.6%, on the device 60.6% (-2.0 points), recovered 66.0%, "
         "270% of the gap closed"
     )
+
+
+def test_validation_the_model_gets_all_right_is_said() -> None:
+    """A user passed the model's training spikes as `data`: validation read 'trained 100.0%,
+    on the device 100.0%, recovered 100.0%' and every later choice rested on it, unsaid."""
+    from types import SimpleNamespace
+
+    from polystep_neuro.run.deploy import _memorised_note
+
+    def sets(accuracy: float, model_labelled: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(
+            reference_scores={"val_accuracy": accuracy}, model_labelled_val=model_labelled
+        )
+
+    assert _memorised_note(sets(1.0), 800) == (
+        "note: the trained model is right on all 800 validation samples; if --data / data= is "
+        "what it was trained on, validation cannot tell the device networks apart (every "
+        "choice below rests on it): give data it did not train on"
+    )
+    assert _memorised_note(sets(0.99), 800) is None  # it errs somewhere: validation can tell
+    assert _memorised_note(sets(1.0), 40) is None  # too few to say (the few-samples note does)
+    assert _memorised_note(sets(1.0, model_labelled=True), 800) is None  # its own answers

@@ -225,8 +225,9 @@ def deploy(
         spec, changes = _converted(reference, backend, dev, writable, say)
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
-        for note in (silent_note(sets.reference_silent),
-                     few_samples_note("val", len(sets.validation["val"])), *notes):  # fmt: skip
+        n_val = len(sets.validation["val"])
+        for note in (silent_note(sets.reference_silent), few_samples_note("val", n_val),
+                     _memorised_note(sets, n_val), *notes):  # fmt: skip
             if note is not None:
                 say(note)
         loss = teacher_loss(teacher_weight)
@@ -262,6 +263,19 @@ def deploy(
         model_labelled_val=sets.model_labelled_val,
         reference_silent=sets.reference_silent,
         adaptation=why,
+    )
+
+
+def _memorised_note(sets: _Sets, n_val: int) -> str | None:
+    """Validation the trained model gets entirely right, on labels the user gave: often the
+    model's own training data (a user passed the training spikes as ``data``, and every
+    choice validation makes, the stages and the hand-back, then rested on 100 % vs 100 %)."""
+    if sets.model_labelled_val or n_val < 50 or sets.reference_scores["val_accuracy"] < 1.0:
+        return None
+    return (
+        f"note: the trained model is right on all {n_val} validation samples; if --data / "
+        "data= is what it was trained on, validation cannot tell the device networks apart "
+        "(every choice below rests on it): give data it did not train on"
     )
 
 
