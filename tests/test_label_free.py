@@ -18,6 +18,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run.data import SpikeDataset
 from polystep_neuro.run.evaluation import flat_scores
 from polystep_neuro.run.label_free import (
+    BALANCE_WEIGHT,
     class_balance,
     information_maximisation,
     make_objective,
@@ -33,9 +34,14 @@ def test_information_maximisation_prefers_confident_predictions_that_use_every_c
     unsure = torch.zeros(1, 3, 3)  # every class alike
     collapsed = torch.tensor([[[20.0, 0, 0], [20, 0, 0], [20, 0, 0]]])  # one class for all
     im = [float(information_maximisation(c, scale=1.0)[0]) for c in (confident, unsure, collapsed)]
-    assert im[0] == pytest.approx(-math.log(3), abs=1e-6)  # entropy 0, balance log 3
-    assert im[1] == pytest.approx(0.0, abs=1e-6)  # entropy log 3, balance log 3
+    assert BALANCE_WEIGHT == 1.5
+    assert im[0] == pytest.approx(-1.5 * math.log(3), abs=1e-6)  # entropy 0, balance log 3
+    assert im[1] == pytest.approx(-0.5 * math.log(3), abs=1e-6)  # entropy log 3, balance log 3
     assert im[2] == pytest.approx(0.0, abs=1e-6)  # entropy 0, balance 0
+    # the balance weighs more than confidence: collapsing onto one class is the worst of the
+    # three, worse than being unsure (at weight 1 the two tied)
+    assert im[0] < im[1] < im[2]
+    assert float(information_maximisation(unsure, 1.0, balance=1.0)[0]) == pytest.approx(0.0)
     assert float(prediction_entropy(unsure, 1.0)[0]) == pytest.approx(math.log(3))
     assert float(class_balance(collapsed, 1.0)[0]) == pytest.approx(0.0, abs=1e-6)
 
@@ -60,7 +66,9 @@ def test_unlabelled_data_scores_no_accuracy() -> None:
             return torch.zeros(1, inputs.shape[0], spec.n_out)
 
     scores = flat_scores(Silent(), make_objective("im"), {}, {"drifted": data}, {})
-    assert "val_accuracy" not in scores and scores["val_loss"] == pytest.approx(0.0, abs=1e-6)
+    # every class alike on every sample: entropy log 4, less the balance's weight x log 4
+    silent = (1 - BALANCE_WEIGHT) * math.log(spec.n_out)
+    assert "val_accuracy" not in scores and scores["val_loss"] == pytest.approx(silent, abs=1e-6)
 
 
 def test_the_label_free_choice_rolls_back_unless_the_objective_drops_by_the_margin() -> None:
