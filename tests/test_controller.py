@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -307,7 +308,18 @@ def test_progress_into_a_log_file_is_plain_lines(capsys) -> None:
     steps = [line.split(",")[0] for line in lines]
     assert steps == [f"adapt: step {n}/20" for n in range(2, 21, 2)]
     assert lines[-1].startswith("adapt: step 20/20, loss 0.050, val 50.0%, ")
-    assert lines[-1].endswith(" s this run")
+    assert lines[-1].endswith(" s this run")  # done: nothing left to estimate
+    # before the end, the time left at this run's pace (a 40-step run said only how long it
+    # had run for 7 minutes)
+    assert all(re.search(r" s this run, about \d+ s left$", line) for line in lines[:-1])
+
+
+def test_the_time_left_reads_in_the_unit_a_person_uses() -> None:
+    from polystep_neuro.run.progress import _duration
+
+    assert [_duration(s) for s in (45, 89.4, 700, 5300, 9000)] == [
+        "45 s", "89 s", "12 min", "88 min", "2.5 h"
+    ]  # fmt: skip
 
 
 def test_the_summary_says_why_that_step_is_handed_back() -> None:

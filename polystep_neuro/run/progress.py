@@ -31,6 +31,7 @@ class ProgressBar:
             dynamic_ncols=True,
         )
         self._total, self._done, self._description = total, initial, description
+        self._initial = initial
         self._every = max(1, total // 10)
         self._started = time.perf_counter()
         self._accuracy: float | None = None
@@ -59,11 +60,25 @@ class ProgressBar:
         elapsed = time.perf_counter() - self._started
         shown = ", ".join(f"{k} {v}" for k, v in postfix.items())
         took = f"{elapsed:.1f}" if elapsed < 10 else f"{elapsed:.0f}"  # a short run read "0 s"
+        # the time left at this run's pace (a user's 40 steps took 7 minutes, and the lines
+        # said only how long it had run)
+        done, left = self._done - self._initial, self._total - self._done
+        eta = f", about {_duration(elapsed / done * left)} left" if done and left else ""
         print(
-            f"{self._description}: step {self._done}/{self._total}, {shown}, {took} s this run",
+            f"{self._description}: step {self._done}/{self._total}, {shown}, {took} s this "
+            f"run{eta}",
             file=sys.stderr,
             flush=True,
         )
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a person reads them: 45 s, 12 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _is_terminal(stream: Any) -> bool:
