@@ -13,13 +13,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["bench"]:
-        from polystep_neuro.bench.__main__ import main as bench_main
+    try:
+        if args[:1] == ["bench"]:
+            from polystep_neuro.bench.__main__ import main as bench_main
 
-        return bench_main(args[1:])
-    from polystep_neuro.run.cli import main as run_main
+            return bench_main(args[1:])
+        from polystep_neuro.run.cli import main as run_main
 
-    return run_main(args)
+        return run_main(args)
+    except KeyboardInterrupt:  # before a run's own Ctrl-C handling (torch's import: ~2 s)
+        print("polystep-neuro: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -459,3 +459,17 @@ def test_a_backend_name_users_reach_for_is_pointed_at_what_it_means() -> None:
     for name, meant in (("lava-sim", "lava"), ("Loihi", "loihi2"), ("torch_simm", "torch-sim")):
         with pytest.raises(UnknownBackend, match=rf"'{name}'; did you mean '{meant}'\?"):
             check_backend_name(name)
+
+
+def test_ctrl_c_before_a_run_handles_it_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    """Ctrl-C in the first seconds (torch's import, before a run's own handler) printed a
+    KeyboardInterrupt traceback."""
+    import polystep_neuro.run.cli as run_cli
+    from polystep_neuro import cli
+
+    def interrupted(argv: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_cli, "main", interrupted)
+    assert cli.main(["devices", "list"]) == 130
+    assert capsys.readouterr().err == "polystep-neuro: stopped (Ctrl-C)\n"
