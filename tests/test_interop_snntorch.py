@@ -314,7 +314,7 @@ UNSUPPORTED: list[tuple[str, Callable[[], object], str]] = [
     (
         "rleaky",
         lambda: _seq(LIN(4, 3), snn.RLeaky(beta=0.9, linear_features=3)),
-        r"layer 1 \(RLeaky\): this layer type is not supported",
+        r"layer 1 \(RLeaky\): a recurrent neuron",
     ),
     ("subclass", lambda: _seq(LIN(4, 3), _MyLeaky(0.9)), r"layer 1 \(_MyLeaky\): a subclass"),
     (

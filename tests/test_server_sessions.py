@@ -122,7 +122,8 @@ def test_a_full_server_is_busy_and_names_who_holds_it() -> None:
         f"ago; session {carol[:8]} of 'carol@lab pid 3', holding a 6-10-4, T=8 network, last "
         "request 3 s ago. A slot "
         "frees when its client closes or after 600 s without a request; try again then, or "
-        "use another server"
+        "use another server. A client that was killed never closes its slot: restarting the "
+        "server frees it at once (a shorter --session-idle-s frees such slots sooner)"
     )
     assert _call(server, "close", session=alice)[0]["closed"] is True
     dave = _open(server, "dave@lab pid 4", _spec(3))
