@@ -238,6 +238,13 @@ def _as_spec(model: Any, time_steps: int | None, backend: str) -> tuple[NetworkS
     return spec, [str(c) for c in changes]
 
 
+def is_spec(model: Any) -> bool:
+    """A NetworkSpec or a spec file (.npz): a network as a device runs it, not a model."""
+    if isinstance(model, NetworkSpec):
+        return True
+    return isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".npz"
+
+
 def conversion_note(model: Any, backend: str, changes: list[str], call: str) -> str | None:
     """What a call that converts ``model`` for ``backend`` by itself says it changed: the
     caller saw nothing of it, and the network run is uncalibrated (a model) or not the file
@@ -246,7 +253,7 @@ def conversion_note(model: Any, backend: str, changes: list[str], call: str) -> 
     if not approximate:
         return None
     shown = "; ".join(approximate[:2]) + ("; ..." if len(approximate) > 2 else "")
-    if isinstance(model, (NetworkSpec, str, os.PathLike)):
+    if is_spec(model):
         return (
             f"note: {call} runs the spec converted for {backend} (the command runs the file as "
             f"given), with {len(approximate)} approximate change(s): {shown}"
@@ -262,7 +269,7 @@ def steps_flag(model: Any) -> str:
     """What sets the T a call's network runs, for the data's T mismatch: ``time_steps=`` for
     a model it converts; a spec runs the T it was converted with (``time_steps=`` is not
     read for it: a user passed time_steps=70 and was told the same again)."""
-    if isinstance(model, (NetworkSpec, str, os.PathLike)):
+    if is_spec(model):
         return "converting the trained model again with time_steps="
     return "time_steps="
 

@@ -65,7 +65,7 @@ def evaluate(
     snnTorch module without ``time_steps`` runs the data's T)."""
     from polystep_neuro.core.errors import PolystepError
     from polystep_neuro.run import user_data
-    from polystep_neuro.run.api import _as_spec, _dataset, steps_flag
+    from polystep_neuro.run.api import _as_spec, _dataset, is_spec, steps_flag
     from polystep_neuro.run.reference import as_reference
     from polystep_neuro.run.spike_layout import steps_for_module
 
@@ -73,19 +73,9 @@ def evaluate(
         data = user_data.split(data, need_labels=True, what="data")
     time_steps = steps_for_module(model, data, time_steps, time_first)
     reference = as_reference(model, time_steps)
-    spec = reference.spec if _is_spec(model) else _as_spec(reference, time_steps, backend)[0]
+    spec = reference.spec if is_spec(model) else _as_spec(reference, time_steps, backend)[0]
     scored = _dataset(data, spec, EVALUATE_BATCH, 0, time_first, "data", steps_flag(model))
     if not scored.labelled:
         raise PolystepError("evaluate scores accuracy: the data need labels")
     cfg = RunConfig(backend=backend, torch_device=torch_device, timeout_s=timeout_s)
     return score_network(spec, scored, cfg)
-
-
-def _is_spec(model: Any) -> bool:
-    """A NetworkSpec or a spec file: the network as a device runs it, scored unchanged."""
-    import os
-    from pathlib import Path
-
-    if isinstance(model, NetworkSpec):
-        return True
-    return isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".npz"
