@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from polystep_neuro.core.batch import CheckedBatch
+from polystep_neuro.core.batch import CheckedBatch, first_non_spike
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from simulators import fixed_point as fp
@@ -136,8 +136,8 @@ class LoihiFixed(Precision):
     def check_inputs(self, x: torch.Tensor, batch: CheckedBatch) -> None:
         """Spikes only (the batch's own 0/1 scan, kept for whoever asks next)."""
         if not batch.binary:
-            odd = x[(x != 0) & (x != 1)]
-            example = f", e.g. {float(odd[0]):g}" if odd.numel() else ""
+            odd = first_non_spike(x)
+            example = "" if odd is None else f", e.g. {odd:g}"
             raise SpecError(
                 f"loihi-fixed inputs must be binary spikes (0 or 1), these are not{example}: "
                 "rate-code values into spikes first (e.g. snntorch.spikegen.rate), or run a "

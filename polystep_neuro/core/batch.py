@@ -81,6 +81,13 @@ class CheckedBatch:
         return out
 
 
+def first_non_spike(inputs: Any) -> float | None:
+    """The first input value other than 0 and 1, or None when every one is a spike (numpy
+    array or torch tensor): what a fixed-point device's refusal shows as its example."""
+    odd = inputs[(inputs != 0) & (inputs != 1)]
+    return float(odd.reshape(-1)[0]) if odd.shape[0] else None
+
+
 def as_numpy(value: Any, dtype: Any = None) -> np.ndarray:
     """numpy view of a numpy array or torch tensor (torch is never imported here)."""
     if hasattr(value, "detach"):

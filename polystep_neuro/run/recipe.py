@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from polystep_neuro.core.batch import first_non_spike
 from polystep_neuro.core.contract import Backend
 from polystep_neuro.core.errors import Interrupted, PolystepError
 from polystep_neuro.core.network import NetworkSpec
@@ -158,11 +159,10 @@ def _refuse_values(data: RunData, caps: Any) -> None:
     named |= {f"validation set '{k}'": v for k, v in data.validation.items()}
     named |= {f"test set '{k}'": v for k, v in data.test.items()}
     for what, held in named.items():
-        x = held.spikes
-        odd = x[(x != 0) & (x != 1)]
-        if odd.numel():
+        odd = first_non_spike(held.spikes)
+        if odd is not None:
             raise PolystepError(
-                f"{what} holds values other than 0 and 1 (e.g. {float(odd[0]):g}), and "
+                f"{what} holds values other than 0 and 1 (e.g. {odd:g}), and "
                 f"{caps.name} ({FIXED_POINT}) takes binary spikes: rate-code the values into "
                 "spikes first (e.g. snntorch.spikegen.rate), or adapt on a float backend "
                 "(torch-sim), which takes them as input currents"

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from polystep_neuro.core.batch import first_non_spike
 from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import selection
@@ -220,13 +221,12 @@ class Watcher:
         caps = self.device.backend.capabilities
         if caps.precision != FIXED_POINT:
             return None
-        x = batch.spikes
-        odd = x[(x != 0) & (x != 1)]
-        if odd.size == 0:
+        odd = first_non_spike(batch.spikes)
+        if odd is None:
             return None
         return (
             f"{_batch_what(batch)}: {caps.name} ({FIXED_POINT}) takes binary spikes (0 or 1), "
-            f"these are not (e.g. {float(odd.flat[0]):g}): rate-code the values into spikes first "
+            f"these are not (e.g. {odd:g}): rate-code the values into spikes first "
             "(e.g. snntorch.spikegen.rate), or watch on a float backend (torch-sim)"
         )
 
