@@ -75,6 +75,12 @@ SHARE_FROM = 0.02  # the smallest accuracy gap whose closed share a summary give
 ADAPT_FROM = 0.02  # by default stage 3 runs where stages 1-2 leave this gap on validation
 
 
+def _at_least(gap: float, points: float) -> bool:
+    """``gap`` >= ``points`` for accuracy shares held in float32, where 0.626 - 0.606 is
+    0.0199999 (a gap printed "-2.0 points" was then called "under 2 points")."""
+    return gap >= points - 1e-6
+
+
 @dataclass
 class Deployment:
     """What :func:`deploy` hands back."""
@@ -115,9 +121,7 @@ class Deployment:
             ref, start, end = self.reference[key], self.before[key], self.after[key]
             closed = self.gap_closed(name)
             tail = ""
-            # a share of a gap of a sample or two means little; 1e-6: float32 shares, as in
-            # _adapts (a gap of 62.6 - 60.6 said "-2.0 points", then "under 2 points")
-            if ref - start >= SHARE_FROM - 1e-6:
+            if _at_least(ref - start, SHARE_FROM):  # a gap of a sample or two means little
                 tail = f", {closed:.0%} of the gap closed"
             elif math.isfinite(closed):
                 tail = f" (a gap under {100 * SHARE_FROM:.0f} points: no share of it given)"
@@ -385,7 +389,7 @@ def _adapts(
     if adapt is False:
         return False, "adaptation: skipped because it was turned off (adapt=False / --no-adapt)"
     gap = reference["val_accuracy"] - scores["val_accuracy"]
-    if gap >= ADAPT_FROM - 1e-6:  # accuracies are float32 shares: 0.79 - 0.77 may be 0.0199..
+    if _at_least(gap, ADAPT_FROM):
         if round(gap * n_val) < 2:
             return False, (f"adaptation: skipped, validation is {100 * gap:.1f} points below "
                            f"the trained model, but that is one sample of {n_val}: too few to "
