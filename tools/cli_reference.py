@@ -24,18 +24,12 @@ to do: [troubleshooting.md](troubleshooting.md).
 """
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """Each subcommand's parser and one-line help (what the command list says), by name."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _helps(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Each subcommand's one-line help (what the command list says), by name."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return {a.dest: a.help or "" for a in action._choices_actions}
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            return {name: (sub, helps.get(name, "")) for name, sub in action.choices.items()}
     return {}
 
 
@@ -71,9 +65,8 @@ def _command(name: str, parser: argparse.ArgumentParser, summary: str = "") -> l
             required = " (required)" if action.required and action.option_strings else ""
             lines.append(f"| {_flag(action)}{required} | {_cell(action.help or '')} |")
         lines.append("")
-    helps = _helps(parser)
-    for sub_name, sub in _subcommands(parser).items():
-        lines += _command(f"{name} {sub_name}", sub, helps.get(sub_name, ""))
+    for sub_name, (sub, summary) in _subcommands(parser).items():
+        lines += _command(f"{name} {sub_name}", sub, summary)
     return lines
 
 
@@ -83,12 +76,11 @@ def render() -> str:
     from polystep_neuro.bench.__main__ import bench_parser
     from polystep_neuro.run.cli import _parser
 
-    lines, top = [HEADER], _parser()
-    helps = _helps(top)
-    for name, parser in _subcommands(top).items():
+    lines = [HEADER]
+    for name, (parser, summary) in _subcommands(_parser()).items():
         if name == "bench":  # forwarded to the benchmarks' own parser before this one runs
             parser = bench_parser()
-        lines += _command(name, parser, helps.get(name, ""))
+        lines += _command(name, parser, summary)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
