@@ -131,7 +131,7 @@ class DeviceServer:
             except DeviceError:  # expired or unknown: a new one below
                 session = None
         if session is None:
-            session = self.sessions.open(client)
+            session = self.sessions.open(client, checks.client_token(header))
         limits = self.sessions.limits
         info = {
             "backend": self.backend_name,

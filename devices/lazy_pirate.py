@@ -7,8 +7,10 @@ never arrive on the new socket.  The caller's requests must be safe to repeat (a
 server's are: ``evaluate`` is pure, ``load`` and ``close`` idempotent).
 
 A ``HandshakeWatch`` (``devices.security``) on each socket ends a wait at once when the
-server refuses the client's keys, and says why a reply never came.  Not thread-safe: one
-socket, one request at a time.
+server refuses the client's keys, and says why a reply never came.  A ``Probe`` ends a long
+wait early when the server has lost the request: a server restarted mid-request never
+answers it, and without the probe its client would wait the whole timeout (minutes on a
+slow device) before retrying.  Not thread-safe: one socket, one request at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -24,9 +27,22 @@ import zmq
 from devices.security import ClientKeys, HandshakeWatch, secure_client_socket
 from polystep_neuro.core.errors import DeviceError, DeviceUnavailable
 
-__all__ = ["LazyPirate"]
+__all__ = ["LazyPirate", "Probe"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """While a request waits: every ``every_s`` seconds a short request (``frames``) on a
+    second socket.  A server serves requests in arrival order, so the probe's reply comes
+    after the request's, unless the server no longer has the request (it restarted);
+    ``verdict`` turns the probe's reply into the error that ends the wait, or None (wait
+    on).  An unanswered probe (the server is busy, or gone) is sent again."""
+
+    frames: Callable[[], Sequence[Any]]
+    verdict: Callable[[list[Any]], BaseException | None]
+    every_s: float
 
 
 class LazyPirate:
@@ -44,17 +60,24 @@ class LazyPirate:
         return self._ctx.closed
 
     def request(
-        self, frames: Sequence[Any], *, timeout_s: float, tries: int, what: str
+        self,
+        frames: Sequence[Any],
+        *,
+        timeout_s: float,
+        tries: int,
+        what: str,
+        probe: Probe | None = None,
     ) -> list[Any]:
         """The reply's frames; DeviceUnavailable when ``tries`` tries of ``timeout_s`` each
-        got none, or at once when the server refused this client's keys."""
+        got none, or at once when the server refused this client's keys; ``probe``'s error
+        as soon as its verdict says the server lost the request."""
         hint = ""
         start = time.monotonic()
         for attempt in range(1, tries + 1):
             sock = self._socket(timeout_s)
             try:
                 sock.send_multipart(frames, copy=False)
-                reply = self._await_reply(sock, timeout_s)
+                reply = self._await_reply(sock, timeout_s, probe)
                 if reply is not None:
                     return reply
             except zmq.Again:
@@ -109,35 +132,71 @@ class LazyPirate:
             return "this client uses none; a server started with --curve-keys needs them"
         return f"this client uses the keys from {self.keys.source}"
 
-    def _await_reply(self, sock: zmq.Socket, timeout_s: float) -> list[Any] | None:
+    def _await_reply(
+        self, sock: zmq.Socket, timeout_s: float, probe: Probe | None = None
+    ) -> list[Any] | None:
         """The reply frames within ``timeout_s``, or None (also as soon as the watch sees the
-        handshake refused)."""
+        handshake refused); raises ``probe``'s verdict when it is an error."""
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         self._watch.register(poller)
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            ready = dict(poller.poll(max(1, math.ceil(left * 1000))))
-            if sock in ready:
-                return sock.recv_multipart(copy=False)
-            if self._watch.read(ready):
-                return None
-        return None
+        now = time.monotonic()
+        deadline = now + timeout_s
+        next_probe = now + probe.every_s if probe is not None else math.inf
+        probing: zmq.Socket | None = None
+        try:
+            while (left := deadline - now) > 0:
+                wait = min(left, next_probe - now)
+                ready = dict(poller.poll(max(1, math.ceil(wait * 1000))))
+                if sock in ready:
+                    return sock.recv_multipart(copy=False)
+                if self._watch.read(ready):
+                    return None
+                now = time.monotonic()
+                if probe is None:
+                    continue
+                if probing is not None and probing in ready:
+                    verdict = probe.verdict(probing.recv_multipart(copy=False))
+                    self._end_probe(poller, probing)
+                    probing = None
+                    if verdict is not None:
+                        raise verdict
+                if now >= next_probe:  # unanswered so far (busy, or gone): ask again
+                    if probing is not None:
+                        self._end_probe(poller, probing)
+                    probing = self._connect(probe.every_s)
+                    probing.send_multipart(probe.frames(), copy=False)
+                    poller.register(probing, zmq.POLLIN)
+                    next_probe = now + probe.every_s
+            return None
+        finally:
+            if probing is not None:
+                self._end_probe(poller, probing)
+
+    @staticmethod
+    def _end_probe(poller: zmq.Poller, probing: zmq.Socket) -> None:
+        poller.unregister(probing)
+        probing.close(linger=0)
 
     def _socket(self, timeout_s: float) -> zmq.Socket:
         if self._ctx.closed:
             raise DeviceError(f"connection to {self.endpoint} is closed")
         if self._sock is None:
-            sock = self._ctx.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-            sock.setsockopt(zmq.IPV6, int("[" in self.endpoint))
-            if self.keys is not None:
-                secure_client_socket(sock, self.keys)
-            self._watch.attach(sock)
-            sock.connect(self.endpoint)
-            self._sock = sock
+            self._sock = self._connect(timeout_s, watched=True)
         return self._sock
+
+    def _connect(self, timeout_s: float, watched: bool = False) -> zmq.Socket:
+        """A new REQ socket to the endpoint (linger 0, keys when the client has them)."""
+        sock = self._ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+        sock.setsockopt(zmq.IPV6, int("[" in self.endpoint))
+        if self.keys is not None:
+            secure_client_socket(sock, self.keys)
+        if watched:
+            self._watch.attach(sock)
+        sock.connect(self.endpoint)
+        return sock
 
     def drop(self) -> None:
         """Close the socket (linger 0); the next request opens a fresh one."""

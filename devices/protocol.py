@@ -18,7 +18,9 @@ same typed error (``error_from_wire``).
 
 Sessions (v2): ``hello`` opens a session and its reply names it; every later request
 carries ``"session"``, and a server holds one network per session (``devices.sessions``),
-so clients sharing a server never see each other's network.
+so clients sharing a server never see each other's network.  A ``hello`` may carry the
+client's own ``"token"`` (hex): a ``hello`` the client retried after a timeout then gets the
+session its first try opened rather than a second one.
 
 This module must import under Python 3.10 with numpy 1.26 and without torch: the Lava env
 runs it.  Keep it numpy + json + stdlib only (it does not even import zmq: frames are any

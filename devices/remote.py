@@ -31,6 +31,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Mapping
@@ -41,7 +42,7 @@ import numpy as np
 
 from devices.base import BaseBackend
 from devices.catalog import RECORDS
-from devices.lazy_pirate import LazyPirate
+from devices.lazy_pirate import LazyPirate, Probe
 from devices.protocol import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
@@ -49,6 +50,7 @@ from devices.protocol import (
     NotLoadedError,
     ProtocolError,
     SessionError,
+    SessionExpired,
     decode,
     encode,
     error_from_wire,
@@ -62,6 +64,8 @@ from polystep_neuro.core.network import NetworkSpec
 log = logging.getLogger(__name__)
 
 _HEADER_ALLOWANCE = 64 * 1024  # bytes kept free for the JSON header when splitting batches
+# a probe's reply naming one of these: the server no longer holds the waiting request's session
+_SESSION_LOST = (SessionError.__name__, SessionExpired.__name__)
 
 
 def _client_label() -> str:
@@ -117,6 +121,9 @@ class RemoteBackend(BaseBackend):
         self._limits = DEFAULT_LIMITS
         self._user_spec: NetworkSpec | None = None  # re-sent if the server restarts
         self._session: str | None = None  # named by every request; hello opens it
+        # sent with every hello: the server answers a retried hello with the session its
+        # first try opened (that try's reply lost to a timeout) instead of opening another
+        self._token = secrets.token_hex(16)
         if resolved["connect"]:
             try:
                 self.hello()
@@ -140,7 +147,7 @@ class RemoteBackend(BaseBackend):
     def hello(self) -> Capabilities:
         """Ask the server what it hosts (cached as ``capabilities``) and its limits; opens
         this client's session (or keeps the one it has, while the server still holds it)."""
-        fields: dict[str, Any] = {"client": _CLIENT}
+        fields: dict[str, Any] = {"client": _CLIENT, "token": self._token}
         if self._session is not None:
             fields["session"] = self._session
         header, _ = self._request("hello", fields, None, self.first_contact_s)
@@ -228,8 +235,9 @@ class RemoteBackend(BaseBackend):
                 self.hello()
             try:
                 return self._request(
-                    op, {**fields, "session": self._session}, arrays, self.timeout_s
-                )
+                    op, {**fields, "session": self._session}, arrays, self.timeout_s,
+                    probe=self._session_probe(self._session),
+                )  # fmt: skip
             except (SessionError, NotLoadedError) as exc:
                 again = op == "evaluate" and self._user_spec is not None
                 if attempt == self.retries or not (again or isinstance(exc, SessionError)):
@@ -316,6 +324,7 @@ class RemoteBackend(BaseBackend):
         arrays: Mapping[str, Any] | None,
         timeout_s: float,
         tries: int | None = None,
+        probe: Probe | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Send one request (retried by the lazy pirate); the reply or its typed error."""
         if self._client.closed:
@@ -324,10 +333,35 @@ class RemoteBackend(BaseBackend):
         request_id = self._next_id
         frames = encode({"op": op, "id": request_id, **fields}, arrays, self._limits)
         tries = self.retries if tries is None else tries
-        received = self._client.request(frames, timeout_s=timeout_s, tries=tries, what=op)
+        received = self._client.request(
+            frames, timeout_s=timeout_s, tries=tries, what=op, probe=probe
+        )
         reply = self._reply(received, request_id)
         self._last_heard = time.monotonic()
         return reply
+
+    def _session_probe(self, session: str) -> Probe | None:
+        """Pings in ``session`` while a load or evaluate waits longer than one ping's bound:
+        a server that restarted answers them "no such session" at once, and the request is
+        sent again (new session, the network re-loaded) instead of waiting out ``timeout_s``."""
+        every_s = self.first_contact_s
+        if self.timeout_s <= every_s:
+            return None
+
+        def frames() -> list[Any]:
+            return encode({"op": "ping", "id": 0, "session": session}, None, self._limits)
+
+        def verdict(reply: list[Any]) -> BaseException | None:
+            try:
+                header, _ = decode(reply, DEFAULT_LIMITS, reply=True)
+            except ProtocolError:
+                return None
+            error = header.get("error")
+            if not isinstance(error, dict) or error.get("type") not in _SESSION_LOST:
+                return None
+            return error_from_wire(error["type"], str(error.get("message", "")))
+
+        return Probe(frames, verdict, every_s)
 
     def _reply(self, frames: list[Any], request_id: int) -> tuple[dict[str, Any], dict]:
         try:

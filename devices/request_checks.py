@@ -25,6 +25,7 @@ from simulators.fixed_point import WEIGHT_EXP_MAX, WEIGHT_EXP_MIN
 __all__ = [
     "INPUT_DTYPES",
     "client_name",
+    "client_token",
     "evaluate_arrays",
     "session_id",
     "spec_from_wire",
@@ -62,6 +63,17 @@ def session_id(header: Mapping[str, Any], op: str, *, required: bool = True) -> 
                 "network lives in its own session)"
             )
         raise ProtocolError(f"'session' must be the hex id hello returned, got {value!r:.80}")
+    return value
+
+
+def client_token(header: Mapping[str, Any]) -> str | None:
+    """The token a client sends with every ``hello`` (hex, its own), so that a retried
+    ``hello`` gets the session its first try opened; None when it sends none."""
+    value = header.get("token")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
+        raise ProtocolError(f"'token' must be a hex string of 1-64 digits, got {value!r:.80}")
     return value
 
 

@@ -8,6 +8,10 @@ arrays each, and a session left idle for ``idle_s`` seconds expires (its backend
 closed; its next request gets ``SessionExpired``).  When every slot is taken, a new
 ``hello`` takes the longest-idle slot that holds no network (losing it costs its client
 one ``hello``); when each holds one, the ``hello`` gets ``Busy`` naming their clients.
+A ``hello`` may carry the client's own token: a retried ``hello`` (its first try's reply
+lost to a timeout while the server was busy) then gets the session the first try opened,
+instead of opening one more that would hold a slot, on a one-slot server the device, until
+it expires.
 
 Requests of all sessions are served one at a time, in arrival order (``devices.server``).
 Standard library only (the Lava env runs it).
@@ -53,6 +57,7 @@ class Session:
     backend: BaseBackend | None = None
     network: str = ""  # what it loaded, for people ("8-12-3, T=10"); "" = nothing yet
     network_bytes: int = 0
+    token: str | None = None  # the client's hello token, if it sent one
 
     @property
     def loaded(self) -> bool:
@@ -77,6 +82,7 @@ class Sessions:
         self._factory = factory
         self._clock = clock
         self._open: dict[str, Session] = {}
+        self._by_token: dict[str, str] = {}  # a client's hello token -> its open session id
         self._expired: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -85,10 +91,15 @@ class Sessions:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._open.values()))
 
-    def open(self, client: str) -> Session:
-        """A new session for ``client``; Busy when every slot holds another's network."""
+    def open(self, client: str, token: str | None = None) -> Session:
+        """A new session for ``client``, or the one ``token`` opened while it is open (a
+        retried hello); Busy when every slot holds another's network."""
         self.expire_idle()
         now = self._clock()
+        if token is not None and (known := self._open.get(self._by_token.get(token, ""))):
+            known.last_used = now
+            log.info("session %s of %r answered again (a retried hello)", known.id[:8], client)
+            return known
         if len(self._open) >= self.limits.max_sessions:
             empty = [s for s in self._open.values() if not s.loaded]
             if not empty:
@@ -96,8 +107,10 @@ class Sessions:
             taken = min(empty, key=lambda s: s.last_used)
             log.info("session %s of %r gives its slot to a new client", taken.id[:8], taken.client)
             self._end(taken, "replaced")
-        session = Session(secrets.token_hex(16), client, now)
+        session = Session(secrets.token_hex(16), client, now, token=token)
         self._open[session.id] = session
+        if token is not None:
+            self._by_token[token] = session.id
         log.info("session %s opened for %r (%d open)", session.id[:8], client, len(self._open))
         return session
 
@@ -161,6 +174,8 @@ class Sessions:
 
     def _end(self, session: Session, why: str) -> None:
         del self._open[session.id]
+        if session.token is not None:
+            self._by_token.pop(session.token, None)
         backend, session.backend = session.backend, None
         if backend is not None:
             try:

@@ -244,3 +244,29 @@ def test_a_fuzz_over_the_message_schema_gets_typed_errors_fast_and_changes_no_on
 
     check()
     assert slowest[0] < 0.5, f"slowest request {slowest[0]:.3f} s"
+
+
+def test_a_retried_hello_gets_the_session_its_first_try_opened() -> None:
+    """A client whose hello timed out while the server was busy sends it again; the server
+    reads both, and the second must not open a session of its own (on a one-slot server it
+    would hold the device until it expired)."""
+    clock = Clock()
+    server = _server(clock, max_sessions=1, idle_s=600.0)
+    token = "5e" * 16
+    first, _ = _call(server, "hello", client="alice", token=token)
+    meta, arrays = _spec(1).to_arrays()
+    assert "error" not in _call(server, "load", arrays, spec=meta, session=first["session"])[0]
+    clock.now += 2.0
+    again, _ = _call(server, "hello", client="alice", token=token)
+    assert again["session"] == first["session"] and again["server"]["loaded"] is True
+    assert len(server.sessions) == 1
+    assert _error(_call(server, "hello", client="bob", token="b0" * 16))[0] == "Busy"
+    # closed, the token opens a new session; a malformed token is refused in one line
+    assert _call(server, "close", session=first["session"])[0]["closed"] is True
+    fresh, _ = _call(server, "hello", client="alice", token=token)
+    assert fresh["session"] != first["session"]
+    kind, message = _error(_call(server, "hello", client="carol", token="not hex"))
+    assert (kind, message) == (
+        "ProtocolError",
+        "'token' must be a hex string of 1-64 digits, got 'not hex'",
+    )
