@@ -375,7 +375,8 @@ def test_an_empty_folder_is_watched_to_its_end_without_a_traceback(
     field["spec"].save(tmp_path / "net.npz")
     (tmp_path / "empty").mkdir()
     code = main(["watch", "--spec", str(tmp_path / "net.npz"), "--stream",
-                 str(tmp_path / "empty"), "--out", str(tmp_path / "w")])  # fmt: skip
+                 str(tmp_path / "empty"), "--out", str(tmp_path / "w"),
+                 "--no-progress"])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err
     assert "0 batches: 0 drift" in captured.out

@@ -234,6 +234,8 @@ def _add_watch(sub: Any) -> None:
     watch.add_argument("--out", type=Path, default=defaults.out_dir,
                        help=f"output folder (default: {defaults.out_dir})")  # fmt: skip
     watch.add_argument("--resume", action="store_true", help="continue where --out stopped")
+    watch.add_argument("--no-progress", action="store_true", help="taken as the other commands "
+                       "take it; watch draws no bars (it prints one line per event)")  # fmt: skip
     watch.add_argument("--max-bad-batches", type=at_least(1), default=defaults.max_bad_batches,
                        help="batches in a row that do not fit the network (each logged as "
                        "dropped) before the watch stops with an error (default: "
