@@ -223,3 +223,27 @@ def test_the_deploy_gap_bench_draws_fixed_classes_and_reports_where_the_stage_ra
     lines = gap.table([row(0, 0.80, 0.85, 10), row(1, 0.80, 0.79, 10), row(2, 0.8, 0.8, 0)])
     assert lines[-2] == ("default over stages 1-2, test points: median +0.0 over 3 networks; "
                          "where stage 3 ran (2): median +2.0, worst -1.0")  # fmt: skip
+
+
+def test_label_free_bench_counts_a_run_significantly_worse_by_mcnemar() -> None:
+    """McNemar's exact test on the discordant samples: 8 lost against 1 won is below 0.05
+    (p = 0.039), 3 against 0 is not (p = 0.25), and a run that won more is never 'worse'."""
+    from polystep_neuro.bench import labelfree_bench as lf
+
+    assert lf.mcnemar_p((0, 0)) == 1.0
+    assert lf.mcnemar_p((8, 1)) == pytest.approx(20 / 512)
+    assert lf.mcnemar_p((3, 0)) == pytest.approx(0.25)
+
+    def row(pair: tuple[int, int]) -> lf.Row:
+        change = (pair[1] - pair[0]) / 100
+        return lf.Row("digits", 0, "fog", "label-free", (0.5, 0.5 + change), (0.9, 0.9),
+                      (0.0, 0.0), False, 1.0, pair)  # fmt: skip
+
+    assert [lf.significantly_worse(row(p)) for p in ((8, 1), (3, 0), (1, 8))] == [
+        True, False, False,
+    ]  # fmt: skip
+    lf._check_flips(row((8, 1)), 100)  # -7 samples of 100: the change the run reported
+    reported_gain = lf.Row("digits", 0, "fog", "label-free", (0.5, 0.6), (0.9, 0.9),
+                           (0.0, 0.0), False, 1.0, (8, 1))  # fmt: skip
+    with pytest.raises(AssertionError, match=r"the paired counts \(8, 1\) give -0.0700"):
+        lf._check_flips(reported_gain, 100)

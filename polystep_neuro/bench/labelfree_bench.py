@@ -16,8 +16,12 @@ The clean and corrupted test sets are scored on the side and never seen by eithe
 `recovered` is the label-free run's gain on the corrupted test set as a share of the
 labelled run's (the ratio of the medians over corruptions and seeds); `rank correlation` is
 Spearman's between the objective's change on the held-out fifth and the corrupted test
-accuracy's change, at the last step of every label-free run. The defaults were chosen by the
-numbers of the corruptions marked `tuned`; the `held out` ones are reported apart.
+accuracy's change, at the last step of every label-free run. `significantly worse` counts
+the runs that hand back a network worse than the start on the corrupted test set beyond its
+sampling noise: McNemar's exact test on the test samples the two networks decide
+differently (start right and handed back wrong, against the reverse), two-sided p < 0.05.
+The defaults were chosen by the numbers of the corruptions marked `tuned`; the `held out`
+ones are reported apart.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ class Row:
     #   of the corrupted test accuracy (the rank correlation's pairs)
     kept_start: bool
     seconds: float
+    # corrupted test samples the start decides right and the handed-back network wrong, and
+    # the reverse (McNemar's discordant pairs)
+    flips: tuple[int, int] = (0, 0)
 
     @property
     def half(self) -> str:
@@ -108,7 +115,40 @@ def _deployed(model: torch.nn.Module, variant: str):
     return spec, None
 
 
-def _row(dataset, seed, corruption, method, result, seconds) -> Row:
+def _decided_right(spec, spikes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Which samples ``spec`` decides right on torch-sim-fixed, as the runs' accuracy reads
+    them (a tie is wrong)."""
+    from devices.registry import open_backend
+    from polystep_neuro.run.losses import decisions
+
+    backend = open_backend("torch-sim-fixed", device="cpu")
+    try:
+        backend.load(spec)
+        counts = torch.as_tensor(backend.evaluate({}, torch.as_tensor(spikes)))[0]
+    finally:
+        backend.close()
+    return (decisions(counts) == torch.as_tensor(labels)).numpy()
+
+
+def flips(start, end, spikes: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """(right before and wrong after, wrong before and right after) over the samples."""
+    before, after = _decided_right(start, spikes, labels), _decided_right(end, spikes, labels)
+    return int((before & ~after).sum()), int((~before & after).sum())
+
+
+def mcnemar_p(pair: tuple[int, int]) -> float:
+    """McNemar's exact two-sided p for discordant counts ``pair`` (1 when there are none)."""
+    from scipy.stats import binomtest
+
+    lost, won = pair
+    return 1.0 if lost + won == 0 else float(binomtest(lost, lost + won, 0.5).pvalue)
+
+
+def significantly_worse(r: Row, alpha: float = 0.05) -> bool:
+    return r.flips[0] > r.flips[1] and mcnemar_p(r.flips) < alpha
+
+
+def _row(dataset, seed, corruption, method, result, seconds, pair=(0, 0)) -> Row:
     history = [r for r in result.history if "shifted_accuracy" in r]
     first, last = history[0], history[-1]
     objective = last.get("val_loss", 0.0) - first.get("val_loss", 0.0)
@@ -122,6 +162,7 @@ def _row(dataset, seed, corruption, method, result, seconds) -> Row:
         (objective, last["shifted_accuracy"] - first["shifted_accuracy"]),
         result.kept_start,
         seconds,
+        pair,
     )
 
 
@@ -158,14 +199,27 @@ def run_seed(
                 spec, "torch-sim-fixed", train=train, test=test, steps=steps, seed=seed,
                 writable=writable, torch_device="cpu", progress=False,
             )  # fmt: skip
-            rows.append(_row(dataset, seed, name, method, result.result, time.perf_counter() - t0))
-            r = rows[-1]
+            seconds = time.perf_counter() - t0
+            pair = flips(spec, result.result.spec, *test["shifted"])
+            r = _row(dataset, seed, name, method, result.result, seconds, pair)
+            _check_flips(r, len(test["shifted"][1]))
+            rows.append(r)
             progress(
                 f"{dataset} seed {seed} {name} {method}: shifted {100 * r.shifted[0]:.1f} -> "
                 f"{100 * r.shifted[1]:.1f}, clean {100 * r.clean[0]:.1f} -> "
                 f"{100 * r.clean[1]:.1f} ({r.seconds:.0f} s)"
             )
     return rows
+
+
+def _check_flips(r: Row, samples: int) -> None:
+    """The paired counts must add up to the accuracy change the run reported."""
+    counted = (r.flips[1] - r.flips[0]) / samples
+    if abs(counted - (r.shifted[1] - r.shifted[0])) > 0.5 / samples:
+        raise AssertionError(
+            f"{r.dataset} seed {r.seed} {r.corruption} {r.method}: the paired counts "
+            f"{r.flips} give {counted:+.4f}, the run reported {r.shifted[1] - r.shifted[0]:+.4f}"
+        )
 
 
 def run(
@@ -203,9 +257,9 @@ def table(rows: list[Row]) -> list[str]:
     the recovered share and the objective's rank correlation with accuracy."""
     lines = [
         "| dataset | corruptions | method | corrupted test: median change | clean test: "
-        "median / worst change | worse than the start | rolled back | recovered | rank "
-        "correlation |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "median / worst change | worse than the start | significantly worse | rolled back | "
+        "recovered | rank correlation |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = dict.fromkeys((r.dataset, r.half, r.method) for r in rows)
     for dataset, half, method in keys:
@@ -223,6 +277,7 @@ def table(rows: list[Row]) -> list[str]:
             f"{len({r.seed for r in mine})} seeds) | {method} | {gain:+.1f} | "
             f"{statistics.median(clean):+.1f} / {min(clean):+.1f} | "
             f"{sum(_gain(r) < 0 for r in mine)} of {len(mine)} | "
+            f"{sum(significantly_worse(r) for r in mine)} | "
             f"{sum(r.kept_start for r in mine)} | {share} | {rank} |"
         )
     return lines
