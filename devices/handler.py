@@ -49,6 +49,36 @@ _OLD_CLIENT = (
 )
 
 
+class BadRequestLog:
+    """Warnings for bad requests, at most ``burst`` per ``window_s`` seconds: a peer sending
+    junk (20,000 messages a minute, measured) would otherwise bury the log; the rest are
+    counted and said in one line when the next window's first one comes."""
+
+    def __init__(
+        self, burst: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst, self.window_s, self._clock = burst, window_s, clock
+        self._window_start = -float("inf")
+        self._said = 0
+        self._unsaid = 0
+
+    def warn(self, message: str, *args: Any) -> None:
+        now = self._clock()
+        if now - self._window_start >= self.window_s:
+            if self._unsaid:
+                log.warning(
+                    "%d more bad requests in the %g s before (not logged one by one)",
+                    self._unsaid,
+                    self.window_s,
+                )
+            self._window_start, self._said, self._unsaid = now, 0, 0
+        if self._said < self.burst:
+            self._said += 1
+            log.warning(message, *args)
+        else:
+            self._unsaid += 1
+
+
 class DeviceServer:
     """Turns request frames into reply frames; never raises for a bad or failing request."""
 
@@ -71,11 +101,15 @@ class DeviceServer:
         self.sessions = Sessions(factory, sessions or SessionLimits(), clock)
         self.should_exit = False
         self.busy = False
+        self.bad_requests = BadRequestLog(clock=clock)
+        self._peer = "?"  # the address of the request being handled, for the log
 
-    def handle(self, frames: Sequence[Any]) -> list[Any]:
-        """One request in, one reply out (an error reply when anything fails)."""
+    def handle(self, frames: Sequence[Any], peer: str = "?") -> list[Any]:
+        """One request in, one reply out (an error reply when anything fails); ``peer``,
+        the sender's address, is for the log only."""
         request_id: Any = None
         op: Any = None
+        self._peer = peer
         try:
             header, arrays = decode(frames, self.limits)
             request_id, op = header["id"], header["op"]
@@ -87,7 +121,9 @@ class DeviceServer:
             if isinstance(version, int) and not isinstance(version, bool) and 0 < version < 2:
                 old = ProtocolError(_OLD_CLIENT.format(version=version))
                 return error_reply(old, request_id, op, self.limits, version=version)
-            log.warning("bad request (id=%r, op=%r): %s", request_id, op, exc)
+            self.bad_requests.warn(
+                "bad request from %s (id=%r, op=%r): %s", peer, request_id, op, exc
+            )
             return error_reply(exc, request_id, op, self.limits)
         except PolystepError as exc:
             log.info("%s failed: %s: %s", op, type(exc).__name__, exc)
@@ -131,7 +167,7 @@ class DeviceServer:
             except DeviceError:  # expired or unknown: a new one below
                 session = None
         if session is None:
-            session = self.sessions.open(client, checks.client_token(header))
+            session = self.sessions.open(client, checks.client_token(header), self._peer)
         limits = self.sessions.limits
         info = {
             "backend": self.backend_name,

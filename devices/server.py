@@ -191,7 +191,7 @@ def _loop(server: DeviceServer, sock: zmq.Socket, stop: threading.Event) -> None
         envelope, body = split_envelope(frames)
         server.busy = True
         try:
-            reply = server.handle(body)
+            reply = server.handle(body, _peer_address(frames))
         finally:
             server.busy = False
         del frames, body  # release the request buffers before the reply goes out
@@ -199,6 +199,14 @@ def _loop(server: DeviceServer, sock: zmq.Socket, stop: threading.Event) -> None
         if server.should_exit:
             log.info("closed by the client; exiting (--exit-on-close)")
             return
+
+
+def _peer_address(frames: Sequence[Any]) -> str:
+    """The sender's address as the socket saw it (for the log), "?" where it cannot say."""
+    try:
+        return str(frames[-1].get("Peer-Address"))
+    except (AttributeError, zmq.ZMQError):
+        return "?"
 
 
 def split_envelope(frames: Sequence[Any], depth: int = 8) -> tuple[list[bytes], list[Any]]:
@@ -315,7 +323,13 @@ def _parser() -> argparse.ArgumentParser:
         kind = int if name == "--max-sessions" else float
         default = "" if option.default is None else f" (default {option.default:g})"
         parser.add_argument(name, type=kind, default=None, help=option.meaning + default)
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="info (default): also each session opened (client and address), closed, expired "
+        "or replaced, and each request a backend refused; warning: problems only",
+    )
     return parser
 
 

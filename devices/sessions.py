@@ -91,7 +91,7 @@ class Sessions:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._open.values()))
 
-    def open(self, client: str, token: str | None = None) -> Session:
+    def open(self, client: str, token: str | None = None, peer: str = "?") -> Session:
         """A new session for ``client``, or the one ``token`` opened while it is open (a
         retried hello); Busy when every slot holds another's network."""
         self.expire_idle()
@@ -111,7 +111,10 @@ class Sessions:
         self._open[session.id] = session
         if token is not None:
             self._by_token[token] = session.id
-        log.info("session %s opened for %r (%d open)", session.id[:8], client, len(self._open))
+        log.info(
+            "session %s opened for %r at %s (%d open)", session.id[:8], client, peer,
+            len(self._open),
+        )  # fmt: skip
         return session
 
     def get(self, session_id: str) -> Session:

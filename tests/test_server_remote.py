@@ -340,7 +340,9 @@ def test_fixed_point_parity_kill_restart_and_exit_on_close(
     params, inputs = _params(spec, num_sets=3, seed=2), _inputs(batch=4, seed=3)
     first = _start("torch-sim-fixed", exit_on_close=True)
     restarted: list[ServerProcess] = []
-    remote = RemoteBackend(first.endpoint, timeout_s=0.5, connect_timeout_s=5, retries=2)
+    # a long bound while the server is up (a loaded 2-core machine compiles slowly), a short
+    # one once it is killed
+    remote = RemoteBackend(first.endpoint, timeout_s=60, connect_timeout_s=5, retries=2)
     try:
         # parity: exactly the counts of a local backend, and its calibrated spec
         remote.load(spec)
@@ -359,6 +361,7 @@ def test_fixed_point_parity_kill_restart_and_exit_on_close(
         # a killed server: DeviceUnavailable within a bounded time, saying what to check
         first.process.kill()
         first.process.wait(10)
+        remote.timeout_s = 0.5
         start = time.monotonic()
         with pytest.raises(DeviceUnavailable) as info:
             remote.evaluate(params, inputs)

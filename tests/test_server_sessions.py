@@ -270,3 +270,22 @@ def test_a_retried_hello_gets_the_session_its_first_try_opened() -> None:
         "ProtocolError",
         "'token' must be a hex string of 1-64 digits, got 'not hex'",
     )
+
+
+def test_bad_requests_are_logged_with_the_sender_at_most_ten_a_minute(caplog) -> None:
+    """A peer sending junk must not bury the log: ten lines a minute, each naming the
+    sender's address, then one line counting the rest."""
+    import logging
+
+    clock = Clock()
+    server = _server(clock)
+    with caplog.at_level(logging.WARNING, logger="devices.handler"):
+        for _ in range(25):
+            server.handle([b"not json"], peer="10.0.0.7")
+        clock.now += 61.0
+        server.handle([b"not json"], peer="10.0.0.8")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 12
+    assert all(line.startswith("bad request from 10.0.0.7 (id=None") for line in lines[:10])
+    assert lines[10] == "15 more bad requests in the 60 s before (not logged one by one)"
+    assert lines[11].startswith("bad request from 10.0.0.8")

@@ -91,6 +91,16 @@ def _assert_serving(endpoint: str) -> None:
 
 
 # --------------------------------------------------------------------------- 1. sessions
+def test_the_log_says_whom_the_server_serves(server: ServerProcess) -> None:
+    """At the default log level a session opened is logged with its client and address."""
+    header, _ = _raw(server.endpoint, "hello", client="carol@lab pid 7")
+    line = f"session {header['session'][:8]} opened for 'carol@lab pid 7' at 127.0.0.1"
+    deadline = time.monotonic() + 5
+    while line not in server.stderr_tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in server.stderr_tail()
+
+
 def test_each_client_keeps_its_own_network(server: ServerProcess) -> None:
     """Finding: client A's evaluate returned client B's counts once B had loaded."""
     spec_a, spec_b = _spec(1), _spec(2)
