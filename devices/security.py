@@ -176,8 +176,12 @@ def secure_server_socket(
 
 
 # --------------------------------------------------------------------------- keygen
-def generate_keys(folder: str | os.PathLike[str], *, force: bool = False) -> dict[str, Path]:
-    """Write a server and a client keypair and ``authorized_clients/client.key``.
+def generate_keys(
+    folder: str | os.PathLike[str], *, force: bool = False, client_only: bool = False
+) -> dict[str, Path]:
+    """Write a server and a client keypair and ``authorized_clients/client.key``; with
+    ``client_only``, the client keypair alone (a user joining a shared server makes their
+    own, so that no secret key travels: only the public ``client.key`` goes to the admin).
 
     Secret files are never readable by others: the pairs are made in a private (0700)
     staging folder inside ``folder``, made 0600 there, then moved into place.  Refuses to
@@ -194,6 +198,9 @@ def generate_keys(folder: str | os.PathLike[str], *, force: bool = False) -> dic
         "client_secret": out / f"{CLIENT_NAME}.key_secret",
         "authorized": out / AUTHORIZED_DIR / f"{CLIENT_NAME}.key",
     }
+    if client_only:
+        names = {k: v for k, v in names.items() if k.startswith("client_")}
+    pairs = (CLIENT_NAME,) if client_only else (SERVER_NAME, CLIENT_NAME)
     existing = [str(p) for p in names.values() if p.exists()]
     if existing and not force:
         raise DeviceError(
@@ -202,16 +209,18 @@ def generate_keys(folder: str | os.PathLike[str], *, force: bool = False) -> dic
         )
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (out / AUTHORIZED_DIR).mkdir(exist_ok=True, mode=0o700)
+        if not client_only:
+            (out / AUTHORIZED_DIR).mkdir(exist_ok=True, mode=0o700)
         staging = Path(tempfile.mkdtemp(prefix=".keygen-", dir=out))  # mode 0700
         try:
-            for name in (SERVER_NAME, CLIENT_NAME):
+            for name in pairs:
                 zmq.auth.create_certificates(staging, name)
             for path in staging.iterdir():
                 path.chmod(0o600 if path.name.endswith("_secret") else 0o644)
-            shutil.copy2(staging / f"{CLIENT_NAME}.key", staging / "authorized.key")
-            os.replace(staging / "authorized.key", names["authorized"])
-            for name in (SERVER_NAME, CLIENT_NAME):
+            if not client_only:
+                shutil.copy2(staging / f"{CLIENT_NAME}.key", staging / "authorized.key")
+                os.replace(staging / "authorized.key", names["authorized"])
+            for name in pairs:
                 for suffix in (".key", ".key_secret"):
                     os.replace(staging / f"{name}{suffix}", out / f"{name}{suffix}")
         finally:
@@ -256,7 +265,13 @@ def client_keys(keys: str | os.PathLike[str] | Mapping[str, Any]) -> ClientKeys:
         return ClientKeys(*values, source="the curve_keys mapping")
     root = Path(keys)
     public, secret = _keypair(root / f"{CLIENT_NAME}.key_secret", "client secret key")
-    server, _ = _keypair(root / f"{SERVER_NAME}.key", "server public key", secret=False)
+    server_key = root / f"{SERVER_NAME}.key"
+    if not server_key.is_file() and (root / f"{CLIENT_NAME}.key_secret").is_file():
+        raise DeviceError(  # a client-only folder (keygen --client-only) still waiting for it
+            f"no server public key at {server_key}: get the server's server.key from whoever "
+            "runs the server and put it there (this client's own keys are in place)"
+        )
+    server, _ = _keypair(server_key, "server public key", secret=False)
     return ClientKeys(public, secret, server, str(root))
 
 

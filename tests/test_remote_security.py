@@ -96,6 +96,30 @@ def test_keygen_command_writes_private_keys(tmp_path: Path, capsys) -> None:
     assert client_keys(folder).server != before
 
 
+def test_a_client_made_keypair_joins_a_server_without_its_secret_travelling(
+    tmp_path: Path, capsys
+) -> None:
+    """keygen --client-only: the user's own pair; only client.key goes to the admin (into
+    authorized_clients/ under a name of its own) and only server.key comes back."""
+    admin, mine = tmp_path / "admin", tmp_path / "mine"
+    generate_keys(admin)
+    assert cli_main(["devices", "keygen", "--client-only", str(mine)]) == 0
+    out = capsys.readouterr().out
+    assert "send " + str(mine / "client.key") + " (public) to the server's admin" in out
+    assert sorted(p.name for p in mine.iterdir()) == ["client.key", "client.key_secret"]
+    assert stat.S_IMODE((mine / "client.key_secret").stat().st_mode) == 0o600
+    with pytest.raises(DeviceError, match="get the server's server.key from whoever runs"):
+        client_keys(mine)
+    shutil.copy(mine / "client.key", admin / "authorized_clients" / "alice.key")
+    shutil.copy(admin / "server.key", mine / "server.key")
+    with ThreadServer(curve_keys=admin) as server:
+        remote = RemoteBackend(server.endpoint, curve_keys=mine, timeout_s=10)
+        try:
+            assert remote.capabilities.precision == "float32"
+        finally:
+            remote.close()
+
+
 # ----------------------------------------------------------------------- key checks
 def test_right_key_works(server: ServerProcess, keys: Path) -> None:
     params, inputs = _data()

@@ -494,6 +494,12 @@ def _add_devices(sub: Any) -> None:
     )
     keygen.add_argument("dir", type=Path, help="folder for the server and client keys")
     keygen.add_argument("--force", action="store_true", help="replace existing keys")
+    keygen.add_argument(
+        "--client-only",
+        action="store_true",
+        help="only a client keypair, for joining a server someone else runs: send its public "
+        "client.key to the server's admin, put their server.key beside it",
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -677,14 +683,25 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             args.python, args.venv, print, force=args.force, with_lava_dl=args.with_lava_dl
         )
     elif args.devices_command == "keygen":
-        _cmd_keygen(args.dir, args.force)
+        _cmd_keygen(args.dir, args.force, args.client_only)
     return 0
 
 
-def _cmd_keygen(folder: Path, force: bool) -> None:
+def _cmd_keygen(folder: Path, force: bool, client_only: bool = False) -> None:
     from devices.security import KEYS_ENV, generate_keys
 
-    paths = generate_keys(folder, force=force)
+    paths = generate_keys(folder, force=force, client_only=client_only)
+    if client_only:
+        print(
+            f"wrote a CurveZMQ client keypair to {folder}:\n"
+            f"  send {paths['client_public']} (public) to the server's admin, who copies it "
+            "into the server's authorized_clients/ under a name of its own (e.g. alice.key) "
+            "and restarts the server\n"
+            f"  put the server's public key from the admin at {folder / 'server.key'}\n"
+            f"  then: {KEYS_ENV}={folder} polystep-neuro adapt --backend tcp://ADDR:PORT ...\n"
+            f"keep {paths['client_secret']} private: it never leaves this machine"
+        )
+        return
     print(
         f"wrote CurveZMQ keys to {folder}:\n"
         f"  server host: {paths['server_secret']} and {paths['authorized'].parent}/\n"
