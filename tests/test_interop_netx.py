@@ -288,3 +288,18 @@ def test_netx_runs_the_file_like_lava_fixed_and_torch_sim_fixed(tmp_path: Path) 
         f"netx {netx_counts} vs lava-fixed {lava_counts}"
     )
     assert netx_counts.sum() > 200 and len(np.unique(netx_counts)) > 8  # real, varied activity
+
+
+def test_a_netx_file_given_as_a_model_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """A SLAYER user's netx file given where a NIR graph or a spec is read: one line saying
+    netx is written, not read (it was "object 'node' doesn't exist", and advice to run
+    convert --nir, which cannot read it)."""
+    from polystep_neuro.run.interop.nir import from_nir
+
+    path = tmp_path / "slayer.net"
+    write_netx(calibrate_for_netx(_device_spec()), path)
+    with pytest.raises(SpecError, match=r"slayer.net is a lava-dl netx network: polystep-neuro "
+                       r"writes netx files \(export --to netx\) but does not read them"):  # fmt: skip
+        NetworkSpec.load(path)
+    with pytest.raises(SpecError, match=r"slayer.net is a lava-dl netx network, not a NIR graph"):
+        from_nir(path, T)

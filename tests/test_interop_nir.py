@@ -554,3 +554,55 @@ def test_export_refuses_what_nir_cannot_say() -> None:
     spec = NetworkSpec([LayerSpec(weight=np.ones((3, 4)), du=0.0, dv=0.1)], T)
     with pytest.raises(SpecError, match="layer 0: du=0 is an infinite NIR time constant"):
         to_nir(spec)
+
+
+def test_time_constants_in_steps_without_a_dt_are_refused_not_read_silent(tmp_path) -> None:
+    """Sinabs writes tau in time steps and no dt: read at the default 1e-4 s such a network
+    barely leaks and its outputs never spike (a user's 94 % model scored 0 %)."""
+    rng = np.random.default_rng(0)
+    graph = _chain(("fc", nir.Affine(weight=_weights(rng, 5, 4), bias=np.zeros(5))),
+                   ("lif", _lif(5, 10.0, 1.0, 1.0)), n_in=4)  # fmt: skip
+    with pytest.raises(SpecError) as info:
+        from_nir(graph, T)
+    assert str(info.value) == (
+        "node 'lif' (LIF): tau=10 and the graph names no dt; read at the default dt=0.0001 s "
+        "that is 100,000 steps per time constant, so the graph most likely gives its time "
+        "constants in time steps (Sinabs's exporter does): pass --dt 1 (dt=1 from Python), or "
+        "the graph's dt in seconds"
+    )
+    assert from_nir(graph, T, dt=1.0).layers[0].dv == pytest.approx(0.1)
+    graph.metadata["dt"] = 1.0  # a graph that names its dt is read at it
+    assert from_nir(graph, T).layers[0].dv == pytest.approx(0.1)
+
+
+def test_an_old_nir_is_named_with_its_fix() -> None:
+    from polystep_neuro.run.interop.nir import _nir_version_problem
+
+    assert _nir_version_problem("1.0.8") is None and _nir_version_problem("1.1.0") is None
+    assert _nir_version_problem("1.0.4") == (
+        "nir 1.0.4 is installed and polystep-neuro needs nir>=1.0.8,<2 (another package's "
+        "install may have replaced it: sinabs pins an older one): pip install 'nir>=1.0.8,<2' "
+        "(and install such a package with --no-deps)"
+    )
+
+
+def test_a_foreign_graph_takes_its_time_steps_from_the_data(tmp_path: Path, capsys) -> None:
+    """A graph from another tool names no T: check and pn.check take it from the data, as
+    they do for an snnTorch model."""
+    import polystep_neuro as pn
+    from polystep_neuro.cli import main as cli_main
+
+    rng = np.random.default_rng(1)
+    w, lif = _ok_layer(3, 4)
+    graph = _chain(("fc", w), ("lif", lif), n_in=4)
+    nir.write(tmp_path / "foreign.nir", graph)
+    x = (rng.random((40, 12, 4)) < 0.5).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    np.savez(tmp_path / "data.npz", spikes=x, labels=y)
+    report = pn.check(graph, "torch-sim", x, y, torch_device="cpu")
+    assert report.num_steps == 12
+    code = cli_main(["check", "--nir", str(tmp_path / "foreign.nir"), "--data",
+                     str(tmp_path / "data.npz"), "--backend", "torch-sim",
+                     "--out", str(tmp_path / "c")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "T = 12 time steps per sample, from" in out

@@ -562,8 +562,27 @@ def _nir_file(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def is_netx_file(path: str | os.PathLike[str]) -> bool:
+    """An HDF5 file laid out as lava-dl's netx writes it (a ``layer`` group, no NIR ``node``)."""
+    try:
+        import h5py
+    except ImportError:
+        return False
+    try:
+        with h5py.File(path, "r") as fh:
+            return "layer" in fh and "node" not in fh
+    except (OSError, ValueError):
+        return False
+
+
 def _nir_error(path: str | os.PathLike[str]) -> SpecError:
     """One line for every command that reads a spec and got a NIR file instead."""
+    if is_netx_file(path):
+        return SpecError(
+            f"{path} is a lava-dl netx network: polystep-neuro writes netx files (export --to "
+            "netx) but does not read them; bring the network in as a NIR graph (--nir), an "
+            "snnTorch model (--snntorch) or a spec (.npz)"
+        )
     named_nir = os.path.splitext(os.fspath(path))[1].lower() == ".nir"
     what = "a NIR graph" if named_nir else "an HDF5 file (a NIR graph, or a lava-dl netx network)"
     return SpecError(

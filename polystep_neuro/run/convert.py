@@ -133,6 +133,11 @@ def read_model(args: argparse.Namespace) -> Reference:
             args.time_steps = _steps_of_data(module, args)
         return snntorch_reference(module, args.time_steps, f"snnTorch model {args.snntorch}")
     if args.nir is not None:
+        if args.time_steps is None and getattr(args, "data", None) is not None:
+            from polystep_neuro.run.interop.nir import graph_steps
+
+            if graph_steps(args.nir) is None:  # a graph from another tool: T from --data
+                args.time_steps = _steps_of_data(args.nir, args)
         return nir_reference(args.nir, args.time_steps, args.dt)
     spec = NetworkSpec.load(args.spec)
     if args.time_steps is not None and args.time_steps != spec.num_steps:
@@ -144,7 +149,8 @@ def read_model(args: argparse.Namespace) -> Reference:
 
 
 def _steps_of_data(module: Any, args: argparse.Namespace) -> int:
-    """An snnTorch model does not know its T; the command's --data does (read as
+    """An snnTorch model (or a NIR graph from another tool) does not know its T; the
+    command's --data does (read as
     ``pn.adapt`` reads it, :func:`~polystep_neuro.run.spike_layout.steps_for_module`), where
     the command has one."""
     from polystep_neuro.run.spike_layout import steps_for_module
@@ -156,7 +162,8 @@ def _steps_of_data(module: Any, args: argparse.Namespace) -> int:
         spikes = split(data, need_labels=False, what=str(data))[0]
         steps = steps_for_module(module, spikes, None, args.time_first)
     if steps is None:
-        raise SpecError("--time-steps is needed for an snnTorch model (time steps per sample)")
+        what = "a NIR graph" if isinstance(module, (str, Path)) else "an snnTorch model"
+        raise SpecError(f"--time-steps is needed for {what} (time steps per sample)")
     layout = "(T, n, N_in)" if args.time_first else "(n, T, N_in)"
     print(f"  note: T = {steps} time steps per sample, from {data}'s spikes read {layout}"
           f"{'' if args.time_first else ' (spikegen makes (T, n, N_in): --time-first)'}; "

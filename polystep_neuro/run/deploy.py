@@ -58,7 +58,13 @@ from polystep_neuro.run.interop import Change, device_writable
 from polystep_neuro.run.losses import LossFn, accuracy
 from polystep_neuro.run.optimizers import Settings, make_layout, polystep_candidates
 from polystep_neuro.run.output_copies import with_output_copies
-from polystep_neuro.run.reference import Reference, as_reference, silent_note, silent_outputs
+from polystep_neuro.run.reference import (
+    Reference,
+    as_reference,
+    refuse_silent,
+    silent_note,
+    silent_outputs,
+)
 from polystep_neuro.run.selection import few_samples_note
 from polystep_neuro.run.spike_layout import batch_first, steps_for_module
 from polystep_neuro.run.teacher import (
@@ -229,8 +235,10 @@ def deploy(
         spec, changes = _converted(reference, backend, dev, writable, say)
         sets = _Sets.build(reference, spec, data, validation, test, drifted, batch_size,
                            time_first, val_fraction, seed, where)  # fmt: skip
+        refuse_silent(sets.reference_silent, reference.label)
         n_val = len(sets.validation["val"])
-        for note in (silent_note(sets.reference_silent), few_samples_note("val", n_val),
+        for note in (silent_note(sets.reference_silent, reference.label),
+                     few_samples_note("val", n_val),
                      _memorised_note(sets, n_val), *notes):  # fmt: skip
             if note is not None:
                 say(note)

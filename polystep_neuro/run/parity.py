@@ -142,7 +142,7 @@ class ParityReport:
                 f"{self.reference_accuracy:.1%}, {self.backend} {self.device_accuracy:.1%} "
                 f"({gap:+.1f} points)"
             )
-        silent = silent_note(self.reference_silent)
+        silent = silent_note(self.reference_silent, self.reference)
         wrong = "" if self.reference_accuracy is None else " and counts as wrong"
         return [
             *([] if silent is None else [silent]),

@@ -28,6 +28,16 @@ REFERENCE_CHUNK = 1024
 # From this share of samples without a single output spike on, a report says why its
 # accuracies mean nothing (a model read out by its membrane potential, not by spikes).
 SILENT_SHARE = 0.5
+# From this share on, deploy stops: a model that answers almost nothing gives no targets to
+# recover towards (the usual cause is a reading of the model that is not the model's own).
+REFUSE_SILENT = 0.9
+# Why a NIR graph from another tool can read silent (docs/interop.md, per tool).
+_NIR_SILENT = (
+    "; for a NIR graph, check first the dt it was read at (a graph that names none is read "
+    "at 1e-4 s; --dt / dt= sets it) and the input gain its exporter wrote (Norse's LIFCell "
+    "writes w_in = 1 where its own arithmetic adds the input unscaled, w_in = tau_syn/dt in "
+    "NIR's terms): docs/interop.md"
+)
 
 
 def silent_outputs(counts: np.ndarray) -> float:
@@ -35,9 +45,9 @@ def silent_outputs(counts: np.ndarray) -> float:
     return float((np.asarray(counts).sum(axis=1) == 0).mean()) if len(counts) else 0.0
 
 
-def silent_note(share: float) -> str | None:
+def silent_note(share: float, label: str = "") -> str | None:
     """What a report says when the trained model's output layer stays silent (None: it
-    spikes on most samples)."""
+    spikes on most samples); ``label`` (the Reference's) adds what to check for a NIR graph."""
     if share < SILENT_SHARE:
         return None
     return (
@@ -46,7 +56,16 @@ def silent_note(share: float) -> str | None:
         "potential (or whose output neurons never reach their threshold) scores near 0 % "
         "here; train the output layer to spike (e.g. "
         "snntorch.functional.ce_rate_loss or ce_count_loss) and deploy that model"
+        + (_NIR_SILENT if "NIR graph" in label else "")
     )
+
+
+def refuse_silent(share: float, label: str = "") -> None:
+    """PolystepError when the trained model answers (almost) nothing: nothing to deploy
+    towards."""
+    if share >= REFUSE_SILENT:
+        note = silent_note(share, label)
+        raise PolystepError(f"nothing to deploy towards: {note}")
 
 
 @dataclass

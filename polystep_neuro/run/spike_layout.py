@@ -115,13 +115,16 @@ def _check_finite(spikes: np.ndarray, what: str) -> None:
 def steps_for_module(
     model: object, data: object, time_steps: int | None, time_first: bool
 ) -> int | None:
-    """``time_steps``, or for an snnTorch module given without it the T of ``data``'s spikes
-    (a pair, a dataset or an array; (T, B, N_in) when ``time_first``): the module itself does
-    not know how many steps it runs, the data it is given does."""
+    """``time_steps``, or for an snnTorch module (or a NIR graph that names no T) given
+    without it the T of ``data``'s spikes (a pair, a dataset or an array; (T, B, N_in) when
+    ``time_first``): the model itself does not know how many steps it runs, the data it is
+    given does."""
     import torch
 
-    if time_steps is not None or not isinstance(model, torch.nn.Module):
+    if time_steps is not None:
         return time_steps
+    if not isinstance(model, torch.nn.Module) and not _nir_without_steps(model):
+        return None
     from polystep_neuro.run import user_data
 
     if hasattr(data, "spikes") and hasattr(data, "batch"):  # a SpikeDataset: batch-first
@@ -139,6 +142,22 @@ def steps_for_module(
     if steps > samples:
         _refuse_more_steps_than_samples(tuple(shape), samples, steps, time_first)
     return steps
+
+
+def _nir_without_steps(model: object) -> bool:
+    """A NIR graph, or the path of one, whose metadata names no number of time steps."""
+    import os
+
+    is_path = isinstance(model, (str, os.PathLike)) and not os.fspath(model).endswith(
+        (".npz", ".pt", ".pth")  # read as a spec or an snnTorch module, as the rest is NIR
+    )
+    if not is_path and not type(model).__module__.startswith("nir"):
+        return False
+    try:
+        from polystep_neuro.run.interop.nir import graph_steps
+    except ImportError:
+        return False  # no nir installed: the import that follows says so
+    return graph_steps(model) is None
 
 
 def _refuse_more_steps_than_samples(

@@ -71,6 +71,39 @@ except ImportError as exc:  # an optional dependency
 from polystep_neuro.core.errors import SpecError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec, refuse_output_copies
 
+# The oldest nir whose nodes take what this module writes (LIF's v_reset, ...): pip may
+# install an older one beside another tool (`pip install sinabs` brings nir 1.0.4).
+NIR_AT_LEAST = (1, 0, 8)
+
+
+def _nir_version_problem(version: str) -> str | None:
+    """Why the installed nir cannot serve (None: it can)."""
+    try:
+        parts = tuple(int(p) for p in version.split("+")[0].split(".")[:3])
+    except ValueError:
+        return None  # a development build: let it try
+    if parts >= NIR_AT_LEAST:
+        return None
+    need = ".".join(map(str, NIR_AT_LEAST))
+    return (
+        f"nir {version} is installed and polystep-neuro needs nir>={need},<2 (another "
+        f"package's install may have replaced it: sinabs pins an older one): pip install "
+        f"'nir>={need},<2' (and install such a package with --no-deps)"
+    )
+
+
+def require_nir_version() -> None:
+    """SpecError naming the fix when the installed nir is too old to read or write graphs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        problem = _nir_version_problem(version("nir"))
+    except PackageNotFoundError:
+        return
+    if problem is not None:
+        raise SpecError(problem)
+
+
 __all__ = ["DEFAULT_DT", "GAIN_RTOL", "from_nir", "read_nir", "to_nir", "write_nir"]
 
 DEFAULT_DT = 1e-4  # seconds; what snnTorch's NIR exporter and importer assume
@@ -102,13 +135,40 @@ def read_nir(
 
 
 def _read_graph(path: str | os.PathLike[str]) -> Any:
+    require_nir_version()
     if not os.path.exists(path):
         raise SpecError(f"NIR file not found: {path}")
+    from polystep_neuro.core.network import is_netx_file
+
+    if is_netx_file(path):
+        raise SpecError(
+            f"{path} is a lava-dl netx network, not a NIR graph: polystep-neuro writes netx "
+            "files (export --to netx) but does not read them; bring the network in as a NIR "
+            "graph, an snnTorch model or a spec (.npz)"
+        )
     try:
         return nir.read(path)
     except Exception as exc:  # h5py, nir's asserts and type checks: all mean "unreadable"
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise SpecError(f"{path} is not a readable NIR graph: {detail}") from None
+
+
+def graph_steps(graph_or_path: Any) -> int | None:
+    """The number of time steps a graph names in its metadata (as :func:`to_nir` writes
+    it), None when it names none (a graph from another tool) or cannot be read here (the
+    read that follows says why)."""
+    try:
+        graph = (
+            _read_graph(graph_or_path)
+            if isinstance(graph_or_path, (str, os.PathLike))
+            else graph_or_path
+        )
+    except SpecError:
+        return None
+    meta = getattr(graph, "metadata", None)
+    if not isinstance(meta, Mapping) or _META_STEPS not in meta:
+        return None
+    return int(meta[_META_STEPS])
 
 
 def from_nir(
@@ -124,6 +184,7 @@ def from_nir(
     it); a graph from another tool needs ``num_steps``.  ``dt``: see the module docstring.
     Anything the spec cannot represent raises ``SpecError`` naming the node.
     """
+    require_nir_version()
     if isinstance(graph_or_path, (str, os.PathLike)):
         graph = _read_graph(graph_or_path)
     else:
@@ -132,11 +193,14 @@ def from_nir(
         raise SpecError(f"expected a nir.NIRGraph or a NIR file, got {type(graph).__name__}")
     meta = dict(graph.metadata) if isinstance(graph.metadata, Mapping) else {}
     step = _dt(dt if dt is not None else meta.get("dt", DEFAULT_DT))
+    if dt is None and "dt" not in meta:
+        _refuse_tau_in_steps(graph)
     if num_steps is None:
         if _META_STEPS not in meta:
             raise SpecError(
                 "num_steps is needed: a NIR graph has no number of time steps (--time-steps T "
-                "on the command line, time_steps=T in polystep_neuro.adapt)"
+                "on the command line, time_steps=T in the Python API; given data, the "
+                "commands and the API take T from them)"
             )
         num_steps = int(meta[_META_STEPS])
     if writable is None:
@@ -341,6 +405,25 @@ def _uniform(name: str, node: Any, attr: str, n: int) -> float:
     return float(arr[0])
 
 
+def _refuse_tau_in_steps(graph: Any) -> None:
+    """A graph that names no dt is read at ``DEFAULT_DT``; a time constant of a second or
+    more is then 10,000 steps or more, so the graph almost surely gives it in time steps (as
+    Sinabs's exporter does), and read in seconds its network would barely leak or fire."""
+    for name, node in graph.nodes.items():
+        for attr in ("tau", "tau_mem", "tau_syn"):
+            if getattr(node, attr, None) is None:
+                continue
+            tau = float(np.max(np.asarray(getattr(node, attr), dtype=np.float64)))
+            if tau >= 1.0:
+                raise SpecError(
+                    f"node {name!r} ({_kind(node)}): {attr}={tau:g} and the graph names no "
+                    f"dt; read at the default dt={DEFAULT_DT:g} s that is {tau / DEFAULT_DT:,.0f} "
+                    "steps per time constant, so the graph most likely gives its time "
+                    "constants in time steps (Sinabs's exporter does): pass --dt 1 (dt=1 from "
+                    "Python), or the graph's dt in seconds"
+                )
+
+
 def _decay(name: str, node: Any, attr: str, n: int, dt: float) -> float:
     """dt / tau in (0, 1] (float64; rounded to float32 by the caller)."""
     tau = _uniform(name, node, attr, n)
@@ -476,6 +559,7 @@ def to_nir(spec: NetworkSpec, *, dt: float = DEFAULT_DT, output_copies: int = 1)
     if output_copies < 1 or spec.n_out % output_copies:
         raise SpecError(f"{spec.n_out} outputs are not {output_copies} copies of each class")
     spec.validate()
+    require_nir_version()
     step = _dt(dt)
     _check_exportable(spec)
     nodes: dict[str, Any] = {"input": nir.Input(input_type=np.array([spec.n_in]))}
