@@ -298,8 +298,8 @@ def test_a_netx_file_given_as_a_model_is_named_for_what_it_is(tmp_path: Path) ->
 
     path = tmp_path / "slayer.net"
     write_netx(calibrate_for_netx(_device_spec()), path)
-    with pytest.raises(SpecError, match=r"slayer.net is a lava-dl netx network: polystep-neuro "
-                       r"writes netx files \(export --to netx\) but does not read them"):  # fmt: skip
+    said = r"slayer.net is a lava-dl netx network: polystep-neuro writes netx files \(export"
+    with pytest.raises(SpecError, match=said + r" --to netx\) but does not read them"):
         NetworkSpec.load(path)
     with pytest.raises(SpecError, match=r"slayer.net is a lava-dl netx network, not a NIR graph"):
         from_nir(path, T)
