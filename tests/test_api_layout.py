@@ -47,13 +47,29 @@ def test_time_first_spikes_without_time_first_are_refused_with_both_remedies(cal
     assert str(info.value) == (
         "the data's spikes (5, 12, 6), read batch-first, are 5 samples of 12 time steps, more "
         "steps than samples: they look time-first (T, n, N_in), as snnTorch's spikegen makes "
-        "them: pass time_first=True; if they are 5 samples of 12 steps, pass time_steps=12"
+        "them: pass --time-first (time_first=True); if they are 5 samples of 12 steps, pass "
+        "--time-steps 12 (time_steps=12)"
     )
+
+
+def test_time_first_spikes_fewer_samples_than_steps_are_said_as_read(capsys) -> None:
+    """12 time-first samples of T=16 (a quick check on a subset) read batch-first fit every
+    check as 16 samples of 12 steps: the layout read and T are said, with the flag (a user's
+    check scored them so without a word)."""
+    x = (np.random.default_rng(3).random((16, 12, 6)) < 0.4).astype(np.float32)
+    report = pn.check(_module(), "torch-sim", x, torch_device="cpu")
+    assert report.samples == 16 and report.num_steps == 12
+    assert (
+        "note: T = 12 time steps per sample, from the data's spikes (16, 12, 6) read "
+        "batch-first (n, T, N_in): 16 samples; spikes made time-first (T, n, N_in), as "
+        "snnTorch's spikegen makes them, need --time-first (time_first=True); --time-steps "
+        "(time_steps=) sets T"
+    ) in capsys.readouterr().out
 
 
 def test_time_first_given_to_batch_first_data_says_drop_it() -> None:
     with pytest.raises(PolystepError, match=r"read time-first, are 5 samples of 12 time steps"
-                       r".*drop time_first"):  # fmt: skip
+                       r".*drop --time-first \(time_first=False\)"):  # fmt: skip
         steps_for_module(_module(), TIME_FIRST.transpose(1, 0, 2), None, time_first=True)
 
 

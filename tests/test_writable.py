@@ -162,11 +162,28 @@ def test_without_a_device_all_is_every_parameter() -> None:
 def test_scoring_leaves_out_what_the_device_cannot_rewrite_instead_of_refusing() -> None:
     """A label-free run hands back a network that marks thresholds writable; evaluating it
     on Lava rewrites nothing, so the thresholds are dropped from the loaded set, not refused
-    (a run that adapts still refuses them, above)."""
+    (a run that adapts leaves them out with a note, below; naming them is refused, above)."""
     net = _net(writable=("fc1.weight", "lif0.vth", "lif0.v_bias"))
     scored = scoring_writable(net, _caps("lava-fixed"))
     assert scored.loaded == ("fc1.weight", "lif0.v_bias") and scored.adapted == ()
     with pytest.raises(SpecError, match="lava-fixed cannot rewrite lif<i>.vth"):
-        resolve_writable(net, None, _caps("lava-fixed"))
+        resolve_writable(net, "lif0.vth", _caps("lava-fixed"))
     thresholds_only = scoring_writable(_net(writable=("lif0.vth",)), _caps("lava-fixed"))
     assert thresholds_only.loaded == ()
+
+
+def test_marked_names_this_device_cannot_rewrite_are_left_out_with_a_note() -> None:
+    """A label-free run on torch-sim-fixed hands back a network that marks its thresholds
+    writable; adapting it on lava-fixed refused the whole file (a user's event-camera run)."""
+    marked = _net(writable=("fc1.weight", "lif0.v_bias", "lif0.vth"))
+    chosen = resolve_writable(marked, None, _caps("lava-fixed"))
+    assert chosen.loaded == chosen.adapted == ("fc1.weight", "lif0.v_bias")
+    assert chosen.note == (
+        "note: the network marks lif0.vth writable, but lava-fixed cannot rewrite lif<i>.vth "
+        "at run time (it rewrites fc<i>.weight, fc<i>.bias, lif<i>.v_bias): left out"
+    )
+    drifted = resolve_writable(marked, None, _caps("lava-fixed"), has_clean=False)
+    assert drifted.adapted == ("lif0.v_bias",)
+    assert drifted.note.startswith("note: the network marks lif0.vth writable, but ")
+    assert "\ndrifted data only: adapting the hidden neurons' biases" in drifted.note
+    assert resolve_writable(marked, None, _caps("torch-sim-fixed")).note is None

@@ -160,7 +160,7 @@ def _steps_of_data(module: Any, args: argparse.Namespace) -> int:
     steps = None
     if data is not None:  # a file that cannot be read says so here, in its own words
         spikes = split(data, need_labels=False, what=str(data))[0]
-        steps = steps_for_module(module, spikes, None, args.time_first)
+        steps = steps_for_module(module, spikes, None, args.time_first, say=None)
     if steps is None:
         what = "a NIR graph" if isinstance(module, (str, Path)) else "an snnTorch model"
         raise SpecError(f"--time-steps is needed for {what} (time steps per sample)")

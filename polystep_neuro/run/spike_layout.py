@@ -9,6 +9,8 @@ in the device, so the commands' data files, ``watch``'s batches and the arrays g
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from polystep_neuro.core.errors import PolystepError, SpecError
@@ -113,12 +115,17 @@ def _check_finite(spikes: np.ndarray, what: str) -> None:
 
 
 def steps_for_module(
-    model: object, data: object, time_steps: int | None, time_first: bool
+    model: object,
+    data: object,
+    time_steps: int | None,
+    time_first: bool,
+    say: Callable[[str], None] | None = print,
 ) -> int | None:
     """``time_steps``, or for an snnTorch module (or a NIR graph that names no T) given
     without it the T of ``data``'s spikes (a pair, a dataset or an array; (T, B, N_in) when
     ``time_first``): the model itself does not know how many steps it runs, the data it is
-    given does."""
+    given does.  ``say`` gets the line that names the T and the layout read (a quick check
+    on a few time-first samples, fewer than the steps, was read batch-first unsaid)."""
     import torch
 
     if time_steps is not None:
@@ -141,7 +148,24 @@ def steps_for_module(
     )
     if steps > samples:
         _refuse_more_steps_than_samples(tuple(shape), samples, steps, time_first)
+    if say is not None and steps != samples:  # equal: batch_first's both-layouts note says it
+        say(steps_note(tuple(shape), samples, steps, time_first))
     return steps
+
+
+def steps_note(shape: tuple[int, ...], samples: int, steps: int, time_first: bool) -> str:
+    """The line that says the T taken from the data, and the layout it was read in."""
+    layout = "time-first (T, n, N_in)" if time_first else "batch-first (n, T, N_in)"
+    hint = (
+        ""
+        if time_first
+        else "; spikes made time-first (T, n, N_in), as snnTorch's spikegen makes them, need "
+        "--time-first (time_first=True)"
+    )
+    return (
+        f"note: T = {steps} time steps per sample, from the data's spikes {shape} read "
+        f"{layout}: {samples} samples{hint}; --time-steps (time_steps=) sets T"
+    )
 
 
 def _nir_without_steps(model: object) -> bool:
@@ -167,14 +191,15 @@ def _refuse_more_steps_than_samples(
     (spikegen's (T, n, N_in) read batch-first), and a module does not know its own T, so
     nothing downstream would notice: say so, with both ways out."""
     if time_first:
-        remedy = "they look batch-first (n, T, N_in): drop time_first"
+        remedy = "they look batch-first (n, T, N_in): drop --time-first (time_first=False)"
     else:
         remedy = (
             "they look time-first (T, n, N_in), as snnTorch's spikegen makes them: pass "
-            "time_first=True"
+            "--time-first (time_first=True)"
         )
     raise PolystepError(
         f"the data's spikes {shape}, read {'time-first' if time_first else 'batch-first'}, "
         f"are {samples} samples of {steps} time steps, more steps than samples: {remedy}; "
-        f"if they are {samples} samples of {steps} steps, pass time_steps={steps}"
+        f"if they are {samples} samples of {steps} steps, pass --time-steps {steps} "
+        f"(time_steps={steps})"
     )

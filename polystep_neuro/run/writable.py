@@ -10,8 +10,10 @@ so it cannot rewrite ``lif<i>.du`` of a layer with a Dense bias.
 - ``"all"``: every parameter of the network that the device can rewrite.
 - names: exactly those; one the device cannot rewrite is an error that says why and what to
   do instead.
-- no choice: what the network marks writable (checked the same way); a network that marks
-  nothing gets the weights and neuron biases, what Lava and Loihi 2 rewrite at run time.
+- no choice: what the network marks writable, less what this device cannot rewrite (said in
+  a note: a network a label-free run on torch-sim-fixed handed back marks its thresholds,
+  which Lava cannot rewrite; an error when nothing is left); a network that marks nothing
+  gets the weights and neuron biases, what Lava and Loihi 2 rewrite at run time.
 - no choice and no labels (a label-free run): the hidden neurons' biases and, where the
   device can rewrite them, their thresholds; a threshold scales how readily a layer fires,
   which is what a confidence objective can tune without labels (docs/benchmarks.md, the
@@ -28,7 +30,7 @@ numpy-free and torch-free (the core floor only), like ``run.interop``'s package 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from polystep_neuro.core.contract import Capabilities, parameter_kind
 from polystep_neuro.core.errors import SpecError
@@ -45,7 +47,7 @@ class Writable:
 
     loaded: tuple[str, ...]  # marked writable on the device (the network handed back keeps it)
     adapted: tuple[str, ...]  # what the run searches: ``loaded``, or the hidden biases in it
-    note: str | None = None  # one line for the user when the run adapts less than ``loaded``
+    note: str | None = None  # for the user when the run adapts less than the network marks
 
 
 def device_writable(spec: NetworkSpec) -> tuple[str, ...]:
@@ -96,7 +98,17 @@ def resolve_writable(
     elif names is not None:
         loaded = device.check(spec.with_writable(names).writable, "the run asks to adapt {}")
     elif spec.writable:
-        loaded = device.check(spec.writable, "the network marks {} writable")
+        loaded = device.rewritable(spec.writable) or device.check(
+            spec.writable, "the network marks {} writable"
+        )
+        left = [n for n in spec.writable if n not in loaded]
+        if left:
+            chosen = _resolve_loaded(spec, loaded, device, has_clean, label_free)
+            said = (
+                f"note: the network marks {', '.join(left)} writable, but "
+                f"{device.why_not(left[0])}: left out"
+            )
+            return replace(chosen, note=said if chosen.note is None else f"{said}\n{chosen.note}")
     else:
         loaded = device.rewritable(device_writable(spec))
     if not loaded:
@@ -104,7 +116,20 @@ def resolve_writable(
             f"nothing to adapt: {device.name} can rewrite none of this network's parameters "
             f"(it rewrites {device.kinds})"
         )
-    if names is not None or has_clean:
+    if names is not None:
+        return Writable(loaded, loaded)
+    return _resolve_loaded(spec, loaded, device, has_clean, label_free)
+
+
+def _resolve_loaded(
+    spec: NetworkSpec,
+    loaded: tuple[str, ...],
+    device: _DeviceRules,
+    has_clean: bool,
+    label_free: bool,
+) -> Writable:
+    """The defaults' choice among ``loaded`` (no names given): see the module docstring."""
+    if has_clean:
         return Writable(loaded, loaded)
     if label_free:
         return _label_free(spec, loaded, device)
