@@ -159,6 +159,47 @@ def test_a_lava_run_adapting_the_first_layer_is_told_it_is_the_slow_case() -> No
     assert _first_layer_on_lava(device("torch-sim-fixed", ("lif0.v_bias",))) is None
 
 
+def test_a_network_in_snntorch_timing_on_the_fixed_point_simulator_is_said(
+    tmp_path: Path, capsys
+) -> None:
+    """torch-sim-fixed runs delay-0 layers that Lava and Loihi 2 refuse; a user took its
+    figure for the chip's.  Said where it is scored; not for delay 1, nor in float32."""
+    from dataclasses import replace
+
+    spec = NetworkSpec.random([6, 8, 3], 10, seed=0)
+    snn_timed = NetworkSpec([replace(layer, delay=0) for layer in spec.layers], 10).validate()
+    snn_timed.save(tmp_path / "snn.npz")
+    spec.save(tmp_path / "device.npz")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", spikes=(rng.random((20, 10, 6)) < 0.4).astype(np.uint8),
+             labels=rng.integers(0, 3, 20))  # fmt: skip
+    said = (
+        "  note: layers 0, 1 of this network have delay 0 (snnTorch's timing): torch-sim-fixed "
+        "runs it, but Lava and Loihi 2 run delay 1 only and refuse it; for what a chip runs, "
+        "convert for it (polystep-neuro convert --spec FILE --out DEVICE.npz)"
+    )
+    for name, backend, expected in (
+        ("snn", "torch-sim-fixed", True),
+        ("device", "torch-sim-fixed", False),
+        ("snn", "torch-sim", False),
+    ):
+        code = main(
+            [
+                "evaluate",
+                "--spec",
+                str(tmp_path / f"{name}.npz"),
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--backend",
+                backend,
+                "--torch-device",
+                "cpu",
+            ]
+        )
+        assert code == 0
+        assert (said in capsys.readouterr().out) is expected, (name, backend)  # fmt: skip
+
+
 def test_the_api_resumes_a_run_and_a_new_one_starts_its_log_afresh(task, tmp_path: Path) -> None:
     """pn.adapt had no resume=, and the same call again started at step 0 and appended to
     the earlier run's metrics.jsonl (steps 35, 36, 37, 38, 0, 1, ...)."""

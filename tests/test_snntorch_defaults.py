@@ -304,6 +304,7 @@ def test_the_commands_convert_check_deploy_evaluate_and_export(
     assert summary["parameter_sets"] == 3 * 169 * 4  # the calibration alone
     assert summary["steps"] == 0
     assert "test test: trained" in out
+    assert out.count("adaptation: skipped") == 1  # said as it ran, not again in the summary
     adapted = NetworkSpec.load(run / "adapted.npz")
     np.testing.assert_array_equal(
         NetworkSpec.load(run / "converted.npz").layers[0].weight.shape,

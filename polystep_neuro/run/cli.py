@@ -655,7 +655,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     spec = NetworkSpec.load(args.spec)
     spikes, labels = load_spike_data(args.data, spec, args.time_first)
     cfg = RunConfig(backend=args.backend, torch_device=args.torch_device, timeout_s=args.timeout)
-    result = score_network(spec, SpikeDataset(spikes, labels, len(labels)), cfg)
+    result = score_network(
+        spec, SpikeDataset(spikes, labels, len(labels)), cfg, lambda line: print(f"  {line}")
+    )
     where = result.device
     if not np.isin(spikes, (0, 1)).all():  # taken (a fixed-point backend refuses them): say how
         print(f"  note: {args.data} holds values other than 0 and 1: {args.backend} takes them "

@@ -118,8 +118,9 @@ class Deployment:
         gap = self.reference[key] - self.before[key]
         return (self.after[key] - self.before[key]) / gap if gap > 0 else math.nan
 
-    def summary(self) -> str:
-        """One line per scored set: trained model, device after conversion, after recovery."""
+    def summary(self, with_adaptation: bool = True) -> str:
+        """One line per scored set: trained model, device after conversion, after recovery;
+        then whether stage 3 ran (``with_adaptation``: the command printed it as it ran)."""
         silent = silent_note(self.reference_silent)
         lines = [] if silent is None else [silent]
         for key in self.reference:
@@ -139,7 +140,8 @@ class Deployment:
                 f"{label}: trained {ref:.1%}, on the device {start:.1%} "
                 f"({100 * (start - ref):+.1f} points), recovered {end:.1%}{tail}"
             )
-        return "\n".join([*lines, *([self.adaptation] if self.adaptation else [])])
+        stage = [self.adaptation] if self.adaptation and with_adaptation else []
+        return "\n".join([*lines, *stage])
 
     def to_json(self) -> dict[str, Any]:
         """What summary.json holds: accuracies, gap closed per set, stages and changes."""

@@ -245,7 +245,7 @@ def deploy(args: argparse.Namespace) -> int:
     result.start.save(args.out / "converted.npz")
     summary = result.to_json()
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(result.summary())
+    print(result.summary(with_adaptation=False))  # its adaptation line was said as it ran
     print(
         f"{result.parameter_sets:,} parameter sets; device network in "
         f"{args.out / 'adapted.npz'} (converted: {args.out / 'converted.npz'}), report in "

@@ -3,6 +3,7 @@ backend, as the ``evaluate`` command scores it (the loaded network, nothing rewr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +30,19 @@ class Evaluation:
         )
 
 
-def score_network(spec: NetworkSpec, data: SpikeDataset, cfg: RunConfig) -> Evaluation:
+def score_network(
+    spec: NetworkSpec,
+    data: SpikeDataset,
+    cfg: RunConfig,
+    report: Callable[[str], None] | None = None,
+) -> Evaluation:
     """``spec`` loaded on ``cfg.backend`` and scored on all of labelled ``data`` (the command
-    and the API share it)."""
+    and the API share it); ``report`` gets the notes on what was loaded."""
     from polystep_neuro.run.evaluation import score
     from polystep_neuro.run.losses import COUNT_LOGIT_SCALE, make_loss
     from polystep_neuro.run.recipe import opened
 
-    with opened(spec, cfg, scoring=True) as device:
+    with opened(spec, cfg, report=report, scoring=True) as device:
         result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
         where = device.backend.capabilities.device
     return Evaluation(result.accuracy, result.loss, len(data), cfg.backend, where)

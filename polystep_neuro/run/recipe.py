@@ -112,11 +112,30 @@ def opened(
             writable = resolve_writable(spec, cfg.writable, caps, has_clean, label_free)
         if writable.note and report is not None:
             report(writable.note)
+        timing = chip_timing_note(spec, caps)
+        if timing is not None and report is not None:
+            report(timing)
         # a fixed-point device calibrates the network; Adapter.build reads it back
         backend.load(spec.with_writable(writable.loaded))
         yield Device(backend, writable, where)
     finally:
         backend.close()
+
+
+def chip_timing_note(spec: NetworkSpec, caps: Any) -> str | None:
+    """The note for a network in snnTorch's timing (a layer of delay 0) on the fixed-point
+    simulator: it runs it, but Lava and Loihi 2 pass every layer's spikes on a step later
+    and refuse it, so what it scores is not what a chip would (a user took the simulator's
+    figure for the chip's)."""
+    zero = [str(i) for i, layer in enumerate(spec.layers) if layer.delay == 0]
+    if not zero or caps.precision != "loihi-fixed" or caps.name.startswith(("lava", "loihi")):
+        return None
+    return (
+        f"note: layer{'s' if len(zero) > 1 else ''} {', '.join(zero)} of this network "
+        f"{'have' if len(zero) > 1 else 'has'} delay 0 (snnTorch's timing): {caps.name} runs "
+        "it, but Lava and Loihi 2 run delay 1 only and refuse it; for what a chip runs, "
+        "convert for it (polystep-neuro convert --spec FILE --out DEVICE.npz)"
+    )
 
 
 def _fewer_sets_note(adapter: Adapter, settings: Settings) -> str | None:
