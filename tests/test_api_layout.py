@@ -6,6 +6,8 @@ naming both ways out."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,22 @@ def test_spikes_that_fit_both_layouts_are_read_batch_first_and_said(capsys, tmp_
     assert len(list(records)) == 3
     assert sum("fit both layouts" in line for line in lines) == 1
     assert "(said once for the stream)" in lines[0]
+
+
+def test_event_frames_are_told_how_to_flatten() -> None:
+    """(n, T, 2, H, W) event frames, as event-camera tools give them: the refusal says how to
+    make them the network's inputs, in either layout."""
+    from polystep_neuro.core.network import NetworkSpec
+
+    spec = NetworkSpec.random([2 * 3 * 3, 5, 2], 4, seed=0)
+    frames = (np.random.default_rng(0).random((6, 4, 2, 3, 3)) < 0.3).astype(np.float32)
+    labels = np.zeros(6, dtype=np.int64)
+    hint = ("(2, 3, 3) per time step (event frames?): flatten each step to 18 inputs, "
+            "x.reshape(x.shape[0], x.shape[1], -1) for")  # fmt: skip
+    with pytest.raises(PolystepError, match=re.escape(f"{hint} (n, T, ...)")):
+        pn.evaluate(spec, (frames, labels), "torch-sim", torch_device="cpu")
+    with pytest.raises(PolystepError, match=re.escape(f"{hint} (T, n, ...)")):
+        pn.evaluate(spec, (frames.transpose(1, 0, 2, 3, 4), labels), "torch-sim",
+                    torch_device="cpu", time_first=True)  # fmt: skip
+    flat = frames.reshape(6, 4, -1)
+    assert pn.evaluate(spec, (flat, labels), "torch-sim", torch_device="cpu").samples == 6

@@ -615,8 +615,9 @@ def test_a_network_with_no_writable_hidden_bias_adapts_them_too(
     lines: list[str] = []
     path = field["folder"] / "stream.npz"
     run_watch(spec, FileStream(path, BATCH), _cfg(tmp_path / "a"), lines.append)
-    assert lines[0].startswith(
-        "without labels: adapting the hidden neurons' biases and thresholds (the biases "
+    assert lines[0].startswith(  # said at the start as what happens once drift is found
+        "when drift is found, without labels: adapting the hidden neurons' biases and "
+        "thresholds (the biases "
         "added: the network marks none writable) (lif0.v_bias, lif0.vth), which"
     )
     assert json.loads((tmp_path / "a" / "watch_state.json").read_text())["adaptations"] == 1

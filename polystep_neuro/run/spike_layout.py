@@ -28,7 +28,9 @@ def batch_first(
     ``time_first``, then checked by :func:`check_layout` (same arguments)."""
     if time_first:
         if spikes.ndim != 3:
-            raise PolystepError(f"{what} must be 3-D, got shape {spikes.shape}")
+            raise PolystepError(
+                f"{what} must be 3-D, got shape {spikes.shape}{_flatten_hint(spikes.shape, True)}"
+            )
         spikes = np.ascontiguousarray(spikes.transpose(1, 0, 2))
     check_layout(spikes, spec, time_first, what, time_steps_flag)
     note = either_layout(spikes.shape, spec.num_steps, time_first, what)
@@ -93,11 +95,25 @@ def check_layout(
                 f" — the network takes {spec.n_in} inputs per time step, the data have {shape[2]}"
             )
         else:
-            hint = ""
+            hint = _flatten_hint(shape, time_first)
         if time_first and spikes.ndim == 3:  # the shape said is the transposed one
             hint = f" (read time-first from {(shape[1], shape[0], shape[2])} as given){hint}"
         raise PolystepError(f"{what}: {exc}{hint}") from None
     _check_finite(spikes, what)
+
+
+def _flatten_hint(shape: tuple[int, ...], time_first: bool) -> str:
+    """For spikes with more than one axis per time step (event frames: polarity, height,
+    width, as an event camera's tools give them), how to make them the network's inputs."""
+    if len(shape) <= 3:
+        return ""
+    per_step = int(np.prod(shape[2:]))
+    layout = "(T, n, ...)" if time_first else "(n, T, ...)"
+    return (
+        f" — {shape[2:]} per time step (event frames?): flatten each step to {per_step} "
+        f"inputs, x.reshape(x.shape[0], x.shape[1], -1) for {layout}, in C order as "
+        "nn.Flatten does"
+    )
 
 
 def _check_finite(spikes: np.ndarray, what: str) -> None:

@@ -197,8 +197,15 @@ class Watcher:
         self._stop.set()
 
     def _open(self, stack: contextlib.ExitStack) -> Device:
-        """The device, with a label-free run's writable set (run.writable)."""
-        return stack.enter_context(opened(self.spec, self.cfg, False, self.report, label_free=True))
+        """The device, with a label-free run's writable set (run.writable); its note is
+        said as what happens once drift is found (nothing adapts before)."""
+
+        def report(line: str) -> None:
+            if line.startswith("without labels: adapting"):
+                line = "when drift is found, " + line
+            self.report(line)
+
+        return stack.enter_context(opened(self.spec, self.cfg, False, report, label_free=True))
 
     def _misfit(self, batch: StreamBatch) -> str | None:
         """Why ``batch`` cannot run on this network (its layout, non-finite values), said
