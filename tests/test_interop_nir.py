@@ -606,3 +606,25 @@ def test_a_foreign_graph_takes_its_time_steps_from_the_data(tmp_path: Path, caps
                      "--out", str(tmp_path / "c")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0 and "T = 12 time steps per sample, from" in out
+
+
+def test_convert_says_how_it_read_a_foreign_graph(tmp_path: Path, capsys) -> None:
+    """A user could not tell which dt a graph was read at, nor that its input gain (Norse's
+    r = 1) went into the weights, nor that the device quantises."""
+    from polystep_neuro.cli import main as cli_main
+
+    rng = np.random.default_rng(0)
+    graph = _chain(("fc", nir.Affine(weight=_weights(rng, 5, 4), bias=np.zeros(5))),
+                   ("lif", _lif(5, 1e-3, 1.0, DEFAULT_DT, r=1.0)), n_in=4)  # fmt: skip
+    nir.write(tmp_path / "g.nir", graph)
+    assert cli_main(["convert", "--nir", str(tmp_path / "g.nir"), "--time-steps", "10",
+                     "--out", str(tmp_path / "g.npz")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "  read: dt = 0.0001 s (the default: the graph names none; --dt / dt= sets it)" in out
+    assert "  read: layer 0 (lif, LIF): dv = 0.1, input gain 0.1 folded into its weights" in out
+    assert "  quantised on load: torch-sim-fixed runs the weights and neuron parameters" in out
+    assert cli_main(["convert", "--nir", str(tmp_path / "g.nir"), "--time-steps", "10",
+                     "--dt", "1e-3", "--backend", "torch-sim",
+                     "--out", str(tmp_path / "h.npz")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "  read: dt = 0.001 s (--dt / dt=)" in out and "quantised" not in out

@@ -182,8 +182,19 @@ def convert(args: argparse.Namespace) -> int:
     spec = spec.with_writable(chosen.loaded)
     _save(spec, args.out)
     print(f"wrote {args.out}: {_describe(spec)} from {source}, for {backend}")
+    if args.nir is not None:  # what reading by NIR's definition took (dt, decays, gains)
+        from polystep_neuro.run.interop.nir import reading_notes
+
+        for line in reading_notes(args.nir, args.dt):
+            print(f"  read: {line}")
     for change in changes:
         print(f"  changed: {change}")
+    if backend in FIXED_POINT_BACKENDS:
+        print(
+            f"  quantised on load: {backend} runs the weights and neuron parameters in Loihi "
+            "2 fixed point (integers with a per-layer exponent), a difference `check` measures "
+            "with the others"
+        )
     approximate = sum(not getattr(c, "exact", True) for c in changes)
     if approximate:
         print(f"  {approximate} approximate change(s): {MEASURE}")
@@ -196,6 +207,9 @@ def convert(args: argparse.Namespace) -> int:
             f"on torch-sim; --backend torch-sim-fixed converts): " + "; ".join(problems)
         )
     return 0
+
+
+FIXED_POINT_BACKENDS = ("torch-sim-fixed", "lava-fixed", "loihi2")
 
 
 def _describe(spec: NetworkSpec) -> str:

@@ -457,6 +457,55 @@ def _delay_steps(segment: Mapping[str, Any], n_in: int, n_out: int, dt: float) -
     return int(round(steps))
 
 
+def _dynamics(n_name: str, neuron: Any, n_out: int, dt: float) -> tuple[float, float, np.ndarray]:
+    """(du, dv, input gain per neuron) of a LIF / CubaLIF node read at ``dt``."""
+    dv = _decay(n_name, neuron, "tau_mem" if isinstance(neuron, nir.CubaLIF) else "tau", n_out, dt)
+    r = _per_neuron(n_name, neuron, "r", n_out)
+    gain = r * dv  # dt * r / tau_mem
+    du = 1.0
+    if isinstance(neuron, nir.CubaLIF):
+        du = _decay(n_name, neuron, "tau_syn", n_out, dt)
+        gain = gain * _per_neuron(n_name, neuron, "w_in", n_out) * du
+    if not np.all(np.isfinite(gain) & (gain > 0)):
+        raise SpecError(
+            f"node {n_name!r} ({_kind(neuron)}): input gain {gain.min():g}..{gain.max():g} "
+            f"(from r, w_in and the time constants) must be finite and > 0"
+        )
+    return du, dv, gain
+
+
+def reading_notes(graph_or_path: Any, dt: float | None = None) -> list[str]:
+    """How a graph is read, for people: the dt and where it came from, and per layer the
+    decays and any input gain folded into the weights (a graph from another tool is read
+    by NIR's definition, which its own arithmetic may not follow: docs/interop.md)."""
+    graph = (
+        _read_graph(graph_or_path)
+        if isinstance(graph_or_path, (str, os.PathLike))
+        else graph_or_path
+    )
+    meta = dict(graph.metadata) if isinstance(graph.metadata, Mapping) else {}
+    if dt is not None:
+        source = "--dt / dt="
+    elif "dt" in meta:
+        source = "the graph's metadata"
+    else:
+        source = "the default: the graph names none; --dt / dt= sets it"
+    step = _dt(dt if dt is not None else meta.get("dt", DEFAULT_DT))
+    notes = [f"dt = {step:g} s ({source})"]
+    for i, segment in enumerate(_segments(graph)[0]):
+        n_name, neuron = segment["neuron"]
+        n_out = np.asarray(segment["weight"][1].weight).shape[0]
+        du, dv, gain = _dynamics(n_name, neuron, n_out, step)
+        line = f"layer {i} ({n_name}, {_kind(neuron)}): dv = {dv:.4g}"
+        line += f", du = {du:.4g}" if isinstance(neuron, nir.CubaLIF) else ""
+        if not np.all(np.abs(gain - 1.0) <= GAIN_RTOL):
+            lo, hi = float(gain.min()), float(gain.max())
+            span = f"{lo:.4g}" if np.isclose(lo, hi) else f"{lo:.4g}..{hi:.4g}"
+            line += f", input gain {span} folded into its weights and bias"
+        notes.append(line)
+    return notes
+
+
 def _layer(segment: Mapping[str, Any], dt: float) -> LayerSpec:
     """One NIR layer pair to a LayerSpec (long: each refusal names its node and reason
     in place)."""
@@ -477,21 +526,8 @@ def _layer(segment: Mapping[str, Any], dt: float) -> LayerSpec:
                 f"node {w_name!r} (Affine): bias has shape {bias.shape}, expected ({n_out},)"
             )
         bias = np.broadcast_to(bias, (n_out,))
-    dv = _decay(n_name, neuron, "tau_mem" if isinstance(neuron, nir.CubaLIF) else "tau", n_out, dt)
-    r = _per_neuron(n_name, neuron, "r", n_out)
-    gain = r * dv  # dt * r / tau_mem
-    if isinstance(neuron, nir.CubaLIF):
-        du = _decay(n_name, neuron, "tau_syn", n_out, dt)
-        gain = gain * _per_neuron(n_name, neuron, "w_in", n_out) * du
-        kind = "synaptic"
-    else:
-        du = 1.0
-        kind = "leaky"
-    if not np.all(np.isfinite(gain) & (gain > 0)):
-        raise SpecError(
-            f"node {n_name!r} ({_kind(neuron)}): input gain {gain.min():g}..{gain.max():g} "
-            f"(from r, w_in and the time constants) must be finite and > 0"
-        )
+    du, dv, gain = _dynamics(n_name, neuron, n_out, dt)
+    kind = "synaptic" if isinstance(neuron, nir.CubaLIF) else "leaky"
     v_reset = _per_neuron(n_name, neuron, "v_reset", n_out)
     if np.any(v_reset != 0):
         raise SpecError(
