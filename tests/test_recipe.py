@@ -272,3 +272,37 @@ def test_a_run_in_a_worker_thread_stops_on_its_event(task, tmp_path: Path) -> No
                        rank=4, torch_device="cpu", out_dir=tmp_path, progress=False,
                        resume=True)  # fmt: skip
     assert not resumed.interrupted and resumed.result.steps == result.result.steps + 1
+
+
+def test_evaluate_says_the_arithmetic_it_ran_in(tmp_path: Path, capsys) -> None:
+    """A user could not tell from evaluate's line that torch-sim-fixed is fixed point."""
+    simulator = "PyTorch LIF simulator on CPU"
+    spec = NetworkSpec.random([6, 8, 3], 10, seed=0)
+    spec.save(tmp_path / "net.npz")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", spikes=(rng.random((20, 10, 6)) < 0.4).astype(np.uint8),
+             labels=rng.integers(0, 3, 20))  # fmt: skip
+    for backend, said in (("torch-sim-fixed", f"({simulator}, Loihi 2 fixed point)"),
+                          ("torch-sim", f"({simulator}, float32)")):  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--spec",
+                    str(tmp_path / "net.npz"),
+                    "--data",
+                    str(tmp_path / "d.npz"),
+                    "--backend",
+                    backend,
+                    "--torch-device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
+        assert f"on {backend} {said}: accuracy" in capsys.readouterr().out  # fmt: skip
+    result = pn.evaluate(spec, (np.zeros((4, 10, 6), np.float32), np.zeros(4, np.int64)),
+                         "torch-sim-fixed", torch_device="cpu")  # fmt: skip
+    assert str(result).endswith(
+        "on 4 samples (torch-sim-fixed: PyTorch LIF simulator on CPU, Loihi 2 fixed point)"
+    )

@@ -658,7 +658,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = score_network(
         spec, SpikeDataset(spikes, labels, len(labels)), cfg, lambda line: print(f"  {line}")
     )
-    where = result.device
+    where = result.runs_on
     if not np.isin(spikes, (0, 1)).all():  # taken (a fixed-point backend refuses them): say how
         print(f"  note: {args.data} holds values other than 0 and 1: {args.backend} takes them "
               "as input currents, not spikes")  # fmt: skip

@@ -22,11 +22,18 @@ class Evaluation:
     samples: int
     backend: str
     device: str  # what the backend says it runs on
+    precision: str = ""  # the backend's arithmetic ("float32", "loihi-fixed")
+
+    @property
+    def runs_on(self) -> str:
+        """Where and in which arithmetic, for people: "cpu, Loihi 2 fixed point"."""
+        arithmetic = {"loihi-fixed": "Loihi 2 fixed point"}.get(self.precision, self.precision)
+        return ", ".join(part for part in (self.device, arithmetic) if part)
 
     def __str__(self) -> str:
         return (
             f"accuracy {self.accuracy:.1%}, loss {self.loss:.4f} on {self.samples} samples "
-            f"({self.backend}: {self.device})"
+            f"({self.backend}: {self.runs_on})"
         )
 
 
@@ -44,8 +51,10 @@ def score_network(
 
     with opened(spec, cfg, report=report, scoring=True) as device:
         result = score(device.backend, data, make_loss("ce", spec.num_steps, COUNT_LOGIT_SCALE))
-        where = device.backend.capabilities.device
-    return Evaluation(result.accuracy, result.loss, len(data), cfg.backend, where)
+        caps = device.backend.capabilities
+    return Evaluation(
+        result.accuracy, result.loss, len(data), cfg.backend, caps.device, caps.precision
+    )
 
 
 # Scoring reads the whole dataset in chunks of its own (evaluation.EVAL_CHUNK); the dataset's
