@@ -24,9 +24,13 @@ LABELS = np.arange(12) % 3
 
 
 def _module() -> torch.nn.Module:
-    return torch.nn.Sequential(
-        torch.nn.Linear(6, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True)
-    )
+    """The same small model whatever ran before, its outputs spiking on these inputs (a
+    silent model is refused by deploy)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        linear.weight.abs_().mul_(3.0)
+    return torch.nn.Sequential(linear, snn.Leaky(beta=0.9, init_hidden=True, output=True))
 
 
 def test_steps_for_module_reads_t_in_the_layout_given() -> None:
