@@ -331,6 +331,10 @@ def test_a_watcher_on_a_socket_logs_and_skips_what_is_no_batch_of_its_network(
     def send() -> None:
         for message in (npz(16), b"not an npz", npz(32), npz(16)):
             push.send(message)
+        buffer = io.BytesIO()  # a sender's own numbers go into the log with the batch
+        np.savez(buffer, spikes=np.ones((BATCH, T, 16), np.uint8), seq=np.int64(41),
+                 sent_at=np.float64(1.5), note=np.array("text is not logged"))  # fmt: skip
+        push.send(buffer.getvalue())
 
     threading.Thread(target=send).start()
     lines: list[str] = []
@@ -338,7 +342,8 @@ def test_a_watcher_on_a_socket_logs_and_skips_what_is_no_batch_of_its_network(
     stream.close()
     push.close(linger=0)
     batches, events = read_log(tmp_path)
-    assert [b["batch"] for b in batches] == [0, 2]
+    assert [b["batch"] for b in batches] == [0, 2, 3]
+    assert "sent" not in batches[0] and batches[2]["sent"] == {"seq": 41, "sent_at": 1.5}
     dropped = [e for e in events if e["event"] == "dropped"]
     assert [e["batch"] for e in dropped] == [1, 1]
     assert dropped[0]["why"].startswith("message 1 must be an .npz holding 'spikes'")

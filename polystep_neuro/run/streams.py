@@ -40,6 +40,9 @@ class StreamBatch:
     labels: np.ndarray | None  # (B,) integers, or None: nobody labelled these
     time_first: bool = False  # sent as (T, B, N_in) and transposed on reading
     name: str | None = None  # the file it came from, where it is one file (errors name it)
+    # the sender's own numbers for this batch: a socket message's scalar members (e.g. a
+    # sequence number), logged with the batch so that a gap in what arrived can be seen
+    sent: dict[str, float | int] | None = None
 
 
 class Stream(Protocol):
@@ -50,6 +53,23 @@ class Stream(Protocol):
     def interrupt_on(self, stop: threading.Event) -> None: ...
 
     def close(self) -> None: ...
+
+
+MAX_SCALARS = 16  # a message's scalar members logged with its batch, at most
+
+
+def message_scalars(data: bytes) -> dict[str, float | int]:
+    """The scalar numeric members of one ``.npz`` message besides 'spikes' and 'labels' (a
+    sender's sequence number, a timestamp), at most :data:`MAX_SCALARS`; {} if none."""
+    out: dict[str, float | int] = {}
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        for key in npz.files:
+            if key in ("spikes", "labels") or len(out) >= MAX_SCALARS:
+                continue
+            value = npz[key]
+            if value.ndim == 0 and np.issubdtype(value.dtype, np.number):
+                out[key[:64]] = value.item()
+    return out
 
 
 def read_batch(
@@ -259,7 +279,8 @@ class SocketStream:
                 if self.on_drop is not None:  # dropped, said and logged; the stream goes on
                     self.on_drop(self.position, str(exc))
                 continue
-            batch = StreamBatch(self.position, spikes, labels, self.time_first)
+            sent = message_scalars(message) or None
+            batch = StreamBatch(self.position, spikes, labels, self.time_first, sent=sent)
             self.position += 1
             yield batch
 

@@ -74,7 +74,7 @@ from polystep_neuro.run.progress import ctrl_c_stops
 from polystep_neuro.run.recipe import Device, opened
 from polystep_neuro.run.run_defaults import RunConfig, anchor_weight
 from polystep_neuro.run.spike_layout import check_layout, either_layout
-from polystep_neuro.run.streams import Stream, StreamBatch
+from polystep_neuro.run.streams import SocketStream, Stream, StreamBatch
 from polystep_neuro.run.watch_log import LOG_NAME, read_log, stretches_line, summarize
 from polystep_neuro.run.writable import FIXED_POINT
 
@@ -178,7 +178,15 @@ class Watcher:
                     self._stop.set()
                     self.report(
                         f"stopped during the adaptation at batch {batch.index}, which is not "
-                        "served; --resume reads this batch again and adapts from the start"
+                        "served; --resume "
+                        + (
+                            "reads this batch again and adapts from the start"
+                            if not isinstance(stream, SocketStream)
+                            else "goes on from the samples collected before it, with the "
+                            "next batch that arrives: a socket has no past, so this batch and "
+                            "those the socket had queued are not read again (a folder of "
+                            "files is: --follow)"
+                        )
                     )
                     break
                 self.state.position = batch.index + 1
@@ -248,6 +256,8 @@ class Watcher:
             "out": seen.out_of_range,
             "served": "adapted" if self.state.served_adapted else "deployed",  # this batch
         }
+        if batch.sent:  # the sender's own numbers (a sequence number shows a gap)
+            record["sent"] = dict(batch.sent)
         if batch.labels is not None:
             labels = torch.as_tensor(batch.labels)
             record["labelled"] = int(len(labels))  # what the summary weighs this batch by
