@@ -129,9 +129,13 @@ class StageClock:
 
 
 @contextlib.contextmanager
-def ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C sets ``stop`` (the loop finishes its step, checkpoints, returns).
-    Second: abort at once.  Signals reach only the main thread; elsewhere this does nothing."""
+def ctrl_c_stops(
+    stop: threading.Event,
+    said: str = "interrupted: finishing this step and saving a checkpoint",
+) -> Iterator[None]:
+    """First Ctrl-C sets ``stop`` (the loop finishes its step, checkpoints, returns) and
+    prints ``said``.  Second: abort at once.  Signals reach only the main thread; elsewhere
+    this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -140,10 +144,7 @@ def ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        tqdm.write(
-            "interrupted: finishing this step and saving a checkpoint "
-            "(Ctrl-C again to abort without saving)"
-        )
+        tqdm.write(f"{said} (Ctrl-C again to abort without saving)")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -154,7 +154,8 @@ class Watcher:
         return self._loop(stream)
 
     def _loop(self, stream: Stream) -> Iterator[dict[str, Any]]:
-        with ctrl_c_stops(self._stop), contextlib.ExitStack() as device_open:
+        said = "interrupted: finishing this batch and saving where the watch stands"
+        with ctrl_c_stops(self._stop, said), contextlib.ExitStack() as device_open:
             stream.interrupt_on(self._stop)  # an idle source stops waiting too
             if hasattr(stream, "on_drop"):
                 stream.on_drop = self._dropped
