@@ -67,17 +67,20 @@ class LazyPirate:
         tries: int,
         what: str,
         probe: Probe | None = None,
+        connected_s: float | None = None,
     ) -> list[Any]:
         """The reply's frames; DeviceUnavailable when ``tries`` tries of ``timeout_s`` each
         got none, or at once when the server refused this client's keys; ``probe``'s error
-        as soon as its verdict says the server lost the request."""
+        as soon as its verdict says the server lost the request.  ``connected_s``: a try
+        whose connection's handshake succeeded waits that long instead (a server busy with
+        another client's long request answers a short one late, but it is there)."""
         hint = ""
         start = time.monotonic()
         for attempt in range(1, tries + 1):
             sock = self._socket(timeout_s)
             try:
                 sock.send_multipart(frames, copy=False)
-                reply = self._await_reply(sock, timeout_s, probe)
+                reply = self._await_reply(sock, timeout_s, probe, connected_s)
                 if reply is not None:
                     return reply
             except zmq.Again:
@@ -133,14 +136,20 @@ class LazyPirate:
         return f"this client uses the keys from {self.keys.source}"
 
     def _await_reply(
-        self, sock: zmq.Socket, timeout_s: float, probe: Probe | None = None
+        self,
+        sock: zmq.Socket,
+        timeout_s: float,
+        probe: Probe | None = None,
+        connected_s: float | None = None,
     ) -> list[Any] | None:
-        """The reply frames within ``timeout_s``, or None (also as soon as the watch sees the
-        handshake refused); raises ``probe``'s verdict when it is an error."""
+        """The reply frames within ``timeout_s`` (``connected_s`` once the handshake
+        succeeded), or None (also as soon as the watch sees the handshake refused); raises
+        ``probe``'s verdict when it is an error."""
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         self._watch.register(poller)
         now = time.monotonic()
+        start = now
         deadline = now + timeout_s
         next_probe = now + probe.every_s if probe is not None else math.inf
         probing: zmq.Socket | None = None
@@ -153,6 +162,8 @@ class LazyPirate:
                 if self._watch.read(ready):
                     return None
                 now = time.monotonic()
+                if connected_s is not None and self._watch.connected:
+                    deadline = max(deadline, start + connected_s)
                 if probe is None:
                     continue
                 if probing is not None and probing in ready:

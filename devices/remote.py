@@ -150,7 +150,11 @@ class RemoteBackend(BaseBackend):
         fields: dict[str, Any] = {"client": _CLIENT, "token": self._token}
         if self._session is not None:
             fields["session"] = self._session
-        header, _ = self._request("hello", fields, None, self.first_contact_s)
+        # a reachable server busy with another client's evaluate answers late: once the
+        # connection is up, hello waits as long as a request may (timeout_s)
+        header, _ = self._request(
+            "hello", fields, None, self.first_contact_s, connected_s=self.timeout_s
+        )
         session = header.get("session")
         if not isinstance(session, str):
             raise ProtocolError(f"{self.endpoint} answered hello without a session")
@@ -325,6 +329,7 @@ class RemoteBackend(BaseBackend):
         timeout_s: float,
         tries: int | None = None,
         probe: Probe | None = None,
+        connected_s: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Send one request (retried by the lazy pirate); the reply or its typed error."""
         if self._client.closed:
@@ -334,8 +339,9 @@ class RemoteBackend(BaseBackend):
         frames = encode({"op": op, "id": request_id, **fields}, arrays, self._limits)
         tries = self.retries if tries is None else tries
         received = self._client.request(
-            frames, timeout_s=timeout_s, tries=tries, what=op, probe=probe
-        )
+            frames, timeout_s=timeout_s, tries=tries, what=op, probe=probe,
+            connected_s=connected_s,
+        )  # fmt: skip
         reply = self._reply(received, request_id)
         self._last_heard = time.monotonic()
         return reply

@@ -388,6 +388,12 @@ class HandshakeWatch:
         return self.fatal
 
     @property
+    def connected(self) -> bool:
+        """The current socket's handshake succeeded: the server is there (and took the
+        keys), so a reply that is late comes from a busy server, not a wrong address."""
+        return any(event == zmq.EVENT_HANDSHAKE_SUCCEEDED for event, _ in self.events)
+
+    @property
     def fatal(self) -> bool:
         """A refusal no retry fixes: a fatal event, or a handshake that failed without
         detail again and again (a wrong pinned server key: libzmq reconnects every 100 ms

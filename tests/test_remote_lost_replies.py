@@ -160,3 +160,23 @@ def test_a_busy_server_is_waited_for(scripted) -> None:
     local.load(spec)
     np.testing.assert_array_equal(counts, local.evaluate(params, inputs).numpy())
     assert server.seen["evaluate"] == 1 and server.seen["ping"] >= 2
+
+
+def test_a_new_client_waits_for_a_busy_server_it_reached(scripted) -> None:
+    """A student's hello queued behind another's long evaluate failed after 3 tries of the
+    10 s first-contact bound, whatever --timeout said; a server whose connection handshake
+    succeeded is there, so hello now waits up to timeout_s (here 2 s busy, bound 0.5 s)."""
+
+    def busy(op: str, n: int) -> str:
+        if op == "hello" and n == 0:
+            time.sleep(2.0)  # another client's evaluate ahead of this hello
+        return "answer"
+
+    server = scripted(busy)
+    start = time.monotonic()
+    remote = RemoteBackend(server.endpoint, timeout_s=10, connect_timeout_s=0.5, retries=3)
+    try:
+        assert time.monotonic() - start < 5.0
+        assert server.seen["hello"] == 1 and len(server.server.sessions) == 1
+    finally:
+        remote.close()

@@ -106,6 +106,7 @@ def test_a_client_made_keypair_joins_a_server_without_its_secret_travelling(
     assert cli_main(["devices", "keygen", "--client-only", str(mine)]) == 0
     out = capsys.readouterr().out
     assert "send " + str(mine / "client.key") + " (public) to the server's admin" in out
+    assert "under a name of its own (e.g. mine.key)" in out
     assert sorted(p.name for p in mine.iterdir()) == ["client.key", "client.key_secret"]
     assert stat.S_IMODE((mine / "client.key_secret").stat().st_mode) == 0o600
     with pytest.raises(DeviceError, match="get the server's server.key from whoever runs"):

@@ -697,7 +697,8 @@ def _cmd_keygen(folder: Path, force: bool, client_only: bool = False) -> None:
         print(
             f"wrote a CurveZMQ client keypair to {folder}:\n"
             f"  send {paths['client_public']} (public) to the server's admin, who copies it "
-            "into the server's authorized_clients/ under a name of its own (e.g. alice.key) "
+            f"into the server's authorized_clients/ under a name of its own (e.g. "
+            f"{folder.resolve().name}.key) "
             "and restarts the server\n"
             f"  put the server's public key from the admin at {folder / 'server.key'}\n"
             f"  then: {KEYS_ENV}={folder} polystep-neuro adapt --backend tcp://ADDR:PORT ...\n"
