@@ -32,7 +32,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ class ServerKeys:
     secret: bytes
     authorized: frozenset[bytes]
     source: str
+    # each authorized public key's file name in authorized_clients/ (the log names who
+    # connects by it: every student may run as the same user on the same host)
+    names: Mapping[bytes, str] = field(default_factory=dict)
 
 
 def require_curve() -> None:
@@ -243,6 +246,10 @@ def server_keys(folder: str | os.PathLike[str]) -> ServerKeys:
         raise DeviceError(f"no {authorized_dir} folder of client public keys; {KEYGEN_HINT}")
     try:
         authorized = frozenset(zmq.auth.load_certificates(authorized_dir))
+        names = {}
+        for path in sorted(authorized_dir.glob("*.key")):
+            public, _ = zmq.auth.load_certificate(path)
+            names[bytes(public)] = path.name
     except (OSError, ValueError) as exc:
         raise DeviceError(f"cannot read client keys in {authorized_dir}: {exc}") from None
     if not authorized:
@@ -250,7 +257,7 @@ def server_keys(folder: str | os.PathLike[str]) -> ServerKeys:
             f"{authorized_dir} holds no client public keys (*.key), so no client could "
             f"connect; copy a client's .key file there or {KEYGEN_HINT}"
         )
-    return ServerKeys(public, secret, authorized, str(root))
+    return ServerKeys(public, secret, authorized, str(root), names)
 
 
 def client_keys(keys: str | os.PathLike[str] | Mapping[str, Any]) -> ClientKeys:

@@ -169,7 +169,7 @@ def serve(
             file=out or sys.stdout,
             flush=True,
         )
-        _loop(server, sock, stop)
+        _loop(server, sock, stop, {} if keys is None else keys.names)
     except _Shutdown:
         log.info("stopping on signal")
     finally:
@@ -182,7 +182,12 @@ def serve(
     return 0
 
 
-def _loop(server: DeviceServer, sock: zmq.Socket, stop: threading.Event) -> None:
+def _loop(
+    server: DeviceServer,
+    sock: zmq.Socket,
+    stop: threading.Event,
+    key_names: Mapping[bytes, str] | None = None,
+) -> None:
     while not stop.is_set():
         server.expire_idle()
         if not sock.poll(POLL_MS, zmq.POLLIN):
@@ -191,7 +196,7 @@ def _loop(server: DeviceServer, sock: zmq.Socket, stop: threading.Event) -> None
         envelope, body = split_envelope(frames)
         server.busy = True
         try:
-            reply = server.handle(body, _peer_address(frames))
+            reply = server.handle(body, _peer_address(frames, key_names or {}))
         finally:
             server.busy = False
         del frames, body  # release the request buffers before the reply goes out
@@ -201,12 +206,23 @@ def _loop(server: DeviceServer, sock: zmq.Socket, stop: threading.Event) -> None
             return
 
 
-def _peer_address(frames: Sequence[Any]) -> str:
-    """The sender's address as the socket saw it (for the log), "?" where it cannot say."""
+def _peer_address(frames: Sequence[Any], key_names: Mapping[bytes, str]) -> str:
+    """The sender's address as the socket saw it and, with CurveZMQ, the file of the key it
+    was admitted with (for the log: every student may be the same user on the same host);
+    "?" where the socket cannot say."""
     try:
-        return str(frames[-1].get("Peer-Address"))
+        address = str(frames[-1].get("Peer-Address"))
     except (AttributeError, zmq.ZMQError):
         return "?"
+    if key_names:
+        try:
+            user = frames[-1].get("User-Id").encode("ascii")
+        except (AttributeError, zmq.ZMQError, UnicodeError):
+            return address
+        name = key_names.get(user)
+        if name is not None:
+            return f"{address}, key {name}"
+    return address
 
 
 def split_envelope(frames: Sequence[Any], depth: int = 8) -> tuple[list[bytes], list[Any]]:

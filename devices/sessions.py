@@ -58,6 +58,7 @@ class Session:
     network: str = ""  # what it loaded, for people ("8-12-3, T=10"); "" = nothing yet
     network_bytes: int = 0
     token: str | None = None  # the client's hello token, if it sent one
+    peer: str = "?"  # where its hello came from (address, and the key file under CurveZMQ)
 
     @property
     def loaded(self) -> bool:
@@ -66,7 +67,10 @@ class Session:
     def describe(self, now: float) -> str:
         held = f"holding a {self.network} network" if self.loaded else "holding no network"
         ago = now - self.last_used  # since its last request, not how long it has done nothing
-        return f"session {self.id[:8]} of {self.client!r}, {held}, last request {ago:.0f} s ago"
+        where = "" if self.peer == "?" else f" ({self.peer})"
+        return (
+            f"session {self.id[:8]} of {self.client!r}{where}, {held}, last request {ago:.0f} s ago"
+        )
 
 
 class Sessions:
@@ -107,7 +111,7 @@ class Sessions:
             taken = min(empty, key=lambda s: s.last_used)
             log.info("session %s of %r gives its slot to a new client", taken.id[:8], taken.client)
             self._end(taken, "replaced")
-        session = Session(secrets.token_hex(16), client, now, token=token)
+        session = Session(secrets.token_hex(16), client, now, token=token, peer=peer)
         self._open[session.id] = session
         if token is not None:
             self._by_token[token] = session.id

@@ -4,6 +4,7 @@ and that a loopback-only server is unreachable from another network namespace.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import stat
@@ -97,7 +98,7 @@ def test_keygen_command_writes_private_keys(tmp_path: Path, capsys) -> None:
 
 
 def test_a_client_made_keypair_joins_a_server_without_its_secret_travelling(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
 ) -> None:
     """keygen --client-only: the user's own pair; only client.key goes to the admin (into
     authorized_clients/ under a name of its own) and only server.key comes back."""
@@ -113,12 +114,15 @@ def test_a_client_made_keypair_joins_a_server_without_its_secret_travelling(
         client_keys(mine)
     shutil.copy(mine / "client.key", admin / "authorized_clients" / "alice.key")
     shutil.copy(admin / "server.key", mine / "server.key")
-    with ThreadServer(curve_keys=admin) as server:
-        remote = RemoteBackend(server.endpoint, curve_keys=mine, timeout_s=10)
-        try:
-            assert remote.capabilities.precision == "float32"
-        finally:
-            remote.close()
+    with caplog.at_level(logging.INFO, logger="devices.sessions"):
+        with ThreadServer(curve_keys=admin) as server:
+            remote = RemoteBackend(server.endpoint, curve_keys=mine, timeout_s=10)
+            try:
+                assert remote.capabilities.precision == "float32"
+            finally:
+                remote.close()
+    # the log names the key file it was admitted with (students may share a user and host)
+    assert "at 127.0.0.1, key alice.key (1 open)" in caplog.text
 
 
 # ----------------------------------------------------------------------- key checks

@@ -289,3 +289,15 @@ def test_bad_requests_are_logged_with_the_sender_at_most_ten_a_minute(caplog) ->
     assert all(line.startswith("bad request from 10.0.0.7 (id=None") for line in lines[:10])
     assert lines[10] == "15 more bad requests in the 60 s before (not logged one by one)"
     assert lines[11].startswith("bad request from 10.0.0.8")
+
+
+def test_busy_names_where_the_holder_connected_from() -> None:
+    """Students may share a user and a host: Busy names the holder's address and key file."""
+    server = _server(Clock(), max_sessions=1)
+    frames = [bytes(memoryview(f)) for f in encode({"op": "hello", "id": 1, "client": "alice"})]
+    header, _ = decode(server.handle(frames, peer="10.0.0.7, key alice.key"), reply=True)
+    meta, arrays = _spec(1).to_arrays()
+    assert "error" not in _call(server, "load", arrays, spec=meta, session=header["session"])[0]
+    kind, message = _error(_call(server, "hello", client="bob"))
+    assert kind == "Busy" and f"session {header['session'][:8]} of 'alice' (10.0.0.7, key " \
+        "alice.key), holding a 6-10-4, T=8 network" in message  # fmt: skip
