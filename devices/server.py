@@ -164,6 +164,7 @@ def serve(
     try:
         sock.bind(endpoint)
         actual = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        _remember_port(actual)
         print(
             f"{STARTUP_PREFIX} backend={server.backend_name} listening on {actual}",
             file=out or sys.stdout,
@@ -256,9 +257,69 @@ def _restore_signal_handlers(previous: Mapping[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+# --------------------------------------------------------------------------- forks
+# The TCP port this process listens on, once bound (None: not yet, or not TCP).
+_LISTENING: dict[str, int] = {}
+
+
+def close_inherited_listener(port: int) -> int:
+    """Close this process's listening TCP sockets on ``port``; how many were closed.
+
+    A Lava server forks its worker processes after it bound its port, and each inherits the
+    listening socket: killed with SIGKILL, the server leaves workers that hold the port, and
+    a restart on it fails ("Address already in use") until they are found and killed.  Run
+    in each forked child, this lets the port go with the server.  Linux only (/proc); a
+    descriptor it cannot read is left alone."""
+    import socket
+    import stat
+
+    closed = 0
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            address = sock.getsockname()
+            mine = listening and isinstance(address, tuple) and address[1] == port
+        except OSError:
+            mine = False
+        if mine:
+            sock.close()
+            closed += 1
+        else:
+            sock.detach()  # not ours to close: hand the descriptor back untouched
+    return closed
+
+
+def _after_fork_in_child() -> None:
+    port = _LISTENING.get("port")
+    if port is not None:
+        try:
+            close_inherited_listener(port)
+        except Exception:  # a child must never fail for this
+            pass
+
+
+def _remember_port(endpoint: str) -> None:
+    if endpoint.startswith("tcp://"):
+        try:
+            _LISTENING["port"] = int(endpoint.rsplit(":", 1)[1])
+        except ValueError:
+            pass
+
+
 # --------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.register_at_fork(after_in_child=_after_fork_in_child)  # a server process's forks
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s device-server %(levelname)s %(message)s"
     )

@@ -14,6 +14,7 @@ POLYSTEP_REQUIRE_LAVA=1 (CI), where a missing env is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -297,3 +298,87 @@ def test_a_second_client_of_a_lava_server_is_told_who_holds_it(lava_fixed) -> No
                             "--session-idle-s frees such slots sooner)")  # fmt: skip
     counts = lava_fixed.evaluate({}, (np.random.default_rng(0).random((2, 10, 8)) < 0.5) * 1.0)
     assert counts.shape == (1, 2, 3)  # the holder is undisturbed
+
+
+def test_a_killed_lava_server_leaves_its_port_free() -> None:
+    """Lava's workers fork after the server bound its port and inherited the listening
+    socket: after a kill -9 of the server they held the port ("Address already in use" on
+    restart, a lab admin's finding). Forked children now close it."""
+    import socket
+    import time
+
+    from devices.remote import RemoteBackend
+    from devices.spawn import start_server_process
+
+    env = _lava_env()
+    server = start_server_process(
+        "lava-fixed", python=str(venv_python(env)), cwd=str(Path(__file__).resolve().parents[1]),
+        startup_timeout_s=180, exit_on_close=False,
+    )  # fmt: skip
+    remote = RemoteBackend(server.endpoint, timeout_s=300)
+    workers: list[int] = []
+    try:
+        spec = NetworkSpec.random([6, 8, 3], 10, seed=0)
+        remote.load(spec)
+        x = (np.random.default_rng(0).random((4, 10, 6)) < 0.4).astype(np.uint8)
+        assert remote.evaluate({}, x).shape == (1, 4, 3)  # the workers are forked by now
+        workers = _descendants(server.process.pid)
+        assert workers, "the Lava server forked no worker: the test would prove nothing"
+        server.process.kill()
+        server.process.wait(10)
+        port = int(server.endpoint.rsplit(":", 1)[1])
+        probe = socket.socket()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.monotonic() + 10
+        while True:  # a worker may take a moment to notice its parent is gone; none may listen
+            try:
+                probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"port {port} still held after a kill -9"
+                time.sleep(0.2)
+        probe.close()
+    finally:
+        remote._client.close()
+        server.stop()
+        for pid in workers:  # orphans of the kill -9: not this test's to leave behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (Linux /proc), children first."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_a_forked_child_closes_the_listener_it_inherited() -> None:
+    """The descriptor-level rule, in one process: the listener on the port is closed, any
+    other socket is left alone."""
+    import socket
+
+    from devices.server import close_inherited_listener
+
+    mine, other = socket.socket(), socket.socket()
+    for sock in (mine, other):
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+    port = mine.getsockname()[1]
+    assert close_inherited_listener(port) == 1
+    with pytest.raises(OSError):
+        mine.getsockname()
+    mine.detach()  # its descriptor is closed already
+    assert other.getsockname()[1] > 0
+    other.close()
