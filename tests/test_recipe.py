@@ -159,6 +159,21 @@ def test_a_lava_run_adapting_the_first_layer_is_told_it_is_the_slow_case() -> No
     assert _first_layer_on_lava(device("torch-sim-fixed", ("lif0.v_bias",))) is None
 
 
+def _evaluated(tmp_path: Path, capsys, spec_name: str, backend: str) -> str:
+    """`evaluate --spec tmp_path/<spec_name>.npz` on the small data of ``_small_data``: its
+    console output."""
+    args = ["evaluate", "--spec", str(tmp_path / f"{spec_name}.npz"), "--data",
+            str(tmp_path / "d.npz"), "--backend", backend, "--torch-device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    return capsys.readouterr().out
+
+
+def _small_data(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", spikes=(rng.random((20, 10, 6)) < 0.4).astype(np.uint8),
+             labels=rng.integers(0, 3, 20))  # fmt: skip
+
+
 def test_a_network_in_snntorch_timing_on_the_fixed_point_simulator_is_said(
     tmp_path: Path, capsys
 ) -> None:
@@ -170,9 +185,7 @@ def test_a_network_in_snntorch_timing_on_the_fixed_point_simulator_is_said(
     snn_timed = NetworkSpec([replace(layer, delay=0) for layer in spec.layers], 10).validate()
     snn_timed.save(tmp_path / "snn.npz")
     spec.save(tmp_path / "device.npz")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", spikes=(rng.random((20, 10, 6)) < 0.4).astype(np.uint8),
-             labels=rng.integers(0, 3, 20))  # fmt: skip
+    _small_data(tmp_path)
     said = (
         "  note: layers 0, 1 of this network have delay 0 (snnTorch's timing): torch-sim-fixed "
         "runs it, but Lava and Loihi 2 run delay 1 only and refuse it; for what a chip runs, "
@@ -183,21 +196,8 @@ def test_a_network_in_snntorch_timing_on_the_fixed_point_simulator_is_said(
         ("device", "torch-sim-fixed", False),
         ("snn", "torch-sim", False),
     ):
-        code = main(
-            [
-                "evaluate",
-                "--spec",
-                str(tmp_path / f"{name}.npz"),
-                "--data",
-                str(tmp_path / "d.npz"),
-                "--backend",
-                backend,
-                "--torch-device",
-                "cpu",
-            ]
-        )
-        assert code == 0
-        assert (said in capsys.readouterr().out) is expected, (name, backend)  # fmt: skip
+        out = _evaluated(tmp_path, capsys, name, backend)
+        assert (said in out) is expected, (name, backend)
 
 
 def test_the_api_resumes_a_run_and_a_new_one_starts_its_log_afresh(task, tmp_path: Path) -> None:
@@ -279,28 +279,10 @@ def test_evaluate_says_the_arithmetic_it_ran_in(tmp_path: Path, capsys) -> None:
     simulator = "PyTorch LIF simulator on CPU"
     spec = NetworkSpec.random([6, 8, 3], 10, seed=0)
     spec.save(tmp_path / "net.npz")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", spikes=(rng.random((20, 10, 6)) < 0.4).astype(np.uint8),
-             labels=rng.integers(0, 3, 20))  # fmt: skip
+    _small_data(tmp_path)
     for backend, said in (("torch-sim-fixed", f"({simulator}, Loihi 2 fixed point)"),
                           ("torch-sim", f"({simulator}, float32)")):  # fmt: skip
-        assert (
-            main(
-                [
-                    "evaluate",
-                    "--spec",
-                    str(tmp_path / "net.npz"),
-                    "--data",
-                    str(tmp_path / "d.npz"),
-                    "--backend",
-                    backend,
-                    "--torch-device",
-                    "cpu",
-                ]
-            )
-            == 0
-        )
-        assert f"on {backend} {said}: accuracy" in capsys.readouterr().out  # fmt: skip
+        assert f"on {backend} {said}: accuracy" in _evaluated(tmp_path, capsys, "net", backend)
     result = pn.evaluate(spec, (np.zeros((4, 10, 6), np.float32), np.zeros(4, np.int64)),
                          "torch-sim-fixed", torch_device="cpu")  # fmt: skip
     assert str(result).endswith(
