@@ -729,3 +729,43 @@ def test_the_summary_accuracy_is_over_samples_not_batches(field, tmp_path: Path)
     right = sum(b["start_accuracy"] * b["labelled"] for b in batches)
     assert summary["start_accuracy"] == pytest.approx(right / len(labels))
     assert summary["start_accuracy"] > np.mean([b["start_accuracy"] for b in batches]) + 0.05
+
+
+def test_a_socket_watch_ends_after_its_idle_timeout(field, tmp_path: Path, capsys) -> None:
+    """A socket watch waited until Ctrl-C (exit 130, "interrupted"): --idle-timeout ends it
+    normally once no batch came for that long; a bad value is a usage error."""
+    import io
+    import socket
+
+    import zmq
+
+    field["spec"].save(tmp_path / "net.npz")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    buffer = io.BytesIO()
+    np.savez(buffer, spikes=np.ones((BATCH, T, 16), np.uint8), seq=np.int64(7))
+
+    def send() -> None:
+        time.sleep(1.0)  # after the watcher bound its port
+        push.send(buffer.getvalue())
+
+    threading.Thread(target=send).start()
+    start = time.monotonic()
+    code = main(["watch", "--spec", str(tmp_path / "net.npz"), "--stream",
+                 f"tcp://127.0.0.1:{port}", "--idle-timeout", "2", "--out",
+                 str(tmp_path / "w")])  # fmt: skip
+    push.close(linger=0)
+    out = capsys.readouterr().out
+    assert code == 0 and time.monotonic() - start < 30
+    assert "1 batches: 0 drift" in out
+    summary = json.loads((tmp_path / "w" / "watch_summary.json").read_text())
+    assert summary["batches"] == 1 and not summary.get("interrupted", False)
+    with pytest.raises(SystemExit):
+        main(["watch", "--spec", str(tmp_path / "net.npz"), "--stream", "x",
+              "--idle-timeout", "0"])  # fmt: skip
+    assert "--idle-timeout: must be a finite number of seconds > 0, got 0" in (
+        capsys.readouterr().err
+    )

@@ -23,6 +23,7 @@ from polystep_neuro.run.cli_args import (
     at_least,
     named_path,
     non_negative,
+    positive_seconds,
 )
 from polystep_neuro.run.label_free import DEFAULT_OBJECTIVE, OBJECTIVES
 from polystep_neuro.run.run_defaults import RunConfig
@@ -204,6 +205,9 @@ def _add_watch(sub: Any) -> None:
     watch.add_argument("--batch-size", type=at_least(1), default=32, help="samples per batch of a "
                        "data file (default: 32)")  # fmt: skip
     watch.add_argument("--follow", action="store_true", help="a folder: wait for new files")
+    watch.add_argument("--idle-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                       help="a socket or a followed folder: end the watch after this long "
+                       "without a batch (default: wait until Ctrl-C)")  # fmt: skip
     watch.add_argument(
         "--time-first", action="store_true", help="spikes are (T, B, N_in), as spikegen makes them"
     )
@@ -551,7 +555,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         max_bad_batches=args.max_bad_batches,
     )
     spec = NetworkSpec.load(args.spec)
-    stream = open_stream(args.stream, args.batch_size, args.follow, args.time_first)
+    stream = open_stream(
+        args.stream, args.batch_size, args.follow, args.time_first, args.idle_timeout
+    )
     endpoint = getattr(stream, "endpoint", None)
     if endpoint is not None:
         print(f"listening on {endpoint} (a ZeroMQ PULL socket: send each batch's .npz bytes "

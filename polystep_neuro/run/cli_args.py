@@ -76,6 +76,20 @@ def non_negative(value: str) -> float:
 non_negative.__name__ = "number >= 0"
 
 
+def positive_seconds(value: str) -> float:
+    """The argparse type of a duration that must be a finite number of seconds > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 < number < float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {value}")
+    return number
+
+
+positive_seconds.__name__ = "seconds > 0"
+
+
 def at_least(minimum: int):  # noqa: ANN201 (an argparse type)
     """The argparse type of an integer option that must be >= ``minimum``: a usage error
     before anything runs (``--steps -5`` once printed what it would adapt, made its output

@@ -289,10 +289,15 @@ class SocketStream:
 
 
 def open_stream(
-    source: str, batch_size: int, follow: bool = False, time_first: bool = False
+    source: str,
+    batch_size: int,
+    follow: bool = False,
+    time_first: bool = False,
+    idle_s: float | None = None,
 ) -> Stream:
     """A file, a folder, or ``tcp://ADDR:PORT`` / ``ipc://PATH`` to listen on; ``time_first``:
-    its spikes are (T, B, N_in)."""
+    its spikes are (T, B, N_in); ``idle_s``: a socket or a followed folder ends after that
+    long without a batch (None: it waits until stopped)."""
     if source.startswith(("tcp://", "ipc://")):
         from devices.security import is_local_endpoint
 
@@ -301,10 +306,10 @@ def open_stream(
                 f"the watcher listens on loopback only ({source} is not): forward the sensor's "
                 "port over SSH, or run the watcher on the sensor's host"
             )
-        return SocketStream(source, time_first=time_first)
+        return SocketStream(source, idle_s=idle_s, time_first=time_first)
     path = Path(source)
     if path.is_dir():
-        return DirectoryStream(path, follow=follow, time_first=time_first)
+        return DirectoryStream(path, follow=follow, idle_s=idle_s, time_first=time_first)
     if path.exists():
         return FileStream(path, batch_size, time_first)
     raise PolystepError(
