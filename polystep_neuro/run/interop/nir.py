@@ -131,11 +131,28 @@ def read_nir(
     writable: Iterable[str] | str | None = None,
 ) -> NetworkSpec:
     """The NetworkSpec of a NIR file (see :func:`from_nir`)."""
-    return from_nir(_read_graph(path), num_steps, dt=dt, writable=writable)
+    return from_nir(path, num_steps, dt=dt, writable=writable)
+
+
+def _as_graph(graph_or_path: Any) -> Any:
+    """The graph itself, or read from its file; the installed nir checked first."""
+    require_nir_version()
+    if isinstance(graph_or_path, (str, os.PathLike)):
+        return _read_graph(graph_or_path)
+    return graph_or_path
+
+
+def _graph_dt(meta: Mapping[str, Any], dt: float | None) -> tuple[float, str]:
+    """The dt a graph is read at and where it came from: ``dt`` given, else the graph's
+    metadata, else ``DEFAULT_DT``."""
+    if dt is not None:
+        return _dt(dt), "--dt / dt="
+    if "dt" in meta:
+        return _dt(meta["dt"]), "the graph's metadata"
+    return DEFAULT_DT, "the default: the graph names none; --dt / dt= sets it"
 
 
 def _read_graph(path: str | os.PathLike[str]) -> Any:
-    require_nir_version()
     if not os.path.exists(path):
         raise SpecError(f"NIR file not found: {path}")
     from polystep_neuro.core.network import is_netx_file
@@ -158,11 +175,7 @@ def graph_steps(graph_or_path: Any) -> int | None:
     it), None when it names none (a graph from another tool) or cannot be read here (the
     read that follows says why)."""
     try:
-        graph = (
-            _read_graph(graph_or_path)
-            if isinstance(graph_or_path, (str, os.PathLike))
-            else graph_or_path
-        )
+        graph = _as_graph(graph_or_path)
     except SpecError:
         return None
     meta = getattr(graph, "metadata", None)
@@ -184,15 +197,11 @@ def from_nir(
     it); a graph from another tool needs ``num_steps``.  ``dt``: see the module docstring.
     Anything the spec cannot represent raises ``SpecError`` naming the node.
     """
-    require_nir_version()
-    if isinstance(graph_or_path, (str, os.PathLike)):
-        graph = _read_graph(graph_or_path)
-    else:
-        graph = graph_or_path
+    graph = _as_graph(graph_or_path)
     if not isinstance(graph, nir.NIRGraph):
         raise SpecError(f"expected a nir.NIRGraph or a NIR file, got {type(graph).__name__}")
     meta = dict(graph.metadata) if isinstance(graph.metadata, Mapping) else {}
-    step = _dt(dt if dt is not None else meta.get("dt", DEFAULT_DT))
+    step, _ = _graph_dt(meta, dt)
     if dt is None and "dt" not in meta:
         _refuse_tau_in_steps(graph)
     if num_steps is None:
@@ -478,19 +487,9 @@ def reading_notes(graph_or_path: Any, dt: float | None = None) -> list[str]:
     """How a graph is read, for people: the dt and where it came from, and per layer the
     decays and any input gain folded into the weights (a graph from another tool is read
     by NIR's definition, which its own arithmetic may not follow: docs/interop.md)."""
-    graph = (
-        _read_graph(graph_or_path)
-        if isinstance(graph_or_path, (str, os.PathLike))
-        else graph_or_path
-    )
+    graph = _as_graph(graph_or_path)
     meta = dict(graph.metadata) if isinstance(graph.metadata, Mapping) else {}
-    if dt is not None:
-        source = "--dt / dt="
-    elif "dt" in meta:
-        source = "the graph's metadata"
-    else:
-        source = "the default: the graph names none; --dt / dt= sets it"
-    step = _dt(dt if dt is not None else meta.get("dt", DEFAULT_DT))
+    step, source = _graph_dt(meta, dt)
     notes = [f"dt = {step:g} s ({source})"]
     for i, segment in enumerate(_segments(graph)[0]):
         n_name, neuron = segment["neuron"]
