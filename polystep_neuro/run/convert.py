@@ -189,7 +189,7 @@ def convert(args: argparse.Namespace) -> int:
             print(f"  read: {line}")
     for change in changes:
         print(f"  changed: {change}")
-    if backend in FIXED_POINT_BACKENDS:
+    if _fixed_point(backend):
         print(
             f"  quantised on load: {backend} runs the weights and neuron parameters in Loihi "
             "2 fixed point (integers with a per-layer exponent), a difference `check` measures "
@@ -209,7 +209,13 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-FIXED_POINT_BACKENDS = ("torch-sim-fixed", "lava-fixed", "loihi2")
+def _fixed_point(backend: str) -> bool:
+    """Whether the backend named computes in Loihi 2 fixed point (its catalog record says)."""
+    from devices.catalog import RECORDS
+    from polystep_neuro.run.writable import FIXED_POINT
+
+    record = RECORDS.get(backend)
+    return record is not None and record.precision == FIXED_POINT
 
 
 def _describe(spec: NetworkSpec) -> str:

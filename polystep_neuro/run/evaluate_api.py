@@ -27,7 +27,9 @@ class Evaluation:
     @property
     def runs_on(self) -> str:
         """Where and in which arithmetic, for people: "cpu, Loihi 2 fixed point"."""
-        arithmetic = {"loihi-fixed": "Loihi 2 fixed point"}.get(self.precision, self.precision)
+        from polystep_neuro.run.writable import FIXED_POINT
+
+        arithmetic = {FIXED_POINT: "Loihi 2 fixed point"}.get(self.precision, self.precision)
         return ", ".join(part for part in (self.device, arithmetic) if part)
 
     def __str__(self) -> str:

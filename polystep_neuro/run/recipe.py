@@ -128,7 +128,7 @@ def chip_timing_note(spec: NetworkSpec, caps: Any) -> str | None:
     and refuse it, so what it scores is not what a chip would (a user took the simulator's
     figure for the chip's)."""
     zero = [str(i) for i, layer in enumerate(spec.layers) if layer.delay == 0]
-    if not zero or caps.precision != "loihi-fixed" or caps.name.startswith(("lava", "loihi")):
+    if not zero or caps.precision != FIXED_POINT or caps.name.startswith(("lava", "loihi")):
         return None
     return (
         f"note: layer{'s' if len(zero) > 1 else ''} {', '.join(zero)} of this network "
