@@ -13,6 +13,7 @@ env runs it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -102,18 +103,16 @@ class DeviceServer:
         self.should_exit = False
         self.busy = False
         self.bad_requests = BadRequestLog(clock=clock)
-        self._peer = "?"  # the address of the request being handled, for the log
 
     def handle(self, frames: Sequence[Any], peer: str = "?") -> list[Any]:
         """One request in, one reply out (an error reply when anything fails); ``peer``,
         the sender's address, is for the log only."""
         request_id: Any = None
         op: Any = None
-        self._peer = peer
         try:
             header, arrays = decode(frames, self.limits)
             request_id, op = header["id"], header["op"]
-            fields, out = self._dispatch(op, header, arrays)
+            fields, out = self._dispatch(op, header, arrays, peer)
             return encode({"id": request_id, "op": op, **fields}, out, self.limits)
         except ProtocolError as exc:
             request_id = getattr(exc, "request_id", request_id)
@@ -137,10 +136,10 @@ class DeviceServer:
         self.sessions.expire_idle()
 
     def _dispatch(
-        self, op: str, header: Mapping[str, Any], arrays: dict[str, np.ndarray]
+        self, op: str, header: Mapping[str, Any], arrays: dict[str, np.ndarray], peer: str
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         handlers = {
-            "hello": self._hello,
+            "hello": functools.partial(self._hello, peer=peer),  # a session says where from
             "load": self._load,
             "evaluate": self._evaluate,
             "ping": self._ping,
@@ -156,8 +155,11 @@ class DeviceServer:
         return self.sessions.get(sid)
 
     # ------------------------------------------------------------------ the ops
-    def _hello(self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Any:
-        """The session named (when it is still open), else a new one; what the server is."""
+    def _hello(
+        self, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray], peer: str = "?"
+    ) -> Any:
+        """The session named (when it is still open), else a new one opened for ``peer`` (the
+        sender, for the log); what the server is."""
         client = checks.client_name(header)
         sid = checks.session_id(header, "hello", required=False)
         session = None
@@ -167,7 +169,7 @@ class DeviceServer:
             except DeviceError:  # expired or unknown: a new one below
                 session = None
         if session is None:
-            session = self.sessions.open(client, checks.client_token(header), self._peer)
+            session = self.sessions.open(client, checks.client_token(header), peer)
         limits = self.sessions.limits
         info = {
             "backend": self.backend_name,

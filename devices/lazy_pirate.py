@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Probe:
-    """While a request waits: every ``every_s`` seconds a short request (``frames``) on a
-    second socket.  A server serves requests in arrival order, so the probe's reply comes
-    after the request's, unless the server no longer has the request (it restarted);
-    ``verdict`` turns the probe's reply into the error that ends the wait, or None (wait
-    on).  An unanswered probe (the server is busy, or gone) is sent again."""
+    """While a request waits: every ``every_s`` seconds a short request (the message
+    ``frames``) on a second socket.  A server serves requests in arrival order, so the
+    probe's reply comes after the request's, unless the server no longer has the request
+    (it restarted); ``verdict`` turns the probe's reply into the error that ends the wait,
+    or None (wait on).  An unanswered probe (the server is busy, or gone) is sent again."""
 
-    frames: Callable[[], Sequence[Any]]
+    frames: Sequence[Any]
     verdict: Callable[[list[Any]], BaseException | None]
     every_s: float
 
@@ -176,7 +176,7 @@ class LazyPirate:
                     if probing is not None:
                         self._end_probe(poller, probing)
                     probing = self._connect(probe.every_s)
-                    probing.send_multipart(probe.frames(), copy=False)
+                    probing.send_multipart(probe.frames, copy=False)
                     poller.register(probing, zmq.POLLIN)
                     next_probe = now + probe.every_s
             return None

@@ -68,6 +68,19 @@ _HEADER_ALLOWANCE = 64 * 1024  # bytes kept free for the JSON header when splitt
 _SESSION_LOST = (SessionError.__name__, SessionExpired.__name__)
 
 
+def _session_lost(reply: list[Any]) -> BaseException | None:
+    """A probe's verdict: the session error its ping's reply names (the server no longer
+    holds the waiting request's session), else None (wait on)."""
+    try:
+        header, _ = decode(reply, DEFAULT_LIMITS, reply=True)
+    except ProtocolError:
+        return None
+    error = header.get("error")
+    if not isinstance(error, dict) or error.get("type") not in _SESSION_LOST:
+        return None
+    return error_from_wire(error["type"], str(error.get("message", "")))
+
+
 def _client_label() -> str:
     """Who this client is, as a busy server names it to others: user@host pid N."""
     try:
@@ -353,21 +366,8 @@ class RemoteBackend(BaseBackend):
         every_s = self.first_contact_s
         if self.timeout_s <= every_s:
             return None
-
-        def frames() -> list[Any]:
-            return encode({"op": "ping", "id": 0, "session": session}, None, self._limits)
-
-        def verdict(reply: list[Any]) -> BaseException | None:
-            try:
-                header, _ = decode(reply, DEFAULT_LIMITS, reply=True)
-            except ProtocolError:
-                return None
-            error = header.get("error")
-            if not isinstance(error, dict) or error.get("type") not in _SESSION_LOST:
-                return None
-            return error_from_wire(error["type"], str(error.get("message", "")))
-
-        return Probe(frames, verdict, every_s)
+        ping = encode({"op": "ping", "id": 0, "session": session}, None, self._limits)
+        return Probe(ping, _session_lost, every_s)
 
     def _reply(self, frames: list[Any], request_id: int) -> tuple[dict[str, Any], dict]:
         try:

@@ -187,7 +187,7 @@ def _loop(
     server: DeviceServer,
     sock: zmq.Socket,
     stop: threading.Event,
-    key_names: Mapping[bytes, str] | None = None,
+    key_names: Mapping[bytes, str],
 ) -> None:
     while not stop.is_set():
         server.expire_idle()
@@ -197,7 +197,7 @@ def _loop(
         envelope, body = split_envelope(frames)
         server.busy = True
         try:
-            reply = server.handle(body, _peer_address(frames, key_names or {}))
+            reply = server.handle(body, _peer_address(frames, key_names))
         finally:
             server.busy = False
         del frames, body  # release the request buffers before the reply goes out

@@ -86,7 +86,6 @@ class Sessions:
         self._factory = factory
         self._clock = clock
         self._open: dict[str, Session] = {}
-        self._by_token: dict[str, str] = {}  # a client's hello token -> its open session id
         self._expired: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -100,7 +99,9 @@ class Sessions:
         retried hello); Busy when every slot holds another's network."""
         self.expire_idle()
         now = self._clock()
-        if token is not None and (known := self._open.get(self._by_token.get(token, ""))):
+        mine = [s for s in self._open.values() if s.token == token] if token else []
+        if mine:
+            known = mine[0]
             known.last_used = now
             log.info("session %s of %r answered again (a retried hello)", known.id[:8], client)
             return known
@@ -113,8 +114,6 @@ class Sessions:
             self._end(taken, "replaced")
         session = Session(secrets.token_hex(16), client, now, token=token, peer=peer)
         self._open[session.id] = session
-        if token is not None:
-            self._by_token[token] = session.id
         log.info(
             "session %s opened for %r at %s (%d open)", session.id[:8], client, peer,
             len(self._open),
@@ -181,8 +180,6 @@ class Sessions:
 
     def _end(self, session: Session, why: str) -> None:
         del self._open[session.id]
-        if session.token is not None:
-            self._by_token.pop(session.token, None)
         backend, session.backend = session.backend, None
         if backend is not None:
             try:
