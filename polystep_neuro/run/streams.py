@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,17 +58,16 @@ class Stream(Protocol):
 MAX_SCALARS = 16  # a message's scalar members logged with its batch, at most
 
 
-def message_scalars(data: bytes) -> dict[str, float | int]:
-    """The scalar numeric members of one ``.npz`` message besides 'spikes' and 'labels' (a
-    sender's sequence number, a timestamp), at most :data:`MAX_SCALARS`; {} if none."""
+def _scalars(npz: Any) -> dict[str, float | int]:
+    """The scalar numeric members of an open ``.npz`` besides 'spikes' and 'labels' (a
+    sender's sequence number, a timestamp), at most :data:`MAX_SCALARS`."""
     out: dict[str, float | int] = {}
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        for key in npz.files:
-            if key in ("spikes", "labels") or len(out) >= MAX_SCALARS:
-                continue
-            value = npz[key]
-            if value.ndim == 0 and np.issubdtype(value.dtype, np.number):
-                out[key[:64]] = value.item()
+    for key in npz.files:
+        if key in ("spikes", "labels") or len(out) >= MAX_SCALARS:
+            continue
+        value = npz[key]
+        if value.ndim == 0 and np.issubdtype(value.dtype, np.number):
+            out[key[:64]] = value.item()
     return out
 
 
@@ -78,6 +77,15 @@ def read_batch(
     """'spikes' and optional 'labels' of one ``.npz`` (a path or its bytes); no pickle, and no
     array larger than :data:`MAX_MESSAGE_BYTES` is read.  ``time_first``: the file holds
     spikes as (T, B, N_in), as snnTorch's spikegen makes them."""
+    spikes, labels, _ = read_batch_and_scalars(data, what, time_first, scalars=False)
+    return spikes, labels
+
+
+def read_batch_and_scalars(
+    data: bytes | Path, what: str, time_first: bool = False, scalars: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, float | int]]:
+    """:func:`read_batch`, and the file's scalar members too (:func:`_scalars`; {} without
+    ``scalars``: a data file's other arrays are not loaded), from one read."""
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with zipfile.ZipFile(source) as archive:
@@ -89,6 +97,7 @@ def read_batch(
         with np.load(source, allow_pickle=False) as npz:
             spikes = npz["spikes"]
             labels = npz["labels"] if "labels" in npz.files else None
+            found = _scalars(npz) if scalars else {}
     except PolystepError:
         raise
     except Exception as exc:  # not a zip, a damaged member, no 'spikes'
@@ -119,7 +128,7 @@ def read_batch(
         raise PolystepError(
             f"{what}: 'labels' must be {spikes.shape[0]} integers, one per sample{hint}"
         )
-    return spikes, labels
+    return spikes, labels, found
 
 
 class FileStream:
@@ -274,13 +283,14 @@ class SocketStream:
         while self._wait():
             message = self.socket.recv()
             try:
-                spikes, labels = read_batch(message, f"message {self.position}", self.time_first)
+                spikes, labels, sent = read_batch_and_scalars(
+                    message, f"message {self.position}", self.time_first
+                )
             except PolystepError as exc:
                 if self.on_drop is not None:  # dropped, said and logged; the stream goes on
                     self.on_drop(self.position, str(exc))
                 continue
-            sent = message_scalars(message) or None
-            batch = StreamBatch(self.position, spikes, labels, self.time_first, sent=sent)
+            batch = StreamBatch(self.position, spikes, labels, self.time_first, sent=sent or None)
             self.position += 1
             yield batch
 

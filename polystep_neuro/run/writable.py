@@ -93,6 +93,7 @@ def resolve_writable(
     rewritable); see the module docstring for the rules."""
     device = _DeviceRules(spec, capabilities)
     names = chosen_names(choice)
+    left: list[str] = []  # what the network marks writable and this device cannot rewrite
     if names == (ALL,):
         loaded = device.rewritable(spec.param_shapes())
     elif names is not None:
@@ -102,13 +103,6 @@ def resolve_writable(
             spec.writable, "the network marks {} writable"
         )
         left = [n for n in spec.writable if n not in loaded]
-        if left:
-            chosen = _resolve_loaded(spec, loaded, device, has_clean, label_free)
-            said = (
-                f"note: the network marks {', '.join(left)} writable, but "
-                f"{device.why_not(left[0])}: left out"
-            )
-            return replace(chosen, note=said if chosen.note is None else f"{said}\n{chosen.note}")
     else:
         loaded = device.rewritable(device_writable(spec))
     if not loaded:
@@ -118,7 +112,12 @@ def resolve_writable(
         )
     if names is not None:
         return Writable(loaded, loaded)
-    return _resolve_loaded(spec, loaded, device, has_clean, label_free)
+    chosen = _resolve_loaded(spec, loaded, device, has_clean, label_free)
+    if not left:
+        return chosen
+    said = f"note: the network marks {', '.join(left)} writable, but {device.why_not(left[0])}"
+    said += ": left out"
+    return replace(chosen, note=said if chosen.note is None else f"{said}\n{chosen.note}")
 
 
 def _resolve_loaded(
