@@ -8,6 +8,8 @@ importing the registry that opens it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "endpoint_list",
     "ray_inner",
     "resolve",
+    "same_backend",
 ]
 
 RAY_PREFIX = "ray:"  # "ray:torch-sim-fixed" = open_backend("ray", backend="torch-sim-fixed")
@@ -64,6 +67,43 @@ def endpoint_list(name: str | Sequence[str]) -> list[str] | None:
     if parts and all(p.startswith(REMOTE_SCHEMES) for p in parts):
         return parts
     return None
+
+
+def same_backend(a: str | Sequence[str], b: str | Sequence[str]) -> bool:
+    """Whether two backend names open the same device(s): endpoints are compared by what
+    their hosts resolve to (``tcp://localhost:5555`` is ``tcp://127.0.0.1:5555``), the
+    rest as text (a resumed run must be scored where it started)."""
+    ends_a, ends_b = endpoint_list(a), endpoint_list(b)
+    if ends_a is None or ends_b is None:
+        return _as_text(a) == _as_text(b)
+    return [_endpoint_key(e) for e in ends_a] == [_endpoint_key(e) for e in ends_b]
+
+
+def _as_text(name: str | Sequence[str]) -> str:
+    return name if isinstance(name, str) else ",".join(str(n).strip() for n in name)
+
+
+def _endpoint_key(endpoint: str) -> tuple[str, str, str]:
+    """(transport, host as an address where it resolves, port); every loopback is one."""
+    transport, _, address = endpoint.partition("://")
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]").lower()
+    if transport == "tcp" and host:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except (socket.gaierror, UnicodeError):
+            addresses = {host}
+        if all(_is_loopback(ip) for ip in addresses):
+            return transport, "loopback", port
+        host = min(addresses)
+    return transport, host, port
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 # Names users reach for that spelling distance maps elsewhere ('lava-sim' is closest to

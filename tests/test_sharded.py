@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devices.names import same_backend
 from devices.registry import check_backend_name, open_backend
 from devices.remote import RemoteBackend
 from devices.sharded import ShardedBackend, split_range
@@ -114,6 +115,22 @@ def test_backend_names_take_endpoint_lists() -> None:
         check_backend_name("tcp://a:1,torch-sim")
     with pytest.raises(DeviceError, match="listed twice"):
         open_backend("tcp://127.0.0.1:9, tcp://127.0.0.1:9")
+
+
+def test_same_backend_reads_endpoints_by_address() -> None:
+    """--resume compares the backend a run started on with the one named now: one loopback
+    server spelt two ways is the same device, another port or another name is not."""
+    assert same_backend("tcp://localhost:5555", "tcp://127.0.0.1:5555")
+    assert same_backend(
+        "tcp://127.0.0.1:1,tcp://localhost:2", ["tcp://127.0.0.1:1", "tcp://[::1]:2"]
+    )
+    assert not same_backend("tcp://localhost:5555", "tcp://127.0.0.1:5556")
+    assert not same_backend(
+        "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "tcp://127.0.0.1:2,tcp://127.0.0.1:1"
+    )
+    assert not same_backend("tcp://localhost:5555", "torch-sim")
+    assert same_backend("torch-sim-fixed", "torch-sim-fixed")
+    assert not same_backend("torch-sim", "torch-sim-fixed")
 
 
 # ----------------------------------------------------------------------- parity

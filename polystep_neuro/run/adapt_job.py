@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from devices.names import same_backend
 from polystep_neuro.core.errors import PolystepError, SpecError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import plots
@@ -309,7 +310,7 @@ def _resumes_the_same_files(job: AdaptJob) -> None:
                 f"which decides its objective; resume it {started} --label-free, or start a "
                 "new run without --resume (or with another --out)"
             )
-        if saved.get("backend", job.backend) != job.backend:  # the start was scored there
+        if not same_backend(saved.get("backend", job.backend), job.backend):  # scored there
             raise PolystepError(
                 f"--resume: the run in {job.out_dir} was started on --backend "
                 f"{saved['backend']} (its start was scored there), this command names "
