@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -102,7 +103,9 @@ def test_the_watcher_detects_adapts_and_clears(field, tmp_path: Path, monkeypatc
     names = [(e["event"], e["batch"]) for e in events]
     drift = [b for n, b in names if n == "drift"]
     assert len(drift) == 1 and CLEAN <= drift[0] <= CLEAN + 4  # within 5 batches of the onset
-    assert names[1] == ("adapted", drift[0] + 3)  # the drift batch and 3 more collected
+    # the drift batch and 3 more collected; the start of the run is logged before it runs
+    assert names[1:3] == [("adapting", drift[0] + 3), ("adapted", drift[0] + 3)]
+    assert events[1]["samples"] == 4 * BATCH and events[1]["steps"] == _cfg(tmp_path).steps
     cleared = [b for n, b in names if n == "cleared"]
     assert len(cleared) == 1 and CLEAN + DRIFTED <= cleared[0] <= CLEAN + DRIFTED + 8
     assert all("serving_accuracy" in b for b in batches)  # labels were there: reported only
@@ -693,6 +696,10 @@ def test_ctrl_c_during_an_adaptation_stops_the_watch_and_resume_adapts_again(
     assert summary["interrupted"] is True
     _, events = read_log(tmp_path / "parts")
     assert [e["event"] for e in events] == ["drift"]  # nothing served: no "adapted"
+    started = next(
+        line for line in lines if re.match(r"batch \d+: adapting \(on \d+ samples", line)
+    )
+    assert started.endswith("steps; no batch is served until it ends)")
     stop = next(line for line in lines if line.startswith("stopped during the adaptation"))
     assert stop.endswith("which is not served; --resume reads this batch again and adapts "
                          "from the start")  # fmt: skip

@@ -144,6 +144,8 @@ def watch_figure(
         "cleared": "tab:purple",
     }  # fmt: skip  (the drift statistic is tab:blue)
     for event in events:
+        if event["event"] == "adapting":  # its outcome (adapted, rolled back) marks the batch
+            continue
         for ax in (top, bottom):
             ax.axvline(event["batch"], color=colours.get(event["event"], "grey"), lw=0.8)
     for name, colour in colours.items():

@@ -173,10 +173,13 @@ class Watcher:
                     yield from self._flush_dropped()
                     continue
                 self._bad_in_a_row = 0
+                logged = self._log_size()
                 try:
                     yield from self._one(batch)
                 except _AdaptationStopped:  # nothing of this batch was kept: read it again
                     self._stop.set()
+                    if not isinstance(stream, SocketStream):  # its lines come again then
+                        os.truncate(self.cfg.out_dir / LOG_NAME, logged)
                     self.report(
                         f"stopped during the adaptation at batch {batch.index}, which is not "
                         "served; --resume "
@@ -279,14 +282,20 @@ class Watcher:
             self.state.phase = "watching"
         elif self.state.served_adapted:
             events += self._check_serving(batch.index, counts)
+        collected = 0
         if self.state.phase == "collecting":
             self.collected.append(batch.spikes)
-            if sum(len(c) for c in self.collected) >= self.cfg.adapt_samples:
-                events.append(self._adapt(batch.index))
+            collected = sum(len(c) for c in self.collected)
         record["phase"] = self.state.phase
-        self._log(record)
-        yield record
-        for event in events:
+        if collected >= self.cfg.adapt_samples:
+            # said and logged before the run, which serves nothing for its whole length
+            events.append(self._event(batch.index, "adapting", samples=collected,
+                                      steps=self.cfg.steps))  # fmt: skip
+        for event in [record, *events]:
+            self._log(event)
+            yield event
+        if collected >= self.cfg.adapt_samples:
+            event = self._adapt(batch.index)
             self._log(event)
             yield event
 
@@ -394,6 +403,10 @@ class Watcher:
         return event
 
     # ------------------------------------------------------------------ persistence
+    def _log_size(self) -> int:
+        path = self.cfg.out_dir / LOG_NAME
+        return path.stat().st_size if path.exists() else 0
+
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.cfg.out_dir / LOG_NAME, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -571,6 +584,8 @@ def _said(key: str, value: Any) -> str:
         return f"on {value} samples"
     if key == "held_out":
         return f"{value} held out"
+    if key == "steps":
+        return f"for {value} steps; no batch is served until it ends"
     if key == "best_step":
         return f"the run's best at step {value}"
     if isinstance(value, float):
