@@ -21,7 +21,7 @@ from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from polystep_neuro.run import selection
 from polystep_neuro.run import watch as watch_module
-from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector
+from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector, channel_rates
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.streams import DirectoryStream, FileStream, SocketStream, open_stream
 from polystep_neuro.run.watch import WatchConfig, Watcher, run_watch
@@ -44,6 +44,45 @@ def test_the_detector_needs_votes_in_a_window_and_clears_after_a_clean_window() 
     assert detector.observe(np.array([5.0, 1.0, 1.0])).change == "drift"  # 2 of the last 4
     changes = [detector.observe(np.array([1.0, 1.0, 1.0])).change for _ in range(4)]
     assert changes == [None, None, None, "cleared"]
+
+
+def test_the_input_channels_flag_a_stuck_channel_the_outputs_do_not_show() -> None:
+    """A channel stuck on moves its rate by dozens of spreads with the output features
+    unchanged; a stray spike in a channel the reference never saw fire is no alarm; the
+    channels' reference survives a save and load."""
+    rng = np.random.default_rng(0)
+    settings = DetectorSettings(reference_batches=50, z_limit=5, window=5, votes=3)
+    detector = DriftDetector(settings)
+    features = np.array([0.2, 1.0, 0.6])  # the outputs never move
+
+    def batch() -> np.ndarray:  # (B, T, N): 32 samples, 20 steps, 16 channels at 10 %
+        spikes = (rng.random((32, 20, 16)) < 0.1).astype(np.uint8)
+        spikes[:, :, 5] = 0  # channel 5 never fires in the reference
+        return spikes
+
+    for _ in range(50):
+        detector.observe(features, channel_rates(batch()), 32 * 20)
+    clean = [detector.observe(features, channel_rates(batch()), 640).z for _ in range(200)]
+    assert max(clean) < 5  # 200 clean batches, none out of range
+    stray = batch()
+    stray[3, 7, 5] = 1
+    assert not detector.observe(features, channel_rates(stray), 640).out_of_range
+    alone = detector.channels.mean.copy()
+    alone[5] = 1 / 640  # that spike alone: one spike's worth of spread
+    assert detector.channels.z(alone) == (pytest.approx(1.0), 5)
+    saved = json.loads(json.dumps(detector.state_dict()))
+    stuck = batch()
+    stuck[:, :, 2] = 1
+    seen = [detector.observe(features, channel_rates(stuck), 640) for _ in range(3)]
+    assert all(s.out_of_range for s in seen) and seen[0].z > 50
+    assert seen[0].where == "input channel 2"
+    assert seen[-1].change == "drift"
+    again = DriftDetector(settings)
+    again.load_state_dict(saved)
+    assert again.observe(features, channel_rates(stuck), 640).z == pytest.approx(seen[0].z)
+    older = {k: v for k, v in saved.items() if k != "channels"}  # a state from before
+    again.load_state_dict(older)
+    assert again.observe(features, channel_rates(stuck), 640).z == pytest.approx(0.0)
 
 
 def test_detector_settings_are_checked() -> None:

@@ -1,15 +1,22 @@
-"""Has the input drifted?  A test on the deployed network's own outputs, batch by batch.
+"""Has the input drifted?  A test on the deployed network's outputs and on its input
+channels, batch by batch.
 
-The statistics are those of the network *as deployed* (the start, evaluated beside whatever
-the watcher serves), so what the detector compares never moves with adaptation.  Per batch,
-three features that do not depend on which classes the batch happens to hold: the mean
-output firing rate, the mean entropy of the predicted class distribution and the mean
-confidence (largest class probability).  Their mean and spread over the reference batches
-(clean data) give each new batch a z-score per feature; a batch is *out of range* when any
-feature's |z| exceeds ``z_limit``.  Drift is declared when at least ``votes`` of the last
-``window`` batches are out of range, and cleared when ``window`` batches in a row are in
-range again.  The false-alarm rate of these settings on clean streams is measured in
-docs/benchmarks.md (the stream watcher section); a single odd batch never raises an alarm.
+The output statistics are those of the network *as deployed* (the start, evaluated beside
+whatever the watcher serves), so what the detector compares never moves with adaptation.
+Per batch, three features that do not depend on which classes the batch happens to hold:
+the mean output firing rate, the mean entropy of the predicted class distribution and the
+mean confidence (largest class probability).  Their mean and spread over the reference
+batches (clean data) give each new batch a z-score per feature.  The input side: every
+input channel's mean value over the batch (its spike rate), against that channel's mean
+and spread over the reference batches, with a floor of one spike's worth on the spread so
+that a channel silent in the reference is not flagged for a stray spike.  A channel stuck
+on or off, a hot pixel or a lost sensor changes a rate long before it changes the outputs
+much (a stuck channel and a timing shift took a network from 89 to 34 % with the output
+statistics at 3.4 spreads).  A batch is *out of range* when any |z| exceeds ``z_limit``.
+Drift is declared when at least ``votes`` of the last ``window`` batches are out of range,
+and cleared when ``window`` batches in a row are in range again.  The false-alarm rate of
+these settings on clean streams is measured in docs/benchmarks.md (the stream watcher
+section); a single odd batch never raises an alarm.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ from polystep_neuro.core.errors import PolystepError
 
 FEATURES = ("output rate", "entropy", "confidence")
 _SCALE = 0.5  # count logits, as everywhere in the tool (losses.COUNT_LOGIT_SCALE)
+
+
+def channel_rates(spikes: np.ndarray) -> np.ndarray:
+    """(B, T, N_in) input spikes -> each channel's mean value over the batch and steps."""
+    spikes = np.asarray(spikes, dtype=np.float64)
+    return spikes.reshape(-1, spikes.shape[-1]).mean(axis=0)
 
 
 def batch_features(counts: np.ndarray, time_steps: int) -> np.ndarray:
@@ -59,6 +72,52 @@ class Observation:
     z: float  # the batch's largest |z| over the features (nan while the reference fills)
     out_of_range: bool
     change: str | None  # "drift", "cleared" or None
+    where: str = ""  # what that largest |z| is of: an output feature or an input channel
+
+
+@dataclass
+class ChannelReference:
+    """Per input channel, the running mean and sum of squared deviations of its rate over
+    the reference batches (Welford), and the samples x steps of a batch (for the floor)."""
+
+    batches: int = 0
+    mean: np.ndarray | None = None
+    squares: np.ndarray | None = None
+    per_batch: int = 1
+
+    def add(self, rates: np.ndarray, per_batch: int) -> None:
+        if self.mean is None:
+            self.mean, self.squares = np.zeros_like(rates), np.zeros_like(rates)
+        self.batches += 1
+        delta = rates - self.mean
+        self.mean = self.mean + delta / self.batches
+        self.squares = self.squares + delta * (rates - self.mean)
+        self.per_batch = max(self.per_batch, int(per_batch))
+
+    def z(self, rates: np.ndarray) -> tuple[float, int]:
+        """The largest |z| over the channels and its channel; nan for another width."""
+        if self.mean is None or self.squares is None or rates.shape != self.mean.shape:
+            return float("nan"), -1
+        n = self.per_batch
+        spread = np.sqrt(np.maximum(self.squares / max(self.batches - 1, 1),
+                                    np.clip(self.mean * (1 - self.mean), 0, None) / n
+                                    + 1.0 / n**2))  # fmt: skip
+        z = np.abs(rates - self.mean) / spread
+        return float(z.max()), int(z.argmax())
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.mean is None or self.squares is None:
+            return {"batches": 0}
+        return {"batches": self.batches, "mean": self.mean.tolist(),
+                "squares": self.squares.tolist(), "per_batch": self.per_batch}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ChannelReference:
+        if not state.get("batches"):
+            return cls()
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        squares = np.asarray(state["squares"], dtype=np.float64)
+        return cls(int(state["batches"]), mean, squares, int(state["per_batch"]))
 
 
 @dataclass
@@ -68,23 +127,34 @@ class DriftDetector:
     recent: deque = field(default_factory=deque)
     drifted: bool = False
     in_range_run: int = 0
+    channels: ChannelReference = field(default_factory=ChannelReference)
 
     @property
     def ready(self) -> bool:
         return len(self.reference) >= self.settings.reference_batches
 
-    def _z(self, features: np.ndarray) -> float:
+    def _z(self, features: np.ndarray) -> tuple[float, str]:
         ref = np.asarray(self.reference)
         spread = ref.std(axis=0, ddof=1)
         spread = np.maximum(spread, 1e-3 * np.maximum(np.abs(ref.mean(axis=0)), 1e-6))
-        return float(np.max(np.abs((features - ref.mean(axis=0)) / spread)))
+        z = np.abs((features - ref.mean(axis=0)) / spread)
+        return float(z.max()), FEATURES[int(z.argmax())]
 
-    def observe(self, features: np.ndarray) -> Observation:
-        """One batch's features: filling the reference first, then testing."""
+    def observe(
+        self, features: np.ndarray, rates: np.ndarray | None = None, per_batch: int = 1
+    ) -> Observation:
+        """One batch's output features and input channel rates (:func:`channel_rates`, over
+        ``per_batch`` samples x steps): filling the reference first, then testing."""
         if not self.ready:
             self.reference.append([float(f) for f in features])
+            if rates is not None:
+                self.channels.add(np.asarray(rates, dtype=np.float64), per_batch)
             return Observation(float("nan"), False, None)
-        z = self._z(features)
+        z, where = self._z(features)
+        if rates is not None and self.channels.batches == len(self.reference):
+            z_in, channel = self.channels.z(np.asarray(rates, dtype=np.float64))
+            if z_in > z:
+                z, where = z_in, f"input channel {channel}"
         out = z > self.settings.z_limit
         self.recent.append(out)
         while len(self.recent) > self.settings.window:
@@ -96,7 +166,7 @@ class DriftDetector:
         elif self.drifted and self.in_range_run >= self.settings.window:
             self.drifted, change = False, "cleared"
             self.recent.clear()
-        return Observation(z, out, change)
+        return Observation(z, out, change, where)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +174,7 @@ class DriftDetector:
             "recent": list(self.recent),
             "drifted": self.drifted,
             "in_range_run": self.in_range_run,
+            "channels": self.channels.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -111,3 +182,5 @@ class DriftDetector:
         self.recent = deque(bool(v) for v in state["recent"])
         self.drifted = bool(state["drifted"])
         self.in_range_run = int(state["in_range_run"])
+        # a state saved before the input test: its reference has no channels, none is tested
+        self.channels = ChannelReference.from_state(state.get("channels", {}))

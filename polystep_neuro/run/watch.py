@@ -66,7 +66,12 @@ from polystep_neuro.run import selection
 from polystep_neuro.run.checkpoint import ensure_writable_dir
 from polystep_neuro.run.controller import Adapter
 from polystep_neuro.run.data import SpikeDataset, hold_out
-from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector, batch_features
+from polystep_neuro.run.drift_detector import (
+    DetectorSettings,
+    DriftDetector,
+    batch_features,
+    channel_rates,
+)
 from polystep_neuro.run.label_free import make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
 from polystep_neuro.run.losses import accuracy
@@ -253,7 +258,11 @@ class Watcher:
         spikes = torch.as_tensor(batch.spikes, dtype=torch.float32)
         counts = torch.as_tensor(self._evaluate(spikes)).to(torch.float32)
         start = counts[-1]
-        seen = self.detector.observe(batch_features(start.numpy(), self.spec.num_steps))
+        seen = self.detector.observe(
+            batch_features(start.numpy(), self.spec.num_steps),
+            channel_rates(batch.spikes),
+            int(np.prod(np.shape(batch.spikes)[:2])),
+        )
         record: dict[str, Any] = {
             "batch": batch.index,
             "z": _finite(seen.z),
@@ -269,7 +278,7 @@ class Watcher:
             record["serving_accuracy"] = float(accuracy(counts[:1], labels)[0])
         events = []
         if seen.change == "drift":
-            events.append(self._event(batch.index, "drift", z=record["z"]))
+            events.append(self._event(batch.index, "drift", z=record["z"], of=seen.where))
             self.state.phase, self.collected = "collecting", []
             self.report(  # the console is quiet while the samples come in: say what for
                 f"collecting {self.cfg.adapt_samples} field samples (from this batch on), then "
@@ -584,6 +593,8 @@ def _said(key: str, value: Any) -> str:
         return f"on {value} samples"
     if key == "held_out":
         return f"{value} held out"
+    if key == "of":  # what the z is of: "z 110, largest at input channel 20"
+        return f"largest at {value}" if value else ""
     if key == "steps":
         return f"for {value} steps; no batch is served until it ends"
     if key == "best_step":
