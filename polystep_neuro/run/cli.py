@@ -185,8 +185,9 @@ def _add_watch(sub: Any) -> None:
         "watch",
         help="watch a deployed network's field stream: detect drift, adapt without labels, "
         "roll back",
-        description="Reads the stream batch by batch, tests the deployed network's outputs "
-        "for drift, adapts without labels when it drifts, rolls back when that does not help, "
+        description="Reads the stream batch by batch, tests the deployed network's outputs and "
+        "input channels for drift, adapts without labels when it drifts, rolls back when that "
+        "does not help, "
         "and serves the deployed network again once the drift clears.  A batch that does "
         "not fit the network is logged as dropped and skipped.  --out holds watch.jsonl (every "
         "batch and event), watch.png, watch_summary.json, serving.npz (the network being "
