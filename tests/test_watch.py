@@ -21,7 +21,7 @@ from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import LayerSpec, NetworkSpec
 from polystep_neuro.run import selection
 from polystep_neuro.run import watch as watch_module
-from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector, channel_rates
+from polystep_neuro.run.drift_detector import DetectorSettings, DriftDetector, InputBatch
 from polystep_neuro.run.optimizers import Settings
 from polystep_neuro.run.streams import DirectoryStream, FileStream, SocketStream, open_stream
 from polystep_neuro.run.watch import WatchConfig, Watcher, run_watch
@@ -46,43 +46,55 @@ def test_the_detector_needs_votes_in_a_window_and_clears_after_a_clean_window() 
     assert changes == [None, None, None, "cleared"]
 
 
-def test_the_input_channels_flag_a_stuck_channel_the_outputs_do_not_show() -> None:
+def test_the_input_channels_flag_a_stuck_channel_but_not_another_class_mix() -> None:
     """A channel stuck on moves its rate by dozens of spreads with the output features
-    unchanged; a stray spike in a channel the reference never saw fire is no alarm; the
-    channels' reference survives a save and load."""
+    unchanged; batches of one class only (other rates, no drift) and a stray spike in a
+    channel the reference never saw fire are no alarm; the reference survives a save and
+    load, half built or complete."""
     rng = np.random.default_rng(0)
     settings = DetectorSettings(reference_batches=50, z_limit=5, window=5, votes=3)
     detector = DriftDetector(settings)
     features = np.array([0.2, 1.0, 0.6])  # the outputs never move
+    rates = np.full((2, 16), 0.05)
+    rates[0, :8] = rates[1, 8:] = 0.25  # class 0 fires on channels 0-7, class 1 on 8-15
+    rates[:, 5] = 0.0  # channel 5 never fires in the reference
 
-    def batch() -> np.ndarray:  # (B, T, N): 32 samples, 20 steps, 16 channels at 10 %
-        spikes = (rng.random((32, 20, 16)) < 0.1).astype(np.uint8)
-        spikes[:, :, 5] = 0  # channel 5 never fires in the reference
-        return spikes
+    def batch(classes=(0, 1)) -> InputBatch:  # 32 samples, 20 steps, 16 channels
+        labels = rng.choice(classes, 32)
+        spikes = (rng.random((32, 20, 16)) < rates[labels][:, None, :]).astype(np.uint8)
+        return InputBatch.of(spikes, np.eye(2)[labels])
 
-    for _ in range(50):
-        detector.observe(features, channel_rates(batch()), 32 * 20)
-    clean = [detector.observe(features, channel_rates(batch()), 640).z for _ in range(200)]
+    reference = [batch() for _ in range(50)]
+    for i, one in enumerate(reference):
+        detector.observe(features, one)
+        if i == 24:
+            half = json.loads(json.dumps(detector.state_dict()))
+    clean = [detector.observe(features, batch()).z for _ in range(200)]
     assert max(clean) < 5  # 200 clean batches, none out of range
+    one_class = [detector.observe(features, batch(classes=(0,))).z for _ in range(50)]
+    assert max(one_class) < 5  # channels 0-7 at 5x their all-class rate: explained
     stray = batch()
-    stray[3, 7, 5] = 1
-    assert not detector.observe(features, channel_rates(stray), 640).out_of_range
-    alone = detector.channels.mean.copy()
-    alone[5] = 1 / 640  # that spike alone: one spike's worth of spread
-    assert detector.channels.z(alone) == (pytest.approx(1.0), 5)
+    spikes = np.zeros((32, 20, 16))
+    spikes[3, 7, 5] = 1
+    stray = InputBatch(stray.rates + spikes.mean(axis=1), stray.predicted, 2, 20)
+    assert not detector.observe(features, stray).out_of_range
     saved = json.loads(json.dumps(detector.state_dict()))
     stuck = batch()
-    stuck[:, :, 2] = 1
-    seen = [detector.observe(features, channel_rates(stuck), 640) for _ in range(3)]
+    stuck.rates[:, 2] = 1.0  # on in every step of every sample
+    seen = [detector.observe(features, stuck) for _ in range(3)]
     assert all(s.out_of_range for s in seen) and seen[0].z > 50
-    assert seen[0].where == "input channel 2"
-    assert seen[-1].change == "drift"
+    assert seen[0].where == "input channel 2" and seen[-1].change == "drift"
     again = DriftDetector(settings)
     again.load_state_dict(saved)
-    assert again.observe(features, channel_rates(stuck), 640).z == pytest.approx(seen[0].z)
+    assert again.observe(features, stuck).z == pytest.approx(seen[0].z)
+    resumed = DriftDetector(settings)  # stopped half-way through the reference
+    resumed.load_state_dict(half)
+    for one in reference[25:]:
+        resumed.observe(features, one)
+    assert resumed.observe(features, stuck).z == pytest.approx(seen[0].z)
     older = {k: v for k, v in saved.items() if k != "channels"}  # a state from before
     again.load_state_dict(older)
-    assert again.observe(features, channel_rates(stuck), 640).z == pytest.approx(0.0)
+    assert again.observe(features, stuck).z == pytest.approx(0.0)
 
 
 def test_detector_settings_are_checked() -> None:

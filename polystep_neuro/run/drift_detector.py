@@ -6,17 +6,17 @@ whatever the watcher serves), so what the detector compares never moves with ada
 Per batch, three features that do not depend on which classes the batch happens to hold:
 the mean output firing rate, the mean entropy of the predicted class distribution and the
 mean confidence (largest class probability).  Their mean and spread over the reference
-batches (clean data) give each new batch a z-score per feature.  The input side: every
-input channel's mean value over the batch (its spike rate), against that channel's mean
-and spread over the reference batches, with a floor of one spike's worth on the spread so
-that a channel silent in the reference is not flagged for a stray spike.  A channel stuck
-on or off, a hot pixel or a lost sensor changes a rate long before it changes the outputs
-much (a stuck channel and a timing shift took a network from 89 to 34 % with the output
-statistics at 3.4 spreads).  A batch is *out of range* when any |z| exceeds ``z_limit``.
-Drift is declared when at least ``votes`` of the last ``window`` batches are out of range,
-and cleared when ``window`` batches in a row are in range again.  The false-alarm rate of
-these settings on clean streams is measured in docs/benchmarks.md (the stream watcher
-section); a single odd batch never raises an alarm.
+batches (clean data) give each new batch a z-score per feature.  The input side
+(:mod:`~polystep_neuro.run.channel_reference`): each input channel's rate against the rate
+the batch's predicted classes imply, so a channel stuck on or off, a hot pixel or a lost
+gain shows long before it moves the outputs much (a stuck channel and a timing shift took
+a network from 89 to 34 % with the output statistics at 3.4 spreads), while a batch that
+only holds other classes than usual does not.  A batch is *out of range* when any |z|
+exceeds ``z_limit``.  Drift is declared when at least ``votes`` of the last ``window``
+batches are out of range, and cleared when ``window`` batches in a row are in range again.
+The false-alarm rate of these settings on clean streams, and on streams whose class mix
+shifts, is measured in docs/benchmarks.md (the stream watcher section); a single odd batch
+never raises an alarm.
 """
 
 from __future__ import annotations
@@ -28,15 +28,10 @@ from typing import Any
 import numpy as np
 
 from polystep_neuro.core.errors import PolystepError
+from polystep_neuro.run.channel_reference import ChannelReference, sample_rates
 
 FEATURES = ("output rate", "entropy", "confidence")
 _SCALE = 0.5  # count logits, as everywhere in the tool (losses.COUNT_LOGIT_SCALE)
-
-
-def channel_rates(spikes: np.ndarray) -> np.ndarray:
-    """(B, T, N_in) input spikes -> each channel's mean value over the batch and steps."""
-    spikes = np.asarray(spikes, dtype=np.float64)
-    return spikes.reshape(-1, spikes.shape[-1]).mean(axis=0)
 
 
 def batch_features(counts: np.ndarray, time_steps: int) -> np.ndarray:
@@ -75,49 +70,23 @@ class Observation:
     where: str = ""  # what that largest |z| is of: an output feature or an input channel
 
 
-@dataclass
-class ChannelReference:
-    """Per input channel, the running mean and sum of squared deviations of its rate over
-    the reference batches (Welford), and the samples x steps of a batch (for the floor)."""
+@dataclass(frozen=True)
+class InputBatch:
+    """What the input test reads of a batch: (B, N_in) per-sample channel rates
+    (:func:`sample_rates`), the (B,) classes the deployed network predicts of ``classes``,
+    and the time steps per sample."""
 
-    batches: int = 0
-    mean: np.ndarray | None = None
-    squares: np.ndarray | None = None
-    per_batch: int = 1
-
-    def add(self, rates: np.ndarray, per_batch: int) -> None:
-        if self.mean is None:
-            self.mean, self.squares = np.zeros_like(rates), np.zeros_like(rates)
-        self.batches += 1
-        delta = rates - self.mean
-        self.mean = self.mean + delta / self.batches
-        self.squares = self.squares + delta * (rates - self.mean)
-        self.per_batch = max(self.per_batch, int(per_batch))
-
-    def z(self, rates: np.ndarray) -> tuple[float, int]:
-        """The largest |z| over the channels and its channel; nan for another width."""
-        if self.mean is None or self.squares is None or rates.shape != self.mean.shape:
-            return float("nan"), -1
-        n = self.per_batch
-        spread = np.sqrt(np.maximum(self.squares / max(self.batches - 1, 1),
-                                    np.clip(self.mean * (1 - self.mean), 0, None) / n
-                                    + 1.0 / n**2))  # fmt: skip
-        z = np.abs(rates - self.mean) / spread
-        return float(z.max()), int(z.argmax())
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.mean is None or self.squares is None:
-            return {"batches": 0}
-        return {"batches": self.batches, "mean": self.mean.tolist(),
-                "squares": self.squares.tolist(), "per_batch": self.per_batch}  # fmt: skip
+    rates: np.ndarray
+    predicted: np.ndarray
+    classes: int
+    steps: int
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ChannelReference:
-        if not state.get("batches"):
-            return cls()
-        mean = np.asarray(state["mean"], dtype=np.float64)
-        squares = np.asarray(state["squares"], dtype=np.float64)
-        return cls(int(state["batches"]), mean, squares, int(state["per_batch"]))
+    def of(cls, spikes: np.ndarray, counts: np.ndarray) -> InputBatch:
+        """From (B, T, N_in) spikes and the deployed network's (B, C) output counts."""
+        counts = np.asarray(counts)
+        return cls(sample_rates(spikes), counts.argmax(axis=1), counts.shape[1],
+                   np.shape(spikes)[1])  # fmt: skip
 
 
 @dataclass
@@ -140,19 +109,19 @@ class DriftDetector:
         z = np.abs((features - ref.mean(axis=0)) / spread)
         return float(z.max()), FEATURES[int(z.argmax())]
 
-    def observe(
-        self, features: np.ndarray, rates: np.ndarray | None = None, per_batch: int = 1
-    ) -> Observation:
-        """One batch's output features and input channel rates (:func:`channel_rates`, over
-        ``per_batch`` samples x steps): filling the reference first, then testing."""
+    def observe(self, features: np.ndarray, inputs: InputBatch | None = None) -> Observation:
+        """One batch's output features and, given, its inputs: filling the reference
+        first, then testing."""
         if not self.ready:
             self.reference.append([float(f) for f in features])
-            if rates is not None:
-                self.channels.add(np.asarray(rates, dtype=np.float64), per_batch)
+            if inputs is not None and len(self.reference) == self.channels.batches_seen + 1:
+                self.channels.add(inputs.rates, inputs.predicted, inputs.classes, inputs.steps)
+                if self.ready:
+                    self.channels.complete()
             return Observation(float("nan"), False, None)
         z, where = self._z(features)
-        if rates is not None and self.channels.batches == len(self.reference):
-            z_in, channel = self.channels.z(np.asarray(rates, dtype=np.float64))
+        if inputs is not None and self.channels.widen is not None:
+            z_in, channel = self.channels.z(inputs.rates, inputs.predicted)
             if z_in > z:
                 z, where = z_in, f"input channel {channel}"
         out = z > self.settings.z_limit

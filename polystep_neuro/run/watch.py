@@ -69,8 +69,8 @@ from polystep_neuro.run.data import SpikeDataset, hold_out
 from polystep_neuro.run.drift_detector import (
     DetectorSettings,
     DriftDetector,
+    InputBatch,
     batch_features,
-    channel_rates,
 )
 from polystep_neuro.run.label_free import make_objective
 from polystep_neuro.run.loop_options import Output, Regularization, Scoring
@@ -260,8 +260,7 @@ class Watcher:
         start = counts[-1]
         seen = self.detector.observe(
             batch_features(start.numpy(), self.spec.num_steps),
-            channel_rates(batch.spikes),
-            int(np.prod(np.shape(batch.spikes)[:2])),
+            InputBatch.of(batch.spikes, start.numpy()),
         )
         record: dict[str, Any] = {
             "batch": batch.index,

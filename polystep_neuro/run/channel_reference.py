@@ -1,0 +1,121 @@
+"""The input side of the drift test: each input channel's rate in a batch, against the rate
+the reference says the batch's own classes give it.
+
+A batch's channel rates move with its class mix (a stretch of mostly one digit is no sensor
+drift, and adapting to it costs accuracy), so the reference keeps, per class the deployed
+network predicts, each channel's mean rate per sample and its spread; a batch is compared
+with the rates its predicted classes imply.  A channel stuck on or off, a hot pixel or a
+sensor that lost gain moves its rate whatever the classes.  The spread of that comparison
+is the within-class spread over the batch's samples, widened per channel by how much more
+the reference batches themselves strayed (samples that come in runs), with a floor of one
+spike's worth so that a channel silent in the reference is not flagged for a stray spike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# A class's mean is shrunk towards the all-class mean by this many samples' worth, so a
+# class the network rarely predicts in the reference does not set a rate from a handful.
+_PRIOR = 10.0
+
+
+def sample_rates(spikes: np.ndarray) -> np.ndarray:
+    """(B, T, N_in) input spikes -> (B, N_in): each sample's mean value per channel."""
+    return np.asarray(spikes, dtype=np.float64).mean(axis=1)
+
+
+@dataclass
+class ChannelReference:
+    """Per predicted class, the sums of each channel's per-sample rate and of its square
+    over the reference batches; and, until the reference is complete, each batch's mean
+    rates and class counts (to measure how far batches stray beyond the samples' spread)."""
+
+    classes: int = 0
+    steps: int = 1  # a spike is 1 / steps of a sample's rate
+    counts: np.ndarray | None = None  # (K,)
+    sums: np.ndarray | None = None  # (K, N)
+    squares: np.ndarray | None = None  # (K, N)
+    batches: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    widen: np.ndarray | None = None  # (N,) set when the reference is complete
+
+    @property
+    def batches_seen(self) -> int:
+        """Reference batches added and not yet folded in by :meth:`complete`."""
+        return len(self.batches)
+
+    def add(self, rates: np.ndarray, predicted: np.ndarray, classes: int, steps: int) -> None:
+        """One reference batch: (B, N) sample rates and the (B,) classes predicted."""
+        if self.counts is None:
+            n = rates.shape[1]
+            self.classes, self.steps = int(classes), max(int(steps), 1)
+            self.counts = np.zeros(self.classes)
+            self.sums, self.squares = np.zeros((self.classes, n)), np.zeros((self.classes, n))
+        assert self.sums is not None and self.squares is not None
+        np.add.at(self.counts, predicted, 1.0)
+        np.add.at(self.sums, predicted, rates)
+        np.add.at(self.squares, predicted, rates * rates)
+        self.batches.append((rates.mean(axis=0), np.bincount(predicted, minlength=self.classes)))
+
+    def complete(self) -> None:
+        """The reference is in: measure each channel's overdispersion on its own batches."""
+        ratios = []
+        for observed, mix in self.batches:
+            expected, variance = self._expected(mix)
+            ratios.append((observed - expected) ** 2 / variance)
+        self.widen = np.maximum(np.mean(ratios, axis=0), 1.0)
+        self.batches = []
+
+    def _expected(self, mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The mean rate per channel a batch of class counts ``mix`` should have, and the
+        variance of its batch mean (within-class spread plus the class means' own error)."""
+        assert self.counts is not None and self.sums is not None and self.squares is not None
+        total = self.counts.sum()
+        overall = self.sums.sum(axis=0) / total
+        overall_var = np.maximum(self.squares.sum(axis=0) / total - overall**2, 0.0)
+        n = self.counts[:, None]
+        means = (self.sums + _PRIOR * overall) / (n + _PRIOR)
+        within = self.squares - self.sums**2 / np.maximum(n, 1.0)  # sums of squared deviations
+        variances = (np.maximum(within, 0.0) + _PRIOR * overall_var) / (n + _PRIOR)
+        size = mix.sum()
+        share = mix / size
+        expected = share @ means
+        variance = (mix @ variances) / size**2 + (share**2) @ (variances / (n + _PRIOR))
+        return expected, variance + (1.0 / (size * self.steps)) ** 2
+
+    def z(self, rates: np.ndarray, predicted: np.ndarray) -> tuple[float, int]:
+        """The largest |z| over the channels and its channel; nan for another width."""
+        if self.widen is None or self.sums is None or rates.shape[1] != self.sums.shape[1]:
+            return float("nan"), -1
+        mix = np.bincount(predicted, minlength=self.classes)[: self.classes]
+        expected, variance = self._expected(mix)
+        z = np.abs(rates.mean(axis=0) - expected) / np.sqrt(variance * self.widen)
+        return float(z.max()), int(z.argmax())
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.counts is None or self.sums is None or self.squares is None:
+            return {}
+        return {
+            "classes": self.classes, "steps": self.steps, "counts": self.counts.tolist(),
+            "sums": self.sums.tolist(), "squares": self.squares.tolist(),
+            "batches": [[o.tolist(), m.tolist()] for o, m in self.batches],
+            "widen": None if self.widen is None else self.widen.tolist(),
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ChannelReference:
+        if not state.get("counts"):  # none yet, or a state saved before the input test
+            return cls()
+        widen = state.get("widen")
+        return cls(
+            int(state["classes"]),
+            int(state["steps"]),
+            np.asarray(state["counts"], dtype=np.float64),
+            np.asarray(state["sums"], dtype=np.float64),
+            np.asarray(state["squares"], dtype=np.float64),
+            [(np.asarray(o, dtype=np.float64), np.asarray(m)) for o, m in state["batches"]],
+            None if widen is None else np.asarray(widen, dtype=np.float64),
+        )
