@@ -273,7 +273,7 @@ def section_watch(quick: bool, progress: Progress) -> Section:
     seeds, names, clean = (
         ([0], ["brightness"], 60) if quick else ([0, 1, 2], [*lf.TUNED, *lf.HELD_OUT], 2000)
     )
-    rows = [r for s in seeds for r in watch_bench.run_seed(s, names, clean, progress)]
+    rows = [r for s in seeds for r in watch_bench.run_seed(s, names, clean, progress, not quick)]
     return Section(title, doc_paragraphs(watch_bench.__doc__), watch_bench.table(rows))
 
 

@@ -1,15 +1,16 @@
 """The stream watcher over streams that are clean, then corrupted, then clean again.
 
     python -m polystep_neuro.bench.watch_bench [--seeds 0 1 2] [--corruptions NAME ...]
-        [--clean-batches 2000] [--json rows.json]
+        [--clean-batches 2000] [--no-class-mixes] [--json rows.json]
 
 A 64-32-10 snnTorch network (as in the label-free bench) is deployed on torch-sim-fixed and
 watched with `polystep-neuro watch`'s defaults, batches of 32 samples drawn from the digits
 test images.  False alarms: one long clean stream per seed, drift events counted after the
-reference batches.  Per corruption (severity 3): 100 clean batches, 150 corrupted, 100 clean;
-the detection delay (batches from the onset to the drift event), whether the watcher adapted
-or rolled back, and, over the corrupted stretch after the first adaptation, the accuracy of
-the served network beside the deployed one's (from labels the watcher never reads).
+reference batches; and clean streams whose class mix shifts (`CLASS_MIXES`).  Per
+corruption (severity 3): 100 clean batches, 150 corrupted, 100 clean; the detection delay
+(batches from the onset to the drift event), whether the watcher adapted or rolled back,
+and, over the corrupted stretch after the first adaptation, the accuracy of the served
+network beside the deployed one's (from labels the watcher never reads).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ from polystep_neuro.run.data import encode, encode_drifted, load_split  # noqa: 
 
 BATCH = 32
 STRETCHES = (100, 150, 100)  # clean, corrupted, clean batches
+# Clean streams whose class mix shifts for the middle stretch (no drift of the inputs): any
+# alarm there is a false one, and adapting to it costs accuracy.  The classes drawn, or
+# ("half", c): half the samples of class c, the rest of every class.
+CLASS_MIXES: dict[str, tuple] = {
+    "classes 0-2 only": (0, 1, 2),
+    "classes 0-4 only": (0, 1, 2, 3, 4),
+    "half of them 7s": ("half", 7),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,18 @@ def _draw(spikes: np.ndarray, labels: np.ndarray, batches: int, rng: np.random.G
     return spikes[idx], labels[idx]
 
 
+def _draw_mix(spikes: np.ndarray, labels: np.ndarray, batches: int, rng: np.random.Generator,
+              mix: tuple) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Clean samples of a shifted class mix (:data:`CLASS_MIXES`)."""
+    n = batches * BATCH
+    if mix[0] == "half":
+        one = np.flatnonzero(labels == mix[1])
+        idx = np.where(rng.random(n) < 0.5, rng.choice(one, n), rng.integers(0, len(labels), n))
+    else:
+        idx = rng.choice(np.flatnonzero(np.isin(labels, mix)), n)
+    return spikes[idx], labels[idx]
+
+
 def _watch(spec, spikes, labels, out: Path, seed: int):
     from polystep_neuro.run.optimizers import Settings
     from polystep_neuro.run.streams import FileStream
@@ -70,7 +91,11 @@ def _watch(spec, spikes, labels, out: Path, seed: int):
 
 
 def run_seed(
-    seed: int, corruptions: Sequence[str], clean_batches: int, progress: Callable[[str], None]
+    seed: int,
+    corruptions: Sequence[str],
+    clean_batches: int,
+    progress: Callable[[str], None],
+    class_mixes: bool = True,
 ) -> list[Row]:
     from polystep_neuro.run.interop import from_snntorch, to_device_semantics
 
@@ -87,6 +112,21 @@ def run_seed(
             drifts = sum(e["event"] == "drift" for e in events)
             rows.append(Row(seed, "clean", len(batches), drifts, None, 0, 0, None, None, None))
             progress(f"seed {seed}: {drifts} drift events in {len(batches)} clean batches")
+        for name, mix in CLASS_MIXES.items() if class_mixes else ():
+            parts = [
+                _draw(clean, split.y_test, STRETCHES[0], rng),
+                _draw_mix(clean, split.y_test, STRETCHES[1], rng, mix),
+                _draw(clean, split.y_test, STRETCHES[2], rng),
+            ]
+            out = Path(tmp) / name.replace(" ", "-")
+            out.mkdir()
+            batches, events = _watch(spec, *map(np.concatenate, zip(*parts, strict=True)),
+                                     out, seed)  # fmt: skip
+            drifts = sum(e["event"] == "drift" for e in events)
+            adapted = sum(e["event"] == "adapted" for e in events)
+            rows.append(Row(seed, f"class mix: {name}", len(batches), drifts, None, adapted,
+                            0, None, None, None))  # fmt: skip
+            progress(f"seed {seed} {name}: {drifts} drift events in {len(batches)} batches")
         for name in corruptions:
             drifted = encode_drifted(
                 split.x_test, TIME_STEPS, "rate", Corruption(name, 3, seed + 1)
@@ -150,12 +190,22 @@ def table(rows: list[Row]) -> list[str]:
             f"({1000 * alarms / batches:.2f} per 1,000 batches; {len(clean)} seeds)."
         )
         lines.append("")
+    mixes = [r for r in rows if r.corruption.startswith("class mix: ")]
+    if mixes:
+        alarms, adapted = sum(r.drifts for r in mixes), sum(r.adapted for r in mixes)
+        lines.append(
+            f"False alarms on clean streams whose class mix shifts ({', '.join(CLASS_MIXES)} "
+            f"for {STRETCHES[1]} batches): {alarms} drift events, {adapted} adaptations in "
+            f"{len(mixes)} streams."
+        )
+        lines.append("")
     lines += [
         "| corruption | half | detected (seeds) | delay, batches (median) | adapted / rolled "
         "back | cleared after, batches | corrupted stretch: served vs deployed |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for name in dict.fromkeys(r.corruption for r in rows if r.corruption != "clean"):
+    drifts = (r.corruption for r in rows if r.corruption != "clean" and r not in mixes)
+    for name in dict.fromkeys(drifts):
         mine = [r for r in rows if r.corruption == name]
         delays = [r.delay for r in mine if r.delay is not None]
         cleared = [r.cleared_after for r in mine if r.cleared_after is not None]
@@ -180,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--corruptions", nargs="+", default=[*TUNED, *HELD_OUT])
     parser.add_argument("--clean-batches", type=int, default=2000)
+    parser.add_argument("--no-class-mixes", action="store_true",
+                        help="leave out the clean streams whose class mix shifts")  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows: list[Row] = []
     for seed in args.seeds:
-        rows += run_seed(
-            seed, args.corruptions, args.clean_batches, lambda s: print(s, file=sys.stderr)
-        )
+        rows += run_seed(seed, args.corruptions, args.clean_batches,
+                         lambda s: print(s, file=sys.stderr), not args.no_class_mixes)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1), encoding="utf-8")
     print("\n".join(table(rows)))
