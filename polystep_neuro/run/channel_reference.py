@@ -13,8 +13,8 @@ spike's worth so that a channel silent in the reference is not flagged for a str
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -95,27 +95,33 @@ class ChannelReference:
         z = np.abs(rates.mean(axis=0) - expected) / np.sqrt(variance * self.widen)
         return float(z.max()), int(z.argmax())
 
-    def state_dict(self) -> dict[str, Any]:
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`from_arrays` reads back (an .npz beside the watcher's state: the
+        sums are classes x channels, too many numbers to rewrite as text every batch)."""
         if self.counts is None or self.sums is None or self.squares is None:
             return {}
+        width = self.sums.shape[1]
         return {
-            "classes": self.classes, "steps": self.steps, "counts": self.counts.tolist(),
-            "sums": self.sums.tolist(), "squares": self.squares.tolist(),
-            "batches": [[o.tolist(), m.tolist()] for o, m in self.batches],
-            "widen": None if self.widen is None else self.widen.tolist(),
+            "classes": np.array(self.classes), "steps": np.array(self.steps),
+            "counts": self.counts, "sums": self.sums, "squares": self.squares,
+            "batch_rates": np.array([o for o, _ in self.batches]).reshape(-1, width),
+            "batch_mixes": np.array([m for _, m in self.batches]).reshape(-1, self.classes),
+            "widen": np.zeros(0) if self.widen is None else self.widen,
         }  # fmt: skip
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ChannelReference:
-        if not state.get("counts"):  # none yet, or a state saved before the input test
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ChannelReference:
+        if "counts" not in arrays:  # none yet, or a watch started before the input test
             return cls()
-        widen = state.get("widen")
+        widen = np.asarray(arrays["widen"], dtype=np.float64)
+        batches = list(zip(np.asarray(arrays["batch_rates"], dtype=np.float64),
+                           np.asarray(arrays["batch_mixes"]), strict=True))  # fmt: skip
         return cls(
-            int(state["classes"]),
-            int(state["steps"]),
-            np.asarray(state["counts"], dtype=np.float64),
-            np.asarray(state["sums"], dtype=np.float64),
-            np.asarray(state["squares"], dtype=np.float64),
-            [(np.asarray(o, dtype=np.float64), np.asarray(m)) for o, m in state["batches"]],
-            None if widen is None else np.asarray(widen, dtype=np.float64),
+            int(arrays["classes"]),
+            int(arrays["steps"]),
+            np.asarray(arrays["counts"], dtype=np.float64),
+            np.asarray(arrays["sums"], dtype=np.float64),
+            np.asarray(arrays["squares"], dtype=np.float64),
+            batches,
+            widen if widen.size else None,
         )

@@ -96,6 +96,7 @@ class DriftDetector:
     recent: deque = field(default_factory=deque)
     drifted: bool = False
     in_range_run: int = 0
+    # the input side's reference; saved apart from state_dict (ChannelReference.arrays)
     channels: ChannelReference = field(default_factory=ChannelReference)
 
     @property
@@ -143,7 +144,6 @@ class DriftDetector:
             "recent": list(self.recent),
             "drifted": self.drifted,
             "in_range_run": self.in_range_run,
-            "channels": self.channels.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -151,5 +151,3 @@ class DriftDetector:
         self.recent = deque(bool(v) for v in state["recent"])
         self.drifted = bool(state["drifted"])
         self.in_range_run = int(state["in_range_run"])
-        # a state saved before the input test: its reference has no channels, none is tested
-        self.channels = ChannelReference.from_state(state.get("channels", {}))

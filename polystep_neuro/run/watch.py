@@ -63,6 +63,7 @@ from polystep_neuro.core.batch import first_non_spike
 from polystep_neuro.core.errors import PolystepError
 from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.run import selection
+from polystep_neuro.run.channel_reference import ChannelReference
 from polystep_neuro.run.checkpoint import ensure_writable_dir
 from polystep_neuro.run.controller import Adapter
 from polystep_neuro.run.data import SpikeDataset, hold_out
@@ -86,6 +87,7 @@ from polystep_neuro.run.writable import FIXED_POINT
 STATE_NAME = "watch_state.json"
 SERVING_NAME = "serving.npz"  # the served network (a spec); version 1 kept bare arrays
 BUFFER_NAME = "collected.npz"
+CHANNELS_NAME = "channels.npz"  # the drift test's input reference (ChannelReference)
 STATE_VERSION = 2
 MAX_BAD_BATCHES = 10  # batches in a row that do not fit the network before the watch stops
 Report = Callable[[str], None]
@@ -143,6 +145,7 @@ class Watcher:
         self._network = spec.fingerprint()  # what a resumed watch must be given again
         self._stream: dict[str, Any] = {}
         self._serving_saved = False  # serving.npz holds what is served now
+        self._channels_saved = False  # channels.npz holds the complete input reference
         self._dropped_events: list[dict[str, Any]] = []  # not yet yielded
         self._bad_in_a_row = 0
         self._first_bad: str | None = None  # why the first dropped batch was dropped
@@ -178,13 +181,10 @@ class Watcher:
                     yield from self._flush_dropped()
                     continue
                 self._bad_in_a_row = 0
-                logged = self._log_size()
                 try:
                     yield from self._one(batch)
                 except _AdaptationStopped:  # nothing of this batch was kept: read it again
                     self._stop.set()
-                    if not isinstance(stream, SocketStream):  # its lines come again then
-                        os.truncate(self.cfg.out_dir / LOG_NAME, logged)
                     self.report(
                         f"stopped during the adaptation at batch {batch.index}, which is not "
                         "served; --resume "
@@ -411,10 +411,6 @@ class Watcher:
         return event
 
     # ------------------------------------------------------------------ persistence
-    def _log_size(self) -> int:
-        path = self.cfg.out_dir / LOG_NAME
-        return path.stat().st_size if path.exists() else 0
-
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.cfg.out_dir / LOG_NAME, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -446,6 +442,10 @@ class Watcher:
             self._serving_saved = True
         collected = np.concatenate(self.collected) if self.collected else np.zeros((0, 1, 1))
         _atomic_npz(out / BUFFER_NAME, {"spikes": collected})
+        if not self._channels_saved:  # each reference batch, then once complete: never again
+            channels = self.detector.channels
+            _atomic_npz(out / CHANNELS_NAME, channels.arrays())
+            self._channels_saved = channels.widen is not None
         tmp = out / (STATE_NAME + ".tmp")
         tmp.write_text(json.dumps(state), encoding="utf-8")
         os.replace(tmp, out / STATE_NAME)
@@ -492,6 +492,10 @@ class Watcher:
             self.serving = {n: values[n] for n in state["serving"]}
         with np.load(out / BUFFER_NAME, allow_pickle=False) as npz:
             spikes = npz["spikes"]
+        if (out / CHANNELS_NAME).exists():  # a watch started before the input test has none
+            with np.load(out / CHANNELS_NAME, allow_pickle=False) as npz:
+                self.detector.channels = ChannelReference.from_arrays(npz)
+            self._channels_saved = self.detector.channels.widen is not None
         self.collected = [spikes] if len(spikes) else []
         _truncate_log(out / LOG_NAME, self.state.position)
         self.report(f"resuming at batch {self.state.position} ({self.state.phase})")
