@@ -192,7 +192,7 @@ def _add_watch(sub: Any) -> None:
         "not fit the network is logged as dropped and skipped.  --out holds watch.jsonl (every "
         "batch and event), watch.png, watch_summary.json, serving.npz (the network being "
         "served: evaluate --spec takes it), adapt-N/ (each label-free run), and "
-        "watch_state.json with collected.npz (what --resume continues from).",
+        "watch_state.json with collected.npz and channels.npz (what --resume continues from).",
     )
     watch.add_argument("--spec", type=Path, required=True, help="the deployed network (.npz)")
     watch.add_argument(
