@@ -374,6 +374,31 @@ def test_a_socket_stream_takes_npz_messages_and_drops_malformed_ones(field) -> N
     assert got[0].spikes.shape == (3, T, 16) and time.monotonic() - start < 10
 
 
+def test_a_recording_of_any_size_is_read_but_a_batch_file_over_the_limit_is_not(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The size limit guards what a sender puts in one message or batch file; a recording
+    given as --stream FILE is the user's own and was refused over 256 MiB (a long mnist
+    recording), now it is read whole."""
+    from polystep_neuro.run import streams
+
+    path = tmp_path / "recording.npz"
+    np.savez(path, spikes=np.ones((64, T, 16), np.uint8))
+    with pytest.raises(PolystepError, match=r"spikes.npy is over 0 MiB, the most one message "
+                       r"or batch file may hold: send smaller batches \(a recording of any "
+                       r"size is read whole as one --stream FILE\)"):  # fmt: skip
+        streams.read_batch(path, str(path), limit=1000)
+    limits = []
+    real = streams.read_batch
+
+    def spy(*args, **kwargs):
+        limits.append(kwargs.get("limit", streams.MAX_MESSAGE_BYTES))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streams, "read_batch", spy)
+    assert sum(len(b.spikes) for b in FileStream(path, 16)) == 64 and limits == [None]
+
+
 def test_a_watcher_on_a_socket_logs_and_skips_what_is_no_batch_of_its_network(
     field, tmp_path: Path
 ) -> None:

@@ -72,26 +72,36 @@ def _scalars(npz: Any) -> dict[str, float | int]:
 
 
 def read_batch(
-    data: bytes | Path, what: str, time_first: bool = False
+    data: bytes | Path, what: str, time_first: bool = False, limit: int | None = MAX_MESSAGE_BYTES
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """'spikes' and optional 'labels' of one ``.npz`` (a path or its bytes); no pickle, and no
-    array larger than :data:`MAX_MESSAGE_BYTES` is read.  ``time_first``: the file holds
-    spikes as (T, B, N_in), as snnTorch's spikegen makes them."""
-    spikes, labels, _ = read_batch_and_scalars(data, what, time_first, scalars=False)
+    array larger than ``limit`` bytes is read (None: a recording of the user's own, read
+    whole).  ``time_first``: the file holds spikes as (T, B, N_in), as snnTorch's spikegen
+    makes them."""
+    spikes, labels, _ = read_batch_and_scalars(data, what, time_first, scalars=False, limit=limit)
     return spikes, labels
 
 
 def read_batch_and_scalars(
-    data: bytes | Path, what: str, time_first: bool = False, scalars: bool = True
+    data: bytes | Path,
+    what: str,
+    time_first: bool = False,
+    scalars: bool = True,
+    limit: int | None = MAX_MESSAGE_BYTES,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, float | int]]:
     """:func:`read_batch`, and the file's scalar members too (:func:`_scalars`; {} without
     ``scalars``: a data file's other arrays are not loaded), from one read."""
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with zipfile.ZipFile(source) as archive:
-            too_big = [i.filename for i in archive.infolist() if i.file_size > MAX_MESSAGE_BYTES]
+            sizes = {i.filename: i.file_size for i in archive.infolist()}
+        too_big = [name for name, size in sizes.items() if limit is not None and size > limit]
         if too_big:
-            raise PolystepError(f"{what}: {too_big[0]} is over {MAX_MESSAGE_BYTES >> 20} MiB")
+            raise PolystepError(
+                f"{what}: {too_big[0]} is over {limit >> 20} MiB, the most one message or "
+                "batch file may hold: send smaller batches (a recording of any size is read "
+                "whole as one --stream FILE)"
+            )
         if isinstance(source, io.BytesIO):
             source.seek(0)
         with np.load(source, allow_pickle=False) as npz:
@@ -137,7 +147,8 @@ class FileStream:
     def __init__(self, path: Path, batch_size: int, time_first: bool = False) -> None:
         if batch_size < 1:
             raise PolystepError(f"the batch size must be >= 1, got {batch_size}")
-        self.spikes, self.labels = read_batch(Path(path), str(path), time_first)
+        # the user's own recording: read whole, however large (batches are views of it)
+        self.spikes, self.labels = read_batch(Path(path), str(path), time_first, limit=None)
         self.source = str(Path(path).resolve())  # what a resumed watch compares
         self.time_first = time_first
         self.batch_size = batch_size
