@@ -8,7 +8,8 @@ with the rates its predicted classes imply.  A channel stuck on or off, a hot pi
 sensor that lost gain moves its rate whatever the classes.  The spread of that comparison
 is the within-class spread over the batch's samples, widened per channel by how much more
 the reference batches themselves strayed (samples that come in runs), with a floor of one
-spike's worth so that a channel silent in the reference is not flagged for a stray spike.
+sample's worth so that a channel the reference rarely saw fire is not flagged for the one
+sample that lights it up.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class ChannelReference:
     rates and class counts (to measure how far batches stray beyond the samples' spread)."""
 
     classes: int = 0
-    steps: int = 1  # a spike is 1 / steps of a sample's rate
     counts: np.ndarray | None = None  # (K,)
     sums: np.ndarray | None = None  # (K, N)
     squares: np.ndarray | None = None  # (K, N)
@@ -47,11 +47,11 @@ class ChannelReference:
         """Reference batches added and not yet folded in by :meth:`complete`."""
         return len(self.batches)
 
-    def add(self, rates: np.ndarray, predicted: np.ndarray, classes: int, steps: int) -> None:
+    def add(self, rates: np.ndarray, predicted: np.ndarray, classes: int) -> None:
         """One reference batch: (B, N) sample rates and the (B,) classes predicted."""
         if self.counts is None:
             n = rates.shape[1]
-            self.classes, self.steps = int(classes), max(int(steps), 1)
+            self.classes = int(classes)
             self.counts = np.zeros(self.classes)
             self.sums, self.squares = np.zeros((self.classes, n)), np.zeros((self.classes, n))
         assert self.sums is not None and self.squares is not None
@@ -84,7 +84,9 @@ class ChannelReference:
         share = mix / size
         expected = share @ means
         variance = (mix @ variances) / size**2 + (share**2) @ (variances / (n + _PRIOR))
-        return expected, variance + (1.0 / (size * self.steps)) ** 2
+        # the floor: one sample's worth (a sample firing in every step moves a batch's mean
+        # rate by 1 / size); one spike's worth flagged a rare pixel one sample lit up
+        return expected, variance + (1.0 / size) ** 2
 
     def z(self, rates: np.ndarray, predicted: np.ndarray) -> tuple[float, int]:
         """The largest |z| over the channels and its channel; nan for another width."""
@@ -102,7 +104,7 @@ class ChannelReference:
             return {}
         width = self.sums.shape[1]
         return {
-            "classes": np.array(self.classes), "steps": np.array(self.steps),
+            "classes": np.array(self.classes),
             "counts": self.counts, "sums": self.sums, "squares": self.squares,
             "batch_rates": np.array([o for o, _ in self.batches]).reshape(-1, width),
             "batch_mixes": np.array([m for _, m in self.batches]).reshape(-1, self.classes),
@@ -118,7 +120,6 @@ class ChannelReference:
                            np.asarray(arrays["batch_mixes"]), strict=True))  # fmt: skip
         return cls(
             int(arrays["classes"]),
-            int(arrays["steps"]),
             np.asarray(arrays["counts"], dtype=np.float64),
             np.asarray(arrays["sums"], dtype=np.float64),
             np.asarray(arrays["squares"], dtype=np.float64),

@@ -73,20 +73,17 @@ class Observation:
 @dataclass(frozen=True)
 class InputBatch:
     """What the input test reads of a batch: (B, N_in) per-sample channel rates
-    (:func:`sample_rates`), the (B,) classes the deployed network predicts of ``classes``,
-    and the time steps per sample."""
+    (:func:`sample_rates`), the (B,) classes the deployed network predicts of ``classes``."""
 
     rates: np.ndarray
     predicted: np.ndarray
     classes: int
-    steps: int
 
     @classmethod
     def of(cls, spikes: np.ndarray, counts: np.ndarray) -> InputBatch:
         """From (B, T, N_in) spikes and the deployed network's (B, C) output counts."""
         counts = np.asarray(counts)
-        return cls(sample_rates(spikes), counts.argmax(axis=1), counts.shape[1],
-                   np.shape(spikes)[1])  # fmt: skip
+        return cls(sample_rates(spikes), counts.argmax(axis=1), counts.shape[1])
 
 
 @dataclass
@@ -116,7 +113,7 @@ class DriftDetector:
         if not self.ready:
             self.reference.append([float(f) for f in features])
             if inputs is not None and len(self.reference) == self.channels.batches_seen + 1:
-                self.channels.add(inputs.rates, inputs.predicted, inputs.classes, inputs.steps)
+                self.channels.add(inputs.rates, inputs.predicted, inputs.classes)
                 if self.ready:
                     self.channels.complete()
             return Observation(float("nan"), False, None)
