@@ -41,6 +41,7 @@ class ChannelReference:
     squares: np.ndarray | None = None  # (K, N)
     batches: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     widen: np.ndarray | None = None  # (N,) set when the reference is complete
+    widen_sum: float = 1.0  # the same for the sum over the channels
 
     @property
     def batches_seen(self) -> int:
@@ -61,12 +62,15 @@ class ChannelReference:
         self.batches.append((rates.mean(axis=0), np.bincount(predicted, minlength=self.classes)))
 
     def complete(self) -> None:
-        """The reference is in: measure each channel's overdispersion on its own batches."""
-        ratios = []
+        """The reference is in: measure each channel's overdispersion, and that of the sum
+        over the channels (channels fire together), on the reference's own batches."""
+        ratios, sums = [], []
         for observed, mix in self.batches:
             expected, variance = self._expected(mix)
             ratios.append((observed - expected) ** 2 / variance)
+            sums.append((observed - expected).sum() ** 2 / variance.sum())
         self.widen = np.maximum(np.mean(ratios, axis=0), 1.0)
+        self.widen_sum = max(float(np.mean(sums)), 1.0)
         self.batches = []
 
     def _expected(self, mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,14 +92,18 @@ class ChannelReference:
         # rate by 1 / size); one spike's worth flagged a rare pixel one sample lit up
         return expected, variance + (1.0 / size) ** 2
 
-    def z(self, rates: np.ndarray, predicted: np.ndarray) -> tuple[float, int]:
-        """The largest |z| over the channels and its channel; nan for another width."""
+    def z(self, rates: np.ndarray, predicted: np.ndarray) -> tuple[float, int | None]:
+        """The largest |z| over the channels and its channel, or the z of their sum (None:
+        a small shift of every channel, background spikes or a gain, shows there first);
+        nan for another width."""
         if self.widen is None or self.sums is None or rates.shape[1] != self.sums.shape[1]:
-            return float("nan"), -1
+            return float("nan"), None
         mix = np.bincount(predicted, minlength=self.classes)[: self.classes]
         expected, variance = self._expected(mix)
-        z = np.abs(rates.mean(axis=0) - expected) / np.sqrt(variance * self.widen)
-        return float(z.max()), int(z.argmax())
+        residual = rates.mean(axis=0) - expected
+        z = np.abs(residual) / np.sqrt(variance * self.widen)
+        z_sum = abs(float(residual.sum())) / float(np.sqrt(variance.sum() * self.widen_sum))
+        return (z_sum, None) if z_sum > z.max() else (float(z.max()), int(z.argmax()))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What :meth:`from_arrays` reads back (an .npz beside the watcher's state: the
@@ -109,6 +117,7 @@ class ChannelReference:
             "batch_rates": np.array([o for o, _ in self.batches]).reshape(-1, width),
             "batch_mixes": np.array([m for _, m in self.batches]).reshape(-1, self.classes),
             "widen": np.zeros(0) if self.widen is None else self.widen,
+            "widen_sum": np.array(self.widen_sum),
         }  # fmt: skip
 
     @classmethod
@@ -125,4 +134,5 @@ class ChannelReference:
             np.asarray(arrays["squares"], dtype=np.float64),
             batches,
             widen if widen.size else None,
+            float(arrays["widen_sum"]),
         )

@@ -121,7 +121,8 @@ class DriftDetector:
         if inputs is not None and self.channels.widen is not None:
             z_in, channel = self.channels.z(inputs.rates, inputs.predicted)
             if z_in > z:
-                z, where = z_in, f"input channel {channel}"
+                where = "all input channels" if channel is None else f"input channel {channel}"
+                z = z_in
         out = z > self.settings.z_limit
         self.recent.append(out)
         while len(self.recent) > self.settings.window:
