@@ -78,12 +78,16 @@ def test_the_input_channels_flag_a_stuck_channel_but_not_another_class_mix() -> 
     lit.rates[3, 5] = 1.0
     seen_lit = detector.observe(features, lit)
     assert not seen_lit.out_of_range and seen_lit.z == pytest.approx(1.0, abs=0.05)
+    noisy = batch()  # every channel a little busier: no one channel, their sum
+    noisy.rates[:] += 0.08
+    seen_noisy = detector.observe(features, noisy)
+    assert seen_noisy.out_of_range and seen_noisy.where == "all input channels"
     saved = _saved(detector)
     stuck = batch()
     stuck.rates[:, 2] = 1.0  # on in every step of every sample
     seen = [detector.observe(features, stuck) for _ in range(3)]
     assert all(s.out_of_range for s in seen) and seen[0].z > 15
-    assert seen[0].where == "input channel 2" and seen[-1].change == "drift"
+    assert seen[0].where == "input channel 2" and seen[1].change == "drift"  # 3 of 5 out
     again = _loaded(settings, *saved)
     assert again.observe(features, stuck).z == pytest.approx(seen[0].z)
     resumed = _loaded(settings, *half)  # stopped half-way through the reference
