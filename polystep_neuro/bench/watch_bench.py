@@ -16,6 +16,7 @@ network beside the deployed one's (from labels the watcher never reads).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -78,12 +79,29 @@ def _draw_mix(spikes: np.ndarray, labels: np.ndarray, batches: int, rng: np.rand
     return spikes[idx], labels[idx]
 
 
+def _stretches(
+    clean: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    middle: Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stream of :data:`STRETCHES`: clean batches, ``middle(batches, rng)`` (drawn in
+    between, so the draws come in stream order), clean batches again."""
+    parts = [
+        _draw(clean, labels, STRETCHES[0], rng),
+        middle(STRETCHES[1], rng),
+        _draw(clean, labels, STRETCHES[2], rng),
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _watch(spec, spikes, labels, out: Path, seed: int):
     from polystep_neuro.run.optimizers import Settings
     from polystep_neuro.run.streams import FileStream
     from polystep_neuro.run.watch import WatchConfig, run_watch
     from polystep_neuro.run.watch_log import read_log
 
+    out.mkdir(exist_ok=True)
     np.savez(out / "stream.npz", spikes=spikes, labels=labels)
     cfg = WatchConfig(torch_device="cpu", settings=Settings(seed=seed), out_dir=out / "watch")
     run_watch(spec, FileStream(out / "stream.npz", BATCH), cfg)
@@ -113,15 +131,9 @@ def run_seed(
             rows.append(Row(seed, "clean", len(batches), drifts, None, 0, 0, None, None, None))
             progress(f"seed {seed}: {drifts} drift events in {len(batches)} clean batches")
         for name, mix in CLASS_MIXES.items() if class_mixes else ():
-            parts = [
-                _draw(clean, split.y_test, STRETCHES[0], rng),
-                _draw_mix(clean, split.y_test, STRETCHES[1], rng, mix),
-                _draw(clean, split.y_test, STRETCHES[2], rng),
-            ]
-            out = Path(tmp) / name.replace(" ", "-")
-            out.mkdir()
-            batches, events = _watch(spec, *map(np.concatenate, zip(*parts, strict=True)),
-                                     out, seed)  # fmt: skip
+            middle = functools.partial(_draw_mix, clean, split.y_test, mix=mix)
+            stream = _stretches(clean, split.y_test, rng, middle)
+            batches, events = _watch(spec, *stream, Path(tmp) / name.replace(" ", "-"), seed)
             drifts = sum(e["event"] == "drift" for e in events)
             adapted = sum(e["event"] == "adapted" for e in events)
             rows.append(Row(seed, f"class mix: {name}", len(batches), drifts, None, adapted,
@@ -131,20 +143,9 @@ def run_seed(
             drifted = encode_drifted(
                 split.x_test, TIME_STEPS, "rate", Corruption(name, 3, seed + 1)
             )
-            parts = [
-                _draw(clean, split.y_test, STRETCHES[0], rng),
-                _draw(drifted, split.y_test, STRETCHES[1], rng),
-                _draw(clean, split.y_test, STRETCHES[2], rng),
-            ]
-            out = Path(tmp) / name
-            out.mkdir()
-            batches, events = _watch(
-                spec,
-                np.concatenate([p[0] for p in parts]),
-                np.concatenate([p[1] for p in parts]),
-                out,
-                seed,
-            )
+            middle = functools.partial(_draw, drifted, split.y_test)
+            stream = _stretches(clean, split.y_test, rng, middle)
+            batches, events = _watch(spec, *stream, Path(tmp) / name, seed)
             rows.append(_row(seed, name, batches, events))
             r = rows[-1]
             progress(
