@@ -42,6 +42,10 @@ class ChannelReference:
     batches: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     widen: np.ndarray | None = None  # (N,) set when the reference is complete
     widen_sum: float = 1.0  # the same for the sum over the channels
+    # the per-class means, variances and counts + prior the sums give, once they are final
+    _stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def batches_seen(self) -> int:
@@ -64,6 +68,7 @@ class ChannelReference:
     def complete(self) -> None:
         """The reference is in: measure each channel's overdispersion, and that of the sum
         over the channels (channels fire together), on the reference's own batches."""
+        self._stats = self._class_stats()
         ratios, sums = [], []
         for observed, mix in self.batches:
             expected, variance = self._expected(mix)
@@ -73,9 +78,9 @@ class ChannelReference:
         self.widen_sum = max(float(np.mean(sums)), 1.0)
         self.batches = []
 
-    def _expected(self, mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The mean rate per channel a batch of class counts ``mix`` should have, and the
-        variance of its batch mean (within-class spread plus the class means' own error)."""
+    def _class_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per class: each channel's mean rate per sample and its variance (both shrunk
+        towards the all-class ones by ``_PRIOR`` samples), and the class's samples + prior."""
         assert self.counts is not None and self.sums is not None and self.squares is not None
         total = self.counts.sum()
         overall = self.sums.sum(axis=0) / total
@@ -84,10 +89,17 @@ class ChannelReference:
         means = (self.sums + _PRIOR * overall) / (n + _PRIOR)
         within = self.squares - self.sums**2 / np.maximum(n, 1.0)  # sums of squared deviations
         variances = (np.maximum(within, 0.0) + _PRIOR * overall_var) / (n + _PRIOR)
+        return means, variances, n + _PRIOR
+
+    def _expected(self, mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The mean rate per channel a batch of class counts ``mix`` should have, and the
+        variance of its batch mean (within-class spread plus the class means' own error)."""
+        assert self._stats is not None
+        means, variances, weight = self._stats
         size = mix.sum()
         share = mix / size
         expected = share @ means
-        variance = (mix @ variances) / size**2 + (share**2) @ (variances / (n + _PRIOR))
+        variance = (mix @ variances) / size**2 + (share**2) @ (variances / weight)
         # the floor: one sample's worth (a sample firing in every step moves a batch's mean
         # rate by 1 / size); one spike's worth flagged a rare pixel one sample lit up
         return expected, variance + (1.0 / size) ** 2
@@ -127,7 +139,7 @@ class ChannelReference:
         widen = np.asarray(arrays["widen"], dtype=np.float64)
         batches = list(zip(np.asarray(arrays["batch_rates"], dtype=np.float64),
                            np.asarray(arrays["batch_mixes"]), strict=True))  # fmt: skip
-        return cls(
+        reference = cls(
             int(arrays["classes"]),
             np.asarray(arrays["counts"], dtype=np.float64),
             np.asarray(arrays["sums"], dtype=np.float64),
@@ -136,3 +148,6 @@ class ChannelReference:
             widen if widen.size else None,
             float(arrays["widen_sum"]),
         )
+        if reference.widen is not None:  # complete: its statistics are final
+            reference._stats = reference._class_stats()
+        return reference
