@@ -304,6 +304,8 @@ def test_help_keeps_the_code_it_tells_you_to_copy_whole(monkeypatch) -> None:
         (("fc0.weight", "fc1.weight"), "--rank-rule", "equal", "need --rank-rule equal"),
         # a weight run with heavy-ball (the rule before auto, which moves weights with Adam)
         (("fc1.weight",), "--update", "heavy-ball", "--update heavy-ball"),
+        # a weight run with its costs shifted (the shaping before auto, which ranks them)
+        (("fc1.weight",), "--shaping", "shift", "--shaping shift"),
     ],
 )
 def test_resume_names_the_setting_a_run_was_started_with(

@@ -261,6 +261,18 @@ def test_load_state_dict_rejects_mismatched_optimiser() -> None:
     assert exc.value.keys == ("block_dim",)  # what a caller reads to name the setting
 
 
+def test_a_state_saved_before_the_shaping_was_recorded_resumes_as_shifted_costs() -> None:
+    # States written before the cost shaping joined the header all shifted their costs: they
+    # load into a "shift" optimiser and are refused, by that name, by a ranking one.
+    state = PolyStep(torch.zeros(6), shaping="shift").state_dict()
+    assert state["config"]["shaping"] == "shift"
+    del state["config"]["shaping"]
+    PolyStep(torch.zeros(6), shaping="shift").load_state_dict(state)
+    with pytest.raises(StateMismatchError) as exc:
+        PolyStep(torch.zeros(6), shaping="rank").load_state_dict(state)
+    assert exc.value.keys == ("shaping",)
+
+
 def test_subspace_candidates_are_full_space_and_absorb_keeps_point() -> None:
     sizes = [200, 8, 40]
     x0 = torch.randn(248, generator=torch.Generator().manual_seed(2), dtype=torch.float64)

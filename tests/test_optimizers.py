@@ -300,12 +300,22 @@ def test_auto_moves_weights_with_adam_and_neuron_parameters_with_heavy_ball() ->
     # thresholds do (the drifted-only and label-free recipes); a named rule is kept.
     spec = NetworkSpec.random([12, 8, 4], 4, seed=0, writable="all")
     assert Settings().update == "auto"
-    built = {}
+    built, shaped = {}, {}
     for names in (("fc1.weight",), ("fc0.weight", "lif0.v_bias"), ("lif0.v_bias", "lif0.vth")):
         settings = Settings(seed=0, rank=4)
         layout = make_layout(spec, settings, names)
-        built[names] = make_optimizer(settings, layout, layout.flatten(spec), 5).update
+        optimizer = make_optimizer(settings, layout, layout.flatten(spec), 5)
+        built[names], shaped[names] = optimizer.update, optimizer.shaping
     assert list(built.values()) == ["adam", "adam", "heavy-ball"]
+    # and the costs ranked where the update is Adam (lower loss on the zoo's weight tasks),
+    # shifted by their minimum with heavy-ball (ranks lost on its hidden-bias tasks)
+    assert Settings().shaping == "auto"
+    assert [shaped[n] for n in built] == ["rank", "rank", "shift"]
+    kept = Settings(rank=4, shaping="shift")
+    layout = make_layout(spec, kept, ("fc1.weight",))
+    assert make_optimizer(kept, layout, layout.flatten(spec), 5).shaping == "shift"
+    with pytest.raises(PolystepError, match="shaping must be one of auto, shift, rank, tensor"):
+        Settings(shaping="zscore")
     layout = make_layout(spec, Settings(rank=4), ("fc1.weight",))
     averaged = make_optimizer(Settings(rank=4, average=0.2), layout, layout.flatten(spec), 5)
     assert averaged.average == 0.2  # opt-in: the default reports the last point

@@ -191,9 +191,12 @@ def test_deploy_adapts_by_default_only_where_a_gap_is_left(trained: dict) -> Non
     gap = result.reference["val_accuracy"] - result.split["val_accuracy"]
     assert gap >= ADAPT_FROM  # this network leaves a gap: the stage runs
     said = [ln for ln in lines if ln.startswith("adaptation: ")]
-    assert said == [f"adaptation: validation is {100 * gap:.1f} points below the trained model, "
-                    "so PolyStep adapts the device network (adapt=False / --no-adapt skips "
-                    "it)"]  # fmt: skip
+    assert said[0] == (f"adaptation: validation is {100 * gap:.1f} points below the trained "
+                       "model, so PolyStep adapts the device network (adapt=False / --no-adapt "
+                       "skips it)")  # fmt: skip
+    # then, when the one step this budget leaves does not beat the calibrated network, that
+    assert said[1:] in ([], ["adaptation: no step beat the calibrated network on validation in "
+                             "1 step; it is handed back unchanged"])  # fmt: skip
     assert result.result.steps > 0 and runs[False][0].result.steps == 0
     assert [ln for ln in runs[False][1] if ln.startswith("adaptation: ")] == [
         "adaptation: skipped because it was turned off (adapt=False / --no-adapt)"

@@ -59,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sqrt-ranks": {"rank_rule": "sqrt"},
     "adam": {"update": "adam"},
     "rank": {"shaping": "rank"},
+    "shift": {"shaping": "shift"},
     "tensor": {"shaping": "tensor"},
     "simplex": {"polytope": "simplex"},
     "two-point": {"block_dim": 1},
@@ -88,11 +89,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # What each variant changes, for the tables.
 VARIANT_NOTES = {
-    "default": "the default (one subspace over every tensor; Adam where weights move)",
+    "default": "the default (one subspace over every tensor; Adam and ranks where weights move)",
     "size-ranks": "search coordinates shared among tensors in proportion to their size",
     "sqrt-ranks": "search coordinates shared by the square root of each tensor's size",
     "adam": "per-parameter normalisation of the step (Adam's moments on the direction)",
-    "rank": "rank-based cost shaping (centred ranks over the batch)",
+    "rank": "rank-based cost shaping (centred ranks over the batch) wherever PolyStep runs",
+    "shift": "the costs shifted by their minimum, no ranks (the default until shaping auto)",
     "tensor": "per-tensor cost normalisation (each tensor's blocks by their own scale)",
     "simplex": "one-sided probes, no antithetic pairs (simplex: 3 per 2-D block; FZOO-like)",
     "two-point": "two-point probes per coordinate (blocks of 1: +-1, MeZO-like)",

@@ -564,7 +564,8 @@ class PolyStep(AskTellOptimizer):
     def _check_header(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported PolyStep state version {state.get('version')!r}")
-        mine, theirs = self._config(), {"update": "heavy-ball", "outer": (), **state["config"]}
+        old = {"update": "heavy-ball", "shaping": "shift", "outer": ()}  # before they were saved
+        mine, theirs = self._config(), {**old, **state["config"]}
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise StateMismatchError(
@@ -582,6 +583,7 @@ class PolyStep(AskTellOptimizer):
             "ranks": tuple(spec.ranks),
             "absorb_interval": spec.absorb_interval,
             "update": self.update,
+            "shaping": self.shaping,
             "outer": tuple(spec.outer),
         }
 

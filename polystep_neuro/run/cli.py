@@ -352,7 +352,7 @@ def _add_adapt_hold(adapt: argparse.ArgumentParser) -> None:
 def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
     """`adapt`: the optimiser, its settings and the run's length."""
     from polystep_neuro.optim.subspace import RANK_RULES
-    from polystep_neuro.run.optimizers import OPTIMIZERS, UPDATES, Settings
+    from polystep_neuro.run.optimizers import OPTIMIZERS, SHAPING_CHOICES, UPDATES, Settings
 
     defaults = Settings()
     adapt.add_argument(
@@ -400,6 +400,15 @@ def _add_adapt_optimizer(adapt: argparse.ArgumentParser) -> None:
         "matrix moves, heavy-ball where only biases and thresholds do), or that rule for "
         f"every run (default: {defaults.update}; a --resume of a run started before the "
         "default was auto may need heavy-ball)",
+    )
+    adapt.add_argument(
+        "--shaping",
+        choices=SHAPING_CHOICES,
+        default=defaults.shaping,
+        help="PolyStep: how a step's costs are normalised before the softmax: auto (centred "
+        "ranks where the update is Adam, the costs shifted by their minimum elsewhere), or "
+        f"that shaping for every run (default: {defaults.shaping}; a --resume of a run started "
+        "before the default was auto may need shift)",
     )
     adapt.add_argument(
         "--step",
@@ -588,6 +597,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         rank=args.rank,
         rank_rule=args.rank_rule,
         update=args.update,
+        shaping=args.shaping,
         step=args.step,
         average=args.average,
         low_rank_probes=args.low_rank_probes,

@@ -90,7 +90,8 @@ class AdaptResult:
         """One line: what was handed back and what it scores on validation and test."""
         if self.kept_start and self.steps > 0:
             head = (
-                f"no step beat the starting network on validation in {self.steps} steps; "
+                f"no step beat the starting network on validation in {self.steps} "
+                f"step{'s' if self.steps != 1 else ''}; "
                 "the starting network is handed back unchanged"
             )
         else:
@@ -409,11 +410,17 @@ class Adapter:
             keys = getattr(exc, "keys", ())
             if "outer" in keys:
                 raise PolystepError(_low_rank_mismatch(path, self.optimizer)) from None
-            hint = (  # the default went from heavy-ball to auto (Adam where weights move)
-                "; resume with the update rule it was started with (runs started before "
-                "the default was auto: --update heavy-ball, update='heavy-ball')"
-                if "update" in keys
-                else ""
+            # Defaults that changed to auto: the update, then the cost shaping (an auto
+            # shaping follows the update, so naming the update is enough).
+            changed = [
+                ("update", "update rule", "heavy-ball"),
+                ("shaping", "cost shaping", "shift"),
+            ]
+            hint = "".join(
+                f"; resume with the {what} it was started with (runs started before the "
+                f"default was auto: --{key} {old}, {key}='{old}')"
+                for key, what, old in changed
+                if key in keys and not (key == "shaping" and "update" in keys)
             )
             raise PolystepError(
                 f"checkpoint {path} was written by a different optimiser or settings: {exc}" + hint

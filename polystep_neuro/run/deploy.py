@@ -451,7 +451,7 @@ def _adaptation_stage(
     if budget is not None and result.kept_start and result.steps > 0:  # say what came of it
         say(
             f"adaptation: no step beat the calibrated network on validation in {result.steps} "
-            "steps; it is handed back unchanged"
+            f"step{'s' if result.steps != 1 else ''}; it is handed back unchanged"
         )
     return result
 

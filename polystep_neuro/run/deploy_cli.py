@@ -17,7 +17,7 @@ from polystep_neuro.core.network import NetworkSpec
 from polystep_neuro.optim.subspace import RANK_RULES
 from polystep_neuro.run.cli_args import add_adapt_switch, add_backend, add_torch_device, named_path
 from polystep_neuro.run.convert import add_model_arguments, read_model
-from polystep_neuro.run.optimizers import UPDATES, Settings
+from polystep_neuro.run.optimizers import SHAPING_CHOICES, UPDATES, Settings
 from polystep_neuro.run.reference import Reference
 
 
@@ -146,6 +146,14 @@ def _add_deploy_stages(deploy: argparse.ArgumentParser) -> None:
         f"--update; default: {Settings.update}; a --resume of a run started before the "
         "default was auto may need heavy-ball)",
     )
+    deploy.add_argument(
+        "--shaping",
+        choices=SHAPING_CHOICES,
+        default=Settings.shaping,
+        help="with --adapt: how PolyStep normalises a step's costs (as adapt's --shaping; "
+        f"default: {Settings.shaping}; a --resume of a run started before the default was "
+        "auto may need shift)",
+    )
 
 
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -236,6 +244,7 @@ def deploy(args: argparse.Namespace) -> int:
         report=print,
         rank_rule=args.rank_rule,
         update=args.update,
+        shaping=args.shaping,
     )
     if result.result.interrupted:
         raise Interrupted(
