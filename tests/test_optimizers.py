@@ -308,7 +308,7 @@ def test_auto_moves_weights_with_adam_and_neuron_parameters_with_heavy_ball() ->
         built[names], shaped[names] = optimizer.update, optimizer.shaping
     assert list(built.values()) == ["adam", "adam", "heavy-ball"]
     # and the costs ranked where the update is Adam (lower loss on the zoo's weight tasks),
-    # shifted by their minimum with heavy-ball (ranks lost on its hidden-bias tasks)
+    # shifted by their minimum with heavy-ball (ranks did not help its hidden-bias tasks)
     assert Settings().shaping == "auto"
     assert [shaped[n] for n in built] == ["rank", "rank", "shift"]
     kept = Settings(rank=4, shaping="shift")

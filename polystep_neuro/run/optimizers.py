@@ -37,7 +37,9 @@ centred ranks over the whole batch (OpenAI-ES's fitness shaping), so only their 
 and a few sets far worse than the rest do not set the scale the others move by; with
 heavy-ball the costs shifted by their minimum, as before.  On the task zoo ranks lowered
 the loss where weights move (geometric mean 0.98 of the shifted costs' on both seed halves;
-the Synaptic every-weight task, the zoo's worst, 0.92) and lost on the hidden biases.
+the Synaptic every-weight task, the zoo's worst, 0.92) and did not help on the hidden biases
+(two of four seed halves worse); on the README's one-hidden-layer recipes they cost a little
+accuracy (docs/benchmarks.md sections 4 and 14).
 On the task zoo Adam kept clean accuracy where every weight of a deeper network moved and
 heavy-ball did not (docs/benchmarks.md section 14), and heavy-ball recovered more on a few
 dozen biases (section 4).  No fixed decay on top (``final_step=1``): a half-cosine decay to
