@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import sys
@@ -24,9 +23,14 @@ START, END = "<!-- demo-output:start -->", "<!-- demo-output:end -->"
 
 
 def machine() -> str:
+    """The CPU's model and ISA (the benchmarks' own reading of it), cores, load, threads."""
+    from polystep_neuro.bench.machine import cpu_facts
+
+    facts = cpu_facts()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{facts.model} ({', '.join(facts.isa) or 'no AVX2/AVX-512/NEON flags seen'}), "
+        f"{os.cpu_count()} cores, "
         f"load average {load:.2f} at the start, OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
